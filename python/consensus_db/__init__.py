@@ -1,0 +1,48 @@
+"""consensus-db: a durable, fast local store for multi-agent LLM consensus workflows.
+
+    import consensus_db
+    with consensus_db.connect("consensus.db") as db:
+        db.record_agent_spawn("agent-1", "SPEC-1", "plan", "quality_gate", "gemini")
+        db.store_artifact("SPEC-1", "plan", "gemini", {"verdict": "ok"})
+        db.query_artifacts("SPEC-1", "plan")
+
+The engine is Rust (SQLite through an r2d2 pool); this package is its typed Python face.
+"""
+
+from . import errors, retry
+from ._core import (
+    DEFAULT_SCHEMA_VERSION,
+    LATEST_SCHEMA_VERSION,
+    Artifact,
+    Database,
+    ExtractionFailure,
+    Savepoint,
+    Synthesis,
+    Transaction,
+    __version__,
+    migrations,
+    sqlite_version,
+)
+from .errors import *  # noqa: F401,F403  (the exception tree is part of the top-level API)
+from .errors import __all__ as _error_names
+from .store import DEFAULT_RETRY, Store, connect
+
+__all__ = [
+    "connect",
+    "Store",
+    "Database",
+    "Transaction",
+    "Savepoint",
+    "Artifact",
+    "Synthesis",
+    "ExtractionFailure",
+    "DEFAULT_RETRY",
+    "DEFAULT_SCHEMA_VERSION",
+    "LATEST_SCHEMA_VERSION",
+    "migrations",
+    "sqlite_version",
+    "errors",
+    "retry",
+    "__version__",
+    *_error_names,
+]

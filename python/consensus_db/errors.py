@@ -1,0 +1,97 @@
+"""The exception tree: every error the library raises is a :class:`Error`.
+
+The Rust core has one error enum; the bindings map each variant onto exactly one of
+these classes. ``retryable`` tells :mod:`consensus_db.retry` (and you) whether trying
+the same call again later can succeed.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Error",
+    "BusyError",
+    "PoolTimeoutError",
+    "IntegrityError",
+    "InvalidInputError",
+    "SchemaVersionError",
+    "MigrationError",
+    "PragmaVerificationError",
+    "CorruptDatabaseError",
+    "ReadOnlyError",
+    "ClosedError",
+    "ForkedProcessError",
+    "DiskFullError",
+    "CircuitOpenError",
+    "DatabaseError",
+    "InternalError",
+]
+
+
+class Error(Exception):
+    """Base class of every consensus-db error."""
+
+    retryable = False
+
+
+class BusyError(Error):
+    """The database is busy or locked by another connection or process (retryable)."""
+
+    retryable = True
+
+
+class PoolTimeoutError(Error):
+    """No pooled connection became free within the checkout timeout (retryable)."""
+
+    retryable = True
+
+
+class IntegrityError(Error):
+    """A constraint was violated (unique, not-null, foreign key, check)."""
+
+
+class InvalidInputError(Error, ValueError):
+    """An argument was rejected before anything was written; the message names it."""
+
+
+class SchemaVersionError(Error):
+    """The database's schema version is newer than this library understands."""
+
+
+class MigrationError(Error):
+    """A migration failed or was refused; the database stays at its previous version."""
+
+
+class PragmaVerificationError(Error):
+    """A pragma did not read back as configured; the message names pragma, wanted and actual."""
+
+
+class CorruptDatabaseError(Error):
+    """The file is not a SQLite database, or it is damaged."""
+
+
+class ReadOnlyError(Error):
+    """A write was attempted through a read-only store or on a read-only file."""
+
+
+class ClosedError(Error):
+    """The store was used after ``close()``."""
+
+
+class ForkedProcessError(Error):
+    """The store was opened before ``fork()`` and used in the child; open a new one there."""
+
+
+class DiskFullError(Error):
+    """The disk, the file-size limit or ``max_page_count`` was reached; nothing was written."""
+
+
+class CircuitOpenError(Error):
+    """A circuit breaker is open and fails fast without calling through."""
+
+
+class DatabaseError(Error):
+    """Any other SQLite failure (syntax errors, missing tables, I/O errors)."""
+
+
+class InternalError(Error):
+    """A bug inside consensus-db (a Rust panic caught at the boundary). Please report it."""

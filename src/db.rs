@@ -1,0 +1,399 @@
+//! Opening a database: the persistent settings and migrations on one bootstrap
+//! connection, then an r2d2 pool whose customizer applies and verifies the
+//! per-connection pragmas. `Database` is `Send + Sync`: share it between threads.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use r2d2::{CustomizeConnection, PooledConnection};
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, OpenFlags};
+use scheduled_thread_pool::ScheduledThreadPool;
+
+use crate::error::{Error, Result};
+use crate::fork;
+use crate::migrations::{self, Version};
+use crate::pragmas::{self, Pragmas};
+
+pub type Pool = r2d2::Pool<SqliteConnectionManager>;
+pub type Conn = PooledConnection<SqliteConnectionManager>;
+
+/// How to open a store. `Options::default()` is the spec's configuration.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub pool_size: u32,
+    /// Connections kept open while idle (r2d2 would otherwise open `pool_size` at once).
+    pub min_idle: u32,
+    pub checkout_timeout: Duration,
+    pub read_only: bool,
+    /// Create the file if it does not exist.
+    pub create: bool,
+    pub pragmas: Pragmas,
+    /// A non-empty database whose auto_vacuum mode differs is converted with a VACUUM;
+    /// with `false` it is refused with a pragma verification error instead.
+    pub convert_auto_vacuum: bool,
+    /// Migrate to this schema version on open; `None` leaves the schema alone.
+    pub migrate_to: Option<Version>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            pool_size: 10,
+            min_idle: 1,
+            checkout_timeout: Duration::from_secs(10),
+            read_only: false,
+            create: true,
+            pragmas: Pragmas::default(),
+            convert_auto_vacuum: true,
+            migrate_to: Some(migrations::DEFAULT_VERSION),
+        }
+    }
+}
+
+/// What opening did to the file, for reports and logs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// `Some((from, to))` when auto_vacuum was converted with a VACUUM.
+    pub auto_vacuum_converted: Option<(String, String)>,
+    pub journal_mode_changed: Option<(String, String)>,
+    pub migrated: Option<(Version, Version)>,
+}
+
+/// Which tables the file has; decides which paths the dual-schema reader takes.
+#[derive(Debug, Default)]
+pub(crate) struct Layout {
+    pub v1: AtomicBool,
+    pub legacy_artifacts: AtomicBool,
+    pub legacy_synthesis: AtomicBool,
+}
+
+pub struct Database {
+    pub(crate) pool: RwLock<Option<Pool>>,
+    pub(crate) path: String,
+    pub(crate) in_memory: bool,
+    pub(crate) read_only: bool,
+    pub(crate) options: Options,
+    pub(crate) layout: Layout,
+    pub(crate) reader: crate::store::ReaderStats,
+    pub(crate) maintenance: Mutex<Option<crate::maintenance::Maintenance>>,
+    open_report: OpenReport,
+    opened_in: fork::Origin,
+    /// Keeps a `:memory:` database alive: memdb frees it with its last connection.
+    keeper: Mutex<Option<Connection>>,
+    /// The typed error behind a failed connection setup (r2d2 keeps only a string).
+    setup_error: Arc<Mutex<Option<Error>>>,
+}
+
+/// The pool's customizer: per-connection pragmas, applied then verified.
+#[derive(Debug)]
+struct Customizer {
+    pragmas: Pragmas,
+    in_memory: bool,
+    read_only: bool,
+    setup_error: Arc<Mutex<Option<Error>>>,
+}
+
+impl CustomizeConnection<Connection, rusqlite::Error> for Customizer {
+    fn on_acquire(&self, conn: &mut Connection) -> std::result::Result<(), rusqlite::Error> {
+        conn.set_prepared_statement_cache_capacity(64);
+        let setup = self.pragmas.apply_connection(conn).and_then(|()| {
+            if self.read_only {
+                verify_connection_scope(&self.pragmas, conn)
+            } else {
+                self.pragmas.verify(conn, self.in_memory)
+            }
+        });
+        setup.map_err(|e| {
+            let message = e.to_string();
+            *self.setup_error.lock() = Some(e);
+            rusqlite::Error::ToSqlConversionFailure(message.into())
+        })
+    }
+}
+
+/// A read-only store cannot set persistent pragmas, so it verifies only what it set.
+fn verify_connection_scope(p: &Pragmas, conn: &Connection) -> Result<()> {
+    let mut only = p.clone();
+    for s in p.scoped(pragmas::Scope::Persistent) {
+        only.unset(s.name)?;
+    }
+    only.verify(conn, true)
+}
+
+/// One housekeeping thread for every pool in the process (r2d2 starts three per pool).
+fn housekeeping() -> Arc<ScheduledThreadPool> {
+    static POOL: OnceLock<Arc<ScheduledThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| Arc::new(ScheduledThreadPool::builder().num_threads(1).thread_name_pattern("consensus-db-pool-{}").build())).clone()
+}
+
+fn memdb_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("file:/consensus-db-{}-{}?vfs=memdb", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+impl Database {
+    /// Opens (or creates) a store at `path`; `":memory:"` gives one in-memory database
+    /// shared by every pooled connection.
+    pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Database> {
+        let display = path.as_ref().display().to_string();
+        if options.pool_size == 0 {
+            return Err(Error::invalid("pool_size", "must be at least 1, got 0"));
+        }
+        if options.min_idle > options.pool_size {
+            return Err(Error::invalid(
+                "min_idle",
+                format!("{} is larger than pool_size {}", options.min_idle, options.pool_size),
+            ));
+        }
+        let in_memory = display == ":memory:";
+        let (target, flags) = if in_memory {
+            if options.read_only {
+                return Err(Error::invalid("read_only", "an in-memory database cannot be opened read-only"));
+            }
+            (memdb_name(), OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI)
+        } else {
+            let mut flags = if options.read_only {
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+            } else {
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+            };
+            if options.create && !options.read_only {
+                flags |= OpenFlags::SQLITE_OPEN_CREATE;
+            } else if !path.as_ref().exists() {
+                return Err(Error::Sqlite(format!("database file {display:?} does not exist")));
+            }
+            (display.clone(), flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        };
+        let in_file = |e: Error| e.context(&format!("database {display:?}"));
+
+        let bootstrap = Connection::open_with_flags(&target, flags)
+            .map_err(|e| in_file(Error::from(e)))?;
+        let open_report = prepare_file(&bootstrap, &options, in_memory).map_err(in_file)?;
+
+        let setup_error = Arc::new(Mutex::new(None));
+        let customizer = Customizer {
+            pragmas: options.pragmas.clone(),
+            in_memory,
+            read_only: options.read_only,
+            setup_error: setup_error.clone(),
+        };
+        let manager = SqliteConnectionManager::file(&target).with_flags(flags);
+        let pool = r2d2::Pool::builder()
+            .max_size(options.pool_size)
+            .min_idle(Some(options.min_idle))
+            .connection_timeout(options.checkout_timeout)
+            // Each checkout would otherwise run a test statement; a SQLite connection
+            // to a local file does not go stale, and the pragmas are verified on setup.
+            .test_on_check_out(false)
+            .max_lifetime(None)
+            .thread_pool(housekeeping())
+            .connection_customizer(Box::new(customizer))
+            .build_unchecked(manager);
+
+        let db = Database {
+            pool: RwLock::new(Some(pool)),
+            path: display,
+            in_memory,
+            read_only: options.read_only,
+            options,
+            layout: Layout::default(),
+            reader: Default::default(),
+            maintenance: Mutex::new(None),
+            open_report,
+            opened_in: fork::Origin::here(),
+            keeper: Mutex::new(in_memory.then_some(bootstrap)),
+            setup_error,
+        };
+        // The first checkout proves a pooled connection gets, and keeps, every pragma.
+        db.conn()?;
+        db.refresh_layout()?;
+        Ok(db)
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn is_in_memory(&self) -> bool {
+        self.in_memory
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    pub fn open_report(&self) -> &OpenReport {
+        &self.open_report
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.pool.read().is_none()
+    }
+
+    /// Checks a connection out of the pool (returned when dropped).
+    pub fn conn(&self) -> Result<Conn> {
+        self.opened_in.check()?;
+        let guard = self.pool.read();
+        let pool = guard.as_ref().ok_or(Error::Closed)?;
+        pool.get().map_err(|e| {
+            self.setup_error.lock().take().unwrap_or_else(|| {
+                Error::PoolTimeout(format!(
+                    "no connection free within {:?} (pool_size {}): {e}",
+                    self.options.checkout_timeout, self.options.pool_size
+                ))
+            })
+        })
+    }
+
+    /// Pool state: (connections open, of which idle).
+    pub fn pool_state(&self) -> Result<(u32, u32)> {
+        let guard = self.pool.read();
+        let state = guard.as_ref().ok_or(Error::Closed)?.state();
+        Ok((state.connections, state.idle_connections))
+    }
+
+    /// The current value of every configured pragma, read from a pooled connection.
+    pub fn pragmas(&self) -> Result<Vec<(&'static str, String)>> {
+        let conn = self.conn()?;
+        self.options
+            .pragmas
+            .settings()
+            .iter()
+            .map(|s| Ok((s.name, pragmas::read(&conn, s.name)?)))
+            .collect()
+    }
+
+    /// Re-verifies every configured pragma on a pooled connection.
+    pub fn verify_pragmas(&self) -> Result<()> {
+        let conn = self.conn()?;
+        if self.read_only {
+            verify_connection_scope(&self.options.pragmas, &conn)
+        } else {
+            self.options.pragmas.verify(&conn, self.in_memory)
+        }
+    }
+
+    /// Migrates the schema to `target`, up or down; returns the version reached.
+    pub fn migrate(&self, target: Version) -> Result<Version> {
+        if self.read_only {
+            return Err(Error::ReadOnly(format!("cannot migrate {:?}", self.path)));
+        }
+        let conn = self.conn()?;
+        migrations::migrate(&conn, target)?;
+        drop(conn);
+        self.refresh_layout()?;
+        Ok(target)
+    }
+
+    pub fn schema_version(&self) -> Result<Version> {
+        migrations::user_version(&*self.conn()?)
+    }
+
+    pub(crate) fn refresh_layout(&self) -> Result<()> {
+        let conn = self.conn()?;
+        let has = |table: &str| -> Result<bool> {
+            Ok(conn
+                .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+                .exists([table])?)
+        };
+        self.layout.v1.store(has("consensus_runs")?, Ordering::Release);
+        self.layout.legacy_artifacts.store(has("consensus_artifacts")?, Ordering::Release);
+        self.layout.legacy_synthesis.store(has("consensus_synthesis")?, Ordering::Release);
+        Ok(())
+    }
+
+    /// Stops maintenance and closes every pooled connection. Idempotent.
+    pub fn close(&self) {
+        if let Some(m) = self.maintenance.lock().take() {
+            m.stop();
+        }
+        let pool = self.pool.write().take();
+        let keeper = self.keeper.lock().take();
+        if self.opened_in.check().is_err() {
+            // Closing inherited connections in a forked child could checkpoint or
+            // unlink the parent's WAL: leak them instead.
+            std::mem::forget(pool);
+            std::mem::forget(keeper);
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Everything that changes the file, done once on one connection before the pool
+/// opens: refuse what must be refused (before writing anything), then auto_vacuum,
+/// journal_mode and migrations, in that order.
+fn prepare_file(conn: &Connection, options: &Options, in_memory: bool) -> Result<OpenReport> {
+    let mut report = OpenReport::default();
+    if let Some(ms) = options.pragmas.get("busy_timeout") {
+        pragmas::set_raw(conn, "busy_timeout", ms)?;
+    }
+    // Opening is lazy: read the header now so a non-database is refused here.
+    conn.query_row("PRAGMA schema_version", [], |_| Ok(()))?;
+    let found = migrations::user_version(conn)?;
+    if found > migrations::LATEST_VERSION {
+        return Err(Error::SchemaTooNew { found, supported: migrations::LATEST_VERSION });
+    }
+    if options.read_only {
+        return Ok(report);
+    }
+    if let Some(want) = options.pragmas.get("auto_vacuum") {
+        let actual = pragmas::read(conn, "auto_vacuum")?;
+        if actual != want {
+            pragmas::set_raw(conn, "auto_vacuum", want)?;
+            // On a database with tables the new mode only takes effect after a VACUUM.
+            if pragmas::read(conn, "auto_vacuum")? != want {
+                if !options.convert_auto_vacuum {
+                    return Err(Error::Pragma { pragma: "auto_vacuum".into(), wanted: want.into(), actual });
+                }
+                conn.execute_batch("VACUUM")?;
+                report.auto_vacuum_converted = Some((actual, want.to_string()));
+            }
+        }
+    }
+    if let (Some(want), false) = (options.pragmas.get("journal_mode"), in_memory) {
+        let actual = pragmas::read(conn, "journal_mode")?;
+        if actual != want {
+            set_journal_mode(conn, want)?;
+            report.journal_mode_changed = Some((actual, want.to_string()));
+        }
+    }
+    options.pragmas.apply_connection(conn)?;
+    if let Some(target) = options.migrate_to {
+        if target > found {
+            migrations::migrate(conn, target)?;
+            report.migrated = Some((found, target));
+        }
+    }
+    Ok(report)
+}
+
+/// `journal_mode` does not wait on the busy handler: when another process is switching
+/// at the same moment, retry briefly instead of failing the open.
+fn set_journal_mode(conn: &Connection, want: &str) -> Result<()> {
+    let mut actual = String::new();
+    for _ in 0..100 {
+        match conn.query_row(&format!("PRAGMA journal_mode = {want}"), [], |r| r.get::<_, String>(0)) {
+            Ok(mode) if mode.eq_ignore_ascii_case(want) => return Ok(()),
+            Ok(mode) => actual = mode.to_ascii_lowercase(),
+            Err(e) => match Error::from(e) {
+                Error::Busy(m) => actual = m,
+                other => return Err(other),
+            },
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(Error::Pragma { pragma: "journal_mode".into(), wanted: want.into(), actual })
+}

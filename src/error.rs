@@ -1,0 +1,118 @@
+//! The engine's one error type. Each variant maps onto one Python exception class
+//! (see `python/consensus_db/errors.py`); Rust callers match on it directly.
+
+use rusqlite::ffi;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another connection or process holds a conflicting lock (retryable).
+    #[error("database is busy or locked: {0}")]
+    Busy(String),
+
+    /// No pooled connection became free in time (retryable).
+    #[error("timed out waiting for a pooled connection: {0}")]
+    PoolTimeout(String),
+
+    #[error("constraint violated: {0}")]
+    Integrity(String),
+
+    /// An argument was rejected before anything was written.
+    #[error("invalid {name}: {message}")]
+    InvalidInput { name: String, message: String },
+
+    #[error("database schema version {found} is newer than this library supports (latest known: {supported}); upgrade consensus-db to open it")]
+    SchemaTooNew { found: i64, supported: i64 },
+
+    #[error("migration failed: {0}")]
+    Migration(String),
+
+    #[error("pragma {pragma} verification failed: wanted {wanted}, database reports {actual}")]
+    Pragma { pragma: String, wanted: String, actual: String },
+
+    /// Not a SQLite database, or a damaged one.
+    #[error("{0}")]
+    Corrupt(String),
+
+    #[error("attempt to write through a read-only store: {0}")]
+    ReadOnly(String),
+
+    #[error("the store is closed")]
+    Closed,
+
+    #[error("the store was opened in process {opened_in} and used after fork() in process {used_in}; open a new store in the child")]
+    Forked { opened_in: u32, used_in: u32 },
+
+    /// SQLITE_FULL: disk, file-size limit or max_page_count reached. Not retryable.
+    #[error("database or disk is full: {0}")]
+    DiskFull(String),
+
+    /// Any other SQLite failure.
+    #[error("{0}")]
+    Sqlite(String),
+
+    /// A bug: a panic caught before it could cross into the caller.
+    #[error("internal error (please report): {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(name: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidInput { name: name.into(), message: message.into() }
+    }
+
+    /// Whether the same call may succeed if tried again later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Busy(_) | Error::PoolTimeout(_))
+    }
+
+    /// Adds where the error happened (e.g. the file path) to the message.
+    pub fn context(self, what: &str) -> Self {
+        match self {
+            Error::Busy(m) => Error::Busy(format!("{what}: {m}")),
+            Error::Integrity(m) => Error::Integrity(format!("{what}: {m}")),
+            Error::Corrupt(m) => Error::Corrupt(format!("{what}: {m}")),
+            Error::ReadOnly(m) => Error::ReadOnly(format!("{what}: {m}")),
+            Error::DiskFull(m) => Error::DiskFull(format!("{what}: {m}")),
+            Error::Sqlite(m) => Error::Sqlite(format!("{what}: {m}")),
+            other => other,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(err: rusqlite::Error) -> Self {
+        let message = err.to_string();
+        match err.sqlite_error() {
+            Some(e) => match e.code {
+                ffi::ErrorCode::DatabaseBusy | ffi::ErrorCode::DatabaseLocked => Error::Busy(message),
+                ffi::ErrorCode::ConstraintViolation => Error::Integrity(message),
+                ffi::ErrorCode::NotADatabase | ffi::ErrorCode::DatabaseCorrupt => Error::Corrupt(message),
+                ffi::ErrorCode::ReadOnly => Error::ReadOnly(message),
+                ffi::ErrorCode::DiskFull => Error::DiskFull(message),
+                _ => Error::Sqlite(message),
+            },
+            None => match err {
+                rusqlite::Error::InvalidParameterCount(got, wanted) => Error::invalid(
+                    "params",
+                    format!("the statement takes {wanted} parameters, {got} were given"),
+                ),
+                rusqlite::Error::NulError(_) => Error::invalid("sql", message),
+                _ => Error::Sqlite(message),
+            },
+        }
+    }
+}
+
+impl From<r2d2::Error> for Error {
+    fn from(err: r2d2::Error) -> Self {
+        Error::PoolTimeout(err.to_string())
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(err: std::io::Error) -> Self {
+        Error::Sqlite(format!("I/O error: {err}"))
+    }
+}

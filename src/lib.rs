@@ -1,0 +1,41 @@
+//! consensus-db: a durable, fast local store for multi-agent LLM consensus workflows.
+//!
+//! The engine is plain Rust over SQLite (rusqlite + an r2d2 pool); the Python
+//! bindings live in [`python`] behind the `python` feature, so
+//! `cargo build --no-default-features` is a Rust-only library.
+//!
+//! ```no_run
+//! use consensus_db::{Database, NewArtifact, Options};
+//!
+//! let db = Database::open("consensus.db", Options::default())?;
+//! db.record_agent_spawn("agent-1", "SPEC-1", "plan", "quality_gate", "gemini", None)?;
+//! let id = db.store_artifact(&NewArtifact {
+//!     spec_id: "SPEC-1".into(),
+//!     stage: "plan".into(),
+//!     agent_name: "gemini".into(),
+//!     content_json: r#"{"verdict": "ok"}"#.into(),
+//!     ..Default::default()
+//! })?;
+//! assert_eq!(db.query_artifacts("SPEC-1", "plan")?[0].id, id);
+//! # Ok::<(), consensus_db::Error>(())
+//! ```
+
+pub mod db;
+pub mod error;
+mod fork;
+pub mod maintenance;
+pub mod migrations;
+pub mod model;
+pub mod pragmas;
+pub mod store;
+pub mod transaction;
+
+#[cfg(feature = "python")]
+pub mod python;
+
+pub use db::{Database, OpenReport, Options};
+pub use error::{Error, Result};
+pub use maintenance::{CycleReport, Health, MaintenanceOptions, Stats, VacuumReport};
+pub use model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, ReaderCounts, Synthesis};
+pub use pragmas::Pragmas;
+pub use transaction::{Behavior, Tx};

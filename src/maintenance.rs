@@ -1,0 +1,347 @@
+//! Keeping the file small and healthy: statistics, incremental and full VACUUM, WAL
+//! checkpoints, integrity checks, retention, and an optional background thread that
+//! does retention + incremental vacuum + checkpoint on an interval.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use rusqlite::Connection;
+
+use crate::db::{Database, Pool};
+use crate::error::{Error, Result};
+
+/// Free-page fraction above which `needs_vacuum` is true by default.
+pub const DEFAULT_VACUUM_THRESHOLD: f64 = 0.5;
+/// Executions older than this many days are deleted by the default retention policy.
+pub const DEFAULT_RETENTION_DAYS: i64 = 30;
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    pub page_size: i64,
+    pub page_count: i64,
+    pub freelist_count: i64,
+    /// freelist_count / page_count (0 for an empty file).
+    pub free_fraction: f64,
+    /// Bytes of the database file (0 in memory).
+    pub file_size: u64,
+    /// Bytes of the `-wal` file (0 when absent).
+    pub wal_size: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Health {
+    pub stats: Stats,
+    /// Rows per table, tables in name order.
+    pub rows: Vec<(String, i64)>,
+    pub journal_mode: String,
+    /// 0 none, 1 full, 2 incremental.
+    pub auto_vacuum: i64,
+    pub schema_version: i64,
+    pub needs_vacuum: bool,
+    pub vacuum_threshold: f64,
+}
+
+/// What a vacuum did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VacuumReport {
+    pub full: bool,
+    pub before: Stats,
+    pub after: Stats,
+}
+
+impl VacuumReport {
+    pub fn pages_freed(&self) -> i64 {
+        self.before.page_count - self.after.page_count
+    }
+
+    pub fn bytes_reclaimed(&self) -> i64 {
+        self.before.file_size as i64 - self.after.file_size as i64
+    }
+}
+
+fn pragma_i64(conn: &Connection, name: &str) -> Result<i64> {
+    Ok(conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))?)
+}
+
+fn file_len(path: &str) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+pub(crate) fn stats(conn: &Connection, path: &str, in_memory: bool) -> Result<Stats> {
+    let page_size = pragma_i64(conn, "page_size")?;
+    let page_count = pragma_i64(conn, "page_count")?;
+    let freelist_count = pragma_i64(conn, "freelist_count")?;
+    let (file_size, wal_size) =
+        if in_memory { (0, 0) } else { (file_len(path), file_len(&format!("{path}-wal"))) };
+    Ok(Stats {
+        page_size,
+        page_count,
+        freelist_count,
+        free_fraction: if page_count > 0 { freelist_count as f64 / page_count as f64 } else { 0.0 },
+        file_size,
+        wal_size,
+    })
+}
+
+/// Frees up to `pages` free pages (all when `None`); returns how many were freed.
+pub(crate) fn incremental_vacuum(conn: &Connection, pages: Option<u32>) -> Result<i64> {
+    let before = pragma_i64(conn, "freelist_count")?;
+    let sql = match pages {
+        Some(n) => format!("PRAGMA incremental_vacuum({n})"),
+        None => "PRAGMA incremental_vacuum".to_string(),
+    };
+    // Each step returns a row; it frees pages as the rows are stepped through.
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query([])?;
+    while rows.next()?.is_some() {}
+    Ok(before - pragma_i64(conn, "freelist_count")?)
+}
+
+/// `wal_checkpoint(TRUNCATE)`: (busy, log frames, checkpointed frames).
+pub(crate) fn checkpoint(conn: &Connection) -> Result<(i64, i64, i64)> {
+    Ok(conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?)
+}
+
+pub(crate) fn cleanup_executions(conn: &Connection, days: i64) -> Result<usize> {
+    if days < 0 {
+        return Err(Error::invalid("days", format!("must be zero or more, got {days}")));
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let deleted = conn
+        .prepare_cached("DELETE FROM agent_executions WHERE spawned_at < strftime('%Y-%m-%d %H:%M:%S', 'now', ?1)")
+        .and_then(|mut s| s.execute([format!("-{days} days")]));
+    match deleted {
+        Ok(n) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e.into())
+        }
+    }
+}
+
+impl Database {
+    pub fn stats(&self) -> Result<Stats> {
+        stats(&*self.conn()?, &self.path, self.in_memory)
+    }
+
+    pub fn health(&self, vacuum_threshold: f64) -> Result<Health> {
+        if !(0.0..=1.0).contains(&vacuum_threshold) {
+            return Err(Error::invalid("threshold", format!("must be between 0 and 1, got {vacuum_threshold}")));
+        }
+        let conn = self.conn()?;
+        let stats = stats(&conn, &self.path, self.in_memory)?;
+        let tables: Vec<String> = conn
+            .prepare_cached(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut rows = Vec::with_capacity(tables.len());
+        for t in tables {
+            let n: i64 = conn.query_row(&format!("SELECT count(*) FROM \"{}\"", t.replace('"', "\"\"")), [], |r| r.get(0))?;
+            rows.push((t, n));
+        }
+        Ok(Health {
+            needs_vacuum: stats.free_fraction > vacuum_threshold,
+            stats,
+            rows,
+            journal_mode: crate::pragmas::read(&conn, "journal_mode")?,
+            auto_vacuum: pragma_i64(&conn, "auto_vacuum")?,
+            schema_version: pragma_i64(&conn, "user_version")?,
+            vacuum_threshold,
+        })
+    }
+
+    /// Reclaims free pages. `full = false` uses incremental vacuum (when auto_vacuum
+    /// is incremental; otherwise falls back to a full VACUUM), `pages` limiting how
+    /// many; `full = true` rebuilds the file. `progress` is called every few thousand
+    /// SQLite VM steps of a full VACUUM with the number of calls so far; returning
+    /// `false` aborts it (nothing changes).
+    pub fn vacuum(
+        &self,
+        full: bool,
+        pages: Option<u32>,
+        progress: Option<Box<dyn FnMut(u64) -> bool + Send>>,
+    ) -> Result<VacuumReport> {
+        if self.read_only {
+            return Err(Error::ReadOnly(format!("cannot vacuum {:?}", self.path)));
+        }
+        let conn = self.conn()?;
+        let before = stats(&conn, &self.path, self.in_memory)?;
+        let incremental = !full && pragma_i64(&conn, "auto_vacuum")? == 2;
+        if incremental {
+            incremental_vacuum(&conn, pages)?;
+        } else {
+            if let Some(mut report) = progress {
+                let mut calls = 0u64;
+                conn.progress_handler(
+                    10_000,
+                    Some(move || {
+                        calls += 1;
+                        !report(calls)
+                    }),
+                )?;
+            }
+            let result = conn.execute_batch("VACUUM");
+            conn.progress_handler(0, None::<fn() -> bool>)?;
+            result?;
+        }
+        if !self.in_memory {
+            checkpoint(&conn)?;
+        }
+        let after = stats(&conn, &self.path, self.in_memory)?;
+        Ok(VacuumReport { full: !incremental, before, after })
+    }
+
+    /// Checkpoints the WAL into the database and truncates it.
+    pub fn checkpoint(&self) -> Result<(i64, i64, i64)> {
+        checkpoint(&*self.conn()?)
+    }
+
+    /// `PRAGMA integrity_check` (or `quick_check`): `["ok"]` when healthy.
+    pub fn integrity_check(&self, quick: bool) -> Result<Vec<String>> {
+        let conn = self.conn()?;
+        let pragma = if quick { "quick_check" } else { "integrity_check" };
+        let mut stmt = conn.prepare(&format!("PRAGMA {pragma}"))?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Starts the background maintenance thread (replacing a running one).
+    pub fn start_maintenance(&self, options: MaintenanceOptions) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly(format!("maintenance writes; {:?} is read-only", self.path)));
+        }
+        if options.interval.is_zero() {
+            return Err(Error::invalid("interval_s", "must be greater than zero"));
+        }
+        if let Some(days) = options.retention_days {
+            if days < 0 {
+                return Err(Error::invalid("retention_days", format!("must be zero or more, got {days}")));
+            }
+        }
+        let pool = self.pool.read().clone().ok_or(Error::Closed)?;
+        let mut slot = self.maintenance.lock();
+        if let Some(old) = slot.take() {
+            old.stop();
+        }
+        *slot = Some(Maintenance::start(pool, options, self.in_memory));
+        Ok(())
+    }
+
+    /// Stops the background thread and waits for it; a no-op when none runs.
+    pub fn stop_maintenance(&self) {
+        if let Some(m) = self.maintenance.lock().take() {
+            m.stop();
+        }
+    }
+
+    /// Cycles completed by the running maintenance thread (`None` when none runs).
+    pub fn maintenance_cycles(&self) -> Option<u64> {
+        self.maintenance.lock().as_ref().map(|m| m.cycles.load(Ordering::Acquire))
+    }
+}
+
+/// What the maintenance thread did in one cycle.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CycleReport {
+    pub cycle: u64,
+    pub executions_deleted: usize,
+    pub pages_freed: i64,
+    pub checkpointed: bool,
+    /// A failed cycle is reported and retried at the next interval.
+    pub error: Option<String>,
+}
+
+pub type CycleHook = Arc<dyn Fn(&CycleReport) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct MaintenanceOptions {
+    pub interval: Duration,
+    /// `None` skips retention.
+    pub retention_days: Option<i64>,
+    /// Free pages reclaimed per cycle (`None`: all). Small batches keep each write
+    /// lock short, so callers' threads are never blocked for long.
+    pub vacuum_pages: Option<u32>,
+    pub checkpoint: bool,
+    pub on_cycle: Option<CycleHook>,
+}
+
+impl Default for MaintenanceOptions {
+    fn default() -> Self {
+        MaintenanceOptions {
+            interval: Duration::from_secs(300),
+            retention_days: Some(DEFAULT_RETENTION_DAYS),
+            vacuum_pages: Some(1000),
+            checkpoint: true,
+            on_cycle: None,
+        }
+    }
+}
+
+pub(crate) struct Maintenance {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    cycles: Arc<AtomicU64>,
+    thread: JoinHandle<()>,
+}
+
+impl Maintenance {
+    fn start(pool: Pool, options: MaintenanceOptions, in_memory: bool) -> Maintenance {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let cycles = Arc::new(AtomicU64::new(0));
+        let (stop_flag, counter) = (stop.clone(), cycles.clone());
+        let thread = std::thread::Builder::new()
+            .name("consensus-db-maintenance".into())
+            .spawn(move || loop {
+                {
+                    let (lock, wake) = &*stop_flag;
+                    let mut stopped = lock.lock();
+                    if !*stopped {
+                        wake.wait_for(&mut stopped, options.interval);
+                    }
+                    if *stopped {
+                        return;
+                    }
+                }
+                let n = counter.load(Ordering::Acquire) + 1;
+                let mut report = CycleReport { cycle: n, ..Default::default() };
+                if let Err(e) = run_cycle(&pool, &options, in_memory, &mut report) {
+                    report.error = Some(e.to_string());
+                }
+                counter.store(n, Ordering::Release);
+                if let Some(hook) = &options.on_cycle {
+                    hook(&report);
+                }
+            })
+            .expect("spawning the maintenance thread");
+        Maintenance { stop, cycles, thread }
+    }
+
+    pub(crate) fn stop(self) {
+        let (lock, wake) = &*self.stop;
+        *lock.lock() = true;
+        wake.notify_all();
+        let _ = self.thread.join();
+    }
+}
+
+fn run_cycle(pool: &Pool, options: &MaintenanceOptions, in_memory: bool, report: &mut CycleReport) -> Result<()> {
+    let conn = pool.get()?;
+    if let Some(days) = options.retention_days {
+        report.executions_deleted = cleanup_executions(&conn, days)?;
+    }
+    if pragma_i64(&conn, "auto_vacuum")? == 2 {
+        report.pages_freed = incremental_vacuum(&conn, options.vacuum_pages)?;
+    }
+    if options.checkpoint && !in_memory {
+        checkpoint(&conn)?;
+        report.checkpointed = true;
+    }
+    Ok(())
+}

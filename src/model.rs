@@ -1,0 +1,157 @@
+//! The records the store takes and returns. With the `python` feature the result
+//! types are also Python classes (frozen, with attribute getters); their Python
+//! methods live in `python::models`.
+
+#[cfg(feature = "python")]
+use pyo3::pyclass;
+
+/// Where a returned row was read from.
+pub const SOURCE_V1: &str = "v1";
+pub const SOURCE_LEGACY: &str = "legacy";
+
+/// One agent's extracted JSON output for a spec/stage.
+#[cfg_attr(feature = "python", pyclass(frozen, eq, get_all, module = "consensus_db"))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Artifact {
+    pub id: i64,
+    pub spec_id: String,
+    pub stage: String,
+    pub agent_name: String,
+    pub content_json: String,
+    pub response_text: Option<String>,
+    pub run_id: Option<String>,
+    /// UTC `YYYY-MM-DD HH:MM:SS`, whichever schema the row came from.
+    pub created_at: String,
+    pub model_version: Option<String>,
+    /// `"v1"` or `"legacy"`.
+    pub source: String,
+}
+
+/// The merged result of a consensus run.
+#[cfg_attr(feature = "python", pyclass(frozen, eq, get_all, module = "consensus_db"))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Synthesis {
+    pub id: i64,
+    pub spec_id: String,
+    pub stage: String,
+    pub output_markdown: String,
+    pub output_path: Option<String>,
+    pub status: String,
+    pub artifacts_count: Option<i64>,
+    pub agreements: Option<String>,
+    pub conflicts: Option<String>,
+    pub degraded: bool,
+    pub run_id: Option<String>,
+    pub created_at: String,
+    pub source: String,
+}
+
+/// An agent execution whose output could not be parsed as JSON.
+#[cfg_attr(feature = "python", pyclass(frozen, eq, get_all, module = "consensus_db"))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtractionFailure {
+    pub agent_id: String,
+    pub spec_id: String,
+    pub stage: String,
+    pub phase_type: String,
+    pub agent_name: String,
+    pub run_id: Option<String>,
+    pub spawned_at: String,
+    pub completed_at: Option<String>,
+    pub response_text: Option<String>,
+    pub extraction_error: String,
+}
+
+/// An artifact to store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewArtifact {
+    pub spec_id: String,
+    pub stage: String,
+    pub agent_name: String,
+    /// Must be valid JSON (checked before anything is written).
+    pub content_json: String,
+    pub response_text: Option<String>,
+    pub run_id: Option<String>,
+    pub model_version: Option<String>,
+}
+
+/// A synthesis to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewSynthesis {
+    pub spec_id: String,
+    pub stage: String,
+    pub output_markdown: String,
+    pub output_path: Option<String>,
+    pub status: String,
+    pub artifacts_count: Option<i64>,
+    pub agreements: Option<String>,
+    pub conflicts: Option<String>,
+    pub degraded: bool,
+    pub run_id: Option<String>,
+}
+
+impl Default for NewSynthesis {
+    fn default() -> Self {
+        NewSynthesis {
+            spec_id: String::new(),
+            stage: String::new(),
+            output_markdown: String::new(),
+            output_path: None,
+            status: "success".into(),
+            artifacts_count: None,
+            agreements: None,
+            conflicts: None,
+            degraded: false,
+            run_id: None,
+        }
+    }
+}
+
+/// Which schema served the dual-schema reader's queries, counted per query.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReaderCounts {
+    /// Queries that returned rows from the new schema.
+    pub v1: u64,
+    /// Queries that returned rows only an old binary wrote (legacy tables).
+    pub legacy: u64,
+    /// Queries that found nothing in either.
+    pub empty: u64,
+}
+
+/// Unix milliseconds as UTC `YYYY-MM-DD HH:MM:SS`.
+pub fn format_utc_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc() {
+        assert_eq!(format_utc_ms(0), "1970-01-01 00:00:00");
+        assert_eq!(format_utc_ms(1_735_787_045_999), "2025-01-02 03:04:05");
+        assert_eq!(format_utc_ms(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(format_utc_ms(-1000), "1969-12-31 23:59:59");
+    }
+}

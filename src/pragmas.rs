@@ -1,0 +1,245 @@
+//! The pragmas every connection runs with: defaults, overrides, applying, verifying.
+//!
+//! Values are normalised to what SQLite reads back (`synchronous=NORMAL` reads back
+//! as `1`), so verification is a plain comparison and an error can name the pragma,
+//! the wanted and the actual value.
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::error::{Error, Result};
+
+/// How SQLite spells a pragma's value.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Int,
+    Bool,
+    /// Named values; the index is the integer SQLite reads back.
+    Choice(&'static [&'static str]),
+    /// `journal_mode` reads back as its lowercase name.
+    Mode(&'static [&'static str]),
+}
+
+/// Persistent pragmas live in the database file (set once, before the pool opens);
+/// the others are per connection (set by the pool's customizer on each new one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Persistent,
+    Connection,
+}
+
+#[derive(Debug)]
+struct Def {
+    name: &'static str,
+    kind: Kind,
+    scope: Scope,
+    default: &'static str,
+}
+
+/// In the order they must be applied: auto_vacuum before journal_mode (switching to
+/// WAL writes the header, after which auto_vacuum needs a VACUUM to change).
+const DEFS: &[Def] = &[
+    Def { name: "auto_vacuum", kind: Kind::Choice(&["none", "full", "incremental"]), scope: Scope::Persistent, default: "incremental" },
+    Def { name: "journal_mode", kind: Kind::Mode(&["delete", "truncate", "persist", "memory", "wal", "off"]), scope: Scope::Persistent, default: "wal" },
+    Def { name: "synchronous", kind: Kind::Choice(&["off", "normal", "full", "extra"]), scope: Scope::Connection, default: "normal" },
+    Def { name: "foreign_keys", kind: Kind::Bool, scope: Scope::Connection, default: "on" },
+    Def { name: "cache_size", kind: Kind::Int, scope: Scope::Connection, default: "-32000" },
+    Def { name: "temp_store", kind: Kind::Choice(&["default", "file", "memory"]), scope: Scope::Connection, default: "memory" },
+    Def { name: "mmap_size", kind: Kind::Int, scope: Scope::Connection, default: "1073741824" },
+    Def { name: "busy_timeout", kind: Kind::Int, scope: Scope::Connection, default: "5000" },
+];
+
+/// One configured pragma: its normalised value, as SQLite reads it back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Setting {
+    pub name: &'static str,
+    pub value: String,
+    pub scope: Scope,
+}
+
+/// The set of pragmas a store applies and verifies. `Pragmas::default()` is the spec's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pragmas {
+    settings: Vec<Setting>,
+}
+
+impl Default for Pragmas {
+    fn default() -> Self {
+        let settings = DEFS
+            .iter()
+            .map(|d| Setting { name: d.name, value: normalise(d, d.default).expect("valid default"), scope: d.scope })
+            .collect();
+        Pragmas { settings }
+    }
+}
+
+fn def(name: &str) -> Result<&'static Def> {
+    let lower = name.to_ascii_lowercase();
+    DEFS.iter().find(|d| d.name == lower).ok_or_else(|| {
+        let known: Vec<&str> = DEFS.iter().map(|d| d.name).collect();
+        Error::invalid("pragma", format!("unknown pragma {name:?}; known: {}", known.join(", ")))
+    })
+}
+
+fn normalise(def: &Def, value: &str) -> Result<String> {
+    let v = value.trim().to_ascii_lowercase();
+    let bad = |expected: &str| {
+        Error::invalid(format!("pragma {}", def.name), format!("value {value:?} is not {expected}"))
+    };
+    match def.kind {
+        Kind::Int => v.parse::<i64>().map(|n| n.to_string()).map_err(|_| bad("an integer")),
+        Kind::Bool => match v.as_str() {
+            "1" | "on" | "true" | "yes" => Ok("1".into()),
+            "0" | "off" | "false" | "no" => Ok("0".into()),
+            _ => Err(bad("a boolean (on/off)")),
+        },
+        Kind::Choice(names) => {
+            if let Some(i) = names.iter().position(|n| *n == v) {
+                return Ok(i.to_string());
+            }
+            match v.parse::<usize>() {
+                Ok(i) if i < names.len() => Ok(i.to_string()),
+                _ => Err(bad(&format!("one of {}", names.join(", ")))),
+            }
+        }
+        Kind::Mode(names) if names.contains(&v.as_str()) => Ok(v),
+        Kind::Mode(names) => Err(bad(&format!("one of {}", names.join(", ")))),
+    }
+}
+
+impl Pragmas {
+    /// Overrides one pragma (`value` as you would write it in SQL: `"normal"`, `"0"`,
+    /// `"wal"`). Unknown names and values are rejected, naming them.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<&mut Self> {
+        let d = def(name)?;
+        let value = normalise(d, value)?;
+        match self.settings.iter_mut().find(|s| s.name == d.name) {
+            Some(s) => s.value = value,
+            None => {
+                // Re-insert in definition order so apply order stays right.
+                self.settings.push(Setting { name: d.name, value, scope: d.scope });
+                self.settings.sort_by_key(|s| DEFS.iter().position(|x| x.name == s.name));
+            }
+        }
+        Ok(self)
+    }
+
+    /// Stops applying (and verifying) one pragma: SQLite's own default stays.
+    pub fn unset(&mut self, name: &str) -> Result<&mut Self> {
+        let d = def(name)?;
+        self.settings.retain(|s| s.name != d.name);
+        Ok(self)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.settings.iter().find(|s| s.name == name).map(|s| s.value.as_str())
+    }
+
+    pub fn settings(&self) -> &[Setting] {
+        &self.settings
+    }
+
+    pub fn scoped(&self, scope: Scope) -> impl Iterator<Item = &Setting> {
+        self.settings.iter().filter(move |s| s.scope == scope)
+    }
+
+    /// Applies the per-connection pragmas (the pool's customizer calls this).
+    pub fn apply_connection(&self, conn: &Connection) -> Result<()> {
+        for s in self.scoped(Scope::Connection) {
+            set_raw(conn, s.name, &s.value)?;
+        }
+        Ok(())
+    }
+
+    /// Checks that every configured pragma reads back as wanted. In-memory databases
+    /// always report journal_mode `memory` and have no mmap, so neither is demanded.
+    pub fn verify(&self, conn: &Connection, in_memory: bool) -> Result<()> {
+        for s in &self.settings {
+            if in_memory && matches!(s.name, "journal_mode" | "mmap_size") {
+                continue;
+            }
+            let actual = read(conn, s.name)?;
+            if actual != s.value {
+                return Err(Error::Pragma { pragma: s.name.into(), wanted: s.value.clone(), actual });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a pragma's current value as text (numbers as decimal); `unsupported` when
+/// SQLite returns no row (e.g. `mmap_size` in memory).
+pub fn read(conn: &Connection, name: &str) -> Result<String> {
+    let value: Option<rusqlite::types::Value> =
+        conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0)).optional()?;
+    let Some(value) = value else { return Ok("unsupported".into()) };
+    Ok(match value {
+        rusqlite::types::Value::Integer(i) => i.to_string(),
+        rusqlite::types::Value::Text(t) => t.to_ascii_lowercase(),
+        rusqlite::types::Value::Real(f) => f.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+/// Sets a pragma. Some pragmas (journal_mode, mmap_size, busy_timeout) return a row,
+/// so it is run as a query and the row ignored. `name` and `value` come from the
+/// normalised table above, never from raw user text.
+pub fn set_raw(conn: &Connection, name: &str, value: &str) -> Result<()> {
+    let mut stmt = conn.prepare(&format!("PRAGMA {name} = {value}"))?;
+    let mut rows = stmt.query([])?;
+    while rows.next()?.is_some() {}
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_normalised() {
+        let p = Pragmas::default();
+        assert_eq!(p.get("auto_vacuum"), Some("2"));
+        assert_eq!(p.get("journal_mode"), Some("wal"));
+        assert_eq!(p.get("synchronous"), Some("1"));
+        assert_eq!(p.get("foreign_keys"), Some("1"));
+        assert_eq!(p.get("temp_store"), Some("2"));
+        assert_eq!(p.get("busy_timeout"), Some("5000"));
+        assert_eq!(p.settings()[0].name, "auto_vacuum");
+    }
+
+    #[test]
+    fn unknown_names_and_values_are_named() {
+        let mut p = Pragmas::default();
+        let e = p.set("jurnal_mode", "wal").unwrap_err().to_string();
+        assert!(e.contains("jurnal_mode"), "{e}");
+        let e = p.set("synchronous", "sometimes").unwrap_err().to_string();
+        assert!(e.contains("synchronous") && e.contains("sometimes"), "{e}");
+        let e = p.set("cache_size", "1; DROP TABLE x").unwrap_err().to_string();
+        assert!(e.contains("integer"), "{e}");
+    }
+
+    #[test]
+    fn overrides_and_unset() {
+        let mut p = Pragmas::default();
+        p.set("SYNCHRONOUS", "full").unwrap().set("mmap_size", "0").unwrap();
+        p.unset("busy_timeout").unwrap();
+        assert_eq!(p.get("synchronous"), Some("2"));
+        assert_eq!(p.get("mmap_size"), Some("0"));
+        assert_eq!(p.get("busy_timeout"), None);
+        p.set("busy_timeout", "10").unwrap();
+        assert_eq!(p.settings().last().map(|s| s.name), Some("busy_timeout"));
+    }
+
+    #[test]
+    fn verify_reports_the_mismatch() {
+        let conn = Connection::open_in_memory().unwrap();
+        let p = Pragmas::default();
+        p.apply_connection(&conn).unwrap();
+        // auto_vacuum was not applied to this connection, so verification must fail on it.
+        match p.verify(&conn, true) {
+            Err(Error::Pragma { pragma, wanted, actual }) => {
+                assert_eq!((pragma.as_str(), wanted.as_str(), actual.as_str()), ("auto_vacuum", "2", "0"));
+            }
+            other => panic!("expected a pragma error, got {other:?}"),
+        }
+    }
+}

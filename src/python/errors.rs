@@ -1,0 +1,49 @@
+//! The core's error enum mapped, variant by variant, onto the Python exception tree
+//! defined in `consensus_db/errors.py` (one base class, `consensus_db.Error`).
+
+use pyo3::prelude::*;
+
+use crate::error::Error;
+
+mod py {
+    pyo3::import_exception!(consensus_db.errors, BusyError);
+    pyo3::import_exception!(consensus_db.errors, PoolTimeoutError);
+    pyo3::import_exception!(consensus_db.errors, IntegrityError);
+    pyo3::import_exception!(consensus_db.errors, InvalidInputError);
+    pyo3::import_exception!(consensus_db.errors, SchemaVersionError);
+    pyo3::import_exception!(consensus_db.errors, MigrationError);
+    pyo3::import_exception!(consensus_db.errors, PragmaVerificationError);
+    pyo3::import_exception!(consensus_db.errors, CorruptDatabaseError);
+    pyo3::import_exception!(consensus_db.errors, ReadOnlyError);
+    pyo3::import_exception!(consensus_db.errors, ClosedError);
+    pyo3::import_exception!(consensus_db.errors, ForkedProcessError);
+    pyo3::import_exception!(consensus_db.errors, DiskFullError);
+    pyo3::import_exception!(consensus_db.errors, DatabaseError);
+    pyo3::import_exception!(consensus_db.errors, InternalError);
+}
+
+pub fn to_py(err: Error) -> PyErr {
+    let message = err.to_string();
+    match err {
+        Error::Busy(_) => py::BusyError::new_err(message),
+        Error::PoolTimeout(_) => py::PoolTimeoutError::new_err(message),
+        Error::Integrity(_) => py::IntegrityError::new_err(message),
+        Error::InvalidInput { .. } => py::InvalidInputError::new_err(message),
+        Error::SchemaTooNew { .. } => py::SchemaVersionError::new_err(message),
+        Error::Migration(_) => py::MigrationError::new_err(message),
+        Error::Pragma { .. } => py::PragmaVerificationError::new_err(message),
+        Error::Corrupt(_) => py::CorruptDatabaseError::new_err(message),
+        Error::ReadOnly(_) => py::ReadOnlyError::new_err(message),
+        Error::Closed => py::ClosedError::new_err(message),
+        Error::Forked { .. } => py::ForkedProcessError::new_err(message),
+        Error::DiskFull(_) => py::DiskFullError::new_err(message),
+        Error::Sqlite(_) => py::DatabaseError::new_err(message),
+        Error::Internal(_) => py::InternalError::new_err(message),
+    }
+}
+
+impl From<Error> for PyErr {
+    fn from(err: Error) -> PyErr {
+        to_py(err)
+    }
+}

@@ -1,0 +1,145 @@
+//! `with db.transaction("immediate") as tx:` — commit on success, rollback on any
+//! exception; `with tx.savepoint():` nests. Each statement releases the GIL.
+
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use pyo3::types::{PyAny, PyTuple};
+
+use super::convert::{rows_to_py, to_params};
+use super::run;
+use crate::error::Error;
+use crate::transaction::{Behavior, Tx};
+
+#[pyclass(frozen, module = "consensus_db", name = "Transaction")]
+pub struct PyTransaction {
+    db: Py<super::database::PyDatabase>,
+    behavior: Behavior,
+    tx: Mutex<Option<Tx>>,
+}
+
+impl PyTransaction {
+    pub fn new(db: Py<super::database::PyDatabase>, behavior: Behavior) -> Self {
+        PyTransaction { db, behavior, tx: Mutex::new(None) }
+    }
+
+    fn with_tx<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut Tx) -> crate::Result<T> + Send) -> PyResult<T> {
+        run(py, || {
+            let mut guard = self.tx.lock();
+            let tx = guard.as_mut().ok_or_else(|| {
+                Error::Sqlite("the transaction is not active: use it inside its `with` block".into())
+            })?;
+            f(tx)
+        })
+    }
+}
+
+#[pymethods]
+impl PyTransaction {
+    fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+        let py = slf.py();
+        {
+            let this = slf.get();
+            let db = this.db.get();
+            let behavior = this.behavior;
+            let tx = run(py, || db.core()?.begin(behavior))?;
+            let mut slot = this.tx.lock();
+            if slot.is_some() {
+                return Err(Error::Sqlite("the transaction is already active".into()).into());
+            }
+            *slot = Some(tx);
+        }
+        Ok(slf)
+    }
+
+    #[pyo3(signature = (exc_type=None, _exc=None, _tb=None))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let failed = exc_type.is_some_and(|t| !t.is_none());
+        let tx = self.tx.lock().take();
+        if let Some(tx) = tx {
+            run(py, || if failed { tx.rollback() } else { tx.commit() })?;
+        }
+        Ok(false)
+    }
+
+    /// Runs one statement; returns the number of rows it changed.
+    #[pyo3(signature = (sql, params=None))]
+    fn execute(&self, py: Python<'_>, sql: &str, params: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+        let params = to_params(params)?;
+        let sql = sql.to_owned();
+        self.with_tx(py, move |tx| tx.execute(&sql, &params))
+    }
+
+    /// Runs one statement for every parameter row (prepared once); returns rows changed.
+    fn executemany(&self, py: Python<'_>, sql: &str, rows: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let mut all = Vec::new();
+        for (i, row) in rows.try_iter()?.enumerate() {
+            all.push(to_params(Some(&row?)).map_err(|e| {
+                PyErr::from(Error::invalid(format!("rows[{i}]"), e.to_string()))
+            })?);
+        }
+        let sql = sql.to_owned();
+        self.with_tx(py, move |tx| tx.execute_many(&sql, &all))
+    }
+
+    /// Runs a query; returns every row as a tuple.
+    #[pyo3(signature = (sql, params=None))]
+    fn query<'py>(&self, py: Python<'py>, sql: &str, params: Option<&Bound<'py, PyAny>>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let params = to_params(params)?;
+        let sql = sql.to_owned();
+        let rows = self.with_tx(py, move |tx| tx.query(&sql, &params))?;
+        rows_to_py(py, rows)
+    }
+
+    /// The rowid of the last row inserted through this transaction.
+    #[getter]
+    fn lastrowid(&self, py: Python<'_>) -> PyResult<i64> {
+        self.with_tx(py, |tx| Ok(tx.last_insert_rowid()))
+    }
+
+    /// A nested savepoint: `with tx.savepoint(): ...` undoes only its own part on error.
+    fn savepoint(slf: Bound<'_, Self>) -> PySavepoint {
+        PySavepoint { tx: slf.unbind(), name: Mutex::new(None) }
+    }
+}
+
+#[pyclass(frozen, module = "consensus_db", name = "Savepoint")]
+pub struct PySavepoint {
+    tx: Py<PyTransaction>,
+    name: Mutex<Option<String>>,
+}
+
+#[pymethods]
+impl PySavepoint {
+    fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+        let py = slf.py();
+        {
+            let this = slf.get();
+            let tx = this.tx.get();
+            let name = tx.with_tx(py, |tx| tx.savepoint())?;
+            *this.name.lock() = Some(name);
+        }
+        Ok(slf)
+    }
+
+    #[pyo3(signature = (exc_type=None, _exc=None, _tb=None))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let failed = exc_type.is_some_and(|t| !t.is_none());
+        if let Some(name) = self.name.lock().take() {
+            let tx = self.tx.get();
+            tx.with_tx(py, move |tx| if failed { tx.rollback_to(&name) } else { tx.release(&name) })?;
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,522 @@
+//! The high-level operations: agent executions (the routing table), artifacts and
+//! syntheses. Each write is one IMMEDIATE transaction; each read one statement per
+//! schema. Inputs are validated before anything is written.
+//!
+//! Runs: an artifact joins the newest *open* run (no synthesis yet) of its
+//! (spec_id, stage, run_id); a synthesis closes that run, or is a run of its own.
+//!
+//! Reads go through the dual-schema reader: the new tables first, then legacy rows
+//! that have no copy in the new tables (written by an old binary after the
+//! migration), each row once, tagged with its source.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::db::Database;
+use crate::error::{Error, Result};
+use crate::model::*;
+use crate::transaction::Tx;
+
+pub const PHASE_TYPES: [&str; 2] = ["quality_gate", "regular_stage"];
+
+#[derive(Debug, Default)]
+pub(crate) struct ReaderStats {
+    v1: AtomicU64,
+    legacy: AtomicU64,
+    empty: AtomicU64,
+}
+
+impl ReaderStats {
+    fn count(&self, v1: bool, legacy: bool) {
+        if v1 {
+            self.v1.fetch_add(1, Ordering::Relaxed);
+        }
+        if legacy {
+            self.legacy.fetch_add(1, Ordering::Relaxed);
+        }
+        if !v1 && !legacy {
+            self.empty.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+pub fn check_id(name: &str, value: &str) -> Result<()> {
+    if value.trim().is_empty() {
+        return Err(Error::invalid(name, format!("must be a non-empty string, got {value:?}")));
+    }
+    Ok(())
+}
+
+pub fn check_json(name: &str, value: &str) -> Result<()> {
+    serde_json::from_str::<serde::de::IgnoredAny>(value).map(|_| ()).map_err(|e| {
+        let shown: String = value.chars().take(80).collect();
+        let more = if value.chars().count() > 80 { "…" } else { "" };
+        Error::invalid(name, format!("is not valid JSON ({e}): {shown:?}{more}"))
+    })
+}
+
+fn check_phase_type(value: &str) -> Result<()> {
+    if PHASE_TYPES.contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::invalid("phase_type", format!("{value:?} is not one of {}", PHASE_TYPES.join(", "))))
+    }
+}
+
+fn check_artifact(a: &NewArtifact) -> Result<()> {
+    check_id("spec_id", &a.spec_id)?;
+    check_id("stage", &a.stage)?;
+    check_id("agent_name", &a.agent_name)?;
+    check_json("content_json", &a.content_json)
+}
+
+const NOW_TEXT: &str = "strftime('%Y-%m-%d %H:%M:%S', 'now')";
+
+impl Database {
+    fn require_v1(&self) -> Result<()> {
+        if self.layout.v1.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Error::Migration(format!(
+                "database {:?} is at schema version 0 (legacy); call migrate() before writing artifacts or syntheses",
+                self.path
+            )))
+        }
+    }
+
+    // ---- agent executions -------------------------------------------------------
+
+    /// Records a spawned agent. Recording the same `agent_id` again starts it afresh.
+    pub fn record_agent_spawn(
+        &self,
+        agent_id: &str,
+        spec_id: &str,
+        stage: &str,
+        phase_type: &str,
+        agent_name: &str,
+        run_id: Option<&str>,
+    ) -> Result<()> {
+        check_id("agent_id", agent_id)?;
+        check_id("spec_id", spec_id)?;
+        check_id("stage", stage)?;
+        check_phase_type(phase_type)?;
+        check_id("agent_name", agent_name)?;
+        self.write(|tx| {
+            tx.prepare_cached(&format!(
+                "INSERT INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, run_id, spawned_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, {NOW_TEXT})
+                 ON CONFLICT(agent_id) DO UPDATE SET spec_id = excluded.spec_id, stage = excluded.stage,
+                   phase_type = excluded.phase_type, agent_name = excluded.agent_name, run_id = excluded.run_id,
+                   spawned_at = excluded.spawned_at, completed_at = NULL, response_text = NULL,
+                   extraction_error = NULL"
+            ))?
+            .execute(params![agent_id, spec_id, stage, phase_type, agent_name, run_id])?;
+            Ok(())
+        })
+    }
+
+    /// `(phase_type, stage)` of a spawned agent — the completion-routing hot path.
+    pub fn get_agent_spawn_info(&self, agent_id: &str) -> Result<Option<(String, String)>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached("SELECT phase_type, stage FROM agent_executions WHERE agent_id = ?1")?;
+        Ok(stmt.query_row([agent_id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+    }
+
+    pub fn get_agent_name(&self, agent_id: &str) -> Result<Option<String>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached("SELECT agent_name FROM agent_executions WHERE agent_id = ?1")?;
+        Ok(stmt.query_row([agent_id], |r| r.get(0)).optional()?)
+    }
+
+    /// Marks an agent completed. Returns whether the agent was known.
+    pub fn record_agent_completion(&self, agent_id: &str, response_text: &str) -> Result<bool> {
+        check_id("agent_id", agent_id)?;
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached(&format!(
+                    "UPDATE agent_executions SET completed_at = {NOW_TEXT}, response_text = ?2 WHERE agent_id = ?1"
+                ))?
+                .execute(params![agent_id, response_text])?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Marks an agent completed with output that could not be parsed. Returns whether
+    /// the agent was known.
+    pub fn record_extraction_failure(&self, agent_id: &str, response_text: &str, extraction_error: &str) -> Result<bool> {
+        check_id("agent_id", agent_id)?;
+        check_id("extraction_error", extraction_error)?;
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached(&format!(
+                    "UPDATE agent_executions SET completed_at = {NOW_TEXT}, response_text = ?2, extraction_error = ?3
+                     WHERE agent_id = ?1"
+                ))?
+                .execute(params![agent_id, response_text, extraction_error])?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Extraction failures of a spec, oldest spawn first.
+    pub fn query_extraction_failures(&self, spec_id: &str) -> Result<Vec<ExtractionFailure>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT agent_id, spec_id, stage, phase_type, agent_name, run_id, spawned_at, completed_at,
+                    response_text, extraction_error
+             FROM agent_executions WHERE spec_id = ?1 AND extraction_error IS NOT NULL
+             ORDER BY spawned_at, agent_id",
+        )?;
+        let rows = stmt.query_map([spec_id], |r| {
+            Ok(ExtractionFailure {
+                agent_id: r.get(0)?,
+                spec_id: r.get(1)?,
+                stage: r.get(2)?,
+                phase_type: r.get(3)?,
+                agent_name: r.get(4)?,
+                run_id: r.get(5)?,
+                spawned_at: r.get(6)?,
+                completed_at: r.get(7)?,
+                response_text: r.get(8)?,
+                extraction_error: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes executions spawned more than `days` days ago; returns how many.
+    pub fn cleanup_old_executions(&self, days: i64) -> Result<usize> {
+        crate::maintenance::cleanup_executions(&*self.conn()?, days)
+    }
+
+    // ---- artifacts --------------------------------------------------------------
+
+    /// Stores one artifact; returns its id.
+    pub fn store_artifact(&self, artifact: &NewArtifact) -> Result<i64> {
+        check_artifact(artifact)?;
+        self.require_v1()?;
+        self.write(|tx| insert_artifact(tx, artifact, now_ms()))
+    }
+
+    /// Stores many artifacts in one transaction: all or none. Returns their ids in order.
+    pub fn store_artifacts(&self, artifacts: &[NewArtifact]) -> Result<Vec<i64>> {
+        for (i, a) in artifacts.iter().enumerate() {
+            check_artifact(a).map_err(|e| match e {
+                Error::InvalidInput { name, message } => Error::invalid(format!("artifacts[{i}].{name}"), message),
+                other => other,
+            })?;
+        }
+        self.require_v1()?;
+        let now = now_ms();
+        self.write(|tx| artifacts.iter().map(|a| insert_artifact(tx, a, now)).collect())
+    }
+
+    /// Artifacts of a spec/stage from both schemas, oldest first (ties by id).
+    pub fn query_artifacts(&self, spec_id: &str, stage: &str) -> Result<Vec<Artifact>> {
+        let conn = self.conn()?;
+        let mut out = Vec::new();
+        if self.layout.v1.load(Ordering::Acquire) {
+            let mut stmt = conn.prepare_cached(
+                "SELECT o.id, o.agent_name, o.content, o.response_text, r.run_id, o.output_at_ms, o.model_version
+                 FROM consensus_runs r JOIN agent_outputs o ON o.run_pk = r.id
+                 WHERE r.spec_id = ?1 AND r.stage = ?2 ORDER BY o.output_at_ms, o.id",
+            )?;
+            let rows = stmt.query_map([spec_id, stage], |r| {
+                let ms: i64 = r.get(5)?;
+                Ok(Artifact {
+                    id: r.get(0)?,
+                    spec_id: spec_id.to_owned(),
+                    stage: stage.to_owned(),
+                    agent_name: r.get(1)?,
+                    content_json: r.get(2)?,
+                    response_text: r.get(3)?,
+                    run_id: r.get(4)?,
+                    created_at: format_utc_ms(ms),
+                    model_version: r.get(6)?,
+                    source: SOURCE_V1.to_owned(),
+                })
+            })?;
+            for row in rows {
+                out.push(row?);
+            }
+        }
+        let from_v1 = out.len();
+        if self.layout.legacy_artifacts.load(Ordering::Acquire) {
+            let legacy = legacy_artifacts(&conn, spec_id, stage, self.layout.v1.load(Ordering::Acquire))?;
+            if !legacy.is_empty() {
+                out.extend(legacy);
+                out.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+            }
+        }
+        self.reader.count(from_v1 > 0, out.len() > from_v1);
+        Ok(out)
+    }
+
+    /// Deletes every artifact of a spec (both schemas); returns how many.
+    pub fn delete_spec_artifacts(&self, spec_id: &str) -> Result<usize> {
+        check_id("spec_id", spec_id)?;
+        self.delete_artifacts(spec_id, None)
+    }
+
+    /// Deletes every artifact of a spec's stage (both schemas); returns how many.
+    pub fn delete_stage_artifacts(&self, spec_id: &str, stage: &str) -> Result<usize> {
+        check_id("spec_id", spec_id)?;
+        check_id("stage", stage)?;
+        self.delete_artifacts(spec_id, Some(stage))
+    }
+
+    fn delete_artifacts(&self, spec_id: &str, stage: Option<&str>) -> Result<usize> {
+        let has_v1 = self.layout.v1.load(Ordering::Acquire);
+        let has_legacy = self.layout.legacy_artifacts.load(Ordering::Acquire);
+        let args = [Value::Text(spec_id.to_owned()), opt(stage)];
+        self.write(|tx| {
+            let mut deleted = 0;
+            let scope = "spec_id = ?1 AND (?2 IS NULL OR stage = ?2)";
+            if has_legacy {
+                // Legacy rows with a copy in the new tables are counted there.
+                let unmirrored = if has_v1 {
+                    " AND id NOT IN (SELECT legacy_artifact_id FROM agent_outputs WHERE legacy_artifact_id IS NOT NULL)"
+                } else {
+                    ""
+                };
+                deleted += tx.execute(
+                    &format!("DELETE FROM consensus_artifacts WHERE {scope}{unmirrored}"),
+                    &args,
+                )?;
+                tx.execute(&format!("DELETE FROM consensus_artifacts WHERE {scope}"), &args)?;
+            }
+            if has_v1 {
+                deleted += tx.execute(
+                    &format!("DELETE FROM agent_outputs WHERE run_pk IN (SELECT id FROM consensus_runs WHERE {scope})"),
+                    &args,
+                )?;
+                // Open runs left without outputs have nothing to say any more.
+                tx.execute(
+                    &format!(
+                        "DELETE FROM consensus_runs WHERE {scope} AND synthesis IS NULL
+                         AND NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.run_pk = consensus_runs.id)"
+                    ),
+                    &args,
+                )?;
+            }
+            Ok(deleted)
+        })
+    }
+
+    /// Deletes whole runs (their syntheses and outputs) of a spec, or of one stage,
+    /// from both schemas. Returns the number of runs (legacy syntheses included) deleted.
+    pub fn delete_runs(&self, spec_id: &str, stage: Option<&str>) -> Result<usize> {
+        check_id("spec_id", spec_id)?;
+        // Legacy artifacts have no run to cascade from.
+        self.delete_artifacts(spec_id, stage)?;
+        let has_v1 = self.layout.v1.load(Ordering::Acquire);
+        let has_legacy = self.layout.legacy_synthesis.load(Ordering::Acquire);
+        let args = [Value::Text(spec_id.to_owned()), opt(stage)];
+        let runs = self.write(|tx| {
+            let scope = "spec_id = ?1 AND (?2 IS NULL OR stage = ?2)";
+            let mut deleted = 0;
+            if has_legacy {
+                let unmirrored = if has_v1 {
+                    " AND id NOT IN (SELECT legacy_synthesis_id FROM consensus_runs WHERE legacy_synthesis_id IS NOT NULL)"
+                } else {
+                    ""
+                };
+                deleted += tx.execute(
+                    &format!("DELETE FROM consensus_synthesis WHERE {scope}{unmirrored}"),
+                    &args,
+                )?;
+                tx.execute(&format!("DELETE FROM consensus_synthesis WHERE {scope}"), &args)?;
+            }
+            if has_v1 {
+                deleted += tx.execute(&format!("DELETE FROM consensus_runs WHERE {scope}"), &args)?;
+            }
+            Ok(deleted)
+        })?;
+        Ok(runs)
+    }
+
+    // ---- synthesis --------------------------------------------------------------
+
+    /// Stores a synthesis, closing the newest open run of its spec/stage/run_id (or
+    /// starting a run of its own); returns the run's id.
+    pub fn store_synthesis(&self, s: &NewSynthesis) -> Result<i64> {
+        check_id("spec_id", &s.spec_id)?;
+        check_id("stage", &s.stage)?;
+        check_id("status", &s.status)?;
+        if let Some(n) = s.artifacts_count {
+            if n < 0 {
+                return Err(Error::invalid("artifacts_count", format!("must be zero or more, got {n}")));
+            }
+        }
+        self.require_v1()?;
+        let now = now_ms();
+        self.write(|tx| {
+            let run = match open_run(tx, &s.spec_id, &s.stage, s.run_id.as_deref())? {
+                Some(id) => id,
+                None => new_run(tx, &s.spec_id, &s.stage, s.run_id.as_deref(), now)?,
+            };
+            tx.prepare_cached(
+                "UPDATE consensus_runs SET synthesis = ?2, output_path = ?3, synthesis_status = ?4,
+                        consensus_ok = (?4 = 'success'), artifacts_count = ?5, agreements = ?6, conflicts = ?7,
+                        degraded = ?8, synthesized_at_ms = ?9
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                run,
+                s.output_markdown,
+                s.output_path,
+                s.status,
+                s.artifacts_count,
+                s.agreements,
+                s.conflicts,
+                s.degraded,
+                now
+            ])?;
+            Ok(run)
+        })
+    }
+
+    /// The newest synthesis of a spec/stage from either schema.
+    pub fn query_latest_synthesis(&self, spec_id: &str, stage: &str) -> Result<Option<Synthesis>> {
+        let conn = self.conn()?;
+        let mut found: Option<(i64, Synthesis)> = None;
+        if self.layout.v1.load(Ordering::Acquire) {
+            found = conn
+                .prepare_cached(
+                    "SELECT id, output_markdown, output_path, status, artifacts_count, agreements, conflicts,
+                            degraded, run_id, at_ms
+                     FROM (SELECT id, synthesis AS output_markdown, output_path, synthesis_status AS status,
+                                  artifacts_count, agreements, conflicts, degraded, run_id,
+                                  synthesized_at_ms AS at_ms
+                           FROM consensus_runs WHERE spec_id = ?1 AND stage = ?2 AND synthesis IS NOT NULL)
+                     ORDER BY at_ms DESC, id DESC LIMIT 1",
+                )?
+                .query_row([spec_id, stage], |r| synthesis_row(r, spec_id, stage, SOURCE_V1))
+                .optional()?;
+        }
+        let from_v1 = found.is_some();
+        if self.layout.legacy_synthesis.load(Ordering::Acquire) {
+            let unmirrored = if self.layout.v1.load(Ordering::Acquire) {
+                "AND NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id)"
+            } else {
+                ""
+            };
+            let legacy = conn
+                .prepare_cached(&format!(
+                    "SELECT id, output_markdown, output_path, status, artifacts_count, agreements, conflicts,
+                            COALESCE(degraded, 0), run_id, {}
+                     FROM consensus_synthesis s WHERE spec_id = ?1 AND stage = ?2 {unmirrored}
+                     ORDER BY created_at DESC, id DESC LIMIT 1",
+                    legacy_ms("created_at")
+                ))?
+                .query_row([spec_id, stage], |r| synthesis_row(r, spec_id, stage, SOURCE_LEGACY))
+                .optional()?;
+            if let Some(l) = legacy {
+                if found.as_ref().is_none_or(|f| l.0 > f.0) {
+                    found = Some(l);
+                }
+            }
+        }
+        let from_legacy = found.as_ref().is_some_and(|f| f.1.source == SOURCE_LEGACY);
+        self.reader.count(from_v1 && !from_legacy, from_legacy);
+        Ok(found.map(|f| f.1))
+    }
+
+    /// How often each schema served the dual-schema reader.
+    pub fn reader_counts(&self) -> ReaderCounts {
+        ReaderCounts {
+            v1: self.reader.v1.load(Ordering::Relaxed),
+            legacy: self.reader.legacy.load(Ordering::Relaxed),
+            empty: self.reader.empty.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn opt(s: Option<&str>) -> Value {
+    s.map_or(Value::Null, |s| Value::Text(s.to_owned()))
+}
+
+fn legacy_ms(col: &str) -> String {
+    format!("COALESCE(CAST(ROUND((julianday({col}) - 2440587.5) * 86400000.0) AS INTEGER), 0)")
+}
+
+fn synthesis_row(r: &Row, spec_id: &str, stage: &str, source: &str) -> rusqlite::Result<(i64, Synthesis)> {
+    let at_ms: i64 = r.get(9)?;
+    Ok((
+        at_ms,
+        Synthesis {
+            id: r.get(0)?,
+            spec_id: spec_id.to_owned(),
+            stage: stage.to_owned(),
+            output_markdown: r.get(1)?,
+            output_path: r.get(2)?,
+            status: r.get(3)?,
+            artifacts_count: r.get(4)?,
+            agreements: r.get(5)?,
+            conflicts: r.get(6)?,
+            degraded: r.get(7)?,
+            run_id: r.get(8)?,
+            created_at: format_utc_ms(at_ms),
+            source: source.to_owned(),
+        },
+    ))
+}
+
+fn legacy_artifacts(conn: &Connection, spec_id: &str, stage: &str, has_v1: bool) -> Result<Vec<Artifact>> {
+    let unmirrored = if has_v1 {
+        "AND NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id)"
+    } else {
+        ""
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT a.id, a.agent_name, a.content_json, a.response_text, a.run_id, {}
+         FROM consensus_artifacts a WHERE a.spec_id = ?1 AND a.stage = ?2 {unmirrored}
+         ORDER BY a.created_at, a.id",
+        legacy_ms("a.created_at")
+    ))?;
+    let rows = stmt.query_map([spec_id, stage], |r| {
+        Ok(Artifact {
+            id: r.get(0)?,
+            spec_id: spec_id.to_owned(),
+            stage: stage.to_owned(),
+            agent_name: r.get(1)?,
+            content_json: r.get(2)?,
+            response_text: r.get(3)?,
+            run_id: r.get(4)?,
+            created_at: format_utc_ms(r.get(5)?),
+            model_version: None,
+            source: SOURCE_LEGACY.to_owned(),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn open_run(tx: &Tx, spec_id: &str, stage: &str, run_id: Option<&str>) -> Result<Option<i64>> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT id FROM consensus_runs WHERE spec_id = ?1 AND stage = ?2 AND run_id IS ?3
+             AND synthesis IS NULL ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row(params![spec_id, stage, run_id], |r| r.get(0))
+        .optional()?)
+}
+
+fn new_run(tx: &Tx, spec_id: &str, stage: &str, run_id: Option<&str>, now: i64) -> Result<i64> {
+    tx.prepare_cached("INSERT INTO consensus_runs (spec_id, stage, run_id, run_at_ms) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![spec_id, stage, run_id, now])?;
+    Ok(tx.last_insert_rowid())
+}
+
+fn insert_artifact(tx: &Tx, a: &NewArtifact, now: i64) -> Result<i64> {
+    let run = match open_run(tx, &a.spec_id, &a.stage, a.run_id.as_deref())? {
+        Some(id) => id,
+        None => new_run(tx, &a.spec_id, &a.stage, a.run_id.as_deref(), now)?,
+    };
+    tx.prepare_cached(
+        "INSERT INTO agent_outputs (run_pk, agent_name, model_version, content, response_text, output_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![run, a.agent_name, a.model_version, a.content_json, a.response_text, now])?;
+    Ok(tx.last_insert_rowid())
+}
