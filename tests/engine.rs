@@ -1,0 +1,109 @@
+//! The engine from Rust, without Python: `cargo test --no-default-features`.
+
+use std::sync::{Arc, Barrier};
+
+use consensus_db::{Behavior, Database, Error, NewArtifact, NewSynthesis, Options};
+
+fn open(dir: &tempfile::TempDir) -> Database {
+    Database::open(dir.path().join("engine.db"), Options::default()).expect("open")
+}
+
+#[test]
+fn pragmas_are_applied_and_verified_on_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    let threads = 4;
+    let barrier = Arc::new(Barrier::new(threads));
+    let db = Arc::new(db);
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (db, barrier) = (db.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let tx = db.begin(Behavior::Deferred).unwrap();
+                barrier.wait();
+                let mode: String = tx.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+                let sync: i64 = tx.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+                (mode, sync)
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), ("wal".to_string(), 1));
+    }
+    db.verify_pragmas().unwrap();
+    assert!(db.pool_state().unwrap().0 >= threads as u32);
+}
+
+#[test]
+fn closure_transactions_commit_or_roll_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    db.write(|tx| tx.execute("CREATE TABLE t (x INTEGER)", &[])).unwrap();
+    let failed: Result<(), Error> = db.write(|tx| {
+        tx.execute("INSERT INTO t VALUES (1)", &[])?;
+        Err(Error::invalid("x", "forced"))
+    });
+    assert!(matches!(failed, Err(Error::InvalidInput { .. })));
+    assert_eq!(db.query("SELECT count(*) FROM t", &[]).unwrap()[0][0], 0i64.into());
+    db.write(|tx| tx.execute("INSERT INTO t VALUES (2)", &[])).unwrap();
+    assert_eq!(db.query("SELECT x FROM t", &[]).unwrap(), vec![vec![2i64.into()]]);
+}
+
+#[test]
+fn store_round_trip_and_dual_schema_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    db.record_agent_spawn("a1", "SPEC", "plan", "quality_gate", "gemini", Some("r1")).unwrap();
+    assert_eq!(db.get_agent_spawn_info("a1").unwrap(), Some(("quality_gate".into(), "plan".into())));
+    assert!(db.record_agent_completion("a1", "done").unwrap());
+    assert!(!db.record_agent_completion("nobody", "done").unwrap());
+    let artifact = NewArtifact {
+        spec_id: "SPEC".into(),
+        stage: "plan".into(),
+        agent_name: "gemini".into(),
+        content_json: r#"{"ok": true}"#.into(),
+        run_id: Some("r1".into()),
+        ..Default::default()
+    };
+    let id = db.store_artifact(&artifact).unwrap();
+    let got = db.query_artifacts("SPEC", "plan").unwrap();
+    assert_eq!((got.len(), got[0].id, got[0].source.as_str()), (1, id, "v1"));
+    let bad = NewArtifact { content_json: "{nope".into(), ..artifact };
+    assert!(matches!(db.store_artifact(&bad), Err(Error::InvalidInput { ref name, .. }) if name == "content_json"));
+    db.store_synthesis(&NewSynthesis {
+        spec_id: "SPEC".into(),
+        stage: "plan".into(),
+        output_markdown: "# merged".into(),
+        run_id: Some("r1".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let s = db.query_latest_synthesis("SPEC", "plan").unwrap().unwrap();
+    assert_eq!((s.output_markdown.as_str(), s.status.as_str()), ("# merged", "success"));
+    assert_eq!(db.reader_counts().v1, 2);
+}
+
+#[test]
+fn memory_databases_are_shared_by_the_pool_and_private_to_the_store() {
+    let a = Database::open(":memory:", Options::default()).unwrap();
+    let b = Database::open(":memory:", Options::default()).unwrap();
+    a.record_agent_spawn("x", "S", "plan", "regular_stage", "code", None).unwrap();
+    let t1 = a.begin(Behavior::Deferred).unwrap();
+    let t2 = a.begin(Behavior::Deferred).unwrap();
+    for tx in [&t1, &t2] {
+        let n: i64 = tx.query_row("SELECT count(*) FROM agent_executions", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1);
+    }
+    assert_eq!(b.get_agent_name("x").unwrap(), None);
+}
+
+#[test]
+fn closed_and_future_databases_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    db.write(|tx| tx.execute_batch("PRAGMA user_version = 42").map_err(Error::from)).unwrap();
+    db.close();
+    assert!(matches!(db.get_agent_name("a"), Err(Error::Closed)));
+    let again = Database::open(dir.path().join("engine.db"), Options::default());
+    assert!(matches!(again, Err(Error::SchemaTooNew { found: 42, .. })), "{:?}", again.err());
+}
