@@ -9,6 +9,7 @@
 //! that have no copy in the new tables (written by an old binary after the
 //! migration), each row once, tagged with its source.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::types::Value;
@@ -209,7 +210,24 @@ impl Database {
         }
         self.require_v1()?;
         let now = now_ms();
-        self.write(|tx| artifacts.iter().map(|a| insert_artifact(tx, a, now)).collect())
+        self.write(|tx| {
+            // Within one transaction a group's open run cannot change: look it up once.
+            let mut runs: HashMap<(&str, &str, Option<&str>), i64> = HashMap::new();
+            let mut ids = Vec::with_capacity(artifacts.len());
+            for a in artifacts {
+                let key = (a.spec_id.as_str(), a.stage.as_str(), a.run_id.as_deref());
+                let run = match runs.get(&key) {
+                    Some(&run) => run,
+                    None => {
+                        let run = open_or_new_run(tx, key.0, key.1, key.2, now)?;
+                        runs.insert(key, run);
+                        run
+                    }
+                };
+                ids.push(insert_output(tx, run, a, now)?);
+            }
+            Ok(ids)
+        })
     }
 
     /// Artifacts of a spec/stage from both schemas, oldest first (ties by id).
@@ -352,10 +370,7 @@ impl Database {
         self.require_v1()?;
         let now = now_ms();
         self.write(|tx| {
-            let run = match open_run(tx, &s.spec_id, &s.stage, s.run_id.as_deref())? {
-                Some(id) => id,
-                None => new_run(tx, &s.spec_id, &s.stage, s.run_id.as_deref(), now)?,
-            };
+            let run = open_or_new_run(tx, &s.spec_id, &s.stage, s.run_id.as_deref(), now)?;
             tx.prepare_cached(
                 "UPDATE consensus_runs SET synthesis = ?2, output_path = ?3, synthesis_status = ?4,
                         consensus_ok = (?4 = 'success'), artifacts_count = ?5, agreements = ?6, conflicts = ?7,
@@ -508,15 +523,23 @@ fn new_run(tx: &Tx, spec_id: &str, stage: &str, run_id: Option<&str>, now: i64) 
     Ok(tx.last_insert_rowid())
 }
 
-fn insert_artifact(tx: &Tx, a: &NewArtifact, now: i64) -> Result<i64> {
-    let run = match open_run(tx, &a.spec_id, &a.stage, a.run_id.as_deref())? {
-        Some(id) => id,
-        None => new_run(tx, &a.spec_id, &a.stage, a.run_id.as_deref(), now)?,
-    };
+fn open_or_new_run(tx: &Tx, spec_id: &str, stage: &str, run_id: Option<&str>, now: i64) -> Result<i64> {
+    match open_run(tx, spec_id, stage, run_id)? {
+        Some(id) => Ok(id),
+        None => new_run(tx, spec_id, stage, run_id, now),
+    }
+}
+
+fn insert_output(tx: &Tx, run: i64, a: &NewArtifact, now: i64) -> Result<i64> {
     tx.prepare_cached(
         "INSERT INTO agent_outputs (run_pk, agent_name, model_version, content, response_text, output_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![run, a.agent_name, a.model_version, a.content_json, a.response_text, now])?;
     Ok(tx.last_insert_rowid())
+}
+
+fn insert_artifact(tx: &Tx, a: &NewArtifact, now: i64) -> Result<i64> {
+    let run = open_or_new_run(tx, &a.spec_id, &a.stage, a.run_id.as_deref(), now)?;
+    insert_output(tx, run, a, now)
 }
