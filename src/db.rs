@@ -234,6 +234,10 @@ impl Database {
         &self.open_report
     }
 
+    pub(crate) fn is_forked(&self) -> bool {
+        self.opened_in.check().is_err()
+    }
+
     pub fn is_closed(&self) -> bool {
         self.pool.read().is_none()
     }
@@ -312,16 +316,13 @@ impl Database {
 
     /// Stops maintenance and closes every pooled connection. Idempotent.
     pub fn close(&self) {
-        if let Some(m) = self.maintenance.lock().take() {
-            m.stop();
-        }
+        self.stop_maintenance();
         let pool = self.pool.write().take();
         let keeper = self.keeper.lock().take();
-        if self.opened_in.check().is_err() {
+        if self.is_forked() {
             // Closing inherited connections in a forked child could checkpoint or
             // unlink the parent's WAL: leak them instead.
-            std::mem::forget(pool);
-            std::mem::forget(keeper);
+            std::mem::forget((pool, keeper));
         }
     }
 }

@@ -237,8 +237,12 @@ impl Database {
 
     /// Stops the background thread and waits for it; a no-op when none runs.
     pub fn stop_maintenance(&self) {
-        if let Some(m) = self.maintenance.lock().take() {
-            m.stop();
+        let running = self.maintenance.lock().take();
+        match running {
+            // A forked child has no such thread to join.
+            Some(m) if self.is_forked() => std::mem::forget(m),
+            Some(m) => m.stop(),
+            None => {}
         }
     }
 
