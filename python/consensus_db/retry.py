@@ -1,0 +1,345 @@
+"""Retry classification, exponential backoff with full jitter, and a circuit breaker.
+
+- :func:`classify` / :func:`is_retryable` decide whether trying again can help.
+- :class:`RetryPolicy` runs a sync (``policy.call``) or async (``await policy.acall``)
+  callable, sleeping ``min(max_delay, initial_delay * 2**n)`` between attempts — or a
+  uniform random delay in ``[0, that]`` with ``jitter=True`` ("full jitter").
+  ``sleep`` and ``random`` are injectable so tests never wait.
+- :func:`retry` is the decorator form; :class:`CircuitBreaker` fails fast while a
+  dependency keeps failing.
+
+This module stands alone rather than building on tenacity: the API the spec fixes is
+small, it needs an injectable sleeper and clock for sync and async callables, and a
+~200-line module is easier to read and test than tenacity's callback configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+import inspect
+import logging
+import random as _random
+import socket
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Optional, TypeVar
+
+from .errors import CircuitOpenError, DiskFullError, Error, InvalidInputError
+
+__all__ = [
+    "Classification",
+    "classify",
+    "is_retryable",
+    "retry_after",
+    "RetryPolicy",
+    "RetryStats",
+    "retry",
+    "CircuitBreaker",
+]
+
+T = TypeVar("T")
+log = logging.getLogger("consensus_db.retry")
+
+RETRYABLE_HTTP = frozenset({408, 429, 500, 502, 503, 504})
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+_BUSY_MESSAGES = ("database is locked", "database table is locked", "database is busy", "busy")
+
+
+class Classification(str, enum.Enum):
+    RETRYABLE = "retryable"
+    PERMANENT = "permanent"
+
+
+def _http_status(exc: BaseException) -> Optional[int]:
+    for holder in (exc, getattr(exc, "response", None)):
+        if holder is None:
+            continue
+        for name in ("status_code", "status"):
+            value = getattr(holder, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+                return value
+    return None
+
+
+def classify(exc: BaseException) -> Classification:
+    """Retryable: busy/locked databases, pool timeouts, timeouts, connection resets,
+    HTTP 408/429/500/502/503/504. Everything else — constraints, validation, syntax,
+    auth, other 4xx, disk full, unknown exceptions — is permanent."""
+    if isinstance(exc, Error):
+        return Classification.RETRYABLE if exc.retryable else Classification.PERMANENT
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None:
+            return Classification.RETRYABLE if code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED) else Classification.PERMANENT
+        if isinstance(exc, sqlite3.OperationalError) and any(m in str(exc).lower() for m in _BUSY_MESSAGES):
+            return Classification.RETRYABLE
+        return Classification.PERMANENT
+    status = _http_status(exc)
+    if status is not None:
+        return Classification.RETRYABLE if status in RETRYABLE_HTTP else Classification.PERMANENT
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, socket.timeout, ConnectionError)):
+        return Classification.RETRYABLE
+    return Classification.PERMANENT
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return classify(exc) is Classification.RETRYABLE
+
+
+def retry_after(exc: BaseException) -> Optional[float]:
+    """A server's Retry-After hint in seconds, from ``exc.retry_after`` or the headers
+    of ``exc`` / ``exc.response``; ``None`` when absent or unreadable."""
+    hint = getattr(exc, "retry_after", None)
+    if hint is None:
+        for holder in (exc, getattr(exc, "response", None)):
+            headers = getattr(holder, "headers", None) if holder is not None else None
+            if headers:
+                hint = next((v for k, v in dict(headers).items() if str(k).lower() == "retry-after"), None)
+                if hint is not None:
+                    break
+    try:
+        seconds = float(hint) if hint is not None else None
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds is not None and seconds >= 0 else None
+
+
+@dataclass
+class RetryStats:
+    """What a policy has done (shared by every call through it; thread-safe)."""
+
+    calls: int = 0
+    attempts: int = 0
+    retries: int = 0
+    failures: int = 0
+    total_delay: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def _add(self, **deltas: float) -> None:
+        with self._lock:
+            for name, delta in deltas.items():
+                setattr(self, name, getattr(self, name) + delta)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff: ``initial_delay`` doubling to ``max_delay``, ``max_attempts``
+    tries in all. ``sleep`` replaces ``time.sleep`` (or ``asyncio.sleep`` for ``acall``;
+    then it must be a coroutine function). ``on_retry(attempt, delay, exc)`` is called
+    before each sleep. Retry-After hints are honoured up to ``max_retry_after`` seconds."""
+
+    max_attempts: int = 5
+    initial_delay: float = 0.1
+    max_delay: float = 1.6
+    jitter: bool = True
+    sleep: Optional[Callable[[float], Any]] = None
+    on_retry: Optional[Callable[[int, float, BaseException], None]] = None
+    classifier: Callable[[BaseException], bool] = is_retryable
+    max_retry_after: float = 30.0
+    random: Callable[[], float] = _random.random
+    stats: RetryStats = field(default_factory=RetryStats, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise InvalidInputError(f"invalid max_attempts: must be an int >= 1, got {self.max_attempts!r}")
+        for name in ("initial_delay", "max_delay", "max_retry_after"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise InvalidInputError(f"invalid {name}: must be a number >= 0, got {value!r}")
+        if self.max_delay < self.initial_delay:
+            raise InvalidInputError(
+                f"invalid max_delay: {self.max_delay!r} is below initial_delay {self.initial_delay!r}"
+            )
+
+    def backoff(self, retry_number: int) -> float:
+        """The capped exponential delay before retry ``retry_number`` (1-based), no jitter."""
+        return min(self.max_delay, self.initial_delay * 2 ** (retry_number - 1))
+
+    def delays(self) -> list:
+        """The planned delays between attempts, without jitter."""
+        return [self.backoff(n) for n in range(1, self.max_attempts)]
+
+    def delay_for(self, retry_number: int, exc: BaseException) -> float:
+        delay = self.backoff(retry_number)
+        if self.jitter:
+            delay = self.random() * delay
+        hint = retry_after(exc)
+        if hint is not None:
+            delay = max(delay, min(hint, self.max_retry_after))
+        return delay
+
+    def _next_delay(self, attempt: int, exc: BaseException) -> Optional[float]:
+        """The delay before the next attempt, or None when ``exc`` must be raised."""
+        if attempt >= self.max_attempts or not self.classifier(exc):
+            self.stats._add(failures=1)
+            return None
+        delay = self.delay_for(attempt, exc)
+        self.stats._add(retries=1, total_delay=delay)
+        log.warning("attempt %d/%d failed (%s: %s); retrying in %.3fs", attempt, self.max_attempts,
+                    type(exc).__name__, exc, delay)
+        if self.on_retry is not None:
+            self.on_retry(attempt, delay, exc)
+        return delay
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Calls ``fn`` until it succeeds, raises a permanent error, or attempts run out
+        (then the last exception is re-raised as it was)."""
+        sleep = self.sleep or time.sleep
+        self.stats._add(calls=1)
+        attempt = 0
+        while True:
+            attempt += 1
+            self.stats._add(attempts=1)
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                delay = self._next_delay(attempt, exc)
+                if delay is None:
+                    raise
+            sleep(delay)
+
+    async def acall(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """The coroutine form of :meth:`call`; ``sleep`` must be a coroutine function."""
+        sleep = self.sleep or asyncio.sleep
+        self.stats._add(calls=1)
+        attempt = 0
+        while True:
+            attempt += 1
+            self.stats._add(attempts=1)
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:
+                delay = self._next_delay(attempt, exc)
+                if delay is None:
+                    raise
+            await sleep(delay)
+
+
+def retry(policy: Any = None, **options: Any) -> Any:
+    """Decorates a sync or async function with a retry policy.
+
+    ``@retry`` uses the defaults, ``@retry(policy)`` a given policy, ``@retry(max_attempts=3)``
+    a policy built from keyword arguments. The policy is exposed as ``fn.retry_policy``."""
+    if callable(policy) and not isinstance(policy, RetryPolicy):
+        return retry()(policy)
+    chosen = policy if policy is not None else RetryPolicy(**options)
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                return await chosen.acall(fn, *args, **kwargs)
+
+            async_wrapper.retry_policy = chosen  # type: ignore[attr-defined]
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return chosen.call(fn, *args, **kwargs)
+
+        wrapper.retry_policy = chosen  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+class CircuitBreaker:
+    """Closed → (``failure_threshold`` consecutive failures) → open: calls fail fast with
+    :class:`~consensus_db.errors.CircuitOpenError` → after ``reset_timeout`` seconds of
+    ``clock`` → half-open: one trial call; success closes, failure reopens. Every
+    exception counts as a failure unless ``classifier`` says otherwise."""
+
+    def __init__(
+        self,
+        failure_threshold: int = 5,
+        reset_timeout: float = 30.0,
+        clock: Optional[Callable[[], float]] = None,
+        classifier: Optional[Callable[[BaseException], bool]] = None,
+    ) -> None:
+        if not isinstance(failure_threshold, int) or failure_threshold < 1:
+            raise InvalidInputError(f"invalid failure_threshold: must be an int >= 1, got {failure_threshold!r}")
+        if reset_timeout < 0:
+            raise InvalidInputError(f"invalid reset_timeout: must be >= 0, got {reset_timeout!r}")
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = reset_timeout
+        self.clock = clock or time.monotonic
+        self.classifier = classifier or (lambda exc: True)
+        self.failures = 0
+        self._opened_at: Optional[float] = None
+        self._trial_running = False
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            return self._state()
+
+    def _state(self) -> str:
+        if self._opened_at is None:
+            return "closed"
+        if self.clock() - self._opened_at >= self.reset_timeout:
+            return "half_open"
+        return "open"
+
+    def _before(self) -> None:
+        with self._lock:
+            state = self._state()
+            if state == "open" or (state == "half_open" and self._trial_running):
+                assert self._opened_at is not None
+                wait = max(0.0, self.reset_timeout - (self.clock() - self._opened_at))
+                raise CircuitOpenError(
+                    f"circuit open after {self.failures} consecutive failures; next trial in {wait:.1f}s"
+                )
+            if state == "half_open":
+                self._trial_running = True
+
+    def _after(self, exc: Optional[BaseException]) -> None:
+        with self._lock:
+            self._trial_running = False
+            if exc is None or not self.classifier(exc):
+                self.failures = 0
+                self._opened_at = None
+                return
+            self.failures += 1
+            if self._opened_at is not None or self.failures >= self.failure_threshold:
+                self._opened_at = self.clock()
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        self._before()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            self._after(exc)
+            raise
+        self._after(None)
+        return result
+
+    async def acall(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        self._before()
+        try:
+            result = await fn(*args, **kwargs)
+        except Exception as exc:
+            self._after(exc)
+            raise
+        self._after(None)
+        return result
+
+    def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                return await self.acall(fn, *args, **kwargs)
+
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return self.call(fn, *args, **kwargs)
+
+        return wrapper
