@@ -1,0 +1,170 @@
+"""The async twin: the store's operations as coroutines, for asyncio orchestrators.
+
+    db = await consensus_db.aio.connect("consensus.db")
+    async with db:
+        await db.record_agent_spawn("agent-1", "SPEC-1", "plan", "quality_gate", "gemini")
+
+Each call runs the sync store's method on a thread of the store's own executor (as many
+threads as pooled connections). The Rust core releases the GIL while SQLite works, so
+those threads overlap and the event loop is never blocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar
+
+from .store import PathLike, Store, connect as _connect
+
+__all__ = ["AsyncStore", "connect"]
+
+T = TypeVar("T")
+
+
+async def connect(path: PathLike, *, pool_size: int = 10, **options: Any) -> "AsyncStore":
+    """Opens a store without blocking the loop; same arguments as :func:`consensus_db.connect`."""
+    executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="consensus-db-aio")
+    loop = asyncio.get_running_loop()
+    try:
+        store = await loop.run_in_executor(executor, functools.partial(_connect, path, pool_size=pool_size, **options))
+    except BaseException:
+        executor.shutdown(wait=False)
+        raise
+    return AsyncStore(store, executor)
+
+
+class AsyncStore:
+    """Coroutine versions of every :class:`~consensus_db.Store` operation."""
+
+    def __init__(self, store: Store, executor: ThreadPoolExecutor) -> None:
+        self.sync = store
+        self._executor = executor
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def __aenter__(self) -> "AsyncStore":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<consensus_db.aio.AsyncStore {self.sync.path!r}{' (closed)' if self.sync.closed else ''}>"
+
+    async def close(self) -> None:
+        await self._run(self.sync.close)
+        self._executor.shutdown(wait=True)
+
+    # ---- executions ------------------------------------------------------------------
+
+    async def record_agent_spawn(
+        self, agent_id: str, spec_id: str, stage: str, phase_type: str, agent_name: str, run_id: Optional[str] = None
+    ) -> None:
+        await self._run(self.sync.record_agent_spawn, agent_id, spec_id, stage, phase_type, agent_name, run_id)
+
+    async def get_agent_spawn_info(self, agent_id: str) -> Optional[tuple]:
+        return await self._run(self.sync.get_agent_spawn_info, agent_id)
+
+    async def get_agent_name(self, agent_id: str) -> Optional[str]:
+        return await self._run(self.sync.get_agent_name, agent_id)
+
+    async def record_agent_completion(self, agent_id: str, response_text: str) -> bool:
+        return await self._run(self.sync.record_agent_completion, agent_id, response_text)
+
+    async def record_extraction_failure(self, agent_id: str, response_text: str, extraction_error: str) -> bool:
+        return await self._run(self.sync.record_extraction_failure, agent_id, response_text, extraction_error)
+
+    async def query_extraction_failures(self, spec_id: str) -> list:
+        return await self._run(self.sync.query_extraction_failures, spec_id)
+
+    async def cleanup_old_executions(self, days: int) -> int:
+        return await self._run(self.sync.cleanup_old_executions, days)
+
+    # ---- artifacts and synthesis -----------------------------------------------------------
+
+    async def store_artifact(
+        self,
+        spec_id: str,
+        stage: str,
+        agent_name: str,
+        content_json: Any,
+        *,
+        response_text: Optional[str] = None,
+        run_id: Optional[str] = None,
+        model_version: Optional[str] = None,
+    ) -> int:
+        return await self._run(
+            self.sync.store_artifact, spec_id, stage, agent_name, content_json,
+            response_text=response_text, run_id=run_id, model_version=model_version,
+        )
+
+    async def store_artifacts(self, artifacts: Iterable[Mapping[str, Any]]) -> list:
+        return await self._run(self.sync.store_artifacts, list(artifacts))
+
+    async def query_artifacts(self, spec_id: str, stage: str) -> list:
+        return await self._run(self.sync.query_artifacts, spec_id, stage)
+
+    async def delete_spec_artifacts(self, spec_id: str) -> int:
+        return await self._run(self.sync.delete_spec_artifacts, spec_id)
+
+    async def delete_stage_artifacts(self, spec_id: str, stage: str) -> int:
+        return await self._run(self.sync.delete_stage_artifacts, spec_id, stage)
+
+    async def delete_runs(self, spec_id: str, stage: Optional[str] = None) -> int:
+        return await self._run(self.sync.delete_runs, spec_id, stage)
+
+    async def store_synthesis(
+        self,
+        spec_id: str,
+        stage: str,
+        output_markdown: str,
+        *,
+        output_path: Optional[str] = None,
+        status: str = "success",
+        artifacts_count: Optional[int] = None,
+        agreements: Any = None,
+        conflicts: Any = None,
+        degraded: bool = False,
+        run_id: Optional[str] = None,
+    ) -> int:
+        return await self._run(
+            self.sync.store_synthesis, spec_id, stage, output_markdown, output_path=output_path, status=status,
+            artifacts_count=artifacts_count, agreements=agreements, conflicts=conflicts, degraded=degraded,
+            run_id=run_id,
+        )
+
+    async def query_latest_synthesis(self, spec_id: str, stage: str) -> Any:
+        return await self._run(self.sync.query_latest_synthesis, spec_id, stage)
+
+    def reader_stats(self) -> dict:
+        return self.sync.reader_stats()
+
+    # ---- schema, health, maintenance ----------------------------------------------------
+
+    async def get_schema_version(self) -> int:
+        return await self._run(lambda: self.sync.schema_version)
+
+    async def migrate(self, target: Optional[int] = None) -> int:
+        return await self._run(self.sync.migrate, target)
+
+    async def pragmas(self) -> dict:
+        return await self._run(self.sync.pragmas)
+
+    async def verify_pragmas(self) -> None:
+        await self._run(self.sync.verify_pragmas)
+
+    async def health(self, threshold: float = 0.5) -> dict:
+        return await self._run(self.sync.health, threshold)
+
+    async def vacuum(self, *, full: bool = False, pages: Optional[int] = None) -> dict:
+        return await self._run(self.sync.vacuum, full=full, pages=pages)
+
+    async def checkpoint(self) -> dict:
+        return await self._run(self.sync.checkpoint)
+
+    async def integrity_check(self, quick: bool = False) -> list:
+        return await self._run(self.sync.integrity_check, quick)

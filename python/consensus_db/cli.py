@@ -1,0 +1,329 @@
+"""The ``consensus-db`` command: demo, upgrade, health, vacuum, cleanup.
+
+Library errors end the command with ``error: <message>`` on stderr and exit code 1;
+usage errors and missing files exit with 2 (click's convention).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import click
+
+import consensus_db
+
+from . import _core
+from .errors import Error
+
+STAGES = ["plan", "tasks", "implement", "validate", "audit"]
+AGENTS = ["gemini", "claude", "code", "gpt_pro"]
+BIG_FILE = 8 << 20  # show progress for full VACUUMs of files above this size
+
+
+def fail(message: str) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(1)
+
+
+def existing(path: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise click.BadParameter(f"{path!r} does not exist or is not a file", param_hint="PATH")
+    return p
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def health_table(h: dict) -> str:
+    auto = {0: "none", 1: "full", 2: "incremental"}.get(h["auto_vacuum"], str(h["auto_vacuum"]))
+    lines = [
+        f"  file            {h['path']}",
+        f"  size            {human(h['file_size'])} (+ WAL {human(h['wal_size'])})",
+        f"  schema version  {h['schema_version']}",
+        f"  journal mode    {h['journal_mode']}",
+        f"  auto_vacuum     {auto}",
+        f"  pages           {h['page_count']} x {h['page_size']} B, {h['freelist_count']} free "
+        f"({h['free_fraction']:.1%})",
+        f"  needs vacuum    {'yes' if h['needs_vacuum'] else 'no'} (threshold {h['vacuum_threshold']:.0%})",
+        "  rows",
+    ]
+    lines += [f"    {table:<22} {count}" for table, count in h["rows"].items()]
+    return "\n".join(lines)
+
+
+def open_store(path: Path, **options: Any) -> consensus_db.Store:
+    try:
+        return consensus_db.connect(path, create=False, **options)
+    except Error as exc:
+        fail(str(exc))
+        raise  # unreachable: fail() exits
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(consensus_db.__version__, prog_name="consensus-db")
+def main() -> None:
+    """A durable, fast local store for multi-agent LLM consensus workflows."""
+
+
+# ---- demo ----------------------------------------------------------------------------
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.ops: dict = {}
+
+    def run(self, name: str, fn: Callable[[], int]) -> None:
+        start = time.perf_counter()
+        n = fn()
+        elapsed = time.perf_counter() - start
+        count, total = self.ops.get(name, (0, 0.0))
+        self.ops[name] = (count + n, total + elapsed)
+
+
+@main.command()
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), help="Database file (default: a fresh one in a temp dir).")
+@click.option("--specs", default=3, show_default=True, type=click.IntRange(1, 100), help="How many specs to run.")
+def demo(db_path: Optional[str], specs: int) -> None:
+    """Run a realistic orchestrator workload and print what it did and the health."""
+    path = Path(db_path) if db_path else Path(tempfile.mkdtemp(prefix="consensus-db-demo-")) / "demo.db"
+    click.echo(f"consensus-db demo on {path} (SQLite {_core.sqlite_version()})")
+    timer = Timer()
+    counts = {"spawned": 0, "completed": 0, "extraction failures": 0, "artifacts": 0, "syntheses": 0}
+    try:
+        with consensus_db.connect(path) as db, ThreadPoolExecutor(max_workers=4) as pool:
+            failed_once = False
+            for s in range(1, specs + 1):
+                spec_id = f"SPEC-{s:03d}"
+                for stage in STAGES:
+                    run_id = f"{spec_id}-{stage}-run"
+                    agents = AGENTS if (s + len(stage)) % 2 else AGENTS[:3]
+                    ids = [f"{spec_id}/{stage}/{agent}" for agent in agents]
+
+                    def spawn_all() -> int:
+                        list(pool.map(lambda a: db.record_agent_spawn(
+                            f"{spec_id}/{stage}/{a}", spec_id, stage, "quality_gate", a, run_id), agents))
+                        return len(agents)
+
+                    timer.run("record_agent_spawn (4 threads)", spawn_all)
+                    counts["spawned"] += len(agents)
+                    timer.run("get_agent_spawn_info", lambda: sum(db.get_agent_spawn_info(i) is not None for i in ids))
+                    outputs = []
+                    for agent, agent_id in zip(agents, ids):
+                        response = f"{agent} reviewed {spec_id}/{stage}: looks good"
+                        if not failed_once and stage == "implement":
+                            failed_once = True
+                            timer.run("record_extraction_failure", lambda: int(db.record_extraction_failure(
+                                agent_id, "```json\n{unterminated", "Expecting ',' delimiter: line 2 column 14")))
+                            counts["extraction failures"] += 1
+                            continue
+                        timer.run("record_agent_completion", lambda: int(db.record_agent_completion(agent_id, response)))
+                        counts["completed"] += 1
+                        outputs.append({"spec_id": spec_id, "stage": stage, "agent_name": agent, "run_id": run_id,
+                                        "content_json": {"agent": agent, "verdict": "approve", "score": len(agent)},
+                                        "response_text": response, "model_version": f"{agent}-2026-10"})
+                    first, rest = outputs[0], outputs[1:]
+                    timer.run("store_artifact", lambda: int(db.store_artifact(
+                        first["spec_id"], stage, first["agent_name"], first["content_json"],
+                        response_text=first["response_text"], run_id=run_id) > 0))
+                    timer.run("store_artifacts (batch)", lambda: len(db.store_artifacts(rest)))
+                    counts["artifacts"] += len(outputs)
+                    got = db.query_artifacts(spec_id, stage)
+                    assert len(got) == len(outputs), (spec_id, stage, len(got))
+                    degraded = len(outputs) < len(agents)
+                    db.store_synthesis(spec_id, stage, f"# {spec_id} {stage}\n\n{len(outputs)} agents agree.",
+                                       status="success", artifacts_count=len(outputs), agreements=["scope", "tests"],
+                                       conflicts=[] if not degraded else ["one agent's output was unreadable"],
+                                       degraded=degraded, run_id=run_id)
+                    counts["syntheses"] += 1
+                    timer.run("query_artifacts", lambda: int(len(db.query_artifacts(spec_id, stage)) == len(outputs)))
+                    timer.run("query_latest_synthesis", lambda: int(db.query_latest_synthesis(spec_id, stage) is not None))
+            failures = sum(len(db.query_extraction_failures(f"SPEC-{s:03d}")) for s in range(1, specs + 1))
+            # Retention: pretend the first spec's plan agents ran 40 days ago.
+            old = (datetime.now(timezone.utc) - timedelta(days=40)).strftime("%Y-%m-%d %H:%M:%S")
+            with db.transaction() as tx:
+                aged = tx.execute("UPDATE agent_executions SET spawned_at = ? WHERE spec_id = ? AND stage = 'plan'",
+                                  [old, "SPEC-001"])
+            deleted = db.cleanup_old_executions(30)
+            health = db.health()
+    except Error as exc:
+        fail(str(exc))
+    click.echo("\nwhat it did")
+    for name, n in counts.items():
+        click.echo(f"  {name:<22} {n}")
+    click.echo(f"  {'failures queried':<22} {failures}")
+    click.echo(f"  {'retention':<22} {deleted} of {aged} back-dated executions deleted (older than 30 days)")
+    click.echo("\nthroughput")
+    for name, (n, seconds) in timer.ops.items():
+        click.echo(f"  {name:<32} {n:>6} ops  {n / seconds if seconds else float('inf'):>12,.0f} ops/s")
+    click.echo("\nhealth")
+    click.echo(health_table(health))
+
+
+# ---- upgrade -------------------------------------------------------------------------
+
+
+def snapshot(path: Path) -> dict:
+    """The file's state, read with the stdlib before the store opens it (never both)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        pragma = lambda name: conn.execute(f"PRAGMA {name}").fetchone()[0]  # noqa: E731
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        return {
+            "size": path.stat().st_size,
+            "schema_version": pragma("user_version"),
+            "journal_mode": pragma("journal_mode"),
+            "auto_vacuum": pragma("auto_vacuum"),
+            "page_count": pragma("page_count"),
+            "freelist_count": pragma("freelist_count"),
+            "rows": {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables},
+        }
+    finally:
+        conn.close()
+
+
+def backup(path: Path) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.stem}.backup-{stamp}{path.suffix}")
+    source, dest = sqlite3.connect(path), sqlite3.connect(target)
+    try:
+        source.backup(dest)
+    finally:
+        dest.close()
+        source.close()
+    return target
+
+
+def after_state(db: consensus_db.Store) -> dict:
+    h = db.health()
+    return {
+        "size": h["file_size"] + h["wal_size"],
+        "schema_version": h["schema_version"],
+        "journal_mode": h["journal_mode"],
+        "auto_vacuum": h["auto_vacuum"],
+        "page_count": h["page_count"],
+        "freelist_count": h["freelist_count"],
+        "rows": h["rows"],
+    }
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--drop-legacy", is_flag=True, help="Also drop the legacy tables (schema version 2).")
+@click.option("--no-backup", is_flag=True, help="Skip the backup copy.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def upgrade(path: str, drop_legacy: bool, no_backup: bool, as_json: bool) -> None:
+    """Back up, migrate, convert auto_vacuum, vacuum; print a before/after report."""
+    file = existing(path)
+    try:
+        before = snapshot(file)
+    except sqlite3.DatabaseError as exc:
+        fail(f"{path}: {exc}")
+    if before["schema_version"] > consensus_db.LATEST_SCHEMA_VERSION:
+        fail(f"{path}: schema version {before['schema_version']} is newer than this consensus-db supports "
+             f"({consensus_db.LATEST_SCHEMA_VERSION})")
+    copy = None if no_backup else backup(file)
+    if copy and not as_json:
+        click.echo(f"backup: {copy}")
+    try:
+        with consensus_db.connect(file, create=False, migrate=True) as db:
+            if drop_legacy:
+                db.migrate(consensus_db.LATEST_SCHEMA_VERSION)
+            if before["size"] > BIG_FILE and not as_json:
+                with click.progressbar(length=100, label="vacuum", show_eta=False) as bar:
+                    def tick(calls: int) -> bool:
+                        bar.update(1 if bar.pos < 99 else 0)
+                        return True
+                    db.vacuum(full=True, progress=tick)
+                    bar.update(100 - bar.pos)
+            else:
+                db.vacuum(full=True)
+            db.checkpoint()
+            after = after_state(db)
+    except Error as exc:
+        fail(f"{exc} (the original file is unchanged{'; backup at ' + str(copy) if copy else ''})")
+    report = {"path": str(file), "backup": str(copy) if copy else None, "before": before, "after": after}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"\n{'':22} {'before':>12} {'after':>12}")
+    for key in ("size", "schema_version", "journal_mode", "auto_vacuum", "page_count", "freelist_count"):
+        b, a = before[key], after[key]
+        if key == "size":
+            b, a = human(b), human(a)
+        click.echo(f"{key:22} {b!s:>12} {a!s:>12}")
+    click.echo("rows")
+    for table in sorted(set(before["rows"]) | set(after["rows"])):
+        click.echo(f"  {table:20} {before['rows'].get(table, '-')!s:>12} {after['rows'].get(table, '-')!s:>12}")
+
+
+# ---- health / vacuum / cleanup -----------------------------------------------------------
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Free fraction that needs a vacuum.")
+def health(path: str, as_json: bool, threshold: float) -> None:
+    """Rows per table, sizes, free pages, journal mode, auto_vacuum, needs_vacuum."""
+    with open_store(existing(path), migrate=False, read_only=True) as db:
+        try:
+            h = db.health(threshold)
+        except Error as exc:
+            fail(str(exc))
+    click.echo(json.dumps(h, indent=2) if as_json else health_table(h))
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--full", is_flag=True, help="Rebuild the whole file (VACUUM) instead of an incremental vacuum.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def vacuum(path: str, full: bool, as_json: bool) -> None:
+    """Reclaim free pages."""
+    with open_store(existing(path), migrate=False) as db:
+        try:
+            r = db.vacuum(full=full)
+        except Error as exc:
+            fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+    else:
+        kind = "full" if r["full"] else "incremental"
+        click.echo(f"{kind} vacuum: {r['pages_freed']} pages freed, "
+                   f"{human(r['before']['file_size'])} -> {human(r['after']['file_size'])}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--days", required=True, type=click.IntRange(min=0), help="Delete executions older than this many days.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def cleanup(path: str, days: int, as_json: bool) -> None:
+    """Delete executions older than N days, then reclaim the space."""
+    with open_store(existing(path), migrate=False) as db:
+        try:
+            deleted = db.cleanup_old_executions(days)
+            r = db.vacuum()
+        except Error as exc:
+            fail(str(exc))
+    if as_json:
+        click.echo(json.dumps({"deleted": deleted, "days": days, "vacuum": r}, indent=2))
+    else:
+        click.echo(f"{deleted} executions older than {days} days deleted; {r['pages_freed']} pages freed")
+
+
+if __name__ == "__main__":
+    main()
