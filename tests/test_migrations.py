@@ -1,0 +1,197 @@
+"""The legacy upgrade: backfill, crash safety, rolling upgrades, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+import consensus_db
+from consensus_db.cli import main as cli
+from conftest import make_legacy_db, read_pragmas, stdlib_rows
+
+
+def upgraded(tmp_path, **kwargs):
+    path = tmp_path / "field.db"
+    made = make_legacy_db(path, **kwargs)
+    result = CliRunner().invoke(cli, ["upgrade", str(path)])
+    assert result.exit_code == 0, result.output
+    return path, made, result
+
+
+def test_bloated_legacy_database_upgrades_small_and_intact(tmp_path):
+    path, made, result = upgraded(tmp_path, bloat_mb=30)
+    assert "backup:" in result.output and "schema_version" in result.output
+    backups = [p for p in tmp_path.iterdir() if ".backup-" in p.name]
+    assert len(backups) == 1
+    assert stdlib_rows(backups[0], "SELECT count(*) FROM consensus_artifacts") == [(len(made["artifacts"]),)]
+    assert read_pragmas(path, "user_version", "journal_mode", "auto_vacuum", "freelist_count") == {
+        "user_version": 1, "journal_mode": "wal", "auto_vacuum": 2, "freelist_count": 0}
+    assert path.stat().st_size < 1 << 20
+    with consensus_db.connect(path) as db:
+        for aid, spec, stage, agent, content, response, run_id, created in made["artifacts"]:
+            matches = [a for a in db.query_artifacts(spec, stage) if (a.content_json, a.agent_name, a.created_at) == (content, agent, created)]
+            assert len(matches) == 1
+            a = matches[0]
+            assert (a.response_text, a.run_id, a.created_at, a.source) == (response, run_id, created, "v1")
+        for sid, spec, stage, run_id, status, degraded, created in made["syntheses"]:
+            s = db.query_latest_synthesis(spec, stage)
+            assert (s.output_markdown, s.status, s.degraded, s.run_id, s.created_at, s.source) == (
+                f"# {spec} {stage}", status, bool(degraded), run_id, created, "v1")
+            assert (s.output_path, s.artifacts_count, s.agreements, s.conflicts) == (f"/out/{spec}.md", 3, '["a"]', '["c"]')
+        assert db.get_agent_spawn_info("agent-0") == ("quality_gate", "plan")
+        assert db.reader_stats()["legacy"] == 0
+
+
+def test_runs_are_grouped_by_spec_stage_and_run_id(tmp_path):
+    path, made, _ = upgraded(tmp_path)
+    rows = stdlib_rows(path, "SELECT spec_id, stage, run_id, synthesis IS NOT NULL, "
+                             "(SELECT count(*) FROM agent_outputs o WHERE o.run_pk = r.id) FROM consensus_runs r ORDER BY 1, 2, 3")
+    assert rows == [("SPEC-1", "plan", None, 0, 2), ("SPEC-1", "plan", "run-a", 1, 3), ("SPEC-2", "tasks", "run-b", 1, 4)]
+
+
+def test_drop_legacy_keeps_every_row(tmp_path):
+    path = tmp_path / "field.db"
+    made = make_legacy_db(path)
+    result = CliRunner().invoke(cli, ["upgrade", str(path), "--drop-legacy", "--no-backup"])
+    assert result.exit_code == 0, result.output
+    assert not [p for p in tmp_path.iterdir() if ".backup-" in p.name]
+    tables = {r[0] for r in stdlib_rows(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "consensus_artifacts" not in tables and "consensus_synthesis" not in tables
+    with consensus_db.connect(path) as db:
+        assert db.schema_version == 2
+        total = sum(len(db.query_artifacts(s, st)) for s, st in {(a[1], a[2]) for a in made["artifacts"]})
+        assert total == len(made["artifacts"])
+        assert db.migrate(1) == 1  # down: recreates empty legacy tables, loses nothing
+        assert sum(len(db.query_artifacts(s, st)) for s, st in {(a[1], a[2]) for a in made["artifacts"]}) == total
+
+
+def test_old_databases_without_later_columns_open_and_migrate(tmp_path):
+    path = tmp_path / "oldest.db"
+    made = make_legacy_db(path, drop_columns=True)
+    with consensus_db.connect(path) as db:
+        assert db.schema_version == 1
+        got = db.query_artifacts("SPEC-1", "plan")
+        assert len(got) == 5 and all(a.run_id is None for a in got)
+        db.record_extraction_failure("agent-0", "raw", "broken json")
+        assert [f.agent_id for f in db.query_extraction_failures("SPEC-1")] == ["agent-0"]
+
+
+def test_rolling_upgrade_old_binary_rows_are_read_once(tmp_path):
+    path = tmp_path / "rolling.db"
+    make_legacy_db(path)
+    consensus_db.connect(path).close()
+    old_binary = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1])
+conn.execute("INSERT INTO consensus_artifacts (spec_id, stage, agent_name, content_json, run_id, created_at)"
+             " VALUES ('SPEC-1', 'plan', 'late', '{\\"late\\": true}', 'run-a', '2030-01-01 00:00:00')")
+conn.execute("INSERT INTO consensus_synthesis (spec_id, stage, output_markdown, status, run_id, created_at)"
+             " VALUES ('SPEC-1', 'plan', '# written by an old binary', 'success', 'run-z', '2030-01-01 00:00:01')")
+conn.commit()
+"""
+    subprocess.run([sys.executable, "-c", old_binary, str(path)], check=True, timeout=60)
+    with consensus_db.connect(path) as db:
+        got = db.query_artifacts("SPEC-1", "plan")
+        assert len(got) == 6
+        assert [a.source for a in got].count("legacy") == 1
+        late = got[-1]
+        assert (late.agent_name, late.source, late.created_at) == ("late", "legacy", "2030-01-01 00:00:00")
+        latest = db.query_latest_synthesis("SPEC-1", "plan")
+        assert (latest.output_markdown, latest.source) == ("# written by an old binary", "legacy")
+        assert db.reader_stats()["legacy"] == 2
+        # Dropping the legacy tables first copies what the old binary wrote.
+        db.migrate(2)
+        again = db.query_artifacts("SPEC-1", "plan")
+        assert len(again) == 6 and {a.source for a in again} == {"v1"}
+
+
+def test_future_version_is_refused_and_the_file_untouched(tmp_path):
+    path = tmp_path / "future.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("PRAGMA user_version = 99")
+    conn.commit()
+    conn.close()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(consensus_db.SchemaVersionError, match=r"99.*latest known: 2"):
+        consensus_db.connect(path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["future.db"]
+    result = CliRunner().invoke(cli, ["upgrade", str(path), "--no-backup"])
+    assert result.exit_code == 1 and "newer" in result.output
+
+
+def test_down_migration_refuses_to_lose_new_rows(tmp_path):
+    path = tmp_path / "new.db"
+    with consensus_db.connect(path) as db:
+        db.store_artifact("S", "plan", "g", "{}")
+        with pytest.raises(consensus_db.MigrationError, match="would be lost"):
+            db.migrate(0)
+        assert db.schema_version == 1
+        assert len(db.query_artifacts("S", "plan")) == 1
+
+
+def big_legacy(path, artifacts=150_000):
+    conn = sqlite3.connect(path)
+    conn.executescript(consensus_db._core.LEGACY_SCHEMA_SQL)
+    conn.executemany(
+        "INSERT INTO consensus_artifacts (spec_id, stage, agent_name, content_json, run_id, created_at) VALUES (?,?,?,?,?,?)",
+        ((f"SPEC-{i % 500}", "plan", "gemini", '{"n": %d}' % i, f"run-{i % 3000}", "2025-01-01 00:00:00")
+         for i in range(artifacts)),
+    )
+    conn.executemany(
+        "INSERT INTO consensus_synthesis (spec_id, stage, output_markdown, status, run_id) VALUES (?,?,?,?,?)",
+        ((f"SPEC-{i % 500}", "plan", "# s", "success", f"run-{i}") for i in range(3000)),
+    )
+    conn.commit()
+    conn.close()
+    return artifacts
+
+
+MIGRATE_CHILD = """
+import sys, consensus_db
+print("opening", flush=True)
+consensus_db.connect(sys.argv[1]).close()
+print("done", flush=True)
+"""
+
+
+def test_a_migration_killed_part_way_leaves_old_or_new_never_half(tmp_path):
+    template = tmp_path / "template.db"
+    n = big_legacy(template)
+    outcomes = []
+    for delay in (0.05, 0.2, 0.4, 0.8, 1.5):
+        path = tmp_path / f"kill-{delay}.db"
+        path.write_bytes(template.read_bytes())
+        child = subprocess.Popen([sys.executable, "-c", MIGRATE_CHILD, str(path)], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "opening"
+        time.sleep(delay)  # the point: kill at different moments of a real migration
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            has_runs = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'consensus_runs'").fetchone()[0]
+            assert conn.execute("SELECT count(*) FROM consensus_artifacts").fetchone()[0] == n
+            if version == 0:
+                assert has_runs == 0
+            else:
+                assert version == 1
+                assert conn.execute("SELECT count(*) FROM agent_outputs").fetchone()[0] == n
+        finally:
+            conn.close()
+        outcomes.append(version)
+        with consensus_db.connect(path) as db:
+            assert db.query("SELECT count(*) FROM agent_outputs") == [(n,)]
+            assert db.query("SELECT count(*) FROM consensus_runs WHERE synthesis IS NOT NULL") == [(3000,)]
+    assert 0 in outcomes  # at least one kill landed before the migration committed
+    print(f"migration kill rounds: versions after SIGKILL = {outcomes}")
