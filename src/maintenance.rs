@@ -160,7 +160,7 @@ impl Database {
 
     /// Reclaims free pages. `full = false` uses incremental vacuum (when auto_vacuum
     /// is incremental; otherwise falls back to a full VACUUM), `pages` limiting how
-    /// many; `full = true` rebuilds the file. `progress` is called every few thousand
+    /// many; `full = true` rebuilds the file. `progress` is called every thousand
     /// SQLite VM steps of a full VACUUM with the number of calls so far; returning
     /// `false` aborts it (nothing changes).
     pub fn vacuum(
@@ -181,7 +181,7 @@ impl Database {
             if let Some(mut report) = progress {
                 let mut calls = 0u64;
                 conn.progress_handler(
-                    10_000,
+                    1_000,
                     Some(move || {
                         calls += 1;
                         !report(calls)
