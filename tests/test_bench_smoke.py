@@ -1,0 +1,21 @@
+"""The benchmark harness runs (tiny sizes): a smoke run, not a timing test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_benchmark_writes_a_report(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "benches", "--quick", "--no-chart", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert set(report["ops_per_s"]) == {"consensus-db", "pure-python", "legacy"}
+    assert all(v > 0 for per in report["ops_per_s"].values() for v in per.values())
+    assert "get_agent_spawn_info" in report["ratios"] and report["checks"]
+    assert "targets" in done.stdout
