@@ -91,6 +91,9 @@ impl From<rusqlite::Error> for Error {
                 ffi::ErrorCode::NotADatabase | ffi::ErrorCode::DatabaseCorrupt => Error::Corrupt(message),
                 ffi::ErrorCode::ReadOnly => Error::ReadOnly(message),
                 ffi::ErrorCode::DiskFull => Error::DiskFull(message),
+                ffi::ErrorCode::SystemIoFailure if e.extended_code == ffi::SQLITE_IOERR_WRITE => Error::Sqlite(format!(
+                    "{message}: a write failed (is the disk full, or a file-size limit reached?)"
+                )),
                 _ => Error::Sqlite(message),
             },
             None => match err {
