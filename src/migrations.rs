@@ -175,11 +175,9 @@ fn down_v2(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Legacy `YYYY-MM-DD HH:MM:SS` text (UTC) as Unix milliseconds, in SQL.
-macro_rules! ms {
-    ($col:literal) => {
-        concat!("COALESCE(CAST(ROUND((julianday(", $col, ") - 2440587.5) * 86400000.0) AS INTEGER), 0)")
-    };
+/// SQL for a legacy `YYYY-MM-DD HH:MM:SS` (UTC) column as Unix milliseconds.
+pub(crate) fn legacy_ms(col: &str) -> String {
+    format!("COALESCE(CAST(ROUND((julianday({col}) - 2440587.5) * 86400000.0) AS INTEGER), 0)")
 }
 
 /// Copies every legacy row not yet in the new schema into it, then verifies that none
@@ -196,10 +194,11 @@ pub(crate) fn backfill(conn: &Connection) -> Result<()> {
 
 fn backfill_artifacts(conn: &Connection) -> Result<()> {
     // One open run per (spec_id, stage, run_id) group, unless one exists already.
+    let created = legacy_ms("a.created_at");
     conn.execute(
-        concat!(
+        &format!(
             "INSERT INTO consensus_runs (spec_id, stage, run_id, run_at_ms)
-             SELECT a.spec_id, a.stage, a.run_id, MIN(", ms!("a.created_at"), ")
+             SELECT a.spec_id, a.stage, a.run_id, MIN({created})
              FROM consensus_artifacts a
              WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id)
                AND NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.spec_id = a.spec_id
@@ -209,11 +208,11 @@ fn backfill_artifacts(conn: &Connection) -> Result<()> {
         [],
     )?;
     conn.execute(
-        concat!(
+        &format!(
             "INSERT INTO agent_outputs (run_pk, agent_name, content, response_text, output_at_ms, legacy_artifact_id)
              SELECT (SELECT r.id FROM consensus_runs r WHERE r.spec_id = a.spec_id AND r.stage = a.stage
                      AND r.run_id IS a.run_id AND r.synthesis IS NULL ORDER BY r.id DESC LIMIT 1),
-                    a.agent_name, a.content_json, a.response_text, ", ms!("a.created_at"), ", a.id
+                    a.agent_name, a.content_json, a.response_text, {created}, a.id
              FROM consensus_artifacts a
              WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id)
              ORDER BY a.id"
@@ -225,12 +224,13 @@ fn backfill_artifacts(conn: &Connection) -> Result<()> {
 
 fn backfill_syntheses(conn: &Connection) -> Result<()> {
     // A synthesis closes the newest open run of its group; otherwise it is a run of its own.
-    let mut pending = conn.prepare(concat!(
+    let mut pending = conn.prepare(&format!(
         "SELECT id, spec_id, stage, run_id, output_markdown, output_path, status, artifacts_count,
-                agreements, conflicts, COALESCE(degraded, 0), ", ms!("created_at"), "
+                agreements, conflicts, COALESCE(degraded, 0), {}
          FROM consensus_synthesis s
          WHERE NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id)
-         ORDER BY id"
+         ORDER BY id",
+        legacy_ms("created_at")
     ))?;
     let mut close_run = conn.prepare(
         "UPDATE consensus_runs SET synthesis = ?5, output_path = ?6, synthesis_status = ?7,

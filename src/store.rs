@@ -17,6 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::db::Database;
 use crate::error::{Error, Result};
+use crate::migrations::legacy_ms;
 use crate::model::*;
 use crate::transaction::Tx;
 
@@ -450,10 +451,6 @@ impl Database {
 
 fn opt(s: Option<&str>) -> Value {
     s.map_or(Value::Null, |s| Value::Text(s.to_owned()))
-}
-
-fn legacy_ms(col: &str) -> String {
-    format!("COALESCE(CAST(ROUND((julianday({col}) - 2440587.5) * 86400000.0) AS INTEGER), 0)")
 }
 
 fn synthesis_row(r: &Row, spec_id: &str, stage: &str, source: &str) -> rusqlite::Result<(i64, Synthesis)> {
