@@ -214,6 +214,7 @@ impl Database {
         self.write(|tx| {
             // Within one transaction a group's open run cannot change: look it up once.
             let mut runs: HashMap<(&str, &str, Option<&str>), i64> = HashMap::new();
+            let mut insert = tx.prepare_cached(INSERT_OUTPUT)?;
             let mut ids = Vec::with_capacity(artifacts.len());
             for a in artifacts {
                 let key = (a.spec_id.as_str(), a.stage.as_str(), a.run_id.as_deref());
@@ -225,7 +226,8 @@ impl Database {
                         run
                     }
                 };
-                ids.push(insert_output(tx, run, a, now)?);
+                insert.execute(params![run, a.agent_name, a.model_version, a.content_json, a.response_text, now])?;
+                ids.push(tx.last_insert_rowid());
             }
             Ok(ids)
         })
@@ -527,16 +529,12 @@ fn open_or_new_run(tx: &Tx, spec_id: &str, stage: &str, run_id: Option<&str>, no
     }
 }
 
-fn insert_output(tx: &Tx, run: i64, a: &NewArtifact, now: i64) -> Result<i64> {
-    tx.prepare_cached(
-        "INSERT INTO agent_outputs (run_pk, agent_name, model_version, content, response_text, output_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![run, a.agent_name, a.model_version, a.content_json, a.response_text, now])?;
-    Ok(tx.last_insert_rowid())
-}
+const INSERT_OUTPUT: &str = "INSERT INTO agent_outputs (run_pk, agent_name, model_version, content, response_text, output_at_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
 fn insert_artifact(tx: &Tx, a: &NewArtifact, now: i64) -> Result<i64> {
     let run = open_or_new_run(tx, &a.spec_id, &a.stage, a.run_id.as_deref(), now)?;
-    insert_output(tx, run, a, now)
+    tx.prepare_cached(INSERT_OUTPUT)?
+        .execute(params![run, a.agent_name, a.model_version, a.content_json, a.response_text, now])?;
+    Ok(tx.last_insert_rowid())
 }

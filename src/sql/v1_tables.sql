@@ -26,11 +26,14 @@ CREATE TABLE consensus_runs (
     agreements TEXT,
     conflicts TEXT,
     synthesized_at_ms INTEGER,
-    legacy_synthesis_id INTEGER UNIQUE);
+    legacy_synthesis_id INTEGER);
 -- (spec_id, stage) first: serves spec/stage queries and the open-run lookup of a write.
 CREATE INDEX idx_runs_spec_stage ON consensus_runs(spec_id, stage, run_id);
 CREATE INDEX idx_runs_run_at ON consensus_runs(run_at_ms);
 CREATE INDEX idx_runs_run_id ON consensus_runs(run_id);
+-- Which legacy row a backfilled row mirrors. Partial: rows written by this library
+-- (NULL here) cost no index work.
+CREATE UNIQUE INDEX idx_runs_legacy ON consensus_runs(legacy_synthesis_id) WHERE legacy_synthesis_id IS NOT NULL;
 
 CREATE TABLE agent_outputs (
     id INTEGER PRIMARY KEY,
@@ -40,6 +43,7 @@ CREATE TABLE agent_outputs (
     content TEXT NOT NULL,
     response_text TEXT,
     output_at_ms INTEGER NOT NULL,
-    legacy_artifact_id INTEGER UNIQUE);
+    legacy_artifact_id INTEGER);
 CREATE INDEX idx_outputs_run ON agent_outputs(run_pk);
 CREATE INDEX idx_outputs_agent ON agent_outputs(agent_name);
+CREATE UNIQUE INDEX idx_outputs_legacy ON agent_outputs(legacy_artifact_id) WHERE legacy_artifact_id IS NOT NULL;
