@@ -143,7 +143,7 @@ def test_path_without_permission(tmp_path):
         path.chmod(0o600)
 
 
-def test_read_only_directory_with_read_only_store(tmp_path):
+def test_read_only_store_on_a_rollback_journal_file(tmp_path):
     path = tmp_path / "ro" / "data.db"
     path.parent.mkdir()
     with consensus_db.connect(path, pragmas={"journal_mode": "delete"}) as db:
