@@ -8,6 +8,7 @@ import json
 import sqlite3
 import threading
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
@@ -46,8 +47,13 @@ class Synthesis(NamedTuple):
     source: str
 
 
+@lru_cache(maxsize=4096)
+def _utc_seconds(seconds: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+
+
 def _utc(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000))
+    return _utc_seconds(ms // 1000)
 
 
 def _json(value: Any) -> str:

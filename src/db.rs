@@ -130,6 +130,19 @@ fn housekeeping() -> Arc<ScheduledThreadPool> {
     POOL.get_or_init(|| Arc::new(ScheduledThreadPool::builder().num_threads(1).thread_name_pattern("consensus-db-pool-{}").build())).clone()
 }
 
+/// Process-wide SQLite settings, applied before the first connection opens: memory
+/// statistics off (otherwise every SQLite allocation takes a global mutex).
+fn configure_sqlite() {
+    static CONFIGURE: std::sync::Once = std::sync::Once::new();
+    CONFIGURE.call_once(|| {
+        // SAFETY: runs once, before this library opens any connection; SQLite answers
+        // SQLITE_MISUSE (ignored) if something else initialised it already.
+        unsafe {
+            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int);
+        }
+    });
+}
+
 fn memdb_name() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!("file:/consensus-db-{}-{}?vfs=memdb", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
@@ -139,6 +152,7 @@ impl Database {
     /// Opens (or creates) a store at `path`; `":memory:"` gives one in-memory database
     /// shared by every pooled connection.
     pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Database> {
+        configure_sqlite();
         let display = path.as_ref().display().to_string();
         if options.pool_size == 0 {
             return Err(Error::invalid("pool_size", "must be at least 1, got 0"));

@@ -118,7 +118,7 @@ pub struct ReaderCounts {
     pub empty: u64,
 }
 
-/// Unix milliseconds as UTC `YYYY-MM-DD HH:MM:SS`.
+/// Unix milliseconds as UTC `YYYY-MM-DD HH:MM:SS` (on the query hot path: no `format!`).
 pub fn format_utc_ms(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -132,7 +132,24 @@ pub fn format_utc_ms(ms: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    if !(0..=9999).contains(&year) {
+        return format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
+    }
+    let mut out = *b"0000-00-00 00:00:00";
+    let mut put = |at: usize, value: i64, width: usize| {
+        let mut v = value;
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, year, 4);
+    put(5, month, 2);
+    put(8, day, 2);
+    put(11, rem / 3600, 2);
+    put(14, rem % 3600 / 60, 2);
+    put(17, rem % 60, 2);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The current time in Unix milliseconds.
@@ -153,5 +170,7 @@ mod tests {
         assert_eq!(format_utc_ms(1_735_787_045_999), "2025-01-02 03:04:05");
         assert_eq!(format_utc_ms(951_782_400_000), "2000-02-29 00:00:00");
         assert_eq!(format_utc_ms(-1000), "1969-12-31 23:59:59");
+        assert_eq!(format_utc_ms(253_402_300_799_000), "9999-12-31 23:59:59");
+        assert_eq!(format_utc_ms(253_402_300_800_000), "10000-01-01 00:00:00");
     }
 }
