@@ -209,7 +209,7 @@ impl PyDatabase {
 
     /// Re-reads every configured pragma; raises PragmaVerificationError on a mismatch.
     fn verify_pragmas(&self, py: Python<'_>) -> PyResult<()> {
-        Ok(run(py, || self.inner.verify_pragmas())?)
+        run(py, || self.inner.verify_pragmas())
     }
 
     /// Connections open and idle in the pool.
@@ -233,7 +233,7 @@ impl PyDatabase {
     fn execute(&self, py: Python<'_>, sql: &str, params: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
         let params = to_params(params)?;
         let sql = sql.to_owned();
-        Ok(run(py, move || self.inner.write(|tx| tx.execute(&sql, &params)))?)
+        run(py, move || self.inner.write(|tx| tx.execute(&sql, &params)))
     }
 
     /// Runs a query outside any transaction; returns every row as a tuple.
@@ -249,7 +249,7 @@ impl PyDatabase {
 
     #[getter]
     fn schema_version(&self, py: Python<'_>) -> PyResult<i64> {
-        Ok(run(py, || self.inner.schema_version())?)
+        run(py, || self.inner.schema_version())
     }
 
     /// Migrates to `target` (default: the default version); returns the new version.
@@ -259,12 +259,13 @@ impl PyDatabase {
             Some(t) if !t.is_none() => non_negative(t, "target")?,
             _ => migrations::DEFAULT_VERSION,
         };
-        Ok(run(py, || self.inner.migrate(target))?)
+        run(py, || self.inner.migrate(target))
     }
 
     // ---- agent executions ----------------------------------------------------------
 
     #[pyo3(signature = (agent_id, spec_id, stage, phase_type, agent_name, run_id=None))]
+    #[allow(clippy::too_many_arguments)]
     fn record_agent_spawn(
         &self,
         py: Python<'_>,
@@ -277,22 +278,22 @@ impl PyDatabase {
     ) -> PyResult<()> {
         let (a, s, st) = (text(agent_id, "agent_id")?, text(spec_id, "spec_id")?, text(stage, "stage")?);
         let (p, n, r) = (text(phase_type, "phase_type")?, text(agent_name, "agent_name")?, opt_text(run_id, "run_id")?);
-        Ok(run(py, || self.inner.record_agent_spawn(&a, &s, &st, &p, &n, r.as_deref()))?)
+        run(py, || self.inner.record_agent_spawn(&a, &s, &st, &p, &n, r.as_deref()))
     }
 
     fn get_agent_spawn_info(&self, py: Python<'_>, agent_id: &Bound<'_, PyAny>) -> PyResult<Option<(String, String)>> {
         let a = text(agent_id, "agent_id")?;
-        Ok(run(py, || self.inner.get_agent_spawn_info(&a))?)
+        run(py, || self.inner.get_agent_spawn_info(&a))
     }
 
     fn get_agent_name(&self, py: Python<'_>, agent_id: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
         let a = text(agent_id, "agent_id")?;
-        Ok(run(py, || self.inner.get_agent_name(&a))?)
+        run(py, || self.inner.get_agent_name(&a))
     }
 
     fn record_agent_completion(&self, py: Python<'_>, agent_id: &Bound<'_, PyAny>, response_text: &Bound<'_, PyAny>) -> PyResult<bool> {
         let (a, r) = (text(agent_id, "agent_id")?, text(response_text, "response_text")?);
-        Ok(run(py, || self.inner.record_agent_completion(&a, &r))?)
+        run(py, || self.inner.record_agent_completion(&a, &r))
     }
 
     fn record_extraction_failure(
@@ -305,17 +306,17 @@ impl PyDatabase {
         let a = text(agent_id, "agent_id")?;
         let r = text(response_text, "response_text")?;
         let e = text(extraction_error, "extraction_error")?;
-        Ok(run(py, || self.inner.record_extraction_failure(&a, &r, &e))?)
+        run(py, || self.inner.record_extraction_failure(&a, &r, &e))
     }
 
     fn query_extraction_failures(&self, py: Python<'_>, spec_id: &Bound<'_, PyAny>) -> PyResult<Vec<ExtractionFailure>> {
         let s = text(spec_id, "spec_id")?;
-        Ok(run(py, || self.inner.query_extraction_failures(&s))?)
+        run(py, || self.inner.query_extraction_failures(&s))
     }
 
     fn cleanup_old_executions(&self, py: Python<'_>, days: &Bound<'_, PyAny>) -> PyResult<usize> {
         let days = non_negative(days, "days")?;
-        Ok(run(py, || self.inner.cleanup_old_executions(days))?)
+        run(py, || self.inner.cleanup_old_executions(days))
     }
 
     // ---- artifacts -----------------------------------------------------------------
@@ -342,7 +343,7 @@ impl PyDatabase {
             run_id: opt_text(run_id, "run_id")?.map(|s| s.to_string()),
             model_version: opt_text(model_version, "model_version")?.map(|s| s.to_string()),
         };
-        Ok(run(py, || self.inner.store_artifact(&artifact))?)
+        run(py, || self.inner.store_artifact(&artifact))
     }
 
     /// Stores many artifacts (mappings with the `store_artifact` argument names) in
@@ -355,29 +356,29 @@ impl PyDatabase {
         for (i, item) in iter.enumerate() {
             batch.push(new_artifact(&item?, i)?);
         }
-        Ok(run(py, || self.inner.store_artifacts(&batch))?)
+        run(py, || self.inner.store_artifacts(&batch))
     }
 
     fn query_artifacts(&self, py: Python<'_>, spec_id: &Bound<'_, PyAny>, stage: &Bound<'_, PyAny>) -> PyResult<Vec<Artifact>> {
         let (s, st) = (text(spec_id, "spec_id")?, text(stage, "stage")?);
-        Ok(run(py, || self.inner.query_artifacts(&s, &st))?)
+        run(py, || self.inner.query_artifacts(&s, &st))
     }
 
     fn delete_spec_artifacts(&self, py: Python<'_>, spec_id: &Bound<'_, PyAny>) -> PyResult<usize> {
         let s = text(spec_id, "spec_id")?;
-        Ok(run(py, || self.inner.delete_spec_artifacts(&s))?)
+        run(py, || self.inner.delete_spec_artifacts(&s))
     }
 
     fn delete_stage_artifacts(&self, py: Python<'_>, spec_id: &Bound<'_, PyAny>, stage: &Bound<'_, PyAny>) -> PyResult<usize> {
         let (s, st) = (text(spec_id, "spec_id")?, text(stage, "stage")?);
-        Ok(run(py, || self.inner.delete_stage_artifacts(&s, &st))?)
+        run(py, || self.inner.delete_stage_artifacts(&s, &st))
     }
 
     /// Deletes whole runs (syntheses and outputs) of a spec, or of one of its stages.
     #[pyo3(signature = (spec_id, stage=None))]
     fn delete_runs(&self, py: Python<'_>, spec_id: &Bound<'_, PyAny>, stage: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
         let (s, st) = (text(spec_id, "spec_id")?, opt_text(stage, "stage")?);
-        Ok(run(py, || self.inner.delete_runs(&s, st.as_deref()))?)
+        run(py, || self.inner.delete_runs(&s, st.as_deref()))
     }
 
     // ---- synthesis -----------------------------------------------------------------
@@ -411,12 +412,12 @@ impl PyDatabase {
             degraded,
             run_id: opt_text(run_id, "run_id")?.map(|s| s.to_string()),
         };
-        Ok(run(py, || self.inner.store_synthesis(&synthesis))?)
+        run(py, || self.inner.store_synthesis(&synthesis))
     }
 
     fn query_latest_synthesis(&self, py: Python<'_>, spec_id: &Bound<'_, PyAny>, stage: &Bound<'_, PyAny>) -> PyResult<Option<Synthesis>> {
         let (s, st) = (text(spec_id, "spec_id")?, text(stage, "stage")?);
-        Ok(run(py, || self.inner.query_latest_synthesis(&s, &st))?)
+        run(py, || self.inner.query_latest_synthesis(&s, &st))
     }
 
     /// How often each schema served `query_artifacts` / `query_latest_synthesis`.
@@ -491,7 +492,7 @@ impl PyDatabase {
 
     #[pyo3(signature = (quick=false))]
     fn integrity_check(&self, py: Python<'_>, quick: bool) -> PyResult<Vec<String>> {
-        Ok(run(py, || self.inner.integrity_check(quick))?)
+        run(py, || self.inner.integrity_check(quick))
     }
 
     /// Starts the background maintenance thread: retention, incremental vacuum and a
@@ -526,7 +527,7 @@ impl PyDatabase {
             checkpoint,
             on_cycle,
         };
-        Ok(run(py, || self.inner.start_maintenance(options))?)
+        run(py, || self.inner.start_maintenance(options))
     }
 
     fn stop_maintenance(&self, py: Python<'_>) {
