@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 import click
 
@@ -28,7 +28,7 @@ AGENTS = ["gemini", "claude", "code", "gpt_pro"]
 BIG_FILE = 8 << 20  # show progress for full VACUUMs of files above this size
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     click.secho(f"error: {message}", fg="red", err=True)
     sys.exit(1)
 
@@ -70,7 +70,6 @@ def open_store(path: Path, **options: Any) -> consensus_db.Store:
         return consensus_db.connect(path, create=False, **options)
     except Error as exc:
         fail(str(exc))
-        raise  # unreachable: fail() exits
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
