@@ -231,7 +231,7 @@ impl Database {
         if let Some(old) = slot.take() {
             old.stop();
         }
-        *slot = Some(Maintenance::start(pool, options, self.in_memory));
+        *slot = Some(Maintenance::start(pool, options, self.in_memory)?);
         Ok(())
     }
 
@@ -296,7 +296,7 @@ pub(crate) struct Maintenance {
 }
 
 impl Maintenance {
-    fn start(pool: Pool, options: MaintenanceOptions, in_memory: bool) -> Maintenance {
+    fn start(pool: Pool, options: MaintenanceOptions, in_memory: bool) -> Result<Maintenance> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let cycles = Arc::new(AtomicU64::new(0));
         let (stop_flag, counter) = (stop.clone(), cycles.clone());
@@ -322,9 +322,8 @@ impl Maintenance {
                 if let Some(hook) = &options.on_cycle {
                     hook(&report);
                 }
-            })
-            .expect("spawning the maintenance thread");
-        Maintenance { stop, cycles, thread }
+            })?;
+        Ok(Maintenance { stop, cycles, thread })
     }
 
     pub(crate) fn stop(self) {
