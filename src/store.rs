@@ -10,7 +10,7 @@
 //! migration), each row once, tagged with its source.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -264,7 +264,8 @@ impl Database {
         }
         let from_v1 = out.len();
         if self.layout.legacy_artifacts.load(Ordering::Acquire) {
-            let legacy = legacy_artifacts(&conn, spec_id, stage, self.layout.v1.load(Ordering::Acquire))?;
+            let read = legacy_artifacts(&conn, spec_id, stage, self.layout.v1.load(Ordering::Acquire));
+            let legacy = unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", read)?;
             if !legacy.is_empty() {
                 out.extend(legacy);
                 out.sort_by(|a, b| a.created_at.cmp(&b.created_at));
@@ -420,16 +421,19 @@ impl Database {
             } else {
                 ""
             };
-            let legacy = conn
-                .prepare_cached(&format!(
-                    "SELECT id, output_markdown, output_path, status, artifacts_count, agreements, conflicts,
-                            COALESCE(degraded, 0), run_id, {}
-                     FROM consensus_synthesis s WHERE spec_id = ?1 AND stage = ?2 {unmirrored}
-                     ORDER BY created_at DESC, id DESC LIMIT 1",
-                    legacy_ms("created_at")
-                ))?
-                .query_row([spec_id, stage], |r| synthesis_row(r, spec_id, stage, SOURCE_LEGACY))
-                .optional()?;
+            let read = (|| {
+                Ok(conn
+                    .prepare_cached(&format!(
+                        "SELECT id, output_markdown, output_path, status, artifacts_count, agreements, conflicts,
+                                COALESCE(degraded, 0), run_id, {}
+                         FROM consensus_synthesis s WHERE spec_id = ?1 AND stage = ?2 {unmirrored}
+                         ORDER BY created_at DESC, id DESC LIMIT 1",
+                        legacy_ms("created_at")
+                    ))?
+                    .query_row([spec_id, stage], |r| synthesis_row(r, spec_id, stage, SOURCE_LEGACY))
+                    .optional()?)
+            })();
+            let legacy = unless_dropped(&self.layout.legacy_synthesis, "consensus_synthesis", read)?;
             if let Some(l) = legacy {
                 if found.as_ref().is_none_or(|f| l.0 > f.0) {
                     found = Some(l);
@@ -448,6 +452,18 @@ impl Database {
             legacy: self.reader.legacy.load(Ordering::Relaxed),
             empty: self.reader.empty.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// A legacy table that another process dropped (`migrate(2)`) while this store was open
+/// reads as empty, and the layout is corrected so later reads skip it.
+fn unless_dropped<T: Default>(present: &AtomicBool, table: &str, read: Result<T>) -> Result<T> {
+    match read {
+        Err(Error::Sqlite(message)) if message.contains(&format!("no such table: {table}")) => {
+            present.store(false, Ordering::Release);
+            Ok(T::default())
+        }
+        other => other,
     }
 }
 

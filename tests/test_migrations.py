@@ -195,3 +195,15 @@ def test_a_migration_killed_part_way_leaves_old_or_new_never_half(tmp_path):
             assert db.query("SELECT count(*) FROM consensus_runs WHERE synthesis IS NOT NULL") == [(3000,)]
     assert 0 in outcomes  # at least one kill landed before the migration committed
     print(f"migration kill rounds: versions after SIGKILL = {outcomes}")
+
+
+def test_a_store_open_while_another_drops_the_legacy_tables_keeps_reading(tmp_path):
+    path = tmp_path / "rolling.db"
+    make_legacy_db(path)
+    with consensus_db.connect(path) as reader, consensus_db.connect(path) as upgrader:
+        assert len(reader.query_artifacts("SPEC-1", "plan")) == 5
+        upgrader.migrate(2)
+        got = reader.query_artifacts("SPEC-1", "plan")
+        assert len(got) == 5 and {a.source for a in got} == {"v1"}
+        assert reader.query_latest_synthesis("SPEC-1", "plan").source == "v1"
+        assert len(reader.query_artifacts("SPEC-2", "tasks")) == 4
