@@ -175,26 +175,6 @@ def demo(db_path: Optional[str], specs: int) -> None:
 # ---- upgrade -------------------------------------------------------------------------
 
 
-def snapshot(path: Path) -> dict:
-    """The file's state, read with the stdlib before the store opens it (never both)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        pragma = lambda name: conn.execute(f"PRAGMA {name}").fetchone()[0]  # noqa: E731
-        tables = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
-        return {
-            "size": path.stat().st_size,
-            "schema_version": pragma("user_version"),
-            "journal_mode": pragma("journal_mode"),
-            "auto_vacuum": pragma("auto_vacuum"),
-            "page_count": pragma("page_count"),
-            "freelist_count": pragma("freelist_count"),
-            "rows": {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables},
-        }
-    finally:
-        conn.close()
-
-
 def backup(path: Path) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     target = path.with_name(f"{path.stem}.backup-{stamp}{path.suffix}")
@@ -207,7 +187,8 @@ def backup(path: Path) -> Path:
     return target
 
 
-def after_state(db: consensus_db.Store) -> dict:
+def state(db: consensus_db.Store) -> dict:
+    """What the upgrade report compares, before and after."""
     h = db.health()
     return {
         "size": h["file_size"] + h["wal_size"],
@@ -228,13 +209,10 @@ def after_state(db: consensus_db.Store) -> dict:
 def upgrade(path: str, drop_legacy: bool, no_backup: bool, as_json: bool) -> None:
     """Back up, migrate, convert auto_vacuum, vacuum; print a before/after report."""
     file = existing(path)
-    try:
-        before = snapshot(file)
-    except sqlite3.DatabaseError as exc:
-        fail(f"{path}: {exc}")
-    if before["schema_version"] > consensus_db.LATEST_SCHEMA_VERSION:
-        fail(f"{path}: schema version {before['schema_version']} is newer than this consensus-db supports "
-             f"({consensus_db.LATEST_SCHEMA_VERSION})")
+    # A read-only look changes nothing and refuses what cannot be upgraded (a future
+    # schema, a non-database) before the backup is taken.
+    with open_store(file, read_only=True, migrate=False) as db:
+        before = state(db)
     copy = None if no_backup else backup(file)
     if copy and not as_json:
         click.echo(f"backup: {copy}")
@@ -252,7 +230,7 @@ def upgrade(path: str, drop_legacy: bool, no_backup: bool, as_json: bool) -> Non
             else:
                 db.vacuum(full=True)
             db.checkpoint()
-            after = after_state(db)
+            after = state(db)
     except Error as exc:
         fail(f"{exc} (the original file is unchanged{'; backup at ' + str(copy) if copy else ''})")
     report = {"path": str(file), "backup": str(copy) if copy else None, "before": before, "after": after}
