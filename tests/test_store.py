@@ -110,6 +110,33 @@ def test_store_artifacts_is_one_transaction(db):
     assert count(db, "agent_outputs") == 5
 
 
+
+def test_store_artifacts_reads_any_mapping_the_same_way(db):
+    """Plain dicts take a fast path; other mappings go through __getitem__. Same result,
+    same errors, whichever path an item takes."""
+    from collections import UserDict
+    from types import MappingProxyType
+
+    class Defaulting(dict):  # a dict subclass with __missing__ is read as a mapping
+        def __missing__(self, key):
+            return "from-missing" if key == "agent_name" else None
+
+    fields = {"spec_id": "S", "stage": "plan", "agent_name": "gemini", "content_json": "{}", "run_id": "r1"}
+    items = [fields, MappingProxyType(fields), UserDict(fields), Defaulting({k: v for k, v in fields.items()
+                                                                            if k != "agent_name"})]
+    db.store_artifacts(items)
+    got = db.query_artifacts("S", "plan")
+    assert [a.agent_name for a in got] == ["gemini"] * 3 + ["from-missing"]
+    assert {a.run_id for a in got} == {"r1"}
+    for bad in ({**fields, "stage": 7}, UserDict({**fields, "stage": 7})):
+        with pytest.raises(consensus_db.InvalidInputError, match=r"artifacts\[1\]\.stage.*must be a str, got int"):
+            db.store_artifacts([fields, bad])
+    with pytest.raises(consensus_db.InvalidInputError, match=r"artifacts\[0\]\.response_text.*must be a str"):
+        db.store_artifacts([{**fields, "response_text": b"bytes"}])
+    with pytest.raises(consensus_db.InvalidInputError, match=r"artifacts\[0\]: must be a mapping, got list"):
+        db.store_artifacts([["S", "plan"]])
+    assert len(db.query_artifacts("S", "plan")) == 4  # nothing written by the failed calls
+
 def test_delete_spec_and_stage(db):
     for stage in ("plan", "tasks"):
         for agent in ("gemini", "claude"):

@@ -1,6 +1,8 @@
 //! Python values in and out: arguments checked with errors that name them, SQL
 //! parameters, and SQLite values back to Python objects.
 
+use std::fmt::Display;
+
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::sync::PyOnceLock;
@@ -11,16 +13,17 @@ use crate::error::Error;
 
 /// A required string argument. Non-strings and strings that cannot be encoded
 /// (lone surrogates) are the library's invalid-input error, naming the argument.
-pub fn text(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<PyBackedStr> {
+/// `name` is formatted only when there is an error to report.
+pub fn text(obj: &Bound<'_, PyAny>, name: impl Display) -> PyResult<PyBackedStr> {
     let s = obj.cast::<PyString>().map_err(|_| {
-        Error::invalid(name, format!("must be a str, got {}", type_name(obj)))
+        Error::invalid(name.to_string(), format!("must be a str, got {}", type_name(obj)))
     })?;
     PyBackedStr::try_from(s.clone()).map_err(|_| {
-        Error::invalid(name, "contains characters that cannot be encoded as UTF-8 (lone surrogates?)").into()
+        Error::invalid(name.to_string(), "contains characters that cannot be encoded as UTF-8 (lone surrogates?)").into()
     })
 }
 
-pub fn opt_text(obj: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<PyBackedStr>> {
+pub fn opt_text(obj: Option<&Bound<'_, PyAny>>, name: impl Display) -> PyResult<Option<PyBackedStr>> {
     match obj {
         Some(o) if !o.is_none() => text(o, name).map(Some),
         _ => Ok(None),
@@ -29,7 +32,7 @@ pub fn opt_text(obj: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<P
 
 /// JSON text: a `str` is passed through (validated later, in the core); any other
 /// value is serialized with `json.dumps` (no NaN, which is not JSON).
-pub fn json_text(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<PyBackedStr> {
+pub fn json_text(obj: &Bound<'_, PyAny>, name: impl Display) -> PyResult<PyBackedStr> {
     if obj.is_instance_of::<PyString>() {
         return text(obj, name);
     }
@@ -40,12 +43,12 @@ pub fn json_text(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<PyBackedStr> {
     kwargs.set_item("ensure_ascii", false)?;
     kwargs.set_item("allow_nan", false)?;
     let dumped = dumps.bind(py).call((obj,), Some(&kwargs)).map_err(|e| {
-        PyErr::from(Error::invalid(name, format!("cannot be serialized as JSON: {e}")))
+        PyErr::from(Error::invalid(name.to_string(), format!("cannot be serialized as JSON: {e}")))
     })?;
     text(&dumped, name)
 }
 
-pub fn opt_json_text(obj: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<PyBackedStr>> {
+pub fn opt_json_text(obj: Option<&Bound<'_, PyAny>>, name: impl Display) -> PyResult<Option<PyBackedStr>> {
     match obj {
         Some(o) if !o.is_none() => json_text(o, name).map(Some),
         _ => Ok(None),

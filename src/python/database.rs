@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyMapping, PyTuple};
+use pyo3::intern;
+use pyo3::types::{PyDict, PyMapping, PyString, PyTuple};
 
 use super::convert::{json_text, opt_json_text, opt_text, rows_to_py, text, to_params, type_name};
 use super::run;
@@ -77,29 +78,72 @@ fn cycle_dict<'py>(py: Python<'py>, r: &CycleReport) -> PyResult<Bound<'py, PyDi
     Ok(d)
 }
 
+/// `artifacts[i].key`, formatted only when an error names it.
+struct FieldName<'a, 'py>(usize, &'a Bound<'py, PyString>);
+
+impl std::fmt::Display for FieldName<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "artifacts[{}].{}", self.0, self.1)
+    }
+}
+
+/// One item of `store_artifacts`. A plain dict is read with `dict.get` (interned keys,
+/// no KeyError round trips); any other mapping through `__getitem__`.
+enum Fields<'a, 'py> {
+    Dict(&'a Bound<'py, PyDict>),
+    Mapping(&'a Bound<'py, PyMapping>),
+}
+
+struct Item<'a, 'py> {
+    i: usize,
+    fields: Fields<'a, 'py>,
+}
+
+impl<'py> Item<'_, 'py> {
+    fn get(&self, key: &Bound<'py, PyString>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match self.fields {
+            Fields::Dict(d) => d.get_item(key),
+            Fields::Mapping(m) => match m.get_item(key) {
+                Ok(v) => Ok(Some(v)),
+                Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyError>(key.py()) => Ok(None),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    fn required(&self, key: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
+        self.get(key)?.ok_or_else(|| Error::invalid(format!("artifacts[{}].{key}", self.i), "is missing").into())
+    }
+
+    fn text(&self, key: &Bound<'py, PyString>) -> PyResult<String> {
+        Ok(text(&self.required(key)?, FieldName(self.i, key))?.to_string())
+    }
+
+    fn optional_text(&self, key: &Bound<'py, PyString>) -> PyResult<Option<String>> {
+        Ok(opt_text(self.get(key)?.as_ref(), FieldName(self.i, key))?.map(|s| s.to_string()))
+    }
+}
+
 fn new_artifact(item: &Bound<'_, PyAny>, i: usize) -> PyResult<NewArtifact> {
-    let map = item.cast::<PyMapping>().map_err(|_| {
-        PyErr::from(Error::invalid(format!("artifacts[{i}]"), format!("must be a mapping, got {}", type_name(item))))
-    })?;
-    let field = |key: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
-        match map.get_item(key) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyError>(item.py()) => Ok(None),
-            Err(e) => Err(e),
+    let py = item.py();
+    let fields = match (item.cast_exact::<PyDict>(), item.cast::<PyMapping>()) {
+        (Ok(d), _) => Fields::Dict(d),
+        (_, Ok(m)) => Fields::Mapping(m),
+        _ => {
+            let message = format!("must be a mapping, got {}", type_name(item));
+            return Err(Error::invalid(format!("artifacts[{i}]"), message).into());
         }
     };
-    let name = |key: &str| format!("artifacts[{i}].{key}");
-    let required = |key: &str| -> PyResult<Bound<'_, PyAny>> {
-        field(key)?.ok_or_else(|| Error::invalid(name(key), "is missing").into())
-    };
+    let item = Item { i, fields };
+    let content = intern!(py, "content_json");
     Ok(NewArtifact {
-        spec_id: text(&required("spec_id")?, &name("spec_id"))?.to_string(),
-        stage: text(&required("stage")?, &name("stage"))?.to_string(),
-        agent_name: text(&required("agent_name")?, &name("agent_name"))?.to_string(),
-        content_json: json_text(&required("content_json")?, &name("content_json"))?.to_string(),
-        response_text: opt_text(field("response_text")?.as_ref(), &name("response_text"))?.map(|s| s.to_string()),
-        run_id: opt_text(field("run_id")?.as_ref(), &name("run_id"))?.map(|s| s.to_string()),
-        model_version: opt_text(field("model_version")?.as_ref(), &name("model_version"))?.map(|s| s.to_string()),
+        spec_id: item.text(intern!(py, "spec_id"))?,
+        stage: item.text(intern!(py, "stage"))?,
+        agent_name: item.text(intern!(py, "agent_name"))?,
+        content_json: json_text(&item.required(content)?, FieldName(i, content))?.to_string(),
+        response_text: item.optional_text(intern!(py, "response_text"))?,
+        run_id: item.optional_text(intern!(py, "run_id"))?,
+        model_version: item.optional_text(intern!(py, "model_version"))?,
     })
 }
 
