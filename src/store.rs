@@ -214,8 +214,7 @@ impl Database {
         self.write(|tx| {
             // Within one transaction a group's open run cannot change: look it up once.
             let mut runs: HashMap<(&str, &str, Option<&str>), i64> = HashMap::new();
-            let mut insert = tx.prepare_cached(INSERT_OUTPUT)?;
-            let mut ids = Vec::with_capacity(artifacts.len());
+            let mut run_of = Vec::with_capacity(artifacts.len());
             for a in artifacts {
                 let key = (a.spec_id.as_str(), a.stage.as_str(), a.run_id.as_deref());
                 let run = match runs.get(&key) {
@@ -226,10 +225,9 @@ impl Database {
                         run
                     }
                 };
-                insert.execute(params![run, a.agent_name, a.model_version, a.content_json, a.response_text, now])?;
-                ids.push(tx.last_insert_rowid());
+                run_of.push(run);
             }
-            Ok(ids)
+            insert_outputs(tx, artifacts, &run_of, now)
         })
     }
 
@@ -546,11 +544,46 @@ fn open_or_new_run(tx: &Tx, spec_id: &str, stage: &str, run_id: Option<&str>, no
 }
 
 const INSERT_OUTPUT: &str = "INSERT INTO agent_outputs (run_pk, agent_name, model_version, content, response_text, output_at_ms)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+     VALUES (?, ?, ?, ?, ?, ?)";
 
-fn insert_artifact(tx: &Tx, a: &NewArtifact, now: i64) -> Result<i64> {
-    let run = open_or_new_run(tx, &a.spec_id, &a.stage, a.run_id.as_deref(), now)?;
+/// Rows per multi-row INSERT: one statement step per chunk instead of one per row.
+const CHUNK: usize = 50;
+
+/// Inserts a batch's outputs in chunks and returns their ids in input order. SQLite
+/// gives a new row the table's largest rowid plus one, so rows inserted after
+/// `max(id) = m` get m+1, m+2, … in VALUES order; `last_insert_rowid` confirms it.
+/// (Only at the very top of the i64 range does SQLite pick random rowids: there the
+/// rows go one by one.)
+fn insert_outputs(tx: &Tx, artifacts: &[NewArtifact], run_of: &[i64], now: i64) -> Result<Vec<i64>> {
+    let n = artifacts.len() as i64;
+    let before: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM agent_outputs", [], |r| r.get(0))?;
+    if before > i64::MAX - n {
+        return artifacts.iter().zip(run_of).map(|(a, &run)| insert_output(tx, run, a, now)).collect();
+    }
+    for (chunk, runs) in artifacts.chunks(CHUNK).zip(run_of.chunks(CHUNK)) {
+        // Cached like any statement (a batch has at most two chunk lengths).
+        let sql = format!("{INSERT_OUTPUT}{}", ", (?, ?, ?, ?, ?, ?)".repeat(chunk.len() - 1));
+        let mut insert = tx.prepare_cached(&sql)?;
+        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 6);
+        for (a, run) in chunk.iter().zip(runs) {
+            values.extend_from_slice(&[run, &a.agent_name, &a.model_version, &a.content_json, &a.response_text, &now]);
+        }
+        insert.execute(values.as_slice())?;
+    }
+    let last = tx.last_insert_rowid();
+    if !artifacts.is_empty() && last != before + n {
+        return Err(Error::Internal(format!("batch ids: expected the last to be {}, SQLite says {last}", before + n)));
+    }
+    Ok((before + 1..=before + n).collect())
+}
+
+fn insert_output(tx: &Tx, run: i64, a: &NewArtifact, now: i64) -> Result<i64> {
     tx.prepare_cached(INSERT_OUTPUT)?
         .execute(params![run, a.agent_name, a.model_version, a.content_json, a.response_text, now])?;
     Ok(tx.last_insert_rowid())
+}
+
+fn insert_artifact(tx: &Tx, a: &NewArtifact, now: i64) -> Result<i64> {
+    let run = open_or_new_run(tx, &a.spec_id, &a.stage, a.run_id.as_deref(), now)?;
+    insert_output(tx, run, a, now)
 }

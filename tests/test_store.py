@@ -111,6 +111,31 @@ def test_store_artifacts_is_one_transaction(db):
 
 
 
+def test_store_artifacts_returns_each_rows_id_in_input_order(db):
+    """A batch goes in as multi-row INSERTs (chunks of 50); every returned id must be
+    the row made from the item at the same position, across chunk and group borders."""
+    items = [{"spec_id": f"S{i % 3}", "stage": "plan", "agent_name": f"a{i}", "content_json": {"i": i},
+              "run_id": f"r{i % 7}"} for i in range(123)]
+    ids = db.store_artifacts(items)
+    assert ids == sorted(ids) and len(set(ids)) == 123
+    by_id = {row[0]: (row[1], json.loads(row[2])["i"]) for row in db.query("SELECT id, agent_name, content FROM agent_outputs")}
+    assert [by_id[i] for i in ids] == [(f"a{i}", i) for i in range(123)]
+    assert db.store_artifacts([]) == []
+
+
+def test_store_artifacts_near_the_top_of_the_id_range(db):
+    """With the largest id at 2**63 - 2, SQLite picks random ids for new rows: the batch
+    then goes row by row and still reports each row's own id."""
+    top = 2**63 - 2
+    db.store_artifact("S", "plan", "seed", "{}")
+    db.execute("UPDATE agent_outputs SET id = ?", [top])
+    items = [{"spec_id": "S", "stage": "plan", "agent_name": f"a{i}", "content_json": {"i": i}} for i in range(5)]
+    ids = db.store_artifacts(items)
+    assert ids[0] == top + 1 and len(set(ids)) == 5
+    names = dict(db.query("SELECT id, agent_name FROM agent_outputs"))
+    assert [names[i] for i in ids] == [f"a{i}" for i in range(5)]
+
+
 def test_store_artifacts_reads_any_mapping_the_same_way(db):
     """Plain dicts take a fast path; other mappings go through __getitem__. Same result,
     same errors, whichever path an item takes."""
