@@ -20,11 +20,18 @@ pub struct Artifact {
     pub content_json: String,
     pub response_text: Option<String>,
     pub run_id: Option<String>,
-    /// UTC `YYYY-MM-DD HH:MM:SS`, whichever schema the row came from.
-    pub created_at: String,
+    /// When the row was written, Unix milliseconds (UTC); see [`Artifact::created_at`].
+    pub created_at_ms: i64,
     pub model_version: Option<String>,
-    /// `"v1"` or `"legacy"`.
-    pub source: String,
+    /// [`SOURCE_V1`] or [`SOURCE_LEGACY`].
+    pub source: &'static str,
+}
+
+impl Artifact {
+    /// UTC `YYYY-MM-DD HH:MM:SS`, whichever schema the row came from.
+    pub fn created_at(&self) -> String {
+        format_utc_ms(self.created_at_ms)
+    }
 }
 
 /// The merged result of a consensus run.
@@ -42,8 +49,17 @@ pub struct Synthesis {
     pub conflicts: Option<String>,
     pub degraded: bool,
     pub run_id: Option<String>,
-    pub created_at: String,
-    pub source: String,
+    /// When the synthesis was written, Unix milliseconds (UTC); see [`Synthesis::created_at`].
+    pub created_at_ms: i64,
+    /// [`SOURCE_V1`] or [`SOURCE_LEGACY`].
+    pub source: &'static str,
+}
+
+impl Synthesis {
+    /// UTC `YYYY-MM-DD HH:MM:SS`, whichever schema the row came from.
+    pub fn created_at(&self) -> String {
+        format_utc_ms(self.created_at_ms)
+    }
 }
 
 /// An agent execution whose output could not be parsed as JSON.

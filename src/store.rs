@@ -239,7 +239,7 @@ impl Database {
             let mut stmt = conn.prepare_cached(
                 "SELECT o.id, o.agent_name, o.content, o.response_text, r.run_id, o.output_at_ms, o.model_version
                  FROM consensus_runs r JOIN agent_outputs o ON o.run_pk = r.id
-                 WHERE r.spec_id = ?1 AND r.stage = ?2 ORDER BY o.output_at_ms, o.id",
+                 WHERE r.spec_id = ?1 AND r.stage = ?2",
             )?;
             let rows = stmt.query_map([spec_id, stage], |r| {
                 let ms: i64 = r.get(5)?;
@@ -251,14 +251,17 @@ impl Database {
                     content_json: r.get(2)?,
                     response_text: r.get(3)?,
                     run_id: r.get(4)?,
-                    created_at: format_utc_ms(ms),
+                    created_at_ms: ms,
                     model_version: r.get(6)?,
-                    source: SOURCE_V1.to_owned(),
+                    source: SOURCE_V1,
                 })
             })?;
             for row in rows {
                 out.push(row?);
             }
+            // Sorted here rather than by ORDER BY: for a handful of rows SQLite's sorter
+            // (a temp b-tree) costs more than the rest of the query.
+            out.sort_unstable_by_key(|a| (a.created_at_ms, a.id));
         }
         let from_v1 = out.len();
         if self.layout.legacy_artifacts.load(Ordering::Acquire) {
@@ -266,7 +269,7 @@ impl Database {
             let legacy = unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", read)?;
             if !legacy.is_empty() {
                 out.extend(legacy);
-                out.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+                out.sort_by_key(|a| a.created_at_ms);
             }
         }
         self.reader.count(from_v1 > 0, out.len() > from_v1);
@@ -469,7 +472,7 @@ fn opt(s: Option<&str>) -> Value {
     s.map_or(Value::Null, |s| Value::Text(s.to_owned()))
 }
 
-fn synthesis_row(r: &Row, spec_id: &str, stage: &str, source: &str) -> rusqlite::Result<(i64, Synthesis)> {
+fn synthesis_row(r: &Row, spec_id: &str, stage: &str, source: &'static str) -> rusqlite::Result<(i64, Synthesis)> {
     let at_ms: i64 = r.get(9)?;
     Ok((
         at_ms,
@@ -485,8 +488,8 @@ fn synthesis_row(r: &Row, spec_id: &str, stage: &str, source: &str) -> rusqlite:
             conflicts: r.get(6)?,
             degraded: r.get(7)?,
             run_id: r.get(8)?,
-            created_at: format_utc_ms(at_ms),
-            source: source.to_owned(),
+            created_at_ms: at_ms,
+            source,
         },
     ))
 }
@@ -512,9 +515,9 @@ fn legacy_artifacts(conn: &Connection, spec_id: &str, stage: &str, has_v1: bool)
             content_json: r.get(2)?,
             response_text: r.get(3)?,
             run_id: r.get(4)?,
-            created_at: format_utc_ms(r.get(5)?),
+            created_at_ms: r.get(5)?,
             model_version: None,
-            source: SOURCE_LEGACY.to_owned(),
+            source: SOURCE_LEGACY,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

@@ -67,7 +67,7 @@ fn store_round_trip_and_dual_schema_sources() {
     };
     let id = db.store_artifact(&artifact).unwrap();
     let got = db.query_artifacts("SPEC", "plan").unwrap();
-    assert_eq!((got.len(), got[0].id, got[0].source.as_str()), (1, id, "v1"));
+    assert_eq!((got.len(), got[0].id, got[0].source), (1, id, "v1"));
     let bad = NewArtifact { content_json: "{nope".into(), ..artifact };
     assert!(matches!(db.store_artifact(&bad), Err(Error::InvalidInput { ref name, .. }) if name == "content_json"));
     db.store_synthesis(&NewSynthesis {

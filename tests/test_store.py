@@ -92,6 +92,8 @@ def test_artifacts_round_trip_in_order(db):
     assert UTC_TEXT.match(first.created_at)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     assert abs(datetime.strptime(first.created_at, "%Y-%m-%d %H:%M:%S") - now) < timedelta(minutes=1)
+    as_text = datetime.fromtimestamp(first.created_at_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    assert as_text == first.created_at == first.to_dict()["created_at"]
     assert first == db.query_artifacts("S", "plan")[0] and first != got[1]
     assert first.to_dict()["content_json"] == first.content_json
     assert repr(first).startswith("Artifact(id=")

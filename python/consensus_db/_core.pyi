@@ -24,6 +24,7 @@ class Artifact:
     response_text: Optional[str]
     run_id: Optional[str]
     created_at: str
+    created_at_ms: int
     model_version: Optional[str]
     source: str
     def to_dict(self) -> dict[str, Any]: ...
@@ -42,6 +43,7 @@ class Synthesis:
     degraded: bool
     run_id: Optional[str]
     created_at: str
+    created_at_ms: int
     source: str
     def to_dict(self) -> dict[str, Any]: ...
 

@@ -34,11 +34,17 @@ fn flag(b: bool) -> &'static str {
 
 #[pymethods]
 impl Artifact {
+    /// UTC `YYYY-MM-DD HH:MM:SS`, whichever schema the row came from.
+    #[getter(created_at)]
+    fn py_created_at(&self) -> String {
+        self.created_at()
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Artifact(id={}, spec_id={}, stage={}, agent_name={}, run_id={}, created_at={}, source={}, content_json={})",
             self.id, short(&self.spec_id), short(&self.stage), short(&self.agent_name), opt(&self.run_id),
-            short(&self.created_at), short(&self.source), short(&self.content_json)
+            short(&self.created_at()), short(self.source), short(&self.content_json)
         )
     }
 
@@ -52,9 +58,10 @@ impl Artifact {
         d.set_item("content_json", &self.content_json)?;
         d.set_item("response_text", &self.response_text)?;
         d.set_item("run_id", &self.run_id)?;
-        d.set_item("created_at", &self.created_at)?;
+        d.set_item("created_at", self.created_at())?;
+        d.set_item("created_at_ms", self.created_at_ms)?;
         d.set_item("model_version", &self.model_version)?;
-        d.set_item("source", &self.source)?;
+        d.set_item("source", self.source)?;
         Ok(d)
     }
 
@@ -66,11 +73,17 @@ impl Artifact {
 
 #[pymethods]
 impl Synthesis {
+    /// UTC `YYYY-MM-DD HH:MM:SS`, whichever schema the row came from.
+    #[getter(created_at)]
+    fn py_created_at(&self) -> String {
+        self.created_at()
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Synthesis(id={}, spec_id={}, stage={}, status={}, degraded={}, run_id={}, created_at={}, source={}, output_markdown={})",
             self.id, short(&self.spec_id), short(&self.stage), short(&self.status), flag(self.degraded),
-            opt(&self.run_id), short(&self.created_at), short(&self.source), short(&self.output_markdown)
+            opt(&self.run_id), short(&self.created_at()), short(self.source), short(&self.output_markdown)
         )
     }
 
@@ -87,8 +100,9 @@ impl Synthesis {
         d.set_item("conflicts", &self.conflicts)?;
         d.set_item("degraded", self.degraded)?;
         d.set_item("run_id", &self.run_id)?;
-        d.set_item("created_at", &self.created_at)?;
-        d.set_item("source", &self.source)?;
+        d.set_item("created_at", self.created_at())?;
+        d.set_item("created_at_ms", self.created_at_ms)?;
+        d.set_item("source", self.source)?;
         Ok(d)
     }
 }
