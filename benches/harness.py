@@ -255,6 +255,7 @@ def run(size: Size, out_dir: Path, chart: bool = True) -> dict:
         report["engine_ns_per_op"] = json.loads(engine.read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "results.md").write_text(markdown(report))
     print_table(report)
     if chart:
         draw(report, out_dir / "results.png")
@@ -282,6 +283,24 @@ def print_table(report: dict) -> None:
     m = report["machine"]
     print(f"\n{m['date']} | {m['platform']} | {m['cpus']} CPUs | Python {m['python']} | "
           f"SQLite {m['sqlite (consensus-db, bundled)']} (bundled) / {m['sqlite (stdlib)']} (stdlib)")
+
+
+def markdown(report: dict) -> str:
+    """The results table as it goes into the README."""
+    ops, m = report["ops_per_s"], report["machine"]
+    lines = [f"One run, ops/s ({m['date']}, {m['cpus']} CPUs, {m['platform']}, Python {m['python']}, "
+             f"SQLite {m['sqlite (consensus-db, bundled)']} bundled / {m['sqlite (stdlib)']} stdlib):", "",
+             "| workload | consensus-db | pure-Python | legacy | × pure-Python | × legacy |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name in ops["consensus-db"]:
+        r = report["ratios"][name]
+        lines.append(f"| {name} | {ops['consensus-db'][name]:,.0f} | {ops['pure-python'][name]:,.0f} | "
+                     f"{ops['legacy'][name]:,.0f} | {r['vs_pure_python']:.2f} | {r['vs_legacy']:.2f} |")
+    lines += ["", "| target | value | |", "|---|---:|---|"]
+    for c in report["checks"]:
+        value = c["value"] if isinstance(c["value"], int) else f"{c['value']:.2f}"
+        lines.append(f"| {c['check']} | {value} | {'met' if c['ok'] else '**below**'} |")
+    return "\n".join(lines) + "\n"
 
 
 def draw(report: dict, path: Path) -> Optional[Path]:

@@ -19,3 +19,5 @@ def test_quick_benchmark_writes_a_report(tmp_path):
     assert all(v > 0 for per in report["ops_per_s"].values() for v in per.values())
     assert "get_agent_spawn_info" in report["ratios"] and report["checks"]
     assert "targets" in done.stdout
+    table = (tmp_path / "results.md").read_text()
+    assert "| get_agent_spawn_info |" in table and "| never slower than the pure-python baseline |" in table
