@@ -400,50 +400,20 @@ impl Database {
     /// The newest synthesis of a spec/stage from either schema.
     pub fn query_latest_synthesis(&self, spec_id: &str, stage: &str) -> Result<Option<Synthesis>> {
         let conn = self.conn()?;
-        let mut found: Option<(i64, Synthesis)> = None;
-        if self.layout.v1.load(Ordering::Acquire) {
-            found = conn
-                .prepare_cached(
-                    "SELECT id, output_markdown, output_path, status, artifacts_count, agreements, conflicts,
-                            degraded, run_id, at_ms
-                     FROM (SELECT id, synthesis AS output_markdown, output_path, synthesis_status AS status,
-                                  artifacts_count, agreements, conflicts, degraded, run_id,
-                                  synthesized_at_ms AS at_ms
-                           FROM consensus_runs WHERE spec_id = ?1 AND stage = ?2 AND synthesis IS NOT NULL)
-                     ORDER BY at_ms DESC, id DESC LIMIT 1",
-                )?
-                .query_row([spec_id, stage], |r| synthesis_row(r, spec_id, stage, SOURCE_V1))
-                .optional()?;
-        }
+        let has_v1 = self.layout.v1.load(Ordering::Acquire);
+        let mut found = if has_v1 { v1_latest_synthesis(&conn, spec_id, stage)? } else { None };
         let from_v1 = found.is_some();
         if self.layout.legacy_synthesis.load(Ordering::Acquire) {
-            let unmirrored = if self.layout.v1.load(Ordering::Acquire) {
-                "AND NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id)"
-            } else {
-                ""
-            };
-            let read = (|| {
-                Ok(conn
-                    .prepare_cached(&format!(
-                        "SELECT id, output_markdown, output_path, status, artifacts_count, agreements, conflicts,
-                                COALESCE(degraded, 0), run_id, {}
-                         FROM consensus_synthesis s WHERE spec_id = ?1 AND stage = ?2 {unmirrored}
-                         ORDER BY created_at DESC, id DESC LIMIT 1",
-                        legacy_ms("created_at")
-                    ))?
-                    .query_row([spec_id, stage], |r| synthesis_row(r, spec_id, stage, SOURCE_LEGACY))
-                    .optional()?)
-            })();
-            let legacy = unless_dropped(&self.layout.legacy_synthesis, "consensus_synthesis", read)?;
-            if let Some(l) = legacy {
-                if found.as_ref().is_none_or(|f| l.0 > f.0) {
+            let read = legacy_latest_synthesis(&conn, spec_id, stage, has_v1);
+            if let Some(l) = unless_dropped(&self.layout.legacy_synthesis, "consensus_synthesis", read)? {
+                if found.as_ref().is_none_or(|f| l.created_at_ms > f.created_at_ms) {
                     found = Some(l);
                 }
             }
         }
-        let from_legacy = found.as_ref().is_some_and(|f| f.1.source == SOURCE_LEGACY);
+        let from_legacy = found.as_ref().is_some_and(|f| f.source == SOURCE_LEGACY);
         self.reader.count(from_v1 && !from_legacy, from_legacy);
-        Ok(found.map(|f| f.1))
+        Ok(found)
     }
 
     /// How often each schema served the dual-schema reader.
@@ -472,26 +442,50 @@ fn opt(s: Option<&str>) -> Value {
     s.map_or(Value::Null, |s| Value::Text(s.to_owned()))
 }
 
-fn synthesis_row(r: &Row, spec_id: &str, stage: &str, source: &'static str) -> rusqlite::Result<(i64, Synthesis)> {
-    let at_ms: i64 = r.get(9)?;
-    Ok((
-        at_ms,
-        Synthesis {
-            id: r.get(0)?,
-            spec_id: spec_id.to_owned(),
-            stage: stage.to_owned(),
-            output_markdown: r.get(1)?,
-            output_path: r.get(2)?,
-            status: r.get(3)?,
-            artifacts_count: r.get(4)?,
-            agreements: r.get(5)?,
-            conflicts: r.get(6)?,
-            degraded: r.get(7)?,
-            run_id: r.get(8)?,
-            created_at_ms: at_ms,
-            source,
-        },
-    ))
+/// A synthesis from either schema; both queries select the same ten columns.
+fn synthesis_row(r: &Row, spec_id: &str, stage: &str, source: &'static str) -> rusqlite::Result<Synthesis> {
+    Ok(Synthesis {
+        id: r.get(0)?,
+        spec_id: spec_id.to_owned(),
+        stage: stage.to_owned(),
+        output_markdown: r.get(1)?,
+        output_path: r.get(2)?,
+        status: r.get(3)?,
+        artifacts_count: r.get(4)?,
+        agreements: r.get(5)?,
+        conflicts: r.get(6)?,
+        degraded: r.get(7)?,
+        run_id: r.get(8)?,
+        created_at_ms: r.get(9)?,
+        source,
+    })
+}
+
+fn v1_latest_synthesis(conn: &Connection, spec_id: &str, stage: &str) -> Result<Option<Synthesis>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, synthesis, output_path, synthesis_status, artifacts_count, agreements, conflicts,
+                degraded, run_id, synthesized_at_ms
+         FROM consensus_runs WHERE spec_id = ?1 AND stage = ?2 AND synthesis IS NOT NULL
+         ORDER BY synthesized_at_ms DESC, id DESC LIMIT 1",
+    )?;
+    Ok(stmt.query_row([spec_id, stage], |r| synthesis_row(r, spec_id, stage, SOURCE_V1)).optional()?)
+}
+
+/// The newest legacy synthesis (written by an old binary) that has no copy in the new schema.
+fn legacy_latest_synthesis(conn: &Connection, spec_id: &str, stage: &str, has_v1: bool) -> Result<Option<Synthesis>> {
+    let unmirrored = if has_v1 {
+        "AND NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id)"
+    } else {
+        ""
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT id, output_markdown, output_path, status, artifacts_count, agreements, conflicts,
+                COALESCE(degraded, 0), run_id, {}
+         FROM consensus_synthesis s WHERE spec_id = ?1 AND stage = ?2 {unmirrored}
+         ORDER BY created_at DESC, id DESC LIMIT 1",
+        legacy_ms("created_at")
+    ))?;
+    Ok(stmt.query_row([spec_id, stage], |r| synthesis_row(r, spec_id, stage, SOURCE_LEGACY)).optional()?)
 }
 
 fn legacy_artifacts(conn: &Connection, spec_id: &str, stage: &str, has_v1: bool) -> Result<Vec<Artifact>> {
