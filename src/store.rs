@@ -295,29 +295,20 @@ impl Database {
         let args = [Value::Text(spec_id.to_owned()), opt(stage)];
         self.write(|tx| {
             let mut deleted = 0;
-            let scope = "spec_id = ?1 AND (?2 IS NULL OR stage = ?2)";
             if has_legacy {
-                // Legacy rows with a copy in the new tables are counted there.
-                let unmirrored = if has_v1 {
-                    " AND id NOT IN (SELECT legacy_artifact_id FROM agent_outputs WHERE legacy_artifact_id IS NOT NULL)"
-                } else {
-                    ""
-                };
-                deleted += tx.execute(
-                    &format!("DELETE FROM consensus_artifacts WHERE {scope}{unmirrored}"),
-                    &args,
-                )?;
-                tx.execute(&format!("DELETE FROM consensus_artifacts WHERE {scope}"), &args)?;
+                let copies = has_v1.then_some("SELECT legacy_artifact_id FROM agent_outputs WHERE legacy_artifact_id IS NOT NULL");
+                let legacy = delete_legacy(tx, "consensus_artifacts", copies, &args);
+                deleted += unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", legacy)?;
             }
             if has_v1 {
                 deleted += tx.execute(
-                    &format!("DELETE FROM agent_outputs WHERE run_pk IN (SELECT id FROM consensus_runs WHERE {scope})"),
+                    &format!("DELETE FROM agent_outputs WHERE run_pk IN (SELECT id FROM consensus_runs WHERE {SCOPE})"),
                     &args,
                 )?;
                 // Open runs left without outputs have nothing to say any more.
                 tx.execute(
                     &format!(
-                        "DELETE FROM consensus_runs WHERE {scope} AND synthesis IS NULL
+                        "DELETE FROM consensus_runs WHERE {SCOPE} AND synthesis IS NULL
                          AND NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.run_pk = consensus_runs.id)"
                     ),
                     &args,
@@ -337,22 +328,14 @@ impl Database {
         let has_legacy = self.layout.legacy_synthesis.load(Ordering::Acquire);
         let args = [Value::Text(spec_id.to_owned()), opt(stage)];
         let runs = self.write(|tx| {
-            let scope = "spec_id = ?1 AND (?2 IS NULL OR stage = ?2)";
             let mut deleted = 0;
             if has_legacy {
-                let unmirrored = if has_v1 {
-                    " AND id NOT IN (SELECT legacy_synthesis_id FROM consensus_runs WHERE legacy_synthesis_id IS NOT NULL)"
-                } else {
-                    ""
-                };
-                deleted += tx.execute(
-                    &format!("DELETE FROM consensus_synthesis WHERE {scope}{unmirrored}"),
-                    &args,
-                )?;
-                tx.execute(&format!("DELETE FROM consensus_synthesis WHERE {scope}"), &args)?;
+                let copies = has_v1.then_some("SELECT legacy_synthesis_id FROM consensus_runs WHERE legacy_synthesis_id IS NOT NULL");
+                let legacy = delete_legacy(tx, "consensus_synthesis", copies, &args);
+                deleted += unless_dropped(&self.layout.legacy_synthesis, "consensus_synthesis", legacy)?;
             }
             if has_v1 {
-                deleted += tx.execute(&format!("DELETE FROM consensus_runs WHERE {scope}"), &args)?;
+                deleted += tx.execute(&format!("DELETE FROM consensus_runs WHERE {SCOPE}"), &args)?;
             }
             Ok(deleted)
         })?;
@@ -436,6 +419,20 @@ fn unless_dropped<T: Default>(present: &AtomicBool, table: &str, read: Result<T>
         }
         other => other,
     }
+}
+
+/// The rows a delete covers: a spec (`?2` NULL) or one of its stages.
+const SCOPE: &str = "spec_id = ?1 AND (?2 IS NULL OR stage = ?2)";
+
+/// Deletes a spec's (or stage's) rows from a legacy table. Returns how many had no copy
+/// in the new schema (`copies` selects the ids that have one; those are counted there).
+fn delete_legacy(tx: &Tx, table: &str, copies: Option<&str>, args: &[Value]) -> Result<usize> {
+    let uncopied = match copies {
+        Some(ids) => tx.execute(&format!("DELETE FROM {table} WHERE {SCOPE} AND id NOT IN ({ids})"), args)?,
+        None => 0,
+    };
+    let rest = tx.execute(&format!("DELETE FROM {table} WHERE {SCOPE}"), args)?;
+    Ok(if copies.is_some() { uncopied } else { rest })
 }
 
 fn opt(s: Option<&str>) -> Value {

@@ -207,3 +207,15 @@ def test_a_store_open_while_another_drops_the_legacy_tables_keeps_reading(tmp_pa
         assert len(got) == 5 and {a.source for a in got} == {"v1"}
         assert reader.query_latest_synthesis("SPEC-1", "plan").source == "v1"
         assert len(reader.query_artifacts("SPEC-2", "tasks")) == 4
+
+
+def test_a_store_open_while_another_drops_the_legacy_tables_keeps_deleting(tmp_path):
+    path = tmp_path / "rolling.db"
+    make_legacy_db(path)
+    with consensus_db.connect(path) as writer, consensus_db.connect(path) as upgrader:
+        assert len(writer.query_artifacts("SPEC-1", "plan")) == 5  # the store has seen the legacy tables
+        upgrader.migrate(2)
+        assert writer.delete_stage_artifacts("SPEC-2", "tasks") == 4
+        assert writer.query_artifacts("SPEC-2", "tasks") == []
+        assert writer.delete_runs("SPEC-1") == 1  # run-a (its synthesis); the open run went with its outputs
+        assert writer.query_artifacts("SPEC-1", "plan") == [] and writer.query_latest_synthesis("SPEC-1", "plan") is None
