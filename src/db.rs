@@ -69,6 +69,35 @@ pub(crate) struct Layout {
     pub v1: AtomicBool,
     pub legacy_artifacts: AtomicBool,
     pub legacy_synthesis: AtomicBool,
+    pub legacy_columns: RwLock<LegacyColumns>,
+}
+
+/// What the legacy reader selects for the columns old databases added later by
+/// `ALTER TABLE`: the column, or NULL where this file predates it (until the version 1
+/// migration adds it).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LegacyColumns {
+    pub artifact_run_id: &'static str,
+    pub artifact_response_text: &'static str,
+    pub synthesis_run_id: &'static str,
+    pub execution_run_id: &'static str,
+    pub execution_extraction_error: &'static str,
+}
+
+impl Default for LegacyColumns {
+    fn default() -> Self {
+        LegacyColumns {
+            artifact_run_id: "run_id",
+            artifact_response_text: "response_text",
+            synthesis_run_id: "run_id",
+            execution_run_id: "run_id",
+            execution_extraction_error: "extraction_error",
+        }
+    }
+}
+
+impl LegacyColumns {
+    pub const MISSING: &'static str = "NULL";
 }
 
 pub struct Database {
@@ -325,6 +354,19 @@ impl Database {
         self.layout.v1.store(has("consensus_runs")?, Ordering::Release);
         self.layout.legacy_artifacts.store(has("consensus_artifacts")?, Ordering::Release);
         self.layout.legacy_synthesis.store(has("consensus_synthesis")?, Ordering::Release);
+        let column = |table: &str, name: &'static str| -> Result<&'static str> {
+            let present = conn
+                .prepare_cached("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+                .exists([table, name])?;
+            Ok(if present { name } else { LegacyColumns::MISSING })
+        };
+        *self.layout.legacy_columns.write() = LegacyColumns {
+            artifact_run_id: column("consensus_artifacts", "run_id")?,
+            artifact_response_text: column("consensus_artifacts", "response_text")?,
+            synthesis_run_id: column("consensus_synthesis", "run_id")?,
+            execution_run_id: column("agent_executions", "run_id")?,
+            execution_extraction_error: column("agent_executions", "extraction_error")?,
+        };
         Ok(())
     }
 

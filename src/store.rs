@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::db::Database;
+use crate::db::{Database, LegacyColumns};
 use crate::error::{Error, Result};
 use crate::migrations::legacy_ms;
 use crate::model::*;
@@ -88,6 +88,17 @@ impl Database {
         }
     }
 
+    /// Writes that need a column an old, unmigrated file predates.
+    fn require_column(&self, column: &str, table_column: &str) -> Result<()> {
+        if column != LegacyColumns::MISSING {
+            return Ok(());
+        }
+        Err(Error::Migration(format!(
+            "database {:?} predates the {table_column} column (an old legacy shape); call migrate() first",
+            self.path
+        )))
+    }
+
     // ---- agent executions -------------------------------------------------------
 
     /// Records a spawned agent. Recording the same `agent_id` again starts it afresh.
@@ -105,6 +116,7 @@ impl Database {
         check_id("stage", stage)?;
         check_phase_type(phase_type)?;
         check_id("agent_name", agent_name)?;
+        self.require_column(self.layout.legacy_columns.read().execution_run_id, "agent_executions.run_id")?;
         self.write(|tx| {
             tx.prepare_cached(&format!(
                 "INSERT INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, run_id, spawned_at)
@@ -150,6 +162,8 @@ impl Database {
     pub fn record_extraction_failure(&self, agent_id: &str, response_text: &str, extraction_error: &str) -> Result<bool> {
         check_id("agent_id", agent_id)?;
         check_id("extraction_error", extraction_error)?;
+        let columns = *self.layout.legacy_columns.read();
+        self.require_column(columns.execution_extraction_error, "agent_executions.extraction_error")?;
         self.write(|tx| {
             let n = tx
                 .prepare_cached(&format!(
@@ -163,13 +177,18 @@ impl Database {
 
     /// Extraction failures of a spec, oldest spawn first.
     pub fn query_extraction_failures(&self, spec_id: &str) -> Result<Vec<ExtractionFailure>> {
+        let columns = *self.layout.legacy_columns.read();
+        if columns.execution_extraction_error == LegacyColumns::MISSING {
+            return Ok(Vec::new()); // a file without the column has never recorded a failure
+        }
         let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT agent_id, spec_id, stage, phase_type, agent_name, run_id, spawned_at, completed_at,
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT agent_id, spec_id, stage, phase_type, agent_name, {}, spawned_at, completed_at,
                     response_text, extraction_error
              FROM agent_executions WHERE spec_id = ?1 AND extraction_error IS NOT NULL
              ORDER BY spawned_at, agent_id",
-        )?;
+            columns.execution_run_id
+        ))?;
         let rows = stmt.query_map([spec_id], |r| {
             Ok(ExtractionFailure {
                 agent_id: r.get(0)?,
@@ -265,7 +284,8 @@ impl Database {
         }
         let from_v1 = out.len();
         if self.layout.legacy_artifacts.load(Ordering::Acquire) {
-            let read = legacy_artifacts(&conn, spec_id, stage, self.layout.v1.load(Ordering::Acquire));
+            let columns = *self.layout.legacy_columns.read();
+            let read = legacy_artifacts(&conn, spec_id, stage, self.layout.v1.load(Ordering::Acquire), columns);
             let legacy = unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", read)?;
             if !legacy.is_empty() {
                 out.extend(legacy);
@@ -387,7 +407,8 @@ impl Database {
         let mut found = if has_v1 { v1_latest_synthesis(&conn, spec_id, stage)? } else { None };
         let from_v1 = found.is_some();
         if self.layout.legacy_synthesis.load(Ordering::Acquire) {
-            let read = legacy_latest_synthesis(&conn, spec_id, stage, has_v1);
+            let columns = *self.layout.legacy_columns.read();
+            let read = legacy_latest_synthesis(&conn, spec_id, stage, has_v1, columns);
             if let Some(l) = unless_dropped(&self.layout.legacy_synthesis, "consensus_synthesis", read)? {
                 if found.as_ref().is_none_or(|f| l.created_at_ms > f.created_at_ms) {
                     found = Some(l);
@@ -469,7 +490,13 @@ fn v1_latest_synthesis(conn: &Connection, spec_id: &str, stage: &str) -> Result<
 }
 
 /// The newest legacy synthesis (written by an old binary) that has no copy in the new schema.
-fn legacy_latest_synthesis(conn: &Connection, spec_id: &str, stage: &str, has_v1: bool) -> Result<Option<Synthesis>> {
+fn legacy_latest_synthesis(
+    conn: &Connection,
+    spec_id: &str,
+    stage: &str,
+    has_v1: bool,
+    columns: LegacyColumns,
+) -> Result<Option<Synthesis>> {
     let unmirrored = if has_v1 {
         "AND NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id)"
     } else {
@@ -477,24 +504,33 @@ fn legacy_latest_synthesis(conn: &Connection, spec_id: &str, stage: &str, has_v1
     };
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT id, output_markdown, output_path, status, artifacts_count, agreements, conflicts,
-                COALESCE(degraded, 0), run_id, {}
+                COALESCE(degraded, 0), {}, {}
          FROM consensus_synthesis s WHERE spec_id = ?1 AND stage = ?2 {unmirrored}
          ORDER BY created_at DESC, id DESC LIMIT 1",
+        columns.synthesis_run_id,
         legacy_ms("created_at")
     ))?;
     Ok(stmt.query_row([spec_id, stage], |r| synthesis_row(r, spec_id, stage, SOURCE_LEGACY)).optional()?)
 }
 
-fn legacy_artifacts(conn: &Connection, spec_id: &str, stage: &str, has_v1: bool) -> Result<Vec<Artifact>> {
+fn legacy_artifacts(
+    conn: &Connection,
+    spec_id: &str,
+    stage: &str,
+    has_v1: bool,
+    columns: LegacyColumns,
+) -> Result<Vec<Artifact>> {
     let unmirrored = if has_v1 {
         "AND NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id)"
     } else {
         ""
     };
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT a.id, a.agent_name, a.content_json, a.response_text, a.run_id, {}
+        "SELECT a.id, a.agent_name, a.content_json, {}, {}, {}
          FROM consensus_artifacts a WHERE a.spec_id = ?1 AND a.stage = ?2 {unmirrored}
          ORDER BY a.created_at, a.id",
+        columns.artifact_response_text,
+        columns.artifact_run_id,
         legacy_ms("a.created_at")
     ))?;
     let rows = stmt.query_map([spec_id, stage], |r| {

@@ -84,6 +84,43 @@ def test_old_databases_without_later_columns_open_and_migrate(tmp_path):
         assert [f.agent_id for f in db.query_extraction_failures("SPEC-1")] == ["agent-0"]
 
 
+def test_old_databases_without_later_columns_are_readable_unmigrated(tmp_path):
+    """migrate=False (or read-only) on the oldest shape: the legacy reader reads the
+    missing columns as NULL instead of failing, and no column is added behind the
+    caller's back."""
+    path = tmp_path / "oldest.db"
+    make_legacy_db(path, drop_columns=True)
+
+    def columns() -> set:
+        return {(t, c) for t in ("consensus_artifacts", "consensus_synthesis", "agent_executions")
+                for (c,) in stdlib_rows(path, f"SELECT name FROM pragma_table_info('{t}')")}
+
+    before = columns()
+    assert ("consensus_artifacts", "run_id") not in before
+    for options in ({"migrate": False}, {"read_only": True, "migrate": False}):
+        with consensus_db.connect(path, **options) as db:
+            assert db.schema_version == 0
+            got = db.query_artifacts("SPEC-1", "plan")
+            assert len(got) == 5 and {a.source for a in got} == {"legacy"} and all(a.run_id is None for a in got)
+            latest = db.query_latest_synthesis("SPEC-1", "plan")
+            assert latest is not None and latest.run_id is None and latest.source == "legacy"
+            assert db.query_extraction_failures("SPEC-1") == []
+            assert db.get_agent_spawn_info("agent-0") == ("quality_gate", "plan")
+    assert columns() == before
+    with consensus_db.connect(path, migrate=False, retry=None) as db:
+        # Writes that need a missing column say so instead of failing deep inside SQLite.
+        with pytest.raises(consensus_db.MigrationError, match=r"agent_executions\.run_id.*migrate\(\)"):
+            db.record_agent_spawn("new", "SPEC-1", "plan", "quality_gate", "gemini")
+        with pytest.raises(consensus_db.MigrationError, match=r"agent_executions\.extraction_error"):
+            db.record_extraction_failure("agent-0", "raw", "broken json")
+    assert columns() == before  # (read with the stdlib only while no store has the file open)
+    with consensus_db.connect(path, migrate=False) as db:
+        db.migrate()  # and once migrated, the columns are real
+        db.record_extraction_failure("agent-0", "raw", "broken json")
+        assert [f.agent_id for f in db.query_extraction_failures("SPEC-1")] == ["agent-0"]
+        assert len(db.query_artifacts("SPEC-1", "plan")) == 5
+
+
 def test_rolling_upgrade_old_binary_rows_are_read_once(tmp_path):
     path = tmp_path / "rolling.db"
     make_legacy_db(path)
