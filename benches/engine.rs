@@ -60,6 +60,21 @@ fn main() {
     results.push(("get_agent_spawn_info", median_ns(100_000, |i| {
         db.get_agent_spawn_info(pick(i)).expect("read");
     })));
+    // Two threads, no GIL: how the engine itself scales (ns per read, both threads together).
+    let per_thread = 100_000u64;
+    results.push(("get_agent_spawn_info_2_threads", median_ns(1, |_| {
+        std::thread::scope(|s| {
+            for t in 0..2u64 {
+                let pick = &pick;
+                let db = &db;
+                s.spawn(move || {
+                    for i in 0..per_thread {
+                        db.get_agent_spawn_info(pick(t * per_thread + i)).expect("read");
+                    }
+                });
+            }
+        });
+    }) / (2 * per_thread) as f64));
     {
         let tx = db.begin(Behavior::Deferred).expect("begin");
         results.push(("point_select_in_read_tx", median_ns(100_000, |i| {

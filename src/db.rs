@@ -160,8 +160,9 @@ fn housekeeping() -> Arc<ScheduledThreadPool> {
 }
 
 /// Process-wide SQLite settings, applied before the first connection opens: memory
-/// statistics off (otherwise every SQLite allocation takes a global mutex).
-fn configure_sqlite() {
+/// statistics off (otherwise every SQLite allocation takes a global mutex) and
+/// mutexes that spin before sleeping (see `sqlite_mutex`).
+pub(crate) fn configure_sqlite() {
     static CONFIGURE: std::sync::Once = std::sync::Once::new();
     CONFIGURE.call_once(|| {
         // SAFETY: runs once, before this library opens any connection; SQLite answers
@@ -169,6 +170,7 @@ fn configure_sqlite() {
         unsafe {
             rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int);
         }
+        crate::sqlite_mutex::install();
     });
 }
 

@@ -27,6 +27,7 @@ pub mod maintenance;
 pub mod migrations;
 pub mod model;
 pub mod pragmas;
+pub mod sqlite_mutex;
 pub mod store;
 pub mod transaction;
 

@@ -107,3 +107,37 @@ fn closed_and_future_databases_are_refused() {
     let again = Database::open(dir.path().join("engine.db"), Options::default());
     assert!(matches!(again, Err(Error::SchemaTooNew { found: 42, .. })), "{:?}", again.err());
 }
+
+#[test]
+fn sqlite_runs_on_spinning_mutexes_under_concurrent_reads_and_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(open(&dir));
+    assert!(consensus_db::sqlite_mutex::installed(), "SQLite kept its own mutexes");
+    let threads = 4;
+    let per_thread = 150;
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (db, barrier) = (db.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                for i in 0..per_thread {
+                    let id = format!("agent-{t}-{i}");
+                    db.record_agent_spawn(&id, "SPEC", "plan", "regular_stage", "claude", None).unwrap();
+                    let info = db.get_agent_spawn_info(&id).unwrap();
+                    assert_eq!(info, Some(("regular_stage".to_string(), "plan".to_string())), "{id}");
+                    // A read of another thread's latest row: concurrent readers share the WAL locks.
+                    let other = format!("agent-{}-{i}", (t + 1) % threads);
+                    if let Some(info) = db.get_agent_spawn_info(&other).unwrap() {
+                        assert_eq!(info.1, "plan");
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let rows: i64 = db.conn().unwrap().query_row("SELECT count(*) FROM agent_executions", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, (threads * per_thread) as i64);
+}
