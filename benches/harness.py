@@ -186,11 +186,11 @@ def run_round(impl: str, template: Path, work: Path, size: Size) -> dict:
               "run_id": f"b-{i % 20}"} for i in range(500)]
     out["store_artifacts (batch of 500, rows)"] = timed(500 * size.batch_rounds, lambda: [
         store.store_artifacts(batch) for _ in range(size.batch_rounds)])
-    per_thread = size.reads // 2
+    per_thread = size.reads
     for n in (1, 2, 4):
         out[f"{n} reader thread{'s' if n > 1 else ''} (point reads)"] = threaded(store, n, per_thread, "point")
     for n in (1, 2):
-        out[f"{n} reader thread{'s' if n > 1 else ''} (query_artifacts)"] = threaded(store, n, size.queries // 2, "query")
+        out[f"{n} reader thread{'s' if n > 1 else ''} (query_artifacts)"] = threaded(store, n, size.queries, "query")
     reads, writes_per_s = mixed(store, size.mixed_seconds)
     out["1 writer + 2 readers: reads"] = reads
     out["1 writer + 2 readers: writes"] = writes_per_s
