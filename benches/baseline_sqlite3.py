@@ -12,7 +12,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
-V1_SQL = (Path(__file__).resolve().parent.parent / "src" / "sql" / "v1_tables.sql").read_text()
+SQL_DIR = Path(__file__).resolve().parent.parent / "src" / "sql"
+# The store's current layout: the routing table, the plan's seed tables, this store's columns.
+V1_SQL = "".join((SQL_DIR / f).read_text() for f in ("routing_table.sql", "seed_tables.sql", "store_columns.sql"))
 PRAGMAS = ("synchronous=NORMAL", "foreign_keys=ON", "cache_size=-32000", "temp_store=MEMORY",
            "mmap_size=1073741824", "busy_timeout=5000")
 NOW = "strftime('%Y-%m-%d %H:%M:%S', 'now')"
@@ -73,7 +75,7 @@ class PurePythonStore:
         conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-            conn.executescript(V1_SQL + "PRAGMA user_version = 1;")
+            conn.executescript(V1_SQL + "PRAGMA user_version = 2;")
         conn.close()
 
     @property
@@ -137,12 +139,17 @@ class PurePythonStore:
     # artifacts
     @staticmethod
     def _open_run(c, spec_id, stage, run_id, now) -> int:
-        row = c.execute("SELECT id FROM consensus_runs WHERE spec_id = ? AND stage = ? AND run_id IS ?"
-                        " AND synthesis IS NULL ORDER BY id DESC LIMIT 1", (spec_id, stage, run_id)).fetchone()
+        row = c.execute("SELECT id FROM consensus_runs WHERE spec_id = ? AND stage = ? AND orchestrator_run_id IS ?"
+                        " AND synthesis_json IS NULL ORDER BY id DESC LIMIT 1", (spec_id, stage, run_id)).fetchone()
         if row:
             return row[0]
-        return c.execute("INSERT INTO consensus_runs (spec_id, stage, run_id, run_at_ms) VALUES (?, ?, ?, ?)",
-                         (spec_id, stage, run_id, now)).lastrowid
+        while True:  # UNIQUE(spec_id, stage, run_timestamp): the next free millisecond
+            cur = c.execute("INSERT INTO consensus_runs (spec_id, stage, orchestrator_run_id, run_timestamp, consensus_ok,"
+                            " degraded) VALUES (?, ?, ?, ?, 0, 0) ON CONFLICT (spec_id, stage, run_timestamp) DO NOTHING",
+                            (spec_id, stage, run_id, now))
+            if cur.rowcount == 1:
+                return cur.lastrowid
+            now += 1
 
     def _insert(self, c, a: Mapping[str, Any], now: int, runs: dict) -> int:
         key = (a["spec_id"], a["stage"], a.get("run_id"))
@@ -150,7 +157,7 @@ class PurePythonStore:
         if run is None:
             run = runs[key] = self._open_run(c, *key, now)
         return c.execute(
-            "INSERT INTO agent_outputs (run_pk, agent_name, model_version, content, response_text, output_at_ms)"
+            "INSERT INTO agent_outputs (run_id, agent_name, model_version, content, response_text, output_timestamp)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (run, a["agent_name"], a.get("model_version"), _json(a["content_json"]), a.get("response_text"), now),
         ).lastrowid
@@ -168,18 +175,18 @@ class PurePythonStore:
 
     def query_artifacts(self, spec_id, stage) -> list:
         rows = self._conn.execute(
-            "SELECT o.id, o.agent_name, o.content, o.response_text, r.run_id, o.output_at_ms, o.model_version"
-            " FROM consensus_runs r JOIN agent_outputs o ON o.run_pk = r.id WHERE r.spec_id = ? AND r.stage = ?"
-            " ORDER BY o.output_at_ms, o.id", (spec_id, stage)).fetchall()
+            "SELECT o.id, o.agent_name, o.content, o.response_text, r.orchestrator_run_id, o.output_timestamp,"
+            " o.model_version FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id"
+            " WHERE r.spec_id = ? AND r.stage = ? ORDER BY o.output_timestamp, o.id", (spec_id, stage)).fetchall()
         return [Artifact(i, spec_id, stage, name, content, resp, run, _utc(ms), model, "v1")
                 for i, name, content, resp, run, ms, model in rows]
 
     def delete_spec_artifacts(self, spec_id) -> int:
         def delete(c):
-            n = c.execute("DELETE FROM agent_outputs WHERE run_pk IN (SELECT id FROM consensus_runs WHERE spec_id = ?)",
+            n = c.execute("DELETE FROM agent_outputs WHERE run_id IN (SELECT id FROM consensus_runs WHERE spec_id = ?)",
                           (spec_id,)).rowcount
-            c.execute("DELETE FROM consensus_runs WHERE spec_id = ? AND synthesis IS NULL AND NOT EXISTS"
-                      " (SELECT 1 FROM agent_outputs o WHERE o.run_pk = consensus_runs.id)", (spec_id,))
+            c.execute("DELETE FROM consensus_runs WHERE spec_id = ? AND synthesis_json IS NULL AND NOT EXISTS"
+                      " (SELECT 1 FROM agent_outputs o WHERE o.run_id = consensus_runs.id)", (spec_id,))
             return n
         return self._write(delete)
 
@@ -189,20 +196,23 @@ class PurePythonStore:
 
         def store(c):
             run = self._open_run(c, spec_id, stage, run_id, now)
-            c.execute("UPDATE consensus_runs SET synthesis = ?, output_path = ?, synthesis_status = ?,"
-                      " consensus_ok = (? = 'success'), artifacts_count = ?, agreements = ?, conflicts = ?,"
-                      " degraded = ?, synthesized_at_ms = ? WHERE id = ?",
-                      (output_markdown, output_path, status, status, artifacts_count, agreements, conflicts,
+            c.execute("UPDATE consensus_runs SET synthesis_json = json_object('output_markdown', ?, 'output_path', ?,"
+                      " 'status', ?, 'artifacts_count', ?, 'agreements', ?, 'conflicts', ?),"
+                      " consensus_ok = (? = 'success'), degraded = ?, synthesized_at = ? WHERE id = ?",
+                      (output_markdown, output_path, status, artifacts_count, agreements, conflicts, status,
                        int(degraded), now, run))
             return run
         return self._write(store)
 
     def query_latest_synthesis(self, spec_id, stage):
         row = self._conn.execute(
-            "SELECT id, synthesis, output_path, synthesis_status, artifacts_count, agreements, conflicts, degraded,"
-            " run_id, synthesized_at_ms FROM consensus_runs WHERE spec_id = ? AND stage = ? AND synthesis IS NOT NULL"
-            " ORDER BY synthesized_at_ms DESC, id DESC LIMIT 1", (spec_id, stage)).fetchone()
+            "SELECT id, synthesis_json, degraded, orchestrator_run_id, COALESCE(synthesized_at, run_timestamp) AS at"
+            " FROM consensus_runs WHERE spec_id = ? AND stage = ? AND synthesis_json IS NOT NULL"
+            " ORDER BY at DESC, id DESC LIMIT 1", (spec_id, stage)).fetchone()
         if row is None:
             return None
-        i, md, path, status, count, agree, conflict, degraded, run, ms = row
+        i, synthesis, degraded, run, ms = row
+        s = json.loads(synthesis)
+        md, path, status, count = s["output_markdown"], s["output_path"], s["status"], s["artifacts_count"]
+        agree, conflict = s["agreements"], s["conflicts"]
         return Synthesis(i, spec_id, stage, md, path, status, count, agree, conflict, bool(degraded), run, _utc(ms), "v1")

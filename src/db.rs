@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::fork;
 use crate::migrations::{self, Version};
 use crate::pragmas::{self, Pragmas};
+use crate::schema::{self, Shape};
 
 pub type Pool = r2d2::Pool<SqliteConnectionManager>;
 pub type Conn = PooledConnection<SqliteConnectionManager>;
@@ -61,42 +62,64 @@ pub struct OpenReport {
     pub auto_vacuum_converted: Option<(String, String)>,
     pub journal_mode_changed: Option<(String, String)>,
     pub migrated: Option<(Version, Version)>,
+    /// The shape the file had when it was opened (`schema::Shape::describe`).
+    pub shape: String,
+    /// Whether the new tables were brought from an older layout to the current one.
+    pub layout_updated: bool,
 }
 
-/// Which tables the file has; decides which paths the dual-schema reader takes.
+/// Which tables the file has, in which layout; decides which paths the dual-schema
+/// reader takes and whether artifact writes can go ahead.
 #[derive(Debug, Default)]
 pub(crate) struct Layout {
+    /// The new tables are readable (the seed layout or the current one).
     pub v1: AtomicBool,
+    /// The new tables are in the current layout: this store writes them.
+    pub current: AtomicBool,
+    /// The new tables are in this store's first layout, which only a migration makes
+    /// readable again (a store opened with `migrate=False`, or read-only).
+    pub stale: AtomicBool,
     pub legacy_artifacts: AtomicBool,
     pub legacy_synthesis: AtomicBool,
-    pub legacy_columns: RwLock<LegacyColumns>,
+    pub columns: RwLock<Columns>,
 }
 
-/// What the legacy reader selects for the columns old databases added later by
-/// `ALTER TABLE`: the column, or NULL where this file predates it (until the version 1
-/// migration adds it).
+/// What the readers select for columns a file may lack: the column, or NULL. Old
+/// legacy files predate some columns (added later by `ALTER TABLE` in the field,
+/// and by the version 1 migration here); a predecessor's seed layout lacks this
+/// store's columns until its layout is migrated.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct LegacyColumns {
+pub(crate) struct Columns {
     pub artifact_run_id: &'static str,
     pub artifact_response_text: &'static str,
     pub synthesis_run_id: &'static str,
     pub execution_run_id: &'static str,
     pub execution_extraction_error: &'static str,
+    pub output_response_text: &'static str,
+    pub output_legacy_id: &'static str,
+    pub run_orchestrator_id: &'static str,
+    pub run_legacy_id: &'static str,
+    pub run_synthesized_at: &'static str,
 }
 
-impl Default for LegacyColumns {
+impl Default for Columns {
     fn default() -> Self {
-        LegacyColumns {
+        Columns {
             artifact_run_id: "run_id",
             artifact_response_text: "response_text",
             synthesis_run_id: "run_id",
             execution_run_id: "run_id",
             execution_extraction_error: "extraction_error",
+            output_response_text: "response_text",
+            output_legacy_id: "legacy_artifact_id",
+            run_orchestrator_id: "orchestrator_run_id",
+            run_legacy_id: "legacy_synthesis_id",
+            run_synthesized_at: "synthesized_at",
         }
     }
 }
 
-impl LegacyColumns {
+impl Columns {
     pub const MISSING: &'static str = "NULL";
 }
 
@@ -332,14 +355,25 @@ impl Database {
 
     /// Migrates the schema to `target`, up or down; returns the version reached.
     pub fn migrate(&self, target: Version) -> Result<Version> {
+        self.migrating(|conn| migrations::migrate(conn, target))
+    }
+
+    /// Brings the file up to at least `target` and its tables to the current layout,
+    /// as opening does; never down. Returns the version reached.
+    pub fn upgrade(&self, target: Version) -> Result<Version> {
+        self.migrating(|conn| migrations::upgrade(conn, target).map(drop))
+    }
+
+    fn migrating(&self, work: impl FnOnce(&Connection) -> Result<()>) -> Result<Version> {
         if self.read_only {
             return Err(Error::ReadOnly(format!("cannot migrate {:?}", self.path)));
         }
         let conn = self.conn()?;
-        migrations::migrate(&conn, target)?;
+        work(&conn)?;
+        let reached = migrations::user_version(&conn)?;
         drop(conn);
         self.refresh_layout()?;
-        Ok(target)
+        Ok(reached)
     }
 
     pub fn schema_version(&self) -> Result<Version> {
@@ -348,26 +382,27 @@ impl Database {
 
     pub(crate) fn refresh_layout(&self) -> Result<()> {
         let conn = self.conn()?;
-        let has = |table: &str| -> Result<bool> {
-            Ok(conn
-                .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
-                .exists([table])?)
-        };
-        self.layout.v1.store(has("consensus_runs")?, Ordering::Release);
-        self.layout.legacy_artifacts.store(has("consensus_artifacts")?, Ordering::Release);
-        self.layout.legacy_synthesis.store(has("consensus_synthesis")?, Ordering::Release);
+        let shape = schema::shape(&conn)?;
+        let readable = matches!(shape, Shape::Seed | Shape::Current);
+        self.layout.v1.store(readable, Ordering::Release);
+        self.layout.current.store(shape == Shape::Current, Ordering::Release);
+        self.layout.stale.store(shape == Shape::StoreRevision1, Ordering::Release);
+        self.layout.legacy_artifacts.store(schema::table_exists(&conn, "consensus_artifacts")?, Ordering::Release);
+        self.layout.legacy_synthesis.store(schema::table_exists(&conn, "consensus_synthesis")?, Ordering::Release);
         let column = |table: &str, name: &'static str| -> Result<&'static str> {
-            let present = conn
-                .prepare_cached("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
-                .exists([table, name])?;
-            Ok(if present { name } else { LegacyColumns::MISSING })
+            Ok(if schema::column_exists(&conn, table, name)? { name } else { Columns::MISSING })
         };
-        *self.layout.legacy_columns.write() = LegacyColumns {
+        *self.layout.columns.write() = Columns {
             artifact_run_id: column("consensus_artifacts", "run_id")?,
             artifact_response_text: column("consensus_artifacts", "response_text")?,
             synthesis_run_id: column("consensus_synthesis", "run_id")?,
             execution_run_id: column("agent_executions", "run_id")?,
             execution_extraction_error: column("agent_executions", "extraction_error")?,
+            output_response_text: column("agent_outputs", "response_text")?,
+            output_legacy_id: column("agent_outputs", "legacy_artifact_id")?,
+            run_orchestrator_id: column("consensus_runs", "orchestrator_run_id")?,
+            run_legacy_id: column("consensus_runs", "legacy_synthesis_id")?,
+            run_synthesized_at: column("consensus_runs", "synthesized_at")?,
         };
         Ok(())
     }
@@ -402,9 +437,8 @@ fn prepare_file(conn: &Connection, options: &Options, in_memory: bool) -> Result
     // Opening is lazy: read the header now so a non-database is refused here.
     conn.query_row("PRAGMA schema_version", [], |_| Ok(()))?;
     let found = migrations::user_version(conn)?;
-    if found > migrations::LATEST_VERSION {
-        return Err(Error::SchemaTooNew { found, supported: migrations::LATEST_VERSION });
-    }
+    let shape = schema::shape(conn)?;
+    report.shape = shape.describe(found);
     if options.read_only {
         return Ok(report);
     }
@@ -431,10 +465,12 @@ fn prepare_file(conn: &Connection, options: &Options, in_memory: bool) -> Result
     }
     options.pragmas.apply_connection(conn)?;
     if let Some(target) = options.migrate_to {
-        if target > found {
-            migrations::migrate(conn, target)?;
-            report.migrated = Some((found, target));
+        migrations::upgrade(conn, target)?;
+        let reached = migrations::user_version(conn)?;
+        if reached != found {
+            report.migrated = Some((found, reached));
         }
+        report.layout_updated = shape.is_stale();
     }
     Ok(report)
 }

@@ -25,6 +25,10 @@ pub enum Error {
     #[error("database schema version {found} is newer than this library supports (latest known: {supported}); upgrade consensus-db to open it")]
     SchemaTooNew { found: i64, supported: i64 },
 
+    /// The new tables were laid out by a newer version of this store.
+    #[error("the database's tables are in consensus-db layout revision {found}, newer than this library knows (latest: {supported}); upgrade consensus-db to open it")]
+    LayoutTooNew { found: i64, supported: i64 },
+
     #[error("migration failed: {0}")]
     Migration(String),
 

@@ -1,26 +1,33 @@
-//! Schema migrations: an ordered list tracked by `PRAGMA user_version`, each step
-//! applied in one IMMEDIATE transaction together with the version bump, so a failure
-//! or a crash leaves the previous version, unchanged.
+//! Migrations. `PRAGMA user_version` keeps the predecessor's meaning and never goes
+//! above 2 — predecessor builds refuse a file newer than they know, and they may
+//! still run during a rollout — so two ordered lists move a file:
 //!
-//! - 0: the legacy schema (or an empty file).
-//! - 1: the normalized `consensus_runs` + `agent_outputs`, backfilled from the legacy
-//!   tables, which stay for old binaries still writing during a rolling upgrade.
-//! - 2: the legacy tables dropped — only when asked for, after a final backfill.
+//! - the **schema version** (`user_version`): 0 the legacy tables only; 1 the new
+//!   `consensus_runs` + `agent_outputs` beside them, backfilled; 2 the legacy
+//!   artifact/synthesis tables dropped (only when asked for, after a final backfill);
+//! - the **layout** of the new tables (`schema::Shape`): a predecessor's seed layout
+//!   or this store's first layout is brought to the current one, keeping every row.
+//!
+//! Every step runs in one IMMEDIATE transaction and re-checks the file inside it, so a
+//! failure, a crash or a concurrent migrator leaves the file as it was or as the
+//! other left it. Opening only ever moves a file up; down-migrations run only when a
+//! caller asks for a lower version explicitly.
 
-use rusqlite::Connection;
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
+use crate::schema::{self, column_exists, legacy_ms, table_exists, Shape, PAIR_WINDOW_MS};
+
+pub use crate::schema::LEGACY_SCHEMA_SQL;
 
 pub type Version = i64;
 
-/// What `connect(migrate=True)` brings a database to.
+/// What opening a legacy file brings it to: both schemas, legacy tables kept for old
+/// binaries. A brand-new file gets [`LATEST_VERSION`] directly.
 pub const DEFAULT_VERSION: Version = 1;
 /// The newest version this library knows; newer files are refused.
 pub const LATEST_VERSION: Version = 2;
-
-/// The legacy DDL, exactly as field databases have it (for tests and tools).
-pub const LEGACY_SCHEMA_SQL: &str = include_str!("sql/legacy_v0.sql");
-const V1_TABLES_SQL: &str = include_str!("sql/v1_tables.sql");
 
 struct Migration {
     version: Version,
@@ -32,7 +39,7 @@ struct Migration {
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
-        description: "normalized consensus_runs + agent_outputs, backfilled from the legacy tables",
+        description: "consensus_runs + agent_outputs (the plan's layout and this store's columns), backfilled from the legacy tables",
         up: up_v1,
         down: down_v1,
     },
@@ -50,7 +57,16 @@ pub fn list() -> Vec<(Version, &'static str)> {
 }
 
 pub fn user_version(conn: &Connection) -> Result<Version> {
-    Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    let found: Version = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > LATEST_VERSION {
+        return Err(Error::SchemaTooNew { found, supported: LATEST_VERSION });
+    }
+    if found < 0 {
+        return Err(Error::Migration(format!(
+            "PRAGMA user_version is {found}: not a version of this schema (0..={LATEST_VERSION}); refusing to touch the file"
+        )));
+    }
+    Ok(found)
 }
 
 /// Checks the list itself: consecutive versions, and every step up and back down
@@ -68,58 +84,116 @@ pub fn validate() -> Result<()> {
     migrate(&conn, LATEST_VERSION)
 }
 
-/// Moves the schema to `target`, one step (one transaction) at a time, up or down.
+/// What opening does: a brand-new file gets the latest schema; new tables in an
+/// older layout are brought to the current one; then the schema moves *up* to
+/// `target` if it is below. Never down. Returns the shape found.
+pub fn upgrade(conn: &Connection, target: Version) -> Result<Shape> {
+    user_version(conn)?; // refuses a version from the future before anything else
+    let found = schema::shape(conn)?;
+    if found == Shape::Empty {
+        in_transaction(conn, "create the schema", |c| Ok(user_version(c)? == 0 && schema::shape(c)? == Shape::Empty), create_fresh)?;
+    } else if found.is_stale() {
+        update_layout(conn)?;
+    }
+    loop {
+        let current = user_version(conn)?;
+        if current >= target {
+            return Ok(found);
+        }
+        step(conn, current, current + 1)?;
+    }
+}
+
+/// Moves the schema to `target`, up or down, one step (one transaction) at a time,
+/// bringing the layout current first. A move down that would lose rows is refused
+/// before any step runs.
 pub fn migrate(conn: &Connection, target: Version) -> Result<()> {
     if !(0..=LATEST_VERSION).contains(&target) {
         return Err(Error::invalid("target", format!("schema version {target} does not exist (0..={LATEST_VERSION})")));
     }
+    user_version(conn)?;
+    let found = schema::shape(conn)?;
+    if found == Shape::Empty && target > 0 {
+        in_transaction(conn, "create the schema", |c| Ok(user_version(c)? == 0 && schema::shape(c)? == Shape::Empty), create_fresh)?;
+    } else if found.is_stale() {
+        update_layout(conn)?;
+    }
+    if target == 0 && user_version(conn)? > 0 {
+        refuse_losing_new_rows(conn)?;
+    }
     loop {
         let current = user_version(conn)?;
-        if current > LATEST_VERSION {
-            return Err(Error::SchemaTooNew { found: current, supported: LATEST_VERSION });
-        }
         if current == target {
             return Ok(());
         }
-        let (next, step) = if target > current {
-            let m = &MIGRATIONS[current as usize];
-            (m.version, m.up)
-        } else {
-            (current - 1, MIGRATIONS[current as usize - 1].down)
-        };
-        in_transaction(conn, current, next, step)?;
+        step(conn, current, if target > current { current + 1 } else { current - 1 })?;
     }
 }
 
-fn in_transaction(conn: &Connection, from: Version, to: Version, step: fn(&Connection) -> Result<()>) -> Result<()> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let result = (|| {
+fn step(conn: &Connection, from: Version, to: Version) -> Result<()> {
+    let action = if to > from { MIGRATIONS[from as usize].up } else { MIGRATIONS[from as usize - 1].down };
+    in_transaction(
+        conn,
+        &format!("migration from version {from} to {to}"),
         // Another process may have migrated while we waited for the write lock.
-        if user_version(conn)? != from {
-            return Ok(());
-        }
-        step(conn)?;
-        conn.execute_batch(&format!("PRAGMA user_version = {to}"))?;
-        Ok(())
-    })();
+        |c| Ok(user_version(c)? == from),
+        |c| {
+            action(c)?;
+            c.execute_batch(&format!("PRAGMA user_version = {to}"))?;
+            Ok(())
+        },
+    )
+}
+
+/// Brings the new tables of a seed or first-layout file to the current layout.
+fn update_layout(conn: &Connection) -> Result<()> {
+    in_transaction(
+        conn,
+        "bringing the new tables to the current layout",
+        |c| Ok(schema::shape(c)?.is_stale()),
+        |c| match schema::shape(c)? {
+            Shape::Seed => {
+                schema::create_current_tables(c)?;
+                backfill(c)
+            }
+            Shape::StoreRevision1 => rebuild_revision_1(c),
+            _ => Ok(()),
+        },
+    )
+}
+
+/// Runs `work` in one IMMEDIATE transaction if `still_needed` says so once the write
+/// lock is held; rolls back on any error.
+fn in_transaction(
+    conn: &Connection,
+    what: &str,
+    still_needed: impl Fn(&Connection) -> Result<bool>,
+    work: impl Fn(&Connection) -> Result<()>,
+) -> Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = still_needed(conn).and_then(|needed| if needed { work(conn) } else { Ok(()) });
     match result {
         Ok(()) => conn.execute_batch("COMMIT").map_err(Error::from),
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
             Err(match e {
-                e @ (Error::Busy(_) | Error::DiskFull(_) | Error::Migration(_) | Error::Corrupt(_)) => e,
-                other => Error::Migration(format!("migration from version {from} to {to} failed: {other}")),
+                e @ (Error::Busy(_)
+                | Error::DiskFull(_)
+                | Error::Migration(_)
+                | Error::Corrupt(_)
+                | Error::SchemaTooNew { .. }
+                | Error::LayoutTooNew { .. }) => e,
+                other => Error::Migration(format!("{what} failed: {other}")),
             })
         }
     }
 }
 
-fn table_exists(conn: &Connection, table: &str) -> Result<bool> {
-    Ok(conn.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?.exists([table])?)
-}
-
-fn column_exists(conn: &Connection, table: &str, column: &str) -> Result<bool> {
-    Ok(conn.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?.exists([table, column])?)
+fn create_fresh(conn: &Connection) -> Result<()> {
+    conn.execute_batch(schema::ROUTING_TABLE_SQL)?;
+    schema::create_current_tables(conn)?;
+    conn.execute_batch(&format!("PRAGMA user_version = {LATEST_VERSION}"))?;
+    Ok(())
 }
 
 /// Old databases predate some columns (added later by ALTER TABLE in the field).
@@ -140,23 +214,34 @@ fn add_missing_legacy_columns(conn: &Connection) -> Result<()> {
 
 fn up_v1(conn: &Connection) -> Result<()> {
     add_missing_legacy_columns(conn)?;
-    conn.execute_batch(V1_TABLES_SQL)?;
+    conn.execute_batch(schema::ROUTING_TABLE_SQL)?;
+    schema::create_current_tables(conn)?;
     backfill(conn)
 }
 
-fn down_v1(conn: &Connection) -> Result<()> {
+fn refuse_losing_new_rows(conn: &Connection) -> Result<()> {
+    if !table_exists(conn, "consensus_runs")? {
+        return Ok(());
+    }
     let new_only: i64 = conn.query_row(
         "SELECT (SELECT count(*) FROM agent_outputs WHERE legacy_artifact_id IS NULL)
-              + (SELECT count(*) FROM consensus_runs WHERE synthesis IS NOT NULL AND legacy_synthesis_id IS NULL)",
+              + (SELECT count(*) FROM consensus_runs WHERE synthesis_json IS NOT NULL AND legacy_synthesis_id IS NULL)",
         [],
         |r| r.get(0),
     )?;
     if new_only > 0 {
         return Err(Error::Migration(format!(
-            "refusing to migrate down to version 0: {new_only} rows exist only in the version-1 tables and would be lost"
+            "refusing to migrate down to version 0: {new_only} rows exist only in the new tables and would be lost"
         )));
     }
-    conn.execute_batch("DROP TABLE agent_outputs; DROP TABLE consensus_runs;")?;
+    Ok(())
+}
+
+fn down_v1(conn: &Connection) -> Result<()> {
+    refuse_losing_new_rows(conn)?;
+    conn.execute_batch(
+        "DROP TABLE agent_outputs; DROP TABLE consensus_runs; DROP TABLE IF EXISTS consensus_db_meta;",
+    )?;
     Ok(())
 }
 
@@ -175,44 +260,171 @@ fn down_v2(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// SQL for a legacy `YYYY-MM-DD HH:MM:SS` (UTC) column as Unix milliseconds.
-pub(crate) fn legacy_ms(col: &str) -> String {
-    format!("COALESCE(CAST(ROUND((julianday({col}) - 2440587.5) * 86400000.0) AS INTEGER), 0)")
+/// This store's first layout, rebuilt as the current one: same ids, same rows.
+/// The old tables are renamed aside, copied, and dropped child first (so no cascade
+/// runs). Runs that shared a millisecond move to the next free one.
+fn rebuild_revision_1(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "ALTER TABLE consensus_runs RENAME TO consensus_runs_layout1;
+         ALTER TABLE agent_outputs RENAME TO agent_outputs_layout1;",
+    )?;
+    schema::create_current_tables(conn)?;
+    let synthesis = schema::synthesis_json_sql("synthesis", "output_path", "synthesis_status", "artifacts_count", "agreements", "conflicts");
+    let mut runs = conn.prepare(&format!(
+        "SELECT id, spec_id, stage, run_id, run_at_ms, COALESCE(consensus_ok, 0), degraded,
+                CASE WHEN synthesis IS NOT NULL THEN {synthesis} END, synthesized_at_ms, legacy_synthesis_id
+         FROM consensus_runs_layout1 ORDER BY id"
+    ))?;
+    let mut insert = conn.prepare(
+        "INSERT INTO consensus_runs (id, spec_id, stage, orchestrator_run_id, run_timestamp, consensus_ok, degraded,
+                synthesis_json, synthesized_at, legacy_synthesis_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (spec_id, stage, run_timestamp) DO NOTHING",
+    )?;
+    let mut rows = runs.query([])?;
+    while let Some(row) = rows.next()? {
+        let mut values: Vec<Value> = (0..10).map(|i| row.get(i)).collect::<Result<_, _>>()?;
+        while insert.execute(rusqlite::params_from_iter(values.iter()))? == 0 {
+            values[4] = match values[4] {
+                Value::Integer(at) => Value::Integer(at + 1),
+                ref other => return Err(Error::Migration(format!("run {:?} has a run_at_ms of {other:?}", values[0]))),
+            };
+        }
+    }
+    conn.execute_batch(
+        "INSERT INTO agent_outputs (id, run_id, agent_name, model_version, content, output_timestamp, response_text,
+                legacy_artifact_id)
+         SELECT id, run_pk, agent_name, model_version, content, output_at_ms, response_text, legacy_artifact_id
+         FROM agent_outputs_layout1 ORDER BY id;
+         DROP TABLE agent_outputs_layout1;
+         DROP TABLE consensus_runs_layout1;",
+    )?;
+    let (old, new): (i64, i64) = conn.query_row(
+        "SELECT (SELECT count(*) FROM sqlite_master WHERE name LIKE '%_layout1'), (SELECT count(*) FROM agent_outputs)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    if old != 0 {
+        return Err(Error::Migration(format!("rebuilding layout 1 left {old} old tables behind ({new} outputs copied)")));
+    }
+    Ok(())
 }
 
-/// Copies every legacy row not yet in the new schema into it, then verifies that none
-/// is left out. Idempotent: `legacy_*_id` records which legacy row each new row mirrors.
+/// Brings every legacy row into the new tables exactly once, then verifies that none
+/// is left out. First pairs the copies a predecessor's dual-write build put in both
+/// schemas (no link between them): same spec, stage, agent and content, timestamps
+/// within [`PAIR_WINDOW_MS`], one to one, nearest first. Idempotent.
 pub(crate) fn backfill(conn: &Connection) -> Result<()> {
     if table_exists(conn, "consensus_artifacts")? {
+        link_artifact_copies(conn)?;
         backfill_artifacts(conn)?;
     }
     if table_exists(conn, "consensus_synthesis")? {
+        link_synthesis_copies(conn)?;
         backfill_syntheses(conn)?;
     }
     verify_backfill(conn)
 }
 
+fn link_artifact_copies(conn: &Connection) -> Result<()> {
+    let any_unlinked: bool =
+        conn.query_row("SELECT EXISTS (SELECT 1 FROM agent_outputs WHERE legacy_artifact_id IS NULL)", [], |r| r.get(0))?;
+    if !any_unlinked {
+        return Ok(());
+    }
+    let mut legacy = conn.prepare(&format!(
+        "SELECT a.id, a.spec_id, a.stage, a.agent_name, a.content_json, a.response_text, a.run_id, {}
+         FROM consensus_artifacts a
+         WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id) ORDER BY a.id",
+        legacy_ms("a.created_at")
+    ))?;
+    let mut twin = conn.prepare(
+        "SELECT o.id, o.run_id FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
+         WHERE r.spec_id = ?1 AND r.stage = ?2 AND o.agent_name = ?3 AND o.content = ?4
+           AND o.legacy_artifact_id IS NULL AND abs(o.output_timestamp - ?5) <= ?6
+         ORDER BY abs(o.output_timestamp - ?5), o.id LIMIT 1",
+    )?;
+    let mut link = conn.prepare(
+        "UPDATE agent_outputs SET legacy_artifact_id = ?2, response_text = COALESCE(response_text, ?3) WHERE id = ?1",
+    )?;
+    let mut label = conn.prepare(
+        "UPDATE consensus_runs SET orchestrator_run_id = ?2 WHERE id = ?1 AND orchestrator_run_id IS NULL",
+    )?;
+    let mut rows = legacy.query([])?;
+    while let Some(a) = rows.next()? {
+        let (id, spec, stage, agent, content): (i64, String, String, String, Value) =
+            (a.get(0)?, a.get(1)?, a.get(2)?, a.get(3)?, a.get(4)?);
+        let (response, run_id, at): (Value, Value, i64) = (a.get(5)?, a.get(6)?, a.get(7)?);
+        let found: Option<(i64, i64)> = twin
+            .query_row(params![spec, stage, agent, content, at, PAIR_WINDOW_MS], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((output, run)) = found {
+            link.execute(params![output, id, response])?;
+            label.execute(params![run, run_id])?;
+        }
+    }
+    Ok(())
+}
+
+fn link_synthesis_copies(conn: &Connection) -> Result<()> {
+    let any_unlinked: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM consensus_runs WHERE synthesis_json IS NOT NULL AND legacy_synthesis_id IS NULL)",
+        [],
+        |r| r.get(0),
+    )?;
+    if !any_unlinked {
+        return Ok(());
+    }
+    let mut legacy = conn.prepare(&format!(
+        "SELECT s.id, s.spec_id, s.stage, s.output_markdown, s.run_id, {}
+         FROM consensus_synthesis s
+         WHERE NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id) ORDER BY s.id",
+        legacy_ms("s.created_at")
+    ))?;
+    let markdown = schema::synthesis_field("synthesis_json", "output_markdown");
+    let mut twin = conn.prepare(&format!(
+        "SELECT id FROM consensus_runs
+         WHERE spec_id = ?1 AND stage = ?2 AND synthesis_json IS NOT NULL AND legacy_synthesis_id IS NULL
+           AND {markdown} = ?3 AND abs(COALESCE(synthesized_at, run_timestamp) - ?4) <= ?5
+         ORDER BY abs(COALESCE(synthesized_at, run_timestamp) - ?4), id LIMIT 1"
+    ))?;
+    let mut link = conn.prepare(
+        "UPDATE consensus_runs SET legacy_synthesis_id = ?2, orchestrator_run_id = COALESCE(orchestrator_run_id, ?3)
+         WHERE id = ?1",
+    )?;
+    let mut rows = legacy.query([])?;
+    while let Some(s) = rows.next()? {
+        let (id, spec, stage, markdown, run_id, at): (i64, String, String, Value, Value, i64) =
+            (s.get(0)?, s.get(1)?, s.get(2)?, s.get(3)?, s.get(4)?, s.get(5)?);
+        let found: Option<i64> =
+            twin.query_row(params![spec, stage, markdown, at, PAIR_WINDOW_MS], |r| r.get(0)).optional()?;
+        if let Some(run) = found {
+            link.execute(params![run, id, run_id])?;
+        }
+    }
+    Ok(())
+}
+
 fn backfill_artifacts(conn: &Connection) -> Result<()> {
     // One open run per (spec_id, stage, run_id) group, unless one exists already.
     let created = legacy_ms("a.created_at");
+    let mut groups = conn.prepare(&format!(
+        "SELECT a.spec_id, a.stage, a.run_id, MIN({created})
+         FROM consensus_artifacts a
+         WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id)
+           AND NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.spec_id = a.spec_id AND r.stage = a.stage
+                           AND r.orchestrator_run_id IS a.run_id AND r.synthesis_json IS NULL)
+         GROUP BY a.spec_id, a.stage, a.run_id"
+    ))?;
+    let mut rows = groups.query([])?;
+    while let Some(g) = rows.next()? {
+        let (spec, stage, run_id, at): (String, String, Option<String>, i64) = (g.get(0)?, g.get(1)?, g.get(2)?, g.get(3)?);
+        schema::insert_run(conn, &spec, &stage, run_id.as_deref(), at)?;
+    }
+    let open_run = schema::open_run_sql("a.spec_id", "a.stage", "a.run_id");
     conn.execute(
         &format!(
-            "INSERT INTO consensus_runs (spec_id, stage, run_id, run_at_ms)
-             SELECT a.spec_id, a.stage, a.run_id, MIN({created})
-             FROM consensus_artifacts a
-             WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id)
-               AND NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.spec_id = a.spec_id
-                               AND r.stage = a.stage AND r.run_id IS a.run_id AND r.synthesis IS NULL)
-             GROUP BY a.spec_id, a.stage, a.run_id"
-        ),
-        [],
-    )?;
-    conn.execute(
-        &format!(
-            "INSERT INTO agent_outputs (run_pk, agent_name, content, response_text, output_at_ms, legacy_artifact_id)
-             SELECT (SELECT r.id FROM consensus_runs r WHERE r.spec_id = a.spec_id AND r.stage = a.stage
-                     AND r.run_id IS a.run_id AND r.synthesis IS NULL ORDER BY r.id DESC LIMIT 1),
-                    a.agent_name, a.content_json, a.response_text, {created}, a.id
+            "INSERT INTO agent_outputs (run_id, agent_name, content, response_text, output_timestamp, legacy_artifact_id)
+             SELECT ({open_run}), a.agent_name, a.content_json, a.response_text, {created}, a.id
              FROM consensus_artifacts a
              WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id)
              ORDER BY a.id"
@@ -232,25 +444,24 @@ fn backfill_syntheses(conn: &Connection) -> Result<()> {
          ORDER BY id",
         legacy_ms("created_at")
     ))?;
-    let mut close_run = conn.prepare(
-        "UPDATE consensus_runs SET synthesis = ?5, output_path = ?6, synthesis_status = ?7,
-                consensus_ok = (?7 = 'success'), artifacts_count = ?8, agreements = ?9, conflicts = ?10,
-                degraded = ?11, synthesized_at_ms = ?12, legacy_synthesis_id = ?1
-         WHERE id = (SELECT id FROM consensus_runs WHERE spec_id = ?2 AND stage = ?3 AND run_id IS ?4
-                     AND synthesis IS NULL ORDER BY id DESC LIMIT 1)",
-    )?;
-    let mut new_run = conn.prepare(
-        "INSERT INTO consensus_runs (legacy_synthesis_id, spec_id, stage, run_id, synthesis, output_path,
-                synthesis_status, consensus_ok, artifacts_count, agreements, conflicts, degraded,
-                synthesized_at_ms, run_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, (?7 = 'success'), ?8, ?9, ?10, ?11, ?12, ?12)",
-    )?;
+    let synthesis = schema::synthesis_json_sql("?5", "?6", "?7", "?8", "?9", "?10");
+    let close = |run: &str| {
+        format!(
+            "UPDATE consensus_runs SET synthesis_json = {synthesis}, consensus_ok = (?7 = 'success'),
+                    degraded = ?11, synthesized_at = ?12, legacy_synthesis_id = ?1
+             WHERE id = ({run})"
+        )
+    };
+    let mut close_open_run = conn.prepare(&close(&schema::open_run_sql("?2", "?3", "?4")))?;
+    let mut close_new_run = conn.prepare(&close("?13"))?;
     let mut rows = pending.query([])?;
     while let Some(row) = rows.next()? {
-        let values: Vec<rusqlite::types::Value> = (0..12).map(|i| row.get(i)).collect::<Result<_, _>>()?;
-        let params = rusqlite::params_from_iter(values.iter());
-        if close_run.execute(params)? == 0 {
-            new_run.execute(rusqlite::params_from_iter(values.iter()))?;
+        let mut values: Vec<Value> = (0..12).map(|i| row.get(i)).collect::<Result<_, _>>()?;
+        if close_open_run.execute(rusqlite::params_from_iter(values.iter()))? == 0 {
+            let (spec, stage, run_id, at): (String, String, Option<String>, i64) = (row.get(1)?, row.get(2)?, row.get(3)?, row.get(11)?);
+            let run = schema::insert_run(conn, &spec, &stage, run_id.as_deref(), at)?;
+            values.push(Value::Integer(run));
+            close_new_run.execute(rusqlite::params_from_iter(values.iter()))?;
         }
     }
     Ok(())
@@ -283,6 +494,10 @@ fn verify_backfill(conn: &Connection) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
     fn legacy_db() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(LEGACY_SCHEMA_SQL).unwrap();
@@ -290,7 +505,7 @@ mod tests {
             "INSERT INTO consensus_artifacts (spec_id, stage, agent_name, content_json, run_id, created_at)
                VALUES ('S1','plan','gemini','{\"a\":1}','r1','2025-01-02 03:04:05'),
                       ('S1','plan','claude','{\"a\":2}','r1','2025-01-02 03:04:06'),
-                      ('S1','plan','code','{}',NULL,'2025-01-03 00:00:00'),
+                      ('S1','plan','code','{}',NULL,'2025-01-02 03:04:05'),
                       ('S2','tasks','gpt_pro','[]','r9','2025-02-01 00:00:00');
              INSERT INTO consensus_synthesis (spec_id, stage, output_markdown, status, degraded, run_id, created_at)
                VALUES ('S1','plan','# merged','success',0,'r1','2025-01-02 03:05:00'),
@@ -308,46 +523,65 @@ mod tests {
     #[test]
     fn backfill_groups_runs_and_keeps_every_row() {
         let conn = legacy_db();
-        migrate(&conn, 1).unwrap();
+        upgrade(&conn, DEFAULT_VERSION).unwrap();
         assert_eq!(user_version(&conn).unwrap(), 1);
-        let outputs: i64 = conn.query_row("SELECT count(*) FROM agent_outputs", [], |r| r.get(0)).unwrap();
-        assert_eq!(outputs, 4);
-        // Groups: (S1,plan,r1), (S1,plan,NULL), (S2,tasks,r9), plus the second r1 synthesis.
-        let runs: i64 = conn.query_row("SELECT count(*) FROM consensus_runs", [], |r| r.get(0)).unwrap();
-        assert_eq!(runs, 4);
+        assert_eq!(schema::shape(&conn).unwrap(), Shape::Current);
+        assert_eq!(count(&conn, "SELECT count(*) FROM agent_outputs"), 4);
+        // Groups: (S1,plan,r1), (S1,plan,NULL) — same first second, so the next free
+        // millisecond — (S2,tasks,r9), plus the second r1 synthesis.
+        assert_eq!(count(&conn, "SELECT count(*) FROM consensus_runs"), 4);
+        assert_eq!(count(&conn, "SELECT count(DISTINCT run_timestamp) FROM consensus_runs WHERE spec_id = 'S1'"), 3);
         let (n, ms): (i64, i64) = conn
             .query_row(
-                "SELECT count(*), MIN(o.output_at_ms) FROM agent_outputs o JOIN consensus_runs r ON r.id = o.run_pk
-                 WHERE r.run_id = 'r1' AND r.synthesis = '# merged'",
+                "SELECT count(*), MIN(o.output_timestamp) FROM agent_outputs o JOIN consensus_runs r ON r.id = o.run_id
+                 WHERE r.orchestrator_run_id = 'r1' AND json_extract(r.synthesis_json, '$.output_markdown') = '# merged'",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
         assert_eq!((n, ms), (2, 1_735_787_045_000));
         migrate(&conn, 1).unwrap(); // idempotent
-        let again: i64 = conn.query_row("SELECT count(*) FROM agent_outputs", [], |r| r.get(0)).unwrap();
-        assert_eq!(again, 4);
+        assert_eq!(count(&conn, "SELECT count(*) FROM agent_outputs"), 4);
     }
 
     #[test]
-    fn down_to_zero_refuses_to_lose_new_rows() {
+    fn a_fresh_file_gets_the_latest_version_directly() {
+        let conn = Connection::open_in_memory().unwrap();
+        assert_eq!(upgrade(&conn, DEFAULT_VERSION).unwrap(), Shape::Empty);
+        assert_eq!(user_version(&conn).unwrap(), LATEST_VERSION);
+        assert_eq!(schema::shape(&conn).unwrap(), Shape::Current);
+        assert!(!table_exists(&conn, "consensus_artifacts").unwrap());
+    }
+
+    #[test]
+    fn opening_never_migrates_down() {
         let conn = legacy_db();
-        migrate(&conn, 1).unwrap();
-        conn.execute("INSERT INTO consensus_runs (spec_id, stage, run_at_ms) VALUES ('S3','plan',0)", []).unwrap();
+        migrate(&conn, 2).unwrap();
+        upgrade(&conn, 1).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), 2);
+        assert!(!table_exists(&conn, "consensus_artifacts").unwrap());
+    }
+
+    #[test]
+    fn down_to_zero_refuses_to_lose_new_rows_before_any_step() {
+        let conn = Connection::open_in_memory().unwrap();
+        upgrade(&conn, DEFAULT_VERSION).unwrap();
+        let run = schema::insert_run(&conn, "S3", "plan", None, 0).unwrap();
         conn.execute(
-            "INSERT INTO agent_outputs (run_pk, agent_name, content, output_at_ms) VALUES (last_insert_rowid(),'x','{}',0)",
-            [],
+            "INSERT INTO agent_outputs (run_id, agent_name, content, output_timestamp) VALUES (?1, 'x', '{}', 0)",
+            [run],
         )
         .unwrap();
         let err = migrate(&conn, 0).unwrap_err();
         assert!(matches!(err, Error::Migration(ref m) if m.contains("1 rows")), "{err}");
-        assert_eq!(user_version(&conn).unwrap(), 1);
+        assert_eq!(user_version(&conn).unwrap(), 2);
+        assert!(!table_exists(&conn, "consensus_artifacts").unwrap());
     }
 
     #[test]
     fn a_failing_step_leaves_the_previous_version() {
         let conn = legacy_db();
-        // A table the migration wants to create already exists: the step must fail whole.
+        // A table the migration wants to create already exists in no known shape.
         conn.execute_batch("CREATE TABLE agent_outputs (x)").unwrap();
         let err = migrate(&conn, 1).unwrap_err();
         assert!(matches!(err, Error::Migration(_)), "{err}");
@@ -374,10 +608,82 @@ mod tests {
     }
 
     #[test]
-    fn future_targets_are_refused() {
+    fn future_versions_and_layouts_are_refused() {
         let conn = Connection::open_in_memory().unwrap();
         assert!(matches!(migrate(&conn, 9), Err(Error::InvalidInput { .. })));
         conn.execute_batch("PRAGMA user_version = 7").unwrap();
         assert!(matches!(migrate(&conn, 1), Err(Error::SchemaTooNew { found: 7, supported: 2 })));
+        conn.execute_batch("PRAGMA user_version = -5").unwrap();
+        assert!(matches!(upgrade(&conn, 1), Err(Error::Migration(ref m)) if m.contains("-5")));
+        let newer = Connection::open_in_memory().unwrap();
+        upgrade(&newer, 1).unwrap();
+        newer.execute_batch("UPDATE consensus_db_meta SET value = 3 WHERE key = 'layout'").unwrap();
+        assert!(matches!(upgrade(&newer, 1), Err(Error::LayoutTooNew { found: 3, supported: 2 })));
+    }
+
+    #[test]
+    fn dual_written_copies_pair_once_and_the_rest_is_backfilled() {
+        let conn = legacy_db(); // S1/plan gemini at 03:04:05, claude at 03:04:06, code at 03:04:05
+        conn.execute_batch(schema::SEED_TABLES_SQL).unwrap();
+        // The dual-write build's copies of gemini and claude (ms within 2 s), and a
+        // same-content copy 5 s away that is no twin; code's copy never arrived.
+        conn.execute_batch(
+            "INSERT INTO consensus_runs (spec_id, stage, run_timestamp, consensus_ok) VALUES
+               ('S1','plan',1735787045400,1), ('S1','plan',1735787046900,1), ('S1','plan',1735787050000,1);
+             INSERT INTO agent_outputs (run_id, agent_name, content, output_timestamp) VALUES
+               (1,'gemini','{\"a\":1}',1735787045400), (2,'claude','{\"a\":2}',1735787046900),
+               (3,'gemini','{\"a\":1}',1735787050000);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        assert_eq!(schema::shape(&conn).unwrap(), Shape::Seed);
+        upgrade(&conn, DEFAULT_VERSION).unwrap();
+        assert_eq!(schema::shape(&conn).unwrap(), Shape::Current);
+        // 3 seed rows + 2 legacy rows without a twin (code, gpt_pro).
+        assert_eq!(count(&conn, "SELECT count(*) FROM agent_outputs"), 5);
+        assert_eq!(count(&conn, "SELECT count(*) FROM agent_outputs WHERE legacy_artifact_id IS NOT NULL"), 4);
+        assert_eq!(count(&conn, "SELECT legacy_artifact_id FROM agent_outputs WHERE id = 1"), 1);
+        assert_eq!(count(&conn, "SELECT count(*) FROM agent_outputs WHERE id = 3 AND legacy_artifact_id IS NULL"), 1);
+        // The legacy copy's run id found its home on the seed run.
+        assert_eq!(count(&conn, "SELECT count(*) FROM consensus_runs WHERE id = 1 AND orchestrator_run_id = 'r1'"), 1);
+    }
+
+    #[test]
+    fn layout_1_is_rebuilt_with_every_row_and_id() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(schema::ROUTING_TABLE_SQL).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE consensus_runs (id INTEGER PRIMARY KEY, spec_id TEXT NOT NULL, stage TEXT NOT NULL, run_id TEXT,
+               run_at_ms INTEGER NOT NULL, consensus_ok INTEGER, degraded INTEGER NOT NULL DEFAULT 0, synthesis TEXT,
+               synthesis_status TEXT, output_path TEXT, artifacts_count INTEGER, agreements TEXT, conflicts TEXT,
+               synthesized_at_ms INTEGER, legacy_synthesis_id INTEGER);
+             CREATE TABLE agent_outputs (id INTEGER PRIMARY KEY,
+               run_pk INTEGER NOT NULL REFERENCES consensus_runs(id) ON DELETE CASCADE, agent_name TEXT NOT NULL,
+               model_version TEXT, content TEXT NOT NULL, response_text TEXT, output_at_ms INTEGER NOT NULL,
+               legacy_artifact_id INTEGER);
+             INSERT INTO consensus_runs (id, spec_id, stage, run_id, run_at_ms, synthesis, synthesis_status,
+               agreements, synthesized_at_ms) VALUES (5, 'S','plan','r1',100,'# s','success','[\"x\"]',150),
+               (6, 'S','plan','r2',100,NULL,NULL,NULL,NULL);
+             INSERT INTO agent_outputs (id, run_pk, agent_name, content, response_text, output_at_ms)
+               VALUES (10, 5, 'g', '{}', 'raw', 100), (11, 6, 'c', '[]', NULL, 100);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+        assert_eq!(schema::shape(&conn).unwrap(), Shape::StoreRevision1);
+        upgrade(&conn, DEFAULT_VERSION).unwrap();
+        assert_eq!(schema::shape(&conn).unwrap(), Shape::Current);
+        assert_eq!(user_version(&conn).unwrap(), 2);
+        let runs: Vec<(i64, i64, Option<String>)> = conn
+            .prepare("SELECT id, run_timestamp, synthesis_json FROM consensus_runs ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let json = r##"{"output_markdown":"# s","output_path":null,"status":"success","artifacts_count":null,"agreements":"[\"x\"]","conflicts":null}"##;
+        assert_eq!(runs, vec![(5, 100, Some(json.into())), (6, 101, None)]);
+        assert_eq!(count(&conn, "SELECT count(*) FROM agent_outputs WHERE (id, run_id) IN (VALUES (10, 5), (11, 6))"), 2);
+        assert_eq!(count(&conn, "SELECT count(*) FROM sqlite_master WHERE name LIKE '%layout1%'"), 0);
     }
 }

@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::db::{Database, LegacyColumns};
+use crate::db::{Columns, Database};
 use crate::error::{Error, Result};
-use crate::migrations::legacy_ms;
 use crate::model::*;
+use crate::schema::{self, legacy_ms, PAIR_WINDOW_MS};
 use crate::transaction::Tx;
 
 pub const PHASE_TYPES: [&str; 2] = ["quality_gate", "regular_stage"];
@@ -77,20 +77,48 @@ fn check_artifact(a: &NewArtifact) -> Result<()> {
 const NOW_TEXT: &str = "strftime('%Y-%m-%d %H:%M:%S', 'now')";
 
 impl Database {
-    fn require_v1(&self) -> Result<()> {
-        if self.layout.v1.load(Ordering::Acquire) {
-            Ok(())
-        } else {
-            Err(Error::Migration(format!(
-                "database {:?} is at schema version 0 (legacy); call migrate() before writing artifacts or syntheses",
-                self.path
-            )))
+    /// Artifact and synthesis writes need the new tables in the current layout.
+    fn require_current(&self) -> Result<()> {
+        if self.layout.current.load(Ordering::Acquire) {
+            return Ok(());
         }
+        let why = if self.layout.v1.load(Ordering::Acquire) {
+            "has the new tables in the predecessor's seed layout, without this store's columns"
+        } else if self.layout.stale.load(Ordering::Acquire) {
+            "has the new tables in consensus-db's first layout"
+        } else {
+            "is at schema version 0 (legacy)"
+        };
+        Err(Error::Migration(format!(
+            "database {:?} {why}; call migrate() (or open it with migrate=True) before writing artifacts or syntheses",
+            self.path
+        )))
+    }
+
+    /// Whether the new tables can be read. This store's first layout cannot be read
+    /// until it is migrated: refusing beats returning only the legacy half.
+    fn v1_readable(&self) -> Result<bool> {
+        if self.layout.stale.load(Ordering::Acquire) {
+            return Err(Error::Migration(format!(
+                "database {:?} has the new tables in consensus-db's first layout; open it once with migrate=True \
+                 (or call migrate()) to read them",
+                self.path
+            )));
+        }
+        Ok(self.layout.v1.load(Ordering::Acquire))
+    }
+
+    /// Deletes touch every table: a file whose new tables are not current is migrated first.
+    fn require_current_if_new_tables(&self) -> Result<()> {
+        if self.layout.v1.load(Ordering::Acquire) || self.layout.stale.load(Ordering::Acquire) {
+            self.require_current()?;
+        }
+        Ok(())
     }
 
     /// Writes that need a column an old, unmigrated file predates.
     fn require_column(&self, column: &str, table_column: &str) -> Result<()> {
-        if column != LegacyColumns::MISSING {
+        if column != Columns::MISSING {
             return Ok(());
         }
         Err(Error::Migration(format!(
@@ -116,7 +144,7 @@ impl Database {
         check_id("stage", stage)?;
         check_phase_type(phase_type)?;
         check_id("agent_name", agent_name)?;
-        self.require_column(self.layout.legacy_columns.read().execution_run_id, "agent_executions.run_id")?;
+        self.require_column(self.layout.columns.read().execution_run_id, "agent_executions.run_id")?;
         self.write(|tx| {
             tx.prepare_cached(&format!(
                 "INSERT INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, run_id, spawned_at)
@@ -162,7 +190,7 @@ impl Database {
     pub fn record_extraction_failure(&self, agent_id: &str, response_text: &str, extraction_error: &str) -> Result<bool> {
         check_id("agent_id", agent_id)?;
         check_id("extraction_error", extraction_error)?;
-        let columns = *self.layout.legacy_columns.read();
+        let columns = *self.layout.columns.read();
         self.require_column(columns.execution_extraction_error, "agent_executions.extraction_error")?;
         self.write(|tx| {
             let n = tx
@@ -177,8 +205,8 @@ impl Database {
 
     /// Extraction failures of a spec, oldest spawn first.
     pub fn query_extraction_failures(&self, spec_id: &str) -> Result<Vec<ExtractionFailure>> {
-        let columns = *self.layout.legacy_columns.read();
-        if columns.execution_extraction_error == LegacyColumns::MISSING {
+        let columns = *self.layout.columns.read();
+        if columns.execution_extraction_error == Columns::MISSING {
             return Ok(Vec::new()); // a file without the column has never recorded a failure
         }
         let conn = self.conn()?;
@@ -216,7 +244,7 @@ impl Database {
     /// Stores one artifact; returns its id.
     pub fn store_artifact(&self, artifact: &NewArtifact) -> Result<i64> {
         check_artifact(artifact)?;
-        self.require_v1()?;
+        self.require_current()?;
         self.write(|tx| insert_artifact(tx, artifact, now_ms()))
     }
 
@@ -228,7 +256,7 @@ impl Database {
                 other => other,
             })?;
         }
-        self.require_v1()?;
+        self.require_current()?;
         let now = now_ms();
         self.write(|tx| {
             // Within one transaction a group's open run cannot change: look it up once.
@@ -252,17 +280,20 @@ impl Database {
 
     /// Artifacts of a spec/stage from both schemas, oldest first (ties by id).
     pub fn query_artifacts(&self, spec_id: &str, stage: &str) -> Result<Vec<Artifact>> {
+        let has_v1 = self.v1_readable()?;
         let conn = self.conn()?;
+        let columns = *self.layout.columns.read();
         let mut out = Vec::new();
-        if self.layout.v1.load(Ordering::Acquire) {
-            let mut stmt = conn.prepare_cached(
-                "SELECT o.id, o.agent_name, o.content, o.response_text, r.run_id, o.output_at_ms, o.model_version
-                 FROM consensus_runs r JOIN agent_outputs o ON o.run_pk = r.id
+        if has_v1 {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT o.id, o.agent_name, o.content, o.{}, r.{}, o.output_timestamp, o.model_version,
+                        o.{} IS NULL
+                 FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
                  WHERE r.spec_id = ?1 AND r.stage = ?2",
-            )?;
+                columns.output_response_text, columns.run_orchestrator_id, columns.output_legacy_id
+            ))?;
             let rows = stmt.query_map([spec_id, stage], |r| {
-                let ms: i64 = r.get(5)?;
-                Ok(Artifact {
+                let artifact = Artifact {
                     id: r.get(0)?,
                     spec_id: spec_id.to_owned(),
                     stage: stage.to_owned(),
@@ -270,29 +301,32 @@ impl Database {
                     content_json: r.get(2)?,
                     response_text: r.get(3)?,
                     run_id: r.get(4)?,
-                    created_at_ms: ms,
+                    created_at_ms: r.get(5)?,
                     model_version: r.get(6)?,
                     source: SOURCE_V1,
-                })
+                };
+                Ok((artifact, r.get::<_, bool>(7)?))
             })?;
             for row in rows {
                 out.push(row?);
             }
             // Sorted here rather than by ORDER BY: for a handful of rows SQLite's sorter
             // (a temp b-tree) costs more than the rest of the query.
-            out.sort_unstable_by_key(|a| (a.created_at_ms, a.id));
+            out.sort_unstable_by_key(|(a, _)| (a.created_at_ms, a.id));
         }
         let from_v1 = out.len();
+        let mut legacy = Vec::new();
         if self.layout.legacy_artifacts.load(Ordering::Acquire) {
-            let columns = *self.layout.legacy_columns.read();
-            let read = legacy_artifacts(&conn, spec_id, stage, self.layout.v1.load(Ordering::Acquire), columns);
-            let legacy = unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", read)?;
-            if !legacy.is_empty() {
-                out.extend(legacy);
-                out.sort_by_key(|a| a.created_at_ms);
-            }
+            let read = legacy_artifacts(&conn, spec_id, stage, has_v1, columns);
+            legacy = unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", read)?;
+            legacy.retain(|l| !pair_with_twin(l, &mut out));
         }
-        self.reader.count(from_v1 > 0, out.len() > from_v1);
+        self.reader.count(from_v1 > 0, !legacy.is_empty());
+        let mut out: Vec<Artifact> = out.into_iter().map(|(a, _)| a).collect();
+        if !legacy.is_empty() {
+            out.extend(legacy);
+            out.sort_by_key(|a| a.created_at_ms);
+        }
         Ok(out)
     }
 
@@ -310,6 +344,7 @@ impl Database {
     }
 
     fn delete_artifacts(&self, spec_id: &str, stage: Option<&str>) -> Result<usize> {
+        self.require_current_if_new_tables()?;
         let has_v1 = self.layout.v1.load(Ordering::Acquire);
         let has_legacy = self.layout.legacy_artifacts.load(Ordering::Acquire);
         let args = [Value::Text(spec_id.to_owned()), opt(stage)];
@@ -322,14 +357,14 @@ impl Database {
             }
             if has_v1 {
                 deleted += tx.execute(
-                    &format!("DELETE FROM agent_outputs WHERE run_pk IN (SELECT id FROM consensus_runs WHERE {SCOPE})"),
+                    &format!("DELETE FROM agent_outputs WHERE run_id IN (SELECT id FROM consensus_runs WHERE {SCOPE})"),
                     &args,
                 )?;
                 // Open runs left without outputs have nothing to say any more.
                 tx.execute(
                     &format!(
-                        "DELETE FROM consensus_runs WHERE {SCOPE} AND synthesis IS NULL
-                         AND NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.run_pk = consensus_runs.id)"
+                        "DELETE FROM consensus_runs WHERE {SCOPE} AND synthesis_json IS NULL
+                         AND NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.run_id = consensus_runs.id)"
                     ),
                     &args,
                 )?;
@@ -342,6 +377,7 @@ impl Database {
     /// from both schemas. Returns the number of runs (legacy syntheses included) deleted.
     pub fn delete_runs(&self, spec_id: &str, stage: Option<&str>) -> Result<usize> {
         check_id("spec_id", spec_id)?;
+        self.require_current_if_new_tables()?;
         // Legacy artifacts have no run to cascade from.
         self.delete_artifacts(spec_id, stage)?;
         let has_v1 = self.layout.v1.load(Ordering::Acquire);
@@ -375,16 +411,16 @@ impl Database {
                 return Err(Error::invalid("artifacts_count", format!("must be zero or more, got {n}")));
             }
         }
-        self.require_v1()?;
+        self.require_current()?;
         let now = now_ms();
         self.write(|tx| {
             let run = open_or_new_run(tx, &s.spec_id, &s.stage, s.run_id.as_deref(), now)?;
-            tx.prepare_cached(
-                "UPDATE consensus_runs SET synthesis = ?2, output_path = ?3, synthesis_status = ?4,
-                        consensus_ok = (?4 = 'success'), artifacts_count = ?5, agreements = ?6, conflicts = ?7,
-                        degraded = ?8, synthesized_at_ms = ?9
+            tx.prepare_cached(&format!(
+                "UPDATE consensus_runs SET synthesis_json = {}, consensus_ok = (?4 = 'success'), degraded = ?8,
+                        synthesized_at = ?9
                  WHERE id = ?1",
-            )?
+                schema::synthesis_json_sql("?2", "?3", "?4", "?5", "?6", "?7")
+            ))?
             .execute(params![
                 run,
                 s.output_markdown,
@@ -402,16 +438,23 @@ impl Database {
 
     /// The newest synthesis of a spec/stage from either schema.
     pub fn query_latest_synthesis(&self, spec_id: &str, stage: &str) -> Result<Option<Synthesis>> {
+        let has_v1 = self.v1_readable()?;
         let conn = self.conn()?;
-        let has_v1 = self.layout.v1.load(Ordering::Acquire);
-        let mut found = if has_v1 { v1_latest_synthesis(&conn, spec_id, stage)? } else { None };
+        let columns = *self.layout.columns.read();
+        let mut found = if has_v1 { v1_latest_synthesis(&conn, spec_id, stage, columns)? } else { None };
         let from_v1 = found.is_some();
         if self.layout.legacy_synthesis.load(Ordering::Acquire) {
-            let columns = *self.layout.legacy_columns.read();
             let read = legacy_latest_synthesis(&conn, spec_id, stage, has_v1, columns);
             if let Some(l) = unless_dropped(&self.layout.legacy_synthesis, "consensus_synthesis", read)? {
-                if found.as_ref().is_none_or(|f| l.created_at_ms > f.created_at_ms) {
-                    found = Some(l);
+                match found.as_mut() {
+                    // The same synthesis, written to both schemas by a dual-write build.
+                    Some(f) if is_synthesis_twin(&l, f) => {
+                        if f.run_id.is_none() {
+                            f.run_id = l.run_id;
+                        }
+                    }
+                    Some(f) if l.created_at_ms <= f.created_at_ms => {}
+                    _ => found = Some(l),
                 }
             }
         }
@@ -479,14 +522,60 @@ fn synthesis_row(r: &Row, spec_id: &str, stage: &str, source: &'static str) -> r
     })
 }
 
-fn v1_latest_synthesis(conn: &Connection, spec_id: &str, stage: &str) -> Result<Option<Synthesis>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, synthesis, output_path, synthesis_status, artifacts_count, agreements, conflicts,
-                degraded, run_id, synthesized_at_ms
-         FROM consensus_runs WHERE spec_id = ?1 AND stage = ?2 AND synthesis IS NOT NULL
-         ORDER BY synthesized_at_ms DESC, id DESC LIMIT 1",
-    )?;
+fn v1_latest_synthesis(conn: &Connection, spec_id: &str, stage: &str, columns: Columns) -> Result<Option<Synthesis>> {
+    let field = |key| schema::synthesis_field("synthesis_json", key);
+    let at = match columns.run_synthesized_at {
+        Columns::MISSING => "run_timestamp".to_owned(),
+        column => format!("COALESCE({column}, run_timestamp)"),
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT id, COALESCE({}, synthesis_json), {}, COALESCE({}, ''), {}, {}, {},
+                COALESCE(degraded, 0), {}, {at} AS at
+         FROM consensus_runs WHERE spec_id = ?1 AND stage = ?2 AND synthesis_json IS NOT NULL
+         ORDER BY at DESC, id DESC LIMIT 1",
+        field("output_markdown"),
+        field("output_path"),
+        field("status"),
+        field("artifacts_count"),
+        field("agreements"),
+        field("conflicts"),
+        columns.run_orchestrator_id,
+    ))?;
     Ok(stmt.query_row([spec_id, stage], |r| synthesis_row(r, spec_id, stage, SOURCE_V1)).optional()?)
+}
+
+/// A legacy synthesis and the new-schema row a dual-write build wrote with it.
+fn is_synthesis_twin(legacy: &Synthesis, v1: &Synthesis) -> bool {
+    legacy.output_markdown == v1.output_markdown && (v1.created_at_ms - legacy.created_at_ms).abs() <= PAIR_WINDOW_MS
+}
+
+/// Finds, among the new-schema rows not linked to a legacy row, the copy of `legacy`
+/// that a dual-write build wrote (same agent and content, within the pairing window,
+/// nearest first); takes it, filling in what only the legacy copy kept. Returns
+/// whether there was one.
+fn pair_with_twin(legacy: &Artifact, v1: &mut [(Artifact, bool)]) -> bool {
+    let twin = v1
+        .iter_mut()
+        .filter(|(a, unlinked)| {
+            *unlinked
+                && a.agent_name == legacy.agent_name
+                && a.content_json == legacy.content_json
+                && (a.created_at_ms - legacy.created_at_ms).abs() <= PAIR_WINDOW_MS
+        })
+        .min_by_key(|(a, _)| ((a.created_at_ms - legacy.created_at_ms).abs(), a.id));
+    match twin {
+        Some((a, unlinked)) => {
+            *unlinked = false;
+            if a.response_text.is_none() {
+                a.response_text.clone_from(&legacy.response_text);
+            }
+            if a.run_id.is_none() {
+                a.run_id.clone_from(&legacy.run_id);
+            }
+            true
+        }
+        None => false,
+    }
 }
 
 /// The newest legacy synthesis (written by an old binary) that has no copy in the new schema.
@@ -495,9 +584,9 @@ fn legacy_latest_synthesis(
     spec_id: &str,
     stage: &str,
     has_v1: bool,
-    columns: LegacyColumns,
+    columns: Columns,
 ) -> Result<Option<Synthesis>> {
-    let unmirrored = if has_v1 {
+    let unmirrored = if has_v1 && columns.run_legacy_id != Columns::MISSING {
         "AND NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id)"
     } else {
         ""
@@ -518,9 +607,9 @@ fn legacy_artifacts(
     spec_id: &str,
     stage: &str,
     has_v1: bool,
-    columns: LegacyColumns,
+    columns: Columns,
 ) -> Result<Vec<Artifact>> {
-    let unmirrored = if has_v1 {
+    let unmirrored = if has_v1 && columns.output_legacy_id != Columns::MISSING {
         "AND NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id)"
     } else {
         ""
@@ -552,43 +641,40 @@ fn legacy_artifacts(
 
 fn open_run(tx: &Tx, spec_id: &str, stage: &str, run_id: Option<&str>) -> Result<Option<i64>> {
     Ok(tx
-        .prepare_cached(
-            "SELECT id FROM consensus_runs WHERE spec_id = ?1 AND stage = ?2 AND run_id IS ?3
-             AND synthesis IS NULL ORDER BY id DESC LIMIT 1",
-        )?
+        .prepare_cached(&schema::open_run_sql("?1", "?2", "?3"))?
         .query_row(params![spec_id, stage, run_id], |r| r.get(0))
         .optional()?)
-}
-
-fn new_run(tx: &Tx, spec_id: &str, stage: &str, run_id: Option<&str>, now: i64) -> Result<i64> {
-    tx.prepare_cached("INSERT INTO consensus_runs (spec_id, stage, run_id, run_at_ms) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![spec_id, stage, run_id, now])?;
-    Ok(tx.last_insert_rowid())
 }
 
 fn open_or_new_run(tx: &Tx, spec_id: &str, stage: &str, run_id: Option<&str>, now: i64) -> Result<i64> {
     match open_run(tx, spec_id, stage, run_id)? {
         Some(id) => Ok(id),
-        None => new_run(tx, spec_id, stage, run_id, now),
+        None => schema::insert_run(tx, spec_id, stage, run_id, now),
     }
 }
 
-const INSERT_OUTPUT: &str = "INSERT INTO agent_outputs (run_pk, agent_name, model_version, content, response_text, output_at_ms)
+const INSERT_OUTPUT: &str = "INSERT INTO agent_outputs (run_id, agent_name, model_version, content, response_text, output_timestamp)
      VALUES (?, ?, ?, ?, ?, ?)";
 
 /// Rows per multi-row INSERT: one statement step per chunk instead of one per row.
 const CHUNK: usize = 50;
 
-/// Inserts a batch's outputs in chunks and returns their ids in input order. SQLite
-/// gives a new row the table's largest rowid plus one, so rows inserted after
-/// `max(id) = m` get m+1, m+2, … in VALUES order; `last_insert_rowid` confirms it.
-/// (Only at the very top of the i64 range does SQLite pick random rowids: there the
-/// rows go one by one.)
+/// Inserts a batch's outputs in chunks and returns their ids in input order. With
+/// AUTOINCREMENT SQLite gives a new row the larger of the table's largest rowid and
+/// the largest it ever handed out (`sqlite_sequence`) plus one, so rows inserted
+/// after that `m` get m+1, m+2, … in VALUES order; `last_insert_rowid` confirms it.
 fn insert_outputs(tx: &Tx, artifacts: &[NewArtifact], run_of: &[i64], now: i64) -> Result<Vec<i64>> {
     let n = artifacts.len() as i64;
-    let before: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM agent_outputs", [], |r| r.get(0))?;
+    let before: i64 = tx
+        .prepare_cached(
+            "SELECT max(coalesce((SELECT max(id) FROM agent_outputs), 0),
+                        coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'agent_outputs'), 0))",
+        )?
+        .query_row([], |r| r.get(0))?;
     if before > i64::MAX - n {
-        return artifacts.iter().zip(run_of).map(|(a, &run)| insert_output(tx, run, a, now)).collect();
+        return Err(Error::DiskFull(format!(
+            "agent_outputs ids are exhausted: the largest id handed out is {before}, and {n} more do not fit (ids are never reused)"
+        )));
     }
     for (chunk, runs) in artifacts.chunks(CHUNK).zip(run_of.chunks(CHUNK)) {
         // Cached like any statement (a batch has at most two chunk lengths).

@@ -45,7 +45,7 @@ def test_errors_keep_their_types_and_close_closes(db_path):
         db = await aio.connect(db_path)
         with pytest.raises(consensus_db.InvalidInputError, match="content_json"):
             await db.store_artifact("S", "plan", "g", "{nope")
-        assert await db.get_schema_version() == consensus_db.DEFAULT_SCHEMA_VERSION
+        assert await db.get_schema_version() == consensus_db.LATEST_SCHEMA_VERSION  # a new file
         health = await db.health()
         await db.close()
         return db, health

@@ -120,7 +120,7 @@ def test_empty_file_becomes_a_new_database(tmp_path):
     path = tmp_path / "empty.db"
     path.touch()
     with consensus_db.connect(path) as db:  # SQLite treats a zero-byte file as an empty database
-        assert db.schema_version == consensus_db.DEFAULT_SCHEMA_VERSION
+        assert db.schema_version == consensus_db.LATEST_SCHEMA_VERSION  # a new file: no legacy tables
         db.record_agent_spawn("a", "S", "plan", "quality_gate", "g")
 
 

@@ -26,7 +26,7 @@ def test_demo_runs_a_workload_and_prints_health(tmp_path):
     for text in ("what it did", "throughput", "health", "extraction failures    1", "journal mode    wal"):
         assert text in result.output
     with consensus_db.connect(path) as db:
-        assert db.query("SELECT count(*) FROM consensus_runs WHERE synthesis IS NOT NULL") == [(10,)]
+        assert db.query("SELECT count(*) FROM consensus_runs WHERE synthesis_json IS NOT NULL") == [(10,)]
         assert len(db.query_extraction_failures("SPEC-001")) + len(db.query_extraction_failures("SPEC-002")) == 1
 
 

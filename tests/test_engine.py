@@ -35,7 +35,7 @@ def test_new_file_persistent_pragmas_read_back_from_an_independent_connection(db
     assert read_pragmas(db_path, "journal_mode", "auto_vacuum", "user_version") == {
         "journal_mode": "wal",
         "auto_vacuum": 2,
-        "user_version": consensus_db.DEFAULT_SCHEMA_VERSION,
+        "user_version": consensus_db.LATEST_SCHEMA_VERSION,  # a new file has no legacy tables
     }
 
 

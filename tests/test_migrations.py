@@ -52,8 +52,8 @@ def test_bloated_legacy_database_upgrades_small_and_intact(tmp_path):
 
 def test_runs_are_grouped_by_spec_stage_and_run_id(tmp_path):
     path, made, _ = upgraded(tmp_path)
-    rows = stdlib_rows(path, "SELECT spec_id, stage, run_id, synthesis IS NOT NULL, "
-                             "(SELECT count(*) FROM agent_outputs o WHERE o.run_pk = r.id) FROM consensus_runs r ORDER BY 1, 2, 3")
+    rows = stdlib_rows(path, "SELECT spec_id, stage, orchestrator_run_id, synthesis_json IS NOT NULL, "
+                             "(SELECT count(*) FROM agent_outputs o WHERE o.run_id = r.id) FROM consensus_runs r ORDER BY 1, 2, 3")
     assert rows == [("SPEC-1", "plan", None, 0, 2), ("SPEC-1", "plan", "run-a", 1, 3), ("SPEC-2", "tasks", "run-b", 1, 4)]
 
 
@@ -172,7 +172,7 @@ def test_down_migration_refuses_to_lose_new_rows(tmp_path):
         db.store_artifact("S", "plan", "g", "{}")
         with pytest.raises(consensus_db.MigrationError, match="would be lost"):
             db.migrate(0)
-        assert db.schema_version == 1
+        assert db.schema_version == 2  # refused before any step: not even the legacy tables came back
         assert len(db.query_artifacts("S", "plan")) == 1
 
 
@@ -229,7 +229,7 @@ def test_a_migration_killed_part_way_leaves_old_or_new_never_half(tmp_path):
         outcomes.append(version)
         with consensus_db.connect(path) as db:
             assert db.query("SELECT count(*) FROM agent_outputs") == [(n,)]
-            assert db.query("SELECT count(*) FROM consensus_runs WHERE synthesis IS NOT NULL") == [(3000,)]
+            assert db.query("SELECT count(*) FROM consensus_runs WHERE synthesis_json IS NOT NULL") == [(3000,)]
     assert 0 in outcomes  # at least one kill landed before the migration committed
     print(f"migration kill rounds: versions after SIGKILL = {outcomes}")
 

@@ -126,16 +126,17 @@ def test_store_artifacts_returns_each_rows_id_in_input_order(db):
 
 
 def test_store_artifacts_near_the_top_of_the_id_range(db):
-    """With the largest id at 2**63 - 2, SQLite picks random ids for new rows: the batch
-    then goes row by row and still reports each row's own id."""
-    top = 2**63 - 2
+    """agent_outputs ids are AUTOINCREMENT (the plan's layout): never reused, so with the
+    largest id at 2**63 - 3 a batch of 5 cannot get ids. It fails whole, with a typed
+    error that says so, and writes nothing; a batch that fits still goes in."""
+    top = 2**63 - 3
     db.store_artifact("S", "plan", "seed", "{}")
     db.execute("UPDATE agent_outputs SET id = ?", [top])
     items = [{"spec_id": "S", "stage": "plan", "agent_name": f"a{i}", "content_json": {"i": i}} for i in range(5)]
-    ids = db.store_artifacts(items)
-    assert ids[0] == top + 1 and len(set(ids)) == 5
-    names = dict(db.query("SELECT id, agent_name FROM agent_outputs"))
-    assert [names[i] for i in ids] == [f"a{i}" for i in range(5)]
+    with pytest.raises(consensus_db.DiskFullError, match=r"agent_outputs ids.*9223372036854775805"):
+        db.store_artifacts(items)
+    assert db.query("SELECT count(*) FROM agent_outputs") == [(1,)]
+    assert db.store_artifacts(items[:2]) == [top + 1, top + 2]
 
 
 def test_store_artifacts_reads_any_mapping_the_same_way(db):
@@ -186,7 +187,7 @@ def test_synthesis_round_trip_and_latest(db):
     latest = db.query_latest_synthesis("S", "plan")
     assert latest.id == second != first
     assert (latest.output_markdown, latest.status, latest.degraded, latest.source) == ("# two", "failed", True, "v1")
-    db.execute("UPDATE consensus_runs SET synthesized_at_ms = synthesized_at_ms - 60000 WHERE id = ?", [second])
+    db.execute("UPDATE consensus_runs SET synthesized_at = synthesized_at - 60000 WHERE id = ?", [second])
     older_second = db.query_latest_synthesis("S", "plan")
     assert older_second.id == first
     assert json.loads(older_second.agreements) == ["scope"] and json.loads(older_second.conflicts) == {"x": 1}

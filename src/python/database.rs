@@ -235,6 +235,8 @@ impl PyDatabase {
         d.set_item("auto_vacuum_converted", r.auto_vacuum_converted.clone())?;
         d.set_item("journal_mode_changed", r.journal_mode_changed.clone())?;
         d.set_item("migrated", r.migrated)?;
+        d.set_item("shape", &r.shape)?;
+        d.set_item("layout_updated", r.layout_updated)?;
         Ok(d)
     }
 
@@ -296,14 +298,17 @@ impl PyDatabase {
         run(py, || self.inner.schema_version())
     }
 
-    /// Migrates to `target` (default: the default version); returns the new version.
+    /// Migrates to `target`, up or down; without one, up to at least the default
+    /// version, as opening does. Returns the version reached.
     #[pyo3(signature = (target=None))]
     fn migrate(&self, py: Python<'_>, target: Option<&Bound<'_, PyAny>>) -> PyResult<i64> {
-        let target = match target {
-            Some(t) if !t.is_none() => non_negative(t, "target")?,
-            _ => migrations::DEFAULT_VERSION,
-        };
-        run(py, || self.inner.migrate(target))
+        match target {
+            Some(t) if !t.is_none() => {
+                let target = non_negative(t, "target")?;
+                run(py, || self.inner.migrate(target))
+            }
+            _ => run(py, || self.inner.upgrade(migrations::DEFAULT_VERSION)),
+        }
     }
 
     // ---- agent executions ----------------------------------------------------------

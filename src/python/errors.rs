@@ -29,7 +29,7 @@ pub fn to_py(err: Error) -> PyErr {
         Error::PoolTimeout(_) => py::PoolTimeoutError::new_err(message),
         Error::Integrity(_) => py::IntegrityError::new_err(message),
         Error::InvalidInput { .. } => py::InvalidInputError::new_err(message),
-        Error::SchemaTooNew { .. } => py::SchemaVersionError::new_err(message),
+        Error::SchemaTooNew { .. } | Error::LayoutTooNew { .. } => py::SchemaVersionError::new_err(message),
         Error::Migration(_) => py::MigrationError::new_err(message),
         Error::Pragma { .. } => py::PragmaVerificationError::new_err(message),
         Error::Corrupt(_) => py::CorruptDatabaseError::new_err(message),

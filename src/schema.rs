@@ -1,0 +1,193 @@
+//! What a file looks like: the shapes databases in the field come in
+//! (`shared/FIELD-FILES.md`), recognised by their tables and columns, and the SQL
+//! this store shares between its migrations and its writes.
+//!
+//! The new tables carry the plan's names, types and constraints exactly (the "seed
+//! layout" the predecessor program creates); this store's richer fields are added,
+//! nullable columns, so a predecessor build still running on the same file keeps
+//! inserting. `PRAGMA user_version` keeps the predecessor's meaning (0 legacy only,
+//! 1 both schemas, 2 legacy dropped); this store's own layout revision lives in
+//! `consensus_db_meta`.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::error::{Error, Result};
+
+/// The legacy DDL, exactly as field databases have it (for tests and tools).
+pub const LEGACY_SCHEMA_SQL: &str = include_str!("sql/legacy_v0.sql");
+/// The new tables as the predecessor's own version-1 migration creates them.
+pub const SEED_TABLES_SQL: &str = include_str!("sql/seed_tables.sql");
+pub(crate) const ROUTING_TABLE_SQL: &str = include_str!("sql/routing_table.sql");
+const STORE_COLUMNS_SQL: &str = include_str!("sql/store_columns.sql");
+
+/// This store's layout revision of the new tables. 1 was its first release (its own
+/// column names); 2 is the seed layout plus this store's columns.
+pub const LAYOUT: i64 = 2;
+
+/// Two copies of one artifact or synthesis that the predecessor's dual-write build
+/// put in both schemas carry no link: they pair when their timestamps (legacy whole
+/// seconds, new milliseconds) are at most this far apart.
+pub const PAIR_WINDOW_MS: i64 = 2000;
+
+/// The shapes a file can have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// No tables at all: a brand-new file.
+    Empty,
+    /// The legacy tables only.
+    Legacy,
+    /// The new tables as the predecessor left them (its version 1 or 2).
+    Seed,
+    /// This store's first layout (`run_pk`, `run_at_ms`, `output_at_ms`, `synthesis`).
+    StoreRevision1,
+    /// The seed layout with this store's columns: what this version writes.
+    Current,
+}
+
+impl Shape {
+    /// Whether the new tables need a layout migration before this store can write.
+    pub fn is_stale(self) -> bool {
+        matches!(self, Shape::Seed | Shape::StoreRevision1)
+    }
+
+    /// The shape named for reports, with the file's `user_version`.
+    pub fn describe(self, user_version: i64) -> String {
+        let era = match user_version {
+            0 => "",
+            1 => " v1 (legacy and new tables)",
+            _ => " v2 (legacy tables dropped)",
+        };
+        match self {
+            Shape::Empty => "empty (a new file)".into(),
+            Shape::Legacy => "legacy (user_version 0)".into(),
+            Shape::Seed => format!("predecessor seed{era}"),
+            Shape::StoreRevision1 => format!("consensus-db layout 1{era}"),
+            Shape::Current => format!("consensus-db layout {LAYOUT}{era}"),
+        }
+    }
+}
+
+pub(crate) fn table_exists(conn: &Connection, table: &str) -> Result<bool> {
+    Ok(conn.prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?.exists([table])?)
+}
+
+pub(crate) fn column_exists(conn: &Connection, table: &str, column: &str) -> Result<bool> {
+    Ok(conn.prepare_cached("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?.exists([table, column])?)
+}
+
+/// The layout revision recorded by this store, if any.
+pub fn layout_revision(conn: &Connection) -> Result<Option<i64>> {
+    if !table_exists(conn, "consensus_db_meta")? {
+        return Ok(None);
+    }
+    Ok(conn.query_row("SELECT value FROM consensus_db_meta WHERE key = 'layout'", [], |r| r.get(0)).optional()?)
+}
+
+pub(crate) fn set_layout_revision(conn: &Connection) -> Result<()> {
+    conn.execute(
+        "INSERT INTO consensus_db_meta (key, value) VALUES ('layout', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [LAYOUT],
+    )?;
+    Ok(())
+}
+
+/// Recognises the file's shape by its tables and columns. A layout revision newer
+/// than this library's is refused; so are new tables of no known shape.
+pub fn shape(conn: &Connection) -> Result<Shape> {
+    if let Some(found) = layout_revision(conn)? {
+        if found > LAYOUT {
+            return Err(Error::LayoutTooNew { found, supported: LAYOUT });
+        }
+    }
+    if !table_exists(conn, "consensus_runs")? {
+        let any: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name IN
+               ('consensus_artifacts', 'consensus_synthesis', 'agent_executions'))",
+            [],
+            |r| r.get(0),
+        )?;
+        return Ok(if any { Shape::Legacy } else { Shape::Empty });
+    }
+    if column_exists(conn, "agent_outputs", "run_pk")? && column_exists(conn, "consensus_runs", "run_at_ms")? {
+        return Ok(Shape::StoreRevision1);
+    }
+    let seed = column_exists(conn, "consensus_runs", "run_timestamp")?
+        && column_exists(conn, "consensus_runs", "synthesis_json")?
+        && column_exists(conn, "agent_outputs", "run_id")?
+        && column_exists(conn, "agent_outputs", "output_timestamp")?;
+    if !seed {
+        return Err(Error::Migration(
+            "consensus_runs / agent_outputs have columns of no known layout (neither the plan's nor consensus-db's); \
+             refusing to touch them"
+                .into(),
+        ));
+    }
+    if layout_revision(conn)? == Some(LAYOUT) && column_exists(conn, "agent_outputs", "legacy_artifact_id")? {
+        Ok(Shape::Current)
+    } else {
+        Ok(Shape::Seed)
+    }
+}
+
+/// Creates the new tables in the current layout, or completes a seed layout with this
+/// store's columns. Idempotent.
+pub(crate) fn create_current_tables(conn: &Connection) -> Result<()> {
+    conn.execute_batch(SEED_TABLES_SQL)?;
+    if !column_exists(conn, "agent_outputs", "legacy_artifact_id")? {
+        conn.execute_batch(STORE_COLUMNS_SQL)?;
+    }
+    set_layout_revision(conn)
+}
+
+/// SQL for a legacy `YYYY-MM-DD HH:MM:SS` (UTC) column as Unix milliseconds.
+pub(crate) fn legacy_ms(col: &str) -> String {
+    format!("COALESCE(CAST(ROUND((julianday({col}) - 2440587.5) * 86400000.0) AS INTEGER), 0)")
+}
+
+/// SQL for a synthesis as the seed layout keeps it: one JSON object, keys in the
+/// plan's order (`degraded` has its own column).
+pub(crate) fn synthesis_json_sql(markdown: &str, path: &str, status: &str, count: &str, agreements: &str, conflicts: &str) -> String {
+    format!(
+        "json_object('output_markdown', {markdown}, 'output_path', {path}, 'status', {status}, \
+         'artifacts_count', {count}, 'agreements', {agreements}, 'conflicts', {conflicts})"
+    )
+}
+
+/// SQL reading one field back out of `synthesis_json`: a JSON string as its text,
+/// anything else (an array the predecessor wrote, say) as its JSON text.
+pub(crate) fn synthesis_field(column: &str, key: &str) -> String {
+    format!("CASE WHEN json_valid({column}) THEN json_extract({column}, '$.{key}') END")
+}
+
+/// SQL selecting the newest open run (no synthesis yet) of a (spec_id, stage,
+/// orchestrator run id) group, given as SQL expressions.
+pub(crate) fn open_run_sql(spec_id: &str, stage: &str, orchestrator_run_id: &str) -> String {
+    format!(
+        "SELECT id FROM consensus_runs WHERE spec_id = {spec_id} AND stage = {stage} \
+         AND orchestrator_run_id IS {orchestrator_run_id} AND synthesis_json IS NULL ORDER BY id DESC LIMIT 1"
+    )
+}
+
+/// Starts a run at `at_ms`, or at the next free millisecond when UNIQUE(spec_id,
+/// stage, run_timestamp) is taken (many runs can start in one millisecond, and a
+/// predecessor build may have taken it). Returns the run's id.
+pub(crate) fn insert_run(
+    conn: &Connection,
+    spec_id: &str,
+    stage: &str,
+    orchestrator_run_id: Option<&str>,
+    at_ms: i64,
+) -> Result<i64> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO consensus_runs (spec_id, stage, orchestrator_run_id, run_timestamp, consensus_ok, degraded)
+         VALUES (?1, ?2, ?3, ?4, 0, 0) ON CONFLICT (spec_id, stage, run_timestamp) DO NOTHING",
+    )?;
+    let mut at = at_ms;
+    loop {
+        if insert.execute(params![spec_id, stage, orchestrator_run_id, at])? == 1 {
+            return Ok(conn.last_insert_rowid());
+        }
+        at = at.checked_add(1).ok_or_else(|| Error::invalid("run_timestamp", format!("no free millisecond after {at_ms}")))?;
+    }
+}
