@@ -121,6 +121,15 @@ impl Default for Columns {
 
 impl Columns {
     pub const MISSING: &'static str = "NULL";
+
+    /// `column` qualified by a table alias, or NULL where the file lacks it.
+    pub fn of(alias: &str, column: &str) -> String {
+        if column == Self::MISSING {
+            Self::MISSING.to_owned()
+        } else {
+            format!("{alias}.{column}")
+        }
+    }
 }
 
 pub struct Database {

@@ -40,6 +40,9 @@ pub struct Health {
     /// 0 none, 1 full, 2 incremental.
     pub auto_vacuum: i64,
     pub schema_version: i64,
+    /// The file's shape (`schema::Shape::describe`): legacy, the predecessor's seed
+    /// layout, or one of this store's layouts.
+    pub shape: String,
     pub needs_vacuum: bool,
     pub vacuum_threshold: f64,
 }
@@ -154,6 +157,7 @@ impl Database {
             journal_mode: crate::pragmas::read(&conn, "journal_mode")?,
             auto_vacuum: pragma_i64(&conn, "auto_vacuum")?,
             schema_version: pragma_i64(&conn, "user_version")?,
+            shape: crate::schema::shape(&conn)?.describe(pragma_i64(&conn, "user_version")?),
             vacuum_threshold,
         })
     }

@@ -9,7 +9,9 @@
 //! that have no copy in the new tables (written by an old binary after the
 //! migration), each row once, tagged with its source.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rusqlite::types::Value;
@@ -106,6 +108,16 @@ impl Database {
             )));
         }
         Ok(self.layout.v1.load(Ordering::Acquire))
+    }
+
+    /// A read's SQL: built once for the current layout, per call for a file that
+    /// lacks some of this store's columns (a seed file opened without migrating).
+    fn sql_for_layout(&self, current: &'static LazyLock<String>, build: fn(Columns) -> String, columns: Columns) -> Cow<'static, str> {
+        if self.layout.current.load(Ordering::Acquire) {
+            Cow::Borrowed(current.as_str())
+        } else {
+            Cow::Owned(build(columns))
+        }
     }
 
     /// Deletes touch every table: a file whose new tables are not current is migrated first.
@@ -285,13 +297,7 @@ impl Database {
         let columns = *self.layout.columns.read();
         let mut out = Vec::new();
         if has_v1 {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT o.id, o.agent_name, o.content, o.{}, r.{}, o.output_timestamp, o.model_version,
-                        o.{} IS NULL
-                 FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
-                 WHERE r.spec_id = ?1 AND r.stage = ?2",
-                columns.output_response_text, columns.run_orchestrator_id, columns.output_legacy_id
-            ))?;
+            let mut stmt = conn.prepare_cached(&self.sql_for_layout(&V1_ARTIFACTS, v1_artifacts_sql, columns))?;
             let rows = stmt.query_map([spec_id, stage], |r| {
                 let artifact = Artifact {
                     id: r.get(0)?,
@@ -415,12 +421,7 @@ impl Database {
         let now = now_ms();
         self.write(|tx| {
             let run = open_or_new_run(tx, &s.spec_id, &s.stage, s.run_id.as_deref(), now)?;
-            tx.prepare_cached(&format!(
-                "UPDATE consensus_runs SET synthesis_json = {}, consensus_ok = (?4 = 'success'), degraded = ?8,
-                        synthesized_at = ?9
-                 WHERE id = ?1",
-                schema::synthesis_json_sql("?2", "?3", "?4", "?5", "?6", "?7")
-            ))?
+            tx.prepare_cached(&CLOSE_RUN)?
             .execute(params![
                 run,
                 s.output_markdown,
@@ -441,7 +442,12 @@ impl Database {
         let has_v1 = self.v1_readable()?;
         let conn = self.conn()?;
         let columns = *self.layout.columns.read();
-        let mut found = if has_v1 { v1_latest_synthesis(&conn, spec_id, stage, columns)? } else { None };
+        let mut found = if has_v1 {
+            let sql = self.sql_for_layout(&V1_LATEST_SYNTHESIS, v1_latest_synthesis_sql, columns);
+            v1_latest_synthesis(&conn, &sql, spec_id, stage)?
+        } else {
+            None
+        };
         let from_v1 = found.is_some();
         if self.layout.legacy_synthesis.load(Ordering::Acquire) {
             let read = legacy_latest_synthesis(&conn, spec_id, stage, has_v1, columns);
@@ -522,13 +528,26 @@ fn synthesis_row(r: &Row, spec_id: &str, stage: &str, source: &'static str) -> r
     })
 }
 
-fn v1_latest_synthesis(conn: &Connection, spec_id: &str, stage: &str, columns: Columns) -> Result<Option<Synthesis>> {
+/// The reads of the new tables as SQL for a file's columns; the current layout's are
+/// built once (`sql_for_layout`).
+fn v1_artifacts_sql(columns: Columns) -> String {
+    format!(
+        "SELECT o.id, o.agent_name, o.content, {}, {}, o.output_timestamp, o.model_version, {} IS NULL
+         FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
+         WHERE r.spec_id = ?1 AND r.stage = ?2",
+        Columns::of("o", columns.output_response_text),
+        Columns::of("r", columns.run_orchestrator_id),
+        Columns::of("o", columns.output_legacy_id)
+    )
+}
+
+fn v1_latest_synthesis_sql(columns: Columns) -> String {
     let field = |key| schema::synthesis_field("synthesis_json", key);
     let at = match columns.run_synthesized_at {
         Columns::MISSING => "run_timestamp".to_owned(),
         column => format!("COALESCE({column}, run_timestamp)"),
     };
-    let mut stmt = conn.prepare_cached(&format!(
+    format!(
         "SELECT id, COALESCE({}, synthesis_json), {}, COALESCE({}, ''), {}, {}, {},
                 COALESCE(degraded, 0), {}, {at} AS at
          FROM consensus_runs WHERE spec_id = ?1 AND stage = ?2 AND synthesis_json IS NOT NULL
@@ -540,7 +559,23 @@ fn v1_latest_synthesis(conn: &Connection, spec_id: &str, stage: &str, columns: C
         field("agreements"),
         field("conflicts"),
         columns.run_orchestrator_id,
-    ))?;
+    )
+}
+
+static OPEN_RUN: LazyLock<String> = LazyLock::new(|| schema::open_run_sql("?1", "?2", "?3"));
+static CLOSE_RUN: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE consensus_runs SET synthesis_json = {}, consensus_ok = (?4 = 'success'), degraded = ?8,
+                synthesized_at = ?9
+         WHERE id = ?1",
+        schema::synthesis_json_sql("?2", "?3", "?4", "?5", "?6", "?7")
+    )
+});
+static V1_ARTIFACTS: LazyLock<String> = LazyLock::new(|| v1_artifacts_sql(Columns::default()));
+static V1_LATEST_SYNTHESIS: LazyLock<String> = LazyLock::new(|| v1_latest_synthesis_sql(Columns::default()));
+
+fn v1_latest_synthesis(conn: &Connection, sql: &str, spec_id: &str, stage: &str) -> Result<Option<Synthesis>> {
+    let mut stmt = conn.prepare_cached(sql)?;
     Ok(stmt.query_row([spec_id, stage], |r| synthesis_row(r, spec_id, stage, SOURCE_V1)).optional()?)
 }
 
@@ -641,7 +676,7 @@ fn legacy_artifacts(
 
 fn open_run(tx: &Tx, spec_id: &str, stage: &str, run_id: Option<&str>) -> Result<Option<i64>> {
     Ok(tx
-        .prepare_cached(&schema::open_run_sql("?1", "?2", "?3"))?
+        .prepare_cached(&OPEN_RUN)?
         .query_row(params![spec_id, stage, run_id], |r| r.get(0))
         .optional()?)
 }

@@ -53,7 +53,7 @@ def health_table(h: dict) -> str:
     lines = [
         f"  file            {h['path']}",
         f"  size            {human(h['file_size'])} (+ WAL {human(h['wal_size'])})",
-        f"  schema version  {h['schema_version']}",
+        f"  schema version  {h['schema_version']} ({h['shape']})",
         f"  journal mode    {h['journal_mode']}",
         f"  auto_vacuum     {auto}",
         f"  pages           {h['page_count']} x {h['page_size']} B, {h['freelist_count']} free "
@@ -193,6 +193,7 @@ def state(db: consensus_db.Store) -> dict:
     return {
         "size": h["file_size"] + h["wal_size"],
         "schema_version": h["schema_version"],
+        "shape": h["shape"],
         "journal_mode": h["journal_mode"],
         "auto_vacuum": h["auto_vacuum"],
         "page_count": h["page_count"],
@@ -237,6 +238,7 @@ def upgrade(path: str, drop_legacy: bool, no_backup: bool, as_json: bool) -> Non
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
+    click.echo(f"shape found: {before['shape']}; now: {after['shape']}")
     click.echo(f"\n{'':22} {'before':>12} {'after':>12}")
     for key in ("size", "schema_version", "journal_mode", "auto_vacuum", "page_count", "freelist_count"):
         b, a = before[key], after[key]

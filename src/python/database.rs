@@ -498,6 +498,7 @@ impl PyDatabase {
         d.set_item("journal_mode", &h.journal_mode)?;
         d.set_item("auto_vacuum", h.auto_vacuum)?;
         d.set_item("schema_version", h.schema_version)?;
+        d.set_item("shape", &h.shape)?;
         d.set_item("needs_vacuum", h.needs_vacuum)?;
         d.set_item("vacuum_threshold", h.vacuum_threshold)?;
         d.set_item("path", self.inner.path())?;
