@@ -385,6 +385,12 @@ impl Database {
         Ok(reached)
     }
 
+    /// Legacy rows whose values had to be converted to be read (or could not be read
+    /// as meant): listed by the upgrade report.
+    pub fn legacy_row_problems(&self) -> Result<Vec<crate::legacy_rows::Problem>> {
+        crate::legacy_rows::problems(&*self.conn()?)
+    }
+
     pub fn schema_version(&self) -> Result<Version> {
         migrations::user_version(&*self.conn()?)
     }

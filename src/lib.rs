@@ -22,6 +22,7 @@
 
 pub mod db;
 pub mod error;
+pub mod legacy_rows;
 mod fork;
 pub mod maintenance;
 pub mod migrations;

@@ -17,7 +17,8 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
-use crate::schema::{self, column_exists, legacy_ms, table_exists, Shape, PAIR_WINDOW_MS};
+use crate::legacy_rows::{bool_sql, ms_sql as legacy_ms, text_sql};
+use crate::schema::{self, column_exists, table_exists, Shape, PAIR_WINDOW_MS};
 
 pub use crate::schema::LEGACY_SCHEMA_SQL;
 
@@ -424,10 +425,13 @@ fn backfill_artifacts(conn: &Connection) -> Result<()> {
     conn.execute(
         &format!(
             "INSERT INTO agent_outputs (run_id, agent_name, content, response_text, output_timestamp, legacy_artifact_id)
-             SELECT ({open_run}), a.agent_name, a.content_json, a.response_text, {created}, a.id
+             SELECT ({open_run}), {}, {}, {}, {created}, a.id
              FROM consensus_artifacts a
              WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id)
-             ORDER BY a.id"
+             ORDER BY a.id",
+            text_sql("a.agent_name"),
+            text_sql("a.content_json"),
+            text_sql("a.response_text")
         ),
         [],
     )?;
@@ -437,11 +441,16 @@ fn backfill_artifacts(conn: &Connection) -> Result<()> {
 fn backfill_syntheses(conn: &Connection) -> Result<()> {
     // A synthesis closes the newest open run of its group; otherwise it is a run of its own.
     let mut pending = conn.prepare(&format!(
-        "SELECT id, spec_id, stage, run_id, output_markdown, output_path, status, artifacts_count,
-                agreements, conflicts, COALESCE(degraded, 0), {}
+        "SELECT id, spec_id, stage, run_id, {}, {}, {}, artifacts_count, {}, {}, {}, {}
          FROM consensus_synthesis s
          WHERE NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id)
          ORDER BY id",
+        text_sql("output_markdown"),
+        text_sql("output_path"),
+        text_sql("status"),
+        text_sql("agreements"),
+        text_sql("conflicts"),
+        bool_sql("degraded"),
         legacy_ms("created_at")
     ))?;
     let synthesis = schema::synthesis_json_sql("?5", "?6", "?7", "?8", "?9", "?10");
@@ -560,6 +569,24 @@ mod tests {
         upgrade(&conn, 1).unwrap();
         assert_eq!(user_version(&conn).unwrap(), 2);
         assert!(!table_exists(&conn, "consensus_artifacts").unwrap());
+    }
+
+    /// The race of two processes opening a legacy file at once, the interleaving forced:
+    /// opener A has read version 0, another process then migrates to 2, and A goes on
+    /// to migrate up to the default version. Before, A ran `migrate(1)` and took the file
+    /// 2 -> 1, recreating empty legacy tables; opening now never goes down.
+    #[test]
+    fn an_opener_that_read_0_keeps_a_concurrent_migration_to_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("race.db");
+        let a = Connection::open(&path).unwrap();
+        a.execute_batch(LEGACY_SCHEMA_SQL).unwrap();
+        assert_eq!(user_version(&a).unwrap(), 0);
+        let b = Connection::open(&path).unwrap();
+        migrate(&b, LATEST_VERSION).unwrap();
+        upgrade(&a, DEFAULT_VERSION).unwrap();
+        assert_eq!(user_version(&a).unwrap(), 2);
+        assert!(!table_exists(&a, "consensus_artifacts").unwrap());
     }
 
     #[test]

@@ -140,11 +140,6 @@ pub(crate) fn create_current_tables(conn: &Connection) -> Result<()> {
     set_layout_revision(conn)
 }
 
-/// SQL for a legacy `YYYY-MM-DD HH:MM:SS` (UTC) column as Unix milliseconds.
-pub(crate) fn legacy_ms(col: &str) -> String {
-    format!("COALESCE(CAST(ROUND((julianday({col}) - 2440587.5) * 86400000.0) AS INTEGER), 0)")
-}
-
 /// SQL for a synthesis as the seed layout keeps it: one JSON object, keys in the
 /// plan's order (`degraded` has its own column).
 pub(crate) fn synthesis_json_sql(markdown: &str, path: &str, status: &str, count: &str, agreements: &str, conflicts: &str) -> String {

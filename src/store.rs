@@ -20,7 +20,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use crate::db::{Columns, Database};
 use crate::error::{Error, Result};
 use crate::model::*;
-use crate::schema::{self, legacy_ms, PAIR_WINDOW_MS};
+use crate::legacy_rows::{self, bool_sql, ms_sql as legacy_ms};
+use crate::schema::{self, PAIR_WINDOW_MS};
 use crate::transaction::Tx;
 
 pub const PHASE_TYPES: [&str; 2] = ["quality_gate", "regular_stage"];
@@ -304,8 +305,8 @@ impl Database {
                     spec_id: spec_id.to_owned(),
                     stage: stage.to_owned(),
                     agent_name: r.get(1)?,
-                    content_json: r.get(2)?,
-                    response_text: r.get(3)?,
+                    content_json: legacy_rows::text_or_empty(r, 2)?,
+                    response_text: legacy_rows::text(r, 3)?,
                     run_id: r.get(4)?,
                     created_at_ms: r.get(5)?,
                     model_version: r.get(6)?,
@@ -509,22 +510,22 @@ fn opt(s: Option<&str>) -> Value {
     s.map_or(Value::Null, |s| Value::Text(s.to_owned()))
 }
 
-/// A synthesis from either schema; both queries select the same ten columns.
-fn synthesis_row(r: &Row, spec_id: &str, stage: &str, source: &'static str) -> rusqlite::Result<Synthesis> {
+/// A legacy synthesis row.
+fn legacy_synthesis_row(r: &Row, spec_id: &str, stage: &str) -> rusqlite::Result<Synthesis> {
     Ok(Synthesis {
         id: r.get(0)?,
         spec_id: spec_id.to_owned(),
         stage: stage.to_owned(),
-        output_markdown: r.get(1)?,
-        output_path: r.get(2)?,
-        status: r.get(3)?,
-        artifacts_count: r.get(4)?,
-        agreements: r.get(5)?,
-        conflicts: r.get(6)?,
+        output_markdown: legacy_rows::text_or_empty(r, 1)?,
+        output_path: legacy_rows::text(r, 2)?,
+        status: legacy_rows::text_or_empty(r, 3)?,
+        artifacts_count: legacy_rows::integer(r, 4)?,
+        agreements: legacy_rows::text(r, 5)?,
+        conflicts: legacy_rows::text(r, 6)?,
         degraded: r.get(7)?,
-        run_id: r.get(8)?,
+        run_id: legacy_rows::text(r, 8)?,
         created_at_ms: r.get(9)?,
-        source,
+        source: SOURCE_LEGACY,
     })
 }
 
@@ -542,24 +543,46 @@ fn v1_artifacts_sql(columns: Columns) -> String {
 }
 
 fn v1_latest_synthesis_sql(columns: Columns) -> String {
-    let field = |key| schema::synthesis_field("synthesis_json", key);
     let at = match columns.run_synthesized_at {
         Columns::MISSING => "run_timestamp".to_owned(),
         column => format!("COALESCE({column}, run_timestamp)"),
     };
     format!(
-        "SELECT id, COALESCE({}, synthesis_json), {}, COALESCE({}, ''), {}, {}, {},
-                COALESCE(degraded, 0), {}, {at} AS at
+        "SELECT id, synthesis_json, COALESCE(degraded, 0), {}, {at} AS at
          FROM consensus_runs WHERE spec_id = ?1 AND stage = ?2 AND synthesis_json IS NOT NULL
          ORDER BY at DESC, id DESC LIMIT 1",
-        field("output_markdown"),
-        field("output_path"),
-        field("status"),
-        field("artifacts_count"),
-        field("agreements"),
-        field("conflicts"),
         columns.run_orchestrator_id,
     )
+}
+
+/// A synthesis kept as the plan's JSON object. Its fields come back as the API's text:
+/// a JSON string as itself, anything else (the arrays a predecessor wrote, say) as its
+/// JSON text. Text that is not a JSON object is returned whole as the markdown.
+fn synthesis_from_json(r: &Row, spec_id: &str, stage: &str) -> rusqlite::Result<Synthesis> {
+    let raw: String = r.get(1)?;
+    let object = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&raw).ok();
+    let text = |key: &str| -> Option<String> {
+        match object.as_ref()?.get(key)? {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        }
+    };
+    Ok(Synthesis {
+        id: r.get(0)?,
+        spec_id: spec_id.to_owned(),
+        stage: stage.to_owned(),
+        output_markdown: if object.is_some() { text("output_markdown").unwrap_or_default() } else { raw.clone() },
+        output_path: text("output_path"),
+        status: text("status").unwrap_or_default(),
+        artifacts_count: object.as_ref().and_then(|o| o.get("artifacts_count")?.as_i64()),
+        agreements: text("agreements"),
+        conflicts: text("conflicts"),
+        degraded: r.get(2)?,
+        run_id: r.get(3)?,
+        created_at_ms: r.get(4)?,
+        source: SOURCE_V1,
+    })
 }
 
 static OPEN_RUN: LazyLock<String> = LazyLock::new(|| schema::open_run_sql("?1", "?2", "?3"));
@@ -576,7 +599,7 @@ static V1_LATEST_SYNTHESIS: LazyLock<String> = LazyLock::new(|| v1_latest_synthe
 
 fn v1_latest_synthesis(conn: &Connection, sql: &str, spec_id: &str, stage: &str) -> Result<Option<Synthesis>> {
     let mut stmt = conn.prepare_cached(sql)?;
-    Ok(stmt.query_row([spec_id, stage], |r| synthesis_row(r, spec_id, stage, SOURCE_V1)).optional()?)
+    Ok(stmt.query_row([spec_id, stage], |r| synthesis_from_json(r, spec_id, stage)).optional()?)
 }
 
 /// A legacy synthesis and the new-schema row a dual-write build wrote with it.
@@ -627,14 +650,14 @@ fn legacy_latest_synthesis(
         ""
     };
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT id, output_markdown, output_path, status, artifacts_count, agreements, conflicts,
-                COALESCE(degraded, 0), {}, {}
+        "SELECT id, output_markdown, output_path, status, artifacts_count, agreements, conflicts, {}, {}, {} AS at
          FROM consensus_synthesis s WHERE spec_id = ?1 AND stage = ?2 {unmirrored}
-         ORDER BY created_at DESC, id DESC LIMIT 1",
+         ORDER BY at DESC, id DESC LIMIT 1",
+        bool_sql("degraded"),
         columns.synthesis_run_id,
         legacy_ms("created_at")
     ))?;
-    Ok(stmt.query_row([spec_id, stage], |r| synthesis_row(r, spec_id, stage, SOURCE_LEGACY)).optional()?)
+    Ok(stmt.query_row([spec_id, stage], |r| legacy_synthesis_row(r, spec_id, stage)).optional()?)
 }
 
 fn legacy_artifacts(
@@ -652,7 +675,7 @@ fn legacy_artifacts(
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT a.id, a.agent_name, a.content_json, {}, {}, {}
          FROM consensus_artifacts a WHERE a.spec_id = ?1 AND a.stage = ?2 {unmirrored}
-         ORDER BY a.created_at, a.id",
+         ORDER BY 6, a.id",
         columns.artifact_response_text,
         columns.artifact_run_id,
         legacy_ms("a.created_at")
@@ -662,10 +685,10 @@ fn legacy_artifacts(
             id: r.get(0)?,
             spec_id: spec_id.to_owned(),
             stage: stage.to_owned(),
-            agent_name: r.get(1)?,
-            content_json: r.get(2)?,
-            response_text: r.get(3)?,
-            run_id: r.get(4)?,
+            agent_name: legacy_rows::text_or_empty(r, 1)?,
+            content_json: legacy_rows::text_or_empty(r, 2)?,
+            response_text: legacy_rows::text(r, 3)?,
+            run_id: legacy_rows::text(r, 4)?,
             created_at_ms: r.get(5)?,
             model_version: None,
             source: SOURCE_LEGACY,

@@ -214,6 +214,7 @@ def upgrade(path: str, drop_legacy: bool, no_backup: bool, as_json: bool) -> Non
     # schema, a non-database) before the backup is taken.
     with open_store(file, read_only=True, migrate=False) as db:
         before = state(db)
+        problems = db.legacy_row_problems()
     copy = None if no_backup else backup(file)
     if copy and not as_json:
         click.echo(f"backup: {copy}")
@@ -234,10 +235,15 @@ def upgrade(path: str, drop_legacy: bool, no_backup: bool, as_json: bool) -> Non
             after = state(db)
     except Error as exc:
         fail(f"{exc} (the original file is unchanged{'; backup at ' + str(copy) if copy else ''})")
-    report = {"path": str(file), "backup": str(copy) if copy else None, "before": before, "after": after}
+    report = {"path": str(file), "backup": str(copy) if copy else None, "before": before, "after": after,
+              "legacy_row_problems": problems}
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
+    if problems:
+        click.echo(f"legacy rows converted to be read ({len(problems)}):")
+        for p in problems:
+            click.echo(f"  {p['table']} id {p['id']}, {p['column']}: {p['problem']}")
     click.echo(f"shape found: {before['shape']}; now: {after['shape']}")
     click.echo(f"\n{'':22} {'before':>12} {'after':>12}")
     for key in ("size", "schema_version", "journal_mode", "auto_vacuum", "page_count", "freelist_count"):

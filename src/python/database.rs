@@ -298,6 +298,23 @@ impl PyDatabase {
         run(py, || self.inner.schema_version())
     }
 
+    /// Legacy rows whose values had to be converted to be read, one dict each
+    /// (table, id, column, problem).
+    fn legacy_row_problems<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let problems = run(py, || self.inner.legacy_row_problems())?;
+        problems
+            .into_iter()
+            .map(|p| {
+                let d = PyDict::new(py);
+                d.set_item("table", p.table)?;
+                d.set_item("id", p.id)?;
+                d.set_item("column", p.column)?;
+                d.set_item("problem", p.problem)?;
+                Ok(d)
+            })
+            .collect()
+    }
+
     /// Migrates to `target`, up or down; without one, up to at least the default
     /// version, as opening does. Returns the version reached.
     #[pyo3(signature = (target=None))]
