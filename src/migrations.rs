@@ -316,17 +316,31 @@ fn rebuild_revision_1(conn: &Connection) -> Result<()> {
 /// within [`PAIR_WINDOW_MS`], one to one, nearest first. Idempotent.
 pub(crate) fn backfill(conn: &Connection) -> Result<()> {
     if table_exists(conn, "consensus_artifacts")? {
-        link_artifact_copies(conn)?;
+        link_artifact_copies(conn, None)?;
         backfill_artifacts(conn)?;
     }
     if table_exists(conn, "consensus_synthesis")? {
-        link_synthesis_copies(conn)?;
+        link_synthesis_copies(conn, None)?;
         backfill_syntheses(conn)?;
     }
     verify_backfill(conn)
 }
 
-fn link_artifact_copies(conn: &Connection) -> Result<()> {
+/// The rows of one spec (`?1`), or of one of its stages (`?2`), or all rows.
+pub(crate) type Scope<'a> = Option<(&'a str, Option<&'a str>)>;
+
+fn scope_sql(scope: Scope) -> (&'static str, Vec<Value>) {
+    match scope {
+        None => ("", Vec::new()),
+        Some((spec, stage)) => (
+            "AND spec_id = ?1 AND (?2 IS NULL OR stage = ?2)",
+            vec![Value::Text(spec.into()), stage.map_or(Value::Null, |s| Value::Text(s.into()))],
+        ),
+    }
+}
+
+/// Links the two copies of each artifact a dual-write build wrote (see [`backfill`]).
+pub(crate) fn link_artifact_copies(conn: &Connection, scope: Scope) -> Result<()> {
     let any_unlinked: bool =
         conn.query_row("SELECT EXISTS (SELECT 1 FROM agent_outputs WHERE legacy_artifact_id IS NULL)", [], |r| r.get(0))?;
     if !any_unlinked {
@@ -335,8 +349,9 @@ fn link_artifact_copies(conn: &Connection) -> Result<()> {
     let mut legacy = conn.prepare(&format!(
         "SELECT a.id, a.spec_id, a.stage, a.agent_name, a.content_json, a.response_text, a.run_id, {}
          FROM consensus_artifacts a
-         WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id) ORDER BY a.id",
-        legacy_ms("a.created_at")
+         WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id) {} ORDER BY a.id",
+        legacy_ms("a.created_at"),
+        scope_sql(scope).0.replace("spec_id", "a.spec_id").replace("stage =", "a.stage =")
     ))?;
     let mut twin = conn.prepare(
         "SELECT o.id, o.run_id FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
@@ -350,7 +365,7 @@ fn link_artifact_copies(conn: &Connection) -> Result<()> {
     let mut label = conn.prepare(
         "UPDATE consensus_runs SET orchestrator_run_id = ?2 WHERE id = ?1 AND orchestrator_run_id IS NULL",
     )?;
-    let mut rows = legacy.query([])?;
+    let mut rows = legacy.query(rusqlite::params_from_iter(scope_sql(scope).1))?;
     while let Some(a) = rows.next()? {
         let (id, spec, stage, agent, content): (i64, String, String, String, Value) =
             (a.get(0)?, a.get(1)?, a.get(2)?, a.get(3)?, a.get(4)?);
@@ -366,7 +381,8 @@ fn link_artifact_copies(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-fn link_synthesis_copies(conn: &Connection) -> Result<()> {
+/// Links the two copies of each synthesis a dual-write build wrote.
+pub(crate) fn link_synthesis_copies(conn: &Connection, scope: Scope) -> Result<()> {
     let any_unlinked: bool = conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM consensus_runs WHERE synthesis_json IS NOT NULL AND legacy_synthesis_id IS NULL)",
         [],
@@ -378,8 +394,9 @@ fn link_synthesis_copies(conn: &Connection) -> Result<()> {
     let mut legacy = conn.prepare(&format!(
         "SELECT s.id, s.spec_id, s.stage, s.output_markdown, s.run_id, {}
          FROM consensus_synthesis s
-         WHERE NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id) ORDER BY s.id",
-        legacy_ms("s.created_at")
+         WHERE NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id) {} ORDER BY s.id",
+        legacy_ms("s.created_at"),
+        scope_sql(scope).0.replace("spec_id", "s.spec_id").replace("stage =", "s.stage =")
     ))?;
     let markdown = schema::synthesis_field("synthesis_json", "output_markdown");
     let mut twin = conn.prepare(&format!(
@@ -392,7 +409,7 @@ fn link_synthesis_copies(conn: &Connection) -> Result<()> {
         "UPDATE consensus_runs SET legacy_synthesis_id = ?2, orchestrator_run_id = COALESCE(orchestrator_run_id, ?3)
          WHERE id = ?1",
     )?;
-    let mut rows = legacy.query([])?;
+    let mut rows = legacy.query(rusqlite::params_from_iter(scope_sql(scope).1))?;
     while let Some(s) = rows.next()? {
         let (id, spec, stage, markdown, run_id, at): (i64, String, String, Value, Value, i64) =
             (s.get(0)?, s.get(1)?, s.get(2)?, s.get(3)?, s.get(4)?, s.get(5)?);

@@ -358,6 +358,11 @@ impl Database {
         self.write(|tx| {
             let mut deleted = 0;
             if has_legacy {
+                if has_v1 {
+                    // Copies a dual-write build wrote since the last migration count once.
+                    let linked = crate::migrations::link_artifact_copies(tx, Some((spec_id, stage)));
+                    unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", linked)?;
+                }
                 let copies = has_v1.then_some("SELECT legacy_artifact_id FROM agent_outputs WHERE legacy_artifact_id IS NOT NULL");
                 let legacy = delete_legacy(tx, "consensus_artifacts", copies, &args);
                 deleted += unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", legacy)?;
@@ -393,6 +398,10 @@ impl Database {
         let runs = self.write(|tx| {
             let mut deleted = 0;
             if has_legacy {
+                if has_v1 {
+                    let linked = crate::migrations::link_synthesis_copies(tx, Some((spec_id, stage)));
+                    unless_dropped(&self.layout.legacy_synthesis, "consensus_synthesis", linked)?;
+                }
                 let copies = has_v1.then_some("SELECT legacy_synthesis_id FROM consensus_runs WHERE legacy_synthesis_id IS NOT NULL");
                 let legacy = delete_legacy(tx, "consensus_synthesis", copies, &args);
                 deleted += unless_dropped(&self.layout.legacy_synthesis, "consensus_synthesis", legacy)?;

@@ -307,3 +307,18 @@ def test_user_version_keeps_the_predecessors_meaning(tmp_path):
     assert user_version(fresh) == 2
     assert stdlib_rows(fresh, "SELECT value FROM consensus_db_meta WHERE key = 'layout'") == [(2,)]
     assert predecessor.run(fresh, "artifacts", build="cutover", items=[artifact("S", "spec-plan", 1)])[0][1]
+
+
+def test_deleting_counts_a_dual_written_pair_once(tmp_path):
+    path = tmp_path / "seed-v1.db"
+    seed_v1_file(path)
+    with consensus_db.connect(path) as db:
+        late = [artifact("SPEC-8", "spec-plan", i) for i in range(3)]
+        predecessor.run(path, "artifacts", build="dual", items=late)  # 3 pairs, no links
+        predecessor.run(path, "synthesis", build="dual", synthesis=synthesis("SPEC-8", "spec-plan", "# pair"))
+        assert len(db.query_artifacts("SPEC-8", "spec-plan")) == 3
+        assert db.delete_stage_artifacts("SPEC-8", "spec-plan") == 3
+        assert db.query_artifacts("SPEC-8", "spec-plan") == []
+        assert db.delete_runs("SPEC-8") == 1
+        assert db.query_latest_synthesis("SPEC-8", "spec-plan") is None
+    assert stdlib_rows(path, "SELECT count(*) FROM consensus_artifacts WHERE spec_id = 'SPEC-8'") == [(0,)]
