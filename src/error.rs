@@ -32,6 +32,11 @@ pub enum Error {
     #[error("migration failed: {0}")]
     Migration(String),
 
+    /// A transaction block can no longer run statements: SQLite ended its transaction
+    /// (an `OR ROLLBACK` conflict, a disk-full rollback), or a statement tried to.
+    #[error("transaction error: {0}")]
+    Transaction(String),
+
     #[error("pragma {pragma} verification failed: wanted {wanted}, database reports {actual}")]
     Pragma { pragma: String, wanted: String, actual: String },
 

@@ -23,6 +23,7 @@ __all__ = [
     "DiskFullError",
     "CircuitOpenError",
     "DatabaseError",
+    "TransactionError",
     "InternalError",
 ]
 
@@ -91,6 +92,14 @@ class CircuitOpenError(Error):
 
 class DatabaseError(Error):
     """Any other SQLite failure (syntax errors, missing tables, I/O errors)."""
+
+
+class TransactionError(DatabaseError):
+    """A transaction block cannot go on: SQLite ended its transaction by itself (an
+    ``INSERT OR ROLLBACK`` conflict, a rollback after a full disk), or a statement run
+    through ``tx.execute`` tried to (``COMMIT``, ``ROLLBACK``, ``BEGIN``, ``SAVEPOINT``,
+    ``RELEASE``: use the ``with`` block and ``tx.savepoint()``). Nothing after that
+    point runs or persists."""
 
 
 class InternalError(Error):
