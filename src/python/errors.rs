@@ -35,7 +35,7 @@ pub fn to_py(err: Error) -> PyErr {
         Error::Transaction(_) => py::TransactionError::new_err(message),
         Error::Pragma { .. } => py::PragmaVerificationError::new_err(message),
         Error::Corrupt(_) => py::CorruptDatabaseError::new_err(message),
-        Error::ReadOnly(_) => py::ReadOnlyError::new_err(message),
+        Error::ReadOnly(_) | Error::CannotWrite(_) => py::ReadOnlyError::new_err(message),
         Error::Closed => py::ClosedError::new_err(message),
         Error::Forked { .. } => py::ForkedProcessError::new_err(message),
         Error::DiskFull(_) => py::DiskFullError::new_err(message),
