@@ -71,7 +71,9 @@ class CorruptDatabaseError(Error):
 
 
 class ReadOnlyError(Error):
-    """A write was attempted through a read-only store or on a read-only file."""
+    """A write was attempted through a read-only store or on a read-only file; or SQLite
+    must write where it cannot (a hot rollback journal a read-only store cannot roll back,
+    a directory where ``-wal``/``-shm``/``-journal`` cannot be created): the message says which."""
 
 
 class ClosedError(Error):
