@@ -67,8 +67,8 @@ pub struct Tx {
 /// Rows as SQLite values, column by column.
 pub type Rows = Vec<Vec<Value>>;
 
-/// The statement's first keyword, past whitespace and comments, upper-cased.
-fn first_keyword(sql: &str) -> String {
+/// The statement's first keyword, past whitespace and comments.
+fn first_keyword(sql: &str) -> &str {
     let mut rest = sql;
     loop {
         rest = rest.trim_start();
@@ -80,8 +80,12 @@ fn first_keyword(sql: &str) -> String {
             break;
         }
     }
-    rest.chars().take_while(|c| c.is_ascii_alphabetic()).collect::<String>().to_ascii_uppercase()
+    let end = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+    &rest[..end]
 }
+
+/// Statements that begin, end or nest a transaction: a `Tx` runs none of them.
+const TRANSACTION_CONTROL: [&str; 6] = ["BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"];
 
 /// A short, printable form of a statement for messages.
 fn excerpt(sql: &str) -> String {
@@ -111,10 +115,11 @@ impl Tx {
         }
         if let Some(sql) = sql {
             let keyword = first_keyword(sql);
-            if matches!(keyword.as_str(), "BEGIN" | "COMMIT" | "END" | "ROLLBACK" | "SAVEPOINT" | "RELEASE") {
+            if TRANSACTION_CONTROL.iter().any(|k| k.eq_ignore_ascii_case(keyword)) {
                 return Err(Error::Transaction(format!(
-                    "{keyword} cannot run inside a transaction block ({:?}): the block commits or rolls back \
+                    "{} cannot run inside a transaction block ({:?}): the block commits or rolls back \
                      by itself, and `savepoint()` nests",
+                    keyword.to_ascii_uppercase(),
                     excerpt(sql)
                 )));
             }

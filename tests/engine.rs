@@ -166,3 +166,21 @@ fn a_transaction_ended_by_sqlite_runs_nothing_more() {
     }).collect();
     assert_eq!(keys, vec![1]);
 }
+
+#[test]
+fn backups_are_new_files_with_the_source_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    db.record_agent_spawn("a", "S", "plan", "quality_gate", "g", None).unwrap();
+    std::fs::set_permissions(dir.path().join("engine.db"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let dest = dir.path().join("copy.db");
+    db.backup(&dest).unwrap();
+    assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o640);
+    let err = db.backup(&dest).unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { ref message, .. } if message.contains("copy.db")), "{err}");
+    let (first, second) = (db.backup_beside().unwrap(), db.backup_beside().unwrap());
+    assert_ne!(first, second);
+    let copy = Database::open(&second, Options { read_only: true, ..Options::default() }).unwrap();
+    assert_eq!(copy.get_agent_name("a").unwrap().as_deref(), Some("g"));
+}

@@ -87,6 +87,21 @@ def test_backup_refuses_an_existing_file_or_link_and_names_it(tmp_path):
     assert stdlib_rows(tmp_path / "ok.db", "SELECT agent_id FROM agent_executions") == [("a",)]
 
 
+def test_async_backup_beside_the_file(tmp_path):
+    import asyncio
+
+    import consensus_db.aio
+
+    async def main() -> list:
+        async with await consensus_db.aio.connect(tmp_path / "a.db") as db:
+            await db.record_agent_spawn("a", "S", "plan", "quality_gate", "g")
+            return [await db.backup(), await db.backup()]
+
+    made = asyncio.run(main())
+    assert len(set(made)) == 2 and all(Path(m).parent == tmp_path and ".backup-" in m for m in made)
+    assert all(stdlib_rows(Path(m), "SELECT agent_id FROM agent_executions") == [("a",)] for m in made)
+
+
 def test_backup_keeps_the_source_permissions(tmp_path):
     path = tmp_path / "field.db"
     make_legacy_db(path)
