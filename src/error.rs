@@ -107,19 +107,19 @@ impl From<rusqlite::Error> for Error {
                 ffi::ErrorCode::NotADatabase | ffi::ErrorCode::DatabaseCorrupt => Error::Corrupt(message),
                 ffi::ErrorCode::ReadOnly => match e.extended_code {
                     ffi::SQLITE_READONLY_ROLLBACK => Error::CannotWrite(
-                        "it has a hot rollback journal (the \"-journal\" file beside it), left by a writer that was \
+                        "the database has a hot rollback journal (the \"-journal\" file beside it), left by a writer that was \
                          interrupted mid-transaction; a read-only connection cannot roll it back. One read-write open \
                          does, as any writer would, restoring the last committed state"
                             .into(),
                     ),
                     ffi::SQLITE_READONLY_DIRECTORY => Error::CannotWrite(
-                        "its directory is not writable, so SQLite cannot create the files it keeps beside the database \
+                        "the database's directory is not writable, so SQLite cannot create the files it keeps beside the database \
                          (\"-wal\" and \"-shm\", which even readers of a WAL database need; \"-journal\" to write in \
                          rollback-journal mode)"
                             .into(),
                     ),
                     ffi::SQLITE_READONLY_CANTINIT => Error::CannotWrite(
-                        "the WAL index (the \"-shm\" file beside it) cannot be written or created, and a WAL database \
+                        "the WAL index of the database (the \"-shm\" file beside it) cannot be written or created, and a WAL database \
                          cannot be read without it: make the file and its directory writable"
                             .into(),
                     ),

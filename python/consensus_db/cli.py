@@ -241,9 +241,8 @@ def upgrade(path: str, drop_legacy: bool, no_backup: bool, as_json: bool) -> Non
     """Back up, migrate, convert auto_vacuum, vacuum; print a before/after report."""
     file = existing(path)
     # A read-only look changes nothing and refuses what cannot be upgraded (a future
-    # schema, a non-database) before the backup is taken.
-    # The backup is the engine's own online backup, into a new file with a unique name
-    # and the original's permissions (see Database.backup).
+    # schema, a non-database) before the backup is taken: the engine's own online
+    # backup, into a new file with a unique name and the original's permissions.
     with open_for_reading(file) as db:
         before = state(db)
         try:
