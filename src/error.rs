@@ -32,6 +32,11 @@ pub enum Error {
     #[error("migration failed: {0}")]
     Migration(String),
 
+    /// A transaction block can no longer run statements: SQLite ended its transaction
+    /// (an `OR ROLLBACK` conflict, a disk-full rollback), or a statement tried to.
+    #[error("transaction error: {0}")]
+    Transaction(String),
+
     #[error("pragma {pragma} verification failed: wanted {wanted}, database reports {actual}")]
     Pragma { pragma: String, wanted: String, actual: String },
 
@@ -41,6 +46,12 @@ pub enum Error {
 
     #[error("attempt to write through a read-only store: {0}")]
     ReadOnly(String),
+
+    /// SQLite must write where it cannot: a hot journal to roll back through a read-only
+    /// connection, a directory where the `-wal`/`-shm`/`-journal` files cannot be created.
+    /// The message says which. (Python: `ReadOnlyError`.)
+    #[error("{0}")]
+    CannotWrite(String),
 
     #[error("the store is closed")]
     Closed,
@@ -78,6 +89,7 @@ impl Error {
             Error::Integrity(m) => Error::Integrity(format!("{what}: {m}")),
             Error::Corrupt(m) => Error::Corrupt(format!("{what}: {m}")),
             Error::ReadOnly(m) => Error::ReadOnly(format!("{what}: {m}")),
+            Error::CannotWrite(m) => Error::CannotWrite(format!("{what}: {m}")),
             Error::DiskFull(m) => Error::DiskFull(format!("{what}: {m}")),
             Error::Sqlite(m) => Error::Sqlite(format!("{what}: {m}")),
             other => other,
@@ -93,9 +105,28 @@ impl From<rusqlite::Error> for Error {
                 ffi::ErrorCode::DatabaseBusy | ffi::ErrorCode::DatabaseLocked => Error::Busy(message),
                 ffi::ErrorCode::ConstraintViolation => Error::Integrity(message),
                 ffi::ErrorCode::NotADatabase | ffi::ErrorCode::DatabaseCorrupt => Error::Corrupt(message),
-                ffi::ErrorCode::ReadOnly => Error::ReadOnly(message),
+                ffi::ErrorCode::ReadOnly => match e.extended_code {
+                    ffi::SQLITE_READONLY_ROLLBACK => Error::CannotWrite(
+                        "the database has a hot rollback journal (the \"-journal\" file beside it), left by a writer that was \
+                         interrupted mid-transaction; a read-only connection cannot roll it back. One read-write open \
+                         does, as any writer would, restoring the last committed state"
+                            .into(),
+                    ),
+                    ffi::SQLITE_READONLY_DIRECTORY => Error::CannotWrite(
+                        "the database's directory is not writable, so SQLite cannot create the files it keeps beside the database \
+                         (\"-wal\" and \"-shm\", which even readers of a WAL database need; \"-journal\" to write in \
+                         rollback-journal mode)"
+                            .into(),
+                    ),
+                    ffi::SQLITE_READONLY_CANTINIT => Error::CannotWrite(
+                        "the WAL index of the database (the \"-shm\" file beside it) cannot be written or created, and a WAL database \
+                         cannot be read without it: make the file and its directory writable"
+                            .into(),
+                    ),
+                    _ => Error::ReadOnly(message),
+                },
                 ffi::ErrorCode::DiskFull => Error::DiskFull(message),
-                ffi::ErrorCode::SystemIoFailure if e.extended_code == ffi::SQLITE_IOERR_WRITE => Error::Sqlite(format!(
+                ffi::ErrorCode::SystemIoFailure if e.extended_code == ffi::SQLITE_IOERR_WRITE => Error::DiskFull(format!(
                     "{message}: a write failed (is the disk full, or a file-size limit reached?)"
                 )),
                 _ => Error::Sqlite(message),

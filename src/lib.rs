@@ -20,6 +20,7 @@
 //! # Ok::<(), consensus_db::Error>(())
 //! ```
 
+pub mod backup;
 pub mod db;
 pub mod error;
 pub mod legacy_rows;

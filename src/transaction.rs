@@ -3,6 +3,7 @@
 
 use std::ops::Deref;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection};
@@ -48,43 +49,129 @@ impl Behavior {
 
 /// An open transaction owning its pooled connection. Dropped without `commit`, it
 /// rolls back. Derefs to the `rusqlite::Connection` for anything not wrapped here.
+///
+/// Every statement run through it is checked afterwards: when SQLite ended the
+/// transaction by itself (an `INSERT OR ROLLBACK` conflict, an automatic rollback after
+/// a full disk), the `Tx` is spent and every later call fails with
+/// [`Error::Transaction`] — nothing after that point runs in autocommit and persists.
+/// Transaction control (`BEGIN`, `COMMIT`, `END`, `ROLLBACK`, `SAVEPOINT`, `RELEASE`)
+/// is refused before it runs: use `commit`/`rollback` and `savepoint`.
 pub struct Tx {
     conn: Conn,
     savepoints: Vec<String>,
     finished: bool,
+    /// Why the transaction ended underneath this `Tx`, once it has.
+    ended: OnceLock<String>,
 }
 
 /// Rows as SQLite values, column by column.
 pub type Rows = Vec<Vec<Value>>;
+
+/// The statement's first keyword, past whitespace and comments.
+fn first_keyword(sql: &str) -> &str {
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_start();
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, tail)| tail);
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, tail)| tail);
+        } else {
+            break;
+        }
+    }
+    let end = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// Statements that begin, end or nest a transaction: a `Tx` runs none of them.
+const TRANSACTION_CONTROL: [&str; 6] = ["BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"];
+
+/// A short, printable form of a statement for messages.
+fn excerpt(sql: &str) -> String {
+    let one_line = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one_line.char_indices().nth(80) {
+        Some((cut, _)) => format!("{}...", &one_line[..cut]),
+        None => one_line,
+    }
+}
 
 impl Tx {
     pub fn begin(conn: Conn, behavior: Behavior) -> Result<Tx> {
         // Cached like any statement: parsing BEGIN and COMMIT anew is a few percent of
         // a single-row write.
         conn.prepare_cached(behavior.begin_sql())?.execute([])?;
-        Ok(Tx { conn, savepoints: Vec::new(), finished: false })
+        Ok(Tx { conn, savepoints: Vec::new(), finished: false, ended: OnceLock::new() })
+    }
+
+    /// Whether SQLite ended the transaction underneath this `Tx` (see [`Tx`]).
+    pub fn is_ended(&self) -> bool {
+        self.ended.get().is_some()
+    }
+
+    /// Refuses to run anything once the transaction has ended, and refuses statements
+    /// that would end or nest it.
+    fn check_usable(&self, sql: Option<&str>) -> Result<()> {
+        if let Some(why) = self.ended.get() {
+            return Err(Error::Transaction(format!("{why}; nothing more runs in this transaction block")));
+        }
+        if let Some(sql) = sql {
+            let keyword = first_keyword(sql);
+            if TRANSACTION_CONTROL.iter().any(|k| k.eq_ignore_ascii_case(keyword)) {
+                return Err(Error::Transaction(format!(
+                    "{} cannot run inside a transaction block ({:?}): the block commits or rolls back \
+                     by itself, and `savepoint()` nests",
+                    keyword.to_ascii_uppercase(),
+                    excerpt(sql)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// After a statement: if SQLite left the transaction, remember why (the caller
+    /// still gets the statement's own error, if it had one).
+    fn after<T>(&self, sql: &str, result: Result<T>) -> Result<T> {
+        if !self.conn.is_autocommit() {
+            return result;
+        }
+        let why = match &result {
+            Err(e) => format!("SQLite rolled the transaction back at {:?} ({e})", excerpt(sql)),
+            Ok(_) => format!("the transaction ended at {:?}", excerpt(sql)),
+        };
+        let _ = self.ended.set(why.clone());
+        match result {
+            Err(e) => Err(e),
+            Ok(_) => Err(Error::Transaction(why)),
+        }
     }
 
     /// Runs one statement; returns the number of rows changed.
     pub fn execute(&self, sql: &str, params: &[Value]) -> Result<usize> {
-        Ok(self.conn.prepare_cached(sql)?.execute(params_from_iter(params))?)
+        self.check_usable(Some(sql))?;
+        let result = (|| Ok(self.conn.prepare_cached(sql)?.execute(params_from_iter(params))?))();
+        self.after(sql, result)
     }
 
     /// Runs one statement once per parameter row (prepared once); returns rows changed.
     pub fn execute_many(&self, sql: &str, rows: &[Vec<Value>]) -> Result<usize> {
+        self.check_usable(Some(sql))?;
         let mut stmt = self.conn.prepare_cached(sql)?;
         let mut changed = 0;
         for (i, row) in rows.iter().enumerate() {
-            changed += stmt.execute(params_from_iter(row)).map_err(|e| match Error::from(e) {
+            let result = stmt.execute(params_from_iter(row)).map_err(|e| match Error::from(e) {
                 Error::InvalidInput { name, message } => Error::invalid(format!("{name} of row {i}"), message),
                 other => other,
-            })?;
+            });
+            changed += self.after(sql, result)?;
         }
         Ok(changed)
     }
 
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Rows> {
-        query(&self.conn, sql, params)
+        self.check_usable(Some(sql))?;
+        let result = query(&self.conn, sql, params);
+        self.after(sql, result)
     }
 
     pub fn last_insert_rowid(&self) -> i64 {
@@ -93,6 +180,7 @@ impl Tx {
 
     /// Opens a nested savepoint; returns its name for `release` / `rollback_to`.
     pub fn savepoint(&mut self) -> Result<String> {
+        self.check_usable(None)?;
         let name = format!("sp{}", self.savepoints.len() + 1);
         self.conn.execute_batch(&format!("SAVEPOINT {name}"))?;
         self.savepoints.push(name.clone());
@@ -101,13 +189,18 @@ impl Tx {
 
     /// Keeps the innermost savepoint's work (part of the enclosing transaction).
     pub fn release(&mut self, name: &str) -> Result<()> {
+        self.check_usable(None)?;
         self.pop_savepoint(name)?;
         self.conn.execute_batch(&format!("RELEASE {name}"))?;
         Ok(())
     }
 
-    /// Undoes the innermost savepoint's work only.
+    /// Undoes the innermost savepoint's work only. After SQLite ended the transaction
+    /// there is nothing left to undo: a no-op.
     pub fn rollback_to(&mut self, name: &str) -> Result<()> {
+        if self.is_ended() {
+            return Ok(());
+        }
         self.pop_savepoint(name)?;
         self.conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"))?;
         Ok(())
@@ -123,8 +216,10 @@ impl Tx {
         }
     }
 
+    /// Commits; fails with [`Error::Transaction`] if SQLite already ended the transaction.
     pub fn commit(mut self) -> Result<()> {
         self.finished = true;
+        self.check_usable(None)?;
         if let Err(e) = self.conn.prepare_cached("COMMIT").and_then(|mut commit| commit.execute([])) {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(e.into());
@@ -132,9 +227,12 @@ impl Tx {
         Ok(())
     }
 
+    /// Rolls back (nothing to do if SQLite already did).
     pub fn rollback(mut self) -> Result<()> {
         self.finished = true;
-        self.conn.execute_batch("ROLLBACK")?;
+        if !self.conn.is_autocommit() {
+            self.conn.execute_batch("ROLLBACK")?;
+        }
         Ok(())
     }
 }

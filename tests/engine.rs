@@ -141,3 +141,46 @@ fn sqlite_runs_on_spinning_mutexes_under_concurrent_reads_and_writes() {
     let rows: i64 = db.conn().unwrap().query_row("SELECT count(*) FROM agent_executions", [], |r| r.get(0)).unwrap();
     assert_eq!(rows, (threads * per_thread) as i64);
 }
+
+#[test]
+fn a_transaction_ended_by_sqlite_runs_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    db.write(|tx| tx.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)", &[])).unwrap();
+    db.write(|tx| tx.execute("INSERT INTO t VALUES (1)", &[])).unwrap();
+    let err = db
+        .write(|tx| {
+            tx.execute("INSERT INTO t VALUES (2)", &[])?;
+            let conflict = tx.execute("INSERT OR ROLLBACK INTO t VALUES (1)", &[]);
+            assert!(matches!(conflict, Err(Error::Integrity(_))), "{conflict:?}");
+            assert!(tx.is_ended());
+            tx.execute("INSERT INTO t VALUES (3)", &[])
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::Transaction(ref m) if m.contains("OR ROLLBACK")), "{err}");
+    let err = db.write(|tx| tx.execute("COMMIT", &[])).unwrap_err();
+    assert!(matches!(err, Error::Transaction(_)), "{err}");
+    let keys: Vec<i64> = db.query("SELECT k FROM t", &[]).unwrap().iter().map(|r| match r[0] {
+        rusqlite::types::Value::Integer(k) => k,
+        _ => unreachable!(),
+    }).collect();
+    assert_eq!(keys, vec![1]);
+}
+
+#[test]
+fn backups_are_new_files_with_the_source_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    db.record_agent_spawn("a", "S", "plan", "quality_gate", "g", None).unwrap();
+    std::fs::set_permissions(dir.path().join("engine.db"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let dest = dir.path().join("copy.db");
+    db.backup(&dest).unwrap();
+    assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o640);
+    let err = db.backup(&dest).unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { ref message, .. } if message.contains("copy.db")), "{err}");
+    let (first, second) = (db.backup_beside().unwrap(), db.backup_beside().unwrap());
+    assert_ne!(first, second);
+    let copy = Database::open(&second, Options { read_only: true, ..Options::default() }).unwrap();
+    assert_eq!(copy.get_agent_name("a").unwrap().as_deref(), Some("g"));
+}

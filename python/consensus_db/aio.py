@@ -168,3 +168,6 @@ class AsyncStore:
 
     async def integrity_check(self, quick: bool = False) -> list:
         return await self._run(self.sync.integrity_check, quick)
+
+    async def backup(self, dest: Optional[PathLike] = None) -> str:
+        return await self._run(self.sync.backup, dest)

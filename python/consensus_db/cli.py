@@ -7,7 +7,6 @@ usage errors and missing files exit with 2 (click's convention).
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 import tempfile
 import time
@@ -70,6 +69,29 @@ def open_store(path: Path, **options: Any) -> consensus_db.Store:
         return consensus_db.connect(path, create=False, **options)
     except Error as exc:
         fail(str(exc))
+
+
+def open_for_reading(path: Path) -> consensus_db.Store:
+    """A read-only store on ``path``. A hot rollback journal (left by a writer killed
+    mid-transaction) cannot be rolled back read-only: one plain read-write open does
+    that first, as any writer would, restoring the last committed state (it changes no
+    setting and migrates nothing); then the read-only store opens."""
+    try:
+        return consensus_db.connect(path, create=False, read_only=True, migrate=False)
+    except consensus_db.ReadOnlyError as exc:
+        journal = Path(f"{path}-journal")
+        if not (journal.is_file() and journal.stat().st_size > 0):
+            fail(str(exc))
+        try:
+            consensus_db.connect(path, create=False, migrate=False,
+                                 pragmas={"journal_mode": None, "auto_vacuum": None}).close()
+        except Error as again:
+            fail(f"{exc}; the read-write open that would roll the journal back failed too: {again}")
+        click.echo(f"note: rolled back the hot journal {journal}, left by a writer interrupted mid-transaction "
+                   "(its uncommitted changes are undone; the last committed state is kept)", err=True)
+    except Error as exc:
+        fail(str(exc))
+    return open_store(path, read_only=True, migrate=False)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -175,16 +197,25 @@ def demo(db_path: Optional[str], specs: int) -> None:
 # ---- upgrade -------------------------------------------------------------------------
 
 
-def backup(path: Path) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    target = path.with_name(f"{path.stem}.backup-{stamp}{path.suffix}")
-    source, dest = sqlite3.connect(path), sqlite3.connect(target)
+def describe(s: dict) -> str:
+    auto = {0: "none", 1: "full", 2: "incremental"}.get(s["auto_vacuum"], str(s["auto_vacuum"]))
+    return f"schema version {s['schema_version']} in {s['journal_mode'].upper()} mode (auto_vacuum {auto})"
+
+
+def where_it_stopped(file: Path, before: dict, copy: Optional[Path]) -> str:
+    """What an upgrade that failed left behind, read back from the file itself."""
     try:
-        source.backup(dest)
-    finally:
-        dest.close()
-        source.close()
-    return target
+        with consensus_db.connect(file, create=False, read_only=True, migrate=False) as db:
+            now = state(db)
+    except Error as exc:
+        said = f"the state of {file} could not be read back ({exc})"
+    else:
+        keys = ("schema_version", "journal_mode", "auto_vacuum")
+        if all(now[k] == before[k] for k in keys):
+            said = f"{file} is still at {describe(now)}, as before"
+        else:
+            said = f"the upgrade stopped part-way: {file} is now at {describe(now)}; before it was at {describe(before)}"
+    return said + (f"; the pre-upgrade original is at {copy}" if copy else "; no backup was taken (--no-backup)")
 
 
 def state(db: consensus_db.Store) -> dict:
@@ -211,11 +242,15 @@ def upgrade(path: str, drop_legacy: bool, no_backup: bool, as_json: bool) -> Non
     """Back up, migrate, convert auto_vacuum, vacuum; print a before/after report."""
     file = existing(path)
     # A read-only look changes nothing and refuses what cannot be upgraded (a future
-    # schema, a non-database) before the backup is taken.
-    with open_store(file, read_only=True, migrate=False) as db:
+    # schema, a non-database) before the backup is taken: the engine's own online
+    # backup, into a new file with a unique name and the original's permissions.
+    with open_for_reading(file) as db:
         before = state(db)
         problems = db.legacy_row_problems()
-    copy = None if no_backup else backup(file)
+        try:
+            copy = None if no_backup else Path(db.backup())
+        except Error as exc:
+            fail(f"{exc} (nothing was changed: {file} is as it was)")
     if copy and not as_json:
         click.echo(f"backup: {copy}")
     try:
@@ -234,7 +269,7 @@ def upgrade(path: str, drop_legacy: bool, no_backup: bool, as_json: bool) -> Non
             db.checkpoint()
             after = state(db)
     except Error as exc:
-        fail(f"{exc} (the original file is unchanged{'; backup at ' + str(copy) if copy else ''})")
+        fail(f"{exc}\n{where_it_stopped(file, before, copy)}")
     report = {"path": str(file), "backup": str(copy) if copy else None, "before": before, "after": after,
               "legacy_row_problems": problems}
     if as_json:
@@ -265,7 +300,7 @@ def upgrade(path: str, drop_legacy: bool, no_backup: bool, as_json: bool) -> Non
 @click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Free fraction that needs a vacuum.")
 def health(path: str, as_json: bool, threshold: float) -> None:
     """Rows per table, sizes, free pages, journal mode, auto_vacuum, needs_vacuum."""
-    with open_store(existing(path), migrate=False, read_only=True) as db:
+    with open_for_reading(existing(path)) as db:
         try:
             h = db.health(threshold)
         except Error as exc:

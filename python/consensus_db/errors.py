@@ -23,6 +23,7 @@ __all__ = [
     "DiskFullError",
     "CircuitOpenError",
     "DatabaseError",
+    "TransactionError",
     "InternalError",
 ]
 
@@ -70,7 +71,9 @@ class CorruptDatabaseError(Error):
 
 
 class ReadOnlyError(Error):
-    """A write was attempted through a read-only store or on a read-only file."""
+    """A write was attempted through a read-only store or on a read-only file; or SQLite
+    must write where it cannot (a hot rollback journal a read-only store cannot roll back,
+    a directory where ``-wal``/``-shm``/``-journal`` cannot be created): the message says which."""
 
 
 class ClosedError(Error):
@@ -91,6 +94,14 @@ class CircuitOpenError(Error):
 
 class DatabaseError(Error):
     """Any other SQLite failure (syntax errors, missing tables, I/O errors)."""
+
+
+class TransactionError(DatabaseError):
+    """A transaction block cannot go on: SQLite ended its transaction by itself (an
+    ``INSERT OR ROLLBACK`` conflict, a rollback after a full disk), or a statement run
+    through ``tx.execute`` tried to (``COMMIT``, ``ROLLBACK``, ``BEGIN``, ``SAVEPOINT``,
+    ``RELEASE``: use the ``with`` block and ``tx.savepoint()``). Nothing after that
+    point runs or persists."""
 
 
 class InternalError(Error):

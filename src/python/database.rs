@@ -557,6 +557,23 @@ impl PyDatabase {
         Ok(d)
     }
 
+    /// An online backup into the new file `dest` (refused if anything exists there);
+    /// without `dest`, beside the database under a fresh unique name. Returns the path.
+    #[pyo3(signature = (dest=None))]
+    fn backup(&self, py: Python<'_>, dest: Option<&Bound<'_, PyAny>>) -> PyResult<String> {
+        let dest = match dest {
+            None => None,
+            Some(d) => Some(d.extract::<std::path::PathBuf>().map_err(|_| {
+                PyErr::from(Error::invalid("dest", format!("must be a str or os.PathLike, got {}", type_name(d))))
+            })?),
+        };
+        let path = run(py, || match dest {
+            Some(dest) => self.inner.backup(&dest).map(|()| dest),
+            None => self.inner.backup_beside(),
+        })?;
+        Ok(path.to_string_lossy().into_owned())
+    }
+
     #[pyo3(signature = (quick=false))]
     fn integrity_check(&self, py: Python<'_>, quick: bool) -> PyResult<Vec<String>> {
         run(py, || self.inner.integrity_check(quick))

@@ -26,7 +26,7 @@ impl PyTransaction {
         run(py, || {
             let mut guard = self.tx.lock();
             let tx = guard.as_mut().ok_or_else(|| {
-                Error::Sqlite("the transaction is not active: use it inside its `with` block".into())
+                Error::Transaction("the transaction is not active: use it inside its `with` block".into())
             })?;
             f(tx)
         })
