@@ -5,7 +5,7 @@ use std::ops::Deref;
 use std::str::FromStr;
 
 use rusqlite::types::Value;
-use rusqlite::{params_from_iter, Connection};
+use rusqlite::{params_from_iter, Connection, Statement};
 
 use crate::db::{Conn, Database};
 use crate::error::{Error, Result};
@@ -57,6 +57,48 @@ pub struct Tx {
 /// Rows as SQLite values, column by column.
 pub type Rows = Vec<Vec<Value>>;
 
+/// A statement's parameter values: by position, or by name as `sqlite3` and `apsw` bind
+/// a mapping (`:x`, `@x` and `$x` all take the value named `x`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Params {
+    Positional(Vec<Value>),
+    Named(Vec<(String, Value)>),
+}
+
+impl From<Vec<Value>> for Params {
+    fn from(values: Vec<Value>) -> Self {
+        Params::Positional(values)
+    }
+}
+
+impl Params {
+    /// The values in the statement's parameter order. A named value the statement does
+    /// not use is ignored (as in `sqlite3`); a parameter without a value is an error.
+    fn in_order<'a>(&'a self, stmt: &Statement<'_>) -> Result<Vec<&'a Value>> {
+        let named = match self {
+            Params::Positional(values) => return Ok(values.iter().collect()),
+            Params::Named(named) => named,
+        };
+        (1..=stmt.parameter_count())
+            .map(|i| match stmt.parameter_name(i) {
+                Some(name) if !name.starts_with('?') => {
+                    let key = &name[1..];
+                    named.iter().find(|(k, _)| k == key).map(|(_, v)| v).ok_or_else(|| {
+                        Error::invalid("params", format!("no value for the statement's parameter {name} (give the key {key:?})"))
+                    })
+                }
+                other => Err(Error::invalid(
+                    "params",
+                    format!(
+                        "the statement's parameter {i} ({}) is positional: pass a sequence, not a mapping",
+                        other.unwrap_or("?")
+                    ),
+                )),
+            })
+            .collect()
+    }
+}
+
 impl Tx {
     pub fn begin(conn: Conn, behavior: Behavior) -> Result<Tx> {
         conn.execute_batch(behavior.begin_sql())?;
@@ -68,21 +110,41 @@ impl Tx {
         Ok(self.conn.prepare_cached(sql)?.execute(params_from_iter(params))?)
     }
 
+    /// [`Tx::execute`] with positional or named parameters.
+    pub fn execute_params(&self, sql: &str, params: &Params) -> Result<usize> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let values = params.in_order(&stmt)?;
+        Ok(stmt.execute(params_from_iter(values))?)
+    }
+
     /// Runs one statement once per parameter row (prepared once); returns rows changed.
     pub fn execute_many(&self, sql: &str, rows: &[Vec<Value>]) -> Result<usize> {
+        let rows: Vec<Params> = rows.iter().cloned().map(Params::Positional).collect();
+        self.execute_many_params(sql, &rows)
+    }
+
+    /// [`Tx::execute_many`] with positional or named parameters per row.
+    pub fn execute_many_params(&self, sql: &str, rows: &[Params]) -> Result<usize> {
         let mut stmt = self.conn.prepare_cached(sql)?;
         let mut changed = 0;
         for (i, row) in rows.iter().enumerate() {
-            changed += stmt.execute(params_from_iter(row)).map_err(|e| match Error::from(e) {
+            let in_row = |e: Error| match e {
                 Error::InvalidInput { name, message } => Error::invalid(format!("{name} of row {i}"), message),
                 other => other,
-            })?;
+            };
+            let values = row.in_order(&stmt).map_err(in_row)?;
+            changed += stmt.execute(params_from_iter(values)).map_err(|e| in_row(e.into()))?;
         }
         Ok(changed)
     }
 
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Rows> {
         query(&self.conn, sql, params)
+    }
+
+    /// [`Tx::query`] with positional or named parameters.
+    pub fn query_params(&self, sql: &str, params: &Params) -> Result<Rows> {
+        query_params(&self.conn, sql, params)
     }
 
     pub fn last_insert_rowid(&self) -> i64 {
@@ -155,8 +217,18 @@ impl Drop for Tx {
 
 pub(crate) fn query(conn: &Connection, sql: &str, params: &[Value]) -> Result<Rows> {
     let mut stmt = conn.prepare_cached(sql)?;
+    collect_rows(&mut stmt, params_from_iter(params))
+}
+
+pub(crate) fn query_params(conn: &Connection, sql: &str, params: &Params) -> Result<Rows> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let values = params.in_order(&stmt)?;
+    collect_rows(&mut stmt, params_from_iter(values))
+}
+
+fn collect_rows(stmt: &mut Statement<'_>, params: impl rusqlite::Params) -> Result<Rows> {
     let width = stmt.column_count();
-    let mut rows = stmt.query(params_from_iter(params))?;
+    let mut rows = stmt.query(params)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         out.push((0..width).map(|i| row.get::<_, Value>(i)).collect::<Result<_, _>>()?);
@@ -194,5 +266,10 @@ impl Database {
 
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Rows> {
         self.read(|conn| query(conn, sql, params))
+    }
+
+    /// [`Database::query`] with positional or named parameters.
+    pub fn query_params(&self, sql: &str, params: &Params) -> Result<Rows> {
+        self.read(|conn| query_params(conn, sql, params))
     }
 }

@@ -5,6 +5,7 @@ the code before the fix; races are forced with hooks, never left to timing."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 
 import pytest
@@ -106,3 +107,138 @@ def test_a_cancelled_queued_write_never_runs(db_path):
         go.set()
         holder.close()
     assert names == ("g", None)
+
+
+# ---- 7. named parameters, unknown artifact keys ---------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", [":", "@", "$"])
+def test_a_mapping_binds_by_name(db, prefix):
+    assert db.query(f"SELECT {prefix}x, {prefix}y", {"y": 2, "x": "one"}) == [("one", 2)]
+
+
+def test_named_updates_change_the_named_rows(db):
+    db.record_agent_spawn("a1", "S", "plan", "quality_gate", "gemini")
+    db.record_agent_spawn("a2", "S", "plan", "quality_gate", "claude")
+    changed = db.execute("UPDATE agent_executions SET run_id = :run WHERE agent_id = :agent", {"agent": "a2", "run": "r9"})
+    assert changed == 1
+    assert db.query("SELECT agent_id, run_id FROM agent_executions ORDER BY agent_id") == [("a1", None), ("a2", "r9")]
+    with db.transaction() as tx:
+        assert tx.execute("UPDATE agent_executions SET run_id = $r WHERE agent_id = @a", {"a": "a1", "r": "r1"}) == 1
+        assert tx.query("SELECT run_id FROM agent_executions WHERE agent_id = :a", {"a": "a1"}) == [("r1",)]
+        assert tx.executemany("UPDATE agent_executions SET stage = :s WHERE agent_id = :a",
+                              [{"a": "a1", "s": "tasks"}, {"a": "a2", "s": "audit"}]) == 2
+    assert db.query("SELECT stage FROM agent_executions ORDER BY agent_id") == [("tasks",), ("audit",)]
+
+
+def test_a_sequence_still_binds_named_parameters_by_position(db):
+    assert db.query("SELECT :a, :b", ["first", "second"]) == [("first", "second")]
+
+
+def test_a_missing_name_is_refused_naming_it_and_nothing_changes(db):
+    db.record_agent_spawn("a1", "S", "plan", "quality_gate", "gemini")
+    with pytest.raises(consensus_db.InvalidInputError, match=":run"):
+        db.execute("UPDATE agent_executions SET run_id = :run WHERE agent_id = :agent", {"agent": "a1", "runn": "r"})
+    with pytest.raises(consensus_db.InvalidInputError, match="positional"):
+        db.query("SELECT ?", {"x": 1})
+    with pytest.raises(consensus_db.InvalidInputError, match="row 1"):
+        with db.transaction() as tx:
+            tx.executemany("UPDATE agent_executions SET run_id = :r WHERE agent_id = 'a1'", [{"r": "x"}, {"q": "y"}])
+    assert db.query("SELECT run_id FROM agent_executions") == [(None,)]
+
+
+def test_store_artifacts_refuses_unknown_keys_naming_them(db):
+    good = {"spec_id": "S", "stage": "plan", "agent_name": "g", "content_json": {}}
+    with pytest.raises(consensus_db.InvalidInputError, match=r"artifacts\[1\].*'runid'"):
+        db.store_artifacts([good, {**good, "runid": "r1"}])
+    assert db.query_artifacts("S", "plan") == []
+    assert len(db.store_artifacts([good, {**good, "run_id": None, "response_text": "r"}])) == 2
+
+
+# ---- 8. bad arguments and files: typed errors, never panics or foreign exceptions ----------------
+
+
+@pytest.mark.parametrize("value", [1e300, 1e-300, float("inf"), float("nan"), -1, 0, "10", True])
+def test_bad_durations_are_invalid_input_naming_them(db, db_path, value):
+    with pytest.raises(consensus_db.InvalidInputError, match="checkout_timeout"):
+        consensus_db.connect(db_path, checkout_timeout=value)
+    with pytest.raises(consensus_db.InvalidInputError, match="interval_s"):
+        db.start_maintenance(value)
+    assert db.maintenance_cycles is None
+
+
+SURROGATE = "bad\ud800"
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda db: db.query(SURROGATE), "sql"),
+        (lambda db: db.execute(SURROGATE), "sql"),
+        (lambda db: db.transaction(SURROGATE), "behavior"),
+        (lambda db: db.transaction(1), "behavior"),
+        (lambda db: db.query(1), "sql"),
+        (lambda db: db.store_synthesis("S", "plan", "m", status=SURROGATE), "status"),
+        (lambda db: db.store_synthesis("S", "plan", "m", status=1), "status"),
+        (lambda db: db.store_synthesis("S", "plan", "m", artifacts_count=2**70), "artifacts_count"),
+        (lambda db: db.store_synthesis("S", "plan", "m", artifacts_count="3"), "artifacts_count"),
+        (lambda db: db.store_synthesis("S", "plan", "m", degraded="yes"), "degraded"),
+        (lambda db: db.vacuum(pages=-1), "pages"),
+        (lambda db: db.vacuum(pages="all"), "pages"),
+        (lambda db: db.vacuum(full="yes"), "full"),
+        (lambda db: db.vacuum(progress=3), "progress"),
+        (lambda db: db.health("0.5"), "threshold"),
+        (lambda db: db.integrity_check("quick"), "quick"),
+        (lambda db: db.start_maintenance(1, retention_days=2**70), "retention_days"),
+        (lambda db: db.start_maintenance(1, vacuum_pages=-1), "vacuum_pages"),
+        (lambda db: db.start_maintenance(1, on_cycle="log"), "on_cycle"),
+        (lambda db: db.start_maintenance(1, checkpoint="no"), "checkpoint"),
+    ],
+)
+def test_bad_arguments_are_invalid_input_naming_them(db, call, name):
+    with pytest.raises(consensus_db.InvalidInputError, match=name):
+        call(db)
+    assert db.query("SELECT count(*) FROM consensus_runs") == [(0,)]
+    assert db.maintenance_cycles is None
+
+
+@pytest.mark.parametrize(
+    "options, name",
+    [
+        ({"pool_size": -1}, "pool_size"),
+        ({"pool_size": 2**40}, "pool_size"),
+        ({"pool_size": "4"}, "pool_size"),
+        ({"min_idle": -1}, "min_idle"),
+        ({"read_only": "no"}, "read_only"),
+        ({"create": 1}, "create"),
+        ({"pragmas": [("mmap_size", 0)]}, "pragmas"),
+        ({"pragmas": {"cache_size": SURROGATE}}, "cache_size"),
+        ({"retry": 3}, "retry"),
+    ],
+)
+def test_bad_connect_arguments_are_invalid_input_naming_them(db_path, options, name):
+    with pytest.raises(consensus_db.InvalidInputError, match=name):
+        consensus_db.connect(db_path, **options)
+    assert not db_path.exists()
+
+
+def test_values_over_sqlites_length_limit_are_invalid_input_naming_them(db):
+    big = "x" * (1_000_000_000 + 1)
+    with pytest.raises(consensus_db.InvalidInputError, match="response_text"):
+        db.store_artifact("S", "plan", "g", "{}", response_text=big)
+    with pytest.raises(consensus_db.InvalidInputError, match=r"params\[0\]"):
+        db.query("SELECT length(?)", [big])
+    del big
+    blob = b"x" * (1_000_000_000 + 1)
+    with pytest.raises(consensus_db.InvalidInputError, match=r"params\['b'\]"):
+        db.execute("INSERT INTO consensus_db_meta VALUES ('k', :b)", {"b": blob})
+    del blob
+    assert db.query_artifacts("S", "plan") == []
+
+
+def test_a_negative_user_version_is_a_typed_error(db_path):
+    conn = sqlite3.connect(db_path)
+    conn.execute("PRAGMA user_version = -5")
+    conn.close()
+    with pytest.raises(consensus_db.MigrationError, match="-5"):
+        consensus_db.connect(db_path)

@@ -15,6 +15,7 @@ import weakref
 from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar, Union
 
 from . import _core
+from .errors import InvalidInputError
 from .retry import RetryPolicy
 
 __all__ = ["Store", "connect", "DEFAULT_RETRY"]
@@ -48,11 +49,11 @@ class Store(_core.Database):
     """
 
     def __new__(cls, path: PathLike, *, retry: Optional[RetryPolicy] = DEFAULT_RETRY, **options: Any) -> "Store":
+        if retry is not None and not isinstance(retry, RetryPolicy):  # refused before the file is opened
+            raise InvalidInputError(f"invalid retry: must be a RetryPolicy or None, got {type(retry).__name__}")
         return super().__new__(cls, path, **options)
 
     def __init__(self, path: PathLike, *, retry: Optional[RetryPolicy] = DEFAULT_RETRY, **options: Any) -> None:
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
         self.retry_policy = retry
         self._stop_at_exit: Optional[Callable[[], None]] = None
 
@@ -170,6 +171,8 @@ class Store(_core.Database):
         executions older than ``retention_days`` (None: keep all), frees up to
         ``vacuum_pages`` free pages (None: all) and checkpoints the WAL. Each cycle is
         logged on ``consensus_db.maintenance`` and passed to ``on_cycle``."""
+        if on_cycle is not None and not callable(on_cycle):
+            raise InvalidInputError(f"invalid on_cycle: must be callable, got {type(on_cycle).__name__}")
 
         def report(cycle: dict) -> None:
             _log_cycle(cycle)
@@ -241,6 +244,6 @@ def connect(
         read_only=read_only,
         create=create,
         migrate=migrate,
-        pragmas=dict(pragmas) if pragmas is not None else None,
+        pragmas=pragmas,
         convert_auto_vacuum=convert_auto_vacuum,
     )
