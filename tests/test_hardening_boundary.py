@@ -5,8 +5,12 @@ the code before the fix; races are forced with hooks, never left to timing."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
@@ -242,3 +246,96 @@ def test_a_negative_user_version_is_a_typed_error(db_path):
     conn.close()
     with pytest.raises(consensus_db.MigrationError, match="-5"):
         consensus_db.connect(db_path)
+
+
+# ---- 10. paths: exactly the file named, URIs only when asked for ------------------------------
+
+
+def test_non_utf8_file_names_open_exactly_that_file(tmp_path):
+    names = [b"run\xff.db", b"run\xfe.db"]
+    for i, name in enumerate(names):
+        path = os.fsencode(tmp_path) + b"/" + name
+        with consensus_db.connect(os.fsdecode(path)) as db:  # a str with surrogate escapes
+            db.record_agent_spawn(f"a{i}", "S", "plan", "quality_gate", "g")
+            assert db.path == os.fsdecode(path)
+        with consensus_db.connect(path) as db:  # the same file, named by its bytes
+            assert db.query("SELECT agent_id FROM agent_executions") == [(f"a{i}",)]
+    assert sorted(n for n in os.listdir(os.fsencode(tmp_path)) if n.endswith(b".db")) == sorted(names)
+
+
+def test_a_path_starting_with_file_is_a_file_name_not_a_uri(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name = "file:x.db?nolock=1&immutable=1"
+    with consensus_db.connect(name) as db:
+        db.record_agent_spawn("a1", "S", "plan", "quality_gate", "g")
+    assert (tmp_path / name).is_file()
+    assert not (tmp_path / "x.db").exists()
+    with consensus_db.connect(tmp_path / name) as db:
+        assert db.get_agent_name("a1") == "g"
+
+
+def test_uris_are_opened_when_asked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with consensus_db.connect("file:y.db?mode=rwc", uri=True) as db:
+        db.record_agent_spawn("a1", "S", "plan", "quality_gate", "g")
+        assert db.health()["file_size"] > 0
+    with consensus_db.connect(tmp_path / "y.db") as db:
+        assert db.get_agent_name("a1") == "g"
+    with pytest.raises(consensus_db.InvalidInputError, match="memory"):
+        consensus_db.connect("file:z?mode=memory", uri=True)
+
+
+@pytest.mark.parametrize("path", ["", "a\0b.db", b"a\0b.db", 42, "bad\ud800.db"])
+def test_bad_paths_are_invalid_input(tmp_path, monkeypatch, path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(consensus_db.InvalidInputError, match="path"):
+        consensus_db.connect(path)
+    assert os.listdir(tmp_path) == []
+
+
+# ---- 11. errors as documented: file-size limits, pragmas that cannot verify ----------------------
+
+
+FSIZE_CHILD = """
+import resource, signal, sys, consensus_db
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+db = consensus_db.connect(sys.argv[1], retry=None)
+if sys.argv[2] == "vacuum":
+    db.store_artifacts([{"spec_id": "S", "stage": "plan", "agent_name": "g", "content_json": {"pad": "x" * 2000}}
+                        for _ in range(500)])
+    db.checkpoint()
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+try:
+    if sys.argv[2] == "vacuum":
+        db.vacuum(full=True)
+    else:
+        for i in range(100):
+            db.store_artifact("S", "plan", "gemini", {"i": i, "pad": "x" * 20_000})
+except consensus_db.Error as exc:
+    print(type(exc).__name__, exc, flush=True)
+"""
+
+
+@pytest.mark.parametrize("work", ["writes", "vacuum"])
+def test_a_file_size_limit_is_disk_full(db_path, work):
+    done = subprocess.run([sys.executable, "-c", FSIZE_CHILD, str(db_path), work], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("DiskFullError"), done.stdout
+    with consensus_db.connect(db_path) as db:
+        assert db.integrity_check() == ["ok"]
+
+
+def test_a_pragma_that_can_never_verify_is_refused_at_once_leaving_no_file(db_path):
+    started = time.monotonic()
+    with pytest.raises(consensus_db.InvalidInputError, match="mmap_size"):
+        consensus_db.connect(db_path, pragmas={"mmap_size": 2**40}, checkout_timeout=5)
+    assert time.monotonic() - started < 4
+    assert list(db_path.parent.iterdir()) == []
+
+
+def test_a_pragma_that_fails_verification_leaves_no_new_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # The dot-file locking VFS has no shared memory, so WAL cannot be switched on.
+    with pytest.raises(consensus_db.PragmaVerificationError, match="journal_mode"):
+        consensus_db.connect("file:new.db?vfs=unix-dotfile", uri=True)
+    assert os.listdir(tmp_path) == []

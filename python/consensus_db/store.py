@@ -21,7 +21,7 @@ from .retry import RetryPolicy
 __all__ = ["Store", "connect", "DEFAULT_RETRY"]
 
 T = TypeVar("T")
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
 #: The retry policy writes use unless ``connect(..., retry=...)`` says otherwise.
 DEFAULT_RETRY = RetryPolicy()
@@ -222,6 +222,7 @@ def connect(
     checkout_timeout: float = 10.0,
     create: bool = True,
     convert_auto_vacuum: bool = True,
+    uri: bool = False,
 ) -> Store:
     """Opens (creating if needed) the store at ``path``; ``":memory:"`` is one in-memory
     database shared by the whole pool.
@@ -234,6 +235,9 @@ def connect(
     - ``convert_auto_vacuum``: an existing database without incremental auto-vacuum is
       converted with a VACUUM on open; False refuses it instead.
     - ``create``: False refuses a missing file instead of creating it.
+    - ``path`` is opened exactly as given (``bytes`` byte for byte; a ``str`` as
+      ``os.fsencode`` encodes it), even a name starting with ``file:``. With
+      ``uri=True`` it is an SQLite URI instead (``"file:data.db?mode=ro"``).
     """
     return Store(
         path,
@@ -246,4 +250,5 @@ def connect(
         migrate=migrate,
         pragmas=pragmas,
         convert_auto_vacuum=convert_auto_vacuum,
+        uri=uri,
     )

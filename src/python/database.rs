@@ -1,6 +1,7 @@
 //! `consensus_db._core.Database`: the engine's operations as Python methods. Arguments
 //! are converted while holding the GIL; the SQLite work runs with it released.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,26 @@ fn non_negative(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<i64> {
         return Err(Error::invalid(name, format!("must be zero or more, got {n}")).into());
     }
     Ok(n)
+}
+
+/// A file name, byte for byte: `bytes` as they are, a `str` encoded as `os.fsencode`
+/// does (undecodable bytes come back from their surrogate escapes), or an os.PathLike.
+fn path_arg(obj: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let py = obj.py();
+    let fspath = py.import("os")?.getattr("fspath")?.call1((obj,)).map_err(|_| {
+        PyErr::from(Error::invalid("path", format!("must be a str, bytes or os.PathLike, got {}", type_name(obj))))
+    })?;
+    if let Ok(b) = fspath.cast::<pyo3::types::PyBytes>() {
+        return Ok(PathBuf::from(std::ffi::OsStr::from_bytes(b.as_bytes())));
+    }
+    fspath.extract::<PathBuf>().map_err(|_| {
+        Error::invalid("path", format!("{} cannot be encoded as a file name", describe_str(&fspath))).into()
+    })
+}
+
+fn describe_str(obj: &Bound<'_, PyAny>) -> String {
+    obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| type_name(obj))
 }
 
 fn parse_pragmas(overrides: Option<&Bound<'_, PyAny>>) -> PyResult<Pragmas> {
@@ -187,7 +208,7 @@ impl PyDatabase {
     #[new]
     /// Every argument but `path` may be None for its default.
     #[pyo3(signature = (path, *, pool_size=None, min_idle=None, checkout_timeout=None, read_only=None, create=None,
-                        migrate=None, pragmas=None, convert_auto_vacuum=None))]
+                        migrate=None, pragmas=None, convert_auto_vacuum=None, uri=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -200,6 +221,7 @@ impl PyDatabase {
         migrate: Option<&Bound<'_, PyAny>>,
         pragmas: Option<&Bound<'_, PyAny>>,
         convert_auto_vacuum: Option<&Bound<'_, PyAny>>,
+        uri: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let defaults = Options::default();
         let pool_size: u32 = opt_int_in(pool_size, "pool_size", 1, u32::MAX.into())?.unwrap_or(defaults.pool_size);
@@ -211,11 +233,8 @@ impl PyDatabase {
         let read_only = opt_flag(read_only, "read_only", defaults.read_only)?;
         let create = opt_flag(create, "create", defaults.create)?;
         let convert_auto_vacuum = opt_flag(convert_auto_vacuum, "convert_auto_vacuum", defaults.convert_auto_vacuum)?;
-        let path: String = if let Ok(p) = path.extract::<std::path::PathBuf>() {
-            p.to_string_lossy().into_owned()
-        } else {
-            return Err(Error::invalid("path", format!("must be a str or os.PathLike, got {}", type_name(path))).into());
-        };
+        let path = path_arg(path)?;
+        let uri = opt_flag(uri, "uri", defaults.uri)?;
         let migrate_to = match migrate {
             None => Some(migrations::DEFAULT_VERSION),
             Some(m) if m.is_instance_of::<pyo3::types::PyBool>() => m.is_truthy()?.then_some(migrations::DEFAULT_VERSION),
@@ -230,6 +249,7 @@ impl PyDatabase {
             pragmas: parse_pragmas(pragmas)?,
             convert_auto_vacuum,
             migrate_to: if read_only { None } else { migrate_to },
+            uri,
         };
         let inner = run(py, move || Database::open(&path, options))?;
         Ok(PyDatabase { inner })
@@ -255,9 +275,11 @@ impl PyDatabase {
         self.inner.is_closed()
     }
 
+    /// The path as given (a str; undecodable bytes as surrogate escapes, like os.fsdecode).
     #[getter]
-    fn path(&self) -> &str {
-        self.inner.path()
+    fn path<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        let Ok(path) = self.inner.given_path().as_os_str().into_pyobject(py);
+        path.into_any()
     }
 
     #[getter]
@@ -547,7 +569,7 @@ impl PyDatabase {
         d.set_item("schema_version", h.schema_version)?;
         d.set_item("needs_vacuum", h.needs_vacuum)?;
         d.set_item("vacuum_threshold", h.vacuum_threshold)?;
-        d.set_item("path", self.inner.path())?;
+        d.set_item("path", self.path(py))?;
         Ok(d)
     }
 
