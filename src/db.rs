@@ -612,3 +612,22 @@ fn set_journal_mode(conn: &Connection, want: &str) -> Result<()> {
     }
     Err(Error::Pragma { pragma: "journal_mode".into(), wanted: want.into(), actual })
 }
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    #[test]
+    fn plain_paths_are_files_and_uris_only_when_asked_for() {
+        assert_eq!(open_target(Path::new("file:x.db?immutable=1"), false).unwrap(), Path::new("./file:x.db?immutable=1"));
+        assert_eq!(open_target(Path::new("/abs/file:x.db"), false).unwrap(), Path::new("/abs/file:x.db"));
+        assert_eq!(open_target(Path::new("file:x.db?mode=ro"), true).unwrap(), Path::new("file:x.db?mode=ro"));
+        for (path, uri) in [("", false), ("a\0b", false), ("x.db", true), ("file::memory:", true), ("file:m?mode=memory", true)] {
+            assert!(matches!(open_target(Path::new(path), uri), Err(Error::InvalidInput { .. })), "{path:?}");
+        }
+        assert_eq!(uri_file(Path::new("file:a%20b.db?mode=rwc")), Some(PathBuf::from("a b.db")));
+        assert_eq!(uri_file(Path::new("file:///tmp/x.db#f")), Some(PathBuf::from("/tmp/x.db")));
+        assert_eq!(uri_file(Path::new("file://localhost/tmp/x.db")), Some(PathBuf::from("/tmp/x.db")));
+        assert_eq!(uri_file(Path::new("x.db")), None);
+    }
+}

@@ -119,8 +119,12 @@ impl Tx {
 
     /// Runs one statement once per parameter row (prepared once); returns rows changed.
     pub fn execute_many(&self, sql: &str, rows: &[Vec<Value>]) -> Result<usize> {
-        let rows: Vec<Params> = rows.iter().cloned().map(Params::Positional).collect();
-        self.execute_many_params(sql, &rows)
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut changed = 0;
+        for (i, row) in rows.iter().enumerate() {
+            changed += stmt.execute(params_from_iter(row)).map_err(|e| in_row(i, e.into()))?;
+        }
+        Ok(changed)
     }
 
     /// [`Tx::execute_many`] with positional or named parameters per row.
@@ -128,12 +132,8 @@ impl Tx {
         let mut stmt = self.conn.prepare_cached(sql)?;
         let mut changed = 0;
         for (i, row) in rows.iter().enumerate() {
-            let in_row = |e: Error| match e {
-                Error::InvalidInput { name, message } => Error::invalid(format!("{name} of row {i}"), message),
-                other => other,
-            };
-            let values = row.in_order(&stmt).map_err(in_row)?;
-            changed += stmt.execute(params_from_iter(values)).map_err(|e| in_row(e.into()))?;
+            let values = row.in_order(&stmt).map_err(|e| in_row(i, e))?;
+            changed += stmt.execute(params_from_iter(values)).map_err(|e| in_row(i, e.into()))?;
         }
         Ok(changed)
     }
@@ -215,6 +215,14 @@ impl Drop for Tx {
     }
 }
 
+/// Says which row of a batch an invalid-input error is about.
+fn in_row(i: usize, e: Error) -> Error {
+    match e {
+        Error::InvalidInput { name, message } => Error::invalid(format!("{name} of row {i}"), message),
+        other => other,
+    }
+}
+
 pub(crate) fn query(conn: &Connection, sql: &str, params: &[Value]) -> Result<Rows> {
     let mut stmt = conn.prepare_cached(sql)?;
     collect_rows(&mut stmt, params_from_iter(params))
@@ -271,5 +279,25 @@ impl Database {
     /// [`Database::query`] with positional or named parameters.
     pub fn query_params(&self, sql: &str, params: &Params) -> Result<Rows> {
         self.read(|conn| query_params(conn, sql, params))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_params_bind_by_name_and_a_missing_one_is_named() {
+        let conn = Connection::open_in_memory().unwrap();
+        let named = Params::Named(vec![("b".into(), Value::Integer(2)), ("a".into(), Value::Text("one".into()))]);
+        let rows = query_params(&conn, "SELECT :a, @b, $a", &named).unwrap();
+        assert_eq!(rows, vec![vec![Value::Text("one".into()), Value::Integer(2), Value::Text("one".into())]]);
+        let positional = Params::Positional(vec![Value::Integer(1), Value::Integer(2)]);
+        assert_eq!(query_params(&conn, "SELECT :x, :y", &positional).unwrap(), vec![vec![Value::Integer(1), Value::Integer(2)]]);
+        match query_params(&conn, "SELECT :a, :c", &named) {
+            Err(Error::InvalidInput { name, message }) => assert!(name == "params" && message.contains(":c"), "{message}"),
+            other => panic!("expected an invalid-input error, got {other:?}"),
+        }
+        assert!(matches!(query_params(&conn, "SELECT ?", &named), Err(Error::InvalidInput { .. })));
     }
 }

@@ -339,3 +339,10 @@ def test_a_pragma_that_fails_verification_leaves_no_new_file(tmp_path, monkeypat
     with pytest.raises(consensus_db.PragmaVerificationError, match="journal_mode"):
         consensus_db.connect("file:new.db?vfs=unix-dotfile", uri=True)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("pool_size", [0, -1, "4", None])
+def test_async_connect_refuses_a_bad_pool_size(db_path, pool_size):
+    with pytest.raises(consensus_db.InvalidInputError, match="pool_size"):
+        asyncio.run(aio.connect(db_path, pool_size=pool_size))
+    assert not db_path.exists()

@@ -22,7 +22,7 @@ import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar
 
-from .errors import ClosedError
+from .errors import ClosedError, InvalidInputError
 from .store import PathLike, Store, connect as _connect
 
 __all__ = ["AsyncStore", "connect"]
@@ -32,6 +32,8 @@ T = TypeVar("T")
 
 async def connect(path: PathLike, *, pool_size: int = 10, **options: Any) -> "AsyncStore":
     """Opens a store without blocking the loop; same arguments as :func:`consensus_db.connect`."""
+    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+        raise InvalidInputError(f"invalid pool_size: must be an int of at least 1, got {pool_size!r}")
     executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="consensus-db-aio")
     loop = asyncio.get_running_loop()
     try:
