@@ -596,13 +596,16 @@ fn prepare_file(conn: &Connection, options: &Options, in_memory: bool) -> Result
 }
 
 /// `journal_mode` does not wait on the busy handler: when another process is switching
-/// at the same moment, retry briefly instead of failing the open.
+/// at the same moment, retry briefly instead of failing the open. A mode SQLite cannot
+/// use here (WAL without shared memory) reads back as the old one: that fails at once.
 fn set_journal_mode(conn: &Connection, want: &str) -> Result<()> {
     let mut actual = String::new();
     for _ in 0..100 {
         match conn.query_row(&format!("PRAGMA journal_mode = {want}"), [], |r| r.get::<_, String>(0)) {
             Ok(mode) if mode.eq_ignore_ascii_case(want) => return Ok(()),
-            Ok(mode) => actual = mode.to_ascii_lowercase(),
+            Ok(mode) => {
+                return Err(Error::Pragma { pragma: "journal_mode".into(), wanted: want.into(), actual: mode.to_ascii_lowercase() })
+            }
             Err(e) => match Error::from(e) {
                 Error::Busy(m) => actual = m,
                 other => return Err(other),
