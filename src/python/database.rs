@@ -147,13 +147,17 @@ impl<'py> Item<'_, 'py> {
     /// Refuses keys that are not `store_artifact` arguments (a typo such as `runid`
     /// would otherwise drop that field silently), naming them.
     fn no_unknown_keys(&self) -> PyResult<()> {
-        let (len, keys) = match self.fields {
-            Fields::Dict(d) => (d.len(), d.keys().into_any()),
-            Fields::Mapping(m) => (m.len()?, m.keys()?.into_any()),
+        let len = match self.fields {
+            Fields::Dict(d) => d.len(),
+            Fields::Mapping(m) => m.len()?,
         };
         if len <= self.found.get() {
             return Ok(());
         }
+        let keys = match self.fields {
+            Fields::Dict(d) => d.keys().into_any(),
+            Fields::Mapping(m) => m.keys()?.into_any(),
+        };
         let mut unknown = Vec::new();
         for key in keys.try_iter()? {
             let key = key?;
