@@ -2,7 +2,7 @@
 //! connection, then an r2d2 pool whose customizer applies and verifies the
 //! per-connection pragmas. `Database` is `Send + Sync`: share it between threads.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -38,6 +38,9 @@ pub struct Options {
     pub convert_auto_vacuum: bool,
     /// Migrate to this schema version on open; `None` leaves the schema alone.
     pub migrate_to: Option<Version>,
+    /// Read the path as an SQLite URI (`file:data.db?mode=ro`). Otherwise it is a file
+    /// name, opened exactly as given, even one that starts with `file:`.
+    pub uri: bool,
 }
 
 impl Default for Options {
@@ -51,6 +54,7 @@ impl Default for Options {
             pragmas: Pragmas::default(),
             convert_auto_vacuum: true,
             migrate_to: Some(migrations::DEFAULT_VERSION),
+            uri: false,
         }
     }
 }
@@ -134,7 +138,11 @@ impl Columns {
 
 pub struct Database {
     pub(crate) pool: RwLock<Option<Pool>>,
+    /// The path as given, for messages (lossy if it is not UTF-8).
     pub(crate) path: String,
+    given: PathBuf,
+    /// The file opened, byte for byte (None in memory or for a URI).
+    pub(crate) file: Option<PathBuf>,
     pub(crate) in_memory: bool,
     pub(crate) read_only: bool,
     pub(crate) options: Options,
@@ -216,7 +224,8 @@ impl Database {
     /// shared by every pooled connection.
     pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Database> {
         configure_sqlite();
-        let display = path.as_ref().display().to_string();
+        let path = path.as_ref();
+        let display = path.display().to_string();
         if options.pool_size == 0 {
             return Err(Error::invalid("pool_size", "must be at least 1, got 0"));
         }
@@ -226,30 +235,64 @@ impl Database {
                 format!("{} is larger than pool_size {}", options.min_idle, options.pool_size),
             ));
         }
-        let in_memory = display == ":memory:";
-        let (target, flags) = if in_memory {
+        let in_memory = path.as_os_str() == ":memory:";
+        let (target, flags, file) = if in_memory {
             if options.read_only {
                 return Err(Error::invalid("read_only", "an in-memory database cannot be opened read-only"));
             }
-            (memdb_name(), OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI)
+            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI;
+            (PathBuf::from(memdb_name()), flags, None)
         } else {
             let mut flags = if options.read_only {
                 OpenFlags::SQLITE_OPEN_READ_ONLY
             } else {
                 OpenFlags::SQLITE_OPEN_READ_WRITE
             };
+            let target = open_target(path, options.uri)?;
             if options.create && !options.read_only {
                 flags |= OpenFlags::SQLITE_OPEN_CREATE;
-            } else if !path.as_ref().exists() {
+            } else if !options.uri && !path.exists() {
                 return Err(Error::Sqlite(format!("database file {display:?} does not exist")));
             }
-            (display.clone(), flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            if options.uri {
+                flags |= OpenFlags::SQLITE_OPEN_URI;
+            }
+            let file = (!options.uri).then(|| target.clone());
+            (target, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX, file)
         };
         let in_file = |e: Error| e.context(&format!("database {display:?}"));
+        // A file this call creates is removed again if a pragma fails verification.
+        // (Not on other errors: a busy one may mean another process is creating it.)
+        let named = file.clone().or_else(|| uri_file(&target));
+        let created = named.filter(|f| std::fs::symlink_metadata(f).is_err());
+        let removing_created = |e: Error| {
+            if let (Some(f), Error::Pragma { .. }) = (&created, &e) {
+                remove_database_files(f);
+            }
+            e
+        };
 
         let bootstrap = Connection::open_with_flags(&target, flags)
-            .map_err(|e| in_file(Error::from(e)))?;
-        let open_report = prepare_file(&bootstrap, &options, in_memory).map_err(in_file)?;
+            .map_err(|e| removing_created(in_file(Error::from(e))))?;
+        let prepared = prepare_file(&bootstrap, &options, in_memory).and_then(|report| {
+            // Every pooled connection gets what the bootstrap one has: verify it here,
+            // so a pragma that will not hold fails now rather than after every pooled
+            // connection's setup has failed until `checkout_timeout`.
+            if options.read_only {
+                options.pragmas.apply_connection(&bootstrap)?;
+                verify_connection_scope(&options.pragmas, &bootstrap)?;
+            } else {
+                options.pragmas.verify(&bootstrap, in_memory)?;
+            }
+            Ok(report)
+        });
+        let open_report = match prepared {
+            Ok(report) => report,
+            Err(e) => {
+                drop(bootstrap);
+                return Err(removing_created(in_file(e)));
+            }
+        };
 
         let setup_error = Arc::new(Mutex::new(None));
         let customizer = Customizer {
@@ -274,6 +317,8 @@ impl Database {
         let db = Database {
             pool: RwLock::new(Some(pool)),
             path: display,
+            given: path.to_path_buf(),
+            file,
             in_memory,
             read_only: options.read_only,
             options,
@@ -293,6 +338,16 @@ impl Database {
 
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// The path exactly as given to `open`.
+    pub fn given_path(&self) -> &Path {
+        &self.given
+    }
+
+    /// The database file, byte for byte as opened; `None` in memory or for a URI.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
     }
 
     pub fn is_read_only(&self) -> bool {
@@ -441,6 +496,71 @@ impl Drop for Database {
     }
 }
 
+/// What to hand SQLite for `path`. Without `uri`, a relative name that starts with
+/// `file:` gets a `./` in front: the bundled SQLite (SQLITE_USE_URI) would otherwise
+/// parse it as a URI, options and all.
+fn open_target(path: &Path, uri: bool) -> Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() {
+        // SQLite would give every pooled connection its own private temporary database.
+        return Err(Error::invalid("path", "is empty"));
+    }
+    if bytes.contains(&0) {
+        return Err(Error::invalid("path", format!("{:?} contains a NUL byte", path.display().to_string())));
+    }
+    if uri {
+        let text = std::str::from_utf8(bytes).map_err(|_| Error::invalid("path", "a URI must be valid UTF-8"))?;
+        if !text.starts_with("file:") {
+            return Err(Error::invalid("path", format!("{text:?} is not a URI (file:...) but uri=True was given")));
+        }
+        if text.contains("mode=memory") || text.contains(":memory:") || text.contains("vfs=memdb") {
+            // Each pooled connection would open a database of its own.
+            return Err(Error::invalid("path", format!("{text:?}: use \":memory:\" for an in-memory store")));
+        }
+        return Ok(path.to_path_buf());
+    }
+    if bytes.starts_with(b"file:") {
+        return Ok(Path::new(".").join(path));
+    }
+    Ok(path.to_path_buf())
+}
+
+/// The file a `file:` URI names (`file:a.db?x=1`, `file:///abs/a.db`, `%xx` escapes).
+fn uri_file(uri: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let rest = uri.as_os_str().as_bytes().strip_prefix(b"file:")?;
+    let rest = match rest.strip_prefix(b"//") {
+        Some(authority_and_path) => {
+            let slash = authority_and_path.iter().position(|&b| b == b'/')?;
+            &authority_and_path[slash..]
+        }
+        None => rest,
+    };
+    let end = rest.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(rest.len());
+    let mut path = Vec::new();
+    let mut bytes = rest[..end].iter().copied();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            path.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            path.push(b);
+        }
+    }
+    (!path.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(&path)))
+}
+
+/// Removes a database file and the files SQLite keeps beside it.
+fn remove_database_files(file: &Path) {
+    let _ = std::fs::remove_file(file);
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut side = file.as_os_str().to_os_string();
+        side.push(suffix);
+        let _ = std::fs::remove_file(side);
+    }
+}
+
 /// Everything that changes the file, done once on one connection before the pool
 /// opens: refuse what must be refused (before writing anything), then auto_vacuum,
 /// journal_mode and migrations, in that order.
@@ -491,13 +611,16 @@ fn prepare_file(conn: &Connection, options: &Options, in_memory: bool) -> Result
 }
 
 /// `journal_mode` does not wait on the busy handler: when another process is switching
-/// at the same moment, retry briefly instead of failing the open.
+/// at the same moment, retry briefly instead of failing the open. A mode SQLite cannot
+/// use here (WAL without shared memory) reads back as the old one: that fails at once.
 fn set_journal_mode(conn: &Connection, want: &str) -> Result<()> {
     let mut actual = String::new();
     for _ in 0..100 {
         match conn.query_row(&format!("PRAGMA journal_mode = {want}"), [], |r| r.get::<_, String>(0)) {
             Ok(mode) if mode.eq_ignore_ascii_case(want) => return Ok(()),
-            Ok(mode) => actual = mode.to_ascii_lowercase(),
+            Ok(mode) => {
+                return Err(Error::Pragma { pragma: "journal_mode".into(), wanted: want.into(), actual: mode.to_ascii_lowercase() })
+            }
             Err(e) => match Error::from(e) {
                 Error::Busy(m) => actual = m,
                 other => return Err(other),
@@ -506,4 +629,23 @@ fn set_journal_mode(conn: &Connection, want: &str) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(Error::Pragma { pragma: "journal_mode".into(), wanted: want.into(), actual })
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    #[test]
+    fn plain_paths_are_files_and_uris_only_when_asked_for() {
+        assert_eq!(open_target(Path::new("file:x.db?immutable=1"), false).unwrap(), Path::new("./file:x.db?immutable=1"));
+        assert_eq!(open_target(Path::new("/abs/file:x.db"), false).unwrap(), Path::new("/abs/file:x.db"));
+        assert_eq!(open_target(Path::new("file:x.db?mode=ro"), true).unwrap(), Path::new("file:x.db?mode=ro"));
+        for (path, uri) in [("", false), ("a\0b", false), ("x.db", true), ("file::memory:", true), ("file:m?mode=memory", true)] {
+            assert!(matches!(open_target(Path::new(path), uri), Err(Error::InvalidInput { .. })), "{path:?}");
+        }
+        assert_eq!(uri_file(Path::new("file:a%20b.db?mode=rwc")), Some(PathBuf::from("a b.db")));
+        assert_eq!(uri_file(Path::new("file:///tmp/x.db#f")), Some(PathBuf::from("/tmp/x.db")));
+        assert_eq!(uri_file(Path::new("file://localhost/tmp/x.db")), Some(PathBuf::from("/tmp/x.db")));
+        assert_eq!(uri_file(Path::new("x.db")), None);
+    }
 }

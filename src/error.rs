@@ -126,9 +126,15 @@ impl From<rusqlite::Error> for Error {
                     _ => Error::ReadOnly(message),
                 },
                 ffi::ErrorCode::DiskFull => Error::DiskFull(message),
+                // SQLite's unix VFS reports a failed write that is not ENOSPC as
+                // IOERR_WRITE: a file-size limit (EFBIG) or a quota (EDQUOT) mostly.
                 ffi::ErrorCode::SystemIoFailure if e.extended_code == ffi::SQLITE_IOERR_WRITE => Error::DiskFull(format!(
-                    "{message}: a write failed (is the disk full, or a file-size limit reached?)"
+                    "{message}: a write failed (disk full, quota or file-size limit reached, or an I/O error)"
                 )),
+                ffi::ErrorCode::TooBig => Error::invalid(
+                    "value",
+                    format!("{message}: a string, blob or row is over SQLite's limit of 1000000000 bytes"),
+                ),
                 _ => Error::Sqlite(message),
             },
             None => match err {

@@ -43,4 +43,4 @@ pub use maintenance::{CycleReport, Health, MaintenanceOptions, Stats, VacuumRepo
 pub use model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, ReaderCounts, Synthesis};
 pub use pragmas::Pragmas;
 pub use schema::Shape;
-pub use transaction::{Behavior, Tx};
+pub use transaction::{Behavior, Params, Tx};

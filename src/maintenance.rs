@@ -69,16 +69,24 @@ fn pragma_i64(conn: &Connection, name: &str) -> Result<i64> {
     Ok(conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))?)
 }
 
-fn file_len(path: &str) -> u64 {
+fn file_len(path: &std::ffi::OsStr) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-pub(crate) fn stats(conn: &Connection, path: &str, in_memory: bool) -> Result<Stats> {
+/// `file` is the database file (`None` in memory); for a URI, SQLite's own file name.
+pub(crate) fn stats(conn: &Connection, file: Option<&std::path::Path>, in_memory: bool) -> Result<Stats> {
     let page_size = pragma_i64(conn, "page_size")?;
     let page_count = pragma_i64(conn, "page_count")?;
     let freelist_count = pragma_i64(conn, "freelist_count")?;
-    let (file_size, wal_size) =
-        if in_memory { (0, 0) } else { (file_len(path), file_len(&format!("{path}-wal"))) };
+    let file = file.map(|f| f.as_os_str().to_os_string()).or_else(|| conn.path().map(Into::into));
+    let (file_size, wal_size) = match file {
+        Some(f) if !in_memory => {
+            let mut wal = f.clone();
+            wal.push("-wal");
+            (file_len(&f), file_len(&wal))
+        }
+        _ => (0, 0),
+    };
     Ok(Stats {
         page_size,
         page_count,
@@ -130,7 +138,7 @@ pub(crate) fn cleanup_executions(conn: &Connection, days: i64) -> Result<usize> 
 
 impl Database {
     pub fn stats(&self) -> Result<Stats> {
-        stats(&*self.conn()?, &self.path, self.in_memory)
+        stats(&*self.conn()?, self.file(), self.in_memory)
     }
 
     pub fn health(&self, vacuum_threshold: f64) -> Result<Health> {
@@ -138,7 +146,7 @@ impl Database {
             return Err(Error::invalid("threshold", format!("must be between 0 and 1, got {vacuum_threshold}")));
         }
         let conn = self.conn()?;
-        let stats = stats(&conn, &self.path, self.in_memory)?;
+        let stats = stats(&conn, self.file(), self.in_memory)?;
         let tables: Vec<String> = conn
             .prepare_cached(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
@@ -177,7 +185,7 @@ impl Database {
             return Err(Error::ReadOnly(format!("cannot vacuum {:?}", self.path)));
         }
         let conn = self.conn()?;
-        let before = stats(&conn, &self.path, self.in_memory)?;
+        let before = stats(&conn, self.file(), self.in_memory)?;
         let incremental = !full && pragma_i64(&conn, "auto_vacuum")? == 2;
         if incremental {
             incremental_vacuum(&conn, pages)?;
@@ -199,7 +207,7 @@ impl Database {
         if !self.in_memory {
             checkpoint(&conn)?;
         }
-        let after = stats(&conn, &self.path, self.in_memory)?;
+        let after = stats(&conn, self.file(), self.in_memory)?;
         Ok(VacuumReport { full: !incremental, before, after })
     }
 

@@ -11,7 +11,9 @@ use crate::error::{Error, Result};
 /// How SQLite spells a pragma's value.
 #[derive(Clone, Copy, Debug)]
 enum Kind {
-    Int,
+    /// An integer SQLite keeps as given only within these bounds: outside them it
+    /// reads back as something else, so verification could never pass.
+    Int(i64, i64),
     Bool,
     /// Named values; the index is the integer SQLite reads back.
     Choice(&'static [&'static str]),
@@ -42,10 +44,11 @@ const DEFS: &[Def] = &[
     Def { name: "journal_mode", kind: Kind::Mode(&["delete", "truncate", "persist", "memory", "wal", "off"]), scope: Scope::Persistent, default: "wal" },
     Def { name: "synchronous", kind: Kind::Choice(&["off", "normal", "full", "extra"]), scope: Scope::Connection, default: "normal" },
     Def { name: "foreign_keys", kind: Kind::Bool, scope: Scope::Connection, default: "on" },
-    Def { name: "cache_size", kind: Kind::Int, scope: Scope::Connection, default: "-32000" },
+    Def { name: "cache_size", kind: Kind::Int(i32::MIN as i64, i32::MAX as i64), scope: Scope::Connection, default: "-32000" },
     Def { name: "temp_store", kind: Kind::Choice(&["default", "file", "memory"]), scope: Scope::Connection, default: "memory" },
-    Def { name: "mmap_size", kind: Kind::Int, scope: Scope::Connection, default: "1073741824" },
-    Def { name: "busy_timeout", kind: Kind::Int, scope: Scope::Connection, default: "5000" },
+    // SQLITE_MAX_MMAP_SIZE caps it (0x7fff0000 on Linux); a negative value resets it.
+    Def { name: "mmap_size", kind: Kind::Int(0, 0x7fff_0000), scope: Scope::Connection, default: "1073741824" },
+    Def { name: "busy_timeout", kind: Kind::Int(0, i32::MAX as i64), scope: Scope::Connection, default: "5000" },
 ];
 
 /// One configured pragma: its normalised value, as SQLite reads it back.
@@ -86,7 +89,10 @@ fn normalise(def: &Def, value: &str) -> Result<String> {
         Error::invalid(format!("pragma {}", def.name), format!("value {value:?} is not {expected}"))
     };
     match def.kind {
-        Kind::Int => v.parse::<i64>().map(|n| n.to_string()).map_err(|_| bad("an integer")),
+        Kind::Int(min, max) => match v.parse::<i64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n.to_string()),
+            _ => Err(bad(&format!("an integer from {min} to {max}"))),
+        },
         Kind::Bool => match v.as_str() {
             "1" | "on" | "true" | "yes" => Ok("1".into()),
             "0" | "off" | "false" | "no" => Ok("0".into()),
@@ -215,6 +221,11 @@ mod tests {
         assert!(e.contains("synchronous") && e.contains("sometimes"), "{e}");
         let e = p.set("cache_size", "1; DROP TABLE x").unwrap_err().to_string();
         assert!(e.contains("integer"), "{e}");
+        // Values SQLite would not read back as given can never verify.
+        for (name, value) in [("mmap_size", "1099511627776"), ("mmap_size", "-1"), ("cache_size", "2147483648"), ("busy_timeout", "-5")] {
+            let e = p.set(name, value).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains(value), "{e}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 
 use rusqlite::types::Value;
-use rusqlite::{params_from_iter, Connection};
+use rusqlite::{params_from_iter, Connection, Statement};
 
 use crate::db::{Conn, Database};
 use crate::error::{Error, Result};
@@ -96,6 +96,48 @@ fn excerpt(sql: &str) -> String {
     }
 }
 
+/// A statement's parameter values: by position, or by name as `sqlite3` and `apsw` bind
+/// a mapping (`:x`, `@x` and `$x` all take the value named `x`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Params {
+    Positional(Vec<Value>),
+    Named(Vec<(String, Value)>),
+}
+
+impl From<Vec<Value>> for Params {
+    fn from(values: Vec<Value>) -> Self {
+        Params::Positional(values)
+    }
+}
+
+impl Params {
+    /// The values in the statement's parameter order. A named value the statement does
+    /// not use is ignored (as in `sqlite3`); a parameter without a value is an error.
+    fn in_order<'a>(&'a self, stmt: &Statement<'_>) -> Result<Vec<&'a Value>> {
+        let named = match self {
+            Params::Positional(values) => return Ok(values.iter().collect()),
+            Params::Named(named) => named,
+        };
+        (1..=stmt.parameter_count())
+            .map(|i| match stmt.parameter_name(i) {
+                Some(name) if !name.starts_with('?') => {
+                    let key = &name[1..];
+                    named.iter().find(|(k, _)| k == key).map(|(_, v)| v).ok_or_else(|| {
+                        Error::invalid("params", format!("no value for the statement's parameter {name} (give the key {key:?})"))
+                    })
+                }
+                other => Err(Error::invalid(
+                    "params",
+                    format!(
+                        "the statement's parameter {i} ({}) is positional: pass a sequence, not a mapping",
+                        other.unwrap_or("?")
+                    ),
+                )),
+            })
+            .collect()
+    }
+}
+
 impl Tx {
     pub fn begin(conn: Conn, behavior: Behavior) -> Result<Tx> {
         // Cached like any statement: parsing BEGIN and COMMIT anew is a few percent of
@@ -153,16 +195,37 @@ impl Tx {
         self.after(sql, result)
     }
 
+    /// [`Tx::execute`] with positional or named parameters.
+    pub fn execute_params(&self, sql: &str, params: &Params) -> Result<usize> {
+        self.check_usable(Some(sql))?;
+        let result = (|| {
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            let values = params.in_order(&stmt)?;
+            Ok(stmt.execute(params_from_iter(values))?)
+        })();
+        self.after(sql, result)
+    }
+
     /// Runs one statement once per parameter row (prepared once); returns rows changed.
     pub fn execute_many(&self, sql: &str, rows: &[Vec<Value>]) -> Result<usize> {
         self.check_usable(Some(sql))?;
         let mut stmt = self.conn.prepare_cached(sql)?;
         let mut changed = 0;
         for (i, row) in rows.iter().enumerate() {
-            let result = stmt.execute(params_from_iter(row)).map_err(|e| match Error::from(e) {
-                Error::InvalidInput { name, message } => Error::invalid(format!("{name} of row {i}"), message),
-                other => other,
-            });
+            let result = stmt.execute(params_from_iter(row)).map_err(|e| in_row(i, e.into()));
+            changed += self.after(sql, result)?;
+        }
+        Ok(changed)
+    }
+
+    /// [`Tx::execute_many`] with positional or named parameters per row.
+    pub fn execute_many_params(&self, sql: &str, rows: &[Params]) -> Result<usize> {
+        self.check_usable(Some(sql))?;
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut changed = 0;
+        for (i, row) in rows.iter().enumerate() {
+            let values = row.in_order(&stmt).map_err(|e| in_row(i, e))?;
+            let result = stmt.execute(params_from_iter(values)).map_err(|e| in_row(i, e.into()));
             changed += self.after(sql, result)?;
         }
         Ok(changed)
@@ -171,6 +234,13 @@ impl Tx {
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Rows> {
         self.check_usable(Some(sql))?;
         let result = query(&self.conn, sql, params);
+        self.after(sql, result)
+    }
+
+    /// [`Tx::query`] with positional or named parameters.
+    pub fn query_params(&self, sql: &str, params: &Params) -> Result<Rows> {
+        self.check_usable(Some(sql))?;
+        let result = query_params(&self.conn, sql, params);
         self.after(sql, result)
     }
 
@@ -253,10 +323,28 @@ impl Drop for Tx {
     }
 }
 
+/// Says which row of a batch an invalid-input error is about.
+fn in_row(i: usize, e: Error) -> Error {
+    match e {
+        Error::InvalidInput { name, message } => Error::invalid(format!("{name} of row {i}"), message),
+        other => other,
+    }
+}
+
 pub(crate) fn query(conn: &Connection, sql: &str, params: &[Value]) -> Result<Rows> {
     let mut stmt = conn.prepare_cached(sql)?;
+    collect_rows(&mut stmt, params_from_iter(params))
+}
+
+pub(crate) fn query_params(conn: &Connection, sql: &str, params: &Params) -> Result<Rows> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let values = params.in_order(&stmt)?;
+    collect_rows(&mut stmt, params_from_iter(values))
+}
+
+fn collect_rows(stmt: &mut Statement<'_>, params: impl rusqlite::Params) -> Result<Rows> {
     let width = stmt.column_count();
-    let mut rows = stmt.query(params_from_iter(params))?;
+    let mut rows = stmt.query(params)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         out.push((0..width).map(|i| row.get::<_, Value>(i)).collect::<Result<_, _>>()?);
@@ -294,5 +382,30 @@ impl Database {
 
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Rows> {
         self.read(|conn| query(conn, sql, params))
+    }
+
+    /// [`Database::query`] with positional or named parameters.
+    pub fn query_params(&self, sql: &str, params: &Params) -> Result<Rows> {
+        self.read(|conn| query_params(conn, sql, params))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_params_bind_by_name_and_a_missing_one_is_named() {
+        let conn = Connection::open_in_memory().unwrap();
+        let named = Params::Named(vec![("b".into(), Value::Integer(2)), ("a".into(), Value::Text("one".into()))]);
+        let rows = query_params(&conn, "SELECT :a, @b, $a", &named).unwrap();
+        assert_eq!(rows, vec![vec![Value::Text("one".into()), Value::Integer(2), Value::Text("one".into())]]);
+        let positional = Params::Positional(vec![Value::Integer(1), Value::Integer(2)]);
+        assert_eq!(query_params(&conn, "SELECT :x, :y", &positional).unwrap(), vec![vec![Value::Integer(1), Value::Integer(2)]]);
+        match query_params(&conn, "SELECT :a, :c", &named) {
+            Err(Error::InvalidInput { name, message }) => assert!(name == "params" && message.contains(":c"), "{message}"),
+            other => panic!("expected an invalid-input error, got {other:?}"),
+        }
+        assert!(matches!(query_params(&conn, "SELECT ?", &named), Err(Error::InvalidInput { .. })));
     }
 }

@@ -7,6 +7,12 @@
 Each call runs the sync store's method on a thread of the store's own executor (as many
 threads as pooled connections). The Rust core releases the GIL while SQLite works, so
 those threads overlap and the event loop is never blocked.
+
+Cancellation (``task.cancel()``, ``asyncio.wait_for`` timing out) never leaves a call's
+outcome unknown: a call still queued is dropped and never runs; a call already running
+on a thread cannot be stopped, so the cancellation waits for it to finish (commit or
+fail) before ``CancelledError`` propagates. When the cancellation reaches you, the write
+either happened or never will.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar
 
+from .errors import ClosedError, InvalidInputError
 from .store import PathLike, Store, connect as _connect
 
 __all__ = ["AsyncStore", "connect"]
@@ -25,6 +32,8 @@ T = TypeVar("T")
 
 async def connect(path: PathLike, *, pool_size: int = 10, **options: Any) -> "AsyncStore":
     """Opens a store without blocking the loop; same arguments as :func:`consensus_db.connect`."""
+    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+        raise InvalidInputError(f"invalid pool_size: must be an int of at least 1, got {pool_size!r}")
     executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="consensus-db-aio")
     loop = asyncio.get_running_loop()
     try:
@@ -36,27 +45,62 @@ async def connect(path: PathLike, *, pool_size: int = 10, **options: Any) -> "As
 
 
 class AsyncStore:
-    """Coroutine versions of every :class:`~consensus_db.Store` operation."""
+    """Coroutine versions of every :class:`~consensus_db.Store` operation.
+
+    A cancelled call has a known outcome: if it had not started it never runs; if it was
+    running, the cancellation waits until it has finished (committed or failed) and then
+    raises ``CancelledError``. After :meth:`close`, every call, a second ``close()``
+    included, raises :class:`~consensus_db.ClosedError`.
+    """
 
     def __init__(self, store: Store, executor: ThreadPoolExecutor) -> None:
         self.sync = store
         self._executor = executor
+        self._closed = False
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        if self._closed:
+            raise ClosedError("the store is closed")
+        try:
+            running = self._executor.submit(fn, *args, **kwargs)
+        except RuntimeError:  # shut down by a close() racing this call
+            raise ClosedError("the store is closed") from None
+        outcome = asyncio.wrap_future(running)
+        try:
+            return await asyncio.shield(outcome)
+        except asyncio.CancelledError:
+            if running.cancel():  # still queued: it will never run
+                raise
+            # Running on a thread, where it cannot be stopped: let the cancellation
+            # through only once the call has committed or failed.
+            while not outcome.done():
+                try:
+                    await asyncio.shield(outcome)
+                except asyncio.CancelledError:
+                    continue
+                except BaseException:
+                    break
+            raise
 
     async def __aenter__(self) -> "AsyncStore":
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        await self.close()
+        if not self._closed:
+            await self.close()
 
     def __repr__(self) -> str:
         return f"<consensus_db.aio.AsyncStore {self.sync.path!r}{' (closed)' if self.sync.closed else ''}>"
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def close(self) -> None:
+        """Closes the store once its running calls have finished; calling it again
+        raises :class:`~consensus_db.ClosedError`."""
         await self._run(self.sync.close)
+        self._closed = True
         self._executor.shutdown(wait=True)
 
     # ---- executions ------------------------------------------------------------------

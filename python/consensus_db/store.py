@@ -15,12 +15,13 @@ import weakref
 from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar, Union
 
 from . import _core
+from .errors import InvalidInputError
 from .retry import RetryPolicy
 
 __all__ = ["Store", "connect", "DEFAULT_RETRY"]
 
 T = TypeVar("T")
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
 #: The retry policy writes use unless ``connect(..., retry=...)`` says otherwise.
 DEFAULT_RETRY = RetryPolicy()
@@ -48,11 +49,11 @@ class Store(_core.Database):
     """
 
     def __new__(cls, path: PathLike, *, retry: Optional[RetryPolicy] = DEFAULT_RETRY, **options: Any) -> "Store":
+        if retry is not None and not isinstance(retry, RetryPolicy):  # refused before the file is opened
+            raise InvalidInputError(f"invalid retry: must be a RetryPolicy or None, got {type(retry).__name__}")
         return super().__new__(cls, path, **options)
 
     def __init__(self, path: PathLike, *, retry: Optional[RetryPolicy] = DEFAULT_RETRY, **options: Any) -> None:
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
         self.retry_policy = retry
         self._stop_at_exit: Optional[Callable[[], None]] = None
 
@@ -170,6 +171,8 @@ class Store(_core.Database):
         executions older than ``retention_days`` (None: keep all), frees up to
         ``vacuum_pages`` free pages (None: all) and checkpoints the WAL. Each cycle is
         logged on ``consensus_db.maintenance`` and passed to ``on_cycle``."""
+        if on_cycle is not None and not callable(on_cycle):
+            raise InvalidInputError(f"invalid on_cycle: must be callable, got {type(on_cycle).__name__}")
 
         def report(cycle: dict) -> None:
             _log_cycle(cycle)
@@ -219,6 +222,7 @@ def connect(
     checkout_timeout: float = 10.0,
     create: bool = True,
     convert_auto_vacuum: bool = True,
+    uri: bool = False,
 ) -> Store:
     """Opens (creating if needed) the store at ``path``; ``":memory:"`` is one in-memory
     database shared by the whole pool.
@@ -231,6 +235,9 @@ def connect(
     - ``convert_auto_vacuum``: an existing database without incremental auto-vacuum is
       converted with a VACUUM on open; False refuses it instead.
     - ``create``: False refuses a missing file instead of creating it.
+    - ``path`` is opened exactly as given (``bytes`` byte for byte; a ``str`` as
+      ``os.fsencode`` encodes it), even a name starting with ``file:``. With
+      ``uri=True`` it is an SQLite URI instead (``"file:data.db?mode=ro"``).
     """
     return Store(
         path,
@@ -241,6 +248,7 @@ def connect(
         read_only=read_only,
         create=create,
         migrate=migrate,
-        pragmas=dict(pragmas) if pragmas is not None else None,
+        pragmas=pragmas,
         convert_auto_vacuum=convert_auto_vacuum,
+        uri=uri,
     )

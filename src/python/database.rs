@@ -1,6 +1,7 @@
 //! `consensus_db._core.Database`: the engine's operations as Python methods. Arguments
 //! are converted while holding the GIL; the SQLite work runs with it released.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,10 @@ use pyo3::prelude::*;
 use pyo3::intern;
 use pyo3::types::{PyDict, PyMapping, PyString, PyTuple};
 
-use super::convert::{json_text, opt_json_text, opt_text, rows_to_py, text, to_params, type_name};
+use super::convert::{
+    json_text, Keep, opt_callable, opt_flag, opt_int_in, opt_json_text, opt_text, real, rows_to_py, seconds, text,
+    to_params, type_name,
+};
 use super::run;
 use super::transaction::PyTransaction;
 use crate::error::Error;
@@ -40,18 +44,41 @@ fn non_negative(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<i64> {
     Ok(n)
 }
 
-fn parse_pragmas(overrides: Option<&Bound<'_, PyDict>>) -> PyResult<Pragmas> {
+/// A file name, byte for byte: `bytes` as they are, a `str` encoded as `os.fsencode`
+/// does (undecodable bytes come back from their surrogate escapes), or an os.PathLike.
+fn path_arg(obj: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let py = obj.py();
+    let fspath = py.import("os")?.getattr("fspath")?.call1((obj,)).map_err(|_| {
+        PyErr::from(Error::invalid("path", format!("must be a str, bytes or os.PathLike, got {}", type_name(obj))))
+    })?;
+    if let Ok(b) = fspath.cast::<pyo3::types::PyBytes>() {
+        return Ok(PathBuf::from(std::ffi::OsStr::from_bytes(b.as_bytes())));
+    }
+    fspath.extract::<PathBuf>().map_err(|_| {
+        Error::invalid("path", format!("{} cannot be encoded as a file name", describe_str(&fspath))).into()
+    })
+}
+
+fn describe_str(obj: &Bound<'_, PyAny>) -> String {
+    obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| type_name(obj))
+}
+
+fn parse_pragmas(overrides: Option<&Bound<'_, PyAny>>) -> PyResult<Pragmas> {
     let mut pragmas = Pragmas::default();
-    if let Some(d) = overrides {
-        for (k, v) in d.iter() {
-            let name = text(&k, "pragma name")?;
-            if v.is_none() {
-                pragmas.unset(&name)?;
-            } else if v.is_instance_of::<pyo3::types::PyBool>() {
-                pragmas.set(&name, if v.is_truthy()? { "1" } else { "0" })?;
-            } else {
-                pragmas.set(&name, &v.str()?.to_string())?;
-            }
+    let Some(overrides) = overrides.filter(|o| !o.is_none()) else { return Ok(pragmas) };
+    let d = overrides.cast::<PyMapping>().map_err(|_| {
+        PyErr::from(Error::invalid("pragmas", format!("must be a mapping of pragma names to values, got {}", type_name(overrides))))
+    })?;
+    for item in d.items()?.iter() {
+        let (k, v) = item.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>()?;
+        let name = text(&k, "pragma name")?;
+        if v.is_none() {
+            pragmas.unset(&name)?;
+        } else if v.is_instance_of::<pyo3::types::PyBool>() {
+            pragmas.set(&name, if v.is_truthy()? { "1" } else { "0" })?;
+        } else {
+            pragmas.set(&name, &text(&v.str()?.into_any(), format_args!("pragma {}", &*name))?)?;
         }
     }
     Ok(pragmas)
@@ -97,18 +124,49 @@ enum Fields<'a, 'py> {
 struct Item<'a, 'py> {
     i: usize,
     fields: Fields<'a, 'py>,
+    /// How many of the known keys the item has: fewer than its length means unknown ones.
+    found: std::cell::Cell<usize>,
 }
+
+const ARTIFACT_KEYS: [&str; 7] = ["spec_id", "stage", "agent_name", "content_json", "response_text", "run_id", "model_version"];
 
 impl<'py> Item<'_, 'py> {
     fn get(&self, key: &Bound<'py, PyString>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        match self.fields {
-            Fields::Dict(d) => d.get_item(key),
+        let value = match self.fields {
+            Fields::Dict(d) => d.get_item(key)?,
             Fields::Mapping(m) => match m.get_item(key) {
-                Ok(v) => Ok(Some(v)),
-                Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyError>(key.py()) => Ok(None),
-                Err(e) => Err(e),
+                Ok(v) => Some(v),
+                Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyError>(key.py()) => None,
+                Err(e) => return Err(e),
             },
+        };
+        self.found.set(self.found.get() + value.is_some() as usize);
+        Ok(value)
+    }
+
+    /// Refuses keys that are not `store_artifact` arguments (a typo such as `runid`
+    /// would otherwise drop that field silently), naming them.
+    fn no_unknown_keys(&self) -> PyResult<()> {
+        let len = match self.fields {
+            Fields::Dict(d) => d.len(),
+            Fields::Mapping(m) => m.len()?,
+        };
+        if len <= self.found.get() {
+            return Ok(());
         }
+        let keys = match self.fields {
+            Fields::Dict(d) => d.keys().into_any(),
+            Fields::Mapping(m) => m.keys()?.into_any(),
+        };
+        let mut unknown = Vec::new();
+        for key in keys.try_iter()? {
+            let key = key?;
+            if !key.extract::<&str>().is_ok_and(|k| ARTIFACT_KEYS.contains(&k)) {
+                unknown.push(key.repr()?.to_string());
+            }
+        }
+        let message = format!("unknown key(s) {}; known: {}", unknown.join(", "), ARTIFACT_KEYS.join(", "));
+        Err(Error::invalid(format!("artifacts[{}]", self.i), message).into())
     }
 
     fn required(&self, key: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
@@ -134,9 +192,9 @@ fn new_artifact(item: &Bound<'_, PyAny>, i: usize) -> PyResult<NewArtifact> {
             return Err(Error::invalid(format!("artifacts[{i}]"), message).into());
         }
     };
-    let item = Item { i, fields };
+    let item = Item { i, fields, found: std::cell::Cell::new(0) };
     let content = intern!(py, "content_json");
-    Ok(NewArtifact {
+    let artifact = NewArtifact {
         spec_id: item.text(intern!(py, "spec_id"))?,
         stage: item.text(intern!(py, "stage"))?,
         agent_name: item.text(intern!(py, "agent_name"))?,
@@ -144,35 +202,43 @@ fn new_artifact(item: &Bound<'_, PyAny>, i: usize) -> PyResult<NewArtifact> {
         response_text: item.optional_text(intern!(py, "response_text"))?,
         run_id: item.optional_text(intern!(py, "run_id"))?,
         model_version: item.optional_text(intern!(py, "model_version"))?,
-    })
+    };
+    item.no_unknown_keys()?;
+    Ok(artifact)
 }
 
 #[pymethods]
 impl PyDatabase {
     #[new]
-    #[pyo3(signature = (path, *, pool_size=10, min_idle=1, checkout_timeout=10.0, read_only=false, create=true,
-                        migrate=None, pragmas=None, convert_auto_vacuum=true))]
+    /// Every argument but `path` may be None for its default.
+    #[pyo3(signature = (path, *, pool_size=None, min_idle=None, checkout_timeout=None, read_only=None, create=None,
+                        migrate=None, pragmas=None, convert_auto_vacuum=None, uri=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         path: &Bound<'_, PyAny>,
-        pool_size: u32,
-        min_idle: u32,
-        checkout_timeout: f64,
-        read_only: bool,
-        create: bool,
+        pool_size: Option<&Bound<'_, PyAny>>,
+        min_idle: Option<&Bound<'_, PyAny>>,
+        checkout_timeout: Option<&Bound<'_, PyAny>>,
+        read_only: Option<&Bound<'_, PyAny>>,
+        create: Option<&Bound<'_, PyAny>>,
         migrate: Option<&Bound<'_, PyAny>>,
-        pragmas: Option<&Bound<'_, PyDict>>,
-        convert_auto_vacuum: bool,
+        pragmas: Option<&Bound<'_, PyAny>>,
+        convert_auto_vacuum: Option<&Bound<'_, PyAny>>,
+        uri: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let path: String = if let Ok(p) = path.extract::<std::path::PathBuf>() {
-            p.to_string_lossy().into_owned()
-        } else {
-            return Err(Error::invalid("path", format!("must be a str or os.PathLike, got {}", type_name(path))).into());
+        let defaults = Options::default();
+        let pool_size: u32 = opt_int_in(pool_size, "pool_size", 1, u32::MAX.into())?.unwrap_or(defaults.pool_size);
+        let min_idle: u32 = opt_int_in(min_idle, "min_idle", 0, u32::MAX.into())?.unwrap_or(defaults.min_idle);
+        let checkout_timeout = match checkout_timeout.filter(|o| !o.is_none()) {
+            Some(t) => seconds(t, "checkout_timeout")?,
+            None => defaults.checkout_timeout,
         };
-        if !(checkout_timeout.is_finite() && checkout_timeout > 0.0) {
-            return Err(Error::invalid("checkout_timeout", format!("must be a positive number of seconds, got {checkout_timeout}")).into());
-        }
+        let read_only = opt_flag(read_only, "read_only", defaults.read_only)?;
+        let create = opt_flag(create, "create", defaults.create)?;
+        let convert_auto_vacuum = opt_flag(convert_auto_vacuum, "convert_auto_vacuum", defaults.convert_auto_vacuum)?;
+        let path = path_arg(path)?;
+        let uri = opt_flag(uri, "uri", defaults.uri)?;
         let migrate_to = match migrate {
             None => Some(migrations::DEFAULT_VERSION),
             Some(m) if m.is_instance_of::<pyo3::types::PyBool>() => m.is_truthy()?.then_some(migrations::DEFAULT_VERSION),
@@ -181,12 +247,13 @@ impl PyDatabase {
         let options = Options {
             pool_size,
             min_idle: min_idle.min(pool_size),
-            checkout_timeout: Duration::from_secs_f64(checkout_timeout),
+            checkout_timeout,
             read_only,
             create,
             pragmas: parse_pragmas(pragmas)?,
             convert_auto_vacuum,
             migrate_to: if read_only { None } else { migrate_to },
+            uri,
         };
         let inner = run(py, move || Database::open(&path, options))?;
         Ok(PyDatabase { inner })
@@ -212,9 +279,11 @@ impl PyDatabase {
         self.inner.is_closed()
     }
 
+    /// The path as given (a str; undecodable bytes as surrogate escapes, like os.fsdecode).
     #[getter]
-    fn path(&self) -> &str {
-        self.inner.path()
+    fn path<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        let Ok(path) = self.inner.given_path().as_os_str().into_pyobject(py);
+        path.into_any()
     }
 
     #[getter]
@@ -268,26 +337,29 @@ impl PyDatabase {
         Ok(d)
     }
 
-    #[pyo3(signature = (behavior="immediate"))]
-    fn transaction(slf: Bound<'_, Self>, behavior: &str) -> PyResult<PyTransaction> {
-        let behavior: Behavior = behavior.parse()?;
+    #[pyo3(signature = (behavior=None))]
+    fn transaction(slf: Bound<'_, Self>, behavior: Option<&Bound<'_, PyAny>>) -> PyResult<PyTransaction> {
+        let behavior: Behavior = match behavior.filter(|b| !b.is_none()) {
+            Some(b) => text(b, "behavior")?.parse()?,
+            None => Behavior::Immediate,
+        };
         Ok(PyTransaction::new(slf.unbind(), behavior))
     }
 
     /// Runs one statement in its own IMMEDIATE transaction; returns rows changed.
     #[pyo3(signature = (sql, params=None))]
-    fn execute(&self, py: Python<'_>, sql: &str, params: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+    fn execute(&self, py: Python<'_>, sql: &Bound<'_, PyAny>, params: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+        let sql = text(sql, "sql")?;
         let params = to_params(params)?;
-        let sql = sql.to_owned();
-        run(py, move || self.inner.write(|tx| tx.execute(&sql, &params)))
+        run(py, move || self.inner.write(|tx| tx.execute_params(&sql, &params)))
     }
 
     /// Runs a query outside any transaction; returns every row as a tuple.
     #[pyo3(signature = (sql, params=None))]
-    fn query<'py>(&self, py: Python<'py>, sql: &str, params: Option<&Bound<'py, PyAny>>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+    fn query<'py>(&self, py: Python<'py>, sql: &Bound<'py, PyAny>, params: Option<&Bound<'py, PyAny>>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let sql = text(sql, "sql")?;
         let params = to_params(params)?;
-        let sql = sql.to_owned();
-        let rows = run(py, move || self.inner.query(&sql, &params))?;
+        let rows = run(py, move || self.inner.query_params(&sql, &params))?;
         rows_to_py(py, rows)
     }
 
@@ -449,8 +521,8 @@ impl PyDatabase {
 
     // ---- synthesis -----------------------------------------------------------------
 
-    #[pyo3(signature = (spec_id, stage, output_markdown, *, output_path=None, status="success", artifacts_count=None,
-                        agreements=None, conflicts=None, degraded=false, run_id=None))]
+    #[pyo3(signature = (spec_id, stage, output_markdown, *, output_path=None, status=None, artifacts_count=None,
+                        agreements=None, conflicts=None, degraded=None, run_id=None))]
     #[allow(clippy::too_many_arguments)]
     fn store_synthesis(
         &self,
@@ -459,11 +531,11 @@ impl PyDatabase {
         stage: &Bound<'_, PyAny>,
         output_markdown: &Bound<'_, PyAny>,
         output_path: Option<&Bound<'_, PyAny>>,
-        status: &str,
-        artifacts_count: Option<i64>,
+        status: Option<&Bound<'_, PyAny>>,
+        artifacts_count: Option<&Bound<'_, PyAny>>,
         agreements: Option<&Bound<'_, PyAny>>,
         conflicts: Option<&Bound<'_, PyAny>>,
-        degraded: bool,
+        degraded: Option<&Bound<'_, PyAny>>,
         run_id: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<i64> {
         let synthesis = NewSynthesis {
@@ -471,11 +543,11 @@ impl PyDatabase {
             stage: text(stage, "stage")?.to_string(),
             output_markdown: text(output_markdown, "output_markdown")?.to_string(),
             output_path: opt_text(output_path, "output_path")?.map(|s| s.to_string()),
-            status: status.to_owned(),
-            artifacts_count,
+            status: opt_text(status, "status")?.map_or_else(|| "success".to_owned(), |s| s.to_string()),
+            artifacts_count: opt_int_in(artifacts_count, "artifacts_count", i64::MIN, i64::MAX)?,
             agreements: opt_json_text(agreements, "agreements")?.map(|s| s.to_string()),
             conflicts: opt_json_text(conflicts, "conflicts")?.map(|s| s.to_string()),
-            degraded,
+            degraded: opt_flag(degraded, "degraded", false)?,
             run_id: opt_text(run_id, "run_id")?.map(|s| s.to_string()),
         };
         run(py, || self.inner.store_synthesis(&synthesis))
@@ -503,8 +575,9 @@ impl PyDatabase {
         stats_dict(py, &s)
     }
 
-    #[pyo3(signature = (threshold=DEFAULT_VACUUM_THRESHOLD))]
-    fn health<'py>(&self, py: Python<'py>, threshold: f64) -> PyResult<Bound<'py, PyDict>> {
+    #[pyo3(signature = (threshold=None))]
+    fn health<'py>(&self, py: Python<'py>, threshold: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyDict>> {
+        let threshold = threshold.filter(|t| !t.is_none()).map_or(Ok(DEFAULT_VACUUM_THRESHOLD), |t| real(t, "threshold"))?;
         let h = run(py, || self.inner.health(threshold))?;
         let d = stats_dict(py, &h.stats)?;
         let rows = PyDict::new(py);
@@ -518,13 +591,22 @@ impl PyDatabase {
         d.set_item("shape", &h.shape)?;
         d.set_item("needs_vacuum", h.needs_vacuum)?;
         d.set_item("vacuum_threshold", h.vacuum_threshold)?;
-        d.set_item("path", self.inner.path())?;
+        d.set_item("path", self.path(py))?;
         Ok(d)
     }
 
     /// Reclaims free pages; returns before/after statistics.
-    #[pyo3(signature = (*, full=false, pages=None, progress=None))]
-    fn vacuum<'py>(&self, py: Python<'py>, full: bool, pages: Option<u32>, progress: Option<Py<PyAny>>) -> PyResult<Bound<'py, PyDict>> {
+    #[pyo3(signature = (*, full=None, pages=None, progress=None))]
+    fn vacuum<'py>(
+        &self,
+        py: Python<'py>,
+        full: Option<&Bound<'py, PyAny>>,
+        pages: Option<&Bound<'py, PyAny>>,
+        progress: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let full = opt_flag(full, "full", false)?;
+        let pages: Option<u32> = opt_int_in(pages, "pages", 0, u32::MAX.into())?;
+        let progress = opt_callable(progress, "progress")?;
         let progress: Option<Box<dyn FnMut(u64) -> bool + Send>> = progress.map(|cb| {
             Box::new(move |calls: u64| {
                 Python::try_attach(|py| match cb.call1(py, (calls,)) {
@@ -574,27 +656,41 @@ impl PyDatabase {
         Ok(path.to_string_lossy().into_owned())
     }
 
-    #[pyo3(signature = (quick=false))]
-    fn integrity_check(&self, py: Python<'_>, quick: bool) -> PyResult<Vec<String>> {
+    #[pyo3(signature = (quick=None))]
+    fn integrity_check(&self, py: Python<'_>, quick: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<String>> {
+        let quick = opt_flag(quick, "quick", false)?;
         run(py, || self.inner.integrity_check(quick))
     }
 
     /// Starts the background maintenance thread: retention, incremental vacuum and a
     /// WAL checkpoint every `interval_s` seconds. `on_cycle(report: dict)` is called
     /// after each cycle (from the maintenance thread).
-    #[pyo3(signature = (interval_s=300.0, *, retention_days=Some(DEFAULT_RETENTION_DAYS), vacuum_pages=Some(1000), checkpoint=true, on_cycle=None))]
+    /// `retention_days` and `vacuum_pages` default to 30 and 1000 when omitted; None
+    /// turns retention off and frees every free page.
+    #[pyo3(signature = (interval_s=None, *, retention_days=Keep::Default, vacuum_pages=Keep::Default, checkpoint=None, on_cycle=None))]
     fn start_maintenance(
         &self,
         py: Python<'_>,
-        interval_s: f64,
-        retention_days: Option<i64>,
-        vacuum_pages: Option<u32>,
-        checkpoint: bool,
-        on_cycle: Option<Py<PyAny>>,
+        interval_s: Option<&Bound<'_, PyAny>>,
+        retention_days: Keep<'_>,
+        vacuum_pages: Keep<'_>,
+        checkpoint: Option<&Bound<'_, PyAny>>,
+        on_cycle: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        if !(interval_s.is_finite() && interval_s > 0.0) {
-            return Err(Error::invalid("interval_s", format!("must be a positive number of seconds, got {interval_s}")).into());
-        }
+        let interval = match interval_s.filter(|o| !o.is_none()) {
+            Some(s) => seconds(s, "interval_s")?,
+            None => Duration::from_secs(300),
+        };
+        let retention_days = match retention_days {
+            Keep::Default => Some(DEFAULT_RETENTION_DAYS),
+            Keep::Given(d) => opt_int_in(Some(&d), "retention_days", 0, i64::MAX)?,
+        };
+        let vacuum_pages = match vacuum_pages {
+            Keep::Default => Some(1000),
+            Keep::Given(p) => opt_int_in(Some(&p), "vacuum_pages", 0, u32::MAX.into())?,
+        };
+        let checkpoint = opt_flag(checkpoint, "checkpoint", true)?;
+        let on_cycle = opt_callable(on_cycle, "on_cycle")?;
         let on_cycle = on_cycle.map(|cb| {
             Arc::new(move |report: &CycleReport| {
                 Python::try_attach(|py| {
@@ -605,7 +701,7 @@ impl PyDatabase {
             }) as crate::maintenance::CycleHook
         });
         let options = MaintenanceOptions {
-            interval: Duration::from_secs_f64(interval_s),
+            interval,
             retention_days,
             vacuum_pages,
             checkpoint,

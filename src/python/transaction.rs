@@ -5,7 +5,7 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyAny, PyTuple};
 
-use super::convert::{rows_to_py, to_params};
+use super::convert::{rows_to_py, text, to_params, type_name};
 use super::run;
 use crate::error::Error;
 use crate::transaction::{Behavior, Tx};
@@ -69,30 +69,33 @@ impl PyTransaction {
 
     /// Runs one statement; returns the number of rows it changed.
     #[pyo3(signature = (sql, params=None))]
-    fn execute(&self, py: Python<'_>, sql: &str, params: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+    fn execute(&self, py: Python<'_>, sql: &Bound<'_, PyAny>, params: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+        let sql = text(sql, "sql")?;
         let params = to_params(params)?;
-        let sql = sql.to_owned();
-        self.with_tx(py, move |tx| tx.execute(&sql, &params))
+        self.with_tx(py, move |tx| tx.execute_params(&sql, &params))
     }
 
     /// Runs one statement for every parameter row (prepared once); returns rows changed.
-    fn executemany(&self, py: Python<'_>, sql: &str, rows: &Bound<'_, PyAny>) -> PyResult<usize> {
+    fn executemany(&self, py: Python<'_>, sql: &Bound<'_, PyAny>, rows: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let sql = text(sql, "sql")?;
+        let iter = rows.try_iter().map_err(|_| {
+            PyErr::from(Error::invalid("rows", format!("must be an iterable of parameter rows, got {}", type_name(rows))))
+        })?;
         let mut all = Vec::new();
-        for (i, row) in rows.try_iter()?.enumerate() {
+        for (i, row) in iter.enumerate() {
             all.push(to_params(Some(&row?)).map_err(|e| {
                 PyErr::from(Error::invalid(format!("rows[{i}]"), e.to_string()))
             })?);
         }
-        let sql = sql.to_owned();
-        self.with_tx(py, move |tx| tx.execute_many(&sql, &all))
+        self.with_tx(py, move |tx| tx.execute_many_params(&sql, &all))
     }
 
     /// Runs a query; returns every row as a tuple.
     #[pyo3(signature = (sql, params=None))]
-    fn query<'py>(&self, py: Python<'py>, sql: &str, params: Option<&Bound<'py, PyAny>>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+    fn query<'py>(&self, py: Python<'py>, sql: &Bound<'py, PyAny>, params: Option<&Bound<'py, PyAny>>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let sql = text(sql, "sql")?;
         let params = to_params(params)?;
-        let sql = sql.to_owned();
-        let rows = self.with_tx(py, move |tx| tx.query(&sql, &params))?;
+        let rows = self.with_tx(py, move |tx| tx.query_params(&sql, &params))?;
         rows_to_py(py, rows)
     }
 
