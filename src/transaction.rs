@@ -63,13 +63,21 @@ impl Tx {
         Ok(Tx { conn, savepoints: Vec::new(), finished: false })
     }
 
+    /// `ForkedProcessError` in a process forked after the transaction began: its
+    /// connection is the parent's.
+    pub fn check_origin(&self) -> Result<()> {
+        self.conn.check_origin()
+    }
+
     /// Runs one statement; returns the number of rows changed.
     pub fn execute(&self, sql: &str, params: &[Value]) -> Result<usize> {
+        self.check_origin()?;
         Ok(self.conn.prepare_cached(sql)?.execute(params_from_iter(params))?)
     }
 
     /// Runs one statement once per parameter row (prepared once); returns rows changed.
     pub fn execute_many(&self, sql: &str, rows: &[Vec<Value>]) -> Result<usize> {
+        self.check_origin()?;
         let mut stmt = self.conn.prepare_cached(sql)?;
         let mut changed = 0;
         for (i, row) in rows.iter().enumerate() {
@@ -82,6 +90,7 @@ impl Tx {
     }
 
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Rows> {
+        self.check_origin()?;
         query(&self.conn, sql, params)
     }
 
@@ -91,6 +100,7 @@ impl Tx {
 
     /// Opens a nested savepoint; returns its name for `release` / `rollback_to`.
     pub fn savepoint(&mut self) -> Result<String> {
+        self.check_origin()?;
         let name = format!("sp{}", self.savepoints.len() + 1);
         self.conn.execute_batch(&format!("SAVEPOINT {name}"))?;
         self.savepoints.push(name.clone());
@@ -112,6 +122,7 @@ impl Tx {
     }
 
     fn pop_savepoint(&mut self, name: &str) -> Result<()> {
+        self.check_origin()?;
         match self.savepoints.last() {
             Some(last) if last == name => {
                 self.savepoints.pop();
@@ -122,6 +133,7 @@ impl Tx {
     }
 
     pub fn commit(mut self) -> Result<()> {
+        self.check_origin()?;
         self.finished = true;
         if let Err(e) = self.conn.execute_batch("COMMIT") {
             let _ = self.conn.execute_batch("ROLLBACK");
@@ -131,6 +143,7 @@ impl Tx {
     }
 
     pub fn rollback(mut self) -> Result<()> {
+        self.check_origin()?;
         self.finished = true;
         self.conn.execute_batch("ROLLBACK")?;
         Ok(())
@@ -147,7 +160,8 @@ impl Deref for Tx {
 
 impl Drop for Tx {
     fn drop(&mut self) {
-        if !self.finished && !self.conn.is_autocommit() {
+        // In a forked child the connection is the parent's: leave it alone.
+        if !self.finished && self.check_origin().is_ok() && !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
     }
