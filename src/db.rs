@@ -134,17 +134,15 @@ pub struct Database {
     keeper: Mutex<Option<Connection>>,
 }
 
-/// Opens one pooled connection: per-connection pragmas, applied then verified.
-fn open_connection(target: &str, flags: OpenFlags, pragmas: &Pragmas, in_memory: bool, read_only: bool) -> Result<Connection> {
-    let conn = Connection::open_with_flags(target, flags)?;
+/// Readies a connection for the pool: per-connection pragmas, applied then verified.
+fn ready(conn: &Connection, pragmas: &Pragmas, in_memory: bool, read_only: bool) -> Result<()> {
     conn.set_prepared_statement_cache_capacity(64);
-    pragmas.apply_connection(&conn)?;
+    pragmas.apply_connection(conn)?;
     if read_only {
-        verify_connection_scope(pragmas, &conn)?;
+        verify_connection_scope(pragmas, conn)
     } else {
-        pragmas.verify(&conn, in_memory)?;
+        pragmas.verify(conn, in_memory)
     }
-    Ok(conn)
 }
 
 /// A read-only store cannot set persistent pragmas, so it verifies only what it set.
@@ -218,8 +216,19 @@ impl Database {
 
         let (pragmas, read_only) = (options.pragmas.clone(), options.read_only);
         let pool = Pool::new(options.pool_size, options.checkout_timeout, move || {
-            open_connection(&target, flags, &pragmas, in_memory, read_only)
+            let conn = Connection::open_with_flags(&target, flags)?;
+            ready(&conn, &pragmas, in_memory, read_only)?;
+            Ok(conn)
         });
+        // A file's bootstrap connection becomes the pool's first (saves an open and a
+        // close); a `:memory:` one stays outside, keeping the database alive.
+        let keeper = if in_memory {
+            Some(bootstrap)
+        } else {
+            ready(&bootstrap, &options.pragmas, in_memory, options.read_only)?;
+            pool.add_idle(bootstrap);
+            None
+        };
 
         let db = Database {
             pool,
@@ -232,7 +241,7 @@ impl Database {
             maintenance: Mutex::new(None),
             open_report,
             opened_in: fork::Origin::here(),
-            keeper: Mutex::new(in_memory.then_some(bootstrap)),
+            keeper: Mutex::new(keeper),
         };
         // The first checkout proves a pooled connection gets, and keeps, every pragma.
         let first: Vec<Conn> = (0..db.options.min_idle.max(1)).map(|_| db.conn()).collect::<Result<_>>()?;

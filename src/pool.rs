@@ -93,6 +93,13 @@ impl Pool {
         }
     }
 
+    /// Adds a connection opened elsewhere, as idle.
+    pub fn add_idle(&self, conn: Connection) {
+        let mut state = self.shared.state.lock();
+        state.open += 1;
+        state.idle.push(conn);
+    }
+
     fn wrap(&self, conn: Connection) -> Conn {
         Conn { conn: ManuallyDrop::new(conn), pool: self.shared.clone() }
     }
