@@ -247,7 +247,13 @@ def test_a_forked_child_opens_new_stores(tmp_path):
         assert (code, error) == (0, "")
         code, error = in_forked_child(lambda: open_write_read(str(tmp_path / "fresh.db")))
         assert (code, error) == (0, "")
-        assert other.get_agent_name("kept-open") == "gemini"  # the parent's store is unaffected
+        # A new store on the very file the parent keeps open (the parent's store is unaffected).
+        code, error = in_forked_child(lambda: open_write_read(str(tmp_path / "other.db")))
+        assert (code, error) == (0, "")
+        spawn(other, "after the child")
+        assert other.query("SELECT count(*) FROM agent_executions WHERE agent_id LIKE 'child-%'") == [(1,)]
+        assert other.get_agent_name("kept-open") == "gemini"
+        assert other.integrity_check() == ["ok"]
     finally:
         other.close()
     with consensus_db.connect(tmp_path / "a.db") as a:

@@ -211,7 +211,8 @@ impl PyDatabase {
         false
     }
 
-    /// Stops maintenance and closes every pooled connection. Idempotent.
+    /// Stops maintenance and closes every pooled connection before returning (one in
+    /// use by a transaction still open closes when it ends). Idempotent.
     fn close(&self, py: Python<'_>) {
         py.detach(|| self.inner.close());
     }
