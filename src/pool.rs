@@ -64,7 +64,7 @@ impl Pool {
     pub fn get(&self) -> Result<Conn> {
         let shared = &*self.shared;
         shared.opened_in.check()?;
-        let deadline = Instant::now() + shared.timeout;
+        let mut deadline = None;
         let mut state = shared.state.lock();
         loop {
             if shared.closed.load(Ordering::Acquire) {
@@ -84,6 +84,7 @@ impl Pool {
                 // Closed meanwhile: the new connection is closed again as it drops.
                 return opened.and_then(|c| if self.is_closed() { Err(Error::Closed) } else { Ok(c) });
             }
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + shared.timeout);
             if shared.returned.wait_until(&mut state, deadline).timed_out() {
                 return Err(Error::PoolTimeout(format!(
                     "no connection free within {:?} (pool_size {})",
