@@ -1,17 +1,13 @@
 //! Opening a database: the persistent settings and migrations on one bootstrap
-//! connection, then an r2d2 pool whose customizer applies and verifies the
-//! per-connection pragmas. `Database` is `Send + Sync`: share it between threads.
+//! connection, then a pool (`pool.rs`) whose every new connection gets the
+//! per-connection pragmas, verified. `Database` is `Send + Sync`: share it between threads.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use r2d2::{CustomizeConnection, PooledConnection};
-use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags};
-use scheduled_thread_pool::ScheduledThreadPool;
 
 use crate::error::{Error, Result};
 use crate::fork;
@@ -19,14 +15,14 @@ use crate::migrations::{self, Version};
 use crate::pragmas::{self, Pragmas};
 use crate::schema::{self, Shape};
 
-pub type Pool = r2d2::Pool<SqliteConnectionManager>;
-pub type Conn = PooledConnection<SqliteConnectionManager>;
+pub use crate::pool::{Conn, Pool};
 
 /// How to open a store. `Options::default()` is the spec's configuration.
 #[derive(Clone, Debug)]
 pub struct Options {
     pub pool_size: u32,
-    /// Connections kept open while idle (r2d2 would otherwise open `pool_size` at once).
+    /// Connections opened with the store (at least one); more are opened on demand,
+    /// up to `pool_size`, and every one stays open until the store closes.
     pub min_idle: u32,
     pub checkout_timeout: Duration,
     pub read_only: bool,
@@ -137,7 +133,7 @@ impl Columns {
 }
 
 pub struct Database {
-    pub(crate) pool: RwLock<Option<Pool>>,
+    pub(crate) pool: Pool,
     /// The path as given, for messages (lossy if it is not UTF-8).
     pub(crate) path: String,
     given: PathBuf,
@@ -153,34 +149,16 @@ pub struct Database {
     opened_in: fork::Origin,
     /// Keeps a `:memory:` database alive: memdb frees it with its last connection.
     keeper: Mutex<Option<Connection>>,
-    /// The typed error behind a failed connection setup (r2d2 keeps only a string).
-    setup_error: Arc<Mutex<Option<Error>>>,
 }
 
-/// The pool's customizer: per-connection pragmas, applied then verified.
-#[derive(Debug)]
-struct Customizer {
-    pragmas: Pragmas,
-    in_memory: bool,
-    read_only: bool,
-    setup_error: Arc<Mutex<Option<Error>>>,
-}
-
-impl CustomizeConnection<Connection, rusqlite::Error> for Customizer {
-    fn on_acquire(&self, conn: &mut Connection) -> std::result::Result<(), rusqlite::Error> {
-        conn.set_prepared_statement_cache_capacity(64);
-        let setup = self.pragmas.apply_connection(conn).and_then(|()| {
-            if self.read_only {
-                verify_connection_scope(&self.pragmas, conn)
-            } else {
-                self.pragmas.verify(conn, self.in_memory)
-            }
-        });
-        setup.map_err(|e| {
-            let message = e.to_string();
-            *self.setup_error.lock() = Some(e);
-            rusqlite::Error::ToSqlConversionFailure(message.into())
-        })
+/// Readies a connection for the pool: per-connection pragmas, applied then verified.
+fn ready(conn: &Connection, pragmas: &Pragmas, in_memory: bool, read_only: bool) -> Result<()> {
+    conn.set_prepared_statement_cache_capacity(64);
+    pragmas.apply_connection(conn)?;
+    if read_only {
+        verify_connection_scope(pragmas, conn)
+    } else {
+        pragmas.verify(conn, in_memory)
     }
 }
 
@@ -191,12 +169,6 @@ fn verify_connection_scope(p: &Pragmas, conn: &Connection) -> Result<()> {
         only.unset(s.name)?;
     }
     only.verify(conn, true)
-}
-
-/// One housekeeping thread for every pool in the process (r2d2 starts three per pool).
-fn housekeeping() -> Arc<ScheduledThreadPool> {
-    static POOL: OnceLock<Arc<ScheduledThreadPool>> = OnceLock::new();
-    POOL.get_or_init(|| Arc::new(ScheduledThreadPool::builder().num_threads(1).thread_name_pattern("consensus-db-pool-{}").build())).clone()
 }
 
 /// Process-wide SQLite settings, applied before the first connection opens: memory
@@ -294,28 +266,24 @@ impl Database {
             }
         };
 
-        let setup_error = Arc::new(Mutex::new(None));
-        let customizer = Customizer {
-            pragmas: options.pragmas.clone(),
-            in_memory,
-            read_only: options.read_only,
-            setup_error: setup_error.clone(),
+        let (pragmas, read_only) = (options.pragmas.clone(), options.read_only);
+        let pool = Pool::new(options.pool_size, options.checkout_timeout, move || {
+            let conn = Connection::open_with_flags(&target, flags)?;
+            ready(&conn, &pragmas, in_memory, read_only)?;
+            Ok(conn)
+        });
+        // A file's bootstrap connection becomes the pool's first (saves an open and a
+        // close); a `:memory:` one stays outside, keeping the database alive.
+        let keeper = if in_memory {
+            Some(bootstrap)
+        } else {
+            ready(&bootstrap, &options.pragmas, in_memory, options.read_only)?;
+            pool.add_idle(bootstrap);
+            None
         };
-        let manager = SqliteConnectionManager::file(&target).with_flags(flags);
-        let pool = r2d2::Pool::builder()
-            .max_size(options.pool_size)
-            .min_idle(Some(options.min_idle))
-            .connection_timeout(options.checkout_timeout)
-            // Each checkout would otherwise run a test statement; a SQLite connection
-            // to a local file does not go stale, and the pragmas are verified on setup.
-            .test_on_check_out(false)
-            .max_lifetime(None)
-            .thread_pool(housekeeping())
-            .connection_customizer(Box::new(customizer))
-            .build_unchecked(manager);
 
         let db = Database {
-            pool: RwLock::new(Some(pool)),
+            pool,
             path: display,
             given: path.to_path_buf(),
             file,
@@ -327,11 +295,11 @@ impl Database {
             maintenance: Mutex::new(None),
             open_report,
             opened_in: fork::Origin::here(),
-            keeper: Mutex::new(in_memory.then_some(bootstrap)),
-            setup_error,
+            keeper: Mutex::new(keeper),
         };
         // The first checkout proves a pooled connection gets, and keeps, every pragma.
-        db.conn()?;
+        let first: Vec<Conn> = (0..db.options.min_idle.max(1)).map(|_| db.conn()).collect::<Result<_>>()?;
+        drop(first);
         db.refresh_layout()?;
         Ok(db)
     }
@@ -371,29 +339,22 @@ impl Database {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.pool.read().is_none()
+        self.pool.is_closed()
     }
 
     /// Checks a connection out of the pool (returned when dropped).
     pub fn conn(&self) -> Result<Conn> {
         self.opened_in.check()?;
-        let guard = self.pool.read();
-        let pool = guard.as_ref().ok_or(Error::Closed)?;
-        pool.get().map_err(|e| {
-            self.setup_error.lock().take().unwrap_or_else(|| {
-                Error::PoolTimeout(format!(
-                    "no connection free within {:?} (pool_size {}): {e}",
-                    self.options.checkout_timeout, self.options.pool_size
-                ))
-            })
-        })
+        self.pool.get()
     }
 
     /// Pool state: (connections open, of which idle).
     pub fn pool_state(&self) -> Result<(u32, u32)> {
-        let guard = self.pool.read();
-        let state = guard.as_ref().ok_or(Error::Closed)?.state();
-        Ok((state.connections, state.idle_connections))
+        self.opened_in.check()?;
+        if self.pool.is_closed() {
+            return Err(Error::Closed);
+        }
+        Ok(self.pool.state())
     }
 
     /// The current value of every configured pragma, read from a pooled connection.
@@ -477,15 +438,17 @@ impl Database {
         Ok(())
     }
 
-    /// Stops maintenance and closes every pooled connection. Idempotent.
+    /// Stops maintenance and closes every pooled connection on this thread: when it
+    /// returns, the store holds no file open (a connection still in use by an open
+    /// transaction closes when that transaction ends). Idempotent.
     pub fn close(&self) {
         self.stop_maintenance();
-        let pool = self.pool.write().take();
+        self.pool.close();
         let keeper = self.keeper.lock().take();
         if self.is_forked() {
-            // Closing inherited connections in a forked child could checkpoint or
-            // unlink the parent's WAL: leak them instead.
-            std::mem::forget((pool, keeper));
+            // Closing an inherited connection in a forked child could checkpoint or
+            // unlink the parent's WAL: leak it instead.
+            std::mem::forget(keeper);
         }
     }
 }

@@ -149,12 +149,6 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
-impl From<r2d2::Error> for Error {
-    fn from(err: r2d2::Error) -> Self {
-        Error::PoolTimeout(err.to_string())
-    }
-}
-
 impl From<std::io::Error> for Error {
     fn from(err: std::io::Error) -> Self {
         Error::Sqlite(format!("I/O error: {err}"))

@@ -1,7 +1,7 @@
 //! consensus-db: a durable, fast local store for multi-agent LLM consensus workflows.
 //!
-//! The engine is plain Rust over SQLite (rusqlite + an r2d2 pool); the Python
-//! bindings live in [`python`] behind the `python` feature, so
+//! The engine is plain Rust over SQLite (rusqlite + a connection pool with no thread
+//! of its own); the Python bindings live in [`python`] behind the `python` feature, so
 //! `cargo build --no-default-features` is a Rust-only library.
 //!
 //! ```no_run
@@ -25,6 +25,7 @@ pub mod db;
 pub mod error;
 pub mod legacy_rows;
 mod fork;
+pub mod pool;
 pub mod maintenance;
 pub mod migrations;
 pub mod model;

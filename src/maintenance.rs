@@ -238,7 +238,10 @@ impl Database {
                 return Err(Error::invalid("retention_days", format!("must be zero or more, got {days}")));
             }
         }
-        let pool = self.pool.read().clone().ok_or(Error::Closed)?;
+        if self.pool.is_closed() {
+            return Err(Error::Closed);
+        }
+        let pool = self.pool.clone();
         let mut slot = self.maintenance.lock();
         if let Some(old) = slot.take() {
             old.stop();
@@ -247,7 +250,8 @@ impl Database {
         Ok(())
     }
 
-    /// Stops the background thread and waits for it; a no-op when none runs.
+    /// Stops the background thread and waits for it (unless called from that thread,
+    /// e.g. from `on_cycle`: it then stops once the hook returns); a no-op when none runs.
     pub fn stop_maintenance(&self) {
         let running = self.maintenance.lock().take();
         match running {
@@ -342,7 +346,11 @@ impl Maintenance {
         let (lock, wake) = &*self.stop;
         *lock.lock() = true;
         wake.notify_all();
-        let _ = self.thread.join();
+        // From its own hook the thread cannot wait for itself: it sees the flag and
+        // ends when the hook returns.
+        if self.thread.thread().id() != std::thread::current().id() {
+            let _ = self.thread.join();
+        }
     }
 }
 

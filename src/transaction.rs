@@ -154,6 +154,7 @@ impl Tx {
     /// Refuses to run anything once the transaction has ended, and refuses statements
     /// that would end or nest it.
     fn check_usable(&self, sql: Option<&str>) -> Result<()> {
+        self.check_origin()?;
         if let Some(why) = self.ended.get() {
             return Err(Error::Transaction(format!("{why}; nothing more runs in this transaction block")));
         }
@@ -186,6 +187,12 @@ impl Tx {
             Err(e) => Err(e),
             Ok(_) => Err(Error::Transaction(why)),
         }
+    }
+
+    /// `ForkedProcessError` in a process forked after the transaction began: its
+    /// connection is the parent's.
+    pub fn check_origin(&self) -> Result<()> {
+        self.conn.check_origin()
     }
 
     /// Runs one statement; returns the number of rows changed.
@@ -277,6 +284,7 @@ impl Tx {
     }
 
     fn pop_savepoint(&mut self, name: &str) -> Result<()> {
+        self.check_origin()?;
         match self.savepoints.last() {
             Some(last) if last == name => {
                 self.savepoints.pop();
@@ -288,6 +296,7 @@ impl Tx {
 
     /// Commits; fails with [`Error::Transaction`] if SQLite already ended the transaction.
     pub fn commit(mut self) -> Result<()> {
+        self.check_origin()?;
         self.finished = true;
         self.check_usable(None)?;
         if let Err(e) = self.conn.prepare_cached("COMMIT").and_then(|mut commit| commit.execute([])) {
@@ -299,6 +308,7 @@ impl Tx {
 
     /// Rolls back (nothing to do if SQLite already did).
     pub fn rollback(mut self) -> Result<()> {
+        self.check_origin()?;
         self.finished = true;
         if !self.conn.is_autocommit() {
             self.conn.execute_batch("ROLLBACK")?;
@@ -317,7 +327,8 @@ impl Deref for Tx {
 
 impl Drop for Tx {
     fn drop(&mut self) {
-        if !self.finished && !self.conn.is_autocommit() {
+        // In a forked child the connection is the parent's: leave it alone.
+        if !self.finished && self.check_origin().is_ok() && !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
     }

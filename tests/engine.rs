@@ -184,3 +184,68 @@ fn backups_are_new_files_with_the_source_permissions() {
     let copy = Database::open(&second, Options { read_only: true, ..Options::default() }).unwrap();
     assert_eq!(copy.get_agent_name("a").unwrap().as_deref(), Some("g"));
 }
+
+/// The files of `db` this process holds open (Linux: read from /proc).
+#[cfg(target_os = "linux")]
+fn files_held(db: &std::path::Path) -> Vec<String> {
+    let prefix = db.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| p.starts_with(&prefix))
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn close_returns_with_every_file_closed_and_a_transaction_open_at_close_still_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("engine.db");
+    let db = Database::open(&path, Options { min_idle: 3, ..Options::default() }).unwrap();
+    db.record_agent_spawn("a1", "S", "plan", "regular_stage", "x", None).unwrap();
+    let tx = db.begin(Behavior::Immediate).unwrap();
+    tx.execute("UPDATE agent_executions SET run_id = 'late' WHERE agent_id = 'a1'", &[]).unwrap();
+    db.close();
+    assert!(matches!(db.conn(), Err(Error::Closed)));
+    assert!(!files_held(&path).is_empty(), "the open transaction keeps its connection");
+    tx.commit().unwrap();
+    assert_eq!(files_held(&path), Vec::<String>::new());
+    drop(db);
+    let db = Database::open(&path, Options::default()).unwrap();
+    let rows = db.query("SELECT run_id FROM agent_executions", &[]).unwrap();
+    assert_eq!(rows, vec![vec![rusqlite::types::Value::Text("late".into())]]);
+}
+
+#[test]
+fn close_and_stop_from_the_maintenance_hook_do_not_wait_for_themselves() {
+    use consensus_db::MaintenanceOptions;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    for close in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(open(&dir));
+        let (done, called) = mpsc::channel();
+        let weak = Arc::downgrade(&db);
+        let hook = move |_: &consensus_db::CycleReport| {
+            if let Some(db) = weak.upgrade() {
+                if close {
+                    db.close();
+                } else {
+                    db.stop_maintenance();
+                }
+                let _ = done.send(());
+            }
+        };
+        let options = MaintenanceOptions {
+            interval: Duration::from_millis(20),
+            on_cycle: Some(Arc::new(hook)),
+            ..MaintenanceOptions::default()
+        };
+        db.start_maintenance(options).unwrap();
+        called.recv_timeout(Duration::from_secs(20)).expect("the hook returned");
+        assert_eq!(db.maintenance_cycles(), None);
+        assert_eq!(db.is_closed(), close);
+    }
+}

@@ -6,7 +6,7 @@
         db.store_artifact("SPEC-1", "plan", "gemini", {"verdict": "ok"})
         db.query_artifacts("SPEC-1", "plan")
 
-The engine is Rust (SQLite through an r2d2 pool); this package is its typed Python face.
+The engine is Rust (SQLite through a connection pool); this package is its typed Python face.
 """
 
 from . import errors, retry

@@ -201,7 +201,9 @@ class Store(_core.Database):
             self._stop_at_exit = None
 
     def close(self) -> None:
-        """Stops maintenance and closes every pooled connection. Idempotent."""
+        """Stops maintenance and closes every pooled connection before returning: the
+        process then holds no handle on the file (a connection in use by a transaction
+        still open closes when it ends). Safe to call from ``on_cycle``. Idempotent."""
         self.stop_maintenance()
         super().close()
 

@@ -33,6 +33,15 @@ impl PyDatabase {
     }
 }
 
+impl Drop for PyDatabase {
+    /// A store dropped without `close()` closes here, with the GIL released: closing
+    /// waits for the maintenance thread, which may be waiting for the GIL to run its hook.
+    fn drop(&mut self) {
+        let inner = &self.inner;
+        Python::try_attach(|py| py.detach(|| inner.close()));
+    }
+}
+
 fn non_negative(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<i64> {
     if obj.is_instance_of::<pyo3::types::PyBool>() || !obj.is_instance_of::<pyo3::types::PyInt>() {
         return Err(Error::invalid(name, format!("must be an int, got {}", type_name(obj))).into());
@@ -269,7 +278,8 @@ impl PyDatabase {
         false
     }
 
-    /// Stops maintenance and closes every pooled connection. Idempotent.
+    /// Stops maintenance and closes every pooled connection before returning (one in
+    /// use by a transaction still open closes when it ends). Idempotent.
     fn close(&self, py: Python<'_>) {
         py.detach(|| self.inner.close());
     }

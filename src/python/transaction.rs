@@ -28,6 +28,7 @@ impl PyTransaction {
             let tx = guard.as_mut().ok_or_else(|| {
                 Error::Transaction("the transaction is not active: use it inside its `with` block".into())
             })?;
+            tx.check_origin()?;
             f(tx)
         })
     }
