@@ -556,10 +556,14 @@ fn v1_latest_synthesis_sql(columns: Columns) -> String {
         Columns::MISSING => "run_timestamp".to_owned(),
         column => format!("COALESCE({column}, run_timestamp)"),
     };
+    // The newest by a scalar max, not ORDER BY: SQLite would sort the spec/stage's
+    // syntheses in a temp b-tree, which costs more than the two index scans.
     format!(
-        "SELECT id, synthesis_json, COALESCE(degraded, 0), {}, {at} AS at
+        "SELECT id, synthesis_json, COALESCE(degraded, 0), {}, {at}
          FROM consensus_runs WHERE spec_id = ?1 AND stage = ?2 AND synthesis_json IS NOT NULL
-         ORDER BY at DESC, id DESC LIMIT 1",
+           AND {at} = (SELECT max({at}) FROM consensus_runs
+                       WHERE spec_id = ?1 AND stage = ?2 AND synthesis_json IS NOT NULL)
+         ORDER BY id DESC LIMIT 1",
         columns.run_orchestrator_id,
     )
 }
