@@ -412,16 +412,16 @@ impl Database {
     }
 
     pub(crate) fn refresh_layout(&self) -> Result<()> {
-        let conn = self.conn()?;
-        let shape = schema::shape(&conn)?;
+        let catalog = schema::Catalog::read(&*self.conn()?)?;
+        let shape = catalog.shape()?;
         let readable = matches!(shape, Shape::Seed | Shape::Current);
         self.layout.v1.store(readable, Ordering::Release);
         self.layout.current.store(shape == Shape::Current, Ordering::Release);
         self.layout.stale.store(shape == Shape::StoreRevision1, Ordering::Release);
-        self.layout.legacy_artifacts.store(schema::table_exists(&conn, "consensus_artifacts")?, Ordering::Release);
-        self.layout.legacy_synthesis.store(schema::table_exists(&conn, "consensus_synthesis")?, Ordering::Release);
+        self.layout.legacy_artifacts.store(catalog.has_table("consensus_artifacts"), Ordering::Release);
+        self.layout.legacy_synthesis.store(catalog.has_table("consensus_synthesis"), Ordering::Release);
         let column = |table: &str, name: &'static str| -> Result<&'static str> {
-            Ok(if schema::column_exists(&conn, table, name)? { name } else { Columns::MISSING })
+            Ok(if catalog.has_column(table, name) { name } else { Columns::MISSING })
         };
         *self.layout.columns.write() = Columns {
             artifact_run_id: column("consensus_artifacts", "run_id")?,

@@ -9,6 +9,8 @@
 //! 1 both schemas, 2 legacy dropped); this store's own layout revision lives in
 //! `consensus_db_meta`.
 
+use std::collections::HashSet;
+
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
@@ -92,42 +94,75 @@ pub(crate) fn set_layout_revision(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Recognises the file's shape by its tables and columns. A layout revision newer
-/// than this library's is refused; so are new tables of no known shape.
-pub fn shape(conn: &Connection) -> Result<Shape> {
-    if let Some(found) = layout_revision(conn)? {
-        if found > LAYOUT {
+/// The file's tables and their columns, read in one statement: what shapes and
+/// readers decide on (opening asks several questions; each would be a statement).
+pub struct Catalog {
+    columns: HashSet<(String, String)>,
+    tables: HashSet<String>,
+    layout: Option<i64>,
+}
+
+impl Catalog {
+    pub fn read(conn: &Connection) -> Result<Catalog> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT m.name, p.name FROM sqlite_master m LEFT JOIN pragma_table_info(m.name) p WHERE m.type = 'table'",
+        )?;
+        let mut rows = stmt.query([])?;
+        let (mut tables, mut columns) = (HashSet::new(), HashSet::new());
+        while let Some(r) = rows.next()? {
+            let table: String = r.get(0)?;
+            if let Some(column) = r.get::<_, Option<String>>(1)? {
+                columns.insert((table.clone(), column));
+            }
+            tables.insert(table);
+        }
+        let layout = if tables.contains("consensus_db_meta") { layout_revision(conn)? } else { None };
+        Ok(Catalog { columns, tables, layout })
+    }
+
+    pub fn has_table(&self, table: &str) -> bool {
+        self.tables.contains(table)
+    }
+
+    pub fn has_column(&self, table: &str, column: &str) -> bool {
+        self.columns.contains(&(table.to_owned(), column.to_owned()))
+    }
+
+    /// Recognises the file's shape by its tables and columns. A layout revision newer
+    /// than this library's is refused; so are new tables of no known shape.
+    pub fn shape(&self) -> Result<Shape> {
+        if let Some(found) = self.layout.filter(|&found| found > LAYOUT) {
             return Err(Error::LayoutTooNew { found, supported: LAYOUT });
         }
+        if !self.has_table("consensus_runs") {
+            let legacy = ["consensus_artifacts", "consensus_synthesis", "agent_executions"];
+            return Ok(if legacy.iter().any(|t| self.has_table(t)) { Shape::Legacy } else { Shape::Empty });
+        }
+        if self.has_column("agent_outputs", "run_pk") && self.has_column("consensus_runs", "run_at_ms") {
+            return Ok(Shape::StoreRevision1);
+        }
+        let seed = self.has_column("consensus_runs", "run_timestamp")
+            && self.has_column("consensus_runs", "synthesis_json")
+            && self.has_column("agent_outputs", "run_id")
+            && self.has_column("agent_outputs", "output_timestamp");
+        if !seed {
+            return Err(Error::Migration(
+                "consensus_runs / agent_outputs have columns of no known layout (neither the plan's nor consensus-db's); \
+                 refusing to touch them"
+                    .into(),
+            ));
+        }
+        if self.layout == Some(LAYOUT) && self.has_column("agent_outputs", "legacy_artifact_id") {
+            Ok(Shape::Current)
+        } else {
+            Ok(Shape::Seed)
+        }
     }
-    if !table_exists(conn, "consensus_runs")? {
-        let any: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name IN
-               ('consensus_artifacts', 'consensus_synthesis', 'agent_executions'))",
-            [],
-            |r| r.get(0),
-        )?;
-        return Ok(if any { Shape::Legacy } else { Shape::Empty });
-    }
-    if column_exists(conn, "agent_outputs", "run_pk")? && column_exists(conn, "consensus_runs", "run_at_ms")? {
-        return Ok(Shape::StoreRevision1);
-    }
-    let seed = column_exists(conn, "consensus_runs", "run_timestamp")?
-        && column_exists(conn, "consensus_runs", "synthesis_json")?
-        && column_exists(conn, "agent_outputs", "run_id")?
-        && column_exists(conn, "agent_outputs", "output_timestamp")?;
-    if !seed {
-        return Err(Error::Migration(
-            "consensus_runs / agent_outputs have columns of no known layout (neither the plan's nor consensus-db's); \
-             refusing to touch them"
-                .into(),
-        ));
-    }
-    if layout_revision(conn)? == Some(LAYOUT) && column_exists(conn, "agent_outputs", "legacy_artifact_id")? {
-        Ok(Shape::Current)
-    } else {
-        Ok(Shape::Seed)
-    }
+}
+
+/// The file's shape (see [`Catalog::shape`]).
+pub fn shape(conn: &Connection) -> Result<Shape> {
+    Catalog::read(conn)?.shape()
 }
 
 /// Creates the new tables in the current layout, or completes a seed layout with this
