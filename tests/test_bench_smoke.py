@@ -21,3 +21,15 @@ def test_quick_benchmark_writes_a_report(tmp_path):
     assert "targets" in done.stdout
     table = (tmp_path / "results.md").read_text()
     assert "| get_agent_spawn_info |" in table and "| never slower than the pure-python baseline |" in table
+
+
+def test_quick_writers_benchmark_writes_a_report(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "benches.writers", "--quick", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "writers.json").read_text())
+    assert {"consensus-db", "pure-python"} <= set(report["ops_per_s"])
+    rows = report["ops_per_s"]["consensus-db"]
+    assert {"store_artifact, 8 threads", "record_agent_spawn, 16 threads", "store_artifact, 100 asyncio tasks",
+            "store_artifact, 4 processes"} <= set(rows)
+    assert all(cell["median"] > 0 for per in report["ops_per_s"].values() for cell in per.values())
