@@ -20,23 +20,18 @@
 //! # Ok::<(), consensus_db::Error>(())
 //! ```
 
-pub mod backup;
-pub mod db;
 pub mod error;
-pub mod legacy_rows;
-mod fork;
-pub mod pool;
-pub mod maintenance;
-pub mod migrations;
 pub mod model;
-pub mod pragmas;
-pub mod schema;
-pub mod sqlite_mutex;
+pub mod sqlite;
 pub mod store;
-pub mod transaction;
 
 #[cfg(feature = "python")]
 pub mod python;
+
+// The engine's modules at the paths they had before the SQLite wing was cut out.
+pub use sqlite::database as db;
+pub use sqlite::mutex as sqlite_mutex;
+pub use sqlite::{backup, legacy_rows, maintenance, migrations, pool, pragmas, schema, transaction};
 
 pub use db::{Database, OpenReport, Options};
 pub use error::{Error, Result};

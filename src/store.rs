@@ -17,12 +17,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::db::{Columns, Database};
+use crate::sqlite::database::{Columns, Database};
 use crate::error::{Error, Result};
 use crate::model::*;
-use crate::legacy_rows::{self, bool_sql, ms_sql as legacy_ms};
-use crate::schema::{self, PAIR_WINDOW_MS};
-use crate::transaction::Tx;
+use crate::sqlite::legacy_rows::{self, bool_sql, ms_sql as legacy_ms};
+use crate::sqlite::schema::{self, PAIR_WINDOW_MS};
+use crate::sqlite::transaction::Tx;
 
 pub const PHASE_TYPES: [&str; 2] = ["quality_gate", "regular_stage"];
 
@@ -249,7 +249,7 @@ impl Database {
 
     /// Deletes executions spawned more than `days` days ago; returns how many.
     pub fn cleanup_old_executions(&self, days: i64) -> Result<usize> {
-        crate::maintenance::cleanup_executions(&*self.conn()?, days)
+        crate::sqlite::maintenance::cleanup_executions(&*self.conn()?, days)
     }
 
     // ---- artifacts --------------------------------------------------------------
@@ -360,7 +360,7 @@ impl Database {
             if has_legacy {
                 if has_v1 {
                     // Copies a dual-write build wrote since the last migration count once.
-                    let linked = crate::migrations::link_artifact_copies(tx, Some((spec_id, stage)));
+                    let linked = crate::sqlite::migrations::link_artifact_copies(tx, Some((spec_id, stage)));
                     unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", linked)?;
                 }
                 let copies = has_v1.then_some("SELECT legacy_artifact_id FROM agent_outputs WHERE legacy_artifact_id IS NOT NULL");
@@ -399,7 +399,7 @@ impl Database {
             let mut deleted = 0;
             if has_legacy {
                 if has_v1 {
-                    let linked = crate::migrations::link_synthesis_copies(tx, Some((spec_id, stage)));
+                    let linked = crate::sqlite::migrations::link_synthesis_copies(tx, Some((spec_id, stage)));
                     unless_dropped(&self.layout.legacy_synthesis, "consensus_synthesis", linked)?;
                 }
                 let copies = has_v1.then_some("SELECT legacy_synthesis_id FROM consensus_runs WHERE legacy_synthesis_id IS NOT NULL");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
 
-use crate::db::{Database, Pool};
+use crate::sqlite::database::{Database, Pool};
 use crate::error::{Error, Result};
 
 /// Free-page fraction above which `needs_vacuum` is true by default.
@@ -162,10 +162,10 @@ impl Database {
             needs_vacuum: stats.free_fraction > vacuum_threshold,
             stats,
             rows,
-            journal_mode: crate::pragmas::read(&conn, "journal_mode")?,
+            journal_mode: crate::sqlite::pragmas::read(&conn, "journal_mode")?,
             auto_vacuum: pragma_i64(&conn, "auto_vacuum")?,
             schema_version: pragma_i64(&conn, "user_version")?,
-            shape: crate::schema::shape(&conn)?.describe(pragma_i64(&conn, "user_version")?),
+            shape: crate::sqlite::schema::shape(&conn)?.describe(pragma_i64(&conn, "user_version")?),
             vacuum_threshold,
         })
     }

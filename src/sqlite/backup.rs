@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
 
-use crate::db::Database;
+use crate::sqlite::database::Database;
 use crate::error::{Error, Result};
 
 /// Permission bits of a backup of an in-memory database.

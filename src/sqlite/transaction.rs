@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, Statement};
 
-use crate::db::{Conn, Database};
+use crate::sqlite::database::{Conn, Database};
 use crate::error::{Error, Result};
 
 /// How a transaction takes its locks. Writes use `Immediate`: a deferred transaction

@@ -10,12 +10,12 @@ use parking_lot::{Mutex, RwLock};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Error, Result};
-use crate::fork;
-use crate::migrations::{self, Version};
-use crate::pragmas::{self, Pragmas};
-use crate::schema::{self, Shape};
+use crate::sqlite::fork;
+use crate::sqlite::migrations::{self, Version};
+use crate::sqlite::pragmas::{self, Pragmas};
+use crate::sqlite::schema::{self, Shape};
 
-pub use crate::pool::{Conn, Pool};
+pub use crate::sqlite::pool::{Conn, Pool};
 
 /// How to open a store. `Options::default()` is the spec's configuration.
 #[derive(Clone, Debug)]
@@ -144,7 +144,7 @@ pub struct Database {
     pub(crate) options: Options,
     pub(crate) layout: Layout,
     pub(crate) reader: crate::store::ReaderStats,
-    pub(crate) maintenance: Mutex<Option<crate::maintenance::Maintenance>>,
+    pub(crate) maintenance: Mutex<Option<crate::sqlite::maintenance::Maintenance>>,
     open_report: OpenReport,
     opened_in: fork::Origin,
     /// Keeps a `:memory:` database alive: memdb frees it with its last connection.
@@ -171,21 +171,6 @@ fn verify_connection_scope(p: &Pragmas, conn: &Connection) -> Result<()> {
     only.verify(conn, true)
 }
 
-/// Process-wide SQLite settings, applied before the first connection opens: memory
-/// statistics off (otherwise every SQLite allocation takes a global mutex) and
-/// mutexes that spin before sleeping (see `sqlite_mutex`).
-pub(crate) fn configure_sqlite() {
-    static CONFIGURE: std::sync::Once = std::sync::Once::new();
-    CONFIGURE.call_once(|| {
-        // SAFETY: runs once, before this library opens any connection; SQLite answers
-        // SQLITE_MISUSE (ignored) if something else initialised it already.
-        unsafe {
-            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int);
-        }
-        crate::sqlite_mutex::install();
-    });
-}
-
 fn memdb_name() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!("file:/consensus-db-{}-{}?vfs=memdb", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
@@ -195,7 +180,7 @@ impl Database {
     /// Opens (or creates) a store at `path`; `":memory:"` gives one in-memory database
     /// shared by every pooled connection.
     pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Database> {
-        configure_sqlite();
+        crate::sqlite::mutex::configure_sqlite();
         let path = path.as_ref();
         let display = path.display().to_string();
         if options.pool_size == 0 {
@@ -403,8 +388,8 @@ impl Database {
 
     /// Legacy rows whose values had to be converted to be read (or could not be read
     /// as meant): listed by the upgrade report.
-    pub fn legacy_row_problems(&self) -> Result<Vec<crate::legacy_rows::Problem>> {
-        crate::legacy_rows::problems(&*self.conn()?)
+    pub fn legacy_row_problems(&self) -> Result<Vec<crate::sqlite::legacy_rows::Problem>> {
+        crate::sqlite::legacy_rows::problems(&*self.conn()?)
     }
 
     pub fn schema_version(&self) -> Result<Version> {
