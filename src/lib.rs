@@ -29,11 +29,17 @@ pub mod store;
 pub mod python;
 
 // The engine's modules at the paths they had before the SQLite wing was cut out.
-pub use sqlite::database as db;
 pub use sqlite::mutex as sqlite_mutex;
 pub use sqlite::{backup, legacy_rows, maintenance, migrations, pool, pragmas, schema, transaction};
 
-pub use db::{Database, OpenReport, Options};
+/// `consensus_db::db`, as before: the store's `Database` and the engine's options.
+pub mod db {
+    pub use crate::sqlite::database::{Conn, OpenReport, Options, Pool};
+    pub use crate::store::Database;
+}
+
+pub use sqlite::database::{OpenReport, Options};
+pub use store::Database;
 pub use error::{Error, Result};
 pub use maintenance::{CycleReport, Health, MaintenanceOptions, Stats, VacuumReport};
 pub use model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, ReaderCounts, Synthesis};

@@ -1,4 +1,6 @@
-//! SQLite's own mutexes, as parking_lot mutexes: they spin briefly before sleeping.
+//! SQLite's process-wide settings (`configure_sqlite`, before the first connection):
+//! memory statistics off, and SQLite's own mutexes as parking_lot mutexes: they spin
+//! briefly before sleeping.
 //!
 //! Why: every read transaction takes the WAL read lock on the `-shm` file, and SQLite's
 //! unix VFS holds a mutex across that `fcntl()` call. With SQLite's default (a plain
