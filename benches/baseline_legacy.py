@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-LEGACY_SQL = (Path(__file__).resolve().parent.parent / "src" / "sql" / "legacy_v0.sql").read_text()
+LEGACY_SQL = (Path(__file__).resolve().parent.parent / "src" / "sqlite" / "sql" / "legacy_v0.sql").read_text()
 NOW = "strftime('%Y-%m-%d %H:%M:%S', 'now')"
 
 

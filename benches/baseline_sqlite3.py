@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "src" / "sql"
+SQL_DIR = Path(__file__).resolve().parent.parent / "src" / "sqlite" / "sql"
 # The store's current layout: the routing table, the plan's seed tables, this store's columns.
 V1_SQL = "".join((SQL_DIR / f).read_text() for f in ("routing_table.sql", "seed_tables.sql", "store_columns.sql"))
 PRAGMAS = ("synchronous=NORMAL", "foreign_keys=ON", "cache_size=-32000", "temp_store=MEMORY",

@@ -20,25 +20,26 @@
 //! # Ok::<(), consensus_db::Error>(())
 //! ```
 
-pub mod backup;
-pub mod db;
 pub mod error;
-pub mod legacy_rows;
-mod fork;
-pub mod pool;
-pub mod maintenance;
-pub mod migrations;
 pub mod model;
-pub mod pragmas;
-pub mod schema;
-pub mod sqlite_mutex;
+pub mod sqlite;
 pub mod store;
-pub mod transaction;
 
 #[cfg(feature = "python")]
 pub mod python;
 
-pub use db::{Database, OpenReport, Options};
+// The engine's modules at the paths they had before the SQLite wing was cut out.
+pub use sqlite::mutex as sqlite_mutex;
+pub use sqlite::{backup, legacy_rows, maintenance, migrations, pool, pragmas, schema, transaction};
+
+/// `consensus_db::db`, as before: the store's `Database` and the engine's options.
+pub mod db {
+    pub use crate::sqlite::database::{Conn, OpenReport, Options, Pool};
+    pub use crate::store::Database;
+}
+
+pub use sqlite::database::{OpenReport, Options};
+pub use store::Database;
 pub use error::{Error, Result};
 pub use maintenance::{CycleReport, Health, MaintenanceOptions, Stats, VacuumReport};
 pub use model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, ReaderCounts, Synthesis};

@@ -1,6 +1,7 @@
 //! Keeping the file small and healthy: statistics, incremental and full VACUUM, WAL
 //! checkpoints, integrity checks, retention, and an optional background thread that
-//! does retention + incremental vacuum + checkpoint on an interval.
+//! does retention + incremental vacuum + checkpoint on an interval (its handle is held by
+//! the store's `Database`, above).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
 
-use crate::db::{Database, Pool};
+use crate::sqlite::database::{Engine, Pool};
 use crate::error::{Error, Result};
 
 /// Free-page fraction above which `needs_vacuum` is true by default.
@@ -136,7 +137,7 @@ pub(crate) fn cleanup_executions(conn: &Connection, days: i64) -> Result<usize> 
     }
 }
 
-impl Database {
+impl Engine {
     pub fn stats(&self) -> Result<Stats> {
         stats(&*self.conn()?, self.file(), self.in_memory)
     }
@@ -162,10 +163,10 @@ impl Database {
             needs_vacuum: stats.free_fraction > vacuum_threshold,
             stats,
             rows,
-            journal_mode: crate::pragmas::read(&conn, "journal_mode")?,
+            journal_mode: crate::sqlite::pragmas::read(&conn, "journal_mode")?,
             auto_vacuum: pragma_i64(&conn, "auto_vacuum")?,
             schema_version: pragma_i64(&conn, "user_version")?,
-            shape: crate::schema::shape(&conn)?.describe(pragma_i64(&conn, "user_version")?),
+            shape: crate::sqlite::schema::shape(&conn)?.describe(pragma_i64(&conn, "user_version")?),
             vacuum_threshold,
         })
     }
@@ -224,48 +225,6 @@ impl Database {
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
-
-    /// Starts the background maintenance thread (replacing a running one).
-    pub fn start_maintenance(&self, options: MaintenanceOptions) -> Result<()> {
-        if self.read_only {
-            return Err(Error::ReadOnly(format!("maintenance writes; {:?} is read-only", self.path)));
-        }
-        if options.interval.is_zero() {
-            return Err(Error::invalid("interval_s", "must be greater than zero"));
-        }
-        if let Some(days) = options.retention_days {
-            if days < 0 {
-                return Err(Error::invalid("retention_days", format!("must be zero or more, got {days}")));
-            }
-        }
-        if self.pool.is_closed() {
-            return Err(Error::Closed);
-        }
-        let pool = self.pool.clone();
-        let mut slot = self.maintenance.lock();
-        if let Some(old) = slot.take() {
-            old.stop();
-        }
-        *slot = Some(Maintenance::start(pool, options, self.in_memory)?);
-        Ok(())
-    }
-
-    /// Stops the background thread and waits for it (unless called from that thread,
-    /// e.g. from `on_cycle`: it then stops once the hook returns); a no-op when none runs.
-    pub fn stop_maintenance(&self) {
-        let running = self.maintenance.lock().take();
-        match running {
-            // A forked child has no such thread to join.
-            Some(m) if self.is_forked() => std::mem::forget(m),
-            Some(m) => m.stop(),
-            None => {}
-        }
-    }
-
-    /// Cycles completed by the running maintenance thread (`None` when none runs).
-    pub fn maintenance_cycles(&self) -> Option<u64> {
-        self.maintenance.lock().as_ref().map(|m| m.cycles.load(Ordering::Acquire))
-    }
 }
 
 /// What the maintenance thread did in one cycle.
@@ -307,12 +266,12 @@ impl Default for MaintenanceOptions {
 
 pub(crate) struct Maintenance {
     stop: Arc<(Mutex<bool>, Condvar)>,
-    cycles: Arc<AtomicU64>,
+    pub(crate) cycles: Arc<AtomicU64>,
     thread: JoinHandle<()>,
 }
 
 impl Maintenance {
-    fn start(pool: Pool, options: MaintenanceOptions, in_memory: bool) -> Result<Maintenance> {
+    pub(crate) fn start(pool: Pool, options: MaintenanceOptions, in_memory: bool) -> Result<Maintenance> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let cycles = Arc::new(AtomicU64::new(0));
         let (stop_flag, counter) = (stop.clone(), cycles.clone());

@@ -1,4 +1,6 @@
-//! SQLite's own mutexes, as parking_lot mutexes: they spin briefly before sleeping.
+//! SQLite's process-wide settings (`configure_sqlite`, before the first connection):
+//! memory statistics off, and SQLite's own mutexes as parking_lot mutexes: they spin
+//! briefly before sleeping.
 //!
 //! Why: every read transaction takes the WAL read lock on the `-shm` file, and SQLite's
 //! unix VFS holds a mutex across that `fcntl()` call. With SQLite's default (a plain
@@ -46,10 +48,25 @@ pub(crate) fn install() {
     unsafe { ffi::sqlite3_config(ffi::SQLITE_CONFIG_MUTEX, &METHODS as *const ffi::sqlite3_mutex_methods) };
 }
 
+/// Process-wide SQLite settings, applied before the first connection opens: memory
+/// statistics off (otherwise every SQLite allocation takes a global mutex) and
+/// mutexes that spin before sleeping (see this module).
+pub(crate) fn configure_sqlite() {
+    static CONFIGURE: std::sync::Once = std::sync::Once::new();
+    CONFIGURE.call_once(|| {
+        // SAFETY: runs once, before this library opens any connection; SQLite answers
+        // SQLITE_MISUSE (ignored) if something else initialised it already.
+        unsafe {
+            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int);
+        }
+        install();
+    });
+}
+
 /// Whether SQLite runs on these mutexes (false if something else in the process
 /// initialised SQLite before this library opened its first connection).
 pub fn installed() -> bool {
-    crate::db::configure_sqlite();
+    configure_sqlite();
     // SAFETY: SQLite is initialised (or this initialises it); a static mutex is
     // SQLite's own, so allocating one only looks it up.
     let app1 = unsafe { ffi::sqlite3_mutex_alloc(ffi::SQLITE_MUTEX_STATIC_APP1) };

@@ -9,7 +9,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, Row};
 
 use crate::error::Result;
-use crate::schema::table_exists;
+use crate::sqlite::schema::table_exists;
 
 /// Numbers this large in a timestamp column are milliseconds, not seconds (year 5138).
 const MS_THRESHOLD: f64 = 1e11;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
 
-use crate::db::Database;
+use crate::sqlite::database::Engine;
 use crate::error::{Error, Result};
 
 /// Permission bits of a backup of an in-memory database.
@@ -20,7 +20,7 @@ const PRIVATE: u32 = 0o600;
 /// How many fresh names `backup_beside` tries before giving up.
 const NAME_ATTEMPTS: u32 = 100;
 
-impl Database {
+impl Engine {
     /// Copies the database, as of one moment, into the new file `dest`. An existing
     /// `dest` (a file, or a link even to nowhere) is refused, never followed or replaced.
     /// The copy gets the database file's permission bits and is synced before this

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, Statement};
 
-use crate::db::{Conn, Database};
+use crate::sqlite::database::{Conn, Engine};
 use crate::error::{Error, Result};
 
 /// How a transaction takes its locks. Writes use `Immediate`: a deferred transaction
@@ -363,7 +363,7 @@ fn collect_rows(stmt: &mut Statement<'_>, params: impl rusqlite::Params) -> Resu
     Ok(out)
 }
 
-impl Database {
+impl Engine {
     /// Begins a transaction on a pooled connection, for callers that drive it step by step.
     pub fn begin(&self, behavior: Behavior) -> Result<Tx> {
         if self.read_only && behavior != Behavior::Deferred {
@@ -395,7 +395,7 @@ impl Database {
         self.read(|conn| query(conn, sql, params))
     }
 
-    /// [`Database::query`] with positional or named parameters.
+    /// [`Engine::query`] with positional or named parameters.
     pub fn query_params(&self, sql: &str, params: &Params) -> Result<Rows> {
         self.read(|conn| query_params(conn, sql, params))
     }

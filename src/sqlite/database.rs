@@ -1,21 +1,23 @@
 //! Opening a database: the persistent settings and migrations on one bootstrap
 //! connection, then a pool (`pool.rs`) whose every new connection gets the
-//! per-connection pragmas, verified. `Database` is `Send + Sync`: share it between threads.
+//! per-connection pragmas, verified. `Engine` is the open file: the pool, the path and
+//! options, the open report, the process that opened it; `Send + Sync`. The store's
+//! `Database` (`store/database.rs`) is an engine plus what the store keeps above it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Error, Result};
-use crate::fork;
-use crate::migrations::{self, Version};
-use crate::pragmas::{self, Pragmas};
-use crate::schema::{self, Shape};
+use crate::sqlite::fork;
+use crate::sqlite::migrations::{self, Version};
+use crate::sqlite::pragmas::{self, Pragmas};
+use crate::sqlite::schema;
 
-pub use crate::pool::{Conn, Pool};
+pub use crate::sqlite::pool::{Conn, Pool};
 
 /// How to open a store. `Options::default()` is the spec's configuration.
 #[derive(Clone, Debug)]
@@ -68,71 +70,7 @@ pub struct OpenReport {
     pub layout_updated: bool,
 }
 
-/// Which tables the file has, in which layout; decides which paths the dual-schema
-/// reader takes and whether artifact writes can go ahead.
-#[derive(Debug, Default)]
-pub(crate) struct Layout {
-    /// The new tables are readable (the seed layout or the current one).
-    pub v1: AtomicBool,
-    /// The new tables are in the current layout: this store writes them.
-    pub current: AtomicBool,
-    /// The new tables are in this store's first layout, which only a migration makes
-    /// readable again (a store opened with `migrate=False`, or read-only).
-    pub stale: AtomicBool,
-    pub legacy_artifacts: AtomicBool,
-    pub legacy_synthesis: AtomicBool,
-    pub columns: RwLock<Columns>,
-}
-
-/// What the readers select for columns a file may lack: the column, or NULL. Old
-/// legacy files predate some columns (added later by `ALTER TABLE` in the field,
-/// and by the version 1 migration here); a predecessor's seed layout lacks this
-/// store's columns until its layout is migrated.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Columns {
-    pub artifact_run_id: &'static str,
-    pub artifact_response_text: &'static str,
-    pub synthesis_run_id: &'static str,
-    pub execution_run_id: &'static str,
-    pub execution_extraction_error: &'static str,
-    pub output_response_text: &'static str,
-    pub output_legacy_id: &'static str,
-    pub run_orchestrator_id: &'static str,
-    pub run_legacy_id: &'static str,
-    pub run_synthesized_at: &'static str,
-}
-
-impl Default for Columns {
-    fn default() -> Self {
-        Columns {
-            artifact_run_id: "run_id",
-            artifact_response_text: "response_text",
-            synthesis_run_id: "run_id",
-            execution_run_id: "run_id",
-            execution_extraction_error: "extraction_error",
-            output_response_text: "response_text",
-            output_legacy_id: "legacy_artifact_id",
-            run_orchestrator_id: "orchestrator_run_id",
-            run_legacy_id: "legacy_synthesis_id",
-            run_synthesized_at: "synthesized_at",
-        }
-    }
-}
-
-impl Columns {
-    pub const MISSING: &'static str = "NULL";
-
-    /// `column` qualified by a table alias, or NULL where the file lacks it.
-    pub fn of(alias: &str, column: &str) -> String {
-        if column == Self::MISSING {
-            Self::MISSING.to_owned()
-        } else {
-            format!("{alias}.{column}")
-        }
-    }
-}
-
-pub struct Database {
+pub struct Engine {
     pub(crate) pool: Pool,
     /// The path as given, for messages (lossy if it is not UTF-8).
     pub(crate) path: String,
@@ -142,9 +80,6 @@ pub struct Database {
     pub(crate) in_memory: bool,
     pub(crate) read_only: bool,
     pub(crate) options: Options,
-    pub(crate) layout: Layout,
-    pub(crate) reader: crate::store::ReaderStats,
-    pub(crate) maintenance: Mutex<Option<crate::maintenance::Maintenance>>,
     open_report: OpenReport,
     opened_in: fork::Origin,
     /// Keeps a `:memory:` database alive: memdb frees it with its last connection.
@@ -171,31 +106,16 @@ fn verify_connection_scope(p: &Pragmas, conn: &Connection) -> Result<()> {
     only.verify(conn, true)
 }
 
-/// Process-wide SQLite settings, applied before the first connection opens: memory
-/// statistics off (otherwise every SQLite allocation takes a global mutex) and
-/// mutexes that spin before sleeping (see `sqlite_mutex`).
-pub(crate) fn configure_sqlite() {
-    static CONFIGURE: std::sync::Once = std::sync::Once::new();
-    CONFIGURE.call_once(|| {
-        // SAFETY: runs once, before this library opens any connection; SQLite answers
-        // SQLITE_MISUSE (ignored) if something else initialised it already.
-        unsafe {
-            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int);
-        }
-        crate::sqlite_mutex::install();
-    });
-}
-
 fn memdb_name() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!("file:/consensus-db-{}-{}?vfs=memdb", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-impl Database {
-    /// Opens (or creates) a store at `path`; `":memory:"` gives one in-memory database
+impl Engine {
+    /// Opens (or creates) a database at `path`; `":memory:"` gives one in-memory database
     /// shared by every pooled connection.
-    pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Database> {
-        configure_sqlite();
+    pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Engine> {
+        crate::sqlite::mutex::configure_sqlite();
         let path = path.as_ref();
         let display = path.display().to_string();
         if options.pool_size == 0 {
@@ -282,7 +202,7 @@ impl Database {
             None
         };
 
-        let db = Database {
+        let db = Engine {
             pool,
             path: display,
             given: path.to_path_buf(),
@@ -290,9 +210,6 @@ impl Database {
             in_memory,
             read_only: options.read_only,
             options,
-            layout: Layout::default(),
-            reader: Default::default(),
-            maintenance: Mutex::new(None),
             open_report,
             opened_in: fork::Origin::here(),
             keeper: Mutex::new(keeper),
@@ -300,7 +217,6 @@ impl Database {
         // The first checkout proves a pooled connection gets, and keeps, every pragma.
         let first: Vec<Conn> = (0..db.options.min_idle.max(1)).map(|_| db.conn()).collect::<Result<_>>()?;
         drop(first);
-        db.refresh_layout()?;
         Ok(db)
     }
 
@@ -379,13 +295,14 @@ impl Database {
     }
 
     /// Migrates the schema to `target`, up or down; returns the version reached.
-    pub fn migrate(&self, target: Version) -> Result<Version> {
+    /// (`Database::migrate` then re-reads the store's layout.)
+    pub(crate) fn migrate(&self, target: Version) -> Result<Version> {
         self.migrating(|conn| migrations::migrate(conn, target))
     }
 
     /// Brings the file up to at least `target` and its tables to the current layout,
     /// as opening does; never down. Returns the version reached.
-    pub fn upgrade(&self, target: Version) -> Result<Version> {
+    pub(crate) fn upgrade(&self, target: Version) -> Result<Version> {
         self.migrating(|conn| migrations::upgrade(conn, target).map(drop))
     }
 
@@ -397,52 +314,23 @@ impl Database {
         work(&conn)?;
         let reached = migrations::user_version(&conn)?;
         drop(conn);
-        self.refresh_layout()?;
         Ok(reached)
     }
 
     /// Legacy rows whose values had to be converted to be read (or could not be read
     /// as meant): listed by the upgrade report.
-    pub fn legacy_row_problems(&self) -> Result<Vec<crate::legacy_rows::Problem>> {
-        crate::legacy_rows::problems(&*self.conn()?)
+    pub fn legacy_row_problems(&self) -> Result<Vec<crate::sqlite::legacy_rows::Problem>> {
+        crate::sqlite::legacy_rows::problems(&*self.conn()?)
     }
 
     pub fn schema_version(&self) -> Result<Version> {
         migrations::user_version(&*self.conn()?)
     }
 
-    pub(crate) fn refresh_layout(&self) -> Result<()> {
-        let catalog = schema::Catalog::read(&*self.conn()?)?;
-        let shape = catalog.shape()?;
-        let readable = matches!(shape, Shape::Seed | Shape::Current);
-        self.layout.v1.store(readable, Ordering::Release);
-        self.layout.current.store(shape == Shape::Current, Ordering::Release);
-        self.layout.stale.store(shape == Shape::StoreRevision1, Ordering::Release);
-        self.layout.legacy_artifacts.store(catalog.has_table("consensus_artifacts"), Ordering::Release);
-        self.layout.legacy_synthesis.store(catalog.has_table("consensus_synthesis"), Ordering::Release);
-        let column = |table: &str, name: &'static str| -> Result<&'static str> {
-            Ok(if catalog.has_column(table, name) { name } else { Columns::MISSING })
-        };
-        *self.layout.columns.write() = Columns {
-            artifact_run_id: column("consensus_artifacts", "run_id")?,
-            artifact_response_text: column("consensus_artifacts", "response_text")?,
-            synthesis_run_id: column("consensus_synthesis", "run_id")?,
-            execution_run_id: column("agent_executions", "run_id")?,
-            execution_extraction_error: column("agent_executions", "extraction_error")?,
-            output_response_text: column("agent_outputs", "response_text")?,
-            output_legacy_id: column("agent_outputs", "legacy_artifact_id")?,
-            run_orchestrator_id: column("consensus_runs", "orchestrator_run_id")?,
-            run_legacy_id: column("consensus_runs", "legacy_synthesis_id")?,
-            run_synthesized_at: column("consensus_runs", "synthesized_at")?,
-        };
-        Ok(())
-    }
-
-    /// Stops maintenance and closes every pooled connection on this thread: when it
-    /// returns, the store holds no file open (a connection still in use by an open
-    /// transaction closes when that transaction ends). Idempotent.
+    /// Closes every pooled connection on this thread: when it returns, the engine holds
+    /// no file open (a connection still in use by an open transaction closes when that
+    /// transaction ends). Idempotent. `Database::close` stops maintenance first.
     pub fn close(&self) {
-        self.stop_maintenance();
         self.pool.close();
         let keeper = self.keeper.lock().take();
         if self.is_forked() {
@@ -453,7 +341,7 @@ impl Database {
     }
 }
 
-impl Drop for Database {
+impl Drop for Engine {
     fn drop(&mut self) {
         self.close();
     }

@@ -14,7 +14,7 @@ use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
-use crate::fork;
+use crate::sqlite::fork;
 
 type Opener = Box<dyn Fn() -> Result<Connection> + Send + Sync>;
 

@@ -17,10 +17,10 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
-use crate::legacy_rows::{bool_sql, ms_sql as legacy_ms, text_sql};
-use crate::schema::{self, column_exists, table_exists, Shape, PAIR_WINDOW_MS};
+use crate::sqlite::legacy_rows::{bool_sql, ms_sql as legacy_ms, text_sql};
+use crate::sqlite::schema::{self, column_exists, table_exists, Shape, PAIR_WINDOW_MS};
 
-pub use crate::schema::LEGACY_SCHEMA_SQL;
+pub use crate::sqlite::schema::LEGACY_SCHEMA_SQL;
 
 pub type Version = i64;
 

@@ -1,0 +1,16 @@
+//! The SQLite wing: everything that knows it runs on SQLite — opening a file (the
+//! persistent settings and migrations on a bootstrap connection, then the pool), the
+//! pragmas, the schema and its migrations, transactions, maintenance, online backup,
+//! SQLite's process-wide settings (spinning mutexes) and fork detection.
+
+pub mod backup;
+pub mod database;
+pub(crate) mod fork;
+pub mod legacy_rows;
+pub mod maintenance;
+pub mod migrations;
+pub mod mutex;
+pub mod pool;
+pub mod pragmas;
+pub mod schema;
+pub mod transaction;

@@ -1,0 +1,221 @@
+//! The store's `Database`: a SQLite engine (`sqlite::Engine`: pool, path, options)
+//! plus what the store keeps above it — the file's layout for the dual-schema reader,
+//! its counters, and the background maintenance thread. The store's operations are
+//! `impl Database` blocks in `executions.rs`, `artifacts.rs` and `synthesis.rs`; the
+//! engine's own (conn, begin/write/read/query, health, vacuum, backup, pragmas, …) are
+//! reached through `Deref`. `Database` is `Send + Sync`: share it between threads.
+
+use std::borrow::Cow;
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::LazyLock;
+
+use parking_lot::Mutex;
+
+use super::legacy::{Columns, Layout, ReaderStats};
+use crate::error::{Error, Result};
+use crate::model::ReaderCounts;
+use crate::sqlite::database::{Engine, Options};
+use crate::sqlite::maintenance::{Maintenance, MaintenanceOptions};
+use crate::sqlite::migrations::Version;
+use crate::sqlite::schema::{self, Shape};
+
+pub struct Database {
+    engine: Engine,
+    pub(crate) layout: Layout,
+    pub(crate) reader: ReaderStats,
+    pub(crate) maintenance: Mutex<Option<Maintenance>>,
+}
+
+impl Deref for Database {
+    type Target = Engine;
+
+    #[inline]
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl Database {
+    /// Opens (or creates) a store at `path`; `":memory:"` gives one in-memory database
+    /// shared by every pooled connection.
+    pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Database> {
+        let db = Database {
+            engine: Engine::open(path, options)?,
+            layout: Layout::default(),
+            reader: Default::default(),
+            maintenance: Mutex::new(None),
+        };
+        db.refresh_layout()?;
+        Ok(db)
+    }
+
+    /// Migrates the schema to `target`, up or down; returns the version reached.
+    pub fn migrate(&self, target: Version) -> Result<Version> {
+        let reached = self.engine.migrate(target)?;
+        self.refresh_layout()?;
+        Ok(reached)
+    }
+
+    /// Brings the file up to at least `target` and its tables to the current layout,
+    /// as opening does; never down. Returns the version reached.
+    pub fn upgrade(&self, target: Version) -> Result<Version> {
+        let reached = self.engine.upgrade(target)?;
+        self.refresh_layout()?;
+        Ok(reached)
+    }
+
+    pub(crate) fn refresh_layout(&self) -> Result<()> {
+        let catalog = schema::Catalog::read(&*self.conn()?)?;
+        let shape = catalog.shape()?;
+        let readable = matches!(shape, Shape::Seed | Shape::Current);
+        self.layout.v1.store(readable, Ordering::Release);
+        self.layout.current.store(shape == Shape::Current, Ordering::Release);
+        self.layout.stale.store(shape == Shape::StoreRevision1, Ordering::Release);
+        self.layout.legacy_artifacts.store(catalog.has_table("consensus_artifacts"), Ordering::Release);
+        self.layout.legacy_synthesis.store(catalog.has_table("consensus_synthesis"), Ordering::Release);
+        let column = |table: &str, name: &'static str| -> Result<&'static str> {
+            Ok(if catalog.has_column(table, name) { name } else { Columns::MISSING })
+        };
+        *self.layout.columns.write() = Columns {
+            artifact_run_id: column("consensus_artifacts", "run_id")?,
+            artifact_response_text: column("consensus_artifacts", "response_text")?,
+            synthesis_run_id: column("consensus_synthesis", "run_id")?,
+            execution_run_id: column("agent_executions", "run_id")?,
+            execution_extraction_error: column("agent_executions", "extraction_error")?,
+            output_response_text: column("agent_outputs", "response_text")?,
+            output_legacy_id: column("agent_outputs", "legacy_artifact_id")?,
+            run_orchestrator_id: column("consensus_runs", "orchestrator_run_id")?,
+            run_legacy_id: column("consensus_runs", "legacy_synthesis_id")?,
+            run_synthesized_at: column("consensus_runs", "synthesized_at")?,
+        };
+        Ok(())
+    }
+
+    /// Stops maintenance and closes every pooled connection on this thread: when it
+    /// returns, the store holds no file open (a connection still in use by an open
+    /// transaction closes when that transaction ends). Idempotent.
+    pub fn close(&self) {
+        self.stop_maintenance();
+        self.engine.close();
+    }
+
+    /// Starts the background maintenance thread (replacing a running one).
+    pub fn start_maintenance(&self, options: MaintenanceOptions) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly(format!("maintenance writes; {:?} is read-only", self.path)));
+        }
+        if options.interval.is_zero() {
+            return Err(Error::invalid("interval_s", "must be greater than zero"));
+        }
+        if let Some(days) = options.retention_days {
+            if days < 0 {
+                return Err(Error::invalid("retention_days", format!("must be zero or more, got {days}")));
+            }
+        }
+        if self.pool.is_closed() {
+            return Err(Error::Closed);
+        }
+        let pool = self.pool.clone();
+        let mut slot = self.maintenance.lock();
+        if let Some(old) = slot.take() {
+            old.stop();
+        }
+        *slot = Some(Maintenance::start(pool, options, self.in_memory)?);
+        Ok(())
+    }
+
+    /// Stops the background thread and waits for it (unless called from that thread,
+    /// e.g. from `on_cycle`: it then stops once the hook returns); a no-op when none runs.
+    pub fn stop_maintenance(&self) {
+        let running = self.maintenance.lock().take();
+        match running {
+            // A forked child has no such thread to join.
+            Some(m) if self.is_forked() => std::mem::forget(m),
+            Some(m) => m.stop(),
+            None => {}
+        }
+    }
+
+    /// Cycles completed by the running maintenance thread (`None` when none runs).
+    pub fn maintenance_cycles(&self) -> Option<u64> {
+        self.maintenance.lock().as_ref().map(|m| m.cycles.load(Ordering::Acquire))
+    }
+
+    /// How often each schema served the dual-schema reader.
+    pub fn reader_counts(&self) -> ReaderCounts {
+        ReaderCounts {
+            v1: self.reader.v1.load(Ordering::Relaxed),
+            legacy: self.reader.legacy.load(Ordering::Relaxed),
+            empty: self.reader.empty.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Artifact and synthesis writes need the new tables in the current layout.
+    pub(super) fn require_current(&self) -> Result<()> {
+        if self.layout.current.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let why = if self.layout.v1.load(Ordering::Acquire) {
+            "has the new tables in the predecessor's seed layout, without this store's columns"
+        } else if self.layout.stale.load(Ordering::Acquire) {
+            "has the new tables in consensus-db's first layout"
+        } else {
+            "is at schema version 0 (legacy)"
+        };
+        Err(Error::Migration(format!(
+            "database {:?} {why}; call migrate() (or open it with migrate=True) before writing artifacts or syntheses",
+            self.path
+        )))
+    }
+
+    /// Whether the new tables can be read. This store's first layout cannot be read
+    /// until it is migrated: refusing beats returning only the legacy half.
+    pub(super) fn v1_readable(&self) -> Result<bool> {
+        if self.layout.stale.load(Ordering::Acquire) {
+            return Err(Error::Migration(format!(
+                "database {:?} has the new tables in consensus-db's first layout; open it once with migrate=True \
+                 (or call migrate()) to read them",
+                self.path
+            )));
+        }
+        Ok(self.layout.v1.load(Ordering::Acquire))
+    }
+
+    /// A read's SQL: built once for the current layout, per call for a file that
+    /// lacks some of this store's columns (a seed file opened without migrating).
+    pub(super) fn sql_for_layout(&self, current: &'static LazyLock<String>, build: fn(Columns) -> String, columns: Columns) -> Cow<'static, str> {
+        if self.layout.current.load(Ordering::Acquire) {
+            Cow::Borrowed(current.as_str())
+        } else {
+            Cow::Owned(build(columns))
+        }
+    }
+
+    /// Deletes touch every table: a file whose new tables are not current is migrated first.
+    pub(super) fn require_current_if_new_tables(&self) -> Result<()> {
+        if self.layout.v1.load(Ordering::Acquire) || self.layout.stale.load(Ordering::Acquire) {
+            self.require_current()?;
+        }
+        Ok(())
+    }
+
+    /// Writes that need a column an old, unmigrated file predates.
+    pub(super) fn require_column(&self, column: &str, table_column: &str) -> Result<()> {
+        if column != Columns::MISSING {
+            return Ok(());
+        }
+        Err(Error::Migration(format!(
+            "database {:?} predates the {table_column} column (an old legacy shape); call migrate() first",
+            self.path
+        )))
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        // The engine closes the pool when it drops, right after.
+        self.stop_maintenance();
+    }
+}

@@ -1,0 +1,240 @@
+//! The dual-schema reader's legacy half: which tables and columns the file has
+//! (`Layout`, `Columns`), how often each schema served (`ReaderStats`), the legacy
+//! tables' reads and deletes, and the pairing of rows the predecessor wrote twice.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::RwLock;
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row};
+
+use crate::error::{Error, Result};
+use crate::model::*;
+use crate::sqlite::legacy_rows::{self, bool_sql, ms_sql as legacy_ms};
+use crate::sqlite::schema::PAIR_WINDOW_MS;
+use crate::sqlite::transaction::Tx;
+
+/// Which tables the file has, in which layout; decides which paths the dual-schema
+/// reader takes and whether artifact writes can go ahead.
+#[derive(Debug, Default)]
+pub(crate) struct Layout {
+    /// The new tables are readable (the seed layout or the current one).
+    pub v1: AtomicBool,
+    /// The new tables are in the current layout: this store writes them.
+    pub current: AtomicBool,
+    /// The new tables are in this store's first layout, which only a migration makes
+    /// readable again (a store opened with `migrate=False`, or read-only).
+    pub stale: AtomicBool,
+    pub legacy_artifacts: AtomicBool,
+    pub legacy_synthesis: AtomicBool,
+    pub columns: RwLock<Columns>,
+}
+
+/// What the readers select for columns a file may lack: the column, or NULL. Old
+/// legacy files predate some columns (added later by `ALTER TABLE` in the field,
+/// and by the version 1 migration here); a predecessor's seed layout lacks this
+/// store's columns until its layout is migrated.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Columns {
+    pub artifact_run_id: &'static str,
+    pub artifact_response_text: &'static str,
+    pub synthesis_run_id: &'static str,
+    pub execution_run_id: &'static str,
+    pub execution_extraction_error: &'static str,
+    pub output_response_text: &'static str,
+    pub output_legacy_id: &'static str,
+    pub run_orchestrator_id: &'static str,
+    pub run_legacy_id: &'static str,
+    pub run_synthesized_at: &'static str,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Columns {
+            artifact_run_id: "run_id",
+            artifact_response_text: "response_text",
+            synthesis_run_id: "run_id",
+            execution_run_id: "run_id",
+            execution_extraction_error: "extraction_error",
+            output_response_text: "response_text",
+            output_legacy_id: "legacy_artifact_id",
+            run_orchestrator_id: "orchestrator_run_id",
+            run_legacy_id: "legacy_synthesis_id",
+            run_synthesized_at: "synthesized_at",
+        }
+    }
+}
+
+impl Columns {
+    pub const MISSING: &'static str = "NULL";
+
+    /// `column` qualified by a table alias, or NULL where the file lacks it.
+    pub fn of(alias: &str, column: &str) -> String {
+        if column == Self::MISSING {
+            Self::MISSING.to_owned()
+        } else {
+            format!("{alias}.{column}")
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct ReaderStats {
+    pub(super) v1: AtomicU64,
+    pub(super) legacy: AtomicU64,
+    pub(super) empty: AtomicU64,
+}
+
+impl ReaderStats {
+    pub(super) fn count(&self, v1: bool, legacy: bool) {
+        if v1 {
+            self.v1.fetch_add(1, Ordering::Relaxed);
+        }
+        if legacy {
+            self.legacy.fetch_add(1, Ordering::Relaxed);
+        }
+        if !v1 && !legacy {
+            self.empty.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A legacy table that another process dropped (`migrate(2)`) while this store was open
+/// reads as empty, and the layout is corrected so later reads skip it.
+pub(super) fn unless_dropped<T: Default>(present: &AtomicBool, table: &str, read: Result<T>) -> Result<T> {
+    match read {
+        Err(Error::Sqlite(message)) if message.contains(&format!("no such table: {table}")) => {
+            present.store(false, Ordering::Release);
+            Ok(T::default())
+        }
+        other => other,
+    }
+}
+
+/// The rows a delete covers: a spec (`?2` NULL) or one of its stages.
+pub(super) const SCOPE: &str = "spec_id = ?1 AND (?2 IS NULL OR stage = ?2)";
+
+/// Deletes a spec's (or stage's) rows from a legacy table. Returns how many had no copy
+/// in the new schema (`copies` selects the ids that have one; those are counted there).
+pub(super) fn delete_legacy(tx: &Tx, table: &str, copies: Option<&str>, args: &[Value]) -> Result<usize> {
+    let uncopied = match copies {
+        Some(ids) => tx.execute(&format!("DELETE FROM {table} WHERE {SCOPE} AND id NOT IN ({ids})"), args)?,
+        None => 0,
+    };
+    let rest = tx.execute(&format!("DELETE FROM {table} WHERE {SCOPE}"), args)?;
+    Ok(if copies.is_some() { uncopied } else { rest })
+}
+
+/// A legacy synthesis row.
+fn legacy_synthesis_row(r: &Row, spec_id: &str, stage: &str) -> rusqlite::Result<Synthesis> {
+    Ok(Synthesis {
+        id: r.get(0)?,
+        spec_id: spec_id.to_owned(),
+        stage: stage.to_owned(),
+        output_markdown: legacy_rows::text_or_empty(r, 1)?,
+        output_path: legacy_rows::text(r, 2)?,
+        status: legacy_rows::text_or_empty(r, 3)?,
+        artifacts_count: legacy_rows::integer(r, 4)?,
+        agreements: legacy_rows::text(r, 5)?,
+        conflicts: legacy_rows::text(r, 6)?,
+        degraded: r.get(7)?,
+        run_id: legacy_rows::text(r, 8)?,
+        created_at_ms: r.get(9)?,
+        source: SOURCE_LEGACY,
+    })
+}
+
+/// A legacy synthesis and the new-schema row a dual-write build wrote with it.
+pub(super) fn is_synthesis_twin(legacy: &Synthesis, v1: &Synthesis) -> bool {
+    legacy.output_markdown == v1.output_markdown && (v1.created_at_ms - legacy.created_at_ms).abs() <= PAIR_WINDOW_MS
+}
+
+/// Finds, among the new-schema rows not linked to a legacy row, the copy of `legacy`
+/// that a dual-write build wrote (same agent and content, within the pairing window,
+/// nearest first); takes it, filling in what only the legacy copy kept. Returns
+/// whether there was one.
+pub(super) fn pair_with_twin(legacy: &Artifact, v1: &mut [(Artifact, bool)]) -> bool {
+    let twin = v1
+        .iter_mut()
+        .filter(|(a, unlinked)| {
+            *unlinked
+                && a.agent_name == legacy.agent_name
+                && a.content_json == legacy.content_json
+                && (a.created_at_ms - legacy.created_at_ms).abs() <= PAIR_WINDOW_MS
+        })
+        .min_by_key(|(a, _)| ((a.created_at_ms - legacy.created_at_ms).abs(), a.id));
+    match twin {
+        Some((a, unlinked)) => {
+            *unlinked = false;
+            if a.response_text.is_none() {
+                a.response_text.clone_from(&legacy.response_text);
+            }
+            if a.run_id.is_none() {
+                a.run_id.clone_from(&legacy.run_id);
+            }
+            true
+        }
+        None => false,
+    }
+}
+
+/// The newest legacy synthesis (written by an old binary) that has no copy in the new schema.
+pub(super) fn legacy_latest_synthesis(
+    conn: &Connection,
+    spec_id: &str,
+    stage: &str,
+    has_v1: bool,
+    columns: Columns,
+) -> Result<Option<Synthesis>> {
+    let unmirrored = if has_v1 && columns.run_legacy_id != Columns::MISSING {
+        "AND NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id)"
+    } else {
+        ""
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT id, output_markdown, output_path, status, artifacts_count, agreements, conflicts, {}, {}, {} AS at
+         FROM consensus_synthesis s WHERE spec_id = ?1 AND stage = ?2 {unmirrored}
+         ORDER BY at DESC, id DESC LIMIT 1",
+        bool_sql("degraded"),
+        columns.synthesis_run_id,
+        legacy_ms("created_at")
+    ))?;
+    Ok(stmt.query_row([spec_id, stage], |r| legacy_synthesis_row(r, spec_id, stage)).optional()?)
+}
+
+pub(super) fn legacy_artifacts(
+    conn: &Connection,
+    spec_id: &str,
+    stage: &str,
+    has_v1: bool,
+    columns: Columns,
+) -> Result<Vec<Artifact>> {
+    let unmirrored = if has_v1 && columns.output_legacy_id != Columns::MISSING {
+        "AND NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id)"
+    } else {
+        ""
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT a.id, a.agent_name, a.content_json, {}, {}, {}
+         FROM consensus_artifacts a WHERE a.spec_id = ?1 AND a.stage = ?2 {unmirrored}
+         ORDER BY 6, a.id",
+        columns.artifact_response_text,
+        columns.artifact_run_id,
+        legacy_ms("a.created_at")
+    ))?;
+    let rows = stmt.query_map([spec_id, stage], |r| {
+        Ok(Artifact {
+            id: r.get(0)?,
+            spec_id: spec_id.to_owned(),
+            stage: stage.to_owned(),
+            agent_name: legacy_rows::text_or_empty(r, 1)?,
+            content_json: legacy_rows::text_or_empty(r, 2)?,
+            response_text: legacy_rows::text(r, 3)?,
+            run_id: legacy_rows::text(r, 4)?,
+            created_at_ms: r.get(5)?,
+            model_version: None,
+            source: SOURCE_LEGACY,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

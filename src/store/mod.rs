@@ -1,0 +1,21 @@
+//! The store: the high-level operations over a database, by entity — agent executions
+//! (the routing table), artifacts and syntheses. Each write is one IMMEDIATE
+//! transaction; each read one statement per schema. Inputs are validated before
+//! anything is written.
+//!
+//! Runs: an artifact joins the newest *open* run (no synthesis yet) of its
+//! (spec_id, stage, run_id); a synthesis closes that run, or is a run of its own.
+//!
+//! Reads go through the dual-schema reader: the new tables first, then legacy rows
+//! that have no copy in the new tables (written by an old binary after the
+//! migration), each row once, tagged with its source.
+
+mod artifacts;
+pub mod database;
+mod executions;
+pub(crate) mod legacy;
+mod synthesis;
+mod validate;
+
+pub use database::Database;
+pub use validate::{check_id, check_json, PHASE_TYPES};

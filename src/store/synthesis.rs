@@ -1,0 +1,142 @@
+//! Syntheses: the merged consensus of a run. A synthesis closes the newest open run of
+//! its spec/stage/run_id, or is a run of its own; the newest is read from either schema.
+
+use std::sync::LazyLock;
+use std::sync::atomic::Ordering;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::artifacts::open_or_new_run;
+use super::database::Database;
+use super::legacy::{is_synthesis_twin, legacy_latest_synthesis, unless_dropped, Columns};
+use super::validate::check_id;
+use crate::error::{Error, Result};
+use crate::model::*;
+use crate::sqlite::schema;
+
+impl Database {
+    /// Stores a synthesis, closing the newest open run of its spec/stage/run_id (or
+    /// starting a run of its own); returns the run's id.
+    pub fn store_synthesis(&self, s: &NewSynthesis) -> Result<i64> {
+        check_id("spec_id", &s.spec_id)?;
+        check_id("stage", &s.stage)?;
+        check_id("status", &s.status)?;
+        if let Some(n) = s.artifacts_count {
+            if n < 0 {
+                return Err(Error::invalid("artifacts_count", format!("must be zero or more, got {n}")));
+            }
+        }
+        self.require_current()?;
+        let now = now_ms();
+        self.write(|tx| {
+            let run = open_or_new_run(tx, &s.spec_id, &s.stage, s.run_id.as_deref(), now)?;
+            tx.prepare_cached(&CLOSE_RUN)?
+            .execute(params![
+                run,
+                s.output_markdown,
+                s.output_path,
+                s.status,
+                s.artifacts_count,
+                s.agreements,
+                s.conflicts,
+                s.degraded,
+                now
+            ])?;
+            Ok(run)
+        })
+    }
+
+    /// The newest synthesis of a spec/stage from either schema.
+    pub fn query_latest_synthesis(&self, spec_id: &str, stage: &str) -> Result<Option<Synthesis>> {
+        let has_v1 = self.v1_readable()?;
+        let conn = self.conn()?;
+        let columns = *self.layout.columns.read();
+        let mut found = if has_v1 {
+            let sql = self.sql_for_layout(&V1_LATEST_SYNTHESIS, v1_latest_synthesis_sql, columns);
+            v1_latest_synthesis(&conn, &sql, spec_id, stage)?
+        } else {
+            None
+        };
+        let from_v1 = found.is_some();
+        if self.layout.legacy_synthesis.load(Ordering::Acquire) {
+            let read = legacy_latest_synthesis(&conn, spec_id, stage, has_v1, columns);
+            if let Some(l) = unless_dropped(&self.layout.legacy_synthesis, "consensus_synthesis", read)? {
+                match found.as_mut() {
+                    // The same synthesis, written to both schemas by a dual-write build.
+                    Some(f) if is_synthesis_twin(&l, f) => {
+                        if f.run_id.is_none() {
+                            f.run_id = l.run_id;
+                        }
+                    }
+                    Some(f) if l.created_at_ms <= f.created_at_ms => {}
+                    _ => found = Some(l),
+                }
+            }
+        }
+        let from_legacy = found.as_ref().is_some_and(|f| f.source == SOURCE_LEGACY);
+        self.reader.count(from_v1 && !from_legacy, from_legacy);
+        Ok(found)
+    }
+}
+
+fn v1_latest_synthesis_sql(columns: Columns) -> String {
+    let at = match columns.run_synthesized_at {
+        Columns::MISSING => "run_timestamp".to_owned(),
+        column => format!("COALESCE({column}, run_timestamp)"),
+    };
+    // The newest by a scalar max, not ORDER BY: SQLite would sort the spec/stage's
+    // syntheses in a temp b-tree, which costs more than the two index scans.
+    format!(
+        "SELECT id, synthesis_json, COALESCE(degraded, 0), {}, {at}
+         FROM consensus_runs WHERE spec_id = ?1 AND stage = ?2 AND synthesis_json IS NOT NULL
+           AND {at} = (SELECT max({at}) FROM consensus_runs
+                       WHERE spec_id = ?1 AND stage = ?2 AND synthesis_json IS NOT NULL)
+         ORDER BY id DESC LIMIT 1",
+        columns.run_orchestrator_id,
+    )
+}
+
+/// A synthesis kept as the plan's JSON object. Its fields come back as the API's text:
+/// a JSON string as itself, anything else (the arrays a predecessor wrote, say) as its
+/// JSON text. Text that is not a JSON object is returned whole as the markdown.
+fn synthesis_from_json(r: &Row, spec_id: &str, stage: &str) -> rusqlite::Result<Synthesis> {
+    let raw: String = r.get(1)?;
+    let object = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&raw).ok();
+    let text = |key: &str| -> Option<String> {
+        match object.as_ref()?.get(key)? {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        }
+    };
+    Ok(Synthesis {
+        id: r.get(0)?,
+        spec_id: spec_id.to_owned(),
+        stage: stage.to_owned(),
+        output_markdown: if object.is_some() { text("output_markdown").unwrap_or_default() } else { raw.clone() },
+        output_path: text("output_path"),
+        status: text("status").unwrap_or_default(),
+        artifacts_count: object.as_ref().and_then(|o| o.get("artifacts_count")?.as_i64()),
+        agreements: text("agreements"),
+        conflicts: text("conflicts"),
+        degraded: r.get(2)?,
+        run_id: r.get(3)?,
+        created_at_ms: r.get(4)?,
+        source: SOURCE_V1,
+    })
+}
+
+static CLOSE_RUN: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE consensus_runs SET synthesis_json = {}, consensus_ok = (?4 = 'success'), degraded = ?8,
+                synthesized_at = ?9
+         WHERE id = ?1",
+        schema::synthesis_json_sql("?2", "?3", "?4", "?5", "?6", "?7")
+    )
+});
+static V1_LATEST_SYNTHESIS: LazyLock<String> = LazyLock::new(|| v1_latest_synthesis_sql(Columns::default()));
+
+fn v1_latest_synthesis(conn: &Connection, sql: &str, spec_id: &str, stage: &str) -> Result<Option<Synthesis>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    Ok(stmt.query_row([spec_id, stage], |r| synthesis_from_json(r, spec_id, stage)).optional()?)
+}
