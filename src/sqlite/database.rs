@@ -256,7 +256,11 @@ impl Engine {
     }
 
     /// Group commits by size, holds, callers waiting: the write lane's counters.
+    /// (Zeros in a forked child: the parent's lane is not touched there.)
     pub fn lane_stats(&self) -> LaneStats {
+        if self.is_forked() {
+            return LaneStats::default();
+        }
         self.lane.stats()
     }
 
