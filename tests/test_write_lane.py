@@ -186,3 +186,42 @@ def test_sigkill_with_8_writer_threads_loses_nothing_acknowledged(db_path):
                 _, aid, tag = entry
                 r, t, i = tag.split("-")
                 assert ids[int(aid)] == {"r": r, "t": int(t), "i": int(i)}, entry
+
+
+def test_writers_of_one_store_never_meet_the_busy_handler(db_path):
+    """busy_timeout=0 and no retry: any lock contention between this store's own writers
+    would raise BusyError at once. Every kind of write takes its turn in the lane."""
+    db = consensus_db.connect(db_path, retry=None, pragmas={"busy_timeout": 0})
+    db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT)")
+    errors: list = []
+
+    def writer(t):
+        try:
+            for i in range(40):
+                kind = (t + i) % 6
+                if kind == 0:
+                    db.record_agent_spawn(f"a{t}-{i}", "S", "plan", "quality_gate", "g")
+                elif kind == 1:
+                    db.execute("INSERT INTO t (v) VALUES (?)", [f"{t}-{i}"])
+                elif kind == 2:
+                    with db.transaction() as tx:
+                        tx.execute("INSERT INTO t (v) VALUES (?)", [f"block {t}-{i}"])
+                        tx.query("SELECT count(*) FROM t")
+                elif kind == 3:
+                    db.store_artifacts([{"spec_id": "S", "stage": "plan", "agent_name": f"g{j}",
+                                         "content_json": {"t": t, "i": i}} for j in range(5)])
+                elif kind == 4:
+                    db.cleanup_old_executions(30)
+                else:
+                    db.vacuum()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert db.query("SELECT count(*) FROM t") == [(sum(1 for t in range(8) for i in range(40) if (t + i) % 6 in (1, 2)),)]
+    db.close()
