@@ -5,7 +5,7 @@ use rusqlite::ffi;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     /// Another connection or process holds a conflicting lock (retryable).
     #[error("database is busy or locked: {0}")]

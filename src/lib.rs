@@ -46,3 +46,4 @@ pub use model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, ReaderCo
 pub use pragmas::Pragmas;
 pub use schema::Shape;
 pub use transaction::{Behavior, Params, Tx};
+pub use sqlite::writer::{self, LaneStats};

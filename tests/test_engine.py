@@ -230,10 +230,10 @@ def test_use_after_close_is_the_closed_error(db_path):
             pass
 
 
-def test_the_gil_is_released_while_sqlite_waits(db_path):
-    """A write blocks in SQLite's busy handler until this (main) thread commits its own
-    transaction. If the blocked call held the GIL, this thread could never run Python
-    again before the busy timeout expired, and the write would fail with BusyError."""
+def test_the_gil_is_released_while_a_write_waits(db_path):
+    """A write waits in the store's write lane until this (main) thread ends its own
+    transaction block, which holds the lane. If the waiting call held the GIL, this
+    thread could never run Python again and the two would hang."""
     db = consensus_db.connect(db_path, pool_size=2, pragmas={"busy_timeout": 20000}, retry=None)
     db.execute("CREATE TABLE t (x INTEGER)")
     outcome = {}
@@ -248,11 +248,11 @@ def test_the_gil_is_released_while_sqlite_waits(db_path):
         tx.execute("INSERT INTO t VALUES (1)")
         writer = threading.Thread(target=blocked_writer)
         writer.start()
-        # Wait (without sleeping) until the writer has checked out the second connection:
-        # from then on it sits in SQLite, waiting for our write lock.
+        # Wait (without sleeping) until the writer has queued in the write lane: from
+        # then on it waits for our block to end.
         deadline = time.monotonic() + 15
-        while db.pool_state()["idle"] > 0 or db.pool_state()["connections"] < 2:
-            assert time.monotonic() < deadline, "writer never reached SQLite"
+        while db.lane_stats()["queued"] < 1:
+            assert time.monotonic() < deadline, "writer never reached the write lane"
         assert "changed" not in outcome
     writer.join(timeout=30)
     assert outcome == {"changed": 1}

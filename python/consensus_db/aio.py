@@ -187,6 +187,9 @@ class AsyncStore:
     def reader_stats(self) -> dict:
         return self.sync.reader_stats()
 
+    def lane_stats(self) -> dict:
+        return self.sync.lane_stats()
+
     # ---- schema, health, maintenance ----------------------------------------------------
 
     async def get_schema_version(self) -> int:

@@ -337,6 +337,24 @@ impl PyDatabase {
         run(py, || self.inner.verify_pragmas())
     }
 
+    /// The write lane's counters: group commits, writes they carried, holds
+    /// (transaction blocks, maintenance), callers waiting now, and `sizes`:
+    /// `{group size: commits}`.
+    fn lane_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.lane_stats();
+        let d = PyDict::new(py);
+        d.set_item("groups", s.groups)?;
+        d.set_item("members", s.members)?;
+        d.set_item("holds", s.holds)?;
+        d.set_item("queued", s.queued)?;
+        let sizes = PyDict::new(py);
+        for (size, n) in s.sizes {
+            sizes.set_item(size, n)?;
+        }
+        d.set_item("sizes", sizes)?;
+        Ok(d)
+    }
+
     /// Connections open and idle in the pool.
     fn pool_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let (connections, idle) = self.inner.pool_state()?;
@@ -361,7 +379,7 @@ impl PyDatabase {
     fn execute(&self, py: Python<'_>, sql: &Bound<'_, PyAny>, params: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
         let sql = text(sql, "sql")?;
         let params = to_params(params)?;
-        run(py, move || self.inner.write(|tx| tx.execute_params(&sql, &params)))
+        run(py, move || self.inner.write_repeatable(|tx| tx.execute_params(&sql, &params)))
     }
 
     /// Runs a query outside any transaction; returns every row as a tuple.

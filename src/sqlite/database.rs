@@ -16,6 +16,8 @@ use crate::sqlite::fork;
 use crate::sqlite::migrations::{self, Version};
 use crate::sqlite::pragmas::{self, Pragmas};
 use crate::sqlite::schema;
+use crate::sqlite::writer::{LaneStats, WriteLane};
+use std::sync::Arc;
 
 pub use crate::sqlite::pool::{Conn, Pool};
 
@@ -82,6 +84,8 @@ pub struct Engine {
     pub(crate) options: Options,
     open_report: OpenReport,
     opened_in: fork::Origin,
+    /// Every write of this store goes through it (`writer.rs`).
+    pub(crate) lane: Arc<WriteLane>,
     /// Keeps a `:memory:` database alive: memdb frees it with its last connection.
     keeper: Mutex<Option<Connection>>,
 }
@@ -212,6 +216,7 @@ impl Engine {
             options,
             open_report,
             opened_in: fork::Origin::here(),
+            lane: Arc::new(WriteLane::default()),
             keeper: Mutex::new(keeper),
         };
         // The first checkout proves a pooled connection gets, and keeps, every pragma.
@@ -248,6 +253,30 @@ impl Engine {
 
     pub fn open_report(&self) -> &OpenReport {
         &self.open_report
+    }
+
+    /// Group commits by size, holds, callers waiting: the write lane's counters.
+    /// (Zeros in a forked child: the parent's lane is not touched there.)
+    pub fn lane_stats(&self) -> LaneStats {
+        if self.is_forked() {
+            return LaneStats::default();
+        }
+        self.lane.stats()
+    }
+
+    /// Holds the write lane alone until the guard drops (checks the process first:
+    /// a forked child must not touch the parent's lane).
+    pub(crate) fn hold_lane(&self) -> Result<crate::sqlite::writer::LaneHold> {
+        self.opened_in.check()?;
+        if self.pool.is_closed() {
+            return Err(Error::Closed);
+        }
+        self.lane.hold()
+    }
+
+    /// `ForkedProcessError` in a child forked after the engine opened.
+    pub(crate) fn check_process(&self) -> Result<()> {
+        self.opened_in.check()
     }
 
     pub(crate) fn is_forked(&self) -> bool {
@@ -310,6 +339,7 @@ impl Engine {
         if self.read_only {
             return Err(Error::ReadOnly(format!("cannot migrate {:?}", self.path)));
         }
+        let _lane = self.hold_lane()?;
         let conn = self.conn()?;
         work(&conn)?;
         let reached = migrations::user_version(&conn)?;
@@ -331,6 +361,11 @@ impl Engine {
     /// no file open (a connection still in use by an open transaction closes when that
     /// transaction ends). Idempotent. `Database::close` stops maintenance first.
     pub fn close(&self) {
+        if !self.is_forked() {
+            // Writers still waiting fail with `Closed` (in a forked child the lane is
+            // the parent's: not touched).
+            self.lane.close();
+        }
         self.pool.close();
         let keeper = self.keeper.lock().take();
         if self.is_forked() {

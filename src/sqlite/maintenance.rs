@@ -12,6 +12,7 @@ use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
 
 use crate::sqlite::database::{Engine, Pool};
+use crate::sqlite::writer::WriteLane;
 use crate::error::{Error, Result};
 
 /// Free-page fraction above which `needs_vacuum` is true by default.
@@ -185,6 +186,7 @@ impl Engine {
         if self.read_only {
             return Err(Error::ReadOnly(format!("cannot vacuum {:?}", self.path)));
         }
+        let _lane = self.hold_lane()?;
         let conn = self.conn()?;
         let before = stats(&conn, self.file(), self.in_memory)?;
         let incremental = !full && pragma_i64(&conn, "auto_vacuum")? == 2;
@@ -214,6 +216,7 @@ impl Engine {
 
     /// Checkpoints the WAL into the database and truncates it.
     pub fn checkpoint(&self) -> Result<(i64, i64, i64)> {
+        let _lane = self.hold_lane()?;
         checkpoint(&*self.conn()?)
     }
 
@@ -271,7 +274,7 @@ pub(crate) struct Maintenance {
 }
 
 impl Maintenance {
-    pub(crate) fn start(pool: Pool, options: MaintenanceOptions, in_memory: bool) -> Result<Maintenance> {
+    pub(crate) fn start(pool: Pool, lane: Arc<WriteLane>, options: MaintenanceOptions, in_memory: bool) -> Result<Maintenance> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let cycles = Arc::new(AtomicU64::new(0));
         let (stop_flag, counter) = (stop.clone(), cycles.clone());
@@ -290,7 +293,7 @@ impl Maintenance {
                 }
                 let n = counter.load(Ordering::Acquire) + 1;
                 let mut report = CycleReport { cycle: n, ..Default::default() };
-                if let Err(e) = run_cycle(&pool, &options, in_memory, &mut report) {
+                if let Err(e) = run_cycle(&pool, &lane, &options, in_memory, &mut report) {
                     report.error = Some(e.to_string());
                 }
                 counter.store(n, Ordering::Release);
@@ -313,7 +316,9 @@ impl Maintenance {
     }
 }
 
-fn run_cycle(pool: &Pool, options: &MaintenanceOptions, in_memory: bool, report: &mut CycleReport) -> Result<()> {
+fn run_cycle(pool: &Pool, lane: &Arc<WriteLane>, options: &MaintenanceOptions, in_memory: bool, report: &mut CycleReport) -> Result<()> {
+    // Retention, vacuum and checkpoint write: they take their turn in the write lane.
+    let _lane = lane.hold()?;
     let conn = pool.get()?;
     if let Some(days) = options.retention_days {
         report.executions_deleted = cleanup_executions(&conn, days)?;

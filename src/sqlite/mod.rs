@@ -14,3 +14,4 @@ pub mod pool;
 pub mod pragmas;
 pub mod schema;
 pub mod transaction;
+pub mod writer;

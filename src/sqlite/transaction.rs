@@ -9,6 +9,7 @@ use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, Statement};
 
 use crate::sqlite::database::{Conn, Engine};
+use crate::sqlite::writer::{Job, OnceJob, RepeatJob};
 use crate::error::{Error, Result};
 
 /// How a transaction takes its locks. Writes use `Immediate`: a deferred transaction
@@ -62,6 +63,9 @@ pub struct Tx {
     finished: bool,
     /// Why the transaction ended underneath this `Tx`, once it has.
     ended: OnceLock<String>,
+    /// The write lane, held by an explicit write transaction until it ends (dropped
+    /// after the connection went back to the pool).
+    _lane: Option<crate::sqlite::writer::LaneHold>,
 }
 
 /// Rows as SQLite values, column by column.
@@ -143,7 +147,7 @@ impl Tx {
         // Cached like any statement: parsing BEGIN and COMMIT anew is a few percent of
         // a single-row write.
         conn.prepare_cached(behavior.begin_sql())?.execute([])?;
-        Ok(Tx { conn, savepoints: Vec::new(), finished: false, ended: OnceLock::new() })
+        Ok(Tx { conn, savepoints: Vec::new(), finished: false, ended: OnceLock::new(), _lane: None })
     }
 
     /// Whether SQLite ended the transaction underneath this `Tx` (see [`Tx`]).
@@ -369,10 +373,19 @@ impl Engine {
         if self.read_only && behavior != Behavior::Deferred {
             return Err(Error::ReadOnly(format!("{behavior:?} transactions write; the store {:?} is read-only", self.path)));
         }
-        Tx::begin(self.conn()?, behavior)
+        // A write transaction holds the write lane for its duration; a deferred one
+        // (a read snapshot) does not.
+        let lane = match behavior {
+            Behavior::Deferred => None,
+            _ => Some(self.hold_lane()?),
+        };
+        let mut tx = Tx::begin(self.conn()?, behavior)?;
+        tx._lane = lane;
+        Ok(tx)
     }
 
-    /// Runs `f` in a transaction: commit when it returns `Ok`, rollback on `Err`.
+    /// Runs `f` in a transaction of its own: commit when it returns `Ok`, rollback on
+    /// `Err`. An `Immediate` or `Exclusive` one holds the write lane (not grouped).
     pub fn transaction<T>(&self, behavior: Behavior, f: impl FnOnce(&Tx) -> Result<T>) -> Result<T> {
         let tx = self.begin(behavior)?;
         let value = f(&tx)?; // `tx` rolls back when dropped on this path
@@ -380,9 +393,41 @@ impl Engine {
         Ok(value)
     }
 
-    /// A write transaction (`BEGIN IMMEDIATE`).
-    pub fn write<T>(&self, f: impl FnOnce(&Tx) -> Result<T>) -> Result<T> {
-        self.transaction(Behavior::Immediate, f)
+    /// A write through the write lane (`writer.rs`): it may run in one `BEGIN IMMEDIATE`
+    /// transaction with writes of other threads, inside its own savepoint; it returns
+    /// once the commit that holds it is done (or with its own error, nothing of it
+    /// written). `f` runs on whichever thread commits the group, hence `Send`.
+    pub fn write<T: Send, F: FnOnce(&Tx) -> Result<T> + Send>(&self, f: F) -> Result<T> {
+        let mut job = OnceJob { f: Some(f), out: None };
+        self.through_lane(&mut job);
+        job.out.unwrap_or_else(|| Err(Error::Internal("the write lane lost a write's result".into())))
+    }
+
+    /// [`Engine::write`] for a write that may run again: when another write of its
+    /// group makes SQLite roll the whole transaction back, this one is run again in a
+    /// new transaction instead of failing. Every store write is one.
+    pub fn write_repeatable<T: Send, F: Fn(&Tx) -> Result<T> + Send>(&self, f: F) -> Result<T> {
+        let mut job = RepeatJob { f, out: None };
+        self.through_lane(&mut job);
+        job.out.unwrap_or_else(|| Err(Error::Internal("the write lane lost a write's result".into())))
+    }
+
+    fn through_lane(&self, job: &mut dyn Job) {
+        if let Err(e) = self.check_writable() {
+            return job.fail(e);
+        }
+        self.lane.write(&self.pool, job);
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        self.check_process()?;
+        if self.read_only {
+            return Err(Error::ReadOnly(format!("Immediate transactions write; the store {:?} is read-only", self.path)));
+        }
+        if self.pool.is_closed() {
+            return Err(Error::Closed);
+        }
+        Ok(())
     }
 
     /// A read outside any explicit transaction (one statement, its own snapshot).

@@ -1,0 +1,409 @@
+//! The write lane: one per open database (LevelDB's writer queue, `DBImpl::Write`).
+//!
+//! A writer queues itself and waits until its write is done (another writer ran it) or
+//! it is at the front. The front writer takes every write queued behind it (up to
+//! [`MAX_GROUP`]), runs them in one `BEGIN IMMEDIATE` transaction — each in its own
+//! `SAVEPOINT`, so a write that fails is undone alone and gets its own error — commits
+//! once, then wakes every member with its own result. A lone writer is the front at
+//! once and runs without a savepoint: exactly today's transaction.
+//!
+//! When SQLite ends the whole transaction (an `OR ROLLBACK` conflict, a full disk, an
+//! I/O error), no member of that round is acknowledged: the member that ended it gets
+//! its error, members that had already run are run again in a new transaction (store
+//! writes, which can be repeated) or fail with [`Error::Transaction`] (a `FnOnce`
+//! write), and members not yet run go on in the new transaction. A failed `COMMIT`
+//! fails every member.
+//!
+//! Explicit write transactions, migrations and maintenance *hold* the lane: they wait
+//! their turn like a write, then run alone until they release it. A write from the
+//! thread that holds the lane (a store write inside its own `transaction()` block)
+//! would wait for itself: it fails at once instead.
+//!
+//! Safety: a queued write lives on its caller's stack (the closure may borrow from it).
+//! The caller does not return before its `done` flag is set, and the lane stops
+//! touching a member before setting that flag (under the lane's mutex).
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::ThreadId;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{Error, Result};
+use crate::sqlite::pool::Pool;
+use crate::sqlite::transaction::{Behavior, Tx};
+
+/// The most writes one group commits together.
+pub const MAX_GROUP: usize = 64;
+
+/// A queued write, type-erased: runs against the group's transaction and keeps its
+/// own typed result.
+pub(crate) trait Job: Send {
+    /// Runs the write: `Some(succeeded)`, or `None` when it cannot run again.
+    fn run(&mut self, tx: &Tx) -> Option<bool>;
+    /// Replaces the result with an error (the write was rolled back, or never ran).
+    fn fail(&mut self, e: Error);
+    /// Whether `run` may be called again after its work was rolled back.
+    fn repeatable(&self) -> bool;
+}
+
+/// A `FnOnce` write (`Engine::write`).
+pub(crate) struct OnceJob<F, T> {
+    pub f: Option<F>,
+    pub out: Option<Result<T>>,
+}
+
+impl<F: FnOnce(&Tx) -> Result<T> + Send, T: Send> Job for OnceJob<F, T> {
+    fn run(&mut self, tx: &Tx) -> Option<bool> {
+        let f = self.f.take()?;
+        let result = f(tx);
+        let ok = result.is_ok();
+        self.out = Some(result);
+        Some(ok)
+    }
+    fn fail(&mut self, e: Error) {
+        self.out = Some(Err(e));
+    }
+    fn repeatable(&self) -> bool {
+        false
+    }
+}
+
+/// A write that can run again (`Engine::write_repeatable`: every store write).
+pub(crate) struct RepeatJob<F, T> {
+    pub f: F,
+    pub out: Option<Result<T>>,
+}
+
+impl<F: Fn(&Tx) -> Result<T> + Send, T: Send> Job for RepeatJob<F, T> {
+    fn run(&mut self, tx: &Tx) -> Option<bool> {
+        let result = (self.f)(tx);
+        let ok = result.is_ok();
+        self.out = Some(result);
+        Some(ok)
+    }
+    fn fail(&mut self, e: Error) {
+        self.out = Some(Err(e));
+    }
+    fn repeatable(&self) -> bool {
+        true
+    }
+}
+
+/// One caller waiting in the lane; `job` is `None` for a hold (a transaction block).
+struct Waiter {
+    job: Option<*mut (dyn Job + 'static)>,
+    done: AtomicBool,
+}
+
+#[derive(Clone, Copy)]
+struct WaiterPtr(*const Waiter);
+// SAFETY: a waiter is only touched under the lane's rules (see the module docs).
+unsafe impl Send for WaiterPtr {}
+
+struct State {
+    queue: VecDeque<WaiterPtr>,
+    busy: bool,
+    holder: Option<ThreadId>,
+    closed: bool,
+}
+
+/// Commits by number of members, and holds (transaction blocks, maintenance).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LaneStats {
+    /// Group commits (transactions the lane ran for queued writes).
+    pub groups: u64,
+    /// Writes those groups carried.
+    pub members: u64,
+    /// Times the lane was held alone (transaction blocks, migrations, maintenance).
+    pub holds: u64,
+    /// Callers waiting in the lane right now.
+    pub queued: u64,
+    /// `(group size, number of groups)` for every size seen, smallest first.
+    pub sizes: Vec<(usize, u64)>,
+}
+
+pub struct WriteLane {
+    state: Mutex<State>,
+    cv: Condvar,
+    groups: AtomicU64,
+    members: AtomicU64,
+    holds: AtomicU64,
+    sizes: [AtomicU64; MAX_GROUP + 1],
+}
+
+/// The lane held alone until dropped.
+pub(crate) struct LaneHold {
+    lane: Arc<WriteLane>,
+}
+
+impl Drop for LaneHold {
+    fn drop(&mut self) {
+        self.lane.release(&[]);
+    }
+}
+
+/// Releases the lane even if the front writer's own code panics (its members then
+/// get an internal error, not a hang).
+struct Front<'a> {
+    lane: &'a WriteLane,
+    group: Vec<WaiterPtr>,
+}
+
+impl Drop for Front<'_> {
+    fn drop(&mut self) {
+        self.lane.release(&self.group);
+    }
+}
+
+fn reentrant() -> Error {
+    Error::Transaction(
+        "this thread holds the write lane (an open write transaction block): a write through the store here would wait \
+         for the block itself; run it through the block's transaction, or after the block ends"
+            .into(),
+    )
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into());
+    format!("a write panicked: {what}")
+}
+
+impl Default for WriteLane {
+    fn default() -> Self {
+        WriteLane {
+            state: Mutex::new(State { queue: VecDeque::new(), busy: false, holder: None, closed: false }),
+            cv: Condvar::new(),
+            groups: AtomicU64::new(0),
+            members: AtomicU64::new(0),
+            holds: AtomicU64::new(0),
+            sizes: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl WriteLane {
+    /// Queues `w` and waits: `None` when its write was done by another writer (or the
+    /// lane closed), else the group it leads (its first member is `w`).
+    fn queue_up(&self, w: &Waiter) -> Result<Option<Vec<WaiterPtr>>> {
+        let me = std::thread::current().id();
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        if st.busy && st.holder == Some(me) {
+            return Err(reentrant());
+        }
+        st.queue.push_back(WaiterPtr(w));
+        loop {
+            if w.done.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            if !st.busy && st.queue.front().is_some_and(|p| std::ptr::eq(p.0, w)) {
+                break;
+            }
+            self.cv.wait(&mut st);
+        }
+        st.busy = true;
+        st.holder = Some(me);
+        let mut group = vec![st.queue.pop_front().expect("the front waiter")];
+        if w.job.is_some() {
+            while group.len() < MAX_GROUP {
+                // SAFETY: a queued waiter is alive until it is marked done.
+                match st.queue.front() {
+                    Some(p) if unsafe { (*p.0).job.is_some() } => group.push(st.queue.pop_front().expect("front")),
+                    _ => break,
+                }
+            }
+        }
+        Ok(Some(group))
+    }
+
+    /// Marks `group` done and frees the lane for the next front.
+    fn release(&self, group: &[WaiterPtr]) {
+        let mut st = self.state.lock();
+        for p in group {
+            // SAFETY: the waiter is blocked until this flag is set; not touched after.
+            unsafe { (*p.0).done.store(true, Ordering::Release) };
+        }
+        st.busy = false;
+        st.holder = None;
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    /// Holds the lane alone (a transaction block, a migration, maintenance) until the
+    /// returned guard drops.
+    pub(crate) fn hold(self: &Arc<Self>) -> Result<LaneHold> {
+        let w = Waiter { job: None, done: AtomicBool::new(false) };
+        match self.queue_up(&w)? {
+            Some(_) => {
+                self.holds.fetch_add(1, Ordering::Relaxed);
+                Ok(LaneHold { lane: self.clone() })
+            }
+            None => Err(Error::Closed),
+        }
+    }
+
+    /// Runs `job` through the lane; its result is in the job when this returns.
+    pub(crate) fn write(&self, pool: &Pool, job: &mut (dyn Job + '_)) {
+        let ptr: *mut (dyn Job + '_) = job;
+        // SAFETY: only the lifetime is erased; the job is not touched after this
+        // call returns (see the module docs).
+        let ptr: *mut (dyn Job + 'static) = unsafe { std::mem::transmute(ptr) };
+        let w = Waiter { job: Some(ptr), done: AtomicBool::new(false) };
+        let group = match self.queue_up(&w) {
+            Ok(Some(group)) => group,
+            Ok(None) => return,
+            Err(e) => return job.fail(e),
+        };
+        let front = Front { lane: self, group };
+        let size = front.group.len();
+        // SAFETY: every member's caller is blocked until `front` drops; each job is
+        // reached through exactly one `&mut`.
+        let mut jobs: Vec<&mut (dyn Job + 'static)> =
+            front.group.iter().map(|p| unsafe { &mut *(*p.0).job.expect("a write") }).collect();
+        run_group(pool, &mut jobs);
+        drop(jobs);
+        self.groups.fetch_add(1, Ordering::Relaxed);
+        self.members.fetch_add(size as u64, Ordering::Relaxed);
+        self.sizes[size].fetch_add(1, Ordering::Relaxed);
+        drop(front);
+    }
+
+    /// Fails every waiting caller with `Error::Closed`; later calls fail at once.
+    pub(crate) fn close(&self) {
+        let mut st = self.state.lock();
+        st.closed = true;
+        while let Some(p) = st.queue.pop_front() {
+            // SAFETY: a queued waiter is blocked until marked done; its job is not running.
+            unsafe {
+                if let Some(job) = (*p.0).job {
+                    (*job).fail(Error::Closed);
+                }
+                (*p.0).done.store(true, Ordering::Release);
+            }
+        }
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    pub fn stats(&self) -> LaneStats {
+        let queued = self.state.lock().queue.len() as u64;
+        LaneStats {
+            groups: self.groups.load(Ordering::Relaxed),
+            members: self.members.load(Ordering::Relaxed),
+            holds: self.holds.load(Ordering::Relaxed),
+            queued,
+            sizes: (1..=MAX_GROUP)
+                .filter_map(|n| match self.sizes[n].load(Ordering::Relaxed) {
+                    0 => None,
+                    count => Some((n, count)),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The writes that had run in a round SQLite rolled back: run again (repeatable) or failed.
+fn unwind(jobs: &mut [&mut (dyn Job + 'static)], ran: &[usize], why: &str, again: &mut Vec<usize>) {
+    for &j in ran {
+        if jobs[j].repeatable() {
+            again.push(j);
+        } else {
+            jobs[j].fail(Error::Transaction(format!(
+                "rolled back with its group: another write committed with it ended the transaction ({why}); \
+                 nothing of this write persists"
+            )));
+        }
+    }
+}
+
+fn run_group(pool: &Pool, jobs: &mut [&mut (dyn Job + 'static)]) {
+    let mut pending: Vec<usize> = (0..jobs.len()).collect();
+    while !pending.is_empty() {
+        let tx = match pool.get().and_then(|conn| Tx::begin(conn, Behavior::Immediate)) {
+            Ok(tx) => tx,
+            Err(e) => {
+                for &i in &pending {
+                    jobs[i].fail(e.clone());
+                }
+                return;
+            }
+        };
+        let alone = pending.len() == 1;
+        let mut ran = Vec::with_capacity(pending.len());
+        let mut again = Vec::new();
+        let mut ended = false;
+        for (pos, &i) in pending.iter().enumerate() {
+            let opened = if alone { Ok(()) } else { savepoint(&tx, "SAVEPOINT lane_member") };
+            let mut ok = match opened {
+                Err(e) => {
+                    jobs[i].fail(e);
+                    false
+                }
+                Ok(()) => match catch_unwind(AssertUnwindSafe(|| jobs[i].run(&tx))) {
+                    Ok(Some(ok)) => ok,
+                    Ok(None) => {
+                        jobs[i].fail(Error::Transaction("the write was rolled back and cannot run again".into()));
+                        false
+                    }
+                    Err(panic) => {
+                        jobs[i].fail(Error::Internal(panic_message(&*panic)));
+                        false
+                    }
+                },
+            };
+            if !tx.is_autocommit() && !alone {
+                let closed = savepoint(&tx, if ok { "RELEASE lane_member" } else { "ROLLBACK TO lane_member; RELEASE lane_member" });
+                if let Err(e) = closed {
+                    if ok {
+                        jobs[i].fail(e);
+                        ok = false;
+                    }
+                    let _ = tx.execute_batch("ROLLBACK");
+                }
+            }
+            if tx.is_autocommit() {
+                // SQLite ended the transaction: nothing of this round persists.
+                let why = format!("a write in the group ended the transaction (member {pos} of {})", pending.len());
+                if ok {
+                    // It ended the transaction yet reported success: never acknowledged.
+                    jobs[i].fail(Error::Transaction(why.clone()));
+                }
+                unwind(jobs, &ran, &why, &mut again);
+                again.extend_from_slice(&pending[pos + 1..]);
+                ended = true;
+                break;
+            }
+            if ok {
+                ran.push(i);
+            }
+        }
+        if ended {
+            drop(tx);
+            again.sort_unstable();
+            pending = again;
+            continue;
+        }
+        if ran.is_empty() {
+            drop(tx); // rolls back: nothing to keep
+        } else if let Err(e) = tx.commit() {
+            for &j in &ran {
+                jobs[j].fail(e.clone());
+            }
+        }
+        pending.clear();
+    }
+}
+
+fn savepoint(tx: &Tx, sql: &str) -> Result<()> {
+    let mut stmts = sql.split("; ");
+    stmts.try_for_each(|s| tx.prepare_cached(s).and_then(|mut st| st.execute([])).map(drop)).map_err(Error::from)
+}
