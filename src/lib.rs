@@ -30,6 +30,7 @@ pub mod python;
 
 // The engine's modules at the paths they had before the SQLite wing was cut out.
 pub use sqlite::mutex as sqlite_mutex;
+pub use sqlite::retry::{Clock, RetryEvent, RetryPolicy, SystemClock};
 pub use sqlite::{backup, legacy_rows, maintenance, migrations, pool, pragmas, schema, transaction};
 
 /// `consensus_db::db`, as before: the store's `Database` and the engine's options.

@@ -350,3 +350,102 @@ def test_without_retry_the_busy_error_is_retryable(db_path):
             holder.wait(timeout=30)
         assert is_retryable(err.value)
         assert db.query_artifacts("S", "plan") == []
+
+
+def test_store_retries_in_the_engine_and_the_hook_hears_the_operation(db_path):
+    consensus_db.connect(db_path).close()
+    slept, seen = [], []
+
+    def sleeper(delay):  # the other process must let go: wait for real, briefly
+        slept.append(delay)
+        time.sleep(delay)
+
+    policy = RetryPolicy(max_attempts=40, initial_delay=0.05, max_delay=0.1, jitter=False, sleep=sleeper,
+                         on_retry=lambda op, attempt, delay, exc: seen.append((op, attempt, type(exc))))
+    with consensus_db.connect(db_path, pragmas={"busy_timeout": 20}, retry=policy) as db:
+        assert db.retry_count == 0
+        holder = hold_lock(db_path, 0.5)
+        try:
+            db.record_agent_spawn("a1", "S", "plan", "quality_gate", "gemini")
+        finally:
+            holder.wait(timeout=30)
+        assert seen and all(op == "record_agent_spawn" and kind is errors.BusyError for op, _, kind in seen)
+        assert [a for _, a, _ in seen] == list(range(1, len(seen) + 1))
+        assert db.retry_count == len(seen) == len(slept)
+        assert policy.stats.retries == len(seen)
+        assert db.get_agent_name("a1") == "gemini"
+    assert not hasattr(consensus_db.Store, "_write")  # no per-method Python wrappers
+
+
+def test_three_argument_on_retry_gets_the_operation_on_the_error(db_path):
+    consensus_db.connect(db_path).close()
+    seen = []
+    policy = RetryPolicy(max_attempts=40, initial_delay=0.05, max_delay=0.1, jitter=False, sleep=time.sleep,
+                         on_retry=lambda attempt, delay, exc: seen.append(exc.operation))
+    with consensus_db.connect(db_path, pragmas={"busy_timeout": 20}, retry=policy) as db:
+        holder = hold_lock(db_path, 0.4)
+        try:
+            with db.transaction() as tx:
+                tx.execute("DELETE FROM agent_executions")
+        finally:
+            holder.wait(timeout=30)
+    assert seen and set(seen) == {"begin"}
+
+
+def legacy_file(path):
+    """A file the store has never opened: rollback journal, no incremental auto-vacuum."""
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE other (x)")
+    conn.commit()
+    conn.close()
+
+
+def test_opening_retries_a_busy_bootstrap(db_path, caplog):
+    legacy_file(db_path)  # rollback journal: the holder's EXCLUSIVE lock blocks readers too
+    seen = []
+    policy = RetryPolicy(max_attempts=40, initial_delay=0.05, max_delay=0.1, jitter=False, sleep=time.sleep,
+                         on_retry=lambda op, attempt, delay, exc: seen.append(op))
+    holder = hold_lock(db_path, 0.4)
+    try:
+        with caplog.at_level(logging.WARNING, logger="consensus_db"):
+            db = consensus_db.connect(db_path, pragmas={"busy_timeout": 20}, retry=policy)
+    finally:
+        holder.wait(timeout=30)
+    with db:
+        assert seen and set(seen) == {"open"}
+        assert db.retry_count == len(seen)
+    assert any(r.name == "consensus_db.retry" and "open" in r.getMessage() for r in caplog.records)
+
+
+def test_opening_does_not_retry_what_no_retry_can_fix(tmp_path, db_path):
+    slept = []
+    policy = RetryPolicy(max_attempts=10, jitter=False, sleep=slept.append)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database at all" * 200)
+    with pytest.raises(consensus_db.Error) as err:
+        consensus_db.connect(junk, retry=policy)
+    assert not err.value.retryable
+    legacy_file(db_path)
+    with pytest.raises(consensus_db.PragmaVerificationError) as err:
+        consensus_db.connect(db_path, convert_auto_vacuum=False, retry=policy)
+    assert not err.value.retryable
+    assert slept == []
+
+
+def test_retry_none_does_not_retry_and_counts_nothing(db_path):
+    consensus_db.connect(db_path).close()
+    with consensus_db.connect(db_path, pragmas={"busy_timeout": 20}, retry=None) as db:
+        holder = hold_lock(db_path, 0.5)
+        try:
+            with pytest.raises(consensus_db.BusyError):
+                db.record_agent_spawn("a1", "S", "plan", "quality_gate", "gemini")
+            with pytest.raises(consensus_db.BusyError):
+                db.transaction().__enter__()
+        finally:
+            holder.wait(timeout=30)
+        assert db.retry_count == 0
+
+
+def test_the_consensus_db_logger_has_a_null_handler():
+    assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("consensus_db").handlers)
+    assert consensus_db.DEFAULT_RETRY.delays()[-1] == consensus_db.DEFAULT_RETRY.max_delay == 1.6

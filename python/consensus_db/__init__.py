@@ -9,6 +9,8 @@
 The engine is Rust (SQLite through a connection pool); this package is its typed Python face.
 """
 
+import logging as _logging
+
 from . import errors, retry
 from ._core import (
     DEFAULT_SCHEMA_VERSION,
@@ -26,6 +28,9 @@ from ._core import (
 from .errors import *  # noqa: F401,F403  (the exception tree is part of the top-level API)
 from .errors import __all__ as _error_names
 from .store import DEFAULT_RETRY, Store, connect
+
+# A library logs; the application decides where it goes.
+_logging.getLogger("consensus_db").addHandler(_logging.NullHandler())
 
 __all__ = [
     "connect",

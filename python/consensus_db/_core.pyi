@@ -81,6 +81,7 @@ class Database:
     open_report: dict[str, Any]
     schema_version: int
     maintenance_cycles: Optional[int]
+    retry_count: int
     def __new__(
         cls,
         path: _Path,
@@ -94,6 +95,7 @@ class Database:
         pragmas: Optional[dict[str, Any]] = None,
         convert_auto_vacuum: bool = True,
         uri: bool = False,
+        retry: Any = ...,
     ) -> "Database": ...
     def __enter__(self) -> "Database": ...
     def __exit__(self, *_args: Any) -> bool: ...

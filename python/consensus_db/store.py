@@ -1,18 +1,21 @@
 """The high-level store: :func:`connect` returns a :class:`Store`.
 
-``Store`` is the Rust ``Database`` class with the Python-side policy on top: writes
-go through the retry policy (busy/locked and pool timeouts are retried with backoff),
-the background maintenance logs through :mod:`logging` and is stopped at exit.
-Reads are the Rust methods themselves: no Python frame on the hot path.
+``Store`` is the Rust ``Database`` class with a thin Python layer: the retry policy
+is handed to the engine, which retries busy databases and pool timeouts itself on
+every write, ``transaction()`` and opening (with the GIL released, never while the
+write lane is held); the background maintenance logs through :mod:`logging` and is
+stopped at exit. Reads and writes are the Rust methods themselves.
 """
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
+import inspect
 import logging
 import os
 import weakref
-from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar, Union
+from typing import Any, Callable, Mapping, Optional, TypeVar, Union
 
 from . import _core
 from .errors import InvalidInputError
@@ -23,10 +26,52 @@ __all__ = ["Store", "connect", "DEFAULT_RETRY"]
 T = TypeVar("T")
 PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
-#: The retry policy writes use unless ``connect(..., retry=...)`` says otherwise.
-DEFAULT_RETRY = RetryPolicy()
+#: The retry policy the engine uses unless ``connect(..., retry=...)`` says otherwise:
+#: 6 attempts, 100 ms doubling to 1.6 s (the cap is reached), full jitter, within the
+#: engine's 10 s deadline.
+DEFAULT_RETRY = RetryPolicy(max_attempts=6)
 
 _maintenance_log = logging.getLogger("consensus_db.maintenance")
+_retry_log = logging.getLogger("consensus_db.retry")
+
+
+def _takes_operation(fn: Callable[..., Any]) -> bool:
+    """Whether ``on_retry`` takes ``(operation, attempt, delay, error)`` rather than the
+    helper's ``(attempt, delay, error)``."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 4
+
+
+def _engine_policy(policy: RetryPolicy) -> RetryPolicy:
+    """The policy the engine runs: its ``on_retry`` logs on ``consensus_db.retry``,
+    counts in ``policy.stats`` and calls the user's hook — with the operation's name
+    first when it takes four arguments, else ``(attempt, delay, error)`` with the name
+    on ``error.operation``."""
+    user = policy.on_retry
+    with_op = user is not None and _takes_operation(user)
+
+    def on_retry(operation: str, attempt: int, delay: float, exc: BaseException) -> None:
+        policy.stats._add(retries=1, total_delay=delay)
+        _retry_log.warning("%s: attempt %d/%d failed (%s: %s); retrying in %.3fs", operation, attempt,
+                           policy.max_attempts, type(exc).__name__, exc, delay)
+        if user is None:
+            return
+        if with_op:
+            user(operation, attempt, delay, exc)
+        else:
+            try:
+                exc.operation = operation  # type: ignore[attr-defined]
+            except Exception:
+                pass
+            user(attempt, delay, exc)
+
+    return dataclasses.replace(policy, on_retry=on_retry)
 
 
 def _log_cycle(report: dict) -> None:
@@ -51,7 +96,8 @@ class Store(_core.Database):
     def __new__(cls, path: PathLike, *, retry: Optional[RetryPolicy] = DEFAULT_RETRY, **options: Any) -> "Store":
         if retry is not None and not isinstance(retry, RetryPolicy):  # refused before the file is opened
             raise InvalidInputError(f"invalid retry: must be a RetryPolicy or None, got {type(retry).__name__}")
-        return super().__new__(cls, path, **options)
+        engine = None if retry is None else _engine_policy(retry)
+        return super().__new__(cls, path, retry=engine, **options)
 
     def __init__(self, path: PathLike, *, retry: Optional[RetryPolicy] = DEFAULT_RETRY, **options: Any) -> None:
         self.retry_policy = retry
@@ -60,101 +106,6 @@ class Store(_core.Database):
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<consensus_db.Store {self.path!r} ({state})>"
-
-    def _write(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if self.retry_policy is None:
-            return method(self, *args, **kwargs)
-        return self.retry_policy.call(method, self, *args, **kwargs)
-
-    # ---- writes (retried) -------------------------------------------------------------
-
-    def record_agent_spawn(
-        self, agent_id: str, spec_id: str, stage: str, phase_type: str, agent_name: str, run_id: Optional[str] = None
-    ) -> None:
-        """Records a spawned agent (``phase_type``: ``quality_gate`` or ``regular_stage``).
-        Recording the same ``agent_id`` again starts it afresh."""
-        return self._write(_core.Database.record_agent_spawn, agent_id, spec_id, stage, phase_type, agent_name, run_id)
-
-    def record_agent_completion(self, agent_id: str, response_text: str) -> bool:
-        """Marks an agent completed; returns whether the agent was known."""
-        return self._write(_core.Database.record_agent_completion, agent_id, response_text)
-
-    def record_extraction_failure(self, agent_id: str, response_text: str, extraction_error: str) -> bool:
-        """Marks an agent completed with unparseable output; returns whether it was known."""
-        return self._write(_core.Database.record_extraction_failure, agent_id, response_text, extraction_error)
-
-    def cleanup_old_executions(self, days: int) -> int:
-        """Deletes executions spawned more than ``days`` days ago; returns how many."""
-        return self._write(_core.Database.cleanup_old_executions, days)
-
-    def store_artifact(
-        self,
-        spec_id: str,
-        stage: str,
-        agent_name: str,
-        content_json: Any,
-        *,
-        response_text: Optional[str] = None,
-        run_id: Optional[str] = None,
-        model_version: Optional[str] = None,
-    ) -> int:
-        """Stores one agent output; ``content_json`` is a JSON ``str`` (validated) or a
-        JSON-serializable value. Returns the artifact's id."""
-        return self._write(
-            _core.Database.store_artifact,
-            spec_id,
-            stage,
-            agent_name,
-            content_json,
-            response_text=response_text,
-            run_id=run_id,
-            model_version=model_version,
-        )
-
-    def store_artifacts(self, artifacts: Iterable[Mapping[str, Any]]) -> list:
-        """Stores many artifacts (mappings with ``store_artifact``'s argument names) in
-        one transaction: all or none. Returns their ids in order."""
-        batch = list(artifacts)  # an iterator must survive a retry
-        return self._write(_core.Database.store_artifacts, batch)
-
-    def delete_spec_artifacts(self, spec_id: str) -> int:
-        return self._write(_core.Database.delete_spec_artifacts, spec_id)
-
-    def delete_stage_artifacts(self, spec_id: str, stage: str) -> int:
-        return self._write(_core.Database.delete_stage_artifacts, spec_id, stage)
-
-    def delete_runs(self, spec_id: str, stage: Optional[str] = None) -> int:
-        return self._write(_core.Database.delete_runs, spec_id, stage)
-
-    def store_synthesis(
-        self,
-        spec_id: str,
-        stage: str,
-        output_markdown: str,
-        *,
-        output_path: Optional[str] = None,
-        status: str = "success",
-        artifacts_count: Optional[int] = None,
-        agreements: Any = None,
-        conflicts: Any = None,
-        degraded: bool = False,
-        run_id: Optional[str] = None,
-    ) -> int:
-        """Stores a run's merged result; ``agreements`` / ``conflicts`` are text or
-        JSON-serializable values. Returns the run's id."""
-        return self._write(
-            _core.Database.store_synthesis,
-            spec_id,
-            stage,
-            output_markdown,
-            output_path=output_path,
-            status=status,
-            artifacts_count=artifacts_count,
-            agreements=agreements,
-            conflicts=conflicts,
-            degraded=degraded,
-            run_id=run_id,
-        )
 
     # ---- maintenance ---------------------------------------------------------------------
 
@@ -233,7 +184,11 @@ def connect(
       version, False leaves it alone. A newer-than-known schema is refused.
     - ``pragmas``: overrides, e.g. ``{"mmap_size": 0}``; ``None`` as a value leaves that
       pragma at SQLite's default. Every pragma set is verified after opening.
-    - ``retry``: the policy for writes; ``None`` turns retrying off.
+    - ``retry``: a :class:`~consensus_db.retry.RetryPolicy` the engine applies to busy
+      databases and pool timeouts on every write, ``transaction()`` and opening (its
+      ``max_attempts``, ``initial_delay``, ``max_delay``, ``jitter``, ``sleep``, an
+      optional ``deadline`` attribute, default 10 s, and ``on_retry``, called with the
+      operation's name); ``None`` turns retrying off. ``db.retry_count`` counts retries.
     - ``convert_auto_vacuum``: an existing database without incremental auto-vacuum is
       converted with a VACUUM on open; False refuses it instead.
     - ``create``: False refuses a missing file instead of creating it.

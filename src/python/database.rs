@@ -20,6 +20,7 @@ use crate::maintenance::{CycleReport, MaintenanceOptions, Stats, DEFAULT_RETENTI
 use crate::migrations;
 use crate::model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synthesis};
 use crate::transaction::Behavior;
+use crate::sqlite::retry::{Clock, RetryEvent, RetryPolicy};
 use crate::{Database, Options, Pragmas};
 
 #[pyclass(frozen, subclass, module = "consensus_db", name = "Database")]
@@ -216,12 +217,74 @@ fn new_artifact(item: &Bound<'_, PyAny>, i: usize) -> PyResult<NewArtifact> {
     Ok(artifact)
 }
 
+/// A clock whose sleep is a Python callable (the GIL taken only for the call).
+struct PyClock {
+    sleep: Py<PyAny>,
+}
+
+impl Clock for PyClock {
+    fn now(&self) -> std::time::Instant {
+        std::time::Instant::now()
+    }
+    fn sleep(&self, delay: Duration) {
+        Python::try_attach(|py| {
+            if let Err(e) = self.sleep.call1(py, (delay.as_secs_f64(),)) {
+                e.write_unraisable(py, None);
+            }
+        });
+    }
+}
+
+/// A `consensus_db.retry.RetryPolicy` (or anything with its attributes) as the
+/// engine's policy: `max_attempts`, `initial_delay`, `max_delay`, `jitter`, `deadline`
+/// (absent or None: 10 s), `sleep` (None: real sleep with the GIL released) and
+/// `on_retry(operation, attempt, delay, error)`.
+fn retry_policy(obj: &Bound<'_, PyAny>) -> PyResult<RetryPolicy> {
+    let py = obj.py();
+    let defaults = RetryPolicy::default();
+    let attr = |name: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
+        match obj.getattr(name) {
+            Ok(v) if v.is_none() => Ok(None),
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    let max_attempts: u32 = opt_int_in(attr("max_attempts")?.as_ref(), "max_attempts", 1, u32::MAX.into())?
+        .unwrap_or(defaults.max_attempts);
+    let secs = |name: &str, default: Duration| -> PyResult<Duration> {
+        match attr(name)? {
+            Some(v) => seconds(&v, name),
+            None => Ok(default),
+        }
+    };
+    let initial_delay = secs("initial_delay", defaults.initial_delay)?;
+    let max_delay = secs("max_delay", defaults.max_delay)?;
+    let deadline = secs("deadline", defaults.deadline)?;
+    let jitter = opt_flag(attr("jitter")?.as_ref(), "jitter", defaults.jitter)?;
+    let clock: Arc<dyn Clock> = match opt_callable(attr("sleep")?.as_ref(), "sleep")? {
+        Some(sleep) => Arc::new(PyClock { sleep }),
+        None => defaults.clock.clone(),
+    };
+    let on_retry = opt_callable(attr("on_retry")?.as_ref(), "on_retry")?.map(|cb| {
+        Arc::new(move |ev: &RetryEvent<'_>| {
+            Python::try_attach(|py| {
+                let err = PyErr::from(ev.error.clone()).into_value(py);
+                if let Err(e) = cb.call1(py, (ev.operation, ev.attempt, ev.delay.as_secs_f64(), err)) {
+                    e.write_unraisable(py, None);
+                }
+            });
+        }) as crate::sqlite::retry::RetryHook
+    });
+    Ok(RetryPolicy { max_attempts, initial_delay, max_delay, jitter, deadline, clock, on_retry })
+}
+
 #[pymethods]
 impl PyDatabase {
     #[new]
     /// Every argument but `path` may be None for its default.
     #[pyo3(signature = (path, *, pool_size=None, min_idle=None, checkout_timeout=None, read_only=None, create=None,
-                        migrate=None, pragmas=None, convert_auto_vacuum=None, uri=None))]
+                        migrate=None, pragmas=None, convert_auto_vacuum=None, uri=None, retry=Keep::Default))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -235,8 +298,14 @@ impl PyDatabase {
         pragmas: Option<&Bound<'_, PyAny>>,
         convert_auto_vacuum: Option<&Bound<'_, PyAny>>,
         uri: Option<&Bound<'_, PyAny>>,
+        retry: Keep<'_>,
     ) -> PyResult<Self> {
         let defaults = Options::default();
+        let retry = match retry {
+            Keep::Default => defaults.retry.clone(),
+            Keep::Given(r) if r.is_none() => None,
+            Keep::Given(r) => Some(retry_policy(&r)?),
+        };
         let pool_size: u32 = opt_int_in(pool_size, "pool_size", 1, u32::MAX.into())?.unwrap_or(defaults.pool_size);
         let min_idle: u32 = opt_int_in(min_idle, "min_idle", 0, u32::MAX.into())?.unwrap_or(defaults.min_idle);
         let checkout_timeout = match checkout_timeout.filter(|o| !o.is_none()) {
@@ -263,9 +332,16 @@ impl PyDatabase {
             convert_auto_vacuum,
             migrate_to: if read_only { None } else { migrate_to },
             uri,
+            retry,
         };
         let inner = run(py, move || Database::open(&path, options))?;
         Ok(PyDatabase { inner })
+    }
+
+    /// Retries the engine made for this store (busy databases, pool timeouts), opening included.
+    #[getter]
+    fn retry_count(&self) -> u64 {
+        self.inner.retry_count()
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
@@ -379,7 +455,7 @@ impl PyDatabase {
     fn execute(&self, py: Python<'_>, sql: &Bound<'_, PyAny>, params: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
         let sql = text(sql, "sql")?;
         let params = to_params(params)?;
-        run(py, move || self.inner.write_repeatable(|tx| tx.execute_params(&sql, &params)))
+        run(py, move || self.inner.write_repeatable_as("execute", |tx| tx.execute_params(&sql, &params)))
     }
 
     /// Runs a query outside any transaction; returns every row as a tuple.

@@ -16,6 +16,7 @@ use crate::sqlite::fork;
 use crate::sqlite::migrations::{self, Version};
 use crate::sqlite::pragmas::{self, Pragmas};
 use crate::sqlite::schema;
+use crate::sqlite::retry::{Retrier, RetryPolicy};
 use crate::sqlite::writer::{LaneStats, WriteLane};
 use std::sync::Arc;
 
@@ -41,6 +42,9 @@ pub struct Options {
     /// Read the path as an SQLite URI (`file:data.db?mode=ro`). Otherwise it is a file
     /// name, opened exactly as given, even one that starts with `file:`.
     pub uri: bool,
+    /// Busy databases and pool timeouts are retried with this policy on every write,
+    /// `begin` and opening (`retry.rs`); `None` turns retrying off.
+    pub retry: Option<RetryPolicy>,
 }
 
 impl Default for Options {
@@ -55,6 +59,7 @@ impl Default for Options {
             convert_auto_vacuum: true,
             migrate_to: Some(migrations::DEFAULT_VERSION),
             uri: false,
+            retry: Some(RetryPolicy::default()),
         }
     }
 }
@@ -88,6 +93,8 @@ pub struct Engine {
     pub(crate) lane: Arc<WriteLane>,
     /// Keeps a `:memory:` database alive: memdb frees it with its last connection.
     keeper: Mutex<Option<Connection>>,
+    /// The retry policy and the count of retries made (`retry.rs`).
+    pub(crate) retrier: Retrier,
 }
 
 /// Readies a connection for the pool: per-connection pragmas, applied then verified.
@@ -118,9 +125,20 @@ fn memdb_name() -> String {
 impl Engine {
     /// Opens (or creates) a database at `path`; `":memory:"` gives one in-memory database
     /// shared by every pooled connection.
+    ///
+    /// A busy file (another process holding a lock past `busy_timeout`) is retried with
+    /// `options.retry`; what no retry can fix (a pragma that fails verification, a file
+    /// that is not a database) fails at once.
     pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Engine> {
-        crate::sqlite::mutex::configure_sqlite();
         let path = path.as_ref();
+        let retrier = Retrier::new(options.retry.clone());
+        let mut engine = retrier.run("open", || Engine::open_once(path, options.clone()))?;
+        engine.retrier = retrier;
+        Ok(engine)
+    }
+
+    fn open_once(path: &Path, options: Options) -> Result<Engine> {
+        crate::sqlite::mutex::configure_sqlite();
         let display = path.display().to_string();
         if options.pool_size == 0 {
             return Err(Error::invalid("pool_size", "must be at least 1, got 0"));
@@ -218,6 +236,7 @@ impl Engine {
             opened_in: fork::Origin::here(),
             lane: Arc::new(WriteLane::default()),
             keeper: Mutex::new(keeper),
+            retrier: Retrier::new(None),
         };
         // The first checkout proves a pooled connection gets, and keeps, every pragma.
         let first: Vec<Conn> = (0..db.options.min_idle.max(1)).map(|_| db.conn()).collect::<Result<_>>()?;
@@ -266,12 +285,43 @@ impl Engine {
 
     /// Holds the write lane alone until the guard drops (checks the process first:
     /// a forked child must not touch the parent's lane).
+    /// Waiting for the lane is bounded by the retry deadline (none without a policy).
     pub(crate) fn hold_lane(&self) -> Result<crate::sqlite::writer::LaneHold> {
+        let wait = self.retrier.policy().map(|p| p.deadline);
+        self.hold_lane_within(wait)
+    }
+
+    pub(crate) fn hold_lane_within(&self, wait: Option<Duration>) -> Result<crate::sqlite::writer::LaneHold> {
         self.opened_in.check()?;
         if self.pool.is_closed() {
             return Err(Error::Closed);
         }
-        self.lane.hold()
+        self.lane.hold(wait)
+    }
+
+    /// Retries made by this store so far (opening included).
+    pub fn retry_count(&self) -> u64 {
+        self.retrier.count()
+    }
+
+    /// Runs `f` on a pooled connection while holding the write lane, retried as a
+    /// whole (lane released between attempts) on busy/pool timeouts. `f` must leave
+    /// nothing behind when it fails (one statement, or its own transaction).
+    pub(crate) fn with_lane<T>(&self, op: &str, mut f: impl FnMut(&Connection) -> Result<T>) -> Result<T> {
+        let mut attempts = self.retrier.start(op);
+        loop {
+            let result = self.hold_lane_within(attempts.remaining()).and_then(|lane| {
+                let conn = self.conn()?;
+                let out = f(&conn);
+                drop(conn);
+                drop(lane);
+                out
+            });
+            match result {
+                Err(e) if attempts.again(&e) => continue,
+                other => return other,
+            }
+        }
     }
 
     /// `ForkedProcessError` in a child forked after the engine opened.
@@ -335,16 +385,16 @@ impl Engine {
         self.migrating(|conn| migrations::upgrade(conn, target).map(drop))
     }
 
-    fn migrating(&self, work: impl FnOnce(&Connection) -> Result<()>) -> Result<Version> {
+    fn migrating(&self, work: impl Fn(&Connection) -> Result<()>) -> Result<Version> {
         if self.read_only {
             return Err(Error::ReadOnly(format!("cannot migrate {:?}", self.path)));
         }
-        let _lane = self.hold_lane()?;
-        let conn = self.conn()?;
-        work(&conn)?;
-        let reached = migrations::user_version(&conn)?;
-        drop(conn);
-        Ok(reached)
+        // Each migration step runs in a transaction of its own: a busy one left nothing
+        // behind, and the next attempt starts from the version reached.
+        self.with_lane("migrate", |conn| {
+            work(conn)?;
+            migrations::user_version(conn)
+        })
     }
 
     /// Legacy rows whose values had to be converted to be read (or could not be read
@@ -514,7 +564,8 @@ fn set_journal_mode(conn: &Connection, want: &str) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err(Error::Pragma { pragma: "journal_mode".into(), wanted: want.into(), actual })
+    // Still busy: retryable (the open is retried with the store's policy).
+    Err(Error::Busy(actual))
 }
 
 #[cfg(test)]

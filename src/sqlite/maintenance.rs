@@ -318,7 +318,7 @@ impl Maintenance {
 
 fn run_cycle(pool: &Pool, lane: &Arc<WriteLane>, options: &MaintenanceOptions, in_memory: bool, report: &mut CycleReport) -> Result<()> {
     // Retention, vacuum and checkpoint write: they take their turn in the write lane.
-    let _lane = lane.hold()?;
+    let _lane = lane.hold(None)?;
     let conn = pool.get()?;
     if let Some(days) = options.retention_days {
         report.executions_deleted = cleanup_executions(&conn, days)?;

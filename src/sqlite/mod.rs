@@ -12,6 +12,7 @@ pub mod migrations;
 pub mod mutex;
 pub mod pool;
 pub mod pragmas;
+pub mod retry;
 pub mod schema;
 pub mod transaction;
 pub mod writer;

@@ -375,13 +375,23 @@ impl Engine {
         }
         // A write transaction holds the write lane for its duration; a deferred one
         // (a read snapshot) does not.
-        let lane = match behavior {
-            Behavior::Deferred => None,
-            _ => Some(self.hold_lane()?),
-        };
-        let mut tx = Tx::begin(self.conn()?, behavior)?;
-        tx._lane = lane;
-        Ok(tx)
+        // Busy and pool timeouts are retried, the lane released between attempts.
+        let mut attempts = self.retrier.start("begin");
+        loop {
+            let result = (|| {
+                let lane = match behavior {
+                    Behavior::Deferred => None,
+                    _ => Some(self.hold_lane_within(attempts.remaining())?),
+                };
+                let mut tx = Tx::begin(self.conn()?, behavior)?;
+                tx._lane = lane;
+                Ok(tx)
+            })();
+            match result {
+                Err(e) if attempts.again(&e) => continue,
+                other => return other,
+            }
+        }
     }
 
     /// Runs `f` in a transaction of its own: commit when it returns `Ok`, rollback on
@@ -398,8 +408,8 @@ impl Engine {
     /// once the commit that holds it is done (or with its own error, nothing of it
     /// written). `f` runs on whichever thread commits the group, hence `Send`.
     pub fn write<T: Send, F: FnOnce(&Tx) -> Result<T> + Send>(&self, f: F) -> Result<T> {
-        let mut job = OnceJob { f: Some(f), out: None };
-        self.through_lane(&mut job);
+        let mut job = OnceJob { f: Some(f), out: None, begin_failed: false };
+        self.through_lane_as("write", &mut job);
         job.out.unwrap_or_else(|| Err(Error::Internal("the write lane lost a write's result".into())))
     }
 
@@ -407,16 +417,36 @@ impl Engine {
     /// group makes SQLite roll the whole transaction back, this one is run again in a
     /// new transaction instead of failing. Every store write is one.
     pub fn write_repeatable<T: Send, F: Fn(&Tx) -> Result<T> + Send>(&self, f: F) -> Result<T> {
-        let mut job = RepeatJob { f, out: None };
-        self.through_lane(&mut job);
+        self.write_repeatable_as("write", f)
+    }
+
+    /// [`Engine::write_repeatable`] naming the operation for the retry hook.
+    pub(crate) fn write_repeatable_as<T: Send, F: Fn(&Tx) -> Result<T> + Send>(&self, op: &str, f: F) -> Result<T> {
+        let mut job = RepeatJob { f, out: None, begin_failed: false };
+        self.through_lane_as(op, &mut job);
         job.out.unwrap_or_else(|| Err(Error::Internal("the write lane lost a write's result".into())))
     }
 
-    fn through_lane(&self, job: &mut dyn Job) {
+    fn through_lane_as(&self, op: &str, job: &mut dyn Job) {
         if let Err(e) = self.check_writable() {
             return job.fail(e);
         }
-        self.lane.write(&self.pool, job);
+        // The group's front writer fails every member's job with `fail_begin` when the
+        // group's BEGIN (or checkout) fails; each caller retries here, outside the lane
+        // (hook and sleep never run while it is held). A member's own error is final.
+        let mut attempts = self.retrier.start(op);
+        loop {
+            self.lane.write(&self.pool, job, attempts.remaining());
+            match job.take_begin_failure() {
+                None => return,
+                Some(e) if attempts.again(&e) => {
+                    if let Err(e) = self.check_writable() {
+                        return job.fail(e);
+                    }
+                }
+                Some(e) => return job.fail(e),
+            }
+        }
     }
 
     fn check_writable(&self) -> Result<()> {

@@ -28,6 +28,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::ThreadId;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -47,12 +48,18 @@ pub(crate) trait Job: Send {
     fn fail(&mut self, e: Error);
     /// Whether `run` may be called again after its work was rolled back.
     fn repeatable(&self) -> bool;
+    /// Fails the write because the group's `BEGIN` (or its checkout) failed: nothing
+    /// of it ran, so its caller may try again (outside the lane).
+    fn fail_begin(&mut self, e: Error);
+    /// The error `fail_begin` left, taken (and the result cleared) for a retry.
+    fn take_begin_failure(&mut self) -> Option<Error>;
 }
 
 /// A `FnOnce` write (`Engine::write`).
 pub(crate) struct OnceJob<F, T> {
     pub f: Option<F>,
     pub out: Option<Result<T>>,
+    pub begin_failed: bool,
 }
 
 impl<F: FnOnce(&Tx) -> Result<T> + Send, T: Send> Job for OnceJob<F, T> {
@@ -69,12 +76,29 @@ impl<F: FnOnce(&Tx) -> Result<T> + Send, T: Send> Job for OnceJob<F, T> {
     fn repeatable(&self) -> bool {
         false
     }
+    fn fail_begin(&mut self, e: Error) {
+        self.out = Some(Err(e));
+        self.begin_failed = true;
+    }
+    fn take_begin_failure(&mut self) -> Option<Error> {
+        if !std::mem::take(&mut self.begin_failed) {
+            return None;
+        }
+        match self.out.take() {
+            Some(Err(e)) => Some(e),
+            other => {
+                self.out = other;
+                None
+            }
+        }
+    }
 }
 
 /// A write that can run again (`Engine::write_repeatable`: every store write).
 pub(crate) struct RepeatJob<F, T> {
     pub f: F,
     pub out: Option<Result<T>>,
+    pub begin_failed: bool,
 }
 
 impl<F: Fn(&Tx) -> Result<T> + Send, T: Send> Job for RepeatJob<F, T> {
@@ -89,6 +113,22 @@ impl<F: Fn(&Tx) -> Result<T> + Send, T: Send> Job for RepeatJob<F, T> {
     }
     fn repeatable(&self) -> bool {
         true
+    }
+    fn fail_begin(&mut self, e: Error) {
+        self.out = Some(Err(e));
+        self.begin_failed = true;
+    }
+    fn take_begin_failure(&mut self) -> Option<Error> {
+        if !std::mem::take(&mut self.begin_failed) {
+            return None;
+        }
+        match self.out.take() {
+            Some(Err(e)) => Some(e),
+            other => {
+                self.out = other;
+                None
+            }
+        }
     }
 }
 
@@ -191,7 +231,10 @@ impl Default for WriteLane {
 impl WriteLane {
     /// Queues `w` and waits: `None` when its write was done by another writer (or the
     /// lane closed), else the group it leads (its first member is `w`).
-    fn queue_up(&self, w: &Waiter) -> Result<Option<Vec<WaiterPtr>>> {
+    /// `wait` bounds the wait for the lane: past it the waiter leaves the queue and
+    /// gets a busy error naming the wait.
+    fn queue_up(&self, w: &Waiter, wait: Option<Duration>) -> Result<Option<Vec<WaiterPtr>>> {
+        let until = wait.map(|d| Instant::now() + d);
         let me = std::thread::current().id();
         let mut st = self.state.lock();
         if st.closed {
@@ -208,7 +251,25 @@ impl WriteLane {
             if !st.busy && st.queue.front().is_some_and(|p| std::ptr::eq(p.0, w)) {
                 break;
             }
-            self.cv.wait(&mut st);
+            match (until, wait) {
+                (Some(until), Some(wait)) => {
+                    if self.cv.wait_until(&mut st, until).timed_out()
+                        && !w.done.load(Ordering::Acquire)
+                        && (st.busy || !st.queue.front().is_some_and(|p| std::ptr::eq(p.0, w)))
+                    {
+                        st.queue.retain(|p| !std::ptr::eq(p.0, w));
+                        drop(st);
+                        // The next waiter may now be at the front.
+                        self.cv.notify_all();
+                        return Err(Error::Busy(format!(
+                            "waited {:.1}s for the write lane (held by another write, a transaction block, a migration \
+                             or maintenance such as a full VACUUM) and gave up: the retry deadline passed",
+                            wait.as_secs_f64()
+                        )));
+                    }
+                }
+                _ => self.cv.wait(&mut st),
+            }
         }
         st.busy = true;
         st.holder = Some(me);
@@ -240,9 +301,9 @@ impl WriteLane {
 
     /// Holds the lane alone (a transaction block, a migration, maintenance) until the
     /// returned guard drops.
-    pub(crate) fn hold(self: &Arc<Self>) -> Result<LaneHold> {
+    pub(crate) fn hold(self: &Arc<Self>, wait: Option<Duration>) -> Result<LaneHold> {
         let w = Waiter { job: None, done: AtomicBool::new(false) };
-        match self.queue_up(&w)? {
+        match self.queue_up(&w, wait)? {
             Some(_) => {
                 self.holds.fetch_add(1, Ordering::Relaxed);
                 Ok(LaneHold { lane: self.clone() })
@@ -252,13 +313,13 @@ impl WriteLane {
     }
 
     /// Runs `job` through the lane; its result is in the job when this returns.
-    pub(crate) fn write(&self, pool: &Pool, job: &mut (dyn Job + '_)) {
+    pub(crate) fn write(&self, pool: &Pool, job: &mut (dyn Job + '_), wait: Option<Duration>) {
         let ptr: *mut (dyn Job + '_) = job;
         // SAFETY: only the lifetime is erased; the job is not touched after this
         // call returns (see the module docs).
         let ptr: *mut (dyn Job + 'static) = unsafe { std::mem::transmute(ptr) };
         let w = Waiter { job: Some(ptr), done: AtomicBool::new(false) };
-        let group = match self.queue_up(&w) {
+        let group = match self.queue_up(&w, wait) {
             Ok(Some(group)) => group,
             Ok(None) => return,
             Err(e) => return job.fail(e),
@@ -331,8 +392,9 @@ fn run_group(pool: &Pool, jobs: &mut [&mut (dyn Job + 'static)]) {
         let tx = match pool.get().and_then(|conn| Tx::begin(conn, Behavior::Immediate)) {
             Ok(tx) => tx,
             Err(e) => {
+                // Nothing of these ran in this round: each caller may retry (outside the lane).
                 for &i in &pending {
-                    jobs[i].fail(e.clone());
+                    jobs[i].fail_begin(e.clone());
                 }
                 return;
             }

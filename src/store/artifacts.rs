@@ -23,7 +23,7 @@ impl Database {
     pub fn store_artifact(&self, artifact: &NewArtifact) -> Result<i64> {
         check_artifact(artifact)?;
         self.require_current()?;
-        self.write_repeatable(|tx| insert_artifact(tx, artifact, now_ms()))
+        self.write_repeatable_as("store_artifact", |tx| insert_artifact(tx, artifact, now_ms()))
     }
 
     /// Stores many artifacts in one transaction: all or none. Returns their ids in order.
@@ -36,7 +36,7 @@ impl Database {
         }
         self.require_current()?;
         let now = now_ms();
-        self.write_repeatable(|tx| {
+        self.write_repeatable_as("store_artifacts", |tx| {
             // Within one transaction a group's open run cannot change: look it up once.
             let mut runs: HashMap<(&str, &str, Option<&str>), i64> = HashMap::new();
             let mut run_of = Vec::with_capacity(artifacts.len());
@@ -120,7 +120,7 @@ impl Database {
         let has_v1 = self.layout.v1.load(Ordering::Acquire);
         let has_legacy = self.layout.legacy_artifacts.load(Ordering::Acquire);
         let args = [Value::Text(spec_id.to_owned()), opt(stage)];
-        self.write_repeatable(|tx| {
+        self.write_repeatable_as("delete_stage_artifacts", |tx| {
             let mut deleted = 0;
             if has_legacy {
                 if has_v1 {
@@ -160,7 +160,7 @@ impl Database {
         let has_v1 = self.layout.v1.load(Ordering::Acquire);
         let has_legacy = self.layout.legacy_synthesis.load(Ordering::Acquire);
         let args = [Value::Text(spec_id.to_owned()), opt(stage)];
-        let runs = self.write_repeatable(|tx| {
+        let runs = self.write_repeatable_as("delete_runs", |tx| {
             let mut deleted = 0;
             if has_legacy {
                 if has_v1 {

@@ -28,7 +28,7 @@ impl Database {
         check_phase_type(phase_type)?;
         check_id("agent_name", agent_name)?;
         self.require_column(self.layout.columns.read().execution_run_id, "agent_executions.run_id")?;
-        self.write_repeatable(|tx| {
+        self.write_repeatable_as("record_agent_spawn", |tx| {
             tx.prepare_cached(&format!(
                 "INSERT INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, run_id, spawned_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, {NOW_TEXT})
@@ -58,7 +58,7 @@ impl Database {
     /// Marks an agent completed. Returns whether the agent was known.
     pub fn record_agent_completion(&self, agent_id: &str, response_text: &str) -> Result<bool> {
         check_id("agent_id", agent_id)?;
-        self.write_repeatable(|tx| {
+        self.write_repeatable_as("record_agent_completion", |tx| {
             let n = tx
                 .prepare_cached(&format!(
                     "UPDATE agent_executions SET completed_at = {NOW_TEXT}, response_text = ?2 WHERE agent_id = ?1"
@@ -75,7 +75,7 @@ impl Database {
         check_id("extraction_error", extraction_error)?;
         let columns = *self.layout.columns.read();
         self.require_column(columns.execution_extraction_error, "agent_executions.extraction_error")?;
-        self.write_repeatable(|tx| {
+        self.write_repeatable_as("record_extraction_failure", |tx| {
             let n = tx
                 .prepare_cached(&format!(
                     "UPDATE agent_executions SET completed_at = {NOW_TEXT}, response_text = ?2, extraction_error = ?3
@@ -119,7 +119,7 @@ impl Database {
 
     /// Deletes executions spawned more than `days` days ago; returns how many.
     pub fn cleanup_old_executions(&self, days: i64) -> Result<usize> {
-        let _lane = self.hold_lane()?;
-        crate::sqlite::maintenance::cleanup_executions(&*self.conn()?, days)
+        // One DELETE: a busy attempt left nothing behind.
+        self.with_lane("cleanup_old_executions", |conn| crate::sqlite::maintenance::cleanup_executions(conn, days))
     }
 }

@@ -28,7 +28,7 @@ impl Database {
         }
         self.require_current()?;
         let now = now_ms();
-        self.write_repeatable(|tx| {
+        self.write_repeatable_as("store_synthesis", |tx| {
             let run = open_or_new_run(tx, &s.spec_id, &s.stage, s.run_id.as_deref(), now)?;
             tx.prepare_cached(&CLOSE_RUN)?
             .execute(params![
