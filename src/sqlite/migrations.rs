@@ -89,13 +89,7 @@ pub fn validate() -> Result<()> {
 /// older layout are brought to the current one; then the schema moves *up* to
 /// `target` if it is below. Never down. Returns the shape found.
 pub fn upgrade(conn: &Connection, target: Version) -> Result<Shape> {
-    user_version(conn)?; // refuses a version from the future before anything else
-    let found = schema::shape(conn)?;
-    if found == Shape::Empty {
-        in_transaction(conn, "create the schema", |c| Ok(user_version(c)? == 0 && schema::shape(c)? == Shape::Empty), create_fresh)?;
-    } else if found.is_stale() {
-        update_layout(conn)?;
-    }
+    let found = bring_layout_current(conn, true)?;
     loop {
         let current = user_version(conn)?;
         if current >= target {
@@ -112,13 +106,7 @@ pub fn migrate(conn: &Connection, target: Version) -> Result<()> {
     if !(0..=LATEST_VERSION).contains(&target) {
         return Err(Error::invalid("target", format!("schema version {target} does not exist (0..={LATEST_VERSION})")));
     }
-    user_version(conn)?;
-    let found = schema::shape(conn)?;
-    if found == Shape::Empty && target > 0 {
-        in_transaction(conn, "create the schema", |c| Ok(user_version(c)? == 0 && schema::shape(c)? == Shape::Empty), create_fresh)?;
-    } else if found.is_stale() {
-        update_layout(conn)?;
-    }
+    bring_layout_current(conn, target > 0)?;
     if target == 0 && user_version(conn)? > 0 {
         refuse_losing_new_rows(conn)?;
     }
@@ -129,6 +117,21 @@ pub fn migrate(conn: &Connection, target: Version) -> Result<()> {
         }
         step(conn, current, if target > current { current + 1 } else { current - 1 })?;
     }
+}
+
+/// What every move starts with: refuse a version from the future, then create the
+/// schema in an empty file (when `create` says so) or bring new tables in an older
+/// layout to the current one. Returns the shape found.
+fn bring_layout_current(conn: &Connection, create: bool) -> Result<Shape> {
+    user_version(conn)?;
+    let found = schema::shape(conn)?;
+    if found == Shape::Empty && create {
+        let still_empty = |c: &Connection| Ok(user_version(c)? == 0 && schema::shape(c)? == Shape::Empty);
+        in_transaction(conn, "create the schema", still_empty, create_fresh)?;
+    } else if found.is_stale() {
+        update_layout(conn)?;
+    }
+    Ok(found)
 }
 
 fn step(conn: &Connection, from: Version, to: Version) -> Result<()> {

@@ -9,7 +9,7 @@ use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, Statement};
 
 use crate::sqlite::database::{Conn, Engine};
-use crate::sqlite::writer::{Job, OnceJob, RepeatJob};
+use crate::sqlite::writer::{Job, OnceJob, Outcome, RepeatJob};
 use crate::error::{Error, Result};
 
 /// How a transaction takes its locks. Writes use `Immediate`: a deferred transaction
@@ -408,9 +408,9 @@ impl Engine {
     /// once the commit that holds it is done (or with its own error, nothing of it
     /// written). `f` runs on whichever thread commits the group, hence `Send`.
     pub fn write<T: Send, F: FnOnce(&Tx) -> Result<T> + Send>(&self, f: F) -> Result<T> {
-        let mut job = OnceJob { f: Some(f), out: None, begin_failed: false };
+        let mut job = OnceJob { f: Some(f), outcome: Outcome::default() };
         self.through_lane_as("write", &mut job);
-        job.out.unwrap_or_else(|| Err(Error::Internal("the write lane lost a write's result".into())))
+        job.outcome.into_result()
     }
 
     /// [`Engine::write`] for a write that may run again: when another write of its
@@ -422,9 +422,9 @@ impl Engine {
 
     /// [`Engine::write_repeatable`] naming the operation for the retry hook.
     pub(crate) fn write_repeatable_as<T: Send, F: Fn(&Tx) -> Result<T> + Send>(&self, op: &str, f: F) -> Result<T> {
-        let mut job = RepeatJob { f, out: None, begin_failed: false };
+        let mut job = RepeatJob { f, outcome: Outcome::default() };
         self.through_lane_as(op, &mut job);
-        job.out.unwrap_or_else(|| Err(Error::Internal("the write lane lost a write's result".into())))
+        job.outcome.into_result()
     }
 
     fn through_lane_as(&self, op: &str, job: &mut dyn Job) {

@@ -55,80 +55,95 @@ pub(crate) trait Job: Send {
     fn take_begin_failure(&mut self) -> Option<Error>;
 }
 
+/// A queued write's result, and whether it is a failed `BEGIN` its caller may retry.
+pub(crate) struct Outcome<T> {
+    result: Option<Result<T>>,
+    begin_failed: bool,
+}
+
+impl<T> Default for Outcome<T> {
+    fn default() -> Self {
+        Outcome { result: None, begin_failed: false }
+    }
+}
+
+impl<T> Outcome<T> {
+    fn set(&mut self, result: Result<T>) -> bool {
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn fail_begin(&mut self, e: Error) {
+        self.result = Some(Err(e));
+        self.begin_failed = true;
+    }
+
+    fn take_begin_failure(&mut self) -> Option<Error> {
+        if !std::mem::take(&mut self.begin_failed) {
+            return None;
+        }
+        match self.result.take() {
+            Some(Err(e)) => Some(e),
+            other => {
+                self.result = other;
+                None
+            }
+        }
+    }
+
+    /// The result the lane left (every path through it leaves one).
+    pub(crate) fn into_result(self) -> Result<T> {
+        self.result.unwrap_or_else(|| Err(Error::Internal("the write lane lost a write's result".into())))
+    }
+}
+
 /// A `FnOnce` write (`Engine::write`).
 pub(crate) struct OnceJob<F, T> {
     pub f: Option<F>,
-    pub out: Option<Result<T>>,
-    pub begin_failed: bool,
+    pub outcome: Outcome<T>,
 }
 
 impl<F: FnOnce(&Tx) -> Result<T> + Send, T: Send> Job for OnceJob<F, T> {
     fn run(&mut self, tx: &Tx) -> Option<bool> {
         let f = self.f.take()?;
-        let result = f(tx);
-        let ok = result.is_ok();
-        self.out = Some(result);
-        Some(ok)
+        Some(self.outcome.set(f(tx)))
     }
     fn fail(&mut self, e: Error) {
-        self.out = Some(Err(e));
+        self.outcome.set(Err(e));
     }
     fn repeatable(&self) -> bool {
         false
     }
     fn fail_begin(&mut self, e: Error) {
-        self.out = Some(Err(e));
-        self.begin_failed = true;
+        self.outcome.fail_begin(e)
     }
     fn take_begin_failure(&mut self) -> Option<Error> {
-        if !std::mem::take(&mut self.begin_failed) {
-            return None;
-        }
-        match self.out.take() {
-            Some(Err(e)) => Some(e),
-            other => {
-                self.out = other;
-                None
-            }
-        }
+        self.outcome.take_begin_failure()
     }
 }
 
 /// A write that can run again (`Engine::write_repeatable`: every store write).
 pub(crate) struct RepeatJob<F, T> {
     pub f: F,
-    pub out: Option<Result<T>>,
-    pub begin_failed: bool,
+    pub outcome: Outcome<T>,
 }
 
 impl<F: Fn(&Tx) -> Result<T> + Send, T: Send> Job for RepeatJob<F, T> {
     fn run(&mut self, tx: &Tx) -> Option<bool> {
-        let result = (self.f)(tx);
-        let ok = result.is_ok();
-        self.out = Some(result);
-        Some(ok)
+        Some(self.outcome.set((self.f)(tx)))
     }
     fn fail(&mut self, e: Error) {
-        self.out = Some(Err(e));
+        self.outcome.set(Err(e));
     }
     fn repeatable(&self) -> bool {
         true
     }
     fn fail_begin(&mut self, e: Error) {
-        self.out = Some(Err(e));
-        self.begin_failed = true;
+        self.outcome.fail_begin(e)
     }
     fn take_begin_failure(&mut self) -> Option<Error> {
-        if !std::mem::take(&mut self.begin_failed) {
-            return None;
-        }
-        match self.out.take() {
-            Some(Err(e)) => Some(e),
-            other => {
-                self.out = other;
-                None
-            }
-        }
+        self.outcome.take_begin_failure()
     }
 }
 
