@@ -40,7 +40,7 @@ pub mod db {
 }
 
 pub use sqlite::database::{OpenReport, Options};
-pub use store::Database;
+pub use store::{Database, NewSpawn};
 pub use error::{Error, Result};
 pub use maintenance::{CycleReport, Health, MaintenanceOptions, Stats, VacuumReport};
 pub use model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, ReaderCounts, Synthesis};

@@ -221,3 +221,32 @@ fn close_fails_waiting_writers_instead_of_hanging() {
     drop(holder);
     assert!(matches!(db.store_like_insert(9), Err(Error::Closed)));
 }
+
+#[test]
+fn submitted_writes_wait_without_threads_and_ride_in_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    let (send, recv) = std::sync::mpsc::channel();
+    let hold = db.begin(Behavior::Immediate).unwrap(); // the lane is held: the writes queue
+    for k in 0..100i64 {
+        let send = send.clone();
+        db.submit_repeatable(
+            move |tx| tx.execute("INSERT INTO t (k, v) VALUES (?1, 'x')", &[rusqlite::types::Value::Integer(k)]),
+            move |r| send.send(r.map_err(|e| e.to_string())).unwrap(),
+        );
+    }
+    // A duplicate key fails alone, with its own error.
+    let s = send.clone();
+    db.submit_repeatable(|tx| tx.execute("INSERT INTO t (k, v) VALUES (0, 'dup')", &[]), move |r| s.send(r.map_err(|e| e.to_string())).unwrap());
+    assert_eq!(db.lane_stats().queued, 101);
+    drop(hold);
+    let results: Vec<_> = (0..101).map(|_| recv.recv_timeout(Duration::from_secs(30)).unwrap()).collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 100);
+    assert_eq!(count(&db, "SELECT count(*) FROM t"), 100);
+    let stats = db.lane_stats();
+    assert!(stats.sizes.iter().any(|&(size, _)| size > 1), "{stats:?}");
+    db.close();
+    let s = send.clone();
+    db.submit_repeatable(|tx| tx.execute("INSERT INTO t (k, v) VALUES (1000, 'x')", &[]), move |r| s.send(r.map_err(|e| format!("{:?}", matches!(e, Error::Closed)))).unwrap());
+    assert_eq!(recv.recv().unwrap(), Err("true".to_string()));
+}

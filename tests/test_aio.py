@@ -55,3 +55,117 @@ def test_errors_keep_their_types_and_close_closes(db_path):
     assert db.sync.closed
     with pytest.raises(consensus_db.ClosedError):
         db.sync.get_agent_name("x")
+
+
+def _threads() -> int:
+    import threading
+
+    return threading.active_count()
+
+
+def test_a_gather_of_many_writes_holds_no_thread_per_write_and_groups(db_path):
+    async def main():
+        async with await aio.connect(db_path, pool_size=4) as db:
+            before = _threads()
+            peak = before
+            pending = [asyncio.ensure_future(db.store_artifact("S", "plan", f"g{i}", {"i": i})) for i in range(200)]
+            pending += [
+                asyncio.ensure_future(db.record_agent_spawn(f"a{i}", "S", "plan", "quality_gate", "g")) for i in range(100)
+            ]
+            while not all(t.done() for t in pending):
+                peak = max(peak, _threads())
+                await asyncio.sleep(0)
+            ids = [t.result() for t in pending[:200]]
+            done = await asyncio.gather(
+                *[db.record_agent_completion(f"a{i}", "ok") for i in range(100)], db.record_agent_completion("nobody", "x")
+            )
+            return before, peak, ids, done, db.lane_stats(), db.sync.query_artifacts("S", "plan")
+
+    before, peak, ids, done, stats, artifacts = asyncio.run(main())
+    assert len(set(ids)) == 200 and len(artifacts) == 200
+    assert done == [True] * 100 + [False]
+    assert peak <= before + 2  # 300 writes in flight, at most one lane thread more
+    assert stats["members"] >= 401 and max(stats["sizes"]) > 1
+
+
+def test_async_write_errors_keep_their_types(db_path):
+    async def main():
+        async with await aio.connect(db_path) as db:
+            with pytest.raises(consensus_db.InvalidInputError, match="phase_type"):
+                await db.record_agent_spawn("a", "S", "plan", "nope", "g")
+            with pytest.raises(consensus_db.InvalidInputError, match="agent_id"):
+                await db.record_agent_completion("", "x")
+            results = await asyncio.gather(
+                db.store_artifact("S", "plan", "g", {"ok": 1}), db.store_artifact("S", "plan", "g", "{bad"),
+                return_exceptions=True,
+            )
+            return results
+
+    results = asyncio.run(main())
+    assert isinstance(results[0], int) and isinstance(results[1], consensus_db.InvalidInputError)
+
+
+def test_a_cancelled_submitted_write_has_a_known_outcome(db_path):
+    async def main():
+        async with await aio.connect(db_path) as db:
+            tasks = [asyncio.ensure_future(db.store_artifact("S", "plan", f"g{i}", {"i": i})) for i in range(50)]
+            await asyncio.sleep(0)  # every write submitted
+            for t in tasks:
+                t.cancel()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+            stored = len(db.sync.query_artifacts("S", "plan"))
+            return outcomes, stored
+
+    outcomes, stored = asyncio.run(main())
+    # Submitted writes cannot be recalled: each was waited for, so when the
+    # cancellation arrived its write had committed.
+    assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)
+    assert stored == 50
+
+
+def test_writes_racing_close_commit_or_raise_closed_error(db_path):
+    async def main():
+        db = await aio.connect(db_path)
+        writes = [asyncio.ensure_future(db.record_agent_spawn(f"a{i}", "S", "plan", "quality_gate", "g")) for i in range(50)]
+        await asyncio.sleep(0)
+        await db.close()
+        outcomes = await asyncio.gather(*writes, return_exceptions=True)
+        with pytest.raises(consensus_db.ClosedError):
+            await db.store_artifact("S", "plan", "g", {})
+        return outcomes
+
+    outcomes = asyncio.run(main())
+    assert all(o is None or isinstance(o, consensus_db.ClosedError) for o in outcomes)
+    with consensus_db.connect(db_path) as db:
+        committed = sum(db.get_agent_name(f"a{i}") == "g" for i in range(50))
+    assert committed == sum(o is None for o in outcomes)
+
+
+def test_a_submitted_write_that_meets_another_process_lock_is_retried_by_policy(db_path):
+    import time
+
+    from test_retry import hold_lock
+
+    from consensus_db.retry import RetryPolicy
+
+    consensus_db.connect(db_path).close()
+    slept = []
+
+    def sleeper(delay):  # the other process must let go: wait for real, briefly
+        slept.append(delay)
+        time.sleep(delay)
+
+    policy = RetryPolicy(max_attempts=20, initial_delay=0.1, max_delay=0.3, jitter=False, sleep=sleeper)
+
+    async def main():
+        async with await aio.connect(db_path, pragmas={"busy_timeout": 50}, retry=policy) as db:
+            holder = hold_lock(db_path, 1.0)
+            try:
+                artifact_id = await db.store_artifact("S", "plan", "gemini", {"ok": True})
+            finally:
+                holder.wait(timeout=30)
+            return artifact_id, [a.id for a in await db.query_artifacts("S", "plan")], db.sync.retry_count
+
+    artifact_id, ids, retries = asyncio.run(main())
+    assert ids == [artifact_id]
+    assert slept and retries == len(slept), "the lane's busy BEGIN should have been retried by the engine's policy"

@@ -4,15 +4,21 @@
     async with db:
         await db.record_agent_spawn("agent-1", "SPEC-1", "plan", "quality_gate", "gemini")
 
-Each call runs the sync store's method on a thread of the store's own executor (as many
-threads as pooled connections). The Rust core releases the GIL while SQLite works, so
-those threads overlap and the event loop is never blocked.
+``store_artifact``, ``record_agent_spawn`` and ``record_agent_completion`` are submitted
+to the store's write lane without a thread: the call's arguments are checked on the loop,
+the write joins the group commit of whichever writer is front, and the committing thread
+completes the call's future (``loop.call_soon_threadsafe``). A thousand waiting writes
+hold no thread, and ``asyncio.gather`` over many writes gets group-commit throughput. A
+write that fails with a retryable error (``BusyError``, ``PoolTimeoutError``: nothing of it
+ran) is tried again in its blocking form on an executor thread, where the engine retries
+it under the store's policy. Every other call runs the sync store's
+method on a thread of the store's own executor (as many threads as pooled connections).
 
 Cancellation (``task.cancel()``, ``asyncio.wait_for`` timing out) never leaves a call's
-outcome unknown: a call still queued is dropped and never runs; a call already running
-on a thread cannot be stopped, so the cancellation waits for it to finish (commit or
-fail) before ``CancelledError`` propagates. When the cancellation reaches you, the write
-either happened or never will.
+outcome unknown: a call still queued on the executor is dropped and never runs; a call
+already running on a thread, or a write already submitted to the lane, cannot be stopped,
+so the cancellation waits for it to finish (commit or fail) before ``CancelledError``
+propagates. When the cancellation reaches you, the write either happened or never will.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar
 
+from . import _core
 from .errors import ClosedError, InvalidInputError
+from .retry import is_retryable
 from .store import PathLike, Store, connect as _connect
 
 __all__ = ["AsyncStore", "connect"]
@@ -82,6 +90,51 @@ class AsyncStore:
                     break
             raise
 
+    async def _submit(self, submit: Callable[..., None], raw: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A write through the lane: ``submit(on_done, *args)`` queues it and returns at
+        once; the committing thread completes ``outcome``. A retryable failure goes on
+        with the store's retry policy on an executor thread."""
+        if self._closed:
+            raise ClosedError("the store is closed")
+        loop = asyncio.get_running_loop()
+        outcome = loop.create_future()
+
+        def settle(value: Any, error: Optional[BaseException]) -> None:
+            if outcome.done():
+                return
+            if error is not None:
+                outcome.set_exception(error)
+            else:
+                outcome.set_result(value)
+
+        def on_done(value: Any, error: Optional[BaseException]) -> None:  # the committing thread
+            try:
+                loop.call_soon_threadsafe(settle, value, error)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+        submit(self.sync, on_done, *args, **kwargs)  # argument errors are raised here
+        try:
+            return await asyncio.shield(outcome)
+        except asyncio.CancelledError:
+            # Submitted: it will commit or fail. Let the cancellation through only once
+            # that outcome is known.
+            while not outcome.done():
+                try:
+                    await asyncio.shield(outcome)
+                except asyncio.CancelledError:
+                    continue
+                except BaseException:
+                    break
+            raise
+        except Exception as exc:
+            # Nothing of a write that failed with a retryable error ran (its group's
+            # BEGIN or checkout failed): the blocking form, on an executor thread, tries
+            # again under the store's retry policy.
+            if self.sync.retry_policy is None or not is_retryable(exc):
+                raise
+            return await self._run(raw, self.sync, *args, **kwargs)
+
     async def __aenter__(self) -> "AsyncStore":
         return self
 
@@ -108,7 +161,10 @@ class AsyncStore:
     async def record_agent_spawn(
         self, agent_id: str, spec_id: str, stage: str, phase_type: str, agent_name: str, run_id: Optional[str] = None
     ) -> None:
-        await self._run(self.sync.record_agent_spawn, agent_id, spec_id, stage, phase_type, agent_name, run_id)
+        await self._submit(
+            _core.Database.record_agent_spawn_async, _core.Database.record_agent_spawn,
+            agent_id, spec_id, stage, phase_type, agent_name, run_id,
+        )
 
     async def get_agent_spawn_info(self, agent_id: str) -> Optional[tuple]:
         return await self._run(self.sync.get_agent_spawn_info, agent_id)
@@ -117,7 +173,9 @@ class AsyncStore:
         return await self._run(self.sync.get_agent_name, agent_id)
 
     async def record_agent_completion(self, agent_id: str, response_text: str) -> bool:
-        return await self._run(self.sync.record_agent_completion, agent_id, response_text)
+        return await self._submit(
+            _core.Database.record_agent_completion_async, _core.Database.record_agent_completion, agent_id, response_text
+        )
 
     async def record_extraction_failure(self, agent_id: str, response_text: str, extraction_error: str) -> bool:
         return await self._run(self.sync.record_extraction_failure, agent_id, response_text, extraction_error)
@@ -141,9 +199,9 @@ class AsyncStore:
         run_id: Optional[str] = None,
         model_version: Optional[str] = None,
     ) -> int:
-        return await self._run(
-            self.sync.store_artifact, spec_id, stage, agent_name, content_json,
-            response_text=response_text, run_id=run_id, model_version=model_version,
+        return await self._submit(
+            _core.Database.store_artifact_async, _core.Database.store_artifact, spec_id, stage, agent_name,
+            content_json, response_text=response_text, run_id=run_id, model_version=model_version,
         )
 
     async def store_artifacts(self, artifacts: Iterable[Mapping[str, Any]]) -> list:

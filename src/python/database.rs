@@ -235,6 +235,29 @@ impl Clock for PyClock {
     }
 }
 
+/// The completion of a submitted write: `on_done(value, None)` or `on_done(None, error)`,
+/// called with the GIL by the thread that committed the write (an exception from it
+/// is unraisable: it cannot reach the caller any more).
+fn completion<T>(on_done: Py<PyAny>) -> impl FnOnce(crate::Result<T>) + Send + 'static
+where
+    T: for<'py> IntoPyObject<'py> + Send + 'static,
+{
+    move |result| {
+        Python::try_attach(|py| {
+            let called = match result {
+                Ok(value) => match pyo3::IntoPyObjectExt::into_py_any(value, py) {
+                    Ok(v) => on_done.call1(py, (v, py.None())),
+                    Err(e) => on_done.call1(py, (py.None(), e.into_value(py))),
+                },
+                Err(e) => on_done.call1(py, (py.None(), PyErr::from(e).into_value(py))),
+            };
+            if let Err(e) = called {
+                e.write_unraisable(py, Some(on_done.bind(py)));
+            }
+        });
+    }
+}
+
 /// A `consensus_db.retry.RetryPolicy` (or anything with its attributes) as the
 /// engine's policy: `max_attempts`, `initial_delay`, `max_delay`, `jitter`, `deadline`
 /// (absent or None: 10 s), `sleep` (None: real sleep with the GIL released) and
@@ -277,6 +300,20 @@ fn retry_policy(obj: &Bound<'_, PyAny>) -> PyResult<RetryPolicy> {
         }) as crate::sqlite::retry::RetryHook
     });
     Ok(RetryPolicy { max_attempts, initial_delay, max_delay, jitter, deadline, clock, on_retry })
+}
+
+/// Takes the GIL once for a batch of completions (`writer::COMPLETION_SCOPE`).
+pub(crate) fn completion_scope(f: &mut dyn FnMut()) {
+    if Python::try_attach(|_py| f()).is_none() {
+        f(); // the interpreter is gone: each completion finds that out itself
+    }
+}
+
+fn non_callable(on_done: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    if !on_done.is_callable() {
+        return Err(Error::invalid("on_done", format!("must be callable, got {}", type_name(on_done))).into());
+    }
+    Ok(on_done.clone().unbind())
 }
 
 #[pymethods]
@@ -523,6 +560,48 @@ impl PyDatabase {
         run(py, || self.inner.record_agent_spawn(&a, &s, &st, &p, &n, r.as_deref()))
     }
 
+    /// `record_agent_spawn` without waiting: the arguments are checked now (an error is
+    /// raised here); the result (None) or the error goes to `on_done(value, error)`,
+    /// called by the thread that commits the write. No retry.
+    #[pyo3(signature = (on_done, agent_id, spec_id, stage, phase_type, agent_name, run_id=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn record_agent_spawn_async(
+        &self,
+        on_done: &Bound<'_, PyAny>,
+        agent_id: &Bound<'_, PyAny>,
+        spec_id: &Bound<'_, PyAny>,
+        stage: &Bound<'_, PyAny>,
+        phase_type: &Bound<'_, PyAny>,
+        agent_name: &Bound<'_, PyAny>,
+        run_id: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let on_done = non_callable(on_done)?;
+        let spawn = crate::NewSpawn {
+            agent_id: text(agent_id, "agent_id")?.to_string(),
+            spec_id: text(spec_id, "spec_id")?.to_string(),
+            stage: text(stage, "stage")?.to_string(),
+            phase_type: text(phase_type, "phase_type")?.to_string(),
+            agent_name: text(agent_name, "agent_name")?.to_string(),
+            run_id: opt_text(run_id, "run_id")?.map(|s| s.to_string()),
+        };
+        let done = completion::<Option<bool>>(on_done);
+        self.inner.submit_agent_spawn(spawn, move |r| done(r.map(|()| None)));
+        Ok(())
+    }
+
+    /// `record_agent_completion` without waiting (see `record_agent_spawn_async`).
+    fn record_agent_completion_async(
+        &self,
+        on_done: &Bound<'_, PyAny>,
+        agent_id: &Bound<'_, PyAny>,
+        response_text: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let on_done = non_callable(on_done)?;
+        let (a, r) = (text(agent_id, "agent_id")?.to_string(), text(response_text, "response_text")?.to_string());
+        self.inner.submit_agent_completion(a, r, completion::<bool>(on_done));
+        Ok(())
+    }
+
     fn get_agent_spawn_info(&self, py: Python<'_>, agent_id: &Bound<'_, PyAny>) -> PyResult<Option<(String, String)>> {
         let a = text(agent_id, "agent_id")?;
         run(py, || self.inner.get_agent_spawn_info(&a))
@@ -586,6 +665,35 @@ impl PyDatabase {
             model_version: opt_text(model_version, "model_version")?.map(|s| s.to_string()),
         };
         run(py, || self.inner.store_artifact(&artifact))
+    }
+
+    /// `store_artifact` without waiting (see `record_agent_spawn_async`): the id goes
+    /// to `on_done(id, None)`.
+    #[pyo3(signature = (on_done, spec_id, stage, agent_name, content_json, *, response_text=None, run_id=None, model_version=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn store_artifact_async(
+        &self,
+        on_done: &Bound<'_, PyAny>,
+        spec_id: &Bound<'_, PyAny>,
+        stage: &Bound<'_, PyAny>,
+        agent_name: &Bound<'_, PyAny>,
+        content_json: &Bound<'_, PyAny>,
+        response_text: Option<&Bound<'_, PyAny>>,
+        run_id: Option<&Bound<'_, PyAny>>,
+        model_version: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let on_done = non_callable(on_done)?;
+        let artifact = NewArtifact {
+            spec_id: text(spec_id, "spec_id")?.to_string(),
+            stage: text(stage, "stage")?.to_string(),
+            agent_name: text(agent_name, "agent_name")?.to_string(),
+            content_json: json_text(content_json, "content_json")?.to_string(),
+            response_text: opt_text(response_text, "response_text")?.map(|s| s.to_string()),
+            run_id: opt_text(run_id, "run_id")?.map(|s| s.to_string()),
+            model_version: opt_text(model_version, "model_version")?.map(|s| s.to_string()),
+        };
+        self.inner.submit_artifact(artifact, completion::<i64>(on_done));
+        Ok(())
     }
 
     /// Stores many artifacts (mappings with the `store_artifact` argument names) in

@@ -48,6 +48,7 @@ fn migrations() -> Vec<(i64, &'static str)> {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let _ = crate::sqlite::writer::COMPLETION_SCOPE.set(database::completion_scope);
     m.add_class::<database::PyDatabase>()?;
     m.add_class::<transaction::PyTransaction>()?;
     m.add_class::<transaction::PySavepoint>()?;

@@ -427,6 +427,23 @@ impl Engine {
         job.outcome.into_result()
     }
 
+    /// [`Engine::write_repeatable`] without waiting: `on_done` is called with the
+    /// result by whichever thread commits the group the write joins (or at once, on
+    /// this thread, when it cannot be queued). For callers that must not block (an
+    /// asyncio event loop): a waiting write holds no thread.
+    pub fn submit_repeatable<T, F, D>(&self, f: F, on_done: D)
+    where
+        T: Send + 'static,
+        F: Fn(&Tx) -> Result<T> + Send + 'static,
+        D: FnOnce(Result<T>) + Send + 'static,
+    {
+        if let Err(e) = self.check_writable() {
+            return on_done(Err(e));
+        }
+        let job = crate::sqlite::writer::SubmittedJob { job: RepeatJob { f, outcome: Outcome::default() }, on_done };
+        self.lane.submit(&self.pool, Box::new(job));
+    }
+
     fn through_lane_as(&self, op: &str, job: &mut dyn Job) {
         if let Err(e) = self.check_writable() {
             return job.fail(e);

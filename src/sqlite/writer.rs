@@ -19,6 +19,14 @@
 //! thread that holds the lane (a store write inside its own `transaction()` block)
 //! would wait for itself: it fails at once instead.
 //!
+//! A write may also be *submitted* ([`WriteLane::submit`]: an owned job and a
+//! completion callback) by a caller that must not block (an asyncio event loop). It
+//! queues like any write and rides in the group of whichever writer is front; its
+//! callback is called with its result by the thread that committed it, after the lane
+//! is released. When a submitted write is at the front of an idle lane, a short-lived
+//! lane thread becomes its front (one at a time, and it exits when no submitted write
+//! is at the front): N waiting submitted writes need no thread of their own.
+//!
 //! Safety: a queued write lives on its caller's stack (the closure may borrow from it).
 //! The caller does not return before its `done` flag is set, and the lane stops
 //! touching a member before setting that flag (under the lane's mutex).
@@ -147,22 +155,109 @@ impl<F: Fn(&Tx) -> Result<T> + Send, T: Send> Job for RepeatJob<F, T> {
     }
 }
 
+/// A write submitted without a waiting caller: owned by the lane until it is done.
+pub(crate) trait OwnedJob: Job + 'static {
+    fn as_job(&mut self) -> &mut (dyn Job + 'static);
+    /// Hands the result to the submitter (called once, without the lane's lock).
+    fn complete(self: Box<Self>);
+}
+
+/// [`RepeatJob`] with a completion callback (`Engine::submit_repeatable`).
+pub(crate) struct SubmittedJob<F, T, D> {
+    pub job: RepeatJob<F, T>,
+    pub on_done: D,
+}
+
+impl<F: Fn(&Tx) -> Result<T> + Send + 'static, T: Send + 'static, D: FnOnce(Result<T>) + Send + 'static> Job
+    for SubmittedJob<F, T, D>
+{
+    fn run(&mut self, tx: &Tx) -> Option<bool> {
+        self.job.run(tx)
+    }
+    fn fail(&mut self, e: Error) {
+        self.job.fail(e)
+    }
+    fn repeatable(&self) -> bool {
+        true
+    }
+    fn fail_begin(&mut self, e: Error) {
+        self.job.fail_begin(e)
+    }
+    fn take_begin_failure(&mut self) -> Option<Error> {
+        self.job.take_begin_failure()
+    }
+}
+
+impl<F: Fn(&Tx) -> Result<T> + Send + 'static, T: Send + 'static, D: FnOnce(Result<T>) + Send + 'static> OwnedJob
+    for SubmittedJob<F, T, D>
+{
+    fn as_job(&mut self) -> &mut (dyn Job + 'static) {
+        self
+    }
+    fn complete(self: Box<Self>) {
+        let SubmittedJob { job, on_done } = *self;
+        // A failed BEGIN comes back as it is: nothing of the write ran, and the
+        // submitter decides whether to try again (the blocking forms retry by policy).
+        on_done(job.outcome.into_result());
+    }
+}
+
+/// Wraps the completion of a batch of submitted writes (the Python bindings take the
+/// GIL once for the whole batch instead of once per write); set once.
+pub(crate) static COMPLETION_SCOPE: std::sync::OnceLock<fn(&mut dyn FnMut())> = std::sync::OnceLock::new();
+
+fn complete_all(jobs: Vec<Box<dyn OwnedJob>>) {
+    if jobs.is_empty() {
+        return;
+    }
+    let mut jobs = Some(jobs);
+    let mut f = || jobs.take().into_iter().flatten().for_each(|job| job.complete());
+    match COMPLETION_SCOPE.get() {
+        Some(scope) => scope(&mut f),
+        None => f(),
+    }
+}
+
 /// One caller waiting in the lane; `job` is `None` for a hold (a transaction block).
 struct Waiter {
     job: Option<*mut (dyn Job + 'static)>,
     done: AtomicBool,
 }
 
-#[derive(Clone, Copy)]
-struct WaiterPtr(*const Waiter);
-// SAFETY: a waiter is only touched under the lane's rules (see the module docs).
-unsafe impl Send for WaiterPtr {}
+/// A member of the queue: a blocked caller's waiter, or a submitted write.
+enum Member {
+    Blocked(*const Waiter),
+    Owned(Box<dyn OwnedJob>),
+}
+// SAFETY: a waiter is only touched under the lane's rules (see the module docs); an
+// owned job is `Send`.
+unsafe impl Send for Member {}
+
+impl Member {
+    fn is_job(&self) -> bool {
+        match self {
+            // SAFETY: a queued waiter is alive until it is marked done.
+            Member::Blocked(w) => unsafe { (**w).job.is_some() },
+            Member::Owned(_) => true,
+        }
+    }
+    fn is(&self, w: &Waiter) -> bool {
+        matches!(self, Member::Blocked(p) if std::ptr::eq(*p, w))
+    }
+    fn is_owned(&self) -> bool {
+        matches!(self, Member::Owned(_))
+    }
+}
 
 struct State {
-    queue: VecDeque<WaiterPtr>,
+    queue: VecDeque<Member>,
     busy: bool,
     holder: Option<ThreadId>,
     closed: bool,
+    /// A lane thread is running (fronting submitted writes).
+    driver: bool,
+    /// The pool submitted writes run against (set by the first `submit`).
+    pool: Option<Pool>,
 }
 
 /// Commits by number of members, and holds (transaction blocks, maintenance).
@@ -196,20 +291,20 @@ pub(crate) struct LaneHold {
 
 impl Drop for LaneHold {
     fn drop(&mut self) {
-        self.lane.release(&[]);
+        self.lane.release(Vec::new());
     }
 }
 
 /// Releases the lane even if the front writer's own code panics (its members then
 /// get an internal error, not a hang).
 struct Front<'a> {
-    lane: &'a WriteLane,
-    group: Vec<WaiterPtr>,
+    lane: &'a Arc<WriteLane>,
+    group: Vec<Member>,
 }
 
 impl Drop for Front<'_> {
     fn drop(&mut self) {
-        self.lane.release(&self.group);
+        self.lane.release(std::mem::take(&mut self.group));
     }
 }
 
@@ -233,7 +328,14 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 impl Default for WriteLane {
     fn default() -> Self {
         WriteLane {
-            state: Mutex::new(State { queue: VecDeque::new(), busy: false, holder: None, closed: false }),
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                busy: false,
+                holder: None,
+                closed: false,
+                driver: false,
+                pool: None,
+            }),
             cv: Condvar::new(),
             groups: AtomicU64::new(0),
             members: AtomicU64::new(0),
@@ -248,7 +350,7 @@ impl WriteLane {
     /// lane closed), else the group it leads (its first member is `w`).
     /// `wait` bounds the wait for the lane: past it the waiter leaves the queue and
     /// gets a busy error naming the wait.
-    fn queue_up(&self, w: &Waiter, wait: Option<Duration>) -> Result<Option<Vec<WaiterPtr>>> {
+    fn queue_up(self: &Arc<Self>, w: &Waiter, wait: Option<Duration>) -> Result<Option<Vec<Member>>> {
         let until = wait.map(|d| Instant::now() + d);
         let me = std::thread::current().id();
         let mut st = self.state.lock();
@@ -258,24 +360,28 @@ impl WriteLane {
         if st.busy && st.holder == Some(me) {
             return Err(reentrant());
         }
-        st.queue.push_back(WaiterPtr(w));
+        st.queue.push_back(Member::Blocked(w));
         loop {
             if w.done.load(Ordering::Acquire) {
                 return Ok(None);
             }
-            if !st.busy && st.queue.front().is_some_and(|p| std::ptr::eq(p.0, w)) {
+            if !st.busy && st.queue.front().is_some_and(|m| m.is(w)) {
                 break;
             }
             match (until, wait) {
                 (Some(until), Some(wait)) => {
                     if self.cv.wait_until(&mut st, until).timed_out()
                         && !w.done.load(Ordering::Acquire)
-                        && (st.busy || !st.queue.front().is_some_and(|p| std::ptr::eq(p.0, w)))
+                        && (st.busy || !st.queue.front().is_some_and(|m| m.is(w)))
                     {
-                        st.queue.retain(|p| !std::ptr::eq(p.0, w));
+                        st.queue.retain(|m| !m.is(w));
+                        let spawn = Self::needs_driver(&mut st);
                         drop(st);
                         // The next waiter may now be at the front.
                         self.cv.notify_all();
+                        if spawn {
+                            self.spawn_driver();
+                        }
                         return Err(Error::Busy(format!(
                             "waited {:.1}s for the write lane (held by another write, a transaction block, a migration \
                              or maintenance such as a full VACUUM) and gave up: the retry deadline passed",
@@ -286,32 +392,140 @@ impl WriteLane {
                 _ => self.cv.wait(&mut st),
             }
         }
-        st.busy = true;
-        st.holder = Some(me);
-        let mut group = vec![st.queue.pop_front().expect("the front waiter")];
-        if w.job.is_some() {
-            while group.len() < MAX_GROUP {
-                // SAFETY: a queued waiter is alive until it is marked done.
-                match st.queue.front() {
-                    Some(p) if unsafe { (*p.0).job.is_some() } => group.push(st.queue.pop_front().expect("front")),
-                    _ => break,
-                }
-            }
-        }
-        Ok(Some(group))
+        Ok(Some(Self::take_group(&mut st, me)))
     }
 
-    /// Marks `group` done and frees the lane for the next front.
-    fn release(&self, group: &[WaiterPtr]) {
+    /// Makes `me` the front: takes the queue's first member and, when it is a write,
+    /// the writes queued behind it (up to [`MAX_GROUP`]).
+    fn take_group(st: &mut State, me: ThreadId) -> Vec<Member> {
+        st.busy = true;
+        st.holder = Some(me);
+        let first = st.queue.pop_front().expect("the front member");
+        let grouping = first.is_job();
+        let mut group = vec![first];
+        if grouping {
+            while group.len() < MAX_GROUP && st.queue.front().is_some_and(Member::is_job) {
+                group.push(st.queue.pop_front().expect("front"));
+            }
+        }
+        group
+    }
+
+    /// Whether a lane thread must be started: a submitted write is at the front of an
+    /// idle lane and no lane thread runs. Marks one as running.
+    fn needs_driver(st: &mut State) -> bool {
+        let wanted = !st.closed && !st.busy && !st.driver && st.queue.front().is_some_and(Member::is_owned);
+        if wanted {
+            st.driver = true;
+        }
+        wanted
+    }
+
+    /// Starts a lane thread: it is the front for submitted writes at the front of the
+    /// idle lane, and exits when there is none.
+    fn spawn_driver(self: &Arc<Self>) {
+        let lane = self.clone();
+        let spawned = std::thread::Builder::new().name("consensus-db-lane".into()).spawn(move || lane.drive());
+        if spawned.is_err() {
+            // No thread: fail the submitted writes at the front rather than leave them waiting.
+            let mut failed = Vec::new();
+            let mut st = self.state.lock();
+            st.driver = false;
+            while st.queue.front().is_some_and(Member::is_owned) {
+                if let Some(Member::Owned(mut job)) = st.queue.pop_front() {
+                    job.fail(Error::Internal("could not start a write lane thread".into()));
+                    failed.push(job);
+                }
+            }
+            drop(st);
+            complete_all(failed);
+        }
+    }
+
+    fn drive(self: Arc<Self>) {
+        let me = std::thread::current().id();
+        loop {
+            let mut st = self.state.lock();
+            let (group, pool) = loop {
+                if st.closed || !st.queue.front().is_some_and(Member::is_owned) {
+                    st.driver = false;
+                    return;
+                }
+                if !st.busy {
+                    let pool = st.pool.clone().expect("submit sets the pool");
+                    break (Self::take_group(&mut st, me), pool);
+                }
+                self.cv.wait(&mut st);
+            };
+            drop(st);
+            self.run_front(&pool, group);
+        }
+    }
+
+    /// Submits `job` without waiting: it runs in a group like any write, and its
+    /// `complete` is called with its result by the thread that committed it (this
+    /// one, at once, when the lane is closed).
+    pub(crate) fn submit(self: &Arc<Self>, pool: &Pool, mut job: Box<dyn OwnedJob>) {
         let mut st = self.state.lock();
-        for p in group {
-            // SAFETY: the waiter is blocked until this flag is set; not touched after.
-            unsafe { (*p.0).done.store(true, Ordering::Release) };
+        if st.closed {
+            drop(st);
+            job.fail(Error::Closed);
+            return job.complete();
+        }
+        if st.pool.is_none() {
+            st.pool = Some(pool.clone());
+        }
+        st.queue.push_back(Member::Owned(job));
+        let spawn = Self::needs_driver(&mut st);
+        drop(st);
+        if spawn {
+            self.spawn_driver();
+        }
+    }
+
+    /// Marks `group` done and frees the lane for the next front; then hands each
+    /// submitted member its result.
+    fn release(self: &Arc<Self>, group: Vec<Member>) {
+        let mut owned = Vec::new();
+        let mut st = self.state.lock();
+        for m in group {
+            match m {
+                // SAFETY: the waiter is blocked until this flag is set; not touched after.
+                Member::Blocked(w) => unsafe { (*w).done.store(true, Ordering::Release) },
+                Member::Owned(job) => owned.push(job),
+            }
         }
         st.busy = false;
         st.holder = None;
+        let spawn = Self::needs_driver(&mut st);
         drop(st);
         self.cv.notify_all();
+        if spawn {
+            self.spawn_driver();
+        }
+        complete_all(owned);
+    }
+
+    /// Runs `group` (this thread is its front) and releases the lane.
+    fn run_front(self: &Arc<Self>, pool: &Pool, group: Vec<Member>) {
+        let mut front = Front { lane: self, group };
+        let size = front.group.len();
+        // SAFETY: every blocked member's caller waits until `front` drops; each job is
+        // reached through exactly one `&mut`.
+        let mut jobs: Vec<&mut (dyn Job + 'static)> = front
+            .group
+            .iter_mut()
+            .map(|m| match m {
+                Member::Blocked(w) => unsafe { &mut *(**w).job.expect("a write") },
+                Member::Owned(job) => job.as_job(),
+            })
+            .collect();
+        run_group(pool, &mut jobs);
+        drop(jobs);
+        self.groups.fetch_add(1, Ordering::Relaxed);
+        self.members.fetch_add(size as u64, Ordering::Relaxed);
+        self.sizes[size].fetch_add(1, Ordering::Relaxed);
+        drop(front);
     }
 
     /// Holds the lane alone (a transaction block, a migration, maintenance) until the
@@ -328,7 +542,7 @@ impl WriteLane {
     }
 
     /// Runs `job` through the lane; its result is in the job when this returns.
-    pub(crate) fn write(&self, pool: &Pool, job: &mut (dyn Job + '_), wait: Option<Duration>) {
+    pub(crate) fn write(self: &Arc<Self>, pool: &Pool, job: &mut (dyn Job + '_), wait: Option<Duration>) {
         let ptr: *mut (dyn Job + '_) = job;
         // SAFETY: only the lifetime is erased; the job is not touched after this
         // call returns (see the module docs).
@@ -339,35 +553,33 @@ impl WriteLane {
             Ok(None) => return,
             Err(e) => return job.fail(e),
         };
-        let front = Front { lane: self, group };
-        let size = front.group.len();
-        // SAFETY: every member's caller is blocked until `front` drops; each job is
-        // reached through exactly one `&mut`.
-        let mut jobs: Vec<&mut (dyn Job + 'static)> =
-            front.group.iter().map(|p| unsafe { &mut *(*p.0).job.expect("a write") }).collect();
-        run_group(pool, &mut jobs);
-        drop(jobs);
-        self.groups.fetch_add(1, Ordering::Relaxed);
-        self.members.fetch_add(size as u64, Ordering::Relaxed);
-        self.sizes[size].fetch_add(1, Ordering::Relaxed);
-        drop(front);
+        self.run_front(pool, group);
     }
 
     /// Fails every waiting caller with `Error::Closed`; later calls fail at once.
     pub(crate) fn close(&self) {
+        let mut owned = Vec::new();
         let mut st = self.state.lock();
         st.closed = true;
-        while let Some(p) = st.queue.pop_front() {
-            // SAFETY: a queued waiter is blocked until marked done; its job is not running.
-            unsafe {
-                if let Some(job) = (*p.0).job {
-                    (*job).fail(Error::Closed);
+        st.pool = None;
+        while let Some(m) = st.queue.pop_front() {
+            match m {
+                // SAFETY: a queued waiter is blocked until marked done; its job is not running.
+                Member::Blocked(w) => unsafe {
+                    if let Some(job) = (*w).job {
+                        (*job).fail(Error::Closed);
+                    }
+                    (*w).done.store(true, Ordering::Release);
+                },
+                Member::Owned(mut job) => {
+                    job.fail(Error::Closed);
+                    owned.push(job);
                 }
-                (*p.0).done.store(true, Ordering::Release);
             }
         }
         drop(st);
         self.cv.notify_all();
+        complete_all(owned);
     }
 
     pub fn stats(&self) -> LaneStats {

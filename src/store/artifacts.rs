@@ -26,6 +26,15 @@ impl Database {
         self.write_repeatable_as("store_artifact", |tx| insert_artifact(tx, artifact, now_ms()))
     }
 
+    /// [`Database::store_artifact`] without waiting (`Engine::submit_repeatable`):
+    /// `on_done` gets the id from the thread that commits it.
+    pub fn submit_artifact(&self, artifact: NewArtifact, on_done: impl FnOnce(Result<i64>) + Send + 'static) {
+        if let Err(e) = check_artifact(&artifact).and_then(|()| self.require_current()) {
+            return on_done(Err(e));
+        }
+        self.submit_repeatable(move |tx| insert_artifact(tx, &artifact, now_ms()), on_done)
+    }
+
     /// Stores many artifacts in one transaction: all or none. Returns their ids in order.
     pub fn store_artifacts(&self, artifacts: &[NewArtifact]) -> Result<Vec<i64>> {
         for (i, a) in artifacts.iter().enumerate() {

@@ -18,4 +18,5 @@ mod synthesis;
 mod validate;
 
 pub use database::Database;
+pub use executions::NewSpawn;
 pub use validate::{check_id, check_json, PHASE_TYPES};
