@@ -47,7 +47,9 @@ def test_stub_classes_list_exactly_their_members():
         obj = getattr(_core, name)
         if inspect.isclass(obj):
             runtime = public(obj) - {"__new__"}
-            assert members - {"__new__"} == runtime, name
+            # __reduce__ and __eq__ are stubbed for type checkers; `vars()` of a PyO3
+            # class lists them only where they are defined (stubtest checks them).
+            assert members - {"__new__", "__reduce__", "__eq__"} == runtime - {"__reduce__", "__eq__"}, name
 
 
 def test_package_ships_py_typed():

@@ -1,87 +1,290 @@
-"""Type stubs for the Rust extension module (kept true to it by tests/test_stub.py)."""
+"""Type stubs for the Rust extension module ``consensus_db._core``.
 
+Kept true to the compiled module by ``stubtest`` (``tests/run_all.sh``; allowlist in
+``tests/stubtest_allowlist.txt``) and ``tests/test_stub.py``. Defaults shown here are the
+runtime's (``DEFAULTS`` holds them; the text signatures of the Rust methods carry them).
+"""
+
+import datetime
 import os
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final, Literal, final
 
-_Path = Union[str, bytes, os.PathLike[str], os.PathLike[bytes]]
-_Params = Optional[Union[Sequence[Any], Mapping[str, Any]]]
+from typing_extensions import Self, disjoint_base
 
-LEGACY_SCHEMA_SQL: str
-DEFAULT_SCHEMA_VERSION: int
-LATEST_SCHEMA_VERSION: int
-__version__: str
+from consensus_db.results import (
+    Behavior,
+    CheckpointReport,
+    CycleReport,
+    HealthReport,
+    LaneStats,
+    LegacyRowProblem,
+    OpenReport,
+    PhaseType,
+    PoolState,
+    ReaderStats,
+    Rows,
+    Source,
+    SpawnInfo,
+    Stats,
+    VacuumReport,
+)
 
-def sqlite_version() -> str: ...
-def migrations() -> list[tuple[int, str]]: ...
+__all__ = [
+    "Database",
+    "Transaction",
+    "Savepoint",
+    "Artifact",
+    "Synthesis",
+    "ExtractionFailure",
+    "sqlite_version",
+    "migrations",
+    "_panic_for_tests",
+    "LEGACY_SCHEMA_SQL",
+    "DEFAULT_SCHEMA_VERSION",
+    "LATEST_SCHEMA_VERSION",
+    "__version__",
+    "DEFAULTS",
+]
+
+_Path = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+_Params = Sequence[Any] | Mapping[str, Any] | None
+_OnDone = Callable[[Any, BaseException | None], object]
+
+LEGACY_SCHEMA_SQL: Final[str]
+DEFAULT_SCHEMA_VERSION: Final[int]
+LATEST_SCHEMA_VERSION: Final[int]
+DEFAULTS: Final[dict[str, Any]]
+__version__: Final[str]
+
+def sqlite_version() -> str:
+    """The SQLite library version linked into the extension."""
+
+def migrations() -> list[tuple[int, str]]:
+    """(version, description) of every known migration, in order."""
+
 def _panic_for_tests() -> None: ...
-
+@final
 class Artifact:
-    id: int
-    spec_id: str
-    stage: str
-    agent_name: str
-    content_json: str
-    response_text: Optional[str]
-    run_id: Optional[str]
-    created_at: str
-    created_at_ms: int
-    model_version: Optional[str]
-    source: str
-    def to_dict(self) -> dict[str, Any]: ...
-    def content(self) -> Any: ...
+    """One agent's extracted JSON output for a spec/stage (immutable, picklable)."""
 
+    def __new__(
+        cls,
+        id: int,
+        spec_id: str,
+        stage: str,
+        agent_name: str,
+        content_json: str,
+        response_text: str | None = None,
+        run_id: str | None = None,
+        created_at_ms: int = 0,
+        model_version: str | None = None,
+        source: Source = "v1",
+    ) -> Self: ...
+    @property
+    def id(self) -> int: ...
+    @property
+    def spec_id(self) -> str: ...
+    @property
+    def stage(self) -> str: ...
+    @property
+    def agent_name(self) -> str: ...
+    @property
+    def content_json(self) -> str: ...
+    @property
+    def response_text(self) -> str | None: ...
+    @property
+    def run_id(self) -> str | None: ...
+    @property
+    def created_at(self) -> str:
+        """UTC ``YYYY-MM-DD HH:MM:SS``, whichever schema the row came from."""
+    @property
+    def created_at_ms(self) -> int:
+        """When the row was written, Unix milliseconds (UTC)."""
+    @property
+    def created_at_datetime(self) -> datetime.datetime:
+        """``created_at_ms`` as an aware ``datetime`` in UTC."""
+    @property
+    def model_version(self) -> str | None: ...
+    @property
+    def source(self) -> Source:
+        """Which schema the row was read from: ``"v1"`` or ``"legacy"``."""
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict."""
+    def content(self) -> Any:
+        """``content_json`` parsed."""
+    def __reduce__(self) -> tuple[Any, ...]: ...
+    def __eq__(self, other: object, /) -> bool: ...
+
+@final
 class Synthesis:
-    id: int
-    spec_id: str
-    stage: str
-    output_markdown: str
-    output_path: Optional[str]
-    status: str
-    artifacts_count: Optional[int]
-    agreements: Optional[str]
-    conflicts: Optional[str]
-    degraded: bool
-    run_id: Optional[str]
-    created_at: str
-    created_at_ms: int
-    source: str
-    def to_dict(self) -> dict[str, Any]: ...
+    """The merged result of a consensus run (immutable, picklable)."""
 
+    def __new__(
+        cls,
+        id: int,
+        spec_id: str,
+        stage: str,
+        output_markdown: str,
+        output_path: str | None = None,
+        status: str = "success",
+        artifacts_count: int | None = None,
+        agreements: str | None = None,
+        conflicts: str | None = None,
+        degraded: bool = False,
+        run_id: str | None = None,
+        created_at_ms: int = 0,
+        source: Source = "v1",
+    ) -> Self: ...
+    @property
+    def id(self) -> int: ...
+    @property
+    def spec_id(self) -> str: ...
+    @property
+    def stage(self) -> str: ...
+    @property
+    def output_markdown(self) -> str: ...
+    @property
+    def output_path(self) -> str | None: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def artifacts_count(self) -> int | None: ...
+    @property
+    def agreements(self) -> str | None:
+        """The agreements as stored (JSON text); see :meth:`agreement_list`."""
+    @property
+    def conflicts(self) -> str | None:
+        """The conflicts as stored (JSON text); see :meth:`conflict_list`."""
+    @property
+    def degraded(self) -> bool: ...
+    @property
+    def run_id(self) -> str | None: ...
+    @property
+    def created_at(self) -> str:
+        """UTC ``YYYY-MM-DD HH:MM:SS``, whichever schema the row came from."""
+    @property
+    def created_at_ms(self) -> int:
+        """When the synthesis was written, Unix milliseconds (UTC)."""
+    @property
+    def created_at_datetime(self) -> datetime.datetime:
+        """``created_at_ms`` as an aware ``datetime`` in UTC."""
+    @property
+    def source(self) -> Source:
+        """Which schema the row was read from: ``"v1"`` or ``"legacy"``."""
+    def agreement_list(self) -> list[Any]:
+        """``agreements`` parsed: a list (``[]`` when there are none; legacy free text
+        that is not JSON comes back as a one-item list)."""
+    def conflict_list(self) -> list[Any]:
+        """``conflicts`` parsed, as :meth:`agreement_list` parses ``agreements``."""
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict."""
+    def __reduce__(self) -> tuple[Any, ...]: ...
+    def __eq__(self, other: object, /) -> bool: ...
+
+@final
 class ExtractionFailure:
-    agent_id: str
-    spec_id: str
-    stage: str
-    phase_type: str
-    agent_name: str
-    run_id: Optional[str]
-    spawned_at: str
-    completed_at: Optional[str]
-    response_text: Optional[str]
-    extraction_error: str
-    def to_dict(self) -> dict[str, Any]: ...
+    """An agent execution whose output could not be parsed as JSON (immutable, picklable)."""
 
+    def __new__(
+        cls,
+        agent_id: str,
+        spec_id: str,
+        stage: str,
+        phase_type: str,
+        agent_name: str,
+        run_id: str | None,
+        spawned_at: str,
+        completed_at: str | None,
+        response_text: str | None,
+        extraction_error: str,
+    ) -> Self: ...
+    @property
+    def agent_id(self) -> str: ...
+    @property
+    def spec_id(self) -> str: ...
+    @property
+    def stage(self) -> str: ...
+    @property
+    def phase_type(self) -> str: ...
+    @property
+    def agent_name(self) -> str: ...
+    @property
+    def run_id(self) -> str | None: ...
+    @property
+    def spawned_at(self) -> str:
+        """UTC ``YYYY-MM-DD HH:MM:SS``."""
+    @property
+    def spawned_at_datetime(self) -> datetime.datetime:
+        """``spawned_at`` as an aware ``datetime`` in UTC."""
+    @property
+    def completed_at(self) -> str | None: ...
+    @property
+    def completed_at_datetime(self) -> datetime.datetime | None:
+        """``completed_at`` as an aware ``datetime`` in UTC, or None."""
+    @property
+    def response_text(self) -> str | None: ...
+    @property
+    def extraction_error(self) -> str: ...
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict."""
+    def __reduce__(self) -> tuple[Any, ...]: ...
+    def __eq__(self, other: object, /) -> bool: ...
+
+@final
 class Savepoint:
-    def __enter__(self) -> "Savepoint": ...
-    def __exit__(self, exc_type: Any = None, _exc: Any = None, _tb: Any = None) -> bool: ...
+    """``with tx.savepoint():`` undoes only its own part when the block raises."""
 
+    def __enter__(self) -> Self: ...
+    def __exit__(self, exc_type: object = None, _exc: object = None, _tb: object = None) -> Literal[False]: ...
+
+@final
 class Transaction:
-    lastrowid: int
-    def __enter__(self) -> "Transaction": ...
-    def __exit__(self, exc_type: Any = None, _exc: Any = None, _tb: Any = None) -> bool: ...
-    def execute(self, sql: str, params: _Params = None) -> int: ...
-    def executemany(self, sql: str, rows: Iterable[Union[Sequence[Any], Mapping[str, Any]]]) -> int: ...
-    def query(self, sql: str, params: _Params = None) -> list[tuple[Any, ...]]: ...
-    def savepoint(self) -> Savepoint: ...
+    """``with db.transaction() as tx:`` commits on success, rolls back on any exception."""
 
+    @property
+    def lastrowid(self) -> int:
+        """The rowid of the last row inserted through this transaction."""
+    def __enter__(self) -> Self: ...
+    def __exit__(self, exc_type: object = None, _exc: object = None, _tb: object = None) -> Literal[False]: ...
+    def execute(self, sql: str, params: _Params = None) -> int:
+        """Runs one statement; returns the number of rows it changed."""
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> int:
+        """Runs one statement once per parameter row; returns the rows changed in all."""
+    def query(self, sql: str, params: _Params = None) -> Rows:
+        """Runs a query; returns :class:`~consensus_db.Rows` (tuples with ``columns``)."""
+    def savepoint(self) -> Savepoint:
+        """A nested savepoint."""
+
+@disjoint_base
 class Database:
-    closed: bool
-    path: str
-    read_only: bool
-    in_memory: bool
-    open_report: dict[str, Any]
-    schema_version: int
-    maintenance_cycles: Optional[int]
-    retry_count: int
+    """The engine: a pool of SQLite connections. Use :class:`consensus_db.Store`
+    (``consensus_db.connect``), which subclasses it."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+    @property
+    def path(self) -> str:
+        """The path as given (undecodable bytes as surrogate escapes, like ``os.fsdecode``)."""
+    @property
+    def read_only(self) -> bool:
+        """Whether the store was opened read-only."""
+    @property
+    def in_memory(self) -> bool:
+        """Whether the store is an in-memory database (``":memory:"``)."""
+    @property
+    def open_report(self) -> OpenReport:
+        """What opening did: auto_vacuum conversion, journal mode change, migration."""
+    @property
+    def schema_version(self) -> int:
+        """``PRAGMA user_version``: 0 legacy, 1 legacy and new tables, 2 legacy dropped."""
+    @property
+    def maintenance_cycles(self) -> int | None:
+        """Cycles completed by the running maintenance thread, or None."""
+    @property
+    def retry_count(self) -> int:
+        """Retries the engine made for this store (busy databases, pool timeouts)."""
     def __new__(
         cls,
         path: _Path,
@@ -91,105 +294,155 @@ class Database:
         checkout_timeout: float = 10.0,
         read_only: bool = False,
         create: bool = True,
-        migrate: Union[bool, int, None] = None,
-        pragmas: Optional[dict[str, Any]] = None,
+        migrate: bool | int = True,
+        pragmas: Mapping[str, Any] | None = None,
         convert_auto_vacuum: bool = True,
         uri: bool = False,
         retry: Any = ...,
-    ) -> "Database": ...
-    def __enter__(self) -> "Database": ...
-    def __exit__(self, *_args: Any) -> bool: ...
-    def close(self) -> None: ...
-    def pragmas(self) -> dict[str, Union[int, str]]: ...
-    def verify_pragmas(self) -> None: ...
-    def pool_state(self) -> dict[str, int]: ...
-    def lane_stats(self) -> dict[str, Any]: ...
-    def transaction(self, behavior: str = "immediate") -> Transaction: ...
-    def execute(self, sql: str, params: _Params = None) -> int: ...
-    def query(self, sql: str, params: _Params = None) -> list[tuple[Any, ...]]: ...
-    def migrate(self, target: Optional[int] = None) -> int: ...
-    def legacy_row_problems(self) -> list[dict[str, Any]]: ...
+    ) -> Self: ...
+    def __enter__(self) -> Self:
+        """``with`` returns the store itself; leaving the block closes it."""
+    def __exit__(self, *_args: object) -> Literal[False]:
+        """Closes the store; never swallows the block's exception."""
+    def close(self) -> None:
+        """Stops maintenance and closes every pooled connection. Idempotent."""
+    def pragmas(self) -> dict[str, int | str]:
+        """Every configured pragma's current value."""
+    def verify_pragmas(self) -> None:
+        """Re-reads every configured pragma; raises ``PragmaVerificationError`` on a mismatch."""
+    def pool_state(self) -> PoolState:
+        """Connections open and idle in the pool, and its maximum size."""
+    def lane_stats(self) -> LaneStats:
+        """The write lane's counters: group commits, writes they carried, holds, queued."""
+    def transaction(self, behavior: Behavior = "immediate") -> Transaction:
+        """A transaction block: commits on success, rolls back on any exception."""
+    def execute(self, sql: str, params: _Params = None) -> int:
+        """Runs one statement in its own IMMEDIATE transaction; returns rows changed."""
+    def query(self, sql: str, params: _Params = None) -> Rows:
+        """Runs a query outside any transaction; returns :class:`~consensus_db.Rows`."""
+    def migrate(self, target: int | None = None) -> int:
+        """Migrates to ``target`` (up or down); without one, up to the default version.
+        Returns the version reached."""
+    def legacy_row_problems(self) -> list[LegacyRowProblem]:
+        """Legacy rows whose values had to be converted to be read."""
     def record_agent_spawn(
-        self, agent_id: str, spec_id: str, stage: str, phase_type: str, agent_name: str, run_id: Optional[str] = None
-    ) -> None: ...
-    def record_agent_spawn_async(
         self,
-        on_done: Callable[[Any, Optional[BaseException]], None],
         agent_id: str,
         spec_id: str,
         stage: str,
-        phase_type: str,
+        phase_type: PhaseType,
         agent_name: str,
-        run_id: Optional[str] = None,
-    ) -> None: ...
-    def get_agent_spawn_info(self, agent_id: str) -> Optional[tuple[str, str]]: ...
-    def get_agent_name(self, agent_id: str) -> Optional[str]: ...
-    def record_agent_completion(self, agent_id: str, response_text: str) -> bool: ...
-    def record_agent_completion_async(
-        self, on_done: Callable[[Any, Optional[BaseException]], None], agent_id: str, response_text: str
-    ) -> None: ...
-    def record_extraction_failure(self, agent_id: str, response_text: str, extraction_error: str) -> bool: ...
-    def query_extraction_failures(self, spec_id: str) -> list[ExtractionFailure]: ...
-    def cleanup_old_executions(self, days: int) -> int: ...
+        run_id: str | None = None,
+    ) -> None:
+        """Records a spawned agent; ``spawned_at`` is now (UTC)."""
+    def record_agent_spawn_async(
+        self,
+        on_done: _OnDone,
+        agent_id: str,
+        spec_id: str,
+        stage: str,
+        phase_type: PhaseType,
+        agent_name: str,
+        run_id: str | None = None,
+    ) -> None:
+        """``record_agent_spawn`` without waiting: ``on_done(None, error)`` is called by
+        the thread that commits the write. No retry."""
+    def get_agent_spawn_info(self, agent_id: str) -> SpawnInfo | None:
+        """``SpawnInfo(phase_type, stage)`` of a spawned agent, or None."""
+    def get_agent_name(self, agent_id: str) -> str | None:
+        """The agent name a spawned agent was recorded with, or None."""
+    def record_agent_completion(self, agent_id: str, response_text: str) -> bool:
+        """Records an agent's response and completion time; False when the agent is unknown."""
+    def record_agent_completion_async(self, on_done: _OnDone, agent_id: str, response_text: str) -> None:
+        """``record_agent_completion`` without waiting (see ``record_agent_spawn_async``)."""
+    def record_extraction_failure(self, agent_id: str, response_text: str, extraction_error: str) -> bool:
+        """Records a completion whose output could not be parsed; False when unknown."""
+    def query_extraction_failures(self, spec_id: str) -> list[ExtractionFailure]:
+        """The spec's executions with an extraction error, oldest spawn first."""
+    def cleanup_old_executions(self, days: int) -> int:
+        """Deletes executions spawned more than ``days`` days ago; returns how many."""
     def store_artifact(
         self,
         spec_id: str,
         stage: str,
         agent_name: str,
-        content_json: Any,
+        content_json: str | Mapping[str, Any] | Sequence[Any],
         *,
-        response_text: Optional[str] = None,
-        run_id: Optional[str] = None,
-        model_version: Optional[str] = None,
-    ) -> int: ...
+        response_text: str | None = None,
+        run_id: str | None = None,
+        model_version: str | None = None,
+    ) -> int:
+        """Stores one agent's output; ``content_json`` is JSON text (validated) or a
+        dict/list (serialized). Returns the new id."""
     def store_artifact_async(
         self,
-        on_done: Callable[[Any, Optional[BaseException]], None],
+        on_done: _OnDone,
         spec_id: str,
         stage: str,
         agent_name: str,
-        content_json: Any,
+        content_json: str | Mapping[str, Any] | Sequence[Any],
         *,
-        response_text: Optional[str] = None,
-        run_id: Optional[str] = None,
-        model_version: Optional[str] = None,
-    ) -> None: ...
-    def store_artifacts(self, artifacts: Iterable[Mapping[str, Any]]) -> list[int]: ...
-    def query_artifacts(self, spec_id: str, stage: str) -> list[Artifact]: ...
-    def delete_spec_artifacts(self, spec_id: str) -> int: ...
-    def delete_stage_artifacts(self, spec_id: str, stage: str) -> int: ...
-    def delete_runs(self, spec_id: str, stage: Optional[str] = None) -> int: ...
+        response_text: str | None = None,
+        run_id: str | None = None,
+        model_version: str | None = None,
+    ) -> None:
+        """``store_artifact`` without waiting: ``on_done(id, None)`` or ``on_done(None, error)``."""
+    def store_artifacts(self, artifacts: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Stores many artifacts (mappings with ``store_artifact``'s argument names) in
+        one transaction: all or none. Returns their ids."""
+    def query_artifacts(self, spec_id: str, stage: str) -> list[Artifact]:
+        """The artifacts of a spec/stage from both schemas, oldest first."""
+    def delete_spec_artifacts(self, spec_id: str) -> int:
+        """Deletes every artifact of a spec; returns how many."""
+    def delete_stage_artifacts(self, spec_id: str, stage: str) -> int:
+        """Deletes the artifacts of one stage of a spec; returns how many."""
+    def delete_runs(self, spec_id: str, stage: str | None = None) -> int:
+        """Deletes whole runs (syntheses and outputs) of a spec, or of one stage."""
     def store_synthesis(
         self,
         spec_id: str,
         stage: str,
         output_markdown: str,
         *,
-        output_path: Optional[str] = None,
+        output_path: str | None = None,
         status: str = "success",
-        artifacts_count: Optional[int] = None,
-        agreements: Any = None,
-        conflicts: Any = None,
+        artifacts_count: int | None = None,
+        agreements: str | Sequence[Any] | Mapping[str, Any] | None = None,
+        conflicts: str | Sequence[Any] | Mapping[str, Any] | None = None,
         degraded: bool = False,
-        run_id: Optional[str] = None,
-    ) -> int: ...
-    def query_latest_synthesis(self, spec_id: str, stage: str) -> Optional[Synthesis]: ...
-    def reader_stats(self) -> dict[str, int]: ...
-    def stats(self) -> dict[str, Any]: ...
-    def health(self, threshold: float = 0.5) -> dict[str, Any]: ...
+        run_id: str | None = None,
+    ) -> int:
+        """Stores the merged result of a run; returns the new id."""
+    def query_latest_synthesis(self, spec_id: str, stage: str) -> Synthesis | None:
+        """The newest synthesis of a spec/stage from either schema, or None."""
+    def reader_stats(self) -> ReaderStats:
+        """How often each schema served the dual-schema reads."""
+    def stats(self) -> Stats:
+        """Page size and count, free pages and fraction, file and WAL size."""
+    def health(self, threshold: float = 0.5) -> HealthReport:
+        """Statistics, rows per table, modes, schema version and ``needs_vacuum``."""
     def vacuum(
-        self, *, full: bool = False, pages: Optional[int] = None, progress: Optional[Callable[[int], Any]] = None
-    ) -> dict[str, Any]: ...
-    def checkpoint(self) -> dict[str, int]: ...
-    def integrity_check(self, quick: bool = False) -> list[str]: ...
-    def backup(self, dest: Optional[_Path] = None) -> str: ...
+        self, *, full: bool = False, pages: int | None = None, progress: Callable[[int], object] | None = None
+    ) -> VacuumReport:
+        """Reclaims free pages (``pages`` of them, None: all; or ``full=True``: VACUUM).
+        ``progress(calls)`` is called during a full VACUUM; returning False interrupts it."""
+    def checkpoint(self) -> CheckpointReport:
+        """``PRAGMA wal_checkpoint(TRUNCATE)``."""
+    def integrity_check(self, quick: bool = False) -> list[str]:
+        """``["ok"]`` or the problems found."""
+    def backup(self, dest: _Path | None = None) -> str:
+        """An online backup into the new file ``dest`` (refused if it exists); without
+        ``dest``, beside the database under a unique name. Returns the path."""
     def start_maintenance(
         self,
         interval_s: float = 300.0,
         *,
-        retention_days: Optional[int] = 30,
-        vacuum_pages: Optional[int] = 1000,
+        retention_days: int | None = 30,
+        vacuum_pages: int | None = 1000,
         checkpoint: bool = True,
-        on_cycle: Optional[Callable[[dict[str, Any]], None]] = None,
-    ) -> None: ...
-    def stop_maintenance(self) -> None: ...
+        on_cycle: Callable[[CycleReport], object] | None = None,
+    ) -> None:
+        """Starts the background maintenance thread (retention, incremental vacuum,
+        checkpoint every ``interval_s`` seconds)."""
+    def stop_maintenance(self) -> None:
+        """Stops the maintenance thread; a no-op if none runs."""

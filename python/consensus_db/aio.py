@@ -1,8 +1,15 @@
 """The async twin: the store's operations as coroutines, for asyncio orchestrators.
 
-    db = await consensus_db.aio.connect("consensus.db")
-    async with db:
+    async with consensus_db.aio.connect("consensus.db") as db:   # or: db = await aio.connect(...)
         await db.record_agent_spawn("agent-1", "SPEC-1", "plan", "quality_gate", "gemini")
+        async with db.transaction() as tx:
+            await tx.execute("DELETE FROM agent_executions WHERE spec_id = ?", ["OLD"])
+
+Every operation of :class:`~consensus_db.Store` has a coroutine twin here, generated
+from one list (the class body of :class:`AsyncStore`: one line per operation, each
+naming the sync method it mirrors, so its signature and result type are the sync
+method's, for type checkers too). Non-blocking attributes (``path``, ``closed``,
+``open_report``, ``retry_count``, ...) are plain properties.
 
 ``store_artifact``, ``record_agent_spawn`` and ``record_agent_completion`` are submitted
 to the store's write lane without a thread: the call's arguments are checked on the loop,
@@ -25,31 +32,253 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar
+from collections.abc import Callable, Coroutine, Generator
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Concatenate, Optional, ParamSpec, TypeVar
 
 from . import _core
 from .errors import ClosedError, InvalidInputError
-from .retry import is_retryable
-from .store import PathLike, Store, connect as _connect
+from .results import Behavior, LaneStats, OpenReport, ReaderStats, Rows
+from .retry import RetryPolicy, is_retryable
+from .store import DEFAULT_RETRY, PathLike, Store
+from .store import connect as _connect
 
-__all__ = ["AsyncStore", "connect"]
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["AsyncStore", "AsyncTransaction", "AsyncSavepoint", "Connect", "connect"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+_OnDone = Callable[[Any, Optional[BaseException]], None]
 
 
-async def connect(path: PathLike, *, pool_size: int = 10, **options: Any) -> "AsyncStore":
-    """Opens a store without blocking the loop; same arguments as :func:`consensus_db.connect`."""
-    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-        raise InvalidInputError(f"invalid pool_size: must be an int of at least 1, got {pool_size!r}")
-    executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="consensus-db-aio")
-    loop = asyncio.get_running_loop()
+async def _call_on(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Runs ``fn`` on ``executor``. A cancelled call has a known outcome: if it had not
+    started it never runs; if it was running, the cancellation waits for its end."""
     try:
-        store = await loop.run_in_executor(executor, functools.partial(_connect, path, pool_size=pool_size, **options))
-    except BaseException:
-        executor.shutdown(wait=False)
+        running: Future[T] = executor.submit(fn, *args, **kwargs)
+    except RuntimeError:  # shut down by a close() racing this call
+        raise ClosedError("the store is closed") from None
+    outcome = asyncio.wrap_future(running)
+    try:
+        return await asyncio.shield(outcome)
+    except asyncio.CancelledError:
+        if running.cancel():  # still queued: it will never run
+            raise
+        # Running on a thread, where it cannot be stopped: let the cancellation
+        # through only once the call has committed or failed.
+        while not outcome.done():
+            try:
+                await asyncio.shield(outcome)
+            except asyncio.CancelledError:
+                continue
+            except BaseException:
+                break
         raise
-    return AsyncStore(store, executor)
+
+
+# ---- the generators: one sync method in, its coroutine twin out ---------------------------
+
+
+def _threaded(method: Callable[Concatenate[Store, P], T]) -> Callable[Concatenate[AsyncStore, P], Coroutine[Any, Any, T]]:
+    """The coroutine twin of a sync ``Store`` method: it runs on a thread of the store's
+    executor, with the sync method's parameters and result type."""
+
+    async def twin(self: AsyncStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._run(method, self.sync, *args, **kwargs)
+
+    return _named(twin, method)
+
+
+def _lane(
+    submit: Callable[Concatenate[_core.Database, _OnDone, P], None],
+    method: Callable[Concatenate[_core.Database, P], T],
+) -> Callable[Concatenate[AsyncStore, P], Coroutine[Any, Any, T]]:
+    """The coroutine twin of a write the engine can take without a thread: ``submit``
+    (its ``*_async`` entry point) queues it on the write lane; the committing thread
+    completes the future. ``method``, the blocking form, retries a retryable failure."""
+
+    async def twin(self: AsyncStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._submit(submit, method, *args, **kwargs)
+
+    return _named(twin, method)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _named(twin: _F, method: Callable[..., Any]) -> _F:
+    twin.__name__ = method.__name__
+    twin.__qualname__ = f"AsyncStore.{method.__name__}"
+    twin.__doc__ = f"Coroutine form of :meth:`consensus_db.Store.{method.__name__}`.\n\n{method.__doc__ or ''}".rstrip()
+    return twin
+
+
+# ---- connect --------------------------------------------------------------------------------
+
+
+class Connect(Coroutine[Any, Any, "AsyncStore"]):
+    """What :func:`connect` returns: await it for an :class:`AsyncStore`, or use it
+    directly as ``async with aio.connect(path) as db:`` (closed when the block ends).
+    It is a coroutine, so ``asyncio.run``/``create_task`` take it too. Opening starts
+    only when it is awaited or entered."""
+
+    def __init__(self, opener: Callable[[], Store], pool_size: int) -> None:
+        self._opener = opener
+        self._pool_size = pool_size
+        self._coroutine: Optional[Coroutine[Any, Any, AsyncStore]] = None
+        self._store: Optional[AsyncStore] = None
+
+    async def _open(self) -> AsyncStore:
+        executor = ThreadPoolExecutor(max_workers=self._pool_size, thread_name_prefix="consensus-db-aio")
+        loop = asyncio.get_running_loop()
+        try:
+            store = await loop.run_in_executor(executor, self._opener)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return AsyncStore(store, executor)
+
+    def _started(self) -> Coroutine[Any, Any, AsyncStore]:
+        if self._coroutine is None:
+            self._coroutine = self._open()
+        return self._coroutine
+
+    def __await__(self) -> Generator[Any, None, AsyncStore]:
+        return self._started().__await__()
+
+    def send(self, value: Any, /) -> Any:
+        return self._started().send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Optional[TracebackType] = None, /) -> Any:
+        return self._started().throw(typ, val, tb)
+
+    def close(self) -> None:
+        if self._coroutine is not None:
+            self._coroutine.close()
+
+    async def __aenter__(self) -> AsyncStore:
+        self._store = await self
+        return self._store
+
+    async def __aexit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        if self._store is not None and not self._store.closed:
+            await self._store.close()
+
+
+def _async_connect(sync_connect: Callable[P, Store]) -> Callable[P, Connect]:
+    def connect(*args: P.args, **kwargs: P.kwargs) -> Connect:
+        pool_size = kwargs.get("pool_size", _core.DEFAULTS["pool_size"])
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise InvalidInputError(f"invalid pool_size: must be an int of at least 1, got {pool_size!r}")
+        return Connect(functools.partial(sync_connect, *args, **kwargs), pool_size)
+
+    connect.__doc__ = """Opens a store without blocking the loop; the arguments are :func:`consensus_db.connect`'s.
+
+    ``async with aio.connect(path) as db:`` opens and closes it; ``db = await aio.connect(path)``
+    opens it (close it with ``await db.close()``). The calls run on a thread pool as large
+    as the connection pool (``pool_size``); writes go through the write lane without one."""
+    return connect
+
+
+connect = _async_connect(_connect)
+
+
+# ---- transactions ------------------------------------------------------------------------
+
+
+class AsyncSavepoint:
+    """``async with tx.savepoint():`` undoes only its own part when the block raises."""
+
+    def __init__(self, tx: AsyncTransaction) -> None:
+        self._tx = tx
+        self._savepoint: Optional[_core.Savepoint] = None
+
+    async def __aenter__(self) -> Self:
+        tx = self._tx._sync()
+        self._savepoint = await self._tx._call(tx.savepoint)
+        await self._tx._call(self._savepoint.__enter__)
+        return self
+
+    async def __aexit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        if self._savepoint is not None:
+            await self._tx._call(self._savepoint.__exit__, exc_type, exc, tb)
+
+
+class AsyncTransaction:
+    """``async with db.transaction() as tx:`` — commits when the block ends, rolls back
+    when it raises. Its statements run, one after the other, on a thread of its own (a
+    write transaction holds the write lane until it ends)."""
+
+    def __init__(self, store: AsyncStore, behavior: Behavior) -> None:
+        self._store = store
+        self._behavior = behavior
+        self._tx: Optional[_core.Transaction] = None
+        self._executor: Optional[ThreadPoolExecutor] = None
+
+    def _sync(self) -> _core.Transaction:
+        if self._tx is None:
+            raise InvalidInputError("the transaction is not active: use it inside its `async with` block")
+        return self._tx
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise InvalidInputError("the transaction is not active: use it inside its `async with` block")
+        return await _call_on(self._executor, fn, *args)
+
+    async def __aenter__(self) -> Self:
+        self._store._check_open()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="consensus-db-aio-tx")
+        try:
+            tx = self._store.sync.transaction(self._behavior)
+            self._tx = await self._call(tx.__enter__)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        tx, executor = self._sync(), self._executor
+        try:
+            await self._call(tx.__exit__, exc_type, exc, tb)
+        finally:
+            self._tx = None
+            self._executor = None
+            if executor is not None:
+                executor.shutdown(wait=False)
+
+    async def execute(self, sql: str, params: _core._Params = None) -> int:
+        """Runs one statement; returns the number of rows it changed."""
+        return await self._call(self._sync().execute, sql, params)
+
+    async def executemany(self, sql: str, rows: Any) -> int:
+        """Runs one statement once per parameter row; returns the rows changed in all."""
+        return await self._call(self._sync().executemany, sql, list(rows))
+
+    async def query(self, sql: str, params: _core._Params = None) -> Rows:
+        """Runs a query; returns :class:`~consensus_db.Rows`."""
+        return await self._call(self._sync().query, sql, params)
+
+    @property
+    def lastrowid(self) -> int:
+        """The rowid of the last row inserted through this transaction."""
+        return self._sync().lastrowid
+
+    def savepoint(self) -> AsyncSavepoint:
+        """A nested savepoint: ``async with tx.savepoint(): ...``."""
+        return AsyncSavepoint(self)
+
+
+# ---- the store -------------------------------------------------------------------------------
 
 
 class AsyncStore:
@@ -66,38 +295,23 @@ class AsyncStore:
         self._executor = executor
         self._closed = False
 
-    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("the store is closed")
-        try:
-            running = self._executor.submit(fn, *args, **kwargs)
-        except RuntimeError:  # shut down by a close() racing this call
-            raise ClosedError("the store is closed") from None
-        outcome = asyncio.wrap_future(running)
-        try:
-            return await asyncio.shield(outcome)
-        except asyncio.CancelledError:
-            if running.cancel():  # still queued: it will never run
-                raise
-            # Running on a thread, where it cannot be stopped: let the cancellation
-            # through only once the call has committed or failed.
-            while not outcome.done():
-                try:
-                    await asyncio.shield(outcome)
-                except asyncio.CancelledError:
-                    continue
-                except BaseException:
-                    break
-            raise
 
-    async def _submit(self, submit: Callable[..., None], raw: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        self._check_open()
+        return await _call_on(self._executor, fn, *args, **kwargs)
+
+    async def _submit(
+        self, submit: Callable[..., None], raw: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
         """A write through the lane: ``submit(on_done, *args)`` queues it and returns at
         once; the committing thread completes ``outcome``. A retryable failure goes on
         with the store's retry policy on an executor thread."""
-        if self._closed:
-            raise ClosedError("the store is closed")
+        self._check_open()
         loop = asyncio.get_running_loop()
-        outcome = loop.create_future()
+        outcome: asyncio.Future[T] = loop.create_future()
 
         def settle(value: Any, error: Optional[BaseException]) -> None:
             if outcome.done():
@@ -135,19 +349,67 @@ class AsyncStore:
                 raise
             return await self._run(raw, self.sync, *args, **kwargs)
 
-    async def __aenter__(self) -> "AsyncStore":
+    async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
         if not self._closed:
             await self.close()
 
     def __repr__(self) -> str:
         return f"<consensus_db.aio.AsyncStore {self.sync.path!r}{' (closed)' if self.sync.closed else ''}>"
 
+    # ---- attributes that do no I/O ------------------------------------------------------
+
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
         return self._closed
+
+    @property
+    def path(self) -> str:
+        """The path as given."""
+        return self.sync.path
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the store was opened read-only."""
+        return self.sync.read_only
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the store is an in-memory database."""
+        return self.sync.in_memory
+
+    @property
+    def open_report(self) -> OpenReport:
+        """What opening did to the file."""
+        return self.sync.open_report
+
+    @property
+    def retry_count(self) -> int:
+        """Retries the engine made for this store."""
+        return self.sync.retry_count
+
+    @property
+    def retry_policy(self) -> Optional[RetryPolicy]:
+        """The policy the engine retries with (``None``: off)."""
+        return self.sync.retry_policy
+
+    @property
+    def maintenance_cycles(self) -> Optional[int]:
+        """Cycles completed by the running maintenance thread, or None."""
+        return self.sync.maintenance_cycles
+
+    def reader_stats(self) -> ReaderStats:
+        """In-memory counters (no I/O, so not a coroutine): see ``Store.reader_stats``."""
+        return self.sync.reader_stats()
+
+    def lane_stats(self) -> LaneStats:
+        """In-memory counters (no I/O, so not a coroutine): see ``Store.lane_stats``."""
+        return self.sync.lane_stats()
 
     async def close(self) -> None:
         """Closes the store once its running calls have finished; calling it again
@@ -156,123 +418,60 @@ class AsyncStore:
         self._closed = True
         self._executor.shutdown(wait=True)
 
-    # ---- executions ------------------------------------------------------------------
-
-    async def record_agent_spawn(
-        self, agent_id: str, spec_id: str, stage: str, phase_type: str, agent_name: str, run_id: Optional[str] = None
-    ) -> None:
-        await self._submit(
-            _core.Database.record_agent_spawn_async, _core.Database.record_agent_spawn,
-            agent_id, spec_id, stage, phase_type, agent_name, run_id,
-        )
-
-    async def get_agent_spawn_info(self, agent_id: str) -> Optional[tuple]:
-        return await self._run(self.sync.get_agent_spawn_info, agent_id)
-
-    async def get_agent_name(self, agent_id: str) -> Optional[str]:
-        return await self._run(self.sync.get_agent_name, agent_id)
-
-    async def record_agent_completion(self, agent_id: str, response_text: str) -> bool:
-        return await self._submit(
-            _core.Database.record_agent_completion_async, _core.Database.record_agent_completion, agent_id, response_text
-        )
-
-    async def record_extraction_failure(self, agent_id: str, response_text: str, extraction_error: str) -> bool:
-        return await self._run(self.sync.record_extraction_failure, agent_id, response_text, extraction_error)
-
-    async def query_extraction_failures(self, spec_id: str) -> list:
-        return await self._run(self.sync.query_extraction_failures, spec_id)
-
-    async def cleanup_old_executions(self, days: int) -> int:
-        return await self._run(self.sync.cleanup_old_executions, days)
-
-    # ---- artifacts and synthesis -----------------------------------------------------------
-
-    async def store_artifact(
-        self,
-        spec_id: str,
-        stage: str,
-        agent_name: str,
-        content_json: Any,
-        *,
-        response_text: Optional[str] = None,
-        run_id: Optional[str] = None,
-        model_version: Optional[str] = None,
-    ) -> int:
-        return await self._submit(
-            _core.Database.store_artifact_async, _core.Database.store_artifact, spec_id, stage, agent_name,
-            content_json, response_text=response_text, run_id=run_id, model_version=model_version,
-        )
-
-    async def store_artifacts(self, artifacts: Iterable[Mapping[str, Any]]) -> list:
-        return await self._run(self.sync.store_artifacts, list(artifacts))
-
-    async def query_artifacts(self, spec_id: str, stage: str) -> list:
-        return await self._run(self.sync.query_artifacts, spec_id, stage)
-
-    async def delete_spec_artifacts(self, spec_id: str) -> int:
-        return await self._run(self.sync.delete_spec_artifacts, spec_id)
-
-    async def delete_stage_artifacts(self, spec_id: str, stage: str) -> int:
-        return await self._run(self.sync.delete_stage_artifacts, spec_id, stage)
-
-    async def delete_runs(self, spec_id: str, stage: Optional[str] = None) -> int:
-        return await self._run(self.sync.delete_runs, spec_id, stage)
-
-    async def store_synthesis(
-        self,
-        spec_id: str,
-        stage: str,
-        output_markdown: str,
-        *,
-        output_path: Optional[str] = None,
-        status: str = "success",
-        artifacts_count: Optional[int] = None,
-        agreements: Any = None,
-        conflicts: Any = None,
-        degraded: bool = False,
-        run_id: Optional[str] = None,
-    ) -> int:
-        return await self._run(
-            self.sync.store_synthesis, spec_id, stage, output_markdown, output_path=output_path, status=status,
-            artifacts_count=artifacts_count, agreements=agreements, conflicts=conflicts, degraded=degraded,
-            run_id=run_id,
-        )
-
-    async def query_latest_synthesis(self, spec_id: str, stage: str) -> Any:
-        return await self._run(self.sync.query_latest_synthesis, spec_id, stage)
-
-    def reader_stats(self) -> dict:
-        return self.sync.reader_stats()
-
-    def lane_stats(self) -> dict:
-        return self.sync.lane_stats()
-
-    # ---- schema, health, maintenance ----------------------------------------------------
+    def transaction(self, behavior: Behavior = "immediate") -> AsyncTransaction:
+        """``async with db.transaction(behavior) as tx:`` (see :class:`AsyncTransaction`)."""
+        self._check_open()
+        return AsyncTransaction(self, behavior)
 
     async def get_schema_version(self) -> int:
+        """The schema version (``Store.schema_version`` reads the file: here, a coroutine)."""
         return await self._run(lambda: self.sync.schema_version)
 
-    async def migrate(self, target: Optional[int] = None) -> int:
-        return await self._run(self.sync.migrate, target)
+    # ---- the list: every other operation, generated from its sync form ----------------------
+    # Writes the engine takes without a thread: submitted to the write lane.
+    record_agent_spawn = _lane(_core.Database.record_agent_spawn_async, _core.Database.record_agent_spawn)
+    record_agent_completion = _lane(
+        _core.Database.record_agent_completion_async, _core.Database.record_agent_completion
+    )
+    store_artifact = _lane(_core.Database.store_artifact_async, _core.Database.store_artifact)
+    # Everything else: on a thread of the store's executor.
+    get_agent_spawn_info = _threaded(Store.get_agent_spawn_info)
+    get_agent_name = _threaded(Store.get_agent_name)
+    record_extraction_failure = _threaded(Store.record_extraction_failure)
+    query_extraction_failures = _threaded(Store.query_extraction_failures)
+    cleanup_old_executions = _threaded(Store.cleanup_old_executions)
+    store_artifacts = _threaded(Store.store_artifacts)
+    query_artifacts = _threaded(Store.query_artifacts)
+    delete_spec_artifacts = _threaded(Store.delete_spec_artifacts)
+    delete_stage_artifacts = _threaded(Store.delete_stage_artifacts)
+    delete_runs = _threaded(Store.delete_runs)
+    store_synthesis = _threaded(Store.store_synthesis)
+    query_latest_synthesis = _threaded(Store.query_latest_synthesis)
+    execute = _threaded(Store.execute)
+    query = _threaded(Store.query)
+    migrate = _threaded(Store.migrate)
+    legacy_row_problems = _threaded(Store.legacy_row_problems)
+    pragmas = _threaded(Store.pragmas)
+    verify_pragmas = _threaded(Store.verify_pragmas)
+    pool_state = _threaded(Store.pool_state)
+    stats = _threaded(Store.stats)
+    health = _threaded(Store.health)
+    vacuum = _threaded(Store.vacuum)
+    checkpoint = _threaded(Store.checkpoint)
+    integrity_check = _threaded(Store.integrity_check)
+    backup = _threaded(Store.backup)
+    start_maintenance = _threaded(Store.start_maintenance)
+    stop_maintenance = _threaded(Store.stop_maintenance)
 
-    async def pragmas(self) -> dict:
-        return await self._run(self.sync.pragmas)
 
-    async def verify_pragmas(self) -> None:
-        await self._run(self.sync.verify_pragmas)
-
-    async def health(self, threshold: float = 0.5) -> dict:
-        return await self._run(self.sync.health, threshold)
-
-    async def vacuum(self, *, full: bool = False, pages: Optional[int] = None) -> dict:
-        return await self._run(self.sync.vacuum, full=full, pages=pages)
-
-    async def checkpoint(self) -> dict:
-        return await self._run(self.sync.checkpoint)
-
-    async def integrity_check(self, quick: bool = False) -> list:
-        return await self._run(self.sync.integrity_check, quick)
-
-    async def backup(self, dest: Optional[PathLike] = None) -> str:
-        return await self._run(self.sync.backup, dest)
+#: The sync-only members of ``Store`` that have no coroutine twin, and why.
+NOT_MIRRORED = {
+    "close": "AsyncStore.close is written by hand (it also shuts the executor down)",
+    "transaction": "AsyncStore.transaction returns an async context manager, not a coroutine",
+    "schema_version": "a property that reads the file: AsyncStore.get_schema_version()",
+    "reader_stats": "in-memory counters, no I/O: a plain method",
+    "lane_stats": "in-memory counters, no I/O: a plain method",
+    "record_agent_spawn_async": "the lane entry point AsyncStore.record_agent_spawn uses",
+    "record_agent_completion_async": "the lane entry point AsyncStore.record_agent_completion uses",
+    "store_artifact_async": "the lane entry point AsyncStore.store_artifact uses",
+}

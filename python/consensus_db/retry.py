@@ -26,7 +26,8 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Optional, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, Optional, ParamSpec, TypeVar, cast, overload
 
 from .errors import CircuitOpenError, DiskFullError, Error, InvalidInputError
 
@@ -42,6 +43,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+CircuitState = Literal["closed", "open", "half_open"]
 log = logging.getLogger("consensus_db.retry")
 
 RETRYABLE_HTTP = frozenset({408, 429, 500, 502, 503, 504})
@@ -50,6 +53,8 @@ _BUSY_MESSAGES = ("database is locked", "database table is locked", "database is
 
 
 class Classification(str, enum.Enum):
+    """Whether trying a failed call again can succeed."""
+
     RETRYABLE = "retryable"
     PERMANENT = "permanent"
 
@@ -87,6 +92,7 @@ def classify(exc: BaseException) -> Classification:
 
 
 def is_retryable(exc: BaseException) -> bool:
+    """``classify(exc) is Classification.RETRYABLE``."""
     return classify(exc) is Classification.RETRYABLE
 
 
@@ -137,7 +143,8 @@ class RetryPolicy:
     max_delay: float = 1.6
     jitter: bool = True
     sleep: Optional[Callable[[float], Any]] = None
-    on_retry: Optional[Callable[[int, float, BaseException], None]] = None
+    #: ``(attempt, delay, exc)``; the engine also accepts ``(operation, attempt, delay, exc)``.
+    on_retry: Optional[Callable[..., object]] = None
     classifier: Callable[[BaseException], bool] = is_retryable
     max_retry_after: float = 30.0
     random: Callable[[], float] = _random.random
@@ -157,13 +164,15 @@ class RetryPolicy:
 
     def backoff(self, retry_number: int) -> float:
         """The capped exponential delay before retry ``retry_number`` (1-based), no jitter."""
-        return min(self.max_delay, self.initial_delay * 2 ** (retry_number - 1))
+        return min(self.max_delay, self.initial_delay * 2.0 ** (retry_number - 1))
 
-    def delays(self) -> list:
+    def delays(self) -> list[float]:
         """The planned delays between attempts, without jitter."""
         return [self.backoff(n) for n in range(1, self.max_attempts)]
 
     def delay_for(self, retry_number: int, exc: BaseException) -> float:
+        """The delay before retry ``retry_number`` after ``exc``: the backoff, jittered,
+        raised to a Retry-After hint (clamped to ``max_retry_after``)."""
         delay = self.backoff(retry_number)
         if self.jitter:
             delay = self.random() * delay
@@ -185,7 +194,7 @@ class RetryPolicy:
             self.on_retry(attempt, delay, exc)
         return delay
 
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Calls ``fn`` until it succeeds, raises a permanent error, or attempts run out
         (then the last exception is re-raised as it was)."""
         sleep = self.sleep or time.sleep
@@ -202,7 +211,7 @@ class RetryPolicy:
                     raise
             sleep(delay)
 
-    async def acall(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    async def acall(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """The coroutine form of :meth:`call`; ``sleep`` must be a coroutine function."""
         sleep = self.sleep or asyncio.sleep
         self.stats._add(calls=1)
@@ -219,27 +228,41 @@ class RetryPolicy:
             await sleep(delay)
 
 
-def retry(policy: Any = None, **options: Any) -> Any:
-    """Decorates a sync or async function with a retry policy.
+@overload
+def retry(policy: Callable[P, T], /) -> Callable[P, T]: ...
+
+
+@overload
+def retry(
+    policy: Optional[RetryPolicy] = None, /, **options: Any
+) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
+
+
+def retry(policy: Any = None, /, **options: Any) -> Any:
+    """Decorates a sync or async function with a retry policy; the decorated function
+    keeps its exact signature for type checkers (``ParamSpec``, as stamina does).
 
     ``@retry`` uses the defaults, ``@retry(policy)`` a given policy, ``@retry(max_attempts=3)``
     a policy built from keyword arguments. The policy is exposed as ``fn.retry_policy``."""
     if callable(policy) and not isinstance(policy, RetryPolicy):
         return retry()(policy)
-    chosen = policy if policy is not None else RetryPolicy(**options)
+    if policy is not None and not isinstance(policy, RetryPolicy):
+        raise InvalidInputError(f"invalid policy: must be a RetryPolicy, None or a function, got {type(policy).__name__}")
+    chosen: RetryPolicy = policy if policy is not None else RetryPolicy(**options)
 
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def decorate(fn: Callable[P, T]) -> Callable[P, T]:
         if inspect.iscoroutinefunction(fn):
+            afn = cast(Callable[P, Awaitable[Any]], fn)
 
             @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await chosen.acall(fn, *args, **kwargs)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return await chosen.acall(afn, *args, **kwargs)
 
             async_wrapper.retry_policy = chosen  # type: ignore[attr-defined]
-            return async_wrapper
+            return cast(Callable[P, T], async_wrapper)
 
         @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
             return chosen.call(fn, *args, **kwargs)
 
         wrapper.retry_policy = chosen  # type: ignore[attr-defined]
@@ -275,11 +298,12 @@ class CircuitBreaker:
         self._lock = threading.Lock()
 
     @property
-    def state(self) -> str:
+    def state(self) -> CircuitState:
+        """``"closed"``, ``"open"`` or ``"half_open"``."""
         with self._lock:
             return self._state()
 
-    def _state(self) -> str:
+    def _state(self) -> CircuitState:
         if self._opened_at is None:
             return "closed"
         if self.clock() - self._opened_at >= self.reset_timeout:
@@ -309,7 +333,8 @@ class CircuitBreaker:
             if self._opened_at is not None or self.failures >= self.failure_threshold:
                 self._opened_at = self.clock()
 
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Calls ``fn`` through the breaker: fails fast with ``CircuitOpenError`` while open."""
         self._before()
         try:
             result = fn(*args, **kwargs)
@@ -319,7 +344,8 @@ class CircuitBreaker:
         self._after(None)
         return result
 
-    async def acall(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    async def acall(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """The coroutine form of :meth:`call`."""
         self._before()
         try:
             result = await fn(*args, **kwargs)
@@ -329,17 +355,19 @@ class CircuitBreaker:
         self._after(None)
         return result
 
-    def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
+        """Decorates a sync or async function so every call goes through the breaker."""
         if inspect.iscoroutinefunction(fn):
+            afn = cast(Callable[P, Awaitable[Any]], fn)
 
             @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await self.acall(fn, *args, **kwargs)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return await self.acall(afn, *args, **kwargs)
 
-            return async_wrapper
+            return cast(Callable[P, T], async_wrapper)
 
         @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
             return self.call(fn, *args, **kwargs)
 
         return wrapper

@@ -15,16 +15,22 @@ import inspect
 import logging
 import os
 import weakref
-from typing import Any, Callable, Mapping, Optional, TypeVar, Union
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Optional, TypeVar, Union
 
 from . import _core
 from .errors import InvalidInputError
+from .results import CycleReport
 from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["Store", "connect", "DEFAULT_RETRY"]
 
 T = TypeVar("T")
 PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+_DEFAULTS: dict[str, Any] = _core.DEFAULTS  # the engine's defaults, defined once in Rust
 
 #: The retry policy the engine uses unless ``connect(..., retry=...)`` says otherwise:
 #: 6 attempts, 100 ms doubling to 1.6 s (the cap is reached), full jitter, within the
@@ -74,14 +80,14 @@ def _engine_policy(policy: RetryPolicy) -> RetryPolicy:
     return dataclasses.replace(policy, on_retry=on_retry)
 
 
-def _log_cycle(report: dict) -> None:
+def _log_cycle(report: CycleReport) -> None:
     if report.get("error"):
-        _maintenance_log.warning("maintenance cycle %(cycle)d failed: %(error)s", report)
+        _maintenance_log.warning("maintenance cycle %(cycle)d failed: %(error)s", dict(report))
     else:
         _maintenance_log.info(
             "maintenance cycle %(cycle)d: %(executions_deleted)d executions deleted, "
             "%(pages_freed)d pages freed, checkpointed=%(checkpointed)s",
-            report,
+            dict(report),
         )
 
 
@@ -93,7 +99,10 @@ class Store(_core.Database):
     newest synthesis. Reads see both schemas (see the README's dual-schema reader).
     """
 
-    def __new__(cls, path: PathLike, *, retry: Optional[RetryPolicy] = DEFAULT_RETRY, **options: Any) -> "Store":
+    retry_policy: Optional[RetryPolicy]
+    """The policy the engine retries with (``None``: retrying is off)."""
+
+    def __new__(cls, path: PathLike, *, retry: Optional[RetryPolicy] = DEFAULT_RETRY, **options: Any) -> Self:
         if retry is not None and not isinstance(retry, RetryPolicy):  # refused before the file is opened
             raise InvalidInputError(f"invalid retry: must be a RetryPolicy or None, got {type(retry).__name__}")
         engine = None if retry is None else _engine_policy(retry)
@@ -111,12 +120,12 @@ class Store(_core.Database):
 
     def start_maintenance(
         self,
-        interval_s: float = 300.0,
+        interval_s: float = _DEFAULTS["maintenance_interval_s"],
         *,
-        retention_days: Optional[int] = 30,
-        vacuum_pages: Optional[int] = 1000,
-        checkpoint: bool = True,
-        on_cycle: Optional[Callable[[dict], None]] = None,
+        retention_days: Optional[int] = _DEFAULTS["retention_days"],
+        vacuum_pages: Optional[int] = _DEFAULTS["vacuum_pages"],
+        checkpoint: bool = _DEFAULTS["checkpoint"],
+        on_cycle: Optional[Callable[[CycleReport], object]] = None,
     ) -> None:
         """Starts the background thread: every ``interval_s`` seconds it deletes
         executions older than ``retention_days`` (None: keep all), frees up to
@@ -125,7 +134,7 @@ class Store(_core.Database):
         if on_cycle is not None and not callable(on_cycle):
             raise InvalidInputError(f"invalid on_cycle: must be callable, got {type(on_cycle).__name__}")
 
-        def report(cycle: dict) -> None:
+        def report(cycle: CycleReport) -> None:
             _log_cycle(cycle)
             if on_cycle is not None:
                 on_cycle(cycle)
@@ -146,6 +155,7 @@ class Store(_core.Database):
             atexit.register(stop)
 
     def stop_maintenance(self) -> None:
+        """Stops the maintenance thread (waiting for a running cycle); a no-op if none runs."""
         super().stop_maintenance()
         if self._stop_at_exit is not None:
             atexit.unregister(self._stop_at_exit)
@@ -158,7 +168,7 @@ class Store(_core.Database):
         self.stop_maintenance()
         super().close()
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.close()
         return False
 
@@ -166,16 +176,16 @@ class Store(_core.Database):
 def connect(
     path: PathLike,
     *,
-    pool_size: int = 10,
-    read_only: bool = False,
+    pool_size: int = _DEFAULTS["pool_size"],
+    read_only: bool = _DEFAULTS["read_only"],
     migrate: Union[bool, int] = True,
     pragmas: Optional[Mapping[str, Any]] = None,
     retry: Optional[RetryPolicy] = DEFAULT_RETRY,
-    min_idle: int = 1,
-    checkout_timeout: float = 10.0,
-    create: bool = True,
-    convert_auto_vacuum: bool = True,
-    uri: bool = False,
+    min_idle: int = _DEFAULTS["min_idle"],
+    checkout_timeout: float = _DEFAULTS["checkout_timeout"],
+    create: bool = _DEFAULTS["create"],
+    convert_auto_vacuum: bool = _DEFAULTS["convert_auto_vacuum"],
+    uri: bool = _DEFAULTS["uri"],
 ) -> Store:
     """Opens (creating if needed) the store at ``path``; ``":memory:"`` is one in-memory
     database shared by the whole pool.

@@ -224,3 +224,42 @@ pub fn rows_to_py<'py>(py: Python<'py>, rows: Vec<Vec<Value>>) -> PyResult<Vec<B
         })
         .collect()
 }
+
+/// A class or function of `consensus_db.results`, imported once.
+fn results_attr<'py>(py: Python<'py>, cell: &'static PyOnceLock<Py<PyAny>>, name: &str) -> PyResult<&'py Bound<'py, PyAny>> {
+    cell.import(py, "consensus_db.results", name)
+}
+
+/// `query()`'s rows: a `consensus_db.results.Rows` (a list of tuples with `.columns`).
+pub fn rows_with_columns<'py>(py: Python<'py>, columns: Vec<String>, rows: Vec<Vec<Value>>) -> PyResult<Bound<'py, PyAny>> {
+    static ROWS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let rows = rows_to_py(py, rows)?;
+    results_attr(py, &ROWS, "Rows")?.call1((rows, PyTuple::new(py, columns)?))
+}
+
+/// `get_agent_spawn_info`'s result: a `consensus_db.results.SpawnInfo(phase_type, stage)`.
+pub fn spawn_info<'py>(py: Python<'py>, info: Option<(String, String)>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    static SPAWN_INFO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    match info {
+        None => Ok(None),
+        Some((phase_type, stage)) => Ok(Some(results_attr(py, &SPAWN_INFO, "SpawnInfo")?.call1((phase_type, stage))?)),
+    }
+}
+
+/// An aware UTC `datetime` from Unix milliseconds.
+pub fn utc_from_ms<'py>(py: Python<'py>, ms: i64) -> PyResult<Bound<'py, PyAny>> {
+    static FROM_MS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    results_attr(py, &FROM_MS, "_utc_from_ms")?.call1((ms,))
+}
+
+/// An aware UTC `datetime` from `YYYY-MM-DD HH:MM:SS` text (None stays None).
+pub fn utc_from_text<'py>(py: Python<'py>, text: Option<&str>) -> PyResult<Bound<'py, PyAny>> {
+    static FROM_TEXT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    results_attr(py, &FROM_TEXT, "_utc_from_text")?.call1((text,))
+}
+
+/// A JSON list field (a synthesis's agreements or conflicts) as a Python list.
+pub fn json_items<'py>(py: Python<'py>, text: Option<&str>) -> PyResult<Bound<'py, PyAny>> {
+    static ITEMS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    results_attr(py, &ITEMS, "_json_items")?.call1((text,))
+}

@@ -10,13 +10,13 @@ use pyo3::intern;
 use pyo3::types::{PyDict, PyMapping, PyString, PyTuple};
 
 use super::convert::{
-    json_text, Keep, opt_callable, opt_flag, opt_int_in, opt_json_text, opt_text, real, rows_to_py, seconds, text,
-    to_params, type_name,
+    json_text, Keep, opt_callable, opt_flag, opt_int_in, opt_json_text, opt_text, real, rows_with_columns, seconds,
+    spawn_info, text, to_params, type_name,
 };
 use super::run;
 use super::transaction::PyTransaction;
 use crate::error::Error;
-use crate::maintenance::{CycleReport, MaintenanceOptions, Stats, DEFAULT_RETENTION_DAYS, DEFAULT_VACUUM_THRESHOLD};
+use crate::maintenance::{CycleReport, MaintenanceOptions, Stats, DEFAULT_VACUUM_THRESHOLD};
 use crate::migrations;
 use crate::model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synthesis};
 use crate::transaction::Behavior;
@@ -319,9 +319,10 @@ fn non_callable(on_done: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
 #[pymethods]
 impl PyDatabase {
     #[new]
-    /// Every argument but `path` may be None for its default.
+    /// Every argument but `path` may be None for its default (`_core.DEFAULTS`).
     #[pyo3(signature = (path, *, pool_size=None, min_idle=None, checkout_timeout=None, read_only=None, create=None,
-                        migrate=None, pragmas=None, convert_auto_vacuum=None, uri=None, retry=Keep::Default))]
+                        migrate=None, pragmas=None, convert_auto_vacuum=None, uri=None, retry=Keep::Default),
+           text_signature = "(path, *, pool_size=10, min_idle=1, checkout_timeout=10.0, read_only=False, create=True, migrate=True, pragmas=None, convert_auto_vacuum=True, uri=False, retry=...)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -381,10 +382,12 @@ impl PyDatabase {
         self.inner.retry_count()
     }
 
+    /// `with` returns the store itself; leaving the block closes it.
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
         slf
     }
 
+    /// Closes the store; never swallows the block's exception.
     #[pyo3(signature = (*_args))]
     fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> bool {
         self.close(py);
@@ -397,6 +400,7 @@ impl PyDatabase {
         py.detach(|| self.inner.close());
     }
 
+    /// Whether `close()` was called.
     #[getter]
     fn closed(&self) -> bool {
         self.inner.is_closed()
@@ -409,11 +413,13 @@ impl PyDatabase {
         path.into_any()
     }
 
+    /// Whether the store was opened read-only.
     #[getter]
     fn read_only(&self) -> bool {
         self.inner.is_read_only()
     }
 
+    /// Whether the store is an in-memory database (`":memory:"`).
     #[getter]
     fn in_memory(&self) -> bool {
         self.inner.is_in_memory()
@@ -478,7 +484,10 @@ impl PyDatabase {
         Ok(d)
     }
 
-    #[pyo3(signature = (behavior=None))]
+    /// A transaction block: `with db.transaction("immediate") as tx:` commits on success
+    /// and rolls back on any exception. `behavior` is deferred, immediate (the default:
+    /// write transactions begin IMMEDIATE) or exclusive.
+    #[pyo3(signature = (behavior=None), text_signature = "($self, behavior='immediate')")]
     fn transaction(slf: Bound<'_, Self>, behavior: Option<&Bound<'_, PyAny>>) -> PyResult<PyTransaction> {
         let behavior: Behavior = match behavior.filter(|b| !b.is_none()) {
             Some(b) => text(b, "behavior")?.parse()?,
@@ -495,17 +504,19 @@ impl PyDatabase {
         run(py, move || self.inner.write_repeatable_as("execute", |tx| tx.execute_params(&sql, &params)))
     }
 
-    /// Runs a query outside any transaction; returns every row as a tuple.
+    /// Runs a query outside any transaction; returns `Rows`: a list of tuples whose
+    /// `columns` attribute names the columns.
     #[pyo3(signature = (sql, params=None))]
-    fn query<'py>(&self, py: Python<'py>, sql: &Bound<'py, PyAny>, params: Option<&Bound<'py, PyAny>>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+    fn query<'py>(&self, py: Python<'py>, sql: &Bound<'py, PyAny>, params: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
         let sql = text(sql, "sql")?;
         let params = to_params(params)?;
-        let rows = run(py, move || self.inner.query_params(&sql, &params))?;
-        rows_to_py(py, rows)
+        let (columns, rows) = run(py, move || self.inner.query_columns(&sql, &params))?;
+        rows_with_columns(py, columns, rows)
     }
 
     // ---- schema -------------------------------------------------------------------
 
+    /// The schema version (`PRAGMA user_version`: 0 legacy, 1 both, 2 legacy dropped).
     #[getter]
     fn schema_version(&self, py: Python<'_>) -> PyResult<i64> {
         run(py, || self.inner.schema_version())
@@ -543,6 +554,8 @@ impl PyDatabase {
 
     // ---- agent executions ----------------------------------------------------------
 
+    /// Records a spawned agent (`phase_type` is quality_gate or regular_stage);
+    /// `spawned_at` is now (UTC). A second spawn of the same `agent_id` replaces it.
     #[pyo3(signature = (agent_id, spec_id, stage, phase_type, agent_name, run_id=None))]
     #[allow(clippy::too_many_arguments)]
     fn record_agent_spawn(
@@ -602,21 +615,27 @@ impl PyDatabase {
         Ok(())
     }
 
-    fn get_agent_spawn_info(&self, py: Python<'_>, agent_id: &Bound<'_, PyAny>) -> PyResult<Option<(String, String)>> {
+    /// `SpawnInfo(phase_type, stage)` of a spawned agent (a named 2-tuple), or None.
+    fn get_agent_spawn_info<'py>(&self, py: Python<'py>, agent_id: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let a = text(agent_id, "agent_id")?;
-        run(py, || self.inner.get_agent_spawn_info(&a))
+        let info = run(py, || self.inner.get_agent_spawn_info(&a))?;
+        spawn_info(py, info)
     }
 
+    /// The agent name a spawned agent was recorded with, or None.
     fn get_agent_name(&self, py: Python<'_>, agent_id: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
         let a = text(agent_id, "agent_id")?;
         run(py, || self.inner.get_agent_name(&a))
     }
 
+    /// Records an agent's response and completion time; False when the agent is unknown.
     fn record_agent_completion(&self, py: Python<'_>, agent_id: &Bound<'_, PyAny>, response_text: &Bound<'_, PyAny>) -> PyResult<bool> {
         let (a, r) = (text(agent_id, "agent_id")?, text(response_text, "response_text")?);
         run(py, || self.inner.record_agent_completion(&a, &r))
     }
 
+    /// Records a completion whose output could not be parsed as JSON, with the parse
+    /// error; False when the agent is unknown.
     fn record_extraction_failure(
         &self,
         py: Python<'_>,
@@ -630,11 +649,13 @@ impl PyDatabase {
         run(py, || self.inner.record_extraction_failure(&a, &r, &e))
     }
 
+    /// The spec's executions with an extraction error, oldest spawn first.
     fn query_extraction_failures(&self, py: Python<'_>, spec_id: &Bound<'_, PyAny>) -> PyResult<Vec<ExtractionFailure>> {
         let s = text(spec_id, "spec_id")?;
         run(py, || self.inner.query_extraction_failures(&s))
     }
 
+    /// Deletes executions spawned more than `days` days ago; returns how many.
     fn cleanup_old_executions(&self, py: Python<'_>, days: &Bound<'_, PyAny>) -> PyResult<usize> {
         let days = non_negative(days, "days")?;
         run(py, || self.inner.cleanup_old_executions(days))
@@ -642,6 +663,8 @@ impl PyDatabase {
 
     // ---- artifacts -----------------------------------------------------------------
 
+    /// Stores one agent's output for a spec/stage; `content_json` is a JSON `str`
+    /// (validated) or a dict/list (serialized). Returns the new id.
     #[pyo3(signature = (spec_id, stage, agent_name, content_json, *, response_text=None, run_id=None, model_version=None))]
     #[allow(clippy::too_many_arguments)]
     fn store_artifact(
@@ -709,16 +732,19 @@ impl PyDatabase {
         run(py, || self.inner.store_artifacts(&batch))
     }
 
+    /// The artifacts of a spec/stage from both schemas, oldest first (ties by id).
     fn query_artifacts(&self, py: Python<'_>, spec_id: &Bound<'_, PyAny>, stage: &Bound<'_, PyAny>) -> PyResult<Vec<Artifact>> {
         let (s, st) = (text(spec_id, "spec_id")?, text(stage, "stage")?);
         run(py, || self.inner.query_artifacts(&s, &st))
     }
 
+    /// Deletes every artifact of a spec (both schemas); returns how many.
     fn delete_spec_artifacts(&self, py: Python<'_>, spec_id: &Bound<'_, PyAny>) -> PyResult<usize> {
         let s = text(spec_id, "spec_id")?;
         run(py, || self.inner.delete_spec_artifacts(&s))
     }
 
+    /// Deletes the artifacts of one stage of a spec (both schemas); returns how many.
     fn delete_stage_artifacts(&self, py: Python<'_>, spec_id: &Bound<'_, PyAny>, stage: &Bound<'_, PyAny>) -> PyResult<usize> {
         let (s, st) = (text(spec_id, "spec_id")?, text(stage, "stage")?);
         run(py, || self.inner.delete_stage_artifacts(&s, &st))
@@ -733,8 +759,11 @@ impl PyDatabase {
 
     // ---- synthesis -----------------------------------------------------------------
 
+    /// Stores the merged result of a run; `agreements`/`conflicts` are JSON text or a
+    /// list/dict (serialized). Returns the new id.
     #[pyo3(signature = (spec_id, stage, output_markdown, *, output_path=None, status=None, artifacts_count=None,
-                        agreements=None, conflicts=None, degraded=None, run_id=None))]
+                        agreements=None, conflicts=None, degraded=None, run_id=None),
+           text_signature = "($self, spec_id, stage, output_markdown, *, output_path=None, status='success', artifacts_count=None, agreements=None, conflicts=None, degraded=False, run_id=None)")]
     #[allow(clippy::too_many_arguments)]
     fn store_synthesis(
         &self,
@@ -765,6 +794,7 @@ impl PyDatabase {
         run(py, || self.inner.store_synthesis(&synthesis))
     }
 
+    /// The newest synthesis of a spec/stage from either schema, or None.
     fn query_latest_synthesis(&self, py: Python<'_>, spec_id: &Bound<'_, PyAny>, stage: &Bound<'_, PyAny>) -> PyResult<Option<Synthesis>> {
         let (s, st) = (text(spec_id, "spec_id")?, text(stage, "stage")?);
         run(py, || self.inner.query_latest_synthesis(&s, &st))
@@ -782,12 +812,15 @@ impl PyDatabase {
 
     // ---- vacuum, health, maintenance -----------------------------------------------------
 
+    /// Page size and count, free pages and fraction, file and WAL size.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = run(py, || self.inner.stats())?;
         stats_dict(py, &s)
     }
 
-    #[pyo3(signature = (threshold=None))]
+    /// Statistics, rows per table, journal mode, auto_vacuum, schema version, and
+    /// `needs_vacuum` (the free fraction is above `threshold`).
+    #[pyo3(signature = (threshold=None), text_signature = "($self, threshold=0.5)")]
     fn health<'py>(&self, py: Python<'py>, threshold: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyDict>> {
         let threshold = threshold.filter(|t| !t.is_none()).map_or(Ok(DEFAULT_VACUUM_THRESHOLD), |t| real(t, "threshold"))?;
         let h = run(py, || self.inner.health(threshold))?;
@@ -807,8 +840,10 @@ impl PyDatabase {
         Ok(d)
     }
 
-    /// Reclaims free pages; returns before/after statistics.
-    #[pyo3(signature = (*, full=None, pages=None, progress=None))]
+    /// Reclaims free pages: `pages` of them incrementally (None: all), or the whole file
+    /// rebuilt with `full=True`. `progress(calls)` is called during a full VACUUM
+    /// (returning False interrupts it). Returns before/after statistics.
+    #[pyo3(signature = (*, full=None, pages=None, progress=None), text_signature = "($self, *, full=False, pages=None, progress=None)")]
     fn vacuum<'py>(
         &self,
         py: Python<'py>,
@@ -868,7 +903,8 @@ impl PyDatabase {
         Ok(path.to_string_lossy().into_owned())
     }
 
-    #[pyo3(signature = (quick=None))]
+    /// `PRAGMA integrity_check` (or `quick_check`): `["ok"]` or the problems found.
+    #[pyo3(signature = (quick=None), text_signature = "($self, quick=False)")]
     fn integrity_check(&self, py: Python<'_>, quick: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<String>> {
         let quick = opt_flag(quick, "quick", false)?;
         run(py, || self.inner.integrity_check(quick))
@@ -879,7 +915,8 @@ impl PyDatabase {
     /// after each cycle (from the maintenance thread).
     /// `retention_days` and `vacuum_pages` default to 30 and 1000 when omitted; None
     /// turns retention off and frees every free page.
-    #[pyo3(signature = (interval_s=None, *, retention_days=Keep::Default, vacuum_pages=Keep::Default, checkpoint=None, on_cycle=None))]
+    #[pyo3(signature = (interval_s=None, *, retention_days=Keep::Default, vacuum_pages=Keep::Default, checkpoint=None, on_cycle=None),
+           text_signature = "($self, interval_s=300.0, *, retention_days=30, vacuum_pages=1000, checkpoint=True, on_cycle=None)")]
     fn start_maintenance(
         &self,
         py: Python<'_>,
@@ -889,19 +926,20 @@ impl PyDatabase {
         checkpoint: Option<&Bound<'_, PyAny>>,
         on_cycle: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        let defaults = MaintenanceOptions::default();
         let interval = match interval_s.filter(|o| !o.is_none()) {
             Some(s) => seconds(s, "interval_s")?,
-            None => Duration::from_secs(300),
+            None => defaults.interval,
         };
         let retention_days = match retention_days {
-            Keep::Default => Some(DEFAULT_RETENTION_DAYS),
+            Keep::Default => defaults.retention_days,
             Keep::Given(d) => opt_int_in(Some(&d), "retention_days", 0, i64::MAX)?,
         };
         let vacuum_pages = match vacuum_pages {
-            Keep::Default => Some(1000),
+            Keep::Default => defaults.vacuum_pages,
             Keep::Given(p) => opt_int_in(Some(&p), "vacuum_pages", 0, u32::MAX.into())?,
         };
-        let checkpoint = opt_flag(checkpoint, "checkpoint", true)?;
+        let checkpoint = opt_flag(checkpoint, "checkpoint", defaults.checkpoint)?;
         let on_cycle = opt_callable(on_cycle, "on_cycle")?;
         let on_cycle = on_cycle.map(|cb| {
             Arc::new(move |report: &CycleReport| {
@@ -922,6 +960,7 @@ impl PyDatabase {
         run(py, || self.inner.start_maintenance(options))
     }
 
+    /// Stops the maintenance thread (waiting for a running cycle); a no-op if none runs.
     fn stop_maintenance(&self, py: Python<'_>) {
         py.detach(|| self.inner.stop_maintenance());
     }
@@ -931,4 +970,26 @@ impl PyDatabase {
     fn maintenance_cycles(&self) -> Option<u64> {
         self.inner.maintenance_cycles()
     }
+}
+
+/// `_core.DEFAULTS`: every default of `connect()`, `health()` and `start_maintenance()`,
+/// read from the engine's own `Options`/`MaintenanceOptions` (the one place they are
+/// defined; the text signatures and the stubs are checked against this dict by tests).
+pub(crate) fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let o = Options::default();
+    let m = MaintenanceOptions::default();
+    let d = PyDict::new(py);
+    d.set_item("pool_size", o.pool_size)?;
+    d.set_item("min_idle", o.min_idle)?;
+    d.set_item("checkout_timeout", o.checkout_timeout.as_secs_f64())?;
+    d.set_item("read_only", o.read_only)?;
+    d.set_item("create", o.create)?;
+    d.set_item("convert_auto_vacuum", o.convert_auto_vacuum)?;
+    d.set_item("uri", o.uri)?;
+    d.set_item("vacuum_threshold", DEFAULT_VACUUM_THRESHOLD)?;
+    d.set_item("maintenance_interval_s", m.interval.as_secs_f64())?;
+    d.set_item("retention_days", m.retention_days)?;
+    d.set_item("vacuum_pages", m.vacuum_pages)?;
+    d.set_item("checkpoint", m.checkpoint)?;
+    Ok(d)
 }

@@ -62,5 +62,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DEFAULT_SCHEMA_VERSION", crate::migrations::DEFAULT_VERSION)?;
     m.add("LATEST_SCHEMA_VERSION", crate::migrations::LATEST_VERSION)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DEFAULTS", database::defaults(m.py())?)?;
     Ok(())
 }

@@ -1,9 +1,20 @@
 //! Python methods of the result types: a readable repr and `to_dict()`.
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyTuple};
 
-use crate::model::{Artifact, ExtractionFailure, Synthesis};
+use super::convert::{json_items, utc_from_ms, utc_from_text};
+use crate::error::Error;
+use crate::model::{Artifact, ExtractionFailure, Synthesis, SOURCE_LEGACY, SOURCE_V1};
+
+/// `"v1"` or `"legacy"`, the only sources a row can have.
+fn source(value: &str) -> PyResult<&'static str> {
+    match value {
+        "v1" => Ok(SOURCE_V1),
+        "legacy" => Ok(SOURCE_LEGACY),
+        other => Err(Error::invalid("source", format!("must be 'v1' or 'legacy', got {other:?}")).into()),
+    }
+}
 
 /// A Python-looking repr of a string, cut at 40 characters.
 fn short(s: &str) -> String {
@@ -34,10 +45,49 @@ fn flag(b: bool) -> &'static str {
 
 #[pymethods]
 impl Artifact {
+    /// Builds an artifact as the store returns it (for tests, fakes and unpickling).
+    #[new]
+    #[pyo3(signature = (id, spec_id, stage, agent_name, content_json, response_text=None, run_id=None,
+                        created_at_ms=0, model_version=None, source="v1"))]
+    #[allow(clippy::too_many_arguments)]
+    fn py_new(
+        id: i64,
+        spec_id: String,
+        stage: String,
+        agent_name: String,
+        content_json: String,
+        response_text: Option<String>,
+        run_id: Option<String>,
+        created_at_ms: i64,
+        model_version: Option<String>,
+        source: &str,
+    ) -> PyResult<Self> {
+        let source = self::source(source)?;
+        Ok(Artifact { id, spec_id, stage, agent_name, content_json, response_text, run_id, created_at_ms, model_version, source })
+    }
+
+    /// Pickling: the constructor and every field, in its order.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let py = slf.py();
+        let a = slf.get();
+        let args = (
+            a.id, &a.spec_id, &a.stage, &a.agent_name, &a.content_json, &a.response_text, &a.run_id,
+            a.created_at_ms, &a.model_version, a.source,
+        )
+            .into_pyobject(py)?;
+        Ok((slf.get_type().into_any(), args))
+    }
+
     /// UTC `YYYY-MM-DD HH:MM:SS`, whichever schema the row came from.
     #[getter(created_at)]
     fn py_created_at(&self) -> String {
         self.created_at()
+    }
+
+    /// `created_at_ms` as an aware `datetime` in UTC.
+    #[getter]
+    fn created_at_datetime<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        utc_from_ms(py, self.created_at_ms)
     }
 
     fn __repr__(&self) -> String {
@@ -73,10 +123,71 @@ impl Artifact {
 
 #[pymethods]
 impl Synthesis {
+    /// Builds a synthesis as the store returns it (for tests, fakes and unpickling).
+    #[new]
+    #[pyo3(signature = (id, spec_id, stage, output_markdown, output_path=None, status="success".to_owned(),
+                        artifacts_count=None, agreements=None, conflicts=None, degraded=false, run_id=None,
+                        created_at_ms=0, source="v1"),
+           text_signature = "(id, spec_id, stage, output_markdown, output_path=None, status='success', artifacts_count=None, agreements=None, conflicts=None, degraded=False, run_id=None, created_at_ms=0, source='v1')")]
+    #[allow(clippy::too_many_arguments)]
+    fn py_new(
+        id: i64,
+        spec_id: String,
+        stage: String,
+        output_markdown: String,
+        output_path: Option<String>,
+        status: String,
+        artifacts_count: Option<i64>,
+        agreements: Option<String>,
+        conflicts: Option<String>,
+        degraded: bool,
+        run_id: Option<String>,
+        created_at_ms: i64,
+        source: &str,
+    ) -> PyResult<Self> {
+        let source = self::source(source)?;
+        Ok(Synthesis {
+            id, spec_id, stage, output_markdown, output_path, status, artifacts_count, agreements, conflicts,
+            degraded, run_id, created_at_ms, source,
+        })
+    }
+
+    /// Pickling: the constructor and every field, in its order.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let py = slf.py();
+        let s = slf.get();
+        let args = (
+            s.id, &s.spec_id, &s.stage, &s.output_markdown, &s.output_path, &s.status, s.artifacts_count,
+            &s.agreements, &s.conflicts, s.degraded, &s.run_id, s.created_at_ms,
+        )
+            .into_pyobject(py)?;
+        let mut items: Vec<Bound<'py, PyAny>> = args.iter().collect();
+        items.push(s.source.into_pyobject(py)?.into_any());
+        let args = PyTuple::new(py, items)?;
+        Ok((slf.get_type().into_any(), args))
+    }
+
     /// UTC `YYYY-MM-DD HH:MM:SS`, whichever schema the row came from.
     #[getter(created_at)]
     fn py_created_at(&self) -> String {
         self.created_at()
+    }
+
+    /// `created_at_ms` as an aware `datetime` in UTC.
+    #[getter]
+    fn created_at_datetime<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        utc_from_ms(py, self.created_at_ms)
+    }
+
+    /// `agreements` parsed: a list (`[]` when there are none; legacy free text that is
+    /// not JSON comes back as a one-item list).
+    fn agreement_list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json_items(py, self.agreements.as_deref())
+    }
+
+    /// `conflicts` parsed, as `agreement_list` parses `agreements`.
+    fn conflict_list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json_items(py, self.conflicts.as_deref())
     }
 
     fn __repr__(&self) -> String {
@@ -87,6 +198,7 @@ impl Synthesis {
         )
     }
 
+    /// The fields as a dict.
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         d.set_item("id", self.id)?;
@@ -109,6 +221,53 @@ impl Synthesis {
 
 #[pymethods]
 impl ExtractionFailure {
+    /// Builds an extraction failure as the store returns it (for tests and unpickling).
+    #[new]
+    #[pyo3(signature = (agent_id, spec_id, stage, phase_type, agent_name, run_id, spawned_at, completed_at,
+                        response_text, extraction_error))]
+    #[allow(clippy::too_many_arguments)]
+    fn py_new(
+        agent_id: String,
+        spec_id: String,
+        stage: String,
+        phase_type: String,
+        agent_name: String,
+        run_id: Option<String>,
+        spawned_at: String,
+        completed_at: Option<String>,
+        response_text: Option<String>,
+        extraction_error: String,
+    ) -> Self {
+        ExtractionFailure {
+            agent_id, spec_id, stage, phase_type, agent_name, run_id, spawned_at, completed_at, response_text,
+            extraction_error,
+        }
+    }
+
+    /// Pickling: the constructor and every field, in its order.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let py = slf.py();
+        let f = slf.get();
+        let args = (
+            &f.agent_id, &f.spec_id, &f.stage, &f.phase_type, &f.agent_name, &f.run_id, &f.spawned_at,
+            &f.completed_at, &f.response_text, &f.extraction_error,
+        )
+            .into_pyobject(py)?;
+        Ok((slf.get_type().into_any(), args))
+    }
+
+    /// `spawned_at` (UTC text) as an aware `datetime` in UTC.
+    #[getter]
+    fn spawned_at_datetime<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        utc_from_text(py, Some(&self.spawned_at))
+    }
+
+    /// `completed_at` as an aware `datetime` in UTC, or None.
+    #[getter]
+    fn completed_at_datetime<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        utc_from_text(py, self.completed_at.as_deref())
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "ExtractionFailure(agent_id={}, spec_id={}, stage={}, agent_name={}, spawned_at={}, extraction_error={})",
@@ -117,6 +276,7 @@ impl ExtractionFailure {
         )
     }
 
+    /// The fields as a dict.
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         d.set_item("agent_id", &self.agent_id)?;

@@ -3,9 +3,9 @@
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use pyo3::types::{PyAny, PyTuple};
+use pyo3::types::PyAny;
 
-use super::convert::{rows_to_py, text, to_params, type_name};
+use super::convert::{rows_with_columns, text, to_params, type_name};
 use super::run;
 use crate::error::Error;
 use crate::transaction::{Behavior, Tx};
@@ -91,13 +91,13 @@ impl PyTransaction {
         self.with_tx(py, move |tx| tx.execute_many_params(&sql, &all))
     }
 
-    /// Runs a query; returns every row as a tuple.
+    /// Runs a query; returns `Rows` (a list of tuples with `columns`).
     #[pyo3(signature = (sql, params=None))]
-    fn query<'py>(&self, py: Python<'py>, sql: &Bound<'py, PyAny>, params: Option<&Bound<'py, PyAny>>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+    fn query<'py>(&self, py: Python<'py>, sql: &Bound<'py, PyAny>, params: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
         let sql = text(sql, "sql")?;
         let params = to_params(params)?;
-        let rows = self.with_tx(py, move |tx| tx.query_params(&sql, &params))?;
-        rows_to_py(py, rows)
+        let (columns, rows) = self.with_tx(py, move |tx| tx.query_columns(&sql, &params))?;
+        rows_with_columns(py, columns, rows)
     }
 
     /// The rowid of the last row inserted through this transaction.

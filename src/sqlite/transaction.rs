@@ -255,6 +255,13 @@ impl Tx {
         self.after(sql, result)
     }
 
+    /// [`Tx::query_params`] and the result's column names.
+    pub fn query_columns(&self, sql: &str, params: &Params) -> Result<(Vec<String>, Rows)> {
+        self.check_usable(Some(sql))?;
+        let result = query_columns(&self.conn, sql, params);
+        self.after(sql, result)
+    }
+
     pub fn last_insert_rowid(&self) -> i64 {
         self.conn.last_insert_rowid()
     }
@@ -355,6 +362,14 @@ pub(crate) fn query_params(conn: &Connection, sql: &str, params: &Params) -> Res
     let mut stmt = conn.prepare_cached(sql)?;
     let values = params.in_order(&stmt)?;
     collect_rows(&mut stmt, params_from_iter(values))
+}
+
+/// [`query_params`] and the result's column names (from the same prepared statement).
+pub(crate) fn query_columns(conn: &Connection, sql: &str, params: &Params) -> Result<(Vec<String>, Rows)> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let columns = stmt.column_names().into_iter().map(String::from).collect();
+    let values = params.in_order(&stmt)?;
+    Ok((columns, collect_rows(&mut stmt, params_from_iter(values))?))
 }
 
 fn collect_rows(stmt: &mut Statement<'_>, params: impl rusqlite::Params) -> Result<Rows> {
@@ -490,6 +505,11 @@ impl Engine {
     /// [`Engine::query`] with positional or named parameters.
     pub fn query_params(&self, sql: &str, params: &Params) -> Result<Rows> {
         self.read(|conn| query_params(conn, sql, params))
+    }
+
+    /// [`Engine::query_params`] and the result's column names.
+    pub fn query_columns(&self, sql: &str, params: &Params) -> Result<(Vec<String>, Rows)> {
+        self.read(|conn| query_columns(conn, sql, params))
     }
 }
 

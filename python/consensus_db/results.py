@@ -1,0 +1,208 @@
+"""Typed results: what the store's reports and lookups return.
+
+The reports (``health()``, ``vacuum()``, ``checkpoint()``, ``pool_state()``,
+``open_report``, ...) are plain ``dict`` objects at runtime, typed here as
+:class:`~typing.TypedDict` so a type checker knows every key. Lookups return
+:class:`SpawnInfo` (a named tuple) and :class:`Rows` (a list of tuples that knows its
+column names).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json as _json
+from typing import Any, Literal, NamedTuple, Optional, TypedDict
+
+__all__ = [
+    "PhaseType",
+    "Behavior",
+    "Source",
+    "AutoVacuum",
+    "SpawnInfo",
+    "Rows",
+    "Stats",
+    "HealthReport",
+    "VacuumReport",
+    "CheckpointReport",
+    "PoolState",
+    "OpenReport",
+    "LaneStats",
+    "ReaderStats",
+    "CycleReport",
+    "LegacyRowProblem",
+    "auto_vacuum_name",
+]
+
+#: ``phase_type`` of an agent execution (anything else is refused by ``record_agent_spawn``).
+PhaseType = Literal["quality_gate", "regular_stage"]
+#: How a transaction begins (``db.transaction(behavior)``; case-insensitive at runtime).
+Behavior = Literal["deferred", "immediate", "exclusive"]
+#: Which schema a returned row was read from.
+Source = Literal["v1", "legacy"]
+#: SQLite's ``auto_vacuum`` modes: 0 none, 1 full, 2 incremental.
+AutoVacuum = Literal[0, 1, 2]
+
+_AUTO_VACUUM_NAMES = {0: "none", 1: "full", 2: "incremental"}
+
+
+def auto_vacuum_name(mode: int) -> str:
+    """``"none"``, ``"full"`` or ``"incremental"`` for SQLite's ``auto_vacuum`` 0, 1, 2;
+    any other value as its number. The command line prints it this way everywhere."""
+    return _AUTO_VACUUM_NAMES.get(mode, str(mode))
+
+
+class SpawnInfo(NamedTuple):
+    """What ``get_agent_spawn_info`` returns: still a 2-tuple ``(phase_type, stage)``."""
+
+    phase_type: str
+    stage: str
+
+
+class Rows(list[tuple[Any, ...]]):
+    """The rows of ``query()``: a list of tuples (index them by position as before),
+    with the statement's column names in :attr:`columns`."""
+
+    __slots__ = ("columns",)
+
+    columns: tuple[str, ...]
+
+    def __init__(self, rows: Any = (), columns: Any = ()) -> None:
+        super().__init__(rows)
+        self.columns = tuple(columns)
+
+    def dicts(self) -> list[dict[str, Any]]:
+        """Each row as ``{column: value}`` (a later duplicate column name wins)."""
+        return [dict(zip(self.columns, row)) for row in self]
+
+    def __repr__(self) -> str:
+        return f"Rows({list.__repr__(self)}, columns={self.columns!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Rows, (list(self), self.columns))
+
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+def _utc_from_ms(ms: int) -> _dt.datetime:
+    """An aware UTC datetime from Unix milliseconds (exact: no float rounding)."""
+    return _EPOCH + _dt.timedelta(milliseconds=ms)
+
+
+def _utc_from_text(text: Optional[str]) -> Optional[_dt.datetime]:
+    """An aware UTC datetime from the legacy ``YYYY-MM-DD HH:MM:SS`` text (ISO 8601
+    variants too); ``None`` for ``None``. A value that is no date raises ValueError."""
+    if text is None:
+        return None
+    value = _dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return value.replace(tzinfo=_dt.timezone.utc) if value.tzinfo is None else value.astimezone(_dt.timezone.utc)
+
+
+def _json_items(text: Optional[str]) -> list[Any]:
+    """A synthesis's ``agreements``/``conflicts`` as a list: ``None`` is ``[]``, a JSON
+    array its items, any other JSON value a one-item list; legacy free text that is not
+    JSON comes back as ``[text]`` (as the predecessor stored it)."""
+    if text is None:
+        return []
+    try:
+        value = _json.loads(text)
+    except ValueError:
+        return [text]
+    return value if isinstance(value, list) else [value]
+
+
+class Stats(TypedDict):
+    """File statistics (``stats()``; also the ``before``/``after`` of a vacuum)."""
+
+    page_size: int
+    page_count: int
+    freelist_count: int
+    free_fraction: float
+    file_size: int
+    wal_size: int
+
+
+class HealthReport(Stats):
+    """``health()``: statistics plus rows per table, modes and ``needs_vacuum``."""
+
+    rows: dict[str, int]
+    journal_mode: str
+    auto_vacuum: int
+    schema_version: int
+    shape: str
+    needs_vacuum: bool
+    vacuum_threshold: float
+    path: str
+
+
+class VacuumReport(TypedDict):
+    """``vacuum()``: what an incremental or full vacuum did."""
+
+    full: bool
+    before: Stats
+    after: Stats
+    pages_freed: int
+    bytes_reclaimed: int
+
+
+class CheckpointReport(TypedDict):
+    """``checkpoint()``: ``PRAGMA wal_checkpoint(TRUNCATE)``'s three numbers."""
+
+    busy: int
+    log_frames: int
+    checkpointed_frames: int
+
+
+class PoolState(TypedDict):
+    """``pool_state()``: connections open and idle, and the pool's maximum size."""
+
+    connections: int
+    idle: int
+    max_size: int
+
+
+class OpenReport(TypedDict):
+    """``open_report``: what opening did to the file."""
+
+    auto_vacuum_converted: Optional[tuple[str, str]]
+    journal_mode_changed: Optional[tuple[str, str]]
+    migrated: Optional[tuple[int, int]]
+    shape: str
+    layout_updated: bool
+
+
+class LaneStats(TypedDict):
+    """``lane_stats()``: the write lane's counters; ``sizes`` maps group size to commits."""
+
+    groups: int
+    members: int
+    holds: int
+    queued: int
+    sizes: dict[int, int]
+
+
+class ReaderStats(TypedDict):
+    """``reader_stats()``: which schema served the dual-schema reads."""
+
+    v1: int
+    legacy: int
+    empty: int
+
+
+class CycleReport(TypedDict):
+    """One background maintenance cycle, as passed to ``on_cycle``."""
+
+    cycle: int
+    executions_deleted: int
+    pages_freed: int
+    checkpointed: bool
+    error: Optional[str]
+
+
+class LegacyRowProblem(TypedDict):
+    """``legacy_row_problems()``: a legacy value that had to be converted to be read."""
+
+    table: str
+    id: int
+    column: str
+    problem: str
