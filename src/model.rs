@@ -13,15 +13,23 @@ pub const SOURCE_LEGACY: &str = "legacy";
 #[cfg_attr(feature = "python", pyclass(frozen, eq, get_all, module = "consensus_db"))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Artifact {
+    /// Row id (of `agent_outputs`, or of the legacy table for legacy rows).
     pub id: i64,
+    /// The spec the output is for.
     pub spec_id: String,
+    /// The stage (plan, tasks, implement, validate, audit, ...).
     pub stage: String,
+    /// The agent that produced it (gemini, claude, code, gpt_pro, ...).
     pub agent_name: String,
+    /// The extracted JSON, as text (valid JSON).
     pub content_json: String,
+    /// The agent's raw response, if stored.
     pub response_text: Option<String>,
+    /// The consensus run it belongs to, if any.
     pub run_id: Option<String>,
     /// When the row was written, Unix milliseconds (UTC); see [`Artifact::created_at`].
     pub created_at_ms: i64,
+    /// The model version that answered, if recorded.
     pub model_version: Option<String>,
     /// [`SOURCE_V1`] or [`SOURCE_LEGACY`].
     pub source: &'static str,
@@ -38,16 +46,27 @@ impl Artifact {
 #[cfg_attr(feature = "python", pyclass(frozen, eq, get_all, module = "consensus_db"))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Synthesis {
+    /// Row id (of `consensus_runs`, or of the legacy table for legacy rows).
     pub id: i64,
+    /// The spec the run is for.
     pub spec_id: String,
+    /// The stage of the run.
     pub stage: String,
+    /// The merged result, as markdown.
     pub output_markdown: String,
+    /// Where the markdown was written, if anywhere.
     pub output_path: Option<String>,
+    /// The run's status ("success" unless told otherwise).
     pub status: String,
+    /// How many artifacts were merged, if recorded.
     pub artifacts_count: Option<i64>,
+    /// What the agents agreed on, as stored (JSON text; see `agreement_list()`).
     pub agreements: Option<String>,
+    /// Where the agents disagreed, as stored (JSON text; see `conflict_list()`).
     pub conflicts: Option<String>,
+    /// Whether the run merged fewer outputs than it wanted.
     pub degraded: bool,
+    /// The consensus run id, if any.
     pub run_id: Option<String>,
     /// When the synthesis was written, Unix milliseconds (UTC); see [`Synthesis::created_at`].
     pub created_at_ms: i64,
@@ -66,15 +85,25 @@ impl Synthesis {
 #[cfg_attr(feature = "python", pyclass(frozen, eq, get_all, module = "consensus_db"))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExtractionFailure {
+    /// The agent execution.
     pub agent_id: String,
+    /// The spec it served.
     pub spec_id: String,
+    /// The stage it served.
     pub stage: String,
+    /// quality_gate or regular_stage.
     pub phase_type: String,
+    /// The agent.
     pub agent_name: String,
+    /// The consensus run, if any.
     pub run_id: Option<String>,
+    /// When it was spawned, UTC `YYYY-MM-DD HH:MM:SS`.
     pub spawned_at: String,
+    /// When it completed, UTC `YYYY-MM-DD HH:MM:SS`, or None.
     pub completed_at: Option<String>,
+    /// The raw response that could not be parsed.
     pub response_text: Option<String>,
+    /// Why the JSON could not be extracted.
     pub extraction_error: String,
 }
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import sqlite3
 import subprocess
@@ -75,7 +74,7 @@ def test_drop_legacy_keeps_every_row(tmp_path):
 
 def test_old_databases_without_later_columns_open_and_migrate(tmp_path):
     path = tmp_path / "oldest.db"
-    made = make_legacy_db(path, drop_columns=True)
+    make_legacy_db(path, drop_columns=True)
     with consensus_db.connect(path) as db:
         assert db.schema_version == 1
         got = db.query_artifacts("SPEC-1", "plan")

@@ -27,7 +27,11 @@ def stub_names() -> dict:
         elif isinstance(node, ast.FunctionDef):
             names[node.name] = None
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(node.annotation, ast.Name) and node.annotation.id == "TypeAlias":
+                continue  # a stub-only alias (_Path, _Params), not a module attribute
             names[node.target.id] = None
+        elif isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["__all__"]:
+            names["__all__"] = None
     return names
 
 
@@ -38,7 +42,7 @@ def public(obj) -> set:
 
 def test_stub_lists_exactly_the_module():
     stub = stub_names()
-    module = {n for n in dir(_core) if not n.startswith("__") or n == "__version__"}
+    module = {n for n in dir(_core) if not n.startswith("__") or n in ("__version__", "__all__")}
     assert set(stub) == module
 
 

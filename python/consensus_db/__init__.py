@@ -11,9 +11,10 @@ The engine is Rust (SQLite through a connection pool); this package is its typed
 
 import logging as _logging
 
-from . import errors, retry
+from . import errors, results, retry
 from ._core import (
     DEFAULT_SCHEMA_VERSION,
+    DEFAULTS,
     LATEST_SCHEMA_VERSION,
     Artifact,
     Database,
@@ -25,8 +26,21 @@ from ._core import (
     migrations,
     sqlite_version,
 )
-from .errors import *  # noqa: F401,F403  (the exception tree is part of the top-level API)
+from .errors import *  # noqa: F403  (the exception tree is part of the top-level API)
 from .errors import __all__ as _error_names
+from .results import (
+    CheckpointReport,
+    CycleReport,
+    HealthReport,
+    LaneStats,
+    OpenReport,
+    PoolState,
+    ReaderStats,
+    Rows,
+    SpawnInfo,
+    Stats,
+    VacuumReport,
+)
 from .store import DEFAULT_RETRY, Store, connect
 
 # A library logs; the application decides where it goes.
@@ -41,12 +55,25 @@ __all__ = [
     "Artifact",
     "Synthesis",
     "ExtractionFailure",
+    "SpawnInfo",
+    "Rows",
+    "Stats",
+    "HealthReport",
+    "VacuumReport",
+    "CheckpointReport",
+    "PoolState",
+    "OpenReport",
+    "LaneStats",
+    "ReaderStats",
+    "CycleReport",
+    "DEFAULTS",
     "DEFAULT_RETRY",
     "DEFAULT_SCHEMA_VERSION",
     "LATEST_SCHEMA_VERSION",
     "migrations",
     "sqlite_version",
     "errors",
+    "results",
     "retry",
     "__version__",
     *_error_names,

@@ -8,7 +8,7 @@ runtime's (``DEFAULTS`` holds them; the text signatures of the Rust methods carr
 import datetime
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final, Literal, final
+from typing import Any, Final, Literal, TypeAlias, final
 
 from typing_extensions import Self, disjoint_base
 
@@ -47,9 +47,9 @@ __all__ = [
     "DEFAULTS",
 ]
 
-_Path = str | bytes | os.PathLike[str] | os.PathLike[bytes]
-_Params = Sequence[Any] | Mapping[str, Any] | None
-_OnDone = Callable[[Any, BaseException | None], object]
+_Path: TypeAlias = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+_Params: TypeAlias = Sequence[Any] | Mapping[str, Any] | None
+_OnDone: TypeAlias = Callable[[Any, BaseException | None], object]
 
 LEGACY_SCHEMA_SQL: Final[str]
 DEFAULT_SCHEMA_VERSION: Final[int]
@@ -64,6 +64,7 @@ def migrations() -> list[tuple[int, str]]:
     """(version, description) of every known migration, in order."""
 
 def _panic_for_tests() -> None: ...
+
 @final
 class Artifact:
     """One agent's extracted JSON output for a spec/stage (immutable, picklable)."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
@@ -41,7 +42,7 @@ from . import _core
 from .errors import ClosedError, InvalidInputError
 from .results import Behavior, LaneStats, OpenReport, ReaderStats, Rows
 from .retry import RetryPolicy, is_retryable
-from .store import DEFAULT_RETRY, PathLike, Store
+from .store import Store
 from .store import connect as _connect
 
 if TYPE_CHECKING:
@@ -82,7 +83,9 @@ async def _call_on(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: An
 # ---- the generators: one sync method in, its coroutine twin out ---------------------------
 
 
-def _threaded(method: Callable[Concatenate[Store, P], T]) -> Callable[Concatenate[AsyncStore, P], Coroutine[Any, Any, T]]:
+def _threaded(
+    method: Callable[Concatenate[Store, P], T],
+) -> Callable[Concatenate[AsyncStore, P], Coroutine[Any, Any, T]]:
     """The coroutine twin of a sync ``Store`` method: it runs on a thread of the store's
     executor, with the sync method's parameters and result type."""
 
@@ -110,6 +113,14 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _named(twin: _F, method: Callable[..., Any]) -> _F:
+    try:  # help() and inspect show the sync method's parameters, not *args/**kwargs
+        signature = inspect.signature(method)
+        params = list(signature.parameters.values())
+        twin.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[params[0].replace(name="self"), *params[1:]], return_annotation=inspect.Signature.empty
+        )
+    except (TypeError, ValueError):
+        pass
     twin.__name__ = method.__name__
     twin.__qualname__ = f"AsyncStore.{method.__name__}"
     twin.__doc__ = f"Coroutine form of :meth:`consensus_db.Store.{method.__name__}`.\n\n{method.__doc__ or ''}".rstrip()
@@ -303,9 +314,7 @@ class AsyncStore:
         self._check_open()
         return await _call_on(self._executor, fn, *args, **kwargs)
 
-    async def _submit(
-        self, submit: Callable[..., None], raw: Callable[..., T], *args: Any, **kwargs: Any
-    ) -> T:
+    async def _submit(self, submit: Callable[..., None], raw: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """A write through the lane: ``submit(on_done, *args)`` queues it and returns at
         once; the committing thread completes ``outcome``. A retryable failure goes on
         with the store's retry policy on an executor thread."""

@@ -1,19 +1,24 @@
 """The ``consensus-db`` command: demo, upgrade, health, vacuum, cleanup.
 
-Library errors end the command with ``error: <message>`` on stderr and exit code 1;
-usage errors and missing files exit with 2 (click's convention).
+Exit codes: 0 success; 1 a library error (``error: <message>`` on stderr), or a
+refusal (``vacuum``/``cleanup`` on a file only ``upgrade`` may convert); 2 usage errors
+and missing files (click's convention); 3 ``health --check`` found that the file needs a
+vacuum (for monitoring). ``NO_COLOR`` (any non-empty value) turns colour off. Progress
+goes to stderr, so ``--json`` output on stdout stays parseable.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, NoReturn, Optional, TextIO
 
 import click
 
@@ -21,15 +26,54 @@ import consensus_db
 
 from . import _core
 from .errors import Error
+from .results import HealthReport, auto_vacuum_name
 
 STAGES = ["plan", "tasks", "implement", "validate", "audit"]
 AGENTS = ["gemini", "claude", "code", "gpt_pro"]
 BIG_FILE = 8 << 20  # show progress for full VACUUMs of files above this size
+NEEDS_VACUUM = 3  # exit code of `health --check` when the file needs a vacuum
+AUTO_VACUUM_INCREMENTAL = 2
+
+
+def color() -> Optional[bool]:
+    """``False`` when ``NO_COLOR`` is set (https://no-color.org), else click decides."""
+    return False if os.environ.get("NO_COLOR") else None
 
 
 def fail(message: str) -> NoReturn:
-    click.secho(f"error: {message}", fg="red", err=True)
+    click.secho(f"error: {message}", fg="red", err=True, color=color())
     sys.exit(1)
+
+
+class Spinner:
+    """Progress for work whose size is unknown (a full VACUUM): a spinner and the time
+    elapsed, on stderr, redrawn at most ten times a second. It claims no percentage."""
+
+    FRAMES = "|/-\\"
+
+    def __init__(self, label: str, stream: Optional[TextIO] = None) -> None:
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.started = time.monotonic()
+        self.drawn = 0.0
+        self.frame = 0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def tick(self, _calls: int = 0) -> bool:
+        """The ``progress`` callback of ``vacuum``: redraws; never interrupts."""
+        now = time.monotonic()
+        if now - self.drawn >= 0.1:
+            self.drawn = now
+            self.frame = (self.frame + 1) % len(self.FRAMES)
+            self.stream.write(f"\r{self.FRAMES[self.frame]} {self.label} {self.elapsed():.1f}s")
+            self.stream.flush()
+        return True
+
+    def done(self) -> None:
+        self.stream.write(f"\r{self.label} done in {self.elapsed():.1f}s\n")
+        self.stream.flush()
 
 
 def existing(path: str) -> Path:
@@ -47,8 +91,8 @@ def human(n: float) -> str:
     return str(n)
 
 
-def health_table(h: dict) -> str:
-    auto = {0: "none", 1: "full", 2: "incremental"}.get(h["auto_vacuum"], str(h["auto_vacuum"]))
+def health_table(h: HealthReport) -> str:
+    auto = auto_vacuum_name(h["auto_vacuum"])
     lines = [
         f"  file            {h['path']}",
         f"  size            {human(h['file_size'])} (+ WAL {human(h['wal_size'])})",
@@ -83,15 +127,43 @@ def open_for_reading(path: Path) -> consensus_db.Store:
         if not (journal.is_file() and journal.stat().st_size > 0):
             fail(str(exc))
         try:
-            consensus_db.connect(path, create=False, migrate=False,
-                                 pragmas={"journal_mode": None, "auto_vacuum": None}).close()
+            consensus_db.connect(
+                path, create=False, migrate=False, pragmas={"journal_mode": None, "auto_vacuum": None}
+            ).close()
         except Error as again:
             fail(f"{exc}; the read-write open that would roll the journal back failed too: {again}")
-        click.echo(f"note: rolled back the hot journal {journal}, left by a writer interrupted mid-transaction "
-                   "(its uncommitted changes are undone; the last committed state is kept)", err=True)
+        click.echo(
+            f"note: rolled back the hot journal {journal}, left by a writer interrupted mid-transaction "
+            "(its uncommitted changes are undone; the last committed state is kept)",
+            err=True,
+        )
     except Error as exc:
         fail(str(exc))
     return open_store(path, read_only=True, migrate=False)
+
+
+def refuse_conversion(path: Path, command: str) -> None:
+    """``vacuum`` and ``cleanup`` open the file read-write, which converts a legacy file
+    (auto_vacuum, journal mode) as a side effect: refuse such a file and point to
+    ``upgrade``, which backs it up first and reports what it changed."""
+    with open_for_reading(path) as db:
+        try:
+            h = db.health()
+        except Error as exc:
+            fail(str(exc))
+    found = []
+    if h["schema_version"] == 0:
+        found.append("schema version 0 (legacy tables only)")
+    if h["auto_vacuum"] != AUTO_VACUUM_INCREMENTAL:
+        found.append(f"auto_vacuum {auto_vacuum_name(h['auto_vacuum'])}")
+    if h["journal_mode"].lower() != "wal":
+        found.append(f"journal mode {h['journal_mode']}")
+    if found:
+        fail(
+            f"{path} has {', '.join(found)}: `{command}` would convert it without a backup; "
+            f"run `consensus-db upgrade {path}` first (it backs the file up and reports the change). "
+            "Nothing was changed."
+        )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -105,7 +177,7 @@ def main() -> None:
 
 class Timer:
     def __init__(self) -> None:
-        self.ops: dict = {}
+        self.ops: dict[str, tuple[int, float]] = {}
 
     def run(self, name: str, fn: Callable[[], int]) -> None:
         start = time.perf_counter()
@@ -116,7 +188,9 @@ class Timer:
 
 
 @main.command()
-@click.option("--db", "db_path", type=click.Path(dir_okay=False), help="Database file (default: a fresh one in a temp dir).")
+@click.option(
+    "--db", "db_path", type=click.Path(dir_okay=False), help="Database file (default: a fresh one in a temp dir)."
+)
 @click.option("--specs", default=3, show_default=True, type=click.IntRange(1, 100), help="How many specs to run.")
 def demo(db_path: Optional[str], specs: int) -> None:
     """Run a realistic orchestrator workload and print what it did and the health."""
@@ -135,49 +209,92 @@ def demo(db_path: Optional[str], specs: int) -> None:
                     ids = [f"{spec_id}/{stage}/{agent}" for agent in agents]
 
                     def spawn_all() -> int:
-                        list(pool.map(lambda a: db.record_agent_spawn(
-                            f"{spec_id}/{stage}/{a}", spec_id, stage, "quality_gate", a, run_id), agents))
+                        list(
+                            pool.map(
+                                lambda a: db.record_agent_spawn(
+                                    f"{spec_id}/{stage}/{a}", spec_id, stage, "quality_gate", a, run_id
+                                ),
+                                agents,
+                            )
+                        )
                         return len(agents)
 
                     timer.run("record_agent_spawn (4 threads)", spawn_all)
                     counts["spawned"] += len(agents)
                     timer.run("get_agent_spawn_info", lambda: sum(db.get_agent_spawn_info(i) is not None for i in ids))
-                    outputs = []
-                    for agent, agent_id in zip(agents, ids):
+                    outputs: list[dict[str, Any]] = []
+                    for agent, agent_id in zip(agents, ids, strict=True):
                         response = f"{agent} reviewed {spec_id}/{stage}: looks good"
                         if not failed_once and stage == "implement":
                             failed_once = True
-                            timer.run("record_extraction_failure", lambda: int(db.record_extraction_failure(
-                                agent_id, "```json\n{unterminated", "Expecting ',' delimiter: line 2 column 14")))
+                            timer.run(
+                                "record_extraction_failure",
+                                lambda: int(
+                                    db.record_extraction_failure(
+                                        agent_id, "```json\n{unterminated", "Expecting ',' delimiter: line 2 column 14"
+                                    )
+                                ),
+                            )
                             counts["extraction failures"] += 1
                             continue
-                        timer.run("record_agent_completion", lambda: int(db.record_agent_completion(agent_id, response)))
+                        timer.run(
+                            "record_agent_completion", lambda: int(db.record_agent_completion(agent_id, response))
+                        )
                         counts["completed"] += 1
-                        outputs.append({"spec_id": spec_id, "stage": stage, "agent_name": agent, "run_id": run_id,
-                                        "content_json": {"agent": agent, "verdict": "approve", "score": len(agent)},
-                                        "response_text": response, "model_version": f"{agent}-2026-10"})
+                        outputs.append(
+                            {
+                                "spec_id": spec_id,
+                                "stage": stage,
+                                "agent_name": agent,
+                                "run_id": run_id,
+                                "content_json": {"agent": agent, "verdict": "approve", "score": len(agent)},
+                                "response_text": response,
+                                "model_version": f"{agent}-2026-10",
+                            }
+                        )
                     first, rest = outputs[0], outputs[1:]
-                    timer.run("store_artifact", lambda: int(db.store_artifact(
-                        first["spec_id"], stage, first["agent_name"], first["content_json"],
-                        response_text=first["response_text"], run_id=run_id) > 0))
+                    timer.run(
+                        "store_artifact",
+                        lambda: int(
+                            db.store_artifact(
+                                first["spec_id"],
+                                stage,
+                                first["agent_name"],
+                                first["content_json"],
+                                response_text=first["response_text"],
+                                run_id=run_id,
+                            )
+                            > 0
+                        ),
+                    )
                     timer.run("store_artifacts (batch)", lambda: len(db.store_artifacts(rest)))
                     counts["artifacts"] += len(outputs)
                     got = db.query_artifacts(spec_id, stage)
                     assert len(got) == len(outputs), (spec_id, stage, len(got))
                     degraded = len(outputs) < len(agents)
-                    db.store_synthesis(spec_id, stage, f"# {spec_id} {stage}\n\n{len(outputs)} agents agree.",
-                                       status="success", artifacts_count=len(outputs), agreements=["scope", "tests"],
-                                       conflicts=[] if not degraded else ["one agent's output was unreadable"],
-                                       degraded=degraded, run_id=run_id)
+                    db.store_synthesis(
+                        spec_id,
+                        stage,
+                        f"# {spec_id} {stage}\n\n{len(outputs)} agents agree.",
+                        status="success",
+                        artifacts_count=len(outputs),
+                        agreements=["scope", "tests"],
+                        conflicts=[] if not degraded else ["one agent's output was unreadable"],
+                        degraded=degraded,
+                        run_id=run_id,
+                    )
                     counts["syntheses"] += 1
                     timer.run("query_artifacts", lambda: int(len(db.query_artifacts(spec_id, stage)) == len(outputs)))
-                    timer.run("query_latest_synthesis", lambda: int(db.query_latest_synthesis(spec_id, stage) is not None))
+                    timer.run(
+                        "query_latest_synthesis", lambda: int(db.query_latest_synthesis(spec_id, stage) is not None)
+                    )
             failures = sum(len(db.query_extraction_failures(f"SPEC-{s:03d}")) for s in range(1, specs + 1))
             # Retention: pretend the first spec's plan agents ran 40 days ago.
             old = (datetime.now(timezone.utc) - timedelta(days=40)).strftime("%Y-%m-%d %H:%M:%S")
             with db.transaction() as tx:
-                aged = tx.execute("UPDATE agent_executions SET spawned_at = ? WHERE spec_id = ? AND stage = 'plan'",
-                                  [old, "SPEC-001"])
+                aged = tx.execute(
+                    "UPDATE agent_executions SET spawned_at = ? WHERE spec_id = ? AND stage = 'plan'", [old, "SPEC-001"]
+                )
             deleted = db.cleanup_old_executions(30)
             health = db.health()
     except Error as exc:
@@ -197,12 +314,12 @@ def demo(db_path: Optional[str], specs: int) -> None:
 # ---- upgrade -------------------------------------------------------------------------
 
 
-def describe(s: dict) -> str:
-    auto = {0: "none", 1: "full", 2: "incremental"}.get(s["auto_vacuum"], str(s["auto_vacuum"]))
+def describe(s: dict[str, Any]) -> str:
+    auto = auto_vacuum_name(s["auto_vacuum"])
     return f"schema version {s['schema_version']} in {s['journal_mode'].upper()} mode (auto_vacuum {auto})"
 
 
-def where_it_stopped(file: Path, before: dict, copy: Optional[Path]) -> str:
+def where_it_stopped(file: Path, before: dict[str, Any], copy: Optional[Path]) -> str:
     """What an upgrade that failed left behind, read back from the file itself."""
     try:
         with consensus_db.connect(file, create=False, read_only=True, migrate=False) as db:
@@ -214,11 +331,13 @@ def where_it_stopped(file: Path, before: dict, copy: Optional[Path]) -> str:
         if all(now[k] == before[k] for k in keys):
             said = f"{file} is still at {describe(now)}, as before"
         else:
-            said = f"the upgrade stopped part-way: {file} is now at {describe(now)}; before it was at {describe(before)}"
+            said = (
+                f"the upgrade stopped part-way: {file} is now at {describe(now)}; before it was at {describe(before)}"
+            )
     return said + (f"; the pre-upgrade original is at {copy}" if copy else "; no backup was taken (--no-backup)")
 
 
-def state(db: consensus_db.Store) -> dict:
+def state(db: consensus_db.Store) -> dict[str, Any]:
     """What the upgrade report compares, before and after."""
     h = db.health()
     return {
@@ -258,20 +377,22 @@ def upgrade(path: str, drop_legacy: bool, no_backup: bool, as_json: bool) -> Non
             if drop_legacy:
                 db.migrate(consensus_db.LATEST_SCHEMA_VERSION)
             if before["size"] > BIG_FILE and not as_json:
-                with click.progressbar(length=100, label="vacuum", show_eta=False) as bar:
-                    def tick(calls: int) -> bool:
-                        bar.update(1 if bar.pos < 99 else 0)
-                        return True
-                    db.vacuum(full=True, progress=tick)
-                    bar.update(100 - bar.pos)
+                spinner = Spinner("vacuum")
+                db.vacuum(full=True, progress=spinner.tick)
+                spinner.done()
             else:
                 db.vacuum(full=True)
             db.checkpoint()
             after = state(db)
     except Error as exc:
         fail(f"{exc}\n{where_it_stopped(file, before, copy)}")
-    report = {"path": str(file), "backup": str(copy) if copy else None, "before": before, "after": after,
-              "legacy_row_problems": problems}
+    report = {
+        "path": str(file),
+        "backup": str(copy) if copy else None,
+        "before": before,
+        "after": after,
+        "legacy_row_problems": problems,
+    }
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -285,10 +406,40 @@ def upgrade(path: str, drop_legacy: bool, no_backup: bool, as_json: bool) -> Non
         b, a = before[key], after[key]
         if key == "size":
             b, a = human(b), human(a)
+        elif key == "auto_vacuum":
+            b, a = auto_vacuum_name(b), auto_vacuum_name(a)
         click.echo(f"{key:22} {b!s:>12} {a!s:>12}")
     click.echo("rows")
     for table in sorted(set(before["rows"]) | set(after["rows"])):
         click.echo(f"  {table:20} {before['rows'].get(table, '-')!s:>12} {after['rows'].get(table, '-')!s:>12}")
+    for line in upgrade_notes(before, after):
+        click.echo(line)
+
+
+LEGACY_TABLES = ("consensus_artifacts", "consensus_synthesis")
+NEW_TABLES = ("consensus_runs", "agent_outputs")
+
+
+def upgrade_notes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Why the file is the size it is: legacy tables kept, rows copied by the backfill."""
+    notes = []
+    kept = [t for t in LEGACY_TABLES if t in after["rows"]]
+    if kept:
+        notes.append(
+            f"legacy tables kept: {', '.join(kept)} (older binaries may still write to them during a rolling "
+            "upgrade; drop them with --drop-legacy once every writer runs this store)"
+        )
+    if after["size"] > before["size"]:
+        copied = sum(after["rows"].get(t, 0) - before["rows"].get(t, 0) for t in NEW_TABLES)
+        why = (
+            f"the backfill copied {copied} legacy rows into the new tables"
+            + (" while the legacy tables keep theirs" if kept else "")
+            + ", with their indexes"
+            if copied > 0
+            else "new tables and indexes were created"
+        )
+        notes.append(f"the file grew by {human(after['size'] - before['size'])}: {why}")
+    return notes
 
 
 # ---- health / vacuum / cleanup -----------------------------------------------------------
@@ -297,8 +448,15 @@ def upgrade(path: str, drop_legacy: bool, no_backup: bool, as_json: bool) -> Non
 @main.command()
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-@click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Free fraction that needs a vacuum.")
-def health(path: str, as_json: bool, threshold: float) -> None:
+@click.option(
+    "--threshold",
+    default=_core.DEFAULTS["vacuum_threshold"],
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Free fraction that needs a vacuum.",
+)
+@click.option("--check", is_flag=True, help=f"Exit with {NEEDS_VACUUM} when the file needs a vacuum (monitoring).")
+def health(path: str, as_json: bool, threshold: float, check: bool) -> None:
     """Rows per table, sizes, free pages, journal mode, auto_vacuum, needs_vacuum."""
     with open_for_reading(existing(path)) as db:
         try:
@@ -306,6 +464,8 @@ def health(path: str, as_json: bool, threshold: float) -> None:
         except Error as exc:
             fail(str(exc))
     click.echo(json.dumps(h, indent=2) if as_json else health_table(h))
+    if check and h["needs_vacuum"]:
+        sys.exit(NEEDS_VACUUM)
 
 
 @main.command()
@@ -313,27 +473,56 @@ def health(path: str, as_json: bool, threshold: float) -> None:
 @click.option("--full", is_flag=True, help="Rebuild the whole file (VACUUM) instead of an incremental vacuum.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def vacuum(path: str, full: bool, as_json: bool) -> None:
-    """Reclaim free pages."""
-    with open_store(existing(path), migrate=False) as db:
+    """Reclaim free pages (a legacy file is refused: run `upgrade` first)."""
+    file = existing(path)
+    refuse_conversion(file, "vacuum")
+    with open_store(file, migrate=False, convert_auto_vacuum=False) as db:
         try:
-            r = db.vacuum(full=full)
+            if full and file.stat().st_size > BIG_FILE and not as_json:
+                spinner = Spinner("vacuum")
+                r = db.vacuum(full=True, progress=spinner.tick)
+                spinner.done()
+            else:
+                r = db.vacuum(full=full)
         except Error as exc:
             fail(str(exc))
     if as_json:
         click.echo(json.dumps(r, indent=2))
     else:
         kind = "full" if r["full"] else "incremental"
-        click.echo(f"{kind} vacuum: {r['pages_freed']} pages freed, "
-                   f"{human(r['before']['file_size'])} -> {human(r['after']['file_size'])}")
+        click.echo(
+            f"{kind} vacuum: {r['pages_freed']} pages freed, "
+            f"{human(r['before']['file_size'])} -> {human(r['after']['file_size'])}"
+        )
 
 
 @main.command()
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--days", required=True, type=click.IntRange(min=0), help="Delete executions older than this many days.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-def cleanup(path: str, days: int, as_json: bool) -> None:
-    """Delete executions older than N days, then reclaim the space."""
-    with open_store(existing(path), migrate=False) as db:
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; change nothing.")
+def cleanup(path: str, days: int, as_json: bool, dry_run: bool) -> None:
+    """Delete executions older than N days, then reclaim the space (a legacy file is
+    refused: run `upgrade` first)."""
+    file = existing(path)
+    if dry_run:
+        with open_for_reading(file) as db:
+            try:
+                # The predicate of the engine's cleanup_old_executions, counted instead.
+                rows = db.query(
+                    "SELECT count(*) FROM agent_executions WHERE spawned_at < strftime('%Y-%m-%d %H:%M:%S', 'now', ?)",
+                    [f"-{days} days"],
+                )
+            except Error as exc:
+                fail(str(exc))
+        would = int(rows[0][0])
+        if as_json:
+            click.echo(json.dumps({"would_delete": would, "days": days, "dry_run": True}, indent=2))
+        else:
+            click.echo(f"{would} executions older than {days} days would be deleted (dry run: nothing changed)")
+        return
+    refuse_conversion(file, "cleanup")
+    with open_store(file, migrate=False, convert_auto_vacuum=False) as db:
         try:
             deleted = db.cleanup_old_executions(days)
             r = db.vacuum()

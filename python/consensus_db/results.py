@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json as _json
-from typing import Any, Literal, NamedTuple, Optional, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Optional, TypedDict
+
+if TYPE_CHECKING:
+    from typing_extensions import NotRequired
 
 __all__ = [
     "PhaseType",
@@ -72,7 +75,7 @@ class Rows(list[tuple[Any, ...]]):
 
     def dicts(self) -> list[dict[str, Any]]:
         """Each row as ``{column: value}`` (a later duplicate column name wins)."""
-        return [dict(zip(self.columns, row)) for row in self]
+        return [dict(zip(self.columns, row, strict=False)) for row in self]
 
     def __repr__(self) -> str:
         return f"Rows({list.__repr__(self)}, columns={self.columns!r})"
@@ -179,6 +182,8 @@ class LaneStats(TypedDict):
     holds: int
     queued: int
     sizes: dict[int, int]
+    #: Group commits led by a front writer (reported by newer write lanes).
+    fronts: NotRequired[int]
 
 
 class ReaderStats(TypedDict):

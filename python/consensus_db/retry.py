@@ -25,11 +25,11 @@ import socket
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, ParamSpec, TypeVar, cast, overload
 
-from .errors import CircuitOpenError, DiskFullError, Error, InvalidInputError
+from .errors import CircuitOpenError, Error, InvalidInputError
 
 __all__ = [
     "Classification",
@@ -79,7 +79,9 @@ def classify(exc: BaseException) -> Classification:
     if isinstance(exc, sqlite3.Error):
         code = getattr(exc, "sqlite_errorcode", None)
         if code is not None:
-            return Classification.RETRYABLE if code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED) else Classification.PERMANENT
+            return (
+                Classification.RETRYABLE if code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED) else Classification.PERMANENT
+            )
         if isinstance(exc, sqlite3.OperationalError) and any(m in str(exc).lower() for m in _BUSY_MESSAGES):
             return Classification.RETRYABLE
         return Classification.PERMANENT
@@ -188,8 +190,14 @@ class RetryPolicy:
             return None
         delay = self.delay_for(attempt, exc)
         self.stats._add(retries=1, total_delay=delay)
-        log.warning("attempt %d/%d failed (%s: %s); retrying in %.3fs", attempt, self.max_attempts,
-                    type(exc).__name__, exc, delay)
+        log.warning(
+            "attempt %d/%d failed (%s: %s); retrying in %.3fs",
+            attempt,
+            self.max_attempts,
+            type(exc).__name__,
+            exc,
+            delay,
+        )
         if self.on_retry is not None:
             self.on_retry(attempt, delay, exc)
         return delay
@@ -233,9 +241,7 @@ def retry(policy: Callable[P, T], /) -> Callable[P, T]: ...
 
 
 @overload
-def retry(
-    policy: Optional[RetryPolicy] = None, /, **options: Any
-) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
+def retry(policy: Optional[RetryPolicy] = None, /, **options: Any) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
 
 
 def retry(policy: Any = None, /, **options: Any) -> Any:
@@ -247,7 +253,9 @@ def retry(policy: Any = None, /, **options: Any) -> Any:
     if callable(policy) and not isinstance(policy, RetryPolicy):
         return retry()(policy)
     if policy is not None and not isinstance(policy, RetryPolicy):
-        raise InvalidInputError(f"invalid policy: must be a RetryPolicy, None or a function, got {type(policy).__name__}")
+        raise InvalidInputError(
+            f"invalid policy: must be a RetryPolicy, None or a function, got {type(policy).__name__}"
+        )
     chosen: RetryPolicy = policy if policy is not None else RetryPolicy(**options)
 
     def decorate(fn: Callable[P, T]) -> Callable[P, T]:

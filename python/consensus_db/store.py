@@ -64,8 +64,15 @@ def _engine_policy(policy: RetryPolicy) -> RetryPolicy:
 
     def on_retry(operation: str, attempt: int, delay: float, exc: BaseException) -> None:
         policy.stats._add(retries=1, total_delay=delay)
-        _retry_log.warning("%s: attempt %d/%d failed (%s: %s); retrying in %.3fs", operation, attempt,
-                           policy.max_attempts, type(exc).__name__, exc, delay)
+        _retry_log.warning(
+            "%s: attempt %d/%d failed (%s: %s); retrying in %.3fs",
+            operation,
+            attempt,
+            policy.max_attempts,
+            type(exc).__name__,
+            exc,
+            delay,
+        )
         if user is None:
             return
         if with_op:

@@ -10,6 +10,8 @@ use super::run;
 use crate::error::Error;
 use crate::transaction::{Behavior, Tx};
 
+/// `with db.transaction(behavior) as tx:` — commits when the block ends, rolls back
+/// when it raises; `tx.execute`/`tx.query` run inside it, `tx.savepoint()` nests.
 #[pyclass(frozen, module = "consensus_db", name = "Transaction")]
 pub struct PyTransaction {
     db: Py<super::database::PyDatabase>,
@@ -112,6 +114,7 @@ impl PyTransaction {
     }
 }
 
+/// `with tx.savepoint():` — undoes only its own part of the transaction when the block raises.
 #[pyclass(frozen, module = "consensus_db", name = "Savepoint")]
 pub struct PySavepoint {
     tx: Py<PyTransaction>,

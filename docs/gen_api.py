@@ -1,0 +1,279 @@
+"""Generates docs/api.md, the API reference, from the installed package's docstrings.
+
+    python docs/gen_api.py           # writes docs/api.md
+    python docs/gen_api.py --check   # exits 1 if docs/api.md is stale or a docstring is missing
+
+The Rust methods' docstrings are their ``///`` comments (PyO3 exposes them as ``__doc__``)
+and their signatures are the text signatures the stubs are checked against; the Python
+layer's are its own. tests/run_all.sh runs ``--check``, so the page is built in CI.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import enum
+import inspect
+import sys
+import typing
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import consensus_db
+from consensus_db import _core, aio, errors, results, retry
+
+OUT = Path(__file__).with_name("api.md")
+SIMPLE = (type(None), bool, int, float, str, type(Ellipsis))
+missing: list[str] = []
+
+
+def stub_signatures() -> dict[str, str]:
+    """``Class.method`` -> the stub's signature text (the Rust methods' text signatures
+    carry names and defaults, not types: the stub, checked by stubtest, has those)."""
+    tree = ast.parse(Path(consensus_db.__file__).with_name("_core.pyi").read_text())
+    found: dict[str, str] = {}
+
+    def text(fn: ast.FunctionDef) -> str:
+        args = fn.args
+        if args.args and args.args[0].arg in ("self", "cls"):
+            args = ast.arguments(
+                posonlyargs=args.posonlyargs,
+                args=args.args[1:],
+                vararg=args.vararg,
+                kwonlyargs=args.kwonlyargs,
+                kw_defaults=args.kw_defaults,
+                kwarg=args.kwarg,
+                defaults=args.defaults,  # they belong to the last parameters: self never has one
+            )
+        out = f"({ast.unparse(args)})"
+        return out + (f" -> {ast.unparse(fn.returns)}" if fn.returns is not None else "")
+
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef):
+                    found[f"{node.name}.{item.name}"] = text(item)
+        elif isinstance(node, ast.FunctionDef):
+            found[node.name] = text(node)
+    return found
+
+
+STUB_SIGNATURES = stub_signatures()
+
+
+def default_text(value: Any) -> str:
+    if value is consensus_db.DEFAULT_RETRY:
+        return "DEFAULT_RETRY"
+    if isinstance(value, SIMPLE):
+        return "..." if value is Ellipsis else repr(value)
+    if callable(value):
+        return getattr(value, "__qualname__", "<function>")
+    return f"<{type(value).__name__}>"
+
+
+def annotation_text(annotation: Any) -> str:
+    if isinstance(annotation, str):
+        return annotation
+    return inspect.formatannotation(annotation)
+
+
+def signature(obj: Any, *, drop_self: bool = False) -> str:
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return "(...)"
+    parts: list[str] = []
+    params = list(sig.parameters.values())
+    if drop_self and params and params[0].name in ("self", "cls"):
+        params = params[1:]
+    star_done = False
+    for i, p in enumerate(params):
+        if p.kind is p.KEYWORD_ONLY and not star_done:
+            parts.append("*")
+            star_done = True
+        text = p.name
+        if p.kind is p.VAR_POSITIONAL:
+            text, star_done = "*" + text, True
+        elif p.kind is p.VAR_KEYWORD:
+            text = "**" + text
+        if p.annotation is not p.empty:
+            text += f": {annotation_text(p.annotation)}"
+        if p.default is not p.empty:
+            text += f" = {default_text(p.default)}" if p.annotation is not p.empty else f"={default_text(p.default)}"
+        parts.append(text)
+        if p.kind is p.POSITIONAL_ONLY and (i + 1 == len(params) or params[i + 1].kind is not p.POSITIONAL_ONLY):
+            parts.append("/")
+    out = f"({', '.join(parts)})"
+    if sig.return_annotation is not sig.empty:
+        out += f" -> {annotation_text(sig.return_annotation)}"
+    return out
+
+
+def doc(name: str, obj: Any) -> str:
+    text = inspect.getdoc(obj) or ""
+    # A class without its own docstring inherits object's: not a docstring of ours.
+    if not text or text == inspect.getdoc(object) or text.startswith("Initialize self."):
+        missing.append(name)
+        return "*(undocumented)*"
+    return text
+
+
+def is_rust(cls: type) -> bool:
+    return getattr(_core, cls.__name__, None) is cls
+
+
+def own_members(cls: type, bases: tuple[type, ...] = ()) -> Iterator[tuple[str, Any]]:
+    """Public members defined by ``cls`` or one of ``bases`` (the Rust base of Store)."""
+    seen: set[str] = set()
+    for owner in (cls, *bases):
+        # PyO3 classes list their members in hash order: sort for a stable page.
+        items = sorted(vars(owner).items()) if is_rust(owner) else vars(owner).items()
+        for name, value in items:
+            if name.startswith("_") or name in seen:
+                continue
+            seen.add(name)
+            yield name, value
+
+
+def member_entry(owner: str, name: str, value: Any, stub_owner: str = "") -> list[str]:
+    qualified = f"{owner}.{name}"
+    if isinstance(value, property) or type(value).__name__ == "getset_descriptor":
+        return [f"- **`{name}`** (property): {doc(qualified, value).splitlines()[0]}"]
+    if isinstance(value, (staticmethod, classmethod)):
+        value = value.__func__
+    if not callable(value):
+        return []
+    shown = STUB_SIGNATURES.get(f"{stub_owner}.{name}") if stub_owner else None
+    lines = [f"#### `{qualified}{shown or signature(value, drop_self=True)}`", "", doc(qualified, value), ""]
+    return lines
+
+
+def class_section(title: str, cls: type, bases: tuple[type, ...] = ()) -> list[str]:
+    lines = [f"### `{title}`", "", doc(title, cls), ""]
+    properties: list[str] = []
+    methods: list[str] = []
+    for name, value in own_members(cls, bases):
+        owner = next((c for c in (cls, *bases) if name in vars(c)), cls)
+        stub_owner = owner.__name__ if is_rust(owner) else ""
+        entry = member_entry(title, name, value, stub_owner)
+        (properties if entry and entry[0].startswith("- ") else methods).extend(entry)
+    if properties:
+        lines += ["Attributes:", "", *properties, ""]
+    return lines + methods
+
+
+def typed_dict_section(cls: type) -> list[str]:
+    title = f"consensus_db.results.{cls.__name__}"
+    lines = [f"### `{cls.__name__}`", "", doc(title, cls), ""]
+    hints = {}
+    for klass in reversed(cls.__mro__):
+        hints.update(getattr(klass, "__annotations__", {}))
+    lines += [f"- `{key}`: `{annotation_text(value)}`" for key, value in hints.items()]
+    return [*lines, ""]
+
+
+def function_section(title: str, fn: Callable[..., Any]) -> list[str]:
+    return [f"### `{title}{signature(fn)}`", "", doc(title, fn), ""]
+
+
+def render() -> str:
+    out = [
+        "# API reference",
+        "",
+        "Generated from the docstrings by `docs/gen_api.py` (checked in CI by `tests/run_all.sh`);",
+        "do not edit by hand. Types: the package ships `py.typed` and `_core.pyi`, so",
+        "`mypy --strict` sees every signature below.",
+        "",
+        "## Opening a store",
+        "",
+        *function_section("consensus_db.connect", consensus_db.connect),
+        "## `Store`: the sync API",
+        "",
+        *class_section("consensus_db.Store", consensus_db.Store, (_core.Database,)),
+        "## Transactions",
+        "",
+        *class_section("consensus_db.Transaction", _core.Transaction),
+        *class_section("consensus_db.Savepoint", _core.Savepoint),
+        "## Results",
+        "",
+        *class_section("consensus_db.Artifact", _core.Artifact),
+        *class_section("consensus_db.Synthesis", _core.Synthesis),
+        *class_section("consensus_db.ExtractionFailure", _core.ExtractionFailure),
+        *class_section("consensus_db.SpawnInfo", results.SpawnInfo),
+        *class_section("consensus_db.Rows", results.Rows),
+        "## Reports (`TypedDict`s: plain dicts at runtime)",
+        "",
+    ]
+    for name in results.__all__:
+        obj = getattr(results, name)
+        if isinstance(obj, type) and typing.is_typeddict(obj):
+            out += typed_dict_section(obj)
+    out += [
+        "## Value sets (`Literal` types)",
+        "",
+        *[
+            f"- `{n}` = `{annotation_text(getattr(results, n))}`"
+            for n in ("PhaseType", "Behavior", "Source", "AutoVacuum")
+        ],
+        "",
+        *function_section("consensus_db.results.auto_vacuum_name", results.auto_vacuum_name),
+        "## The async twin: `consensus_db.aio`",
+        "",
+        doc("consensus_db.aio", aio),
+        "",
+        *function_section("consensus_db.aio.connect", aio.connect),
+        *class_section("consensus_db.aio.AsyncStore", aio.AsyncStore),
+        *class_section("consensus_db.aio.AsyncTransaction", aio.AsyncTransaction),
+        *class_section("consensus_db.aio.AsyncSavepoint", aio.AsyncSavepoint),
+        "## Retry: `consensus_db.retry`",
+        "",
+        doc("consensus_db.retry", retry),
+        "",
+    ]
+    for name in retry.__all__:
+        obj = getattr(retry, name)
+        title = f"consensus_db.retry.{name}"
+        if isinstance(obj, type) and issubclass(obj, enum.Enum):
+            out += [f"### `{title}`", "", doc(title, obj), "", *[f"- `{m.name}` = `{m.value!r}`" for m in obj], ""]
+        elif isinstance(obj, type) and dataclasses.is_dataclass(obj):
+            out += [f"### `{title}{signature(obj)}`", "", doc(title, obj), ""]
+            out += [line for n, v in own_members(obj) for line in member_entry(title, n, v)]
+        elif isinstance(obj, type):
+            out += class_section(title, obj)
+        else:
+            out += function_section(title, obj)
+    out += ["## Errors: `consensus_db.errors`", "", doc("consensus_db.errors", errors), ""]
+    out += ["| class | base | retryable | meaning |", "|---|---|---|---|"]
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        meaning = " ".join(doc(name, cls).split())
+        out.append(f"| `{name}` | `{cls.__mro__[1].__name__}` | {cls.retryable} | {meaning} |")
+    out += ["", "## Constants", ""]
+    out += [f"- `consensus_db.DEFAULTS` = `{dict(sorted(_core.DEFAULTS.items()))!r}`"]
+    out += [
+        f"- `consensus_db.{n}` = `{getattr(consensus_db, n)!r}`"
+        for n in ("DEFAULT_SCHEMA_VERSION", "LATEST_SCHEMA_VERSION")
+    ]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: list[str]) -> int:
+    text = render()
+    if missing:
+        print("missing docstrings:\n  " + "\n  ".join(missing), file=sys.stderr)
+    if "--check" in argv:
+        if missing:
+            return 1
+        if not OUT.exists() or OUT.read_text() != text:
+            print(f"{OUT} is stale: run `python docs/gen_api.py` and commit it", file=sys.stderr)
+            return 1
+        print(f"{OUT}: up to date, every public function documented")
+        return 0
+    OUT.write_text(text)
+    print(f"wrote {OUT} ({len(text.splitlines())} lines)")
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
