@@ -222,6 +222,15 @@ fn complete_all(jobs: Vec<Box<dyn OwnedJob>>) {
 struct Waiter {
     job: Option<*mut (dyn Job + 'static)>,
     done: AtomicBool,
+    /// Woken alone (never a herd): when its write is done, or when it is the front
+    /// of an idle lane.
+    wake: Condvar,
+}
+
+impl Waiter {
+    fn new(job: Option<*mut (dyn Job + 'static)>) -> Waiter {
+        Waiter { job, done: AtomicBool::new(false), wake: Condvar::new() }
+    }
 }
 
 /// A member of the queue: a blocked caller's waiter, or a submitted write.
@@ -277,6 +286,7 @@ pub struct LaneStats {
 
 pub struct WriteLane {
     state: Mutex<State>,
+    /// Where the lane thread waits for an idle lane (blocked callers wait on their own).
     cv: Condvar,
     groups: AtomicU64,
     members: AtomicU64,
@@ -370,15 +380,13 @@ impl WriteLane {
             }
             match (until, wait) {
                 (Some(until), Some(wait)) => {
-                    if self.cv.wait_until(&mut st, until).timed_out()
+                    if w.wake.wait_until(&mut st, until).timed_out()
                         && !w.done.load(Ordering::Acquire)
                         && (st.busy || !st.queue.front().is_some_and(|m| m.is(w)))
                     {
                         st.queue.retain(|m| !m.is(w));
-                        let spawn = Self::needs_driver(&mut st);
+                        let spawn = self.wake_front(&mut st);
                         drop(st);
-                        // The next waiter may now be at the front.
-                        self.cv.notify_all();
                         if spawn {
                             self.spawn_driver();
                         }
@@ -389,7 +397,7 @@ impl WriteLane {
                         )));
                     }
                 }
-                _ => self.cv.wait(&mut st),
+                _ => w.wake.wait(&mut st),
             }
         }
         Ok(Some(Self::take_group(&mut st, me)))
@@ -409,6 +417,23 @@ impl WriteLane {
             }
         }
         group
+    }
+
+    /// Wakes whoever may now take an idle lane: the blocked caller at the front, or
+    /// the lane thread for a submitted write. Returns whether a lane thread must be
+    /// started ([`WriteLane::needs_driver`]).
+    fn wake_front(&self, st: &mut State) -> bool {
+        if st.busy {
+            return false;
+        }
+        match st.queue.front() {
+            // SAFETY: a queued waiter is alive until it is marked done; notified under
+            // the lane's mutex, so it cannot return (and free itself) meanwhile.
+            Some(Member::Blocked(w)) => unsafe { (**w).wake.notify_one() },
+            Some(Member::Owned(_)) if st.driver => self.cv.notify_one(),
+            _ => false,
+        };
+        Self::needs_driver(st)
     }
 
     /// Whether a lane thread must be started: a submitted write is at the front of an
@@ -490,16 +515,19 @@ impl WriteLane {
         let mut st = self.state.lock();
         for m in group {
             match m {
-                // SAFETY: the waiter is blocked until this flag is set; not touched after.
-                Member::Blocked(w) => unsafe { (*w).done.store(true, Ordering::Release) },
+                // SAFETY: the waiter is blocked until this flag is set and the lane's
+                // mutex is free; not touched after.
+                Member::Blocked(w) => unsafe {
+                    (*w).done.store(true, Ordering::Release);
+                    (*w).wake.notify_one();
+                },
                 Member::Owned(job) => owned.push(job),
             }
         }
         st.busy = false;
         st.holder = None;
-        let spawn = Self::needs_driver(&mut st);
+        let spawn = self.wake_front(&mut st);
         drop(st);
-        self.cv.notify_all();
         if spawn {
             self.spawn_driver();
         }
@@ -531,7 +559,7 @@ impl WriteLane {
     /// Holds the lane alone (a transaction block, a migration, maintenance) until the
     /// returned guard drops.
     pub(crate) fn hold(self: &Arc<Self>, wait: Option<Duration>) -> Result<LaneHold> {
-        let w = Waiter { job: None, done: AtomicBool::new(false) };
+        let w = Waiter::new(None);
         match self.queue_up(&w, wait)? {
             Some(_) => {
                 self.holds.fetch_add(1, Ordering::Relaxed);
@@ -547,7 +575,7 @@ impl WriteLane {
         // SAFETY: only the lifetime is erased; the job is not touched after this
         // call returns (see the module docs).
         let ptr: *mut (dyn Job + 'static) = unsafe { std::mem::transmute(ptr) };
-        let w = Waiter { job: Some(ptr), done: AtomicBool::new(false) };
+        let w = Waiter::new(Some(ptr));
         let group = match self.queue_up(&w, wait) {
             Ok(Some(group)) => group,
             Ok(None) => return,
@@ -570,6 +598,7 @@ impl WriteLane {
                         (*job).fail(Error::Closed);
                     }
                     (*w).done.store(true, Ordering::Release);
+                    (*w).wake.notify_one();
                 },
                 Member::Owned(mut job) => {
                     job.fail(Error::Closed);
