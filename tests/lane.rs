@@ -278,3 +278,52 @@ fn a_front_commits_the_groups_queued_behind_it_up_to_max_rounds() {
     assert_eq!(groups, (MAX_ROUNDS + 2) as u64, "{after:?}");
     assert_eq!(fronts, 2, "{after:?}");
 }
+
+#[test]
+fn stopping_maintenance_from_the_thread_that_holds_the_lane_does_not_wait_for_it() {
+    use consensus_db::MaintenanceOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    let hold = db.begin(Behavior::Immediate).unwrap();
+    let options = MaintenanceOptions { interval: Duration::from_millis(1), ..Default::default() };
+    db.start_maintenance(options).unwrap();
+    wait_queued(&db, 1); // the maintenance cycle waits for the lane this thread holds
+    db.stop_maintenance(); // joins the thread: it must leave the lane's queue (before: a deadlock)
+    assert_eq!(db.maintenance_cycles(), None);
+    assert_eq!(db.lane_stats().queued, 0);
+    hold.commit().unwrap();
+}
+
+#[test]
+fn a_failed_commit_fails_every_member_and_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    assert_eq!(count(&db, "PRAGMA foreign_keys"), 1);
+    // A deferred foreign key is checked at COMMIT only: a member that breaks it makes
+    // the group's COMMIT fail, after every member's savepoint was released.
+    db.write(|tx| {
+        tx.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)", &[])?;
+        tx.execute(
+            "CREATE TABLE child (id INTEGER PRIMARY KEY, parent INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)",
+            &[],
+        )
+    })
+    .unwrap();
+    let holder = db.begin(Behavior::Immediate).unwrap();
+    let writes: Vec<Write<consensus_db::Result<usize>>> = vec![
+        Box::new(|db: &Database| db.store_like_insert(1)),
+        Box::new(|db: &Database| db.write_repeatable(|tx| tx.execute("INSERT INTO child VALUES (1, 42)", &[]))),
+        Box::new(|db: &Database| db.store_like_insert(2)),
+    ];
+    let handles = queue_in_order(&db, writes);
+    holder.commit().unwrap();
+    for (i, h) in handles.into_iter().enumerate() {
+        let r = h.join().unwrap();
+        assert!(matches!(r, Err(Error::Integrity(_))), "member {i} was acknowledged or got another error: {r:?}");
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM t"), 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM child"), 0);
+    // The lane is free and the connection usable: the next write commits.
+    db.store_like_insert(3).unwrap();
+    assert_eq!(count(&db, "SELECT count(*) FROM t"), 1);
+}

@@ -381,7 +381,8 @@ impl WriteLane {
     /// `wait` bounds the wait for the lane: past it the waiter leaves the queue and
     /// gets a busy error naming the wait.
     fn queue_up(self: &Arc<Self>, w: &Waiter, wait: Option<Duration>) -> Result<Option<Vec<Member>>> {
-        let until = wait.map(|d| Instant::now() + d);
+        // A wait too long to express (no deadline) is unbounded.
+        let until = wait.and_then(|d| Instant::now().checked_add(d));
         let me = std::thread::current().id();
         let mut st = self.state.lock();
         if st.closed {
