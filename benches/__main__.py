@@ -1,13 +1,22 @@
-"""python -m benches [--quick] [--out DIR]: the benchmark report (see benches/README.md)."""
+"""python -m benches [--quick] [--out DIR] [--only harness|writers]: the benchmark
+report (see benches/README.md): the single-connection workloads and readers against
+the pure-Python and legacy baselines (``harness``), then concurrent writers against the
+stdlib and apsw baselines (``writers``)."""
 
 import argparse
 from pathlib import Path
 
+from . import writers
 from .harness import FULL, QUICK, run
 
 parser = argparse.ArgumentParser(prog="python -m benches", description=__doc__)
 parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (a smoke run)")
 parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="where results go")
 parser.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
+parser.add_argument("--only", choices=["harness", "writers"], help="run one part")
 args = parser.parse_args()
-run(QUICK if args.quick else FULL, args.out, chart=not args.no_chart)
+if args.only != "writers":
+    run(QUICK if args.quick else FULL, args.out, chart=not args.no_chart)
+if args.only != "harness":
+    print()
+    writers.run(*((1, 20) if args.quick else (5, 300)), args.out)

@@ -57,6 +57,7 @@ TARGETS = {
     "store_artifact": 2.0,
     "query_artifacts (5 rows)": 2.0,
     "store_artifacts (batch of 500, rows)": 3.0,
+    "store_artifacts (batch of 500 across 100 runs, rows)": 3.0,
     "2 reader threads (point reads)": 2.0,
     "4 reader threads (point reads)": 2.0,
     "2 reader threads (query_artifacts)": 2.0,
@@ -186,6 +187,11 @@ def run_round(impl: str, template: Path, work: Path, size: Size) -> dict:
               "run_id": f"b-{i % 20}"} for i in range(500)]
     out["store_artifacts (batch of 500, rows)"] = timed(500 * size.batch_rounds, lambda: [
         store.store_artifacts(batch) for _ in range(size.batch_rounds)])
+    # The same rows spread over 100 runs (5 outputs each), each batch opening new runs.
+    spread = [[dict(a, spec_id=f"M-{r}-{i % 100}", run_id=f"m-{i % 100}") for i, a in enumerate(batch)]
+              for r in range(size.batch_rounds)]
+    out["store_artifacts (batch of 500 across 100 runs, rows)"] = timed(500 * size.batch_rounds, lambda: [
+        store.store_artifacts(b) for b in spread])
     per_thread = size.reads
     for n in (1, 2, 4):
         out[f"{n} reader thread{'s' if n > 1 else ''} (point reads)"] = threaded(store, n, per_thread, "point")

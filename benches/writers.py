@@ -3,9 +3,11 @@
 ``python -m benches.writers`` runs the same writes on consensus-db and the baselines
 (stdlib ``sqlite3`` and ``apsw``, thread-local connections, same pragmas and schema):
 1/4/8/16 writer threads for ``store_artifact`` and ``record_agent_spawn``, 100 asyncio
-tasks (consensus-db's ``aio`` twin vs ``asyncio.to_thread`` over a baseline), and 4
-writer processes. Each figure is total writes/s, the median of interleaved rounds, each
-on a fresh file; ratios within the run. Results: ``results/writers.json``.
+tasks (consensus-db's ``aio`` twin vs ``asyncio.to_thread`` over a baseline), 4 writer
+processes, and 8 writer threads beside 2 reader threads. Each figure is total writes/s,
+the median of interleaved rounds, each on a fresh file; ratios within the run; the
+targets of the write lane checked at the end, with the group sizes consensus-db's lane
+committed at 8 threads. Results: ``results/writers.json`` and ``results/writers.md``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import queue
 import statistics
 import tempfile
@@ -43,22 +46,38 @@ def write_op(op: str, store, t: int, i: int) -> None:
         store.record_agent_spawn(f"a{t}-{i}", "SPEC", "plan", "quality_gate", "claude", "run-1")
 
 
-def threads(store, op: str, n: int, per_thread: int) -> float:
-    barrier = threading.Barrier(n + 1)
+def threads(store, op: str, n: int, per_thread: int, readers: int = 0) -> float:
+    """Total writes/s of ``n`` writer threads (beside ``readers`` threads doing point
+    reads until the writers finish)."""
+    barrier = threading.Barrier(n + readers + 1)
+    writing = threading.Event()
+    writing.set()
 
     def run(t: int) -> None:
         barrier.wait()
         for i in range(per_thread):
             write_op(op, store, t, i)
 
+    def read(t: int) -> None:
+        barrier.wait()
+        i = 0
+        while writing.is_set():
+            store.get_agent_spawn_info(f"a{t}-{i % 50}")
+            i += 1
+
     pool = [threading.Thread(target=run, args=(t,)) for t in range(n)]
-    for p in pool:
+    others = [threading.Thread(target=read, args=(t,)) for t in range(readers)]
+    for p in pool + others:
         p.start()
     barrier.wait()
     start = time.perf_counter()
     for p in pool:
         p.join()
-    return n * per_thread / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    writing.clear()
+    for p in others:
+        p.join()
+    return n * per_thread / elapsed
 
 
 def tasks(impl: str, path: Path, n: int, per_task: int) -> float:
@@ -125,7 +144,12 @@ def processes(impl: str, path: Path, n: int, per_process: int) -> float:
     return n * per_process / max(elapsed)
 
 
-def one_round(impl: str, tmp: Path, per_thread: int) -> dict:
+GROUPS = "lane group sizes at 8 threads (store_artifact)"
+
+
+def one_round(impl: str, tmp: Path, per_thread: int, groups: dict) -> dict:
+    """One round of every workload for ``impl``; consensus-db's group sizes at 8
+    threads are added up in ``groups``."""
     out: dict = {}
     counter = iter(range(10_000))
 
@@ -138,25 +162,89 @@ def one_round(impl: str, tmp: Path, per_thread: int) -> dict:
         for n in (1, 4, 8, 16):
             store = IMPLS[impl](str(fresh()))
             out[f"{op}, {n} thread{'s' if n > 1 else ''}"] = threads(store, op, n, per_thread)
+            if impl == "consensus-db" and n == 8 and op == "store_artifact":
+                for size, count in store.lane_stats()["sizes"].items():
+                    groups[size] = groups.get(size, 0) + count
             store.close()
     out["store_artifact, 100 asyncio tasks"] = tasks(impl, fresh(), 100, max(1, per_thread // 10))
     out["store_artifact, 4 processes"] = processes(impl, fresh(), 4, per_thread)
+    store = IMPLS[impl](str(fresh()))
+    out["store_artifact, 8 threads beside 2 readers"] = threads(store, "store_artifact", 8, per_thread, readers=2)
+    store.close()
     return out
+
+
+#: The write lane's targets: (workload, against, at least).
+TARGETS = [
+    ("store_artifact, 8 threads", "pure-python", 3.0),
+    ("store_artifact, 8 threads", "apsw", 2.0),
+    ("record_agent_spawn, 8 threads", "pure-python", 3.0),
+    ("record_agent_spawn, 8 threads", "apsw", 2.0),
+    ("store_artifact, 100 asyncio tasks", "pure-python", 3.0),
+    ("store_artifact, 1 thread", "pure-python", 1.0),
+    ("store_artifact, 1 thread", "apsw", 1.0),
+    ("record_agent_spawn, 1 thread", "pure-python", 1.0),
+    ("record_agent_spawn, 1 thread", "apsw", 1.0),
+    ("store_artifact, 4 processes", "pure-python", 0.95),
+    ("store_artifact, 4 processes", "apsw", 0.95),
+]
+
+
+def checks(table: dict) -> list:
+    ours = {name: v["median"] for name, v in table["consensus-db"].items()}
+    out = []
+    for name, against, target in TARGETS:
+        if against in table:
+            ratio = ours[name] / table[against][name]["median"]
+            out.append({"check": f"{name} vs {against} >= {target}x", "value": ratio, "ok": ratio >= target})
+    for op in ("store_artifact", "record_agent_spawn"):
+        ratio = ours[f"{op}, 8 threads"] / ours[f"{op}, 1 thread"]
+        out.append({"check": f"consensus-db {op} 8 threads vs its own 1 thread >= 2.0x", "value": ratio,
+                    "ok": ratio >= 2.0})
+    return out
+
+
+def markdown(rounds: int, table: dict, groups: dict, found: list) -> str:
+    impls = list(table)
+    others = impls[1:]
+    lines = [f"Writers: total writes/s, median of {rounds} interleaved rounds (min–max), "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs.", "",
+             "| workload | " + " | ".join(impls) + " | " + " | ".join(f"× {o}" for o in others) + " |",
+             "|---|" + "---:|" * (len(impls) + len(others))]
+    for name, v in table["consensus-db"].items():
+        cells = [f"{table[i][name]['median']:,.0f} ({table[i][name]['min']:,.0f}–{table[i][name]['max']:,.0f})"
+                 for i in impls]
+        ratios = [f"{v['median'] / table[o][name]['median']:.2f}" for o in others]
+        lines.append(f"| {name} | " + " | ".join(cells + ratios) + " |")
+    lines += ["", "| target | value | |", "|---|---:|---|"]
+    lines += [f"| {c['check']} | {c['value']:.2f} | {'met' if c['ok'] else '**below**'} |" for c in found]
+    total = sum(groups.values()) or 1
+    members = sum(size * count for size, count in groups.items()) or 1
+    lines += ["", f"{GROUPS}, all rounds: commits by number of writes they carried", "",
+              "| group size | commits | share of commits | share of writes |", "|---:|---:|---:|---:|"]
+    lines += [f"| {size} | {count:,} | {count / total:.0%} | {size * count / members:.0%} |"
+              for size, count in sorted(groups.items())]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benches.writers", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (a smoke run)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--per-thread", type=int, default=300, help="writes per thread, task group or process")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="where results go")
     args = parser.parse_args()
     rounds, per_thread = (1, 20) if args.quick else (args.rounds, args.per_thread)
+    run(rounds, per_thread, args.out)
+
+
+def run(rounds: int, per_thread: int, out_dir: Path) -> dict:
     samples: dict = {impl: {} for impl in IMPLS}
+    groups: dict = {}
     with tempfile.TemporaryDirectory(prefix="consensus-db-writers-") as tmp:
         for r in range(rounds):
             for impl in IMPLS:
-                for name, ops in one_round(impl, Path(tmp), per_thread).items():
+                for name, ops in one_round(impl, Path(tmp), per_thread, groups).items():
                     samples[impl].setdefault(name, []).append(ops)
             print(f"round {r + 1}/{rounds} done", flush=True)
     ours = {name: statistics.median(v) for name, v in samples["consensus-db"].items()}
@@ -170,11 +258,17 @@ def main() -> None:
         cells = " ".join(f"{table[impl][name]['median']:13,.0f}" for impl in IMPLS)
         ratios = " ".join(f"{value / table[impl][name]['median']:13.2f}" for impl in others)
         print(f"{name:38} {cells} {ratios}")
-    one = ours["store_artifact, 1 thread"]
-    print(f"consensus-db 8 threads vs its own 1 thread (store_artifact): {ours['store_artifact, 8 threads'] / one:.2f}x")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "writers.json").write_text(json.dumps({"rounds": rounds, "per_thread": per_thread, "ops_per_s": table},
-                                                      indent=2))
+    found = checks(table)
+    print("\ntargets")
+    for c in found:
+        print(f"  {'PASS ' if c['ok'] else 'BELOW'} {c['check']:66} {c['value']:.2f}")
+    print(f"\n{GROUPS}: " + ", ".join(f"{size}: {count}" for size, count in sorted(groups.items())))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"rounds": rounds, "per_thread": per_thread, "ops_per_s": table, "checks": found,
+              "group_sizes_8_threads": {str(k): v for k, v in sorted(groups.items())}}
+    (out_dir / "writers.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "writers.md").write_text(markdown(rounds, table, groups, found))
+    return report
 
 
 if __name__ == "__main__":

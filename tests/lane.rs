@@ -250,3 +250,80 @@ fn submitted_writes_wait_without_threads_and_ride_in_groups() {
     db.submit_repeatable(|tx| tx.execute("INSERT INTO t (k, v) VALUES (1000, 'x')", &[]), move |r| s.send(r.map_err(|e| format!("{:?}", matches!(e, Error::Closed)))).unwrap());
     assert_eq!(recv.recv().unwrap(), Err("true".to_string()));
 }
+
+#[test]
+fn a_front_commits_the_groups_queued_behind_it_up_to_max_rounds() {
+    use consensus_db::sqlite::writer::{MAX_GROUP, MAX_ROUNDS};
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    let (send, recv) = std::sync::mpsc::channel();
+    let writes = MAX_GROUP * (MAX_ROUNDS + 1) + 1; // more than one front may take
+    let hold = db.begin(Behavior::Immediate).unwrap();
+    for k in 0..writes as i64 {
+        let send = send.clone();
+        db.submit_repeatable(
+            move |tx| tx.execute("INSERT INTO t (k, v) VALUES (?1, 'x')", &[rusqlite::types::Value::Integer(k)]),
+            move |r| send.send(r.is_ok()).unwrap(),
+        );
+    }
+    let before = db.lane_stats();
+    drop(hold);
+    let ok = (0..writes).filter(|_| recv.recv_timeout(Duration::from_secs(30)).unwrap()).count();
+    assert_eq!(ok, writes);
+    assert_eq!(count(&db, "SELECT count(*) FROM t"), writes as i64);
+    let after = db.lane_stats();
+    let (groups, fronts) = (after.groups - before.groups, after.fronts - before.fronts);
+    // Full groups, MAX_ROUNDS of them per front: the first front commits 4 x 64, the
+    // next one the remaining 64 + 1.
+    assert_eq!(groups, (MAX_ROUNDS + 2) as u64, "{after:?}");
+    assert_eq!(fronts, 2, "{after:?}");
+}
+
+#[test]
+fn stopping_maintenance_from_the_thread_that_holds_the_lane_does_not_wait_for_it() {
+    use consensus_db::MaintenanceOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    let hold = db.begin(Behavior::Immediate).unwrap();
+    let options = MaintenanceOptions { interval: Duration::from_millis(1), ..Default::default() };
+    db.start_maintenance(options).unwrap();
+    wait_queued(&db, 1); // the maintenance cycle waits for the lane this thread holds
+    db.stop_maintenance(); // joins the thread: it must leave the lane's queue (before: a deadlock)
+    assert_eq!(db.maintenance_cycles(), None);
+    assert_eq!(db.lane_stats().queued, 0);
+    hold.commit().unwrap();
+}
+
+#[test]
+fn a_failed_commit_fails_every_member_and_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    assert_eq!(count(&db, "PRAGMA foreign_keys"), 1);
+    // A deferred foreign key is checked at COMMIT only: a member that breaks it makes
+    // the group's COMMIT fail, after every member's savepoint was released.
+    db.write(|tx| {
+        tx.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)", &[])?;
+        tx.execute(
+            "CREATE TABLE child (id INTEGER PRIMARY KEY, parent INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)",
+            &[],
+        )
+    })
+    .unwrap();
+    let holder = db.begin(Behavior::Immediate).unwrap();
+    let writes: Vec<Write<consensus_db::Result<usize>>> = vec![
+        Box::new(|db: &Database| db.store_like_insert(1)),
+        Box::new(|db: &Database| db.write_repeatable(|tx| tx.execute("INSERT INTO child VALUES (1, 42)", &[]))),
+        Box::new(|db: &Database| db.store_like_insert(2)),
+    ];
+    let handles = queue_in_order(&db, writes);
+    holder.commit().unwrap();
+    for (i, h) in handles.into_iter().enumerate() {
+        let r = h.join().unwrap();
+        assert!(matches!(r, Err(Error::Integrity(_))), "member {i} was acknowledged or got another error: {r:?}");
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM t"), 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM child"), 0);
+    // The lane is free and the connection usable: the next write commits.
+    db.store_like_insert(3).unwrap();
+    assert_eq!(count(&db, "SELECT count(*) FROM t"), 1);
+}

@@ -31,5 +31,9 @@ def test_quick_writers_benchmark_writes_a_report(tmp_path):
     assert {"consensus-db", "pure-python"} <= set(report["ops_per_s"])
     rows = report["ops_per_s"]["consensus-db"]
     assert {"store_artifact, 8 threads", "record_agent_spawn, 16 threads", "store_artifact, 100 asyncio tasks",
-            "store_artifact, 4 processes"} <= set(rows)
+            "store_artifact, 4 processes", "store_artifact, 8 threads beside 2 readers"} <= set(rows)
     assert all(cell["median"] > 0 for per in report["ops_per_s"].values() for cell in per.values())
+    assert report["checks"] and all({"check", "value", "ok"} <= set(c) for c in report["checks"])
+    assert sum(report["group_sizes_8_threads"].values()) > 0
+    table = (tmp_path / "writers.md").read_text()
+    assert "| store_artifact, 8 threads vs pure-python >= 3.0x |" in table and "| group size |" in table

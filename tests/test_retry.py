@@ -142,13 +142,47 @@ def failing(n_failures, exc_factory, result="ok"):
 def test_delays_without_jitter_are_exact():
     slept = []
     policy = RetryPolicy(jitter=False, sleep=slept.append)
-    assert policy.delays() == [0.1, 0.2, 0.4, 0.8]
+    assert policy.delays() == [0.1, 0.2, 0.4, 0.8, 1.6]  # the default schedule reaches its cap
     fn, calls = failing(10, lambda: errors.BusyError("busy"))
     with pytest.raises(errors.BusyError):
         policy.call(fn)
-    assert len(calls) == 5
-    assert slept == [0.1, 0.2, 0.4, 0.8]
+    assert len(calls) == 6
+    assert slept == [0.1, 0.2, 0.4, 0.8, 1.6]
     assert RetryPolicy(jitter=False, max_attempts=8).delays()[-3:] == [1.6, 1.6, 1.6]
+
+
+class SleepClock:
+    """Time that moves only when slept on."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, delay: float) -> None:
+        self.slept.append(delay)
+        self.now += delay
+
+
+def test_no_retry_sleeps_past_the_deadline():
+    clock = SleepClock()
+    policy = RetryPolicy(max_attempts=20, jitter=False, deadline=2.0, sleep=clock.sleep, clock=clock)
+    fn, calls = failing(100, lambda: errors.BusyError("busy"))
+    with pytest.raises(errors.BusyError):
+        policy.call(fn)
+    # 0.1 + 0.2 + 0.4 + 0.8 = 1.5 s slept; the next 1.6 s would end past 2.0 s.
+    assert clock.slept == [0.1, 0.2, 0.4, 0.8] and len(calls) == 5
+    assert policy.stats.failures == 1
+    unbounded = RetryPolicy(max_attempts=8, jitter=False, deadline=None, sleep=clock.sleep, clock=clock)
+    fn, calls = failing(100, lambda: errors.BusyError("busy"))
+    with pytest.raises(errors.BusyError):
+        unbounded.call(fn)
+    assert len(calls) == 8
+    for bad in (0, -1.0, "10", True):
+        with pytest.raises(errors.InvalidInputError, match="deadline"):
+            RetryPolicy(deadline=bad)
 
 
 def test_jittered_delays_vary_and_never_pass_the_cap():
@@ -178,7 +212,7 @@ def test_success_after_retries_and_the_last_error_is_reraised():
 
     with pytest.raises(ConnectionResetError) as err:
         RetryPolicy(jitter=False, sleep=lambda d: None).call(always)
-    assert err.value is last[-1] and len(last) == 5
+    assert err.value is last[-1] and len(last) == 6
 
 
 def test_permanent_errors_are_tried_once():
@@ -194,7 +228,7 @@ def test_retry_after_is_honoured_and_clamped():
     assert retry_after(RequestsStyleError(503, {"retry-after": "2.5"})) == 2.5
     assert retry_after(HTTPError(429)) is None
     slept = []
-    policy = RetryPolicy(jitter=False, sleep=slept.append, max_retry_after=10)
+    policy = RetryPolicy(jitter=False, sleep=slept.append, max_retry_after=10, deadline=None)
     fn, _ = failing(2, lambda: HTTPError(429, {"Retry-After": "4"}))
     policy.call(fn)
     assert slept == [4.0, 4.0]
@@ -202,6 +236,12 @@ def test_retry_after_is_honoured_and_clamped():
     fn, _ = failing(1, lambda: HTTPError(503, {"Retry-After": "3600"}))
     policy.call(fn)
     assert slept == [10]
+    # Within the default 10 s deadline, a 10 s hint cannot be waited for: the error is raised.
+    slept.clear()
+    fn, _ = failing(1, lambda: HTTPError(503, {"Retry-After": "3600"}))
+    with pytest.raises(HTTPError):
+        RetryPolicy(jitter=False, sleep=slept.append, max_retry_after=10).call(fn)
+    assert slept == []
 
 
 def test_on_retry_hook_logging_and_stats(caplog):

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json as _json
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Optional, TypedDict
-
-if TYPE_CHECKING:
-    from typing_extensions import NotRequired
+from typing import Any, Literal, NamedTuple, Optional, TypedDict
 
 __all__ = [
     "PhaseType",
@@ -182,8 +179,7 @@ class LaneStats(TypedDict):
     holds: int
     queued: int
     sizes: dict[int, int]
-    #: Group commits led by a front writer (reported by newer write lanes).
-    fronts: NotRequired[int]
+    fronts: int
 
 
 class ReaderStats(TypedDict):

@@ -135,12 +135,16 @@ class RetryStats:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff: ``initial_delay`` doubling to ``max_delay``, ``max_attempts``
-    tries in all. ``sleep`` replaces ``time.sleep`` (or ``asyncio.sleep`` for ``acall``;
-    then it must be a coroutine function). ``on_retry(attempt, delay, exc)`` is called
-    before each sleep. Retry-After hints are honoured up to ``max_retry_after`` seconds."""
+    """Exponential backoff: ``initial_delay`` doubling to ``max_delay`` (the defaults
+    reach the cap: 0.1, 0.2, 0.4, 0.8, 1.6 s), ``max_attempts`` tries in all, and no
+    retry that would sleep past ``deadline`` seconds after the first attempt started
+    (None: no deadline). ``sleep`` replaces ``time.sleep`` (or ``asyncio.sleep`` for
+    ``acall``; then it must be a coroutine function) and ``clock`` replaces
+    ``time.monotonic``, so tests need not wait. ``on_retry(attempt, delay, exc)`` is
+    called before each sleep. Retry-After hints are honoured up to ``max_retry_after``
+    seconds. Given to ``connect(retry=...)``, the engine runs the same schedule."""
 
-    max_attempts: int = 5
+    max_attempts: int = 6
     initial_delay: float = 0.1
     max_delay: float = 1.6
     jitter: bool = True
@@ -150,6 +154,8 @@ class RetryPolicy:
     classifier: Callable[[BaseException], bool] = is_retryable
     max_retry_after: float = 30.0
     random: Callable[[], float] = _random.random
+    deadline: Optional[float] = 10.0
+    clock: Callable[[], float] = time.monotonic
     stats: RetryStats = field(default_factory=RetryStats, compare=False)
 
     def __post_init__(self) -> None:
@@ -159,6 +165,10 @@ class RetryPolicy:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise InvalidInputError(f"invalid {name}: must be a number >= 0, got {value!r}")
+        if self.deadline is not None and (
+            isinstance(self.deadline, bool) or not isinstance(self.deadline, (int, float)) or self.deadline <= 0
+        ):
+            raise InvalidInputError(f"invalid deadline: must be a number of seconds > 0 or None, got {self.deadline!r}")
         if self.max_delay < self.initial_delay:
             raise InvalidInputError(
                 f"invalid max_delay: {self.max_delay!r} is below initial_delay {self.initial_delay!r}"
@@ -183,12 +193,15 @@ class RetryPolicy:
             delay = max(delay, min(hint, self.max_retry_after))
         return delay
 
-    def _next_delay(self, attempt: int, exc: BaseException) -> Optional[float]:
+    def _next_delay(self, attempt: int, exc: BaseException, started: float) -> Optional[float]:
         """The delay before the next attempt, or None when ``exc`` must be raised."""
         if attempt >= self.max_attempts or not self.classifier(exc):
             self.stats._add(failures=1)
             return None
         delay = self.delay_for(attempt, exc)
+        if self.deadline is not None and self.clock() - started + delay >= self.deadline:
+            self.stats._add(failures=1)
+            return None
         self.stats._add(retries=1, total_delay=delay)
         log.warning(
             "attempt %d/%d failed (%s: %s); retrying in %.3fs",
@@ -207,6 +220,7 @@ class RetryPolicy:
         (then the last exception is re-raised as it was)."""
         sleep = self.sleep or time.sleep
         self.stats._add(calls=1)
+        started = self.clock()
         attempt = 0
         while True:
             attempt += 1
@@ -214,7 +228,7 @@ class RetryPolicy:
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:
-                delay = self._next_delay(attempt, exc)
+                delay = self._next_delay(attempt, exc, started)
                 if delay is None:
                     raise
             sleep(delay)
@@ -223,6 +237,7 @@ class RetryPolicy:
         """The coroutine form of :meth:`call`; ``sleep`` must be a coroutine function."""
         sleep = self.sleep or asyncio.sleep
         self.stats._add(calls=1)
+        started = self.clock()
         attempt = 0
         while True:
             attempt += 1
@@ -230,7 +245,7 @@ class RetryPolicy:
             try:
                 return await fn(*args, **kwargs)
             except Exception as exc:
-                delay = self._next_delay(attempt, exc)
+                delay = self._next_delay(attempt, exc, started)
                 if delay is None:
                     raise
             await sleep(delay)

@@ -260,7 +260,7 @@ where
 
 /// A `consensus_db.retry.RetryPolicy` (or anything with its attributes) as the
 /// engine's policy: `max_attempts`, `initial_delay`, `max_delay`, `jitter`, `deadline`
-/// (absent or None: 10 s), `sleep` (None: real sleep with the GIL released) and
+/// (absent: 10 s; None: none), `sleep` (None: real sleep with the GIL released) and
 /// `on_retry(operation, attempt, delay, error)`.
 fn retry_policy(obj: &Bound<'_, PyAny>) -> PyResult<RetryPolicy> {
     let py = obj.py();
@@ -283,7 +283,12 @@ fn retry_policy(obj: &Bound<'_, PyAny>) -> PyResult<RetryPolicy> {
     };
     let initial_delay = secs("initial_delay", defaults.initial_delay)?;
     let max_delay = secs("max_delay", defaults.max_delay)?;
-    let deadline = secs("deadline", defaults.deadline)?;
+    // `deadline=None` on a policy object means no deadline; an object without the
+    // attribute gets the engine's default.
+    let deadline = match obj.getattr("deadline") {
+        Ok(v) if v.is_none() => Duration::MAX,
+        _ => secs("deadline", defaults.deadline)?,
+    };
     let jitter = opt_flag(attr("jitter")?.as_ref(), "jitter", defaults.jitter)?;
     let clock: Arc<dyn Clock> = match opt_callable(attr("sleep")?.as_ref(), "sleep")? {
         Some(sleep) => Arc::new(PyClock { sleep }),
@@ -456,7 +461,8 @@ impl PyDatabase {
         run(py, || self.inner.verify_pragmas())
     }
 
-    /// The write lane's counters: group commits, writes they carried, holds
+    /// The write lane's counters: group commits, writes they carried, fronts (a front
+    /// commits up to 4 groups in a row), holds
     /// (transaction blocks, maintenance), callers waiting now, and `sizes`:
     /// `{group size: commits}`.
     fn lane_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -464,6 +470,7 @@ impl PyDatabase {
         let d = PyDict::new(py);
         d.set_item("groups", s.groups)?;
         d.set_item("members", s.members)?;
+        d.set_item("fronts", s.fronts)?;
         d.set_item("holds", s.holds)?;
         d.set_item("queued", s.queued)?;
         let sizes = PyDict::new(py);

@@ -293,8 +293,11 @@ impl Maintenance {
                 }
                 let n = counter.load(Ordering::Acquire) + 1;
                 let mut report = CycleReport { cycle: n, ..Default::default() };
-                if let Err(e) = run_cycle(&pool, &lane, &options, in_memory, &mut report) {
-                    report.error = Some(e.to_string());
+                let stopping = || *stop_flag.0.lock();
+                match run_cycle(&pool, &lane, &options, in_memory, &stopping, &mut report) {
+                    Ok(()) => {}
+                    Err(Error::Closed) if stopping() => return, // stopped while waiting for the lane
+                    Err(e) => report.error = Some(e.to_string()),
                 }
                 counter.store(n, Ordering::Release);
                 if let Some(hook) = &options.on_cycle {
@@ -316,9 +319,27 @@ impl Maintenance {
     }
 }
 
-fn run_cycle(pool: &Pool, lane: &Arc<WriteLane>, options: &MaintenanceOptions, in_memory: bool, report: &mut CycleReport) -> Result<()> {
-    // Retention, vacuum and checkpoint write: they take their turn in the write lane.
-    let _lane = lane.hold(None)?;
+/// How long the maintenance thread waits for the lane before it looks whether it was
+/// asked to stop (a `stop` from the thread holding the lane must not wait for it).
+const LANE_POLL: Duration = Duration::from_millis(200);
+
+fn run_cycle(
+    pool: &Pool,
+    lane: &Arc<WriteLane>,
+    options: &MaintenanceOptions,
+    in_memory: bool,
+    stopping: &dyn Fn() -> bool,
+    report: &mut CycleReport,
+) -> Result<()> {
+    // Retention, vacuum and checkpoint write: they take their turn in the write lane,
+    // however long it is held (a full VACUUM), unless the thread is stopped meanwhile.
+    let _lane = loop {
+        match lane.hold(Some(LANE_POLL)) {
+            Err(Error::Busy(_)) if !stopping() => continue,
+            Err(Error::Busy(_)) => return Err(Error::Closed),
+            held => break held?,
+        }
+    };
     let conn = pool.get()?;
     if let Some(days) = options.retention_days {
         report.executions_deleted = cleanup_executions(&conn, days)?;

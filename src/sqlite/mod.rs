@@ -3,6 +3,7 @@
 //! pragmas, the schema and its migrations, transactions, maintenance, online backup,
 //! SQLite's process-wide settings (spinning mutexes) and fork detection.
 
+mod access;
 pub mod backup;
 pub mod database;
 pub(crate) mod fork;

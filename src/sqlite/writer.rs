@@ -5,7 +5,12 @@
 //! [`MAX_GROUP`]), runs them in one `BEGIN IMMEDIATE` transaction — each in its own
 //! `SAVEPOINT`, so a write that fails is undone alone and gets its own error — commits
 //! once, then wakes every member with its own result. A lone writer is the front at
-//! once and runs without a savepoint: exactly today's transaction.
+//! once and runs without a savepoint: exactly today's transaction. A front that finds
+//! writes queued once its group is committed commits them too, up to [`MAX_ROUNDS`]
+//! groups: the members it just woke go back to their own work meanwhile, and no thread
+//! switch stands between two groups (the lane's handoff cost on a small machine).
+//! Waiters are woken one by one: a member when its write is done, a caller when it is
+//! the front of an idle lane.
 //!
 //! When SQLite ends the whole transaction (an `OR ROLLBACK` conflict, a full disk, an
 //! I/O error), no member of that round is acknowledged: the member that ended it gets
@@ -46,6 +51,13 @@ use crate::sqlite::transaction::{Behavior, Tx};
 
 /// The most writes one group commits together.
 pub const MAX_GROUP: usize = 64;
+
+/// The most groups one front commits in a row. After its first group, a front that
+/// finds writes queued commits them too instead of handing the lane to the next
+/// caller: the callers of the group just committed are already back in their own
+/// code meanwhile, and no thread switch stands between two groups. Its own caller
+/// waits for those extra rounds (bounded here).
+pub const MAX_ROUNDS: usize = 4;
 
 /// A queued write, type-erased: runs against the group's transaction and keeps its
 /// own typed result.
@@ -222,6 +234,15 @@ fn complete_all(jobs: Vec<Box<dyn OwnedJob>>) {
 struct Waiter {
     job: Option<*mut (dyn Job + 'static)>,
     done: AtomicBool,
+    /// Woken alone (never a herd): when its write is done, or when it is the front
+    /// of an idle lane.
+    wake: Condvar,
+}
+
+impl Waiter {
+    fn new(job: Option<*mut (dyn Job + 'static)>) -> Waiter {
+        Waiter { job, done: AtomicBool::new(false), wake: Condvar::new() }
+    }
 }
 
 /// A member of the queue: a blocked caller's waiter, or a submitted write.
@@ -267,6 +288,8 @@ pub struct LaneStats {
     pub groups: u64,
     /// Writes those groups carried.
     pub members: u64,
+    /// Times a writer became the front (a front may commit up to [`MAX_ROUNDS`] groups).
+    pub fronts: u64,
     /// Times the lane was held alone (transaction blocks, migrations, maintenance).
     pub holds: u64,
     /// Callers waiting in the lane right now.
@@ -277,9 +300,11 @@ pub struct LaneStats {
 
 pub struct WriteLane {
     state: Mutex<State>,
+    /// Where the lane thread waits for an idle lane (blocked callers wait on their own).
     cv: Condvar,
     groups: AtomicU64,
     members: AtomicU64,
+    fronts: AtomicU64,
     holds: AtomicU64,
     sizes: [AtomicU64; MAX_GROUP + 1],
 }
@@ -300,11 +325,15 @@ impl Drop for LaneHold {
 struct Front<'a> {
     lane: &'a Arc<WriteLane>,
     group: Vec<Member>,
+    /// Whether the lane is still held by this front.
+    holding: bool,
 }
 
 impl Drop for Front<'_> {
     fn drop(&mut self) {
-        self.lane.release(std::mem::take(&mut self.group));
+        if self.holding {
+            self.lane.release(std::mem::take(&mut self.group));
+        }
     }
 }
 
@@ -339,6 +368,7 @@ impl Default for WriteLane {
             cv: Condvar::new(),
             groups: AtomicU64::new(0),
             members: AtomicU64::new(0),
+            fronts: AtomicU64::new(0),
             holds: AtomicU64::new(0),
             sizes: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -351,7 +381,8 @@ impl WriteLane {
     /// `wait` bounds the wait for the lane: past it the waiter leaves the queue and
     /// gets a busy error naming the wait.
     fn queue_up(self: &Arc<Self>, w: &Waiter, wait: Option<Duration>) -> Result<Option<Vec<Member>>> {
-        let until = wait.map(|d| Instant::now() + d);
+        // A wait too long to express (no deadline) is unbounded.
+        let until = wait.and_then(|d| Instant::now().checked_add(d));
         let me = std::thread::current().id();
         let mut st = self.state.lock();
         if st.closed {
@@ -370,15 +401,13 @@ impl WriteLane {
             }
             match (until, wait) {
                 (Some(until), Some(wait)) => {
-                    if self.cv.wait_until(&mut st, until).timed_out()
+                    if w.wake.wait_until(&mut st, until).timed_out()
                         && !w.done.load(Ordering::Acquire)
                         && (st.busy || !st.queue.front().is_some_and(|m| m.is(w)))
                     {
                         st.queue.retain(|m| !m.is(w));
-                        let spawn = Self::needs_driver(&mut st);
+                        let spawn = self.wake_front(&mut st);
                         drop(st);
-                        // The next waiter may now be at the front.
-                        self.cv.notify_all();
                         if spawn {
                             self.spawn_driver();
                         }
@@ -389,7 +418,7 @@ impl WriteLane {
                         )));
                     }
                 }
-                _ => self.cv.wait(&mut st),
+                _ => w.wake.wait(&mut st),
             }
         }
         Ok(Some(Self::take_group(&mut st, me)))
@@ -409,6 +438,23 @@ impl WriteLane {
             }
         }
         group
+    }
+
+    /// Wakes whoever may now take an idle lane: the blocked caller at the front, or
+    /// the lane thread for a submitted write. Returns whether a lane thread must be
+    /// started ([`WriteLane::needs_driver`]).
+    fn wake_front(&self, st: &mut State) -> bool {
+        if st.busy {
+            return false;
+        }
+        match st.queue.front() {
+            // SAFETY: a queued waiter is alive until it is marked done; notified under
+            // the lane's mutex, so it cannot return (and free itself) meanwhile.
+            Some(Member::Blocked(w)) => unsafe { (**w).wake.notify_one() },
+            Some(Member::Owned(_)) if st.driver => self.cv.notify_one(),
+            _ => false,
+        };
+        Self::needs_driver(st)
     }
 
     /// Whether a lane thread must be started: a submitted write is at the front of an
@@ -486,52 +532,79 @@ impl WriteLane {
     /// Marks `group` done and frees the lane for the next front; then hands each
     /// submitted member its result.
     fn release(self: &Arc<Self>, group: Vec<Member>) {
+        self.hand_on(group, false);
+    }
+
+    /// Marks `group` done (its callers wake and return while this thread goes on),
+    /// then, when `may_go_on` and writes are queued, takes the next group for this
+    /// front without freeing the lane; else frees it for the next front. Hands each
+    /// submitted member of `group` its result.
+    fn hand_on(self: &Arc<Self>, group: Vec<Member>, may_go_on: bool) -> Option<Vec<Member>> {
         let mut owned = Vec::new();
         let mut st = self.state.lock();
         for m in group {
             match m {
-                // SAFETY: the waiter is blocked until this flag is set; not touched after.
-                Member::Blocked(w) => unsafe { (*w).done.store(true, Ordering::Release) },
+                // SAFETY: the waiter is blocked until this flag is set and the lane's
+                // mutex is free; not touched after.
+                Member::Blocked(w) => unsafe {
+                    (*w).done.store(true, Ordering::Release);
+                    (*w).wake.notify_one();
+                },
                 Member::Owned(job) => owned.push(job),
             }
         }
-        st.busy = false;
-        st.holder = None;
-        let spawn = Self::needs_driver(&mut st);
+        let next = if may_go_on && !st.closed && st.queue.front().is_some_and(Member::is_job) {
+            Some(Self::take_group(&mut st, std::thread::current().id()))
+        } else {
+            st.busy = false;
+            st.holder = None;
+            None
+        };
+        let spawn = next.is_none() && self.wake_front(&mut st);
         drop(st);
-        self.cv.notify_all();
         if spawn {
             self.spawn_driver();
         }
         complete_all(owned);
+        next
     }
 
-    /// Runs `group` (this thread is its front) and releases the lane.
+    /// Runs `group` (this thread is its front), then up to [`MAX_ROUNDS`] - 1 more
+    /// groups of writes queued meanwhile, and releases the lane.
     fn run_front(self: &Arc<Self>, pool: &Pool, group: Vec<Member>) {
-        let mut front = Front { lane: self, group };
-        let size = front.group.len();
-        // SAFETY: every blocked member's caller waits until `front` drops; each job is
-        // reached through exactly one `&mut`.
-        let mut jobs: Vec<&mut (dyn Job + 'static)> = front
-            .group
-            .iter_mut()
-            .map(|m| match m {
-                Member::Blocked(w) => unsafe { &mut *(**w).job.expect("a write") },
-                Member::Owned(job) => job.as_job(),
-            })
-            .collect();
-        run_group(pool, &mut jobs);
-        drop(jobs);
-        self.groups.fetch_add(1, Ordering::Relaxed);
-        self.members.fetch_add(size as u64, Ordering::Relaxed);
-        self.sizes[size].fetch_add(1, Ordering::Relaxed);
-        drop(front);
+        self.fronts.fetch_add(1, Ordering::Relaxed);
+        let mut front = Front { lane: self, group, holding: true };
+        for round in 1.. {
+            let size = front.group.len();
+            // SAFETY: every blocked member's caller waits until it is marked done; each
+            // job is reached through exactly one `&mut`.
+            let mut jobs: Vec<&mut (dyn Job + 'static)> = front
+                .group
+                .iter_mut()
+                .map(|m| match m {
+                    Member::Blocked(w) => unsafe { &mut *(**w).job.expect("a write") },
+                    Member::Owned(job) => job.as_job(),
+                })
+                .collect();
+            run_group(pool, &mut jobs);
+            drop(jobs);
+            self.groups.fetch_add(1, Ordering::Relaxed);
+            self.members.fetch_add(size as u64, Ordering::Relaxed);
+            self.sizes[size].fetch_add(1, Ordering::Relaxed);
+            match self.hand_on(std::mem::take(&mut front.group), round < MAX_ROUNDS) {
+                Some(next) => front.group = next,
+                None => {
+                    front.holding = false;
+                    return;
+                }
+            }
+        }
     }
 
     /// Holds the lane alone (a transaction block, a migration, maintenance) until the
     /// returned guard drops.
     pub(crate) fn hold(self: &Arc<Self>, wait: Option<Duration>) -> Result<LaneHold> {
-        let w = Waiter { job: None, done: AtomicBool::new(false) };
+        let w = Waiter::new(None);
         match self.queue_up(&w, wait)? {
             Some(_) => {
                 self.holds.fetch_add(1, Ordering::Relaxed);
@@ -547,7 +620,7 @@ impl WriteLane {
         // SAFETY: only the lifetime is erased; the job is not touched after this
         // call returns (see the module docs).
         let ptr: *mut (dyn Job + 'static) = unsafe { std::mem::transmute(ptr) };
-        let w = Waiter { job: Some(ptr), done: AtomicBool::new(false) };
+        let w = Waiter::new(Some(ptr));
         let group = match self.queue_up(&w, wait) {
             Ok(Some(group)) => group,
             Ok(None) => return,
@@ -570,6 +643,7 @@ impl WriteLane {
                         (*job).fail(Error::Closed);
                     }
                     (*w).done.store(true, Ordering::Release);
+                    (*w).wake.notify_one();
                 },
                 Member::Owned(mut job) => {
                     job.fail(Error::Closed);
@@ -587,6 +661,7 @@ impl WriteLane {
         LaneStats {
             groups: self.groups.load(Ordering::Relaxed),
             members: self.members.load(Ordering::Relaxed),
+            fronts: self.fronts.load(Ordering::Relaxed),
             holds: self.holds.load(Ordering::Relaxed),
             queued,
             sizes: (1..=MAX_GROUP)
