@@ -240,7 +240,8 @@ def run(size: Size, out_dir: Path, chart: bool = True) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     medians = {impl: {k: statistics.median(v) for k, v in per.items()} for impl, per in samples.items()}
-    report = {"machine": machine(), "size": size.__dict__, "ops_per_s": medians, "ratios": {}, "checks": []}
+    report = {"machine": machine(), "mode": "quick" if size == QUICK else "full", "size": size.__dict__,
+              "ops_per_s": medians, "ratios": {}, "checks": []}
     ours, pure, legacy = medians["consensus-db"], medians["pure-python"], medians["legacy"]
     for name in ours:
         report["ratios"][name] = {"vs_pure_python": ours[name] / pure[name], "vs_legacy": ours[name] / legacy[name]}
@@ -310,6 +311,9 @@ def markdown(report: dict) -> str:
 
 
 def draw(report: dict, path: Path) -> Optional[Path]:
+    """Ratios against the pure-Python baseline (1.0 = as fast), one bar per workload for
+    consensus-db and for the legacy design, the 1.0 line drawn and each workload's
+    target marked; labelled with date, machine and quick/full."""
     try:
         import matplotlib
 
@@ -318,17 +322,26 @@ def draw(report: dict, path: Path) -> Optional[Path]:
     except ImportError:
         print("(matplotlib not installed: no chart; pip install matplotlib)")
         return None
-    ops = report["ops_per_s"]
-    names = list(ops["consensus-db"])
-    width = 0.27
+    ratios = report["ratios"]
+    names = list(ratios)
+    width = 0.38
     fig, ax = plt.subplots(figsize=(13, 6))
-    for k, impl in enumerate(IMPLS):
-        ax.bar([i + (k - 1) * width for i in range(len(names))], [ops[impl][n] for n in names], width, label=impl)
+    xs = range(len(names))
+    ax.bar([i - width / 2 for i in xs], [ratios[n]["vs_pure_python"] for n in names], width, label="consensus-db")
+    ax.bar([i + width / 2 for i in xs], [ratios[n]["vs_pure_python"] / ratios[n]["vs_legacy"] for n in names], width,
+           label="legacy design")
+    ax.axhline(1.0, color="black", linewidth=1, linestyle="--", label="pure-Python baseline (1.0)")
+    marked = [(i, TARGETS[n]) for i, n in enumerate(names) if n in TARGETS]
+    if marked:
+        ax.scatter([i - width / 2 for i, _ in marked], [t for _, t in marked], marker="_", s=400, color="red",
+                   zorder=3, label="target (× pure-Python)")
     ax.set_yscale("log")
-    ax.set_ylabel("ops/s (log scale, higher is better)")
-    ax.set_xticks(range(len(names)))
+    ax.set_ylabel("× the pure-Python baseline (log scale, higher is better)")
+    ax.set_xticks(list(xs))
     ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
-    ax.set_title(f"consensus-db vs baselines — {report['machine']['cpus']} CPUs, {report['machine']['date']}")
+    m = report["machine"]
+    ax.set_title(f"consensus-db and the legacy design vs pure-Python — {report.get('mode', 'full')} run, {m['date']}, "
+                 f"{m['cpus']} CPUs, {m['platform']}", fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

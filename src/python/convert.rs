@@ -237,13 +237,16 @@ pub fn rows_with_columns<'py>(py: Python<'py>, columns: Vec<String>, rows: Vec<V
     results_attr(py, &ROWS, "Rows")?.call1((rows, PyTuple::new(py, columns)?))
 }
 
-/// `get_agent_spawn_info`'s result: a `consensus_db.results.SpawnInfo(phase_type, stage)`.
+/// `get_agent_spawn_info`'s result: a `consensus_db.results.SpawnInfo(phase_type, stage)`,
+/// made by `tuple.__new__(SpawnInfo, (phase_type, stage))`: the named tuple's own
+/// `__new__` is a Python function, twice the cost on this hot path.
 pub fn spawn_info<'py>(py: Python<'py>, info: Option<(String, String)>) -> PyResult<Option<Bound<'py, PyAny>>> {
     static SPAWN_INFO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    match info {
-        None => Ok(None),
-        Some((phase_type, stage)) => Ok(Some(results_attr(py, &SPAWN_INFO, "SpawnInfo")?.call1((phase_type, stage))?)),
-    }
+    static TUPLE_NEW: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let Some((phase_type, stage)) = info else { return Ok(None) };
+    let new = TUPLE_NEW.get_or_try_init(py, || py.get_type::<PyTuple>().getattr("__new__").map(Bound::unbind))?;
+    let cls = results_attr(py, &SPAWN_INFO, "SpawnInfo")?;
+    Ok(Some(new.bind(py).call1((cls, (phase_type, stage)))?))
 }
 
 /// An aware UTC `datetime` from Unix milliseconds.
