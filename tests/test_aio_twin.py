@@ -142,3 +142,41 @@ def test_a_bad_pool_size_is_refused_when_connect_is_called(db_path):
     with pytest.raises(consensus_db.InvalidInputError, match="pool_size.*0"):
         aio.connect(db_path, pool_size=0)
     assert not db_path.exists()
+
+
+def test_a_transaction_cancelled_while_waiting_for_the_lane_does_not_keep_it(db_path):
+    import threading
+    import time
+
+    async def main():
+        async with aio.connect(db_path) as db:
+            held = threading.Event()
+            release = threading.Event()
+
+            def hold() -> None:  # another thread's write transaction holds the lane
+                with db.sync.transaction():
+                    held.set()
+                    release.wait(10)
+
+            holder = threading.Thread(target=hold)
+            holder.start()
+            held.wait(10)
+
+            async def enter() -> None:
+                async with db.transaction():
+                    raise AssertionError("the block never runs: the task was cancelled in BEGIN")
+
+            task = asyncio.ensure_future(enter())
+            await asyncio.sleep(0.1)  # BEGIN is waiting for the lane on the transaction's thread
+            task.cancel()
+            await asyncio.sleep(0.05)
+            release.set()  # the waiting BEGIN now goes through, then is rolled back
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            holder.join(10)
+            started = time.monotonic()
+            await asyncio.wait_for(db.record_agent_spawn("after", "S", "plan", "quality_gate", "g"), 5)
+            return time.monotonic() - started, db.lane_stats()["queued"], await db.get_agent_name("after")
+
+    elapsed, queued, name = asyncio.run(main())
+    assert name == "g" and queued == 0 and elapsed < 5

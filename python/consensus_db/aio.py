@@ -245,12 +245,26 @@ class AsyncTransaction:
 
     async def __aenter__(self) -> Self:
         self._store._check_open()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="consensus-db-aio-tx")
+        executor = self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="consensus-db-aio-tx")
         try:
             tx = self._store.sync.transaction(self._behavior)
-            self._tx = await self._call(tx.__enter__)
         except BaseException:
-            self._executor.shutdown(wait=False)
+            executor.shutdown(wait=False)
+            self._executor = None
+            raise
+        try:
+            self._tx = await self._call(tx.__enter__)
+        except BaseException as exc:
+            # Cancelled while BEGIN waited (for the write lane, say): the BEGIN may
+            # have gone through once it ran. Roll it back on its thread, so the write
+            # lane is not left held by a transaction nobody will end (a no-op if it
+            # never began).
+            ending = asyncio.wrap_future(executor.submit(tx.__exit__, type(exc), exc, exc.__traceback__))
+            try:
+                await asyncio.shield(ending)
+            except BaseException:
+                pass
+            executor.shutdown(wait=False)
             self._executor = None
             raise
         return self
