@@ -67,6 +67,8 @@ def default_text(value: Any) -> str:
         return "DEFAULT_RETRY"
     if isinstance(value, SIMPLE):
         return "..." if value is Ellipsis else repr(value)
+    if type(value).__name__ == "_HAS_DEFAULT_FACTORY_CLASS":  # dataclasses.field(default_factory=...)
+        return "<factory>"
     if callable(value):
         return getattr(value, "__qualname__", "<function>")
     return f"<{type(value).__name__}>"
@@ -145,7 +147,14 @@ def member_entry(owner: str, name: str, value: Any, stub_owner: str = "") -> lis
     if not callable(value):
         return []
     shown = STUB_SIGNATURES.get(f"{stub_owner}.{name}") if stub_owner else None
-    lines = [f"#### `{qualified}{shown or signature(value, drop_self=True)}`", "", doc(qualified, value), ""]
+    prefix = "async " if inspect.iscoroutinefunction(value) else ""
+    if prefix and shown is None and owner == "consensus_db.aio.AsyncStore":
+        # A generated twin: the parameters and result of the sync method it mirrors.
+        if name in vars(consensus_db.Store):
+            shown = signature(getattr(consensus_db.Store, name), drop_self=True)
+        else:
+            shown = STUB_SIGNATURES.get(f"Database.{name}")
+    lines = [f"#### `{prefix}{qualified}{shown or signature(value, drop_self=True)}`", "", doc(qualified, value), ""]
     return lines
 
 

@@ -188,6 +188,10 @@ def _async_connect(sync_connect: Callable[P, Store]) -> Callable[P, Connect]:
             raise InvalidInputError(f"invalid pool_size: must be an int of at least 1, got {pool_size!r}")
         return Connect(functools.partial(sync_connect, *args, **kwargs), pool_size)
 
+    # help() and inspect show the sync connect's parameters, not *args/**kwargs.
+    connect.__signature__ = inspect.signature(sync_connect).replace(  # type: ignore[attr-defined]
+        return_annotation="Connect"
+    )
     connect.__doc__ = """Opens a store without blocking the loop; the arguments are :func:`consensus_db.connect`'s.
 
     ``async with aio.connect(path) as db:`` opens and closes it; ``db = await aio.connect(path)``
