@@ -344,6 +344,36 @@ def test_replicate_json_status_and_sigterm_stop_litestream_cleanly(tmp_path):
             command.kill()
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie left for a parent that does not reap is not running)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@needs_litestream
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_litestream_does_not_outlive_a_killed_replicate_command(tmp_path):
+    """Two things end it: the death signal the command asks the kernel for, and the
+    broken pipe its next log line meets; either way it is not left running alone."""
+    path = tmp_path / "k.db"
+    consensus_db.connect(path).close()
+    command = subprocess.Popen([*cli_argv(), "replicate", str(path), "--to", str(tmp_path / "replica"), "--json",
+                                "--quiet"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+                               env=litestream_env())
+    try:
+        litestream = json.loads(LineReader(command.stdout).next() or "null")["pid"]
+        assert alive(litestream)
+        command.kill()  # SIGKILL: no handler runs, the kernel tells Litestream
+        command.wait(DEADLINE)
+        poll(lambda: not alive(litestream), "Litestream to stop after its parent was killed")
+    finally:
+        if command.poll() is None:
+            command.kill()
+
+
 @needs_litestream
 def test_a_restore_while_the_store_keeps_writing_is_consistent(tmp_path, s3):
     """Configured by a Litestream config file; restores into a second file while a
