@@ -314,6 +314,7 @@ def test_replicate_to_a_directory_then_lose_the_file_and_restore(tmp_path):
         replication.restore(replica, path, env=env)
     again = replication.restore(replica, path, env=env, force=True)
     assert again["rows"] == wanted
+    assert sorted(p.name for p in disk.iterdir()) == ["store.db"], "the restored file alone, nothing left beside it"
     print(f"\n[replication directory/api] restored {report['rows']}; last acknowledged write -> in the replica: "
           f"{', '.join(f'{x:.2f}' for x in lags)} s (max {max(lags):.2f} s)")
 
@@ -545,6 +546,16 @@ def test_litestream_failures_are_replication_errors(tmp_path):
     nothing = run("restore", tmp_path / "empty-replica", tmp_path / "out.db", env=litestream_env())
     assert nothing.exit_code == 1 and "no matching backup" in nothing.output
     assert not (tmp_path / "out.db").exists()
+    first_boot = run("restore", tmp_path / "empty-replica", tmp_path / "out.db", "--if-replica-exists",
+                     env=litestream_env())
+    assert first_boot.exit_code == 0 and first_boot.output.startswith("no backup in file://"), first_boot.output
+    assert not (tmp_path / "out.db").exists()
+    kept = replication.restore(tmp_path / "empty-replica", path, force=True, if_replica_exists=True, env=litestream_env())
+    assert kept["restored"] is False and path.is_file(), "nothing to restore: the file there is left alone"
+    with pytest.raises(consensus_db.ReplicationError, match="no matching backup"):
+        replication.restore(tmp_path / "empty-replica", path, force=True, env=litestream_env())
+    assert path.is_file(), "a failed forced restore keeps the file that was there"
+    assert not list(tmp_path.glob(".*restoring*")), "nothing left behind"
     other = tmp_path / "other.db"
     consensus_db.connect(other).close()
     config = tmp_path / "ls.yml"

