@@ -45,6 +45,7 @@ pub use error::{Error, Result};
 pub use maintenance::{CycleReport, Health, MaintenanceOptions, Stats, VacuumReport};
 pub use model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, ReaderCounts, Synthesis};
 pub use pragmas::Pragmas;
+pub use sqlite::replica::{self, Checkpoint, CheckpointMode};
 pub use schema::Shape;
 pub use transaction::{Behavior, Params, Tx};
 pub use sqlite::writer::{self, LaneStats};

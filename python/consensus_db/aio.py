@@ -268,8 +268,8 @@ class AsyncStore:
     async def vacuum(self, *, full: bool = False, pages: Optional[int] = None) -> dict:
         return await self._run(self.sync.vacuum, full=full, pages=pages)
 
-    async def checkpoint(self) -> dict:
-        return await self._run(self.sync.checkpoint)
+    async def checkpoint(self, mode: Optional[str] = None) -> dict:
+        return await self._run(self.sync.checkpoint, mode)
 
     async def integrity_check(self, quick: bool = False) -> list:
         return await self._run(self.sync.integrity_check, quick)

@@ -20,6 +20,7 @@ use crate::maintenance::{CycleReport, MaintenanceOptions, Stats, DEFAULT_RETENTI
 use crate::migrations;
 use crate::model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synthesis};
 use crate::transaction::Behavior;
+use crate::sqlite::replica::CheckpointMode;
 use crate::sqlite::retry::{Clock, RetryEvent, RetryPolicy};
 use crate::{Database, Options, Pragmas};
 
@@ -111,6 +112,7 @@ fn cycle_dict<'py>(py: Python<'py>, r: &CycleReport) -> PyResult<Bound<'py, PyDi
     d.set_item("executions_deleted", r.executions_deleted)?;
     d.set_item("pages_freed", r.pages_freed)?;
     d.set_item("checkpointed", r.checkpointed)?;
+    d.set_item("checkpoint_mode", r.checkpoint_mode.map(CheckpointMode::name))?;
     d.set_item("error", &r.error)?;
     Ok(d)
 }
@@ -326,7 +328,8 @@ impl PyDatabase {
     #[new]
     /// Every argument but `path` may be None for its default.
     #[pyo3(signature = (path, *, pool_size=None, min_idle=None, checkout_timeout=None, read_only=None, create=None,
-                        migrate=None, pragmas=None, convert_auto_vacuum=None, uri=None, retry=Keep::Default))]
+                        migrate=None, pragmas=None, convert_auto_vacuum=None, uri=None, retry=Keep::Default,
+                        replicated=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -341,6 +344,7 @@ impl PyDatabase {
         convert_auto_vacuum: Option<&Bound<'_, PyAny>>,
         uri: Option<&Bound<'_, PyAny>>,
         retry: Keep<'_>,
+        replicated: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let defaults = Options::default();
         let retry = match retry {
@@ -359,6 +363,7 @@ impl PyDatabase {
         let convert_auto_vacuum = opt_flag(convert_auto_vacuum, "convert_auto_vacuum", defaults.convert_auto_vacuum)?;
         let path = path_arg(path)?;
         let uri = opt_flag(uri, "uri", defaults.uri)?;
+        let replicated = opt_flag(replicated, "replicated", defaults.replicated)?;
         let migrate_to = match migrate {
             None => Some(migrations::DEFAULT_VERSION),
             Some(m) if m.is_instance_of::<pyo3::types::PyBool>() => m.is_truthy()?.then_some(migrations::DEFAULT_VERSION),
@@ -375,6 +380,7 @@ impl PyDatabase {
             migrate_to: if read_only { None } else { migrate_to },
             uri,
             retry,
+            replicated,
         };
         let inner = run(py, move || Database::open(&path, options))?;
         Ok(PyDatabase { inner })
@@ -848,14 +854,28 @@ impl PyDatabase {
         Ok(d)
     }
 
-    /// `wal_checkpoint(TRUNCATE)`.
-    fn checkpoint<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (busy, log, done) = run(py, || self.inner.checkpoint())?;
+    /// `wal_checkpoint(MODE)`: `mode` is "passive", "full", "restart" or "truncate";
+    /// None runs TRUNCATE, or PASSIVE on a replicated store (which refuses the others).
+    #[pyo3(signature = (mode=None))]
+    fn checkpoint<'py>(&self, py: Python<'py>, mode: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyDict>> {
+        let mode = match opt_text(mode, "mode")? {
+            Some(text) => Some(CheckpointMode::parse(&text)?),
+            None => None,
+        };
+        let done = run(py, || self.inner.checkpoint(mode))?;
         let d = PyDict::new(py);
-        d.set_item("busy", busy)?;
-        d.set_item("log_frames", log)?;
-        d.set_item("checkpointed_frames", done)?;
+        d.set_item("mode", done.mode.name())?;
+        d.set_item("busy", done.busy)?;
+        d.set_item("log_frames", done.log_frames)?;
+        d.set_item("checkpointed_frames", done.checkpointed_frames)?;
         Ok(d)
+    }
+
+    /// Whether a replica (Litestream) is attached: opened with `replicated=True`, or
+    /// Litestream's tables are in the file. Checkpoints are PASSIVE only then.
+    #[getter]
+    fn replicated(&self, py: Python<'_>) -> PyResult<bool> {
+        run(py, || self.inner.is_replicated())
     }
 
     /// An online backup into the new file `dest` (refused if anything exists there);
