@@ -1,0 +1,111 @@
+//! A Rust host sharing one consensus-db `Database` with the Python code it runs.
+//!
+//! It opens the store in Rust, registers its own `consensus_db._core` (so the wheel's
+//! extension is never loaded beside it), hands the store to a Python snippet that
+//! writes from four threads, and reads the same `Database` from a Rust thread while
+//! they write. Usage: `embed_host [DB_PATH]`; `CONSENSUS_DB_PYTHONPATH` names where the
+//! package's Python files are (default: this repository's `python/`).
+
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use consensus_db::{embed, Database, Options};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+const SPEC: &str = "SPEC-EMBED";
+const PY_THREADS: usize = 4;
+const PY_WRITES: usize = 50;
+
+const SNIPPET: &str = r#"
+import sys, threading
+import consensus_db
+assert isinstance(store, consensus_db.Store), type(store)
+assert consensus_db._core.Database is type(store).__mro__[1]
+
+def work(t):
+    for i in range(WRITES):
+        store.record_agent_spawn(f"py-{t}-{i}", SPEC, "plan", "regular_stage", "claude")
+        store.store_artifact(SPEC, "plan", "claude", {"thread": t, "i": i})
+
+threads = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
+for th in threads: th.start()
+for th in threads: th.join()
+with store.transaction() as tx:
+    tx.execute("UPDATE agent_executions SET completed_at = '2026-11-28 00:00:00' WHERE agent_id = 'rust-0'")
+seen_by_python = len(store.query_artifacts(SPEC, "plan"))
+print(f"python: {store!r}, SQLite {consensus_db.sqlite_version()}, {seen_by_python} artifacts, "
+      f"package from {consensus_db.__file__}")
+"#;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile_dir();
+    let path = std::env::args().nth(1).unwrap_or_else(|| format!("{dir}/embed_host.db"));
+    let db = Arc::new(Database::open(&path, Options::default())?);
+    db.record_agent_spawn("rust-0", SPEC, "plan", "quality_gate", "gemini", None)?;
+    println!("rust: opened {path}; SQLite {}; consensus-db's SQLite settings: {:?}",
+        rusqlite::version(), consensus_db::sqlite_mutex::setup());
+
+    // A Rust reader on the same Database while Python writes.
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (db, done) = (db.clone(), done.clone());
+        std::thread::spawn(move || -> consensus_db::Result<(usize, usize)> {
+            let (mut reads, mut max_seen) = (0, 0);
+            while !done.load(Ordering::Acquire) {
+                max_seen = max_seen.max(db.query_artifacts(SPEC, "plan")?.len());
+                reads += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok((reads, max_seen))
+        })
+    };
+
+    let handed = Python::attach(|py| -> PyResult<Arc<Database>> {
+        embed::register(py)?; // before anything imports consensus_db
+        let python_dir = std::env::var("CONSENSUS_DB_PYTHONPATH")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../python").to_string());
+        py.import("sys")?.getattr("path")?.call_method1("insert", (0, python_dir))?;
+        let store = embed::store(py, db.clone())?;
+        let globals = PyDict::new(py);
+        globals.set_item("store", &store)?;
+        globals.set_item("SPEC", SPEC)?;
+        globals.set_item("THREADS", PY_THREADS)?;
+        globals.set_item("WRITES", PY_WRITES)?;
+        py.run(&CString::new(SNIPPET)?, Some(&globals), None)?;
+        embed::database(&store)
+    })?;
+    done.store(true, Ordering::Release);
+    let (reads, max_seen) = reader.join().expect("reader thread")?;
+
+    // One engine: the store Python wrote through is this Database.
+    assert!(Arc::ptr_eq(&handed, &db), "Python's store is not the host's Database");
+    let rows = db.query_artifacts(SPEC, "plan")?;
+    assert_eq!(rows.len(), PY_THREADS * PY_WRITES);
+    assert!(db.get_agent_spawn_info(&format!("py-{}-{}", PY_THREADS - 1, PY_WRITES - 1))?.is_some());
+    let lane = db.lane_stats();
+    println!("rust: read {reads} times while Python wrote (saw up to {max_seen} artifacts); now {} artifacts; \
+              write lane: {lane:?}", rows.len());
+
+    // No second copy of the crate: the wheel's extension was never mapped.
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let loaded: Vec<&str> = maps.lines().filter(|l| l.contains("_core.") && l.contains(".so")).collect();
+    assert!(loaded.is_empty(), "an extension module was loaded beside the host: {loaded:?}");
+    let other_sqlite: std::collections::BTreeSet<&str> =
+        maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|p| p.contains("libsqlite3")).collect();
+    println!("rust: no consensus_db extension loaded (the store's SQLite is the host's, compiled in); \
+              other SQLite libraries mapped (Python's stdlib sqlite3): {other_sqlite:?}");
+
+    db.close();
+    std::fs::remove_dir_all(&dir).ok();
+    println!("embed_host: ok");
+    Ok(())
+}
+
+fn tempfile_dir() -> String {
+    let dir = std::env::temp_dir().join(format!("embed_host-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.to_string_lossy().into_owned()
+}
