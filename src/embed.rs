@@ -43,7 +43,7 @@ pub const MODULE: &str = "consensus_db._core";
 /// Whether `module` is this copy of the crate's `_core` (not the wheel's).
 fn is_ours(module: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = module.py();
-    Ok(module.getattr("Database").is_ok_and(|t| t.is(&py.get_type::<PyDatabase>())))
+    Ok(module.getattr("Database").is_ok_and(|t| t.is(py.get_type::<PyDatabase>())))
 }
 
 fn describe(module: &Bound<'_, PyAny>) -> String {

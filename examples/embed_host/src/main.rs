@@ -80,8 +80,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     done.store(true, Ordering::Release);
     let (reads, max_seen) = reader.join().expect("reader thread")?;
 
-    // One engine: the store Python wrote through is this Database.
+    // One engine: the store Python wrote through is this Database, and Python letting go
+    // of its object did not close it (the host owns it).
     assert!(Arc::ptr_eq(&handed, &db), "Python's store is not the host's Database");
+    drop(handed);
+    assert!(!db.is_closed(), "dropping the Python store closed the host's Database");
     let rows = db.query_artifacts(SPEC, "plan")?;
     assert_eq!(rows.len(), PY_THREADS * PY_WRITES);
     assert!(db.get_agent_spawn_info(&format!("py-{}-{}", PY_THREADS - 1, PY_WRITES - 1))?.is_some());
