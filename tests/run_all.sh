@@ -47,6 +47,7 @@ echo "== Embedding: examples/embed_host (the package's Python files from the ins
 site=$(.venv-wheel/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 CONSENSUS_DB_PYTHONPATH=$site cargo run --locked --quiet --manifest-path examples/embed_host/Cargo.toml \
     --target-dir target/embed_host
+CONSENSUS_DB_PYTHONPATH=$site target/embed_host/debug/embed_host --wheel-first
 
 echo "== Python: pytest (against the installed wheel)"
 .venv-wheel/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -5,6 +5,7 @@
 //! writes from four threads, and reads the same `Database` from a Rust thread while
 //! they write. Usage: `embed_host [DB_PATH]`; `CONSENSUS_DB_PYTHONPATH` names where the
 //! package's Python files are (default: this repository's `python/`).
+//! `embed_host --wheel-first` shows the refusal when the wheel's extension got in first.
 
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,7 +41,34 @@ print(f"python: {store!r}, SQLite {consensus_db.sqlite_version()}, {seen_by_pyth
       f"package from {consensus_db.__file__}")
 "#;
 
+fn python_dir() -> String {
+    std::env::var("CONSENSUS_DB_PYTHONPATH")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../python").to_string())
+}
+
+/// `embed_host --wheel-first`: what a host that lets Python import the wheel's extension
+/// before registering its own gets — an ImportError, not two copies of the crate in use.
+fn wheel_first() -> Result<(), Box<dyn std::error::Error>> {
+    let message = Python::attach(|py| -> PyResult<String> {
+        py.import("sys")?.getattr("path")?.call_method1("insert", (0, python_dir()))?;
+        let core = py.import("consensus_db._core")?;
+        println!("python: imported the wheel's extension first: {}", core.getattr("__file__")?);
+        match embed::register(py) {
+            Ok(()) => Ok(String::new()),
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyImportError>(py) => Ok(e.to_string()),
+            Err(e) => Err(e),
+        }
+    })?;
+    assert!(message.contains("already imported from"), "register() accepted a foreign _core: {message:?}");
+    println!("rust: register() refused it: {message}");
+    println!("embed_host --wheel-first: ok");
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().nth(1).as_deref() == Some("--wheel-first") {
+        return wheel_first();
+    }
     let dir = tempfile_dir();
     let path = std::env::args().nth(1).unwrap_or_else(|| format!("{dir}/embed_host.db"));
     let db = Arc::new(Database::open(&path, Options::default())?);
@@ -65,9 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let handed = Python::attach(|py| -> PyResult<Arc<Database>> {
         embed::register(py)?; // before anything imports consensus_db
-        let python_dir = std::env::var("CONSENSUS_DB_PYTHONPATH")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../python").to_string());
-        py.import("sys")?.getattr("path")?.call_method1("insert", (0, python_dir))?;
+        py.import("sys")?.getattr("path")?.call_method1("insert", (0, python_dir()))?;
         let store = embed::store(py, db.clone())?;
         let globals = PyDict::new(py);
         globals.set_item("store", &store)?;
