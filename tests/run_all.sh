@@ -5,7 +5,8 @@
 #      sdist into dist/, checked with auditwheel — the one release build of a run;
 #   2. a fresh venv, .venv-wheel, with that wheel installed (python/ is not on sys.path);
 #   3. Rust: the engine's tests (no Python), over the bundled SQLite and the system one;
-#   4. the example host (examples/embed_host): Rust and Python sharing one Database;
+#   4. the example host (examples/embed_host): Rust and Python sharing one Database,
+#      over the bundled SQLite and the system one;
 #   5. pytest against the installed wheel.
 # CONSENSUS_DB_WHEEL=path.whl skips step 1 and tests that wheel instead.
 set -euo pipefail
@@ -45,9 +46,12 @@ bash scripts/check_sqlite_crates.sh
 
 echo "== Embedding: examples/embed_host (the package's Python files from the installed wheel)"
 site=$(.venv-wheel/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-CONSENSUS_DB_PYTHONPATH=$site cargo run --locked --quiet --manifest-path examples/embed_host/Cargo.toml \
-    --target-dir target/embed_host
-CONSENSUS_DB_PYTHONPATH=$site target/embed_host/debug/embed_host --wheel-first
+host=(cargo run --locked --quiet --manifest-path examples/embed_host/Cargo.toml --target-dir target/embed_host)
+CONSENSUS_DB_PYTHONPATH=$site "${host[@]}"
+CONSENSUS_DB_PYTHONPATH=$site "${host[@]}" -- --wheel-first
+echo "== Embedding: examples/embed_host over the system SQLite (Python's sqlite3 first: reported)"
+CONSENSUS_DB_PYTHONPATH=$site "${host[@]}" --no-default-features --features system-sqlite
+CONSENSUS_DB_PYTHONPATH=$site "${host[@]}" --no-default-features --features system-sqlite -- --python-sqlite-first
 
 echo "== Python: pytest (against the installed wheel)"
 .venv-wheel/bin/python -m pytest -q -p no:cacheprovider "$@"

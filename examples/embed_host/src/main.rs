@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use consensus_db::{embed, Database, Options};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{IntoPyDict, PyDict};
 
 const SPEC: &str = "SPEC-EMBED";
 const PY_THREADS: usize = 4;
@@ -65,9 +65,43 @@ fn wheel_first() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// `embed_host --python-sqlite-first` (built with `system-sqlite`): Python's `sqlite3`
+/// initialises the shared system SQLite before consensus-db loads; loading the module
+/// (`register`) then warns (RuntimeWarning) that SQLite kept its own mutexes.
+fn python_sqlite_first() -> Result<(), Box<dyn std::error::Error>> {
+    let warned = Python::attach(|py| -> PyResult<Vec<String>> {
+        py.import("sys")?.getattr("path")?.call_method1("insert", (0, python_dir()))?;
+        let sqlite3 = py.import("sqlite3")?;
+        sqlite3.call_method1("connect", (":memory:",))?.call_method1("execute", ("SELECT 1",))?;
+        let warnings = py.import("warnings")?;
+        let catcher = warnings.call_method("catch_warnings", (), Some(&[("record", true)].into_py_dict(py)?))?;
+        let caught = catcher.call_method0("__enter__")?;
+        warnings.call_method1("simplefilter", ("always",))?;
+        embed::register(py)?; // the module is made (and its SQLite settings tried) here
+        py.import("consensus_db")?;
+        catcher.call_method1("__exit__", (py.None(), py.None(), py.None()))?;
+        let mut out = Vec::new();
+        for w in caught.try_iter()? {
+            let w = w?;
+            out.push(format!("{}: {}", w.getattr("category")?.getattr("__name__")?, w.getattr("message")?));
+        }
+        Ok(out)
+    })?;
+    println!("python: warnings on loading consensus_db: {warned:?}");
+    assert!(
+        warned.iter().any(|w| w.starts_with("RuntimeWarning") && w.contains("initialised by another user")),
+        "no RuntimeWarning about SQLite's mutexes"
+    );
+    assert_eq!(consensus_db::sqlite_mutex::setup(), consensus_db::sqlite_mutex::Setup::AlreadyInitialised);
+    println!("embed_host --python-sqlite-first: ok");
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    if std::env::args().nth(1).as_deref() == Some("--wheel-first") {
-        return wheel_first();
+    match std::env::args().nth(1).as_deref() {
+        Some("--wheel-first") => return wheel_first(),
+        Some("--python-sqlite-first") => return python_sqlite_first(),
+        _ => {}
     }
     let dir = tempfile_dir();
     let path = std::env::args().nth(1).unwrap_or_else(|| format!("{dir}/embed_host.db"));
@@ -122,10 +156,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let maps = std::fs::read_to_string("/proc/self/maps")?;
     let loaded: Vec<&str> = maps.lines().filter(|l| l.contains("_core.") && l.contains(".so")).collect();
     assert!(loaded.is_empty(), "an extension module was loaded beside the host: {loaded:?}");
-    let other_sqlite: std::collections::BTreeSet<&str> =
+    let libsqlite3: std::collections::BTreeSet<&str> =
         maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|p| p.contains("libsqlite3")).collect();
-    println!("rust: no consensus_db extension loaded (the store's SQLite is the host's, compiled in); \
-              other SQLite libraries mapped (Python's stdlib sqlite3): {other_sqlite:?}");
+    println!("rust: no consensus_db extension loaded (the store's SQLite is the host's); libsqlite3 mapped: \
+              {libsqlite3:?} (Python's stdlib sqlite3's; with system-sqlite the store's too)");
 
     db.close();
     std::fs::remove_dir_all(&dir).ok();
