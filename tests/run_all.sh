@@ -34,6 +34,8 @@ PY
 
 echo "== Rust: cargo test (the engine without Python, bundled SQLite)"
 cargo test --locked
+echo "== Rust: the embedding API's documentation examples compile (feature python)"
+cargo test --locked --doc --features python
 
 echo "== Rust: cargo test --no-default-features --features system-sqlite (the system libsqlite3)"
 if ! pkg-config --exists sqlite3 2>/dev/null; then   # Debian's libsqlite3-dev, only if absent

@@ -48,12 +48,18 @@ thread_local! {
     static HANDOVER: std::cell::RefCell<Option<Arc<Database>>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Runs `f` (which calls `Database.__new__` on this thread) with `db` waiting to be adopted.
+/// Runs `f` (which calls `Database.__new__` on this thread) with `db` waiting to be
+/// adopted; whatever happens in `f`, a panic included, nothing is left waiting after it.
 pub(crate) fn with_handover<R>(db: Arc<Database>, f: impl FnOnce() -> R) -> R {
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            HANDOVER.with(|h| h.borrow_mut().take());
+        }
+    }
     HANDOVER.with(|h| *h.borrow_mut() = Some(db));
-    let r = f();
-    HANDOVER.with(|h| h.borrow_mut().take());
-    r
+    let _clear = Clear;
+    f()
 }
 
 impl Drop for PyDatabase {
