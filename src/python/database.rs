@@ -26,19 +26,50 @@ use crate::{Database, Options, Pragmas};
 
 #[pyclass(frozen, subclass, module = "consensus_db", name = "Database")]
 pub struct PyDatabase {
-    inner: Database,
+    inner: Arc<Database>,
+    /// Handed over by a Rust host (`consensus_db::embed`): the host owns the store's
+    /// life, so dropping the Python object does not close it (`close()` still does).
+    handed: bool,
 }
 
 impl PyDatabase {
     pub fn core(&self) -> crate::Result<&Database> {
         Ok(&self.inner)
     }
+
+    /// The shared engine behind this object.
+    pub(crate) fn shared(&self) -> &Arc<Database> {
+        &self.inner
+    }
+}
+
+thread_local! {
+    /// A host's `Database` on its way into `Database.__new__` (see `crate::embed`): the
+    /// only way to build the Python object around an existing engine, out of Python's reach.
+    static HANDOVER: std::cell::RefCell<Option<Arc<Database>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (which calls `Database.__new__` on this thread) with `db` waiting to be
+/// adopted; whatever happens in `f`, a panic included, nothing is left waiting after it.
+pub(crate) fn with_handover<R>(db: Arc<Database>, f: impl FnOnce() -> R) -> R {
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            HANDOVER.with(|h| h.borrow_mut().take());
+        }
+    }
+    HANDOVER.with(|h| *h.borrow_mut() = Some(db));
+    let _clear = Clear;
+    f()
 }
 
 impl Drop for PyDatabase {
     /// A store dropped without `close()` closes here, with the GIL released: closing
     /// waits for the maintenance thread, which may be waiting for the GIL to run its hook.
     fn drop(&mut self) {
+        if self.handed {
+            return;
+        }
         let inner = &self.inner;
         Python::try_attach(|py| py.detach(|| inner.close()));
     }
@@ -346,6 +377,9 @@ impl PyDatabase {
         retry: Keep<'_>,
         replicated: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        if let Some(inner) = HANDOVER.with(|h| h.borrow_mut().take()) {
+            return Ok(PyDatabase { inner, handed: true });
+        }
         let defaults = Options::default();
         let retry = match retry {
             Keep::Default => defaults.retry.clone(),
@@ -383,7 +417,7 @@ impl PyDatabase {
             replicated,
         };
         let inner = run(py, move || Database::open(&path, options))?;
-        Ok(PyDatabase { inner })
+        Ok(PyDatabase { inner: Arc::new(inner), handed: false })
     }
 
     /// Retries the engine made for this store (busy databases, pool timeouts), opening included.
