@@ -1,4 +1,4 @@
-//! The engine's own cost, without Python: `cargo bench --no-default-features --bench engine`.
+//! The engine's own cost, without Python: `cargo bench --bench engine`.
 //! Prints ns/op (median of rounds) and writes `benches/results/engine.json`, which the
 //! Python harness shows beside the Python-visible cost of the same operations.
 

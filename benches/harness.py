@@ -284,7 +284,7 @@ def print_table(report: dict) -> None:
         print(f"  (slower than legacy: {', '.join(report['slower_than_legacy'])} — a bare sqlite3.connect has no pool,"
               " pragmas or verification to set up)")
     if "engine_ns_per_op" in report:
-        print("\nengine alone (cargo bench --no-default-features --bench engine), ns/op:")
+        print("\nengine alone (cargo bench --bench engine), ns/op:")
         for name, v in report["engine_ns_per_op"].items():
             print(f"  {name:32} {v['ns_per_op']:10,.0f}")
     m = report["machine"]

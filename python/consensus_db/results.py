@@ -18,6 +18,7 @@ __all__ = [
     "Behavior",
     "Source",
     "AutoVacuum",
+    "CheckpointMode",
     "SpawnInfo",
     "Rows",
     "Stats",
@@ -41,6 +42,8 @@ Behavior = Literal["deferred", "immediate", "exclusive"]
 Source = Literal["v1", "legacy"]
 #: SQLite's ``auto_vacuum`` modes: 0 none, 1 full, 2 incremental.
 AutoVacuum = Literal[0, 1, 2]
+#: ``checkpoint(mode)``: SQLite's ``wal_checkpoint`` modes (case-insensitive at runtime).
+CheckpointMode = Literal["passive", "full", "restart", "truncate"]
 
 _AUTO_VACUUM_NAMES = {0: "none", 1: "full", 2: "incremental"}
 
@@ -146,8 +149,9 @@ class VacuumReport(TypedDict):
 
 
 class CheckpointReport(TypedDict):
-    """``checkpoint()``: ``PRAGMA wal_checkpoint(TRUNCATE)``'s three numbers."""
+    """``checkpoint()``: the mode run and ``PRAGMA wal_checkpoint``'s three numbers."""
 
+    mode: str
     busy: int
     log_frames: int
     checkpointed_frames: int

@@ -193,6 +193,7 @@ def connect(
     create: bool = _DEFAULTS["create"],
     convert_auto_vacuum: bool = _DEFAULTS["convert_auto_vacuum"],
     uri: bool = _DEFAULTS["uri"],
+    replicated: bool = _DEFAULTS["replicated"],
 ) -> Store:
     """Opens (creating if needed) the store at ``path``; ``":memory:"`` is one in-memory
     database shared by the whole pool.
@@ -212,6 +213,11 @@ def connect(
     - ``path`` is opened exactly as given (``bytes`` byte for byte; a ``str`` as
       ``os.fsencode`` encodes it), even a name starting with ``file:``. With
       ``uri=True`` it is an SQLite URI instead (``"file:data.db?mode=ro"``).
+    - ``replicated``: a replica (Litestream, :mod:`consensus_db.replication`) streams
+      the file's WAL: checkpoints (``checkpoint()``, ``vacuum()``, the maintenance
+      thread) are PASSIVE only and ``busy_timeout`` must be 5000 ms or more. A file
+      Litestream has replicated (its ``_litestream_seq`` table) is treated the same way
+      without the flag; ``db.replicated`` tells which applies.
     """
     return Store(
         path,
@@ -225,4 +231,5 @@ def connect(
         pragmas=pragmas,
         convert_auto_vacuum=convert_auto_vacuum,
         uri=uri,
+        replicated=replicated,
     )

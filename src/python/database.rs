@@ -20,24 +20,56 @@ use crate::maintenance::{CycleReport, MaintenanceOptions, Stats, DEFAULT_VACUUM_
 use crate::migrations;
 use crate::model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synthesis};
 use crate::transaction::Behavior;
+use crate::sqlite::replica::CheckpointMode;
 use crate::sqlite::retry::{Clock, RetryEvent, RetryPolicy};
 use crate::{Database, Options, Pragmas};
 
 #[pyclass(frozen, subclass, module = "consensus_db", name = "Database")]
 pub struct PyDatabase {
-    inner: Database,
+    inner: Arc<Database>,
+    /// Handed over by a Rust host (`consensus_db::embed`): the host owns the store's
+    /// life, so dropping the Python object does not close it (`close()` still does).
+    handed: bool,
 }
 
 impl PyDatabase {
     pub fn core(&self) -> crate::Result<&Database> {
         Ok(&self.inner)
     }
+
+    /// The shared engine behind this object.
+    pub(crate) fn shared(&self) -> &Arc<Database> {
+        &self.inner
+    }
+}
+
+thread_local! {
+    /// A host's `Database` on its way into `Database.__new__` (see `crate::embed`): the
+    /// only way to build the Python object around an existing engine, out of Python's reach.
+    static HANDOVER: std::cell::RefCell<Option<Arc<Database>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (which calls `Database.__new__` on this thread) with `db` waiting to be
+/// adopted; whatever happens in `f`, a panic included, nothing is left waiting after it.
+pub(crate) fn with_handover<R>(db: Arc<Database>, f: impl FnOnce() -> R) -> R {
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            HANDOVER.with(|h| h.borrow_mut().take());
+        }
+    }
+    HANDOVER.with(|h| *h.borrow_mut() = Some(db));
+    let _clear = Clear;
+    f()
 }
 
 impl Drop for PyDatabase {
     /// A store dropped without `close()` closes here, with the GIL released: closing
     /// waits for the maintenance thread, which may be waiting for the GIL to run its hook.
     fn drop(&mut self) {
+        if self.handed {
+            return;
+        }
         let inner = &self.inner;
         Python::try_attach(|py| py.detach(|| inner.close()));
     }
@@ -111,6 +143,7 @@ fn cycle_dict<'py>(py: Python<'py>, r: &CycleReport) -> PyResult<Bound<'py, PyDi
     d.set_item("executions_deleted", r.executions_deleted)?;
     d.set_item("pages_freed", r.pages_freed)?;
     d.set_item("checkpointed", r.checkpointed)?;
+    d.set_item("checkpoint_mode", r.checkpoint_mode.map(CheckpointMode::name))?;
     d.set_item("error", &r.error)?;
     Ok(d)
 }
@@ -326,8 +359,9 @@ impl PyDatabase {
     #[new]
     /// Every argument but `path` may be None for its default (`_core.DEFAULTS`).
     #[pyo3(signature = (path, *, pool_size=None, min_idle=None, checkout_timeout=None, read_only=None, create=None,
-                        migrate=None, pragmas=None, convert_auto_vacuum=None, uri=None, retry=Keep::Default),
-           text_signature = "(path, *, pool_size=10, min_idle=1, checkout_timeout=10.0, read_only=False, create=True, migrate=True, pragmas=None, convert_auto_vacuum=True, uri=False, retry=...)")]
+                        migrate=None, pragmas=None, convert_auto_vacuum=None, uri=None, retry=Keep::Default,
+                        replicated=None),
+           text_signature = "(path, *, pool_size=10, min_idle=1, checkout_timeout=10.0, read_only=False, create=True, migrate=True, pragmas=None, convert_auto_vacuum=True, uri=False, retry=..., replicated=False)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -342,7 +376,11 @@ impl PyDatabase {
         convert_auto_vacuum: Option<&Bound<'_, PyAny>>,
         uri: Option<&Bound<'_, PyAny>>,
         retry: Keep<'_>,
+        replicated: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        if let Some(inner) = HANDOVER.with(|h| h.borrow_mut().take()) {
+            return Ok(PyDatabase { inner, handed: true });
+        }
         let defaults = Options::default();
         let retry = match retry {
             Keep::Default => defaults.retry.clone(),
@@ -360,6 +398,7 @@ impl PyDatabase {
         let convert_auto_vacuum = opt_flag(convert_auto_vacuum, "convert_auto_vacuum", defaults.convert_auto_vacuum)?;
         let path = path_arg(path)?;
         let uri = opt_flag(uri, "uri", defaults.uri)?;
+        let replicated = opt_flag(replicated, "replicated", defaults.replicated)?;
         let migrate_to = match migrate {
             None => Some(migrations::DEFAULT_VERSION),
             Some(m) if m.is_instance_of::<pyo3::types::PyBool>() => m.is_truthy()?.then_some(migrations::DEFAULT_VERSION),
@@ -376,9 +415,10 @@ impl PyDatabase {
             migrate_to: if read_only { None } else { migrate_to },
             uri,
             retry,
+            replicated,
         };
         let inner = run(py, move || Database::open(&path, options))?;
-        Ok(PyDatabase { inner })
+        Ok(PyDatabase { inner: Arc::new(inner), handed: false })
     }
 
     /// Retries the engine made for this store (busy databases, pool timeouts), opening included.
@@ -883,14 +923,28 @@ impl PyDatabase {
         Ok(d)
     }
 
-    /// `wal_checkpoint(TRUNCATE)`.
-    fn checkpoint<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (busy, log, done) = run(py, || self.inner.checkpoint())?;
+    /// `wal_checkpoint(MODE)`: `mode` is "passive", "full", "restart" or "truncate";
+    /// None runs TRUNCATE, or PASSIVE on a replicated store (which refuses the others).
+    #[pyo3(signature = (mode=None))]
+    fn checkpoint<'py>(&self, py: Python<'py>, mode: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyDict>> {
+        let mode = match opt_text(mode, "mode")? {
+            Some(text) => Some(CheckpointMode::parse(&text)?),
+            None => None,
+        };
+        let done = run(py, || self.inner.checkpoint(mode))?;
         let d = PyDict::new(py);
-        d.set_item("busy", busy)?;
-        d.set_item("log_frames", log)?;
-        d.set_item("checkpointed_frames", done)?;
+        d.set_item("mode", done.mode.name())?;
+        d.set_item("busy", done.busy)?;
+        d.set_item("log_frames", done.log_frames)?;
+        d.set_item("checkpointed_frames", done.checkpointed_frames)?;
         Ok(d)
+    }
+
+    /// Whether a replica (Litestream) is attached: opened with `replicated=True`, or
+    /// Litestream's tables are in the file. Checkpoints are PASSIVE only then.
+    #[getter]
+    fn replicated(&self, py: Python<'_>) -> PyResult<bool> {
+        run(py, || self.inner.is_replicated())
     }
 
     /// An online backup into the new file `dest` (refused if anything exists there);
@@ -993,6 +1047,7 @@ pub(crate) fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("create", o.create)?;
     d.set_item("convert_auto_vacuum", o.convert_auto_vacuum)?;
     d.set_item("uri", o.uri)?;
+    d.set_item("replicated", o.replicated)?;
     d.set_item("vacuum_threshold", DEFAULT_VACUUM_THRESHOLD)?;
     d.set_item("maintenance_interval_s", m.interval.as_secs_f64())?;
     d.set_item("retention_days", m.retention_days)?;

@@ -6,7 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use pyo3::prelude::*;
 
 mod convert;
-mod database;
+pub(crate) mod database;
 mod errors;
 mod models;
 mod transaction;
@@ -46,9 +46,21 @@ fn migrations() -> Vec<(i64, &'static str)> {
     crate::migrations::list()
 }
 
+/// The module: loaded from the wheel's extension, or registered by a Rust host with
+/// `consensus_db::embed::register` (then the host's copy of the crate is the only one).
 #[pymodule]
-fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+pub(crate) fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let _ = crate::sqlite::writer::COMPLETION_SCOPE.set(database::completion_scope);
+    // SQLite's process-wide settings as the module loads, before any connection of
+    // this library: the earliest point at which another user of a shared (system)
+    // SQLite can have got there first — said as a RuntimeWarning.
+    if crate::sqlite::mutex::configure_sqlite() == crate::sqlite_mutex::Setup::AlreadyInitialised
+        && cfg!(feature = "system-sqlite")
+    {
+        let py = m.py();
+        let message = std::ffi::CString::new(crate::sqlite_mutex::ALREADY_INITIALISED).unwrap_or_default();
+        PyErr::warn(py, &py.get_type::<pyo3::exceptions::PyRuntimeWarning>(), &message, 1)?;
+    }
     m.add_class::<database::PyDatabase>()?;
     m.add_class::<transaction::PyTransaction>()?;
     m.add_class::<transaction::PySavepoint>()?;

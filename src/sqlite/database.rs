@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::sqlite::fork;
 use crate::sqlite::migrations::{self, Version};
 use crate::sqlite::pragmas::{self, Pragmas};
+use crate::sqlite::replica;
 use crate::sqlite::schema;
 use crate::sqlite::retry::{Retrier, RetryPolicy};
 use crate::sqlite::writer::{LaneStats, WriteLane};
@@ -45,6 +46,10 @@ pub struct Options {
     /// Busy databases and pool timeouts are retried with this policy on every write,
     /// `begin` and opening (`retry.rs`); `None` turns retrying off.
     pub retry: Option<RetryPolicy>,
+    /// A replica (Litestream) streams this file's WAL off the host: checkpoints are
+    /// PASSIVE only and `busy_timeout` must be at least 5 s (`replica.rs`). A file
+    /// Litestream has replicated is recognised by its tables without this flag.
+    pub replicated: bool,
 }
 
 impl Default for Options {
@@ -60,6 +65,7 @@ impl Default for Options {
             migrate_to: Some(migrations::DEFAULT_VERSION),
             uri: false,
             retry: Some(RetryPolicy::default()),
+            replicated: false,
         }
     }
 }
@@ -150,6 +156,13 @@ impl Engine {
             ));
         }
         let in_memory = path.as_os_str() == ":memory:";
+        if options.replicated {
+            if in_memory {
+                return Err(Error::invalid("replicated", "an in-memory database has no file to replicate"));
+            }
+            // Refused before the file is opened (or created).
+            replica::check_busy_timeout(options.pragmas.get("busy_timeout"), "it was opened with replicated=True")?;
+        }
         let (target, flags, file) = if in_memory {
             if options.read_only {
                 return Err(Error::invalid("read_only", "an in-memory database cannot be opened read-only"));
@@ -281,6 +294,16 @@ impl Engine {
             return LaneStats::default();
         }
         self.lane.stats()
+    }
+
+    /// Whether a replica is attached: opened with `Options::replicated`, or Litestream's
+    /// tables are in the file (read now, so a replica started after opening counts).
+    pub fn is_replicated(&self) -> Result<bool> {
+        self.replicated_on(&*self.conn()?)
+    }
+
+    pub(crate) fn replicated_on(&self, conn: &Connection) -> Result<bool> {
+        Ok(self.options.replicated || (!self.in_memory && replica::litestream_detected(conn)?))
     }
 
     /// Holds the write lane alone until the guard drops (checks the process first:
@@ -507,6 +530,9 @@ fn prepare_file(conn: &Connection, options: &Options, in_memory: bool) -> Result
     }
     // Opening is lazy: read the header now so a non-database is refused here.
     conn.query_row("PRAGMA schema_version", [], |_| Ok(()))?;
+    if !in_memory {
+        check_replica_settings(conn, options)?;
+    }
     let found = migrations::user_version(conn)?;
     let shape = schema::shape(conn)?;
     report.shape = shape.describe(found);
@@ -544,6 +570,19 @@ fn prepare_file(conn: &Connection, options: &Options, in_memory: bool) -> Result
         report.layout_updated = shape.is_stale();
     }
     Ok(report)
+}
+
+/// A file Litestream has replicated (its tables are in it) needs a `busy_timeout` of at
+/// least 5 s: refused at opening otherwise, naming the value. (`Options::replicated`
+/// is checked before the file is opened.)
+fn check_replica_settings(conn: &Connection, options: &Options) -> Result<()> {
+    if options.replicated || !replica::litestream_detected(conn)? {
+        return Ok(());
+    }
+    replica::check_busy_timeout(
+        options.pragmas.get("busy_timeout"),
+        "Litestream's tables _litestream_seq/_litestream_lock are in the file",
+    )
 }
 
 /// `journal_mode` does not wait on the busy handler: when another process is switching

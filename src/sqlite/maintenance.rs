@@ -12,6 +12,7 @@ use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
 
 use crate::sqlite::database::{Engine, Pool};
+use crate::sqlite::replica::{self, Checkpoint, CheckpointMode};
 use crate::sqlite::writer::WriteLane;
 use crate::error::{Error, Result};
 
@@ -113,11 +114,6 @@ pub(crate) fn incremental_vacuum(conn: &Connection, pages: Option<u32>) -> Resul
     Ok(before - pragma_i64(conn, "freelist_count")?)
 }
 
-/// `wal_checkpoint(TRUNCATE)`: (busy, log frames, checkpointed frames).
-pub(crate) fn checkpoint(conn: &Connection) -> Result<(i64, i64, i64)> {
-    Ok(conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?)
-}
-
 pub(crate) fn cleanup_executions(conn: &Connection, days: i64) -> Result<usize> {
     if days < 0 {
         return Err(Error::invalid("days", format!("must be zero or more, got {days}")));
@@ -208,16 +204,20 @@ impl Engine {
             result?;
         }
         if !self.in_memory {
-            checkpoint(&conn)?;
+            replica::checkpoint(&conn, CheckpointMode::default_for(self.replicated_on(&conn)?))?;
         }
         let after = stats(&conn, self.file(), self.in_memory)?;
         Ok(VacuumReport { full: !incremental, before, after })
     }
 
-    /// Checkpoints the WAL into the database and truncates it.
-    pub fn checkpoint(&self) -> Result<(i64, i64, i64)> {
+    /// Checkpoints the WAL into the database: in `mode`, or by default TRUNCATE (the
+    /// WAL file is emptied) on a store of its own and PASSIVE on a replicated one, where
+    /// any other mode is refused (`replica.rs`).
+    pub fn checkpoint(&self, mode: Option<CheckpointMode>) -> Result<Checkpoint> {
         let _lane = self.hold_lane()?;
-        checkpoint(&*self.conn()?)
+        let conn = self.conn()?;
+        let mode = CheckpointMode::resolve(mode, self.replicated_on(&conn)?)?;
+        replica::checkpoint(&conn, mode)
     }
 
     /// `PRAGMA integrity_check` (or `quick_check`): `["ok"]` when healthy.
@@ -237,6 +237,8 @@ pub struct CycleReport {
     pub executions_deleted: usize,
     pub pages_freed: i64,
     pub checkpointed: bool,
+    /// The checkpoint's mode: TRUNCATE, or PASSIVE while a replica is attached.
+    pub checkpoint_mode: Option<CheckpointMode>,
     /// A failed cycle is reported and retried at the next interval.
     pub error: Option<String>,
 }
@@ -274,7 +276,15 @@ pub(crate) struct Maintenance {
 }
 
 impl Maintenance {
-    pub(crate) fn start(pool: Pool, lane: Arc<WriteLane>, options: MaintenanceOptions, in_memory: bool) -> Result<Maintenance> {
+    /// `replicated`: the store was opened with `Options::replicated` (Litestream's
+    /// tables are looked for at every cycle as well).
+    pub(crate) fn start(
+        pool: Pool,
+        lane: Arc<WriteLane>,
+        options: MaintenanceOptions,
+        in_memory: bool,
+        replicated: bool,
+    ) -> Result<Maintenance> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let cycles = Arc::new(AtomicU64::new(0));
         let (stop_flag, counter) = (stop.clone(), cycles.clone());
@@ -294,7 +304,7 @@ impl Maintenance {
                 let n = counter.load(Ordering::Acquire) + 1;
                 let mut report = CycleReport { cycle: n, ..Default::default() };
                 let stopping = || *stop_flag.0.lock();
-                match run_cycle(&pool, &lane, &options, in_memory, &stopping, &mut report) {
+                match run_cycle(&pool, &lane, &options, in_memory, replicated, &stopping, &mut report) {
                     Ok(()) => {}
                     Err(Error::Closed) if stopping() => return, // stopped while waiting for the lane
                     Err(e) => report.error = Some(e.to_string()),
@@ -328,6 +338,7 @@ fn run_cycle(
     lane: &Arc<WriteLane>,
     options: &MaintenanceOptions,
     in_memory: bool,
+    replicated: bool,
     stopping: &dyn Fn() -> bool,
     report: &mut CycleReport,
 ) -> Result<()> {
@@ -348,8 +359,10 @@ fn run_cycle(
         report.pages_freed = incremental_vacuum(&conn, options.vacuum_pages)?;
     }
     if options.checkpoint && !in_memory {
-        checkpoint(&conn)?;
+        let replicated = replicated || replica::litestream_detected(&conn)?;
+        let done = replica::checkpoint(&conn, CheckpointMode::default_for(replicated))?;
         report.checkpointed = true;
+        report.checkpoint_mode = Some(done.mode);
     }
     Ok(())
 }

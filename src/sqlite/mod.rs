@@ -1,6 +1,7 @@
 //! The SQLite wing: everything that knows it runs on SQLite — opening a file (the
 //! persistent settings and migrations on a bootstrap connection, then the pool), the
 //! pragmas, the schema and its migrations, transactions, maintenance, online backup,
+//! cooperating with a replica (Litestream),
 //! SQLite's process-wide settings (spinning mutexes) and fork detection.
 
 mod access;
@@ -13,6 +14,7 @@ pub mod migrations;
 pub mod mutex;
 pub mod pool;
 pub mod pragmas;
+pub mod replica;
 pub mod retry;
 pub mod schema;
 pub mod transaction;

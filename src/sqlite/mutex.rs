@@ -41,26 +41,69 @@ static METHODS: ffi::sqlite3_mutex_methods = ffi::sqlite3_mutex_methods {
 
 /// Installs these mutexes. SQLite accepts them only before it is initialised, so this
 /// runs before the first connection opens; if something else in the process opened one
-/// first, SQLite keeps its own (see [`installed`]).
-pub(crate) fn install() {
+/// first, SQLite keeps its own (see [`installed`]). Returns SQLite's answer.
+pub(crate) fn install() -> c_int {
     // SAFETY: SQLITE_CONFIG_MUTEX takes a pointer to a methods struct, which SQLite
     // copies; after initialisation it changes nothing and answers SQLITE_MISUSE.
-    unsafe { ffi::sqlite3_config(ffi::SQLITE_CONFIG_MUTEX, &METHODS as *const ffi::sqlite3_mutex_methods) };
+    unsafe { ffi::sqlite3_config(ffi::SQLITE_CONFIG_MUTEX, &METHODS as *const ffi::sqlite3_mutex_methods) }
 }
+
+/// What became of this library's process-wide SQLite settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    /// SQLite runs on this library's mutexes (and without memory statistics).
+    Installed,
+    /// Something else in the process initialised SQLite before this library's first
+    /// connection: SQLite keeps its own mutexes. Correct, but parallel reads are slower.
+    /// It happens only with the `system-sqlite` feature (the SQLite library is shared
+    /// with every other user of it in the process: Python's `sqlite3`, another crate)
+    /// or when a bundled copy is opened by another rusqlite user first.
+    AlreadyInitialised,
+}
+
+/// What to do about [`Setup::AlreadyInitialised`], for warnings and errors.
+pub const ALREADY_INITIALISED: &str = "consensus-db: SQLite was initialised by another user of the same SQLite \
+library in this process before consensus-db's first connection, so SQLite keeps its default mutexes \
+(correct, but parallel reads are slower). Open a consensus_db Database (or import consensus_db) before \
+anything else opens an SQLite connection, or have the other user share consensus-db's Database \
+(README: Embedding) instead of opening the file itself.";
+
+static SETUP: std::sync::OnceLock<Setup> = std::sync::OnceLock::new();
 
 /// Process-wide SQLite settings, applied before the first connection opens: memory
 /// statistics off (otherwise every SQLite allocation takes a global mutex) and
-/// mutexes that spin before sleeping (see this module).
-pub(crate) fn configure_sqlite() {
-    static CONFIGURE: std::sync::Once = std::sync::Once::new();
-    CONFIGURE.call_once(|| {
+/// mutexes that spin before sleeping (see this module). With `system-sqlite`, a
+/// refusal (SQLite already initialised by someone else) is reported once on stderr;
+/// [`setup`] returns it to a host that wants to handle it itself.
+pub(crate) fn configure_sqlite() -> Setup {
+    *SETUP.get_or_init(|| {
         // SAFETY: runs once, before this library opens any connection; SQLite answers
-        // SQLITE_MISUSE (ignored) if something else initialised it already.
+        // SQLITE_MISUSE if something else initialised it already.
         unsafe {
             rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int);
         }
-        install();
-    });
+        let setup = if install() == ffi::SQLITE_OK { Setup::Installed } else { Setup::AlreadyInitialised };
+        #[cfg(feature = "system-sqlite")]
+        if setup == Setup::AlreadyInitialised {
+            eprintln!("warning: {ALREADY_INITIALISED}");
+        }
+        setup
+    })
+}
+
+/// Applies this library's SQLite settings now if no connection has yet (a host may
+/// call it first thing) and says whether they took.
+pub fn setup() -> Setup {
+    configure_sqlite()
+}
+
+/// [`setup`] as a `Result`: `Err(Error::Sqlite(..))` naming what to do when SQLite was
+/// initialised by someone else first (a host that wants to refuse to run that way).
+pub fn require() -> crate::Result<()> {
+    match setup() {
+        Setup::Installed => Ok(()),
+        Setup::AlreadyInitialised => Err(crate::Error::Sqlite(ALREADY_INITIALISED.into())),
+    }
 }
 
 /// Whether SQLite runs on these mutexes (false if something else in the process

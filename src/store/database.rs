@@ -122,7 +122,7 @@ impl Database {
         if let Some(old) = slot.take() {
             old.stop();
         }
-        *slot = Some(Maintenance::start(pool, self.lane.clone(), options, self.in_memory)?);
+        *slot = Some(Maintenance::start(pool, self.lane.clone(), options, self.in_memory, self.options.replicated)?);
         Ok(())
     }
 
