@@ -252,34 +252,6 @@ fn submitted_writes_wait_without_threads_and_ride_in_groups() {
 }
 
 #[test]
-fn a_front_commits_the_groups_queued_behind_it_up_to_max_rounds() {
-    use consensus_db::sqlite::writer::{MAX_GROUP, MAX_ROUNDS};
-    let dir = tempfile::tempdir().unwrap();
-    let db = open(&dir);
-    let (send, recv) = std::sync::mpsc::channel();
-    let writes = MAX_GROUP * (MAX_ROUNDS + 1) + 1; // more than one front may take
-    let hold = db.begin(Behavior::Immediate).unwrap();
-    for k in 0..writes as i64 {
-        let send = send.clone();
-        db.submit_repeatable(
-            move |tx| tx.execute("INSERT INTO t (k, v) VALUES (?1, 'x')", &[rusqlite::types::Value::Integer(k)]),
-            move |r| send.send(r.is_ok()).unwrap(),
-        );
-    }
-    let before = db.lane_stats();
-    drop(hold);
-    let ok = (0..writes).filter(|_| recv.recv_timeout(Duration::from_secs(30)).unwrap()).count();
-    assert_eq!(ok, writes);
-    assert_eq!(count(&db, "SELECT count(*) FROM t"), writes as i64);
-    let after = db.lane_stats();
-    let (groups, fronts) = (after.groups - before.groups, after.fronts - before.fronts);
-    // Full groups, MAX_ROUNDS of them per front: the first front commits 4 x 64, the
-    // next one the remaining 64 + 1.
-    assert_eq!(groups, (MAX_ROUNDS + 2) as u64, "{after:?}");
-    assert_eq!(fronts, 2, "{after:?}");
-}
-
-#[test]
 fn stopping_maintenance_from_the_thread_that_holds_the_lane_does_not_wait_for_it() {
     use consensus_db::MaintenanceOptions;
     let dir = tempfile::tempdir().unwrap();

@@ -183,7 +183,6 @@ class LaneStats(TypedDict):
     holds: int
     queued: int
     sizes: dict[int, int]
-    fronts: int
 
 
 class ReaderStats(TypedDict):

@@ -501,8 +501,7 @@ impl PyDatabase {
         run(py, || self.inner.verify_pragmas())
     }
 
-    /// The write lane's counters: group commits, writes they carried, fronts (a front
-    /// commits up to 4 groups in a row), holds
+    /// The write lane's counters: group commits, writes they carried, holds
     /// (transaction blocks, maintenance), callers waiting now, and `sizes`:
     /// `{group size: commits}`.
     fn lane_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -510,7 +509,6 @@ impl PyDatabase {
         let d = PyDict::new(py);
         d.set_item("groups", s.groups)?;
         d.set_item("members", s.members)?;
-        d.set_item("fronts", s.fronts)?;
         d.set_item("holds", s.holds)?;
         d.set_item("queued", s.queued)?;
         let sizes = PyDict::new(py);

@@ -5,10 +5,7 @@
 //! [`MAX_GROUP`]), runs them in one `BEGIN IMMEDIATE` transaction — each in its own
 //! `SAVEPOINT`, so a write that fails is undone alone and gets its own error — commits
 //! once, then wakes every member with its own result. A lone writer is the front at
-//! once and runs without a savepoint: exactly today's transaction. A front that finds
-//! writes queued once its group is committed commits them too, up to [`MAX_ROUNDS`]
-//! groups: the members it just woke go back to their own work meanwhile, and no thread
-//! switch stands between two groups (the lane's handoff cost on a small machine).
+//! once and runs without a savepoint: exactly today's transaction.
 //! Waiters are woken one by one: a member when its write is done, a caller when it is
 //! the front of an idle lane.
 //!
@@ -51,13 +48,6 @@ use crate::sqlite::transaction::{Behavior, Tx};
 
 /// The most writes one group commits together.
 pub const MAX_GROUP: usize = 64;
-
-/// The most groups one front commits in a row. After its first group, a front that
-/// finds writes queued commits them too instead of handing the lane to the next
-/// caller: the callers of the group just committed are already back in their own
-/// code meanwhile, and no thread switch stands between two groups. Its own caller
-/// waits for those extra rounds (bounded here).
-pub const MAX_ROUNDS: usize = 4;
 
 /// A queued write, type-erased: runs against the group's transaction and keeps its
 /// own typed result.
@@ -288,8 +278,6 @@ pub struct LaneStats {
     pub groups: u64,
     /// Writes those groups carried.
     pub members: u64,
-    /// Times a writer became the front (a front may commit up to [`MAX_ROUNDS`] groups).
-    pub fronts: u64,
     /// Times the lane was held alone (transaction blocks, migrations, maintenance).
     pub holds: u64,
     /// Callers waiting in the lane right now.
@@ -304,7 +292,6 @@ pub struct WriteLane {
     cv: Condvar,
     groups: AtomicU64,
     members: AtomicU64,
-    fronts: AtomicU64,
     holds: AtomicU64,
     sizes: [AtomicU64; MAX_GROUP + 1],
 }
@@ -325,15 +312,11 @@ impl Drop for LaneHold {
 struct Front<'a> {
     lane: &'a Arc<WriteLane>,
     group: Vec<Member>,
-    /// Whether the lane is still held by this front.
-    holding: bool,
 }
 
 impl Drop for Front<'_> {
     fn drop(&mut self) {
-        if self.holding {
-            self.lane.release(std::mem::take(&mut self.group));
-        }
+        self.lane.release(std::mem::take(&mut self.group));
     }
 }
 
@@ -368,7 +351,6 @@ impl Default for WriteLane {
             cv: Condvar::new(),
             groups: AtomicU64::new(0),
             members: AtomicU64::new(0),
-            fronts: AtomicU64::new(0),
             holds: AtomicU64::new(0),
             sizes: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -532,14 +514,6 @@ impl WriteLane {
     /// Marks `group` done and frees the lane for the next front; then hands each
     /// submitted member its result.
     fn release(self: &Arc<Self>, group: Vec<Member>) {
-        self.hand_on(group, false);
-    }
-
-    /// Marks `group` done (its callers wake and return while this thread goes on),
-    /// then, when `may_go_on` and writes are queued, takes the next group for this
-    /// front without freeing the lane; else frees it for the next front. Hands each
-    /// submitted member of `group` its result.
-    fn hand_on(self: &Arc<Self>, group: Vec<Member>, may_go_on: bool) -> Option<Vec<Member>> {
         let mut owned = Vec::new();
         let mut st = self.state.lock();
         for m in group {
@@ -553,52 +527,36 @@ impl WriteLane {
                 Member::Owned(job) => owned.push(job),
             }
         }
-        let next = if may_go_on && !st.closed && st.queue.front().is_some_and(Member::is_job) {
-            Some(Self::take_group(&mut st, std::thread::current().id()))
-        } else {
-            st.busy = false;
-            st.holder = None;
-            None
-        };
-        let spawn = next.is_none() && self.wake_front(&mut st);
+        st.busy = false;
+        st.holder = None;
+        let spawn = self.wake_front(&mut st);
         drop(st);
         if spawn {
             self.spawn_driver();
         }
         complete_all(owned);
-        next
     }
 
-    /// Runs `group` (this thread is its front), then up to [`MAX_ROUNDS`] - 1 more
-    /// groups of writes queued meanwhile, and releases the lane.
+    /// Runs `group` (this thread is its front) and releases the lane.
     fn run_front(self: &Arc<Self>, pool: &Pool, group: Vec<Member>) {
-        self.fronts.fetch_add(1, Ordering::Relaxed);
-        let mut front = Front { lane: self, group, holding: true };
-        for round in 1.. {
-            let size = front.group.len();
-            // SAFETY: every blocked member's caller waits until it is marked done; each
-            // job is reached through exactly one `&mut`.
-            let mut jobs: Vec<&mut (dyn Job + 'static)> = front
-                .group
-                .iter_mut()
-                .map(|m| match m {
-                    Member::Blocked(w) => unsafe { &mut *(**w).job.expect("a write") },
-                    Member::Owned(job) => job.as_job(),
-                })
-                .collect();
-            run_group(pool, &mut jobs);
-            drop(jobs);
-            self.groups.fetch_add(1, Ordering::Relaxed);
-            self.members.fetch_add(size as u64, Ordering::Relaxed);
-            self.sizes[size].fetch_add(1, Ordering::Relaxed);
-            match self.hand_on(std::mem::take(&mut front.group), round < MAX_ROUNDS) {
-                Some(next) => front.group = next,
-                None => {
-                    front.holding = false;
-                    return;
-                }
-            }
-        }
+        let mut front = Front { lane: self, group };
+        let size = front.group.len();
+        // SAFETY: every blocked member's caller waits until `front` drops; each job is
+        // reached through exactly one `&mut`.
+        let mut jobs: Vec<&mut (dyn Job + 'static)> = front
+            .group
+            .iter_mut()
+            .map(|m| match m {
+                Member::Blocked(w) => unsafe { &mut *(**w).job.expect("a write") },
+                Member::Owned(job) => job.as_job(),
+            })
+            .collect();
+        run_group(pool, &mut jobs);
+        drop(jobs);
+        self.groups.fetch_add(1, Ordering::Relaxed);
+        self.members.fetch_add(size as u64, Ordering::Relaxed);
+        self.sizes[size].fetch_add(1, Ordering::Relaxed);
+        drop(front);
     }
 
     /// Holds the lane alone (a transaction block, a migration, maintenance) until the
@@ -661,7 +619,6 @@ impl WriteLane {
         LaneStats {
             groups: self.groups.load(Ordering::Relaxed),
             members: self.members.load(Ordering::Relaxed),
-            fronts: self.fronts.load(Ordering::Relaxed),
             holds: self.holds.load(Ordering::Relaxed),
             queued,
             sizes: (1..=MAX_GROUP)
