@@ -36,6 +36,9 @@ class ApswStore:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = apsw.Connection(self.path, statementcachesize=256)
+            # Like sqlite3.connect's default timeout: the pragmas below already read the
+            # schema, and may meet a writer of another thread.
+            conn.set_busy_timeout(5000)
             for pragma in PRAGMAS:
                 conn.execute(f"PRAGMA {pragma}")
             self._local.conn = conn
