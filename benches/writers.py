@@ -53,10 +53,15 @@ def threads(store, op: str, n: int, per_thread: int, readers: int = 0) -> float:
     writing = threading.Event()
     writing.set()
 
+    failed: list = []
+
     def run(t: int) -> None:
         barrier.wait()
-        for i in range(per_thread):
-            write_op(op, store, t, i)
+        try:
+            for i in range(per_thread):
+                write_op(op, store, t, i)
+        except BaseException as exc:  # a dead writer would make the figure a lie
+            failed.append(exc)
 
     def read(t: int) -> None:
         barrier.wait()
@@ -77,6 +82,8 @@ def threads(store, op: str, n: int, per_thread: int, readers: int = 0) -> float:
     writing.clear()
     for p in others:
         p.join()
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {n} writer threads failed; the first: {failed[0]!r}") from failed[0]
     return n * per_thread / elapsed
 
 
