@@ -93,6 +93,28 @@ fn main() {
     results.push(("store_artifact", median_ns(2_000, |i| {
         db.store_artifact(&artifact(i)).expect("store");
     })));
+    // Eight writer threads, no GIL: the write lane's own ceiling on this machine (ns per
+    // write, all threads together), and how many commits carried them.
+    for (name, threads) in [("store_artifact_8_threads", 8u64), ("store_artifact_1_thread_same_loop", 1)] {
+        let per_thread = 4_000 / threads;
+        let before = db.lane_stats();
+        let ns = median_ns(1, |round| {
+            std::thread::scope(|s| {
+                for t in 0..threads {
+                    let db = &db;
+                    s.spawn(move || {
+                        for i in 0..per_thread {
+                            db.store_artifact(&artifact(round * 1_000_000 + t * per_thread + i)).expect("store");
+                        }
+                    });
+                }
+            });
+        }) / (threads * per_thread) as f64;
+        let after = db.lane_stats();
+        let writes = (after.members - before.members) as f64;
+        println!("{name}: {:.1} writes per commit", writes / (after.groups - before.groups) as f64);
+        results.push((name, ns));
+    }
     results.push(("query_artifacts_5", median_ns(20_000, |_| {
         assert_eq!(db.query_artifacts("Q", "plan").expect("query").len(), 5);
     })));
