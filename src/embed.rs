@@ -145,5 +145,5 @@ pub fn database(store: &Bound<'_, PyAny>) -> PyResult<Arc<Database>> {
             store.get_type().name().map(|n| n.to_string()).unwrap_or_default()
         ))
     })?;
-    Ok(db.get().shared().clone())
+    Ok(db.get().shared()?.clone())
 }

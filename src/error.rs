@@ -67,6 +67,21 @@ pub enum Error {
     #[error("{0}")]
     Sqlite(String),
 
+    /// The operation or option does not apply to this backend (a SQLite-only surface
+    /// on PostgreSQL, say); the message names it. Not retryable.
+    #[error("{0}")]
+    NotSupported(String),
+
+    /// The connection to the database server was lost, or none could be made, before
+    /// anything was written (retryable: the next call reconnects).
+    #[error("{0}")]
+    ConnectionLost(String),
+
+    /// A write was sent and the connection was lost before its outcome was known: it
+    /// may or may not have committed. Never retried blindly.
+    #[error("write outcome unknown: {0}")]
+    OutcomeUnknown(String),
+
     /// A bug: a panic caught before it could cross into the caller.
     #[error("internal error (please report): {0}")]
     Internal(String),
@@ -79,7 +94,7 @@ impl Error {
 
     /// Whether the same call may succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Busy(_) | Error::PoolTimeout(_))
+        matches!(self, Error::Busy(_) | Error::PoolTimeout(_) | Error::ConnectionLost(_))
     }
 
     /// Adds where the error happened (e.g. the file path) to the message.

@@ -22,6 +22,7 @@
 //! # Ok::<(), consensus_db::Error>(())
 //! ```
 
+pub mod backend;
 pub mod error;
 pub mod model;
 pub mod sqlite;
@@ -31,6 +32,9 @@ pub mod store;
 compile_error!("consensus-db: the features `bundled` and `system-sqlite` exclude each other (`bundled` is a default feature: use `default-features = false, features = [\"system-sqlite\"]`)");
 #[cfg(not(any(feature = "bundled", feature = "system-sqlite")))]
 compile_error!("consensus-db: choose how SQLite is linked: the feature `bundled` (a default feature) or `system-sqlite`");
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
 
 #[cfg(feature = "python")]
 pub mod python;
@@ -51,6 +55,7 @@ pub mod db {
 
 pub use sqlite::database::{OpenReport, Options};
 pub use store::{Database, NewSpawn};
+pub use backend::{AnyDatabase, Backend};
 pub use error::{Error, Result};
 pub use maintenance::{CycleReport, Health, MaintenanceOptions, Stats, VacuumReport};
 pub use model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, ReaderCounts, Synthesis};

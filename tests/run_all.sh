@@ -23,6 +23,20 @@ fi
 # Here the replication tests must run: a missing litestream binary fails them, not skips.
 export CONSENSUS_DB_REPLICATION_TESTS=required
 
+# PostgreSQL 15 from the system packages, only if absent: the suite runs the public API
+# against both backends and starts its own clusters (tests/pg_cluster.py), so the
+# package's default cluster is not created.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    echo "== installing postgresql-15 (system packages)"
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" | $SUDO tee -a /etc/postgresql-common/createcluster.conf >/dev/null
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold postgresql-15
+fi
+
 echo "== Fresh venv .venv-wheel with $CONSENSUS_DB_WHEEL"
 rm -rf .venv-wheel
 python3 -m venv .venv-wheel

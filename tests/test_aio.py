@@ -1,4 +1,6 @@
-"""The async twin: concurrent coroutines, a responsive loop, typed errors."""
+"""The async twin: concurrent coroutines, a responsive loop, typed errors. Tests taking
+`store_target` run on both backends (SQLite writes go through the lane, PostgreSQL calls
+through the executor)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ import consensus_db
 from consensus_db import aio
 
 
-def test_fifty_concurrent_writes_read_back(db_path):
+def test_fifty_concurrent_writes_read_back(store_target):
     async def main():
-        async with await aio.connect(db_path) as db:
+        async with await aio.connect(store_target) as db:
             ticks = 0
             done = False
 
@@ -40,9 +42,9 @@ def test_fifty_concurrent_writes_read_back(db_path):
     assert ticks > 1  # the loop kept running while the writes were in flight
 
 
-def test_errors_keep_their_types_and_close_closes(db_path):
+def test_errors_keep_their_types_and_close_closes(store_target):
     async def main():
-        db = await aio.connect(db_path)
+        db = await aio.connect(store_target)
         with pytest.raises(consensus_db.InvalidInputError, match="content_json"):
             await db.store_artifact("S", "plan", "g", "{nope")
         assert await db.get_schema_version() == consensus_db.LATEST_SCHEMA_VERSION  # a new file
@@ -88,9 +90,9 @@ def test_a_gather_of_many_writes_holds_no_thread_per_write_and_groups(db_path):
     assert stats["members"] >= 401 and max(stats["sizes"]) > 1
 
 
-def test_async_write_errors_keep_their_types(db_path):
+def test_async_write_errors_keep_their_types(store_target):
     async def main():
-        async with await aio.connect(db_path) as db:
+        async with await aio.connect(store_target) as db:
             with pytest.raises(consensus_db.InvalidInputError, match="phase_type"):
                 await db.record_agent_spawn("a", "S", "plan", "nope", "g")
             with pytest.raises(consensus_db.InvalidInputError, match="agent_id"):
@@ -123,9 +125,9 @@ def test_a_cancelled_submitted_write_has_a_known_outcome(db_path):
     assert stored == 50
 
 
-def test_writes_racing_close_commit_or_raise_closed_error(db_path):
+def test_writes_racing_close_commit_or_raise_closed_error(store_target):
     async def main():
-        db = await aio.connect(db_path)
+        db = await aio.connect(store_target)
         writes = [asyncio.ensure_future(db.record_agent_spawn(f"a{i}", "S", "plan", "quality_gate", "g")) for i in range(50)]
         await asyncio.sleep(0)
         await db.close()
@@ -136,7 +138,7 @@ def test_writes_racing_close_commit_or_raise_closed_error(db_path):
 
     outcomes = asyncio.run(main())
     assert all(o is None or isinstance(o, consensus_db.ClosedError) for o in outcomes)
-    with consensus_db.connect(db_path) as db:
+    with consensus_db.connect(store_target) as db:
         committed = sum(db.get_agent_name(f"a{i}") == "g" for i in range(50))
     assert committed == sum(o is None for o in outcomes)
 

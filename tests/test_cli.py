@@ -86,3 +86,20 @@ def test_bad_usage_and_library_errors(tmp_path):
     assert upgraded.exit_code == 1 and "error:" in upgraded.output
     assert junk.read_text() == "not a database at all" * 50
     assert run("--version").output.strip().endswith(consensus_db.__version__)
+
+
+def test_health_vacuum_and_cleanup_take_a_postgresql_url(pg_url):
+    with consensus_db.connect(pg_url) as db:
+        db.record_agent_spawn("old", "S", "plan", "quality_gate", "g")
+        db.execute("UPDATE agent_executions SET spawned_at = '2020-01-01 00:00:00'")
+        db.store_artifact("S", "plan", "g", "{}")
+    result = run("health", pg_url)
+    assert result.exit_code == 0, result.output
+    assert "PostgreSQL 15" in result.output and "agent_outputs          1" in result.output
+    h = json.loads(run("health", pg_url, "--json").output)
+    assert h["backend"] == "postgresql" and h["rows"]["agent_executions"] == 1
+    result = run("cleanup", pg_url, "--days", "30")
+    assert result.exit_code == 0, result.output
+    assert "1 executions older than 30 days deleted; VACUUM (ANALYZE) done" in result.output
+    result = run("vacuum", pg_url, "--full")
+    assert result.exit_code == 0 and "VACUUM (FULL, ANALYZE) done" in result.output, result.output

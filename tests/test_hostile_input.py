@@ -1,5 +1,7 @@
 """Property-based hostile input: arbitrary text and JSON round-trip exactly or are
-rejected cleanly, and a rejected call writes nothing."""
+rejected cleanly, and a rejected call writes nothing. On both backends (PostgreSQL text
+and JSONB cannot hold NUL: refused there with InvalidInputError, as any other value the
+backend cannot hold)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import consensus_db
+from conftest import BACKENDS, ph
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 TRIED = {"text": 0, "json": 0, "ints": 0}
@@ -22,12 +25,32 @@ json_values = st.recursive(
 )
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    db = consensus_db.connect(tmp_path_factory.mktemp("hostile") / "h.db")
+@pytest.fixture(scope="module", params=BACKENDS)
+def store(request, tmp_path_factory):
+    if request.param == "sqlite":
+        target = tmp_path_factory.mktemp("hostile") / "h.db"
+    else:
+        cluster = request.getfixturevalue("pg_cluster")
+        cluster.psql("CREATE SCHEMA hostile")
+        target = cluster.url(options="-csearch_path%3Dhostile")
+    db = consensus_db.connect(target)
     yield db
     db.close()
     print(f"\nhypothesis inputs tried: {TRIED}")
+
+
+def nul_refused(db, *values) -> bool:
+    """Whether the backend refuses these values: PostgreSQL and NUL characters."""
+    def has_nul(v) -> bool:
+        if isinstance(v, str):
+            return "\x00" in v
+        if isinstance(v, list):
+            return any(has_nul(x) for x in v)
+        if isinstance(v, dict):
+            return any(has_nul(k) or has_nul(x) for k, x in v.items())
+        return False
+
+    return db.backend == "postgresql" and any(has_nul(v) for v in values)
 
 
 def rows(db) -> tuple:
@@ -47,6 +70,14 @@ def test_arbitrary_text_round_trips_or_is_rejected(store, text):
             store.record_agent_spawn(agent_id, "S", "plan", "quality_gate", text or "x")
         with pytest.raises(consensus_db.InvalidInputError):
             store.store_artifact("S", "plan", "g", {"t": text})
+        assert rows(store) == before
+        return
+    if nul_refused(store, text):
+        before = rows(store)
+        with pytest.raises(consensus_db.InvalidInputError, match="NUL"):
+            store.record_agent_spawn(agent_id, "S", "plan", "quality_gate", "x")
+        with pytest.raises(consensus_db.InvalidInputError, match="NUL"):
+            store.store_artifact("TEXT", "plan", "g", json.dumps({"t": text}), response_text=text)
         assert rows(store) == before
         return
     store.record_agent_spawn(agent_id, "S", "plan", "quality_gate", text if text.strip() else "blank")
@@ -69,6 +100,12 @@ def test_arbitrary_json_round_trips(store, value):
             store.store_artifact("JSON", "plan", "g", value)
         assert rows(store) == before
         return
+    if nul_refused(store, value):
+        before = rows(store)
+        with pytest.raises(consensus_db.InvalidInputError, match="content_json.*NUL"):
+            store.store_artifact("JSON", "plan", "g", as_text)
+        assert rows(store) == before
+        return
     ids = [store.store_artifact("JSON", "plan", "g", as_text)]
     if isinstance(value, (dict, list)):
         ids.append(store.store_artifact("JSON", "plan", "g", value))
@@ -77,22 +114,27 @@ def test_arbitrary_json_round_trips(store, value):
         assert json.loads(by_id[i].content_json) == value
 
 
+def int64(db) -> str:
+    """A 64-bit integer column: SQLite's INTEGER, PostgreSQL's BIGINT."""
+    return "BIGINT" if db.backend == "postgresql" else "INTEGER"
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.one_of(st.integers(-(2**63), 2**63 - 1), st.sampled_from([2**63 - 1, -(2**63), 0, -1])))
 def test_extreme_integers_round_trip(store, n):
     TRIED["ints"] += 1
-    store.execute("CREATE TABLE IF NOT EXISTS ints (v INTEGER)")
+    store.execute(f"CREATE TABLE IF NOT EXISTS ints (v {int64(store)})")
     with store.transaction() as tx:
         tx.execute("DELETE FROM ints")
-        tx.execute("INSERT INTO ints VALUES (?)", [n])
+        tx.execute(ph(store, "INSERT INTO ints VALUES (?)"), [n])
         assert tx.query("SELECT v FROM ints") == [(n,)]
 
 
 @pytest.mark.parametrize("n", [2**63, -(2**63) - 1, 10**30])
 def test_integers_beyond_64_bits_are_rejected_and_nothing_written(store, n):
-    store.execute("CREATE TABLE IF NOT EXISTS big (v INTEGER)")
+    store.execute(f"CREATE TABLE IF NOT EXISTS big (v {int64(store)})")
     with pytest.raises(consensus_db.InvalidInputError, match="64-bit"):
-        store.execute("INSERT INTO big VALUES (?)", [n])
+        store.execute(ph(store, "INSERT INTO big VALUES (?)"), [n])
     assert store.query("SELECT count(*) FROM big") == [(0,)]
 
 

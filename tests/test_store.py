@@ -1,4 +1,5 @@
-"""The high-level store: each operation's behaviour, ordering, validation, hostile input."""
+"""The high-level store: each operation's behaviour, ordering, validation, hostile input.
+Every test runs on both backends (`db` is built on conftest's `store_target`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,20 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import consensus_db
+from conftest import ph
 
 UTC_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 
 
 def utc_ago(**delta) -> str:
     return (datetime.now(timezone.utc) - timedelta(**delta)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@pytest.fixture
+def db(store_target):
+    store = consensus_db.connect(store_target)
+    yield store
+    store.close()
 
 
 def count(db, table: str) -> int:
@@ -50,7 +59,7 @@ def test_completion_and_respawn(db):
 def test_extraction_failures_are_ordered_by_spawn_then_agent(db):
     for agent_id, age_h in [("b", 3), ("a", 3), ("c", 1), ("ok", 2)]:
         db.record_agent_spawn(agent_id, "S", "plan", "quality_gate", "gemini")
-        db.execute("UPDATE agent_executions SET spawned_at = ? WHERE agent_id = ?", [utc_ago(hours=age_h), agent_id])
+        db.execute(ph(db, "UPDATE agent_executions SET spawned_at = ? WHERE agent_id = ?"), [utc_ago(hours=age_h), agent_id])
     for agent_id in ("c", "a", "b"):
         db.record_extraction_failure(agent_id, f"raw {agent_id}", f"error {agent_id}")
     db.record_agent_completion("ok", "fine")
@@ -67,12 +76,13 @@ def test_cleanup_deletes_exactly_the_rows_older_than_n_days(db):
             "young-2": timedelta(hours=1)}
     for agent_id, age in ages.items():
         db.record_agent_spawn(agent_id, "S", "plan", "quality_gate", "gemini")
-        db.execute("UPDATE agent_executions SET spawned_at = ? WHERE agent_id = ?",
+        db.execute(ph(db, "UPDATE agent_executions SET spawned_at = ? WHERE agent_id = ?"),
                    [(datetime.now(timezone.utc) - age).strftime("%Y-%m-%d %H:%M:%S"), agent_id])
     assert db.cleanup_old_executions(30) == 2
     assert sorted(r[0] for r in db.query("SELECT agent_id FROM agent_executions")) == ["young-1", "young-2"]
     assert db.cleanup_old_executions(30) == 0
     assert db.cleanup_old_executions(0) == 2
+    assert db.cleanup_old_executions(10**12) == 0
 
 
 # ---- artifacts ---------------------------------------------------------------------------
@@ -125,18 +135,21 @@ def test_store_artifacts_returns_each_rows_id_in_input_order(db):
     assert db.store_artifacts([]) == []
 
 
-def test_store_artifacts_near_the_top_of_the_id_range(db):
+def test_store_artifacts_near_the_top_of_the_id_range(db_path):
     """agent_outputs ids are AUTOINCREMENT (the plan's layout): never reused, so with the
     largest id at 2**63 - 3 a batch of 5 cannot get ids. It fails whole, with a typed
     error that says so, and writes nothing; a batch that fits still goes in."""
+    # SQLite only: AUTOINCREMENT's rule; PostgreSQL ids come from an identity sequence.
+    db = consensus_db.connect(db_path)
     top = 2**63 - 3
     db.store_artifact("S", "plan", "seed", "{}")
-    db.execute("UPDATE agent_outputs SET id = ?", [top])
+    db.execute(ph(db, "UPDATE agent_outputs SET id = ?"), [top])
     items = [{"spec_id": "S", "stage": "plan", "agent_name": f"a{i}", "content_json": {"i": i}} for i in range(5)]
     with pytest.raises(consensus_db.DiskFullError, match=r"agent_outputs ids.*9223372036854775805"):
         db.store_artifacts(items)
     assert db.query("SELECT count(*) FROM agent_outputs") == [(1,)]
     assert db.store_artifacts(items[:2]) == [top + 1, top + 2]
+    db.close()
 
 
 def test_store_artifacts_reads_any_mapping_the_same_way(db):
@@ -187,7 +200,7 @@ def test_synthesis_round_trip_and_latest(db):
     latest = db.query_latest_synthesis("S", "plan")
     assert latest.id == second != first
     assert (latest.output_markdown, latest.status, latest.degraded, latest.source) == ("# two", "failed", True, "v1")
-    db.execute("UPDATE consensus_runs SET synthesized_at = synthesized_at - 60000 WHERE id = ?", [second])
+    db.execute(ph(db, "UPDATE consensus_runs SET synthesized_at = synthesized_at - 60000 WHERE id = ?"), [second])
     older_second = db.query_latest_synthesis("S", "plan")
     assert older_second.id == first
     assert json.loads(older_second.agreements) == ["scope"] and json.loads(older_second.conflicts) == {"x": 1}
@@ -240,6 +253,16 @@ HOSTILE = [
 
 @pytest.mark.parametrize("text", HOSTILE)
 def test_hostile_strings_round_trip_literally(db, text):
+    if db.backend == "postgresql" and "\x00" in text:
+        # PostgreSQL text cannot hold NUL: refused before anything is written, naming the argument.
+        with pytest.raises(consensus_db.InvalidInputError, match="agent_id.*NUL"):
+            db.record_agent_spawn(text, text, text, "quality_gate", text)
+        with pytest.raises(consensus_db.InvalidInputError, match="spec_id.*NUL"):
+            db.store_artifact(text, "plan", "g", {"value": 1})
+        with pytest.raises(consensus_db.InvalidInputError, match="content_json.*NUL"):
+            db.store_artifact("S", "plan", "g", {"value": text})
+        assert count(db, "agent_executions") == count(db, "agent_outputs") == 0
+        return
     db.record_agent_spawn(text, text, text, "quality_gate", text)
     assert db.get_agent_spawn_info(text) == ("quality_gate", text)
     assert db.record_agent_completion(text, text)
@@ -260,8 +283,8 @@ def test_multi_megabyte_and_deeply_nested_payloads(db):
     assert got[1].content_json == nested
 
 
-def test_closed_store_raises_closed_error(db_path):
-    db = consensus_db.connect(db_path)
+def test_closed_store_raises_closed_error(store_target):
+    db = consensus_db.connect(store_target)
     db.close()
     for call in (lambda: db.get_agent_spawn_info("a"), lambda: db.store_artifact("S", "p", "g", "{}"),
                  lambda: db.query_artifacts("S", "p"), lambda: db.health()):

@@ -264,6 +264,9 @@ class Database:
     (``consensus_db.connect``), which subclasses it."""
 
     @property
+    def backend(self) -> Literal["sqlite", "postgresql"]:
+        """Which backend serves this store: ``"sqlite"`` (a file) or ``"postgresql"`` (a ``postgresql://`` URL)."""
+    @property
     def closed(self) -> bool:
         """Whether ``close()`` was called."""
     @property

@@ -337,6 +337,9 @@ class AsyncStore:
         once; the committing thread completes ``outcome``. A retryable failure goes on
         with the store's retry policy on an executor thread."""
         self._check_open()
+        if self.sync.backend != "sqlite":
+            # No write lane on PostgreSQL: the blocking form, on an executor thread.
+            return await self._run(raw, self.sync, *args, **kwargs)
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future[T] = loop.create_future()
 

@@ -78,6 +78,11 @@ class Spinner:
         self.stream.flush()
 
 
+def is_url(path: str) -> bool:
+    """A PostgreSQL store: the same commands work on a ``postgresql://`` URL."""
+    return path.startswith("postgresql://")
+
+
 def existing(path: str) -> Path:
     p = Path(path)
     if not p.is_file():
@@ -94,6 +99,16 @@ def human(n: float) -> str:
 
 
 def health_table(h: HealthReport) -> str:
+    if dict(h).get("backend") == "postgresql":  # a PostgreSQL health report
+        pgh: dict[str, Any] = dict(h)
+        lines = [
+            f"  server          {pgh['path']} (PostgreSQL {pgh['server_version']})",
+            f"  size            {human(pgh['database_size'])} (the whole database)",
+            f"  schema version  {pgh['schema_version']} (layout revision {pgh['layout_revision']})",
+            "  rows",
+        ]
+        lines += [f"    {table:<22} {count}" for table, count in pgh["rows"].items()]
+        return "\n".join(lines)
     auto = auto_vacuum_name(h["auto_vacuum"])
     lines = [
         f"  file            {h['path']}",
@@ -110,7 +125,7 @@ def health_table(h: HealthReport) -> str:
     return "\n".join(lines)
 
 
-def open_store(path: Path, **options: Any) -> consensus_db.Store:
+def open_store(path: Any, **options: Any) -> consensus_db.Store:
     try:
         return consensus_db.connect(path, create=False, **options)
     except Error as exc:
@@ -460,7 +475,7 @@ def upgrade_notes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
 @click.option("--check", is_flag=True, help=f"Exit with {NEEDS_VACUUM} when the file needs a vacuum (monitoring).")
 def health(path: str, as_json: bool, threshold: float, check: bool) -> None:
     """Rows per table, sizes, free pages, journal mode, auto_vacuum, needs_vacuum."""
-    with open_for_reading(existing(path)) as db:
+    with open_store(path, read_only=True, migrate=False) if is_url(path) else open_for_reading(existing(path)) as db:
         try:
             h = db.health(threshold)
         except Error as exc:
@@ -475,7 +490,19 @@ def health(path: str, as_json: bool, threshold: float, check: bool) -> None:
 @click.option("--full", is_flag=True, help="Rebuild the whole file (VACUUM) instead of an incremental vacuum.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def vacuum(path: str, full: bool, as_json: bool) -> None:
-    """Reclaim free pages (a legacy file is refused: run `upgrade` first)."""
+    """Reclaim free pages (a legacy file is refused: run `upgrade` first; on a
+    postgresql:// URL: VACUUM (ANALYZE), FULL with --full)."""
+    if is_url(path):
+        with open_store(path, migrate=False) as db:
+            try:
+                r = db.vacuum(full=full)
+            except Error as exc:
+                fail(str(exc))
+        if as_json:
+            click.echo(json.dumps(r, indent=2))
+        else:
+            click.echo(f"VACUUM ({'FULL, ' if r['full'] else ''}ANALYZE) done")
+        return
     file = existing(path)
     refuse_conversion(file, "vacuum")
     with open_store(file, migrate=False, convert_auto_vacuum=False) as db:
@@ -502,10 +529,24 @@ def vacuum(path: str, full: bool, as_json: bool) -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--days", required=True, type=click.IntRange(min=0), help="Delete executions older than this many days.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-@click.option("--dry-run", is_flag=True, help="Count what would be deleted; change nothing.")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; change nothing (SQLite files).")
 def cleanup(path: str, days: int, as_json: bool, dry_run: bool) -> None:
     """Delete executions older than N days, then reclaim the space (a legacy file is
-    refused: run `upgrade` first)."""
+    refused: run `upgrade` first; a postgresql:// URL works too)."""
+    if is_url(path):
+        if dry_run:
+            fail("--dry-run counts rows of a SQLite file; on PostgreSQL, count them with SQL")
+        with open_store(path, migrate=False) as db:
+            try:
+                deleted = db.cleanup_old_executions(days)
+                r = db.vacuum()
+            except Error as exc:
+                fail(str(exc))
+        if as_json:
+            click.echo(json.dumps({"deleted": deleted, "days": days, "vacuum": r}, indent=2))
+        else:
+            click.echo(f"{deleted} executions older than {days} days deleted; VACUUM (ANALYZE) done")
+        return
     file = existing(path)
     if dry_run:
         with open_for_reading(file) as db:
@@ -533,7 +574,8 @@ def cleanup(path: str, days: int, as_json: bool, dry_run: bool) -> None:
     if as_json:
         click.echo(json.dumps({"deleted": deleted, "days": days, "vacuum": r}, indent=2))
     else:
-        click.echo(f"{deleted} executions older than {days} days deleted; {r['pages_freed']} pages freed")
+        freed = f"{r['pages_freed']} pages freed" if "pages_freed" in r else "VACUUM (ANALYZE) done"
+        click.echo(f"{deleted} executions older than {days} days deleted; {freed}")
 
 
 # ---- replicate / restore (Litestream) --------------------------------------------------------

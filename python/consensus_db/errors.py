@@ -26,6 +26,9 @@ __all__ = [
     "DatabaseError",
     "TransactionError",
     "InternalError",
+    "NotSupportedError",
+    "ConnectionLostError",
+    "OutcomeUnknownError",
 ]
 
 
@@ -113,3 +116,26 @@ class TransactionError(DatabaseError):
 
 class InternalError(Error):
     """A bug inside consensus-db (a Rust panic caught at the boundary). Please report it."""
+
+
+class NotSupportedError(Error):
+    """The operation or option does not apply to this backend: a SQLite-only surface
+    (``pragmas()``, ``verify_pragmas()``, journal mode, ``"immediate"``/``"exclusive"``
+    transactions, backups, checkpoints, ...) called on a PostgreSQL store. The message
+    names it."""
+
+
+class ConnectionLostError(Error):
+    """The connection to the PostgreSQL server was lost, or none could be made, before
+    anything was written (retryable: the next call reconnects, following a failover
+    when the URL lists several hosts with ``target_session_attrs=read-write``)."""
+
+    retryable = True
+
+
+class OutcomeUnknownError(Error):
+    """A write was sent to PostgreSQL and the connection was lost before its outcome
+    was known: it may or may not have committed. Not retryable: repeating it blindly
+    could write it twice. Check the data before writing again. (Writes the store can
+    repeat safely — spawns, completions, artifacts and syntheses, which carry a write
+    token — are retried instead and never raise this.)"""

@@ -22,24 +22,51 @@ use crate::model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synth
 use crate::transaction::Behavior;
 use crate::sqlite::replica::CheckpointMode;
 use crate::sqlite::retry::{Clock, RetryEvent, RetryPolicy};
+use crate::backend::{AnyDatabase, Backend};
 use crate::{Database, Options, Pragmas};
 
 #[pyclass(frozen, subclass, module = "consensus_db", name = "Database")]
 pub struct PyDatabase {
-    inner: Arc<Database>,
+    inner: AnyDatabase,
     /// Handed over by a Rust host (`consensus_db::embed`): the host owns the store's
     /// life, so dropping the Python object does not close it (`close()` still does).
     handed: bool,
 }
 
 impl PyDatabase {
-    pub fn core(&self) -> crate::Result<&Database> {
-        Ok(&self.inner)
+    /// The SQLite store, or NotSupported naming `what` on PostgreSQL.
+    #[inline]
+    pub fn core(&self, what: &str) -> crate::Result<&Database> {
+        self.inner.sqlite(what)
     }
 
-    /// The shared engine behind this object.
-    pub(crate) fn shared(&self) -> &Arc<Database> {
+    pub fn any(&self) -> &AnyDatabase {
         &self.inner
+    }
+
+    #[cfg(feature = "postgres")]
+    fn pg(&self) -> Option<&crate::postgres::PgDatabase> {
+        match &self.inner {
+            AnyDatabase::Postgres(db) => Some(db),
+            AnyDatabase::Sqlite(_) => None,
+        }
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    fn pg(&self) -> Option<&std::convert::Infallible> {
+        None
+    }
+
+    /// The shared engine behind this object (a SQLite store: a PostgreSQL one has no
+    /// `Database` to share).
+    pub(crate) fn shared(&self) -> crate::Result<&Arc<Database>> {
+        match &self.inner {
+            AnyDatabase::Sqlite(db) => Ok(db),
+            #[cfg(feature = "postgres")]
+            AnyDatabase::Postgres(_) => Err(crate::Error::NotSupported(
+                "a PostgreSQL store has no SQLite Database to hand to a Rust host".into(),
+            )),
+        }
     }
 }
 
@@ -100,6 +127,77 @@ fn path_arg(obj: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
     fspath.extract::<PathBuf>().map_err(|_| {
         Error::invalid("path", format!("{} cannot be encoded as a file name", describe_str(&fspath))).into()
     })
+}
+
+/// The URL when `path` is a `str` starting with `postgresql://` (a path object or bytes
+/// is always a file).
+fn postgres_url(path: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
+    let Ok(py_str) = path.cast::<PyString>() else { return Ok(None) };
+    // A str that is not valid UTF-8 (lone surrogates) is a file name.
+    let Ok(s) = py_str.to_str() else { return Ok(None) };
+    if !s.starts_with("postgresql://") {
+        return Ok(None);
+    }
+    if cfg!(feature = "postgres") {
+        Ok(Some(s.to_string()))
+    } else {
+        Err(Error::NotSupported(
+            "this build of consensus-db has no PostgreSQL backend (built without the `postgres` feature)".into(),
+        )
+        .into())
+    }
+}
+
+#[cfg(not(feature = "postgres"))]
+#[allow(clippy::too_many_arguments)]
+fn open_postgres(
+    _py: Python<'_>,
+    _url: String,
+    _pool_size: u32,
+    _checkout_timeout: Duration,
+    _read_only: bool,
+    _migrate: Option<&Bound<'_, PyAny>>,
+    _pragmas: Option<&Bound<'_, PyAny>>,
+    _convert_auto_vacuum: bool,
+    _uri: Option<&Bound<'_, PyAny>>,
+    _retry: Option<RetryPolicy>,
+) -> PyResult<PyDatabase> {
+    Err(Error::NotSupported("built without the `postgres` feature".into()).into())
+}
+
+/// Opens a PostgreSQL store; SQLite-only options given with a value are refused.
+#[cfg(feature = "postgres")]
+#[allow(clippy::too_many_arguments)]
+fn open_postgres(
+    py: Python<'_>,
+    url: String,
+    pool_size: u32,
+    checkout_timeout: Duration,
+    read_only: bool,
+    migrate: Option<&Bound<'_, PyAny>>,
+    pragmas: Option<&Bound<'_, PyAny>>,
+    _convert_auto_vacuum: bool,
+    uri: Option<&Bound<'_, PyAny>>,
+    retry: Option<RetryPolicy>,
+) -> PyResult<PyDatabase> {
+    if let Some(p) = pragmas.filter(|p| !p.is_none()) {
+        return Err(Error::NotSupported(format!(
+            "pragmas={} are SQLite settings and do not apply on PostgreSQL; configure the server instead",
+            describe_str(p)
+        ))
+        .into());
+    }
+    if opt_flag(uri, "uri", false)? {
+        return Err(Error::NotSupported("uri=True opens an SQLite URI and does not apply to a postgresql:// URL".into()).into());
+    }
+    let migrate = match migrate {
+        None => true,
+        Some(m) if m.is_instance_of::<pyo3::types::PyBool>() => m.is_truthy()?,
+        Some(m) => non_negative(m, "migrate")? > 0,
+    };
+    let options = crate::postgres::PgOptions { pool_size, checkout_timeout, migrate: migrate && !read_only, read_only, retry };
+    let db = run(py, move || crate::postgres::PgDatabase::open(&url, options))?;
+    Ok(PyDatabase { inner: AnyDatabase::Postgres(db), handed: false })
 }
 
 fn describe_str(obj: &Bound<'_, PyAny>) -> String {
@@ -379,7 +477,7 @@ impl PyDatabase {
         replicated: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         if let Some(inner) = HANDOVER.with(|h| h.borrow_mut().take()) {
-            return Ok(PyDatabase { inner, handed: true });
+            return Ok(PyDatabase { inner: AnyDatabase::Sqlite(inner), handed: true });
         }
         let defaults = Options::default();
         let retry = match retry {
@@ -396,6 +494,9 @@ impl PyDatabase {
         let read_only = opt_flag(read_only, "read_only", defaults.read_only)?;
         let create = opt_flag(create, "create", defaults.create)?;
         let convert_auto_vacuum = opt_flag(convert_auto_vacuum, "convert_auto_vacuum", defaults.convert_auto_vacuum)?;
+        if let Some(url) = postgres_url(path)? {
+            return open_postgres(py, url, pool_size, checkout_timeout, read_only, migrate, pragmas, convert_auto_vacuum, uri, retry);
+        }
         let path = path_arg(path)?;
         let uri = opt_flag(uri, "uri", defaults.uri)?;
         let replicated = opt_flag(replicated, "replicated", defaults.replicated)?;
@@ -418,7 +519,7 @@ impl PyDatabase {
             replicated,
         };
         let inner = run(py, move || Database::open(&path, options))?;
-        Ok(PyDatabase { inner: Arc::new(inner), handed: false })
+        Ok(PyDatabase { inner: AnyDatabase::Sqlite(Arc::new(inner)), handed: false })
     }
 
     /// Retries the engine made for this store (busy databases, pool timeouts), opening included.
@@ -445,6 +546,12 @@ impl PyDatabase {
         py.detach(|| self.inner.close());
     }
 
+    /// "sqlite" or "postgresql".
+    #[getter]
+    fn backend(&self) -> &'static str {
+        self.inner.backend_name()
+    }
+
     /// Whether `close()` was called.
     #[getter]
     fn closed(&self) -> bool {
@@ -454,26 +561,36 @@ impl PyDatabase {
     /// The path as given (a str; undecodable bytes as surrogate escapes, like os.fsdecode).
     #[getter]
     fn path<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
-        let Ok(path) = self.inner.given_path().as_os_str().into_pyobject(py);
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            let Ok(url) = pg.url().into_pyobject(py);
+            return url.into_any();
+        }
+        let Ok(db) = self.core("path") else { return py.None().into_bound(py) };
+        let Ok(path) = db.given_path().as_os_str().into_pyobject(py);
         path.into_any()
     }
 
     /// Whether the store was opened read-only.
     #[getter]
     fn read_only(&self) -> bool {
-        self.inner.is_read_only()
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            return pg.options().read_only;
+        }
+        self.core("read_only").is_ok_and(|db| db.is_read_only())
     }
 
     /// Whether the store is an in-memory database (`":memory:"`).
     #[getter]
     fn in_memory(&self) -> bool {
-        self.inner.is_in_memory()
+        self.core("in_memory").is_ok_and(|db| db.is_in_memory())
     }
 
     /// What opening did: auto_vacuum conversion, journal mode change, migration.
     #[getter]
     fn open_report<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let r = self.inner.open_report();
+        let r = self.core("open_report")?.open_report();
         let d = PyDict::new(py);
         d.set_item("auto_vacuum_converted", r.auto_vacuum_converted.clone())?;
         d.set_item("journal_mode_changed", r.journal_mode_changed.clone())?;
@@ -485,7 +602,7 @@ impl PyDatabase {
 
     /// Every configured pragma's current value.
     fn pragmas<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let values = run(py, || self.inner.pragmas())?;
+        let values = run(py, || self.core("pragmas()")?.pragmas())?;
         let d = PyDict::new(py);
         for (name, value) in values {
             match value.parse::<i64>() {
@@ -498,14 +615,14 @@ impl PyDatabase {
 
     /// Re-reads every configured pragma; raises PragmaVerificationError on a mismatch.
     fn verify_pragmas(&self, py: Python<'_>) -> PyResult<()> {
-        run(py, || self.inner.verify_pragmas())
+        run(py, || self.core("verify_pragmas()")?.verify_pragmas())
     }
 
     /// The write lane's counters: group commits, writes they carried, holds
     /// (transaction blocks, maintenance), callers waiting now, and `sizes`:
     /// `{group size: commits}`.
     fn lane_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.inner.lane_stats();
+        let s = self.core("lane_stats() (the SQLite write lane)")?.lane_stats();
         let d = PyDict::new(py);
         d.set_item("groups", s.groups)?;
         d.set_item("members", s.members)?;
@@ -521,11 +638,20 @@ impl PyDatabase {
 
     /// Connections open and idle in the pool.
     fn pool_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (connections, idle) = self.inner.pool_state()?;
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            let (connections, idle) = pg.pool_state();
+            let d = PyDict::new(py);
+            d.set_item("connections", connections)?;
+            d.set_item("idle", idle)?;
+            d.set_item("max_size", pg.options().pool_size)?;
+            return Ok(d);
+        }
+        let (connections, idle) = self.core("pool_state")?.pool_state()?;
         let d = PyDict::new(py);
         d.set_item("connections", connections)?;
         d.set_item("idle", idle)?;
-        d.set_item("max_size", self.inner.options().pool_size)?;
+        d.set_item("max_size", self.core("pool_state")?.options().pool_size)?;
         Ok(d)
     }
 
@@ -534,10 +660,21 @@ impl PyDatabase {
     /// write transactions begin IMMEDIATE) or exclusive.
     #[pyo3(signature = (behavior=None), text_signature = "($self, behavior='immediate')")]
     fn transaction(slf: Bound<'_, Self>, behavior: Option<&Bound<'_, PyAny>>) -> PyResult<PyTransaction> {
-        let behavior: Behavior = match behavior.filter(|b| !b.is_none()) {
-            Some(b) => text(b, "behavior")?.parse()?,
-            None => Behavior::Immediate,
+        let given: Option<Behavior> = match behavior.filter(|b| !b.is_none()) {
+            Some(b) => Some(text(b, "behavior")?.parse()?),
+            None => None,
         };
+        if slf.get().pg().is_some() {
+            if let Some(b @ (Behavior::Immediate | Behavior::Exclusive)) = given {
+                return Err(Error::NotSupported(format!(
+                    "transaction({:?}) is a SQLite locking mode and does not apply on PostgreSQL; use transaction() \
+                     or transaction(\"deferred\") (BEGIN, READ COMMITTED)",
+                    format!("{b:?}").to_lowercase()
+                ))
+                .into());
+            }
+        }
+        let behavior = given.unwrap_or(Behavior::Immediate);
         Ok(PyTransaction::new(slf.unbind(), behavior))
     }
 
@@ -546,7 +683,11 @@ impl PyDatabase {
     fn execute(&self, py: Python<'_>, sql: &Bound<'_, PyAny>, params: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
         let sql = text(sql, "sql")?;
         let params = to_params(params)?;
-        run(py, move || self.inner.write_repeatable_as("execute", |tx| tx.execute_params(&sql, &params)))
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            return run(py, move || pg.execute(&sql, &params));
+        }
+        run(py, move || self.core("execute")?.write_repeatable_as("execute", |tx| tx.execute_params(&sql, &params)))
     }
 
     /// Runs a query outside any transaction; returns `Rows`: a list of tuples whose
@@ -555,7 +696,11 @@ impl PyDatabase {
     fn query<'py>(&self, py: Python<'py>, sql: &Bound<'py, PyAny>, params: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
         let sql = text(sql, "sql")?;
         let params = to_params(params)?;
-        let (columns, rows) = run(py, move || self.inner.query_columns(&sql, &params))?;
+        let (columns, rows) = run(py, move || match self.pg() {
+            #[cfg(feature = "postgres")]
+            Some(pg) => pg.query_columns(&sql, &params),
+            _ => self.core("query")?.query_columns(&sql, &params),
+        })?;
         rows_with_columns(py, columns, rows)
     }
 
@@ -570,7 +715,10 @@ impl PyDatabase {
     /// Legacy rows whose values had to be converted to be read, one dict each
     /// (table, id, column, problem).
     fn legacy_row_problems<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
-        let problems = run(py, || self.inner.legacy_row_problems())?;
+        if self.pg().is_some() {
+            return Ok(Vec::new()); // no legacy tables on PostgreSQL
+        }
+        let problems = run(py, || self.core("legacy_row_problems")?.legacy_row_problems())?;
         problems
             .into_iter()
             .map(|p| {
@@ -591,9 +739,13 @@ impl PyDatabase {
         match target {
             Some(t) if !t.is_none() => {
                 let target = non_negative(t, "target")?;
-                run(py, || self.inner.migrate(target))
+                run(py, || self.core("migrate(target)")?.migrate(target))
             }
-            _ => run(py, || self.inner.upgrade(migrations::DEFAULT_VERSION)),
+            _ => run(py, || match self.pg() {
+                #[cfg(feature = "postgres")]
+                Some(pg) => pg.migrate(),
+                _ => self.core("migrate")?.upgrade(migrations::DEFAULT_VERSION),
+            }),
         }
     }
 
@@ -643,7 +795,7 @@ impl PyDatabase {
             run_id: opt_text(run_id, "run_id")?.map(|s| s.to_string()),
         };
         let done = completion::<Option<bool>>(on_done);
-        self.inner.submit_agent_spawn(spawn, move |r| done(r.map(|()| None)));
+        self.core("submit_agent_spawn")?.submit_agent_spawn(spawn, move |r| done(r.map(|()| None)));
         Ok(())
     }
 
@@ -656,7 +808,7 @@ impl PyDatabase {
     ) -> PyResult<()> {
         let on_done = non_callable(on_done)?;
         let (a, r) = (text(agent_id, "agent_id")?.to_string(), text(response_text, "response_text")?.to_string());
-        self.inner.submit_agent_completion(a, r, completion::<bool>(on_done));
+        self.core("submit_agent_completion")?.submit_agent_completion(a, r, completion::<bool>(on_done));
         Ok(())
     }
 
@@ -760,7 +912,7 @@ impl PyDatabase {
             run_id: opt_text(run_id, "run_id")?.map(|s| s.to_string()),
             model_version: opt_text(model_version, "model_version")?.map(|s| s.to_string()),
         };
-        self.inner.submit_artifact(artifact, completion::<i64>(on_done));
+        self.core("submit_artifact")?.submit_artifact(artifact, completion::<i64>(on_done));
         Ok(())
     }
 
@@ -847,7 +999,7 @@ impl PyDatabase {
 
     /// How often each schema served `query_artifacts` / `query_latest_synthesis`.
     fn reader_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let c = self.inner.reader_counts();
+        let c = self.core("reader_stats() (the dual-schema reader)")?.reader_counts();
         let d = PyDict::new(py);
         d.set_item("v1", c.v1)?;
         d.set_item("legacy", c.legacy)?;
@@ -859,7 +1011,7 @@ impl PyDatabase {
 
     /// Page size and count, free pages and fraction, file and WAL size.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = run(py, || self.inner.stats())?;
+        let s = run(py, || self.core("stats() (SQLite pages)")?.stats())?;
         stats_dict(py, &s)
     }
 
@@ -868,7 +1020,30 @@ impl PyDatabase {
     #[pyo3(signature = (threshold=None), text_signature = "($self, threshold=0.5)")]
     fn health<'py>(&self, py: Python<'py>, threshold: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyDict>> {
         let threshold = threshold.filter(|t| !t.is_none()).map_or(Ok(DEFAULT_VACUUM_THRESHOLD), |t| real(t, "threshold"))?;
-        let h = run(py, || self.inner.health(threshold))?;
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            let h = run(py, || pg.health())?;
+            let d = PyDict::new(py);
+            let rows = PyDict::new(py);
+            for (table, n) in &h.rows {
+                rows.set_item(table, n)?;
+            }
+            d.set_item("backend", "postgresql")?;
+            d.set_item("rows", rows)?;
+            d.set_item("database_size", h.database_size)?;
+            d.set_item("server_version", &h.server_version)?;
+            d.set_item("schema_version", crate::migrations::LATEST_VERSION)?;
+            d.set_item("layout_revision", h.layout)?;
+            d.set_item("shape", "postgresql")?;
+            // PostgreSQL's autovacuum reclaims space; there is no free-page threshold.
+            d.set_item("needs_vacuum", false)?;
+            d.set_item("vacuum_threshold", threshold)?;
+            d.set_item("journal_mode", py.None())?;
+            d.set_item("auto_vacuum", py.None())?;
+            d.set_item("path", self.path(py))?;
+            return Ok(d);
+        }
+        let h = run(py, || self.core("health")?.health(threshold))?;
         let d = stats_dict(py, &h.stats)?;
         let rows = PyDict::new(py);
         for (table, n) in &h.rows {
@@ -911,7 +1086,22 @@ impl PyDatabase {
                 .unwrap_or(true)
             }) as Box<dyn FnMut(u64) -> bool + Send>
         });
-        let r = run(py, move || self.inner.vacuum(full, pages, progress))?;
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            if pages.is_some() {
+                return Err(Error::NotSupported(format!(
+                    "vacuum(pages={}) is SQLite's incremental vacuum and does not apply on PostgreSQL; vacuum() runs VACUUM (ANALYZE)",
+                    pages.unwrap_or_default()
+                ))
+                .into());
+            }
+            run(py, || pg.vacuum(full))?;
+            let d = PyDict::new(py);
+            d.set_item("full", full)?;
+            d.set_item("backend", "postgresql")?;
+            return Ok(d);
+        }
+        let r = run(py, move || self.core("vacuum")?.vacuum(full, pages, progress))?;
         let d = PyDict::new(py);
         d.set_item("full", r.full)?;
         d.set_item("before", stats_dict(py, &r.before)?)?;
@@ -929,7 +1119,7 @@ impl PyDatabase {
             Some(text) => Some(CheckpointMode::parse(&text)?),
             None => None,
         };
-        let done = run(py, || self.inner.checkpoint(mode))?;
+        let done = run(py, || self.core("checkpoint() (the SQLite WAL)")?.checkpoint(mode))?;
         let d = PyDict::new(py);
         d.set_item("mode", done.mode.name())?;
         d.set_item("busy", done.busy)?;
@@ -942,7 +1132,7 @@ impl PyDatabase {
     /// Litestream's tables are in the file. Checkpoints are PASSIVE only then.
     #[getter]
     fn replicated(&self, py: Python<'_>) -> PyResult<bool> {
-        run(py, || self.inner.is_replicated())
+        run(py, || self.core("replicated")?.is_replicated())
     }
 
     /// An online backup into the new file `dest` (refused if anything exists there);
@@ -956,8 +1146,8 @@ impl PyDatabase {
             })?),
         };
         let path = run(py, || match dest {
-            Some(dest) => self.inner.backup(&dest).map(|()| dest),
-            None => self.inner.backup_beside(),
+            Some(dest) => self.core("backup()")?.backup(&dest).map(|()| dest),
+            None => self.core("backup()")?.backup_beside(),
         })?;
         Ok(path.to_string_lossy().into_owned())
     }
@@ -966,7 +1156,7 @@ impl PyDatabase {
     #[pyo3(signature = (quick=None), text_signature = "($self, quick=False)")]
     fn integrity_check(&self, py: Python<'_>, quick: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<String>> {
         let quick = opt_flag(quick, "quick", false)?;
-        run(py, || self.inner.integrity_check(quick))
+        run(py, || self.core("integrity_check()")?.integrity_check(quick))
     }
 
     /// Starts the background maintenance thread: retention, incremental vacuum and a
@@ -1016,18 +1206,33 @@ impl PyDatabase {
             checkpoint,
             on_cycle,
         };
-        run(py, || self.inner.start_maintenance(options))
+        run(py, || match self.pg() {
+            #[cfg(feature = "postgres")]
+            Some(pg) => pg.start_maintenance(options),
+            _ => self.core("start_maintenance()")?.start_maintenance(options),
+        })
     }
 
     /// Stops the maintenance thread (waiting for a running cycle); a no-op if none runs.
     fn stop_maintenance(&self, py: Python<'_>) {
-        py.detach(|| self.inner.stop_maintenance());
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            py.detach(|| pg.stop_maintenance());
+            return;
+        }
+        if let Ok(db) = self.core("stop_maintenance") {
+            py.detach(|| db.stop_maintenance());
+        }
     }
 
     /// Cycles completed by the running maintenance thread, or None.
     #[getter]
     fn maintenance_cycles(&self) -> Option<u64> {
-        self.inner.maintenance_cycles()
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            return pg.maintenance_cycles();
+        }
+        self.core("maintenance_cycles").ok()?.maintenance_cycles()
     }
 }
 

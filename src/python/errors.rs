@@ -21,6 +21,9 @@ mod py {
     pyo3::import_exception!(consensus_db.errors, DiskFullError);
     pyo3::import_exception!(consensus_db.errors, DatabaseError);
     pyo3::import_exception!(consensus_db.errors, InternalError);
+    pyo3::import_exception!(consensus_db.errors, NotSupportedError);
+    pyo3::import_exception!(consensus_db.errors, ConnectionLostError);
+    pyo3::import_exception!(consensus_db.errors, OutcomeUnknownError);
 }
 
 pub fn to_py(err: Error) -> PyErr {
@@ -41,6 +44,9 @@ pub fn to_py(err: Error) -> PyErr {
         Error::DiskFull(_) => py::DiskFullError::new_err(message),
         Error::Sqlite(_) => py::DatabaseError::new_err(message),
         Error::Internal(_) => py::InternalError::new_err(message),
+        Error::NotSupported(_) => py::NotSupportedError::new_err(message),
+        Error::ConnectionLost(_) => py::ConnectionLostError::new_err(message),
+        Error::OutcomeUnknown(_) => py::OutcomeUnknownError::new_err(message),
     }
 }
 

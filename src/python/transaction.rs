@@ -8,7 +8,8 @@ use pyo3::types::PyAny;
 use super::convert::{rows_with_columns, text, to_params, type_name};
 use super::run;
 use crate::error::Error;
-use crate::transaction::{Behavior, Tx};
+use crate::backend::AnyTx as Tx;
+use crate::transaction::Behavior;
 
 /// `with db.transaction(behavior) as tx:` — commits when the block ends, rolls back
 /// when it raises; `tx.execute`/`tx.query` run inside it, `tx.savepoint()` nests.
@@ -44,7 +45,7 @@ impl PyTransaction {
             let this = slf.get();
             let db = this.db.get();
             let behavior = this.behavior;
-            let tx = run(py, || db.core()?.begin(behavior))?;
+            let tx = run(py, || db.any().begin(behavior))?;
             let mut slot = this.tx.lock();
             if slot.is_some() {
                 return Err(Error::Sqlite("the transaction is already active".into()).into());
@@ -105,7 +106,7 @@ impl PyTransaction {
     /// The rowid of the last row inserted through this transaction.
     #[getter]
     fn lastrowid(&self, py: Python<'_>) -> PyResult<i64> {
-        self.with_tx(py, |tx| Ok(tx.last_insert_rowid()))
+        self.with_tx(py, |tx| tx.last_insert_rowid())
     }
 
     /// A nested savepoint: `with tx.savepoint(): ...` undoes only its own part on error.

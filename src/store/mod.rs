@@ -14,8 +14,8 @@ mod artifacts;
 pub mod database;
 mod executions;
 pub(crate) mod legacy;
-mod synthesis;
-mod validate;
+pub(crate) mod synthesis;
+pub(crate) mod validate;
 
 pub use database::Database;
 pub use executions::NewSpawn;

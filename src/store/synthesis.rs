@@ -101,7 +101,20 @@ fn v1_latest_synthesis_sql(columns: Columns) -> String {
 /// JSON text. Text that is not a JSON object is returned whole as the markdown.
 fn synthesis_from_json(r: &Row, spec_id: &str, stage: &str) -> rusqlite::Result<Synthesis> {
     let raw: String = r.get(1)?;
-    let object = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&raw).ok();
+    Ok(synthesis_from_text(&raw, r.get(0)?, spec_id, stage, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+/// A synthesis from its stored JSON text and its run's columns (both backends).
+pub(crate) fn synthesis_from_text(
+    raw: &str,
+    id: i64,
+    spec_id: &str,
+    stage: &str,
+    degraded: bool,
+    run_id: Option<String>,
+    created_at_ms: i64,
+) -> Synthesis {
+    let object = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw).ok();
     let text = |key: &str| -> Option<String> {
         match object.as_ref()?.get(key)? {
             serde_json::Value::Null => None,
@@ -109,21 +122,21 @@ fn synthesis_from_json(r: &Row, spec_id: &str, stage: &str) -> rusqlite::Result<
             other => Some(other.to_string()),
         }
     };
-    Ok(Synthesis {
-        id: r.get(0)?,
+    Synthesis {
+        id,
         spec_id: spec_id.to_owned(),
         stage: stage.to_owned(),
-        output_markdown: if object.is_some() { text("output_markdown").unwrap_or_default() } else { raw.clone() },
+        output_markdown: if object.is_some() { text("output_markdown").unwrap_or_default() } else { raw.to_owned() },
         output_path: text("output_path"),
         status: text("status").unwrap_or_default(),
         artifacts_count: object.as_ref().and_then(|o| o.get("artifacts_count")?.as_i64()),
         agreements: text("agreements"),
         conflicts: text("conflicts"),
-        degraded: r.get(2)?,
-        run_id: r.get(3)?,
-        created_at_ms: r.get(4)?,
+        degraded,
+        run_id,
+        created_at_ms,
         source: SOURCE_V1,
-    })
+    }
 }
 
 static CLOSE_RUN: LazyLock<String> = LazyLock::new(|| {

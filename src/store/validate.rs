@@ -20,7 +20,7 @@ pub fn check_json(name: &str, value: &str) -> Result<()> {
     })
 }
 
-pub(super) fn check_phase_type(value: &str) -> Result<()> {
+pub(crate) fn check_phase_type(value: &str) -> Result<()> {
     if PHASE_TYPES.contains(&value) {
         Ok(())
     } else {
@@ -28,7 +28,7 @@ pub(super) fn check_phase_type(value: &str) -> Result<()> {
     }
 }
 
-pub(super) fn check_artifact(a: &NewArtifact) -> Result<()> {
+pub(crate) fn check_artifact(a: &NewArtifact) -> Result<()> {
     check_id("spec_id", &a.spec_id)?;
     check_id("stage", &a.stage)?;
     check_id("agent_name", &a.agent_name)?;

@@ -1,0 +1,807 @@
+//! The PostgreSQL backend (feature `postgres`): the store's public operations over a
+//! server, for deployments that outgrow one host. `PgDatabase` implements
+//! [`crate::backend::Backend`] beside the SQLite store; `connect("postgresql://...")`
+//! selects it from Python.
+//!
+//! - Schema: `schema.sql` (the SQLite store's current layout in PostgreSQL types:
+//!   identity keys, JSONB, the same integer-millisecond and UTC-text timestamps),
+//!   applied by migrations under `pg_advisory_lock`, recorded in `consensus_db_meta`.
+//! - Connections: a small pool of synchronous `postgres::Client`s (`pool.rs`), opened
+//!   on demand; a connection found broken is dropped and the next call reconnects. A
+//!   multi-host URL with `target_session_attrs=read-write` follows a failover.
+//! - Retry: serialization failures (40001), deadlocks (40P01) and lost connections are
+//!   retried with the store's policy. A write whose commit outcome is unknown (the
+//!   connection died after the statement was sent) is repeated only where it is
+//!   idempotent: spawns and completions by nature, artifacts and syntheses by a write
+//!   token the server checks; every other write raises [`Error::OutcomeUnknown`].
+
+mod maintenance;
+mod pool;
+mod sql;
+mod tx;
+
+use std::time::Duration;
+
+use postgres::error::SqlState;
+use postgres::types::ToSql;
+
+pub use pool::{PgPool, Session};
+pub use tx::PgTx;
+
+use crate::error::{Error, Result};
+use crate::model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synthesis, SOURCE_V1};
+use crate::sqlite::retry::{Retrier, RetryPolicy};
+use crate::store::validate::{check_artifact, check_id, check_phase_type};
+
+/// This backend's layout revision (`consensus_db_meta.pg_layout`).
+pub const PG_LAYOUT: i64 = 1;
+
+/// Whether `target` names a PostgreSQL server: a `postgresql://` URL.
+pub fn is_url(target: &str) -> bool {
+    target.starts_with("postgresql://")
+}
+
+/// What opening a PostgreSQL store takes.
+#[derive(Clone, Debug)]
+pub struct PgOptions {
+    pub pool_size: u32,
+    pub checkout_timeout: Duration,
+    /// Apply migrations at open (`migrate=True`); otherwise an unmigrated database is refused.
+    pub migrate: bool,
+    pub read_only: bool,
+    pub retry: Option<RetryPolicy>,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            pool_size: 10,
+            checkout_timeout: Duration::from_secs(30),
+            migrate: true,
+            read_only: false,
+            retry: Some(RetryPolicy::default()),
+        }
+    }
+}
+
+/// How a failed call may be repeated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Reads: always safe to run again.
+    Read,
+    /// Writes whose repetition leaves the same state and result.
+    Idempotent,
+    /// Writes that must not run twice: a lost connection mid-call is OutcomeUnknown.
+    Once,
+}
+
+pub struct PgDatabase {
+    pool: PgPool,
+    url: String,
+    options: PgOptions,
+    retrier: Retrier,
+    maintenance: parking_lot::Mutex<Option<maintenance::PgMaintenance>>,
+}
+
+/// Maps a driver error; `lost` tells whether the connection is gone.
+pub(crate) fn map_error(e: &postgres::Error) -> Error {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        let msg = format!("{} (SQLSTATE {})", db.message(), code.code());
+        let msg = match db.detail() {
+            Some(d) => format!("{msg}: {d}"),
+            None => msg,
+        };
+        return if *code == SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == SqlState::T_R_DEADLOCK_DETECTED
+            || *code == SqlState::LOCK_NOT_AVAILABLE
+        {
+            Error::Busy(msg)
+        } else if code.code().starts_with("23") {
+            Error::Integrity(msg)
+        } else if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
+            Error::ReadOnly(msg)
+        } else if *code == SqlState::DISK_FULL {
+            Error::DiskFull(msg)
+        } else if code.code().starts_with("08") || code.code().starts_with("57P") {
+            Error::ConnectionLost(msg)
+        } else if code.code() == "22021" || code.code() == "22P05" {
+            // Text the server cannot hold (NUL, say).
+            Error::invalid("value", msg)
+        } else if *code == SqlState::IN_FAILED_SQL_TRANSACTION {
+            Error::Transaction(msg)
+        } else {
+            Error::Sqlite(format!("PostgreSQL: {msg}"))
+        };
+    }
+    if e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()) {
+        return Error::ConnectionLost(format!("connection to PostgreSQL lost: {e}"));
+    }
+    Error::Sqlite(format!("PostgreSQL: {e}"))
+}
+
+impl From<postgres::Error> for Error {
+    fn from(e: postgres::Error) -> Self {
+        map_error(&e)
+    }
+}
+
+/// A random token naming one write call, so that its repetition is recognised.
+fn write_token() -> String {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom writes at most `len` bytes into the buffer it is given.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        // Never expected on Linux; time and pid still make a collision implausible.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = (t ^ ((std::process::id() as u128) << 96)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// PostgreSQL text cannot hold NUL: refused up front, naming the argument.
+fn no_nul(name: &str, value: &str) -> Result<()> {
+    if value.contains('\0') {
+        return Err(Error::invalid(
+            name,
+            "contains a NUL character, which PostgreSQL text cannot hold",
+        ));
+    }
+    Ok(())
+}
+
+fn no_nul_opt(name: &str, value: Option<&str>) -> Result<()> {
+    value.map_or(Ok(()), |v| no_nul(name, v))
+}
+
+/// JSONB cannot hold NUL either (`\u0000` in a string or key).
+fn json_no_nul(name: &str, json: &str) -> Result<()> {
+    no_nul(name, json)?;
+    if !json.contains("\\u0000") {
+        return Ok(());
+    }
+    fn has_nul(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(a) => a.iter().any(has_nul),
+            serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(v) if has_nul(&v) => Err(Error::invalid(
+            name,
+            "holds a NUL character (\\u0000), which PostgreSQL's JSONB cannot store",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn artifact_no_nul(a: &NewArtifact) -> Result<()> {
+    no_nul("spec_id", &a.spec_id)?;
+    no_nul("stage", &a.stage)?;
+    no_nul("agent_name", &a.agent_name)?;
+    json_no_nul("content_json", &a.content_json)?;
+    no_nul_opt("response_text", a.response_text.as_deref())?;
+    no_nul_opt("run_id", a.run_id.as_deref())?;
+    no_nul_opt("model_version", a.model_version.as_deref())
+}
+
+impl PgDatabase {
+    /// Connects to `url`, checks (and with `migrate`, applies) the schema.
+    pub fn open(url: &str, options: PgOptions) -> Result<PgDatabase> {
+        if !is_url(url) {
+            return Err(Error::invalid(
+                "url",
+                format!("{url:?} is not a postgresql:// URL"),
+            ));
+        }
+        let pool = PgPool::new(
+            url,
+            options.pool_size,
+            options.checkout_timeout,
+            options.read_only,
+        )?;
+        let db = PgDatabase {
+            pool,
+            url: redact(url),
+            retrier: Retrier::new(options.retry.clone()),
+            options,
+            maintenance: parking_lot::Mutex::new(None),
+        };
+        db.run("open", Kind::Idempotent, |c| {
+            sql::migrate(c, db.options.migrate && !db.options.read_only)
+        })?;
+        Ok(db)
+    }
+
+    /// The URL with any password blanked.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn options(&self) -> &PgOptions {
+        &self.options
+    }
+
+    pub fn retry_count(&self) -> u64 {
+        self.retrier.count()
+    }
+
+    /// Stops maintenance, then closes the idle connections. Idempotent.
+    pub fn close(&self) {
+        self.stop_maintenance();
+        self.pool.close();
+    }
+
+    /// Starts the background maintenance thread (replacing a running one): retention,
+    /// then `VACUUM (ANALYZE)`, every `interval`.
+    pub fn start_maintenance(&self, options: crate::maintenance::MaintenanceOptions) -> Result<()> {
+        self.writable("maintenance")?;
+        if options.interval.is_zero() {
+            return Err(Error::invalid("interval_s", "must be greater than zero"));
+        }
+        if let Some(days) = options.retention_days {
+            if days < 0 {
+                return Err(Error::invalid(
+                    "retention_days",
+                    format!("must be zero or more, got {days}"),
+                ));
+            }
+        }
+        if self.pool.is_closed() {
+            return Err(Error::Closed);
+        }
+        // The thread's own handle on the same pool; its retries count on its own.
+        let handle = PgDatabase {
+            pool: self.pool.clone(),
+            url: self.url.clone(),
+            options: self.options.clone(),
+            retrier: Retrier::new(self.options.retry.clone()),
+            maintenance: parking_lot::Mutex::new(None),
+        };
+        let mut slot = self.maintenance.lock();
+        if let Some(old) = slot.take() {
+            old.stop();
+        }
+        *slot = Some(maintenance::PgMaintenance::start(handle, options)?);
+        Ok(())
+    }
+
+    /// Stops the maintenance thread and waits for it; a no-op when none runs.
+    pub fn stop_maintenance(&self) {
+        let running = self.maintenance.lock().take();
+        if let Some(m) = running {
+            m.stop();
+        }
+    }
+
+    /// Cycles completed by the running maintenance thread (`None` when none runs).
+    pub fn maintenance_cycles(&self) -> Option<u64> {
+        self.maintenance
+            .lock()
+            .as_ref()
+            .map(|m| m.cycles.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.pool.is_closed()
+    }
+
+    pub fn pool_state(&self) -> (u32, u32) {
+        self.pool.state()
+    }
+
+    fn writable(&self, what: &str) -> Result<()> {
+        if self.options.read_only {
+            return Err(Error::ReadOnly(format!(
+                "{what} writes; the store at {} is read-only",
+                self.url
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on a pooled connection with the retry policy. See [`Kind`].
+    fn run<T>(
+        &self,
+        op: &str,
+        kind: Kind,
+        mut f: impl FnMut(&mut Session) -> Result<T>,
+    ) -> Result<T> {
+        let mut attempts = self.retrier.start(op);
+        loop {
+            let result = match self.pool.get() {
+                Ok(mut conn) => {
+                    // A statement that must not run twice first checks, by a round trip,
+                    // that its connection is alive (an idle one may have died with its
+                    // server): a dead one fails here, before anything is sent.
+                    let alive = match kind {
+                        Kind::Once => conn
+                            .session()
+                            .client
+                            .is_valid(Duration::from_secs(5))
+                            .map_err(|e| {
+                                Error::ConnectionLost(format!("connection to PostgreSQL lost: {e}"))
+                            }),
+                        _ => Ok(()),
+                    };
+                    let sent = alive.is_ok();
+                    let r = match alive {
+                        Ok(()) => f(conn.session()),
+                        Err(e) => {
+                            conn.discard();
+                            self.pool.purge_idle();
+                            Err(e)
+                        }
+                    };
+                    if let Err(Error::ConnectionLost(_)) = &r {
+                        conn.discard();
+                        // Its server may be gone (a failover): so are the idle ones.
+                        self.pool.purge_idle();
+                    } else if conn
+                        .session_if_present()
+                        .is_some_and(|s| s.client.is_closed())
+                    {
+                        conn.discard();
+                    }
+                    match r {
+                        Err(Error::ConnectionLost(m)) if kind == Kind::Once && sent => {
+                            return Err(Error::OutcomeUnknown(format!(
+                                "{op}: the connection to PostgreSQL was lost after the statement was sent ({m}); it may \
+                                 or may not have committed, and it is not repeated: check before writing it again"
+                            )));
+                        }
+                        r => r,
+                    }
+                }
+                // Failing to connect wrote nothing: any call may try again.
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(v) => return Ok(v),
+                Err(e) if attempts.again(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A transaction on one pooled connection (`BEGIN`, READ COMMITTED).
+    pub fn begin(&self) -> Result<PgTx> {
+        let mut attempts = self.retrier.start("transaction");
+        loop {
+            let r = self.pool.get().and_then(|mut conn| {
+                conn.session().client.batch_execute("BEGIN").map_err(|e| {
+                    let e = map_error(&e);
+                    conn.discard();
+                    e
+                })?;
+                Ok(PgTx::new(conn, self.options.read_only))
+            });
+            match r {
+                Ok(tx) => return Ok(tx),
+                Err(e) if attempts.again(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs one statement of the backend's own SQL in its own transaction.
+    pub fn execute(&self, sql: &str, params: &crate::transaction::Params) -> Result<usize> {
+        self.writable("execute")?;
+        self.run("execute", Kind::Once, |c| tx::execute(c, sql, params))
+    }
+
+    /// Runs a query of the backend's own SQL; rows as SQLite-like values.
+    pub fn query(
+        &self,
+        sql: &str,
+        params: &crate::transaction::Params,
+    ) -> Result<Vec<Vec<rusqlite::types::Value>>> {
+        // Any statement can write (a volatile function in a SELECT, INSERT … RETURNING):
+        // the caller's SQL is never repeated after it was sent.
+        self.run("query", Kind::Once, |c| tx::query(c, sql, params))
+    }
+
+    /// [`PgDatabase::query`] with the result's column names.
+    pub fn query_columns(
+        &self,
+        sql: &str,
+        params: &crate::transaction::Params,
+    ) -> Result<(Vec<String>, Vec<Vec<rusqlite::types::Value>>)> {
+        self.run("query", Kind::Once, |c| tx::query_columns(c, sql, params))
+    }
+
+    pub fn schema_version(&self) -> Result<i64> {
+        // No legacy tables, ever: the equivalent of SQLite's version 2.
+        Ok(crate::migrations::LATEST_VERSION)
+    }
+
+    pub fn layout_revision(&self) -> Result<i64> {
+        self.run("layout_revision", Kind::Read, sql::layout)
+    }
+
+    /// Applies pending migrations; returns the schema version.
+    pub fn migrate(&self) -> Result<i64> {
+        self.writable("migrate")?;
+        self.run("migrate", Kind::Idempotent, |c| sql::migrate(c, true))?;
+        self.schema_version()
+    }
+
+    // ---- executions ---------------------------------------------------------------
+
+    pub fn record_agent_spawn(
+        &self,
+        agent_id: &str,
+        spec_id: &str,
+        stage: &str,
+        phase_type: &str,
+        agent_name: &str,
+        run_id: Option<&str>,
+    ) -> Result<()> {
+        check_id("agent_id", agent_id)?;
+        check_id("spec_id", spec_id)?;
+        check_id("stage", stage)?;
+        check_phase_type(phase_type)?;
+        check_id("agent_name", agent_name)?;
+        for (name, v) in [
+            ("agent_id", agent_id),
+            ("spec_id", spec_id),
+            ("stage", stage),
+            ("agent_name", agent_name),
+        ] {
+            no_nul(name, v)?;
+        }
+        no_nul_opt("run_id", run_id)?;
+        self.writable("record_agent_spawn")?;
+        // An upsert: repeating it leaves the same row.
+        self.run("record_agent_spawn", Kind::Idempotent, |c| {
+            let stmt = c.prepared(sql::SPAWN)?;
+            c.client.execute(
+                &stmt,
+                &[
+                    &agent_id,
+                    &spec_id,
+                    &stage,
+                    &phase_type,
+                    &agent_name,
+                    &run_id,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn get_agent_spawn_info(&self, agent_id: &str) -> Result<Option<(String, String)>> {
+        self.run("get_agent_spawn_info", Kind::Read, |c| {
+            let stmt = c.prepared(sql::SPAWN_INFO)?;
+            Ok(c.client
+                .query_opt(&stmt, &[&agent_id])?
+                .map(|r| (r.get(0), r.get(1))))
+        })
+    }
+
+    pub fn get_agent_name(&self, agent_id: &str) -> Result<Option<String>> {
+        self.run("get_agent_name", Kind::Read, |c| {
+            let stmt = c.prepared(sql::AGENT_NAME)?;
+            Ok(c.client.query_opt(&stmt, &[&agent_id])?.map(|r| r.get(0)))
+        })
+    }
+
+    pub fn record_agent_completion(&self, agent_id: &str, response_text: &str) -> Result<bool> {
+        check_id("agent_id", agent_id)?;
+        no_nul("agent_id", agent_id)?;
+        no_nul("response_text", response_text)?;
+        self.writable("record_agent_completion")?;
+        // Setting the same values again: idempotent (completed_at moves by the retry's delay).
+        self.run("record_agent_completion", Kind::Idempotent, |c| {
+            let stmt = c.prepared(sql::COMPLETE)?;
+            Ok(c.client.execute(&stmt, &[&agent_id, &response_text])? > 0)
+        })
+    }
+
+    pub fn record_extraction_failure(
+        &self,
+        agent_id: &str,
+        response_text: &str,
+        extraction_error: &str,
+    ) -> Result<bool> {
+        check_id("agent_id", agent_id)?;
+        check_id("extraction_error", extraction_error)?;
+        no_nul("agent_id", agent_id)?;
+        no_nul("response_text", response_text)?;
+        no_nul("extraction_error", extraction_error)?;
+        self.writable("record_extraction_failure")?;
+        self.run("record_extraction_failure", Kind::Idempotent, |c| {
+            let stmt = c.prepared(sql::FAIL_EXTRACTION)?;
+            Ok(c.client
+                .execute(&stmt, &[&agent_id, &response_text, &extraction_error])?
+                > 0)
+        })
+    }
+
+    pub fn query_extraction_failures(&self, spec_id: &str) -> Result<Vec<ExtractionFailure>> {
+        self.run("query_extraction_failures", Kind::Read, |c| {
+            let rows = c.client.query(sql::EXTRACTION_FAILURES, &[&spec_id])?;
+            Ok(rows
+                .iter()
+                .map(|r| ExtractionFailure {
+                    agent_id: r.get(0),
+                    spec_id: r.get(1),
+                    stage: r.get(2),
+                    phase_type: r.get(3),
+                    agent_name: r.get(4),
+                    run_id: r.get(5),
+                    spawned_at: r.get(6),
+                    completed_at: r.get(7),
+                    response_text: r.get(8),
+                    extraction_error: r.get(9),
+                })
+                .collect())
+        })
+    }
+
+    pub fn cleanup_old_executions(&self, days: i64) -> Result<usize> {
+        if days < 0 {
+            return Err(Error::invalid(
+                "days",
+                format!("must be zero or more, got {days}"),
+            ));
+        }
+        self.writable("cleanup_old_executions")?;
+        // Beyond a million days every row is older anyway; the server's interval stays in range.
+        let days = days.min(1_000_000);
+        self.run("cleanup_old_executions", Kind::Once, |c| {
+            Ok(c.client.execute(sql::CLEANUP, &[&days])? as usize)
+        })
+    }
+
+    // ---- artifacts ----------------------------------------------------------------
+
+    pub fn store_artifact(&self, a: &NewArtifact) -> Result<i64> {
+        check_artifact(a)?;
+        artifact_no_nul(a)?;
+        self.writable("store_artifact")?;
+        let token = write_token();
+        // The token makes a repetition find the first attempt's row.
+        self.run("store_artifact", Kind::Idempotent, |c| {
+            let stmt = c.prepared(sql::STORE_ARTIFACT)?;
+            let row = c.client.query_one(
+                &stmt,
+                &[
+                    &a.spec_id,
+                    &a.stage,
+                    &a.agent_name,
+                    &a.content_json,
+                    &a.response_text,
+                    &a.run_id,
+                    &a.model_version,
+                    &token,
+                ],
+            )?;
+            Ok(row.get(0))
+        })
+    }
+
+    pub fn store_artifacts(&self, artifacts: &[NewArtifact]) -> Result<Vec<i64>> {
+        for (i, a) in artifacts.iter().enumerate() {
+            check_artifact(a)
+                .and_then(|()| artifact_no_nul(a))
+                .map_err(|e| match e {
+                    Error::InvalidInput { name, message } => {
+                        Error::invalid(format!("artifacts[{i}].{name}"), message)
+                    }
+                    other => other,
+                })?;
+        }
+        self.writable("store_artifacts")?;
+        if artifacts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = write_token();
+        let tokens: Vec<String> = (0..artifacts.len())
+            .map(|i| format!("{batch}:{i}"))
+            .collect();
+        let mut first = true;
+        self.run("store_artifacts", Kind::Idempotent, |c| {
+            sql::store_batch(c, artifacts, &tokens, std::mem::replace(&mut first, false))
+        })
+    }
+
+    pub fn query_artifacts(&self, spec_id: &str, stage: &str) -> Result<Vec<Artifact>> {
+        self.run("query_artifacts", Kind::Read, |c| {
+            let stmt = c.prepared(sql::QUERY_ARTIFACTS)?;
+            let rows = c.client.query(&stmt, &[&spec_id, &stage])?;
+            Ok(rows
+                .iter()
+                .map(|r| Artifact {
+                    id: r.get(0),
+                    spec_id: spec_id.to_owned(),
+                    stage: stage.to_owned(),
+                    agent_name: r.get(1),
+                    content_json: r.get(2),
+                    response_text: r.get(3),
+                    run_id: r.get(4),
+                    created_at_ms: r.get(5),
+                    model_version: r.get(6),
+                    source: SOURCE_V1,
+                })
+                .collect())
+        })
+    }
+
+    pub fn delete_spec_artifacts(&self, spec_id: &str) -> Result<usize> {
+        check_id("spec_id", spec_id)?;
+        self.delete_artifacts(spec_id, None)
+    }
+
+    pub fn delete_stage_artifacts(&self, spec_id: &str, stage: &str) -> Result<usize> {
+        check_id("spec_id", spec_id)?;
+        check_id("stage", stage)?;
+        self.delete_artifacts(spec_id, Some(stage))
+    }
+
+    fn delete_artifacts(&self, spec_id: &str, stage: Option<&str>) -> Result<usize> {
+        self.writable("delete_artifacts")?;
+        self.run("delete_artifacts", Kind::Once, |c| {
+            let mut t = c.client.transaction()?;
+            let n = t.execute(sql::DELETE_OUTPUTS, &[&spec_id, &stage])?;
+            t.execute(sql::DELETE_EMPTY_OPEN_RUNS, &[&spec_id, &stage])?;
+            t.commit()?;
+            Ok(n as usize)
+        })
+    }
+
+    pub fn delete_runs(&self, spec_id: &str, stage: Option<&str>) -> Result<usize> {
+        check_id("spec_id", spec_id)?;
+        self.writable("delete_runs")?;
+        self.run("delete_runs", Kind::Once, |c| {
+            Ok(c.client.execute(sql::DELETE_RUNS, &[&spec_id, &stage])? as usize)
+        })
+    }
+
+    // ---- synthesis ----------------------------------------------------------------
+
+    pub fn store_synthesis(&self, s: &NewSynthesis) -> Result<i64> {
+        check_id("spec_id", &s.spec_id)?;
+        check_id("stage", &s.stage)?;
+        check_id("status", &s.status)?;
+        if let Some(n) = s.artifacts_count {
+            if n < 0 {
+                return Err(Error::invalid(
+                    "artifacts_count",
+                    format!("must be zero or more, got {n}"),
+                ));
+            }
+        }
+        for (name, v) in [
+            ("spec_id", &s.spec_id),
+            ("stage", &s.stage),
+            ("output_markdown", &s.output_markdown),
+            ("status", &s.status),
+        ] {
+            no_nul(name, v)?;
+        }
+        for (name, v) in [
+            ("output_path", &s.output_path),
+            ("agreements", &s.agreements),
+            ("conflicts", &s.conflicts),
+            ("run_id", &s.run_id),
+        ] {
+            no_nul_opt(name, v.as_deref())?;
+        }
+        self.writable("store_synthesis")?;
+        let token = write_token();
+        self.run("store_synthesis", Kind::Idempotent, |c| {
+            let stmt = c.prepared(sql::STORE_SYNTHESIS)?;
+            let params: [&(dyn ToSql + Sync); 11] = [
+                &s.spec_id,
+                &s.stage,
+                &s.output_markdown,
+                &s.output_path,
+                &s.status,
+                &s.artifacts_count,
+                &s.agreements,
+                &s.conflicts,
+                &s.degraded,
+                &s.run_id,
+                &token,
+            ];
+            Ok(c.client.query_one(&stmt, &params)?.get(0))
+        })
+    }
+
+    pub fn query_latest_synthesis(&self, spec_id: &str, stage: &str) -> Result<Option<Synthesis>> {
+        self.run("query_latest_synthesis", Kind::Read, |c| {
+            let stmt = c.prepared(sql::LATEST_SYNTHESIS)?;
+            Ok(c.client.query_opt(&stmt, &[&spec_id, &stage])?.map(|r| {
+                let raw: String = r.get(1);
+                crate::store::synthesis::synthesis_from_text(
+                    &raw,
+                    r.get(0),
+                    spec_id,
+                    stage,
+                    r.get(2),
+                    r.get(3),
+                    r.get(4),
+                )
+            }))
+        })
+    }
+
+    // ---- health and vacuum ---------------------------------------------------------
+
+    /// Rows per table and the database's size in bytes.
+    pub fn health(&self) -> Result<PgHealth> {
+        self.run("health", Kind::Read, |c| {
+            let mut rows = Vec::new();
+            for table in [
+                "agent_executions",
+                "agent_outputs",
+                "consensus_db_meta",
+                "consensus_runs",
+            ] {
+                let n: i64 = c
+                    .client
+                    .query_one(&format!("SELECT count(*) FROM {table}"), &[])?
+                    .get(0);
+                rows.push((table.to_owned(), n));
+            }
+            let size: i64 = c
+                .client
+                .query_one("SELECT pg_database_size(current_database())", &[])?
+                .get(0);
+            let version: String = c.client.query_one("SHOW server_version", &[])?.get(0);
+            let layout = sql::layout(c)?;
+            Ok(PgHealth {
+                rows,
+                database_size: size,
+                server_version: version,
+                layout,
+            })
+        })
+    }
+
+    /// `VACUUM (ANALYZE)` of the store's tables; `full` adds FULL (rewrites them).
+    pub fn vacuum(&self, full: bool) -> Result<()> {
+        self.writable("vacuum")?;
+        let sql = if full {
+            "VACUUM (FULL, ANALYZE) agent_executions, agent_outputs, consensus_runs"
+        } else {
+            "VACUUM (ANALYZE) agent_executions, agent_outputs, consensus_runs"
+        };
+        self.run("vacuum", Kind::Idempotent, |c| {
+            Ok(c.client.batch_execute(sql)?)
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        self.stop_maintenance();
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PgHealth {
+    pub rows: Vec<(String, i64)>,
+    pub database_size: i64,
+    pub server_version: String,
+    pub layout: i64,
+}
+
+/// `url` without its password (`user:secret@` becomes `user:***@`).
+fn redact(url: &str) -> String {
+    let Some(rest) = url.split_once("://").map(|(_, r)| r) else {
+        return url.to_owned();
+    };
+    let Some((auth, _)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => url.replacen(auth, &format!("{user}:***"), 1),
+        None => url.to_owned(),
+    }
+}

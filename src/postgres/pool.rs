@@ -1,0 +1,250 @@
+//! A small pool of synchronous PostgreSQL connections, opened on demand (no thread of
+//! its own). A connection that failed with a lost connection is dropped, never
+//! returned; the next checkout opens a new one (following `target_session_attrs`).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use postgres::{Client, Config, NoTls, Statement};
+
+use super::map_error;
+use crate::error::{Error, Result};
+
+/// One connection and the statements prepared on it.
+pub struct Session {
+    pub client: Client,
+    cache: HashMap<&'static str, Statement>,
+    /// Raw SQL (`execute`/`query`) prepared on this connection, up to `RAW_CACHE` statements.
+    raw: HashMap<String, Statement>,
+}
+
+const RAW_CACHE: usize = 64;
+
+impl Session {
+    /// A statement of the store's own SQL, prepared once per connection.
+    pub fn prepared(&mut self, sql: &'static str) -> Result<Statement> {
+        if let Some(s) = self.cache.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.cache.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    /// Drops a caller's statement from the cache (it failed: a schema change, say).
+    pub fn forget_raw(&mut self, sql: &str) {
+        self.raw.remove(sql);
+    }
+
+    /// A caller's statement, prepared once per connection while it stays in the cache
+    /// (emptied when full: the working set of raw SQL is small).
+    pub fn prepared_raw(&mut self, sql: &str) -> Result<Statement> {
+        if let Some(s) = self.raw.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        if self.raw.len() >= RAW_CACHE {
+            self.raw.clear();
+        }
+        self.raw.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+}
+
+struct State {
+    idle: Vec<Session>,
+    /// Connections open, idle or checked out.
+    open: u32,
+    closed: bool,
+}
+
+#[derive(Clone)]
+pub struct PgPool(Arc<Inner>);
+
+pub struct Inner {
+    config: Config,
+    max: u32,
+    timeout: Duration,
+    state: Mutex<State>,
+    freed: Condvar,
+}
+
+impl PgPool {
+    pub fn new(url: &str, max: u32, timeout: Duration, read_only: bool) -> Result<PgPool> {
+        let mut config = Config::from_str(url)
+            .map_err(|e| Error::invalid("url", format!("not a valid PostgreSQL URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        if read_only {
+            // The server refuses writes too, raw SQL included (SQLSTATE 25006: ReadOnlyError).
+            let options = match config.get_options() {
+                Some(o) => format!("{o} -c default_transaction_read_only=on"),
+                None => "-c default_transaction_read_only=on".to_owned(),
+            };
+            config.options(&options);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("consensus-db");
+        }
+        Ok(PgPool(Arc::new(Inner {
+            config,
+            max: max.max(1),
+            timeout,
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                open: 0,
+                closed: false,
+            }),
+            freed: Condvar::new(),
+        })))
+    }
+
+    pub fn get(&self) -> Result<Pooled> {
+        self.0.get(&self.0)
+    }
+
+    pub fn close(&self) {
+        self.0.close()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.0.state.lock().closed
+    }
+
+    /// Drops every idle connection (their server may be gone); the next calls reconnect.
+    pub fn purge_idle(&self) {
+        let idle = {
+            let mut state = self.0.state.lock();
+            let idle = std::mem::take(&mut state.idle);
+            state.open -= idle.len() as u32;
+            idle
+        };
+        drop(idle);
+        self.0.freed.notify_all();
+    }
+
+    /// (open connections, idle connections).
+    pub fn state(&self) -> (u32, u32) {
+        let s = self.0.state.lock();
+        (s.open, s.idle.len() as u32)
+    }
+}
+
+impl Inner {
+    /// A connection: an idle one, a new one while under the size, or the first freed
+    /// within the checkout timeout.
+    fn get(&self, me: &Arc<Inner>) -> Result<Pooled> {
+        let deadline = Instant::now() + self.timeout;
+        let mut state = self.state.lock();
+        loop {
+            if state.closed {
+                return Err(Error::Closed);
+            }
+            while let Some(session) = state.idle.pop() {
+                if session.client.is_closed() {
+                    state.open -= 1;
+                    continue;
+                }
+                return Ok(Pooled {
+                    pool: me.clone(),
+                    session: Some(session),
+                });
+            }
+            if state.open < self.max {
+                state.open += 1;
+                drop(state);
+                return match self.config.connect(NoTls) {
+                    Ok(client) => Ok(Pooled {
+                        pool: me.clone(),
+                        session: Some(Session {
+                            client,
+                            cache: HashMap::new(),
+                            raw: HashMap::new(),
+                        }),
+                    }),
+                    Err(e) => {
+                        self.release_slot();
+                        Err(match map_error(&e) {
+                            Error::Sqlite(m) => {
+                                Error::ConnectionLost(format!("cannot connect to PostgreSQL: {m}"))
+                            }
+                            other => other,
+                        })
+                    }
+                };
+            }
+            if self.freed.wait_until(&mut state, deadline).timed_out() {
+                return Err(Error::PoolTimeout(format!(
+                    "all {} PostgreSQL connections stayed busy for {:?}",
+                    self.max, self.timeout
+                )));
+            }
+        }
+    }
+
+    fn release_slot(&self) {
+        self.state.lock().open -= 1;
+        self.freed.notify_one();
+    }
+
+    fn put(&self, session: Session) {
+        let mut state = self.state.lock();
+        if state.closed {
+            state.open -= 1;
+        } else {
+            state.idle.push(session);
+        }
+        drop(state);
+        self.freed.notify_one();
+    }
+
+    /// Closes the idle connections; checked-out ones close when returned. Idempotent.
+    fn close(&self) {
+        let idle = {
+            let mut state = self.state.lock();
+            state.closed = true;
+            let idle = std::mem::take(&mut state.idle);
+            state.open -= idle.len() as u32;
+            idle
+        };
+        drop(idle);
+        self.freed.notify_all();
+    }
+}
+
+/// A checked-out connection; back to the pool when dropped, unless discarded.
+pub struct Pooled {
+    pool: Arc<Inner>,
+    session: Option<Session>,
+}
+
+impl Pooled {
+    pub fn session_if_present(&mut self) -> Option<&mut Session> {
+        self.session.as_mut()
+    }
+
+    pub fn session(&mut self) -> &mut Session {
+        self.session
+            .as_mut()
+            .expect("a pooled connection is present until dropped")
+    }
+
+    /// Drops the connection instead of returning it (it is broken).
+    pub fn discard(&mut self) {
+        if self.session.take().is_some() {
+            self.pool.release_slot();
+        }
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            self.pool.put(s);
+        }
+    }
+}
