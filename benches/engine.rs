@@ -57,42 +57,60 @@ fn main() {
 
     let mut results: Vec<(&str, f64)> = Vec::new();
     results.push(("pool_checkout", median_ns(200_000, |_| drop(db.conn().expect("checkout")))));
-    results.push(("get_agent_spawn_info", median_ns(100_000, |i| {
-        db.get_agent_spawn_info(pick(i)).expect("read");
-    })));
+    results.push((
+        "get_agent_spawn_info",
+        median_ns(100_000, |i| {
+            db.get_agent_spawn_info(pick(i)).expect("read");
+        }),
+    ));
     // Two threads, no GIL: how the engine itself scales (ns per read, both threads together).
     let per_thread = 100_000u64;
-    results.push(("get_agent_spawn_info_2_threads", median_ns(1, |_| {
-        std::thread::scope(|s| {
-            for t in 0..2u64 {
-                let pick = &pick;
-                let db = &db;
-                s.spawn(move || {
-                    for i in 0..per_thread {
-                        db.get_agent_spawn_info(pick(t * per_thread + i)).expect("read");
-                    }
-                });
-            }
-        });
-    }) / (2 * per_thread) as f64));
+    results.push((
+        "get_agent_spawn_info_2_threads",
+        median_ns(1, |_| {
+            std::thread::scope(|s| {
+                for t in 0..2u64 {
+                    let pick = &pick;
+                    let db = &db;
+                    s.spawn(move || {
+                        for i in 0..per_thread {
+                            db.get_agent_spawn_info(pick(t * per_thread + i)).expect("read");
+                        }
+                    });
+                }
+            });
+        }) / (2 * per_thread) as f64,
+    ));
     {
         let tx = db.begin(Behavior::Deferred).expect("begin");
-        results.push(("point_select_in_read_tx", median_ns(100_000, |i| {
-            let mut s = tx
-                .prepare_cached("SELECT phase_type, stage FROM agent_executions WHERE agent_id = ?1")
-                .expect("prepare");
-            let _: (String, String) = s.query_row([pick(i)], |r| Ok((r.get(0)?, r.get(1)?))).expect("row");
-        })));
+        results.push((
+            "point_select_in_read_tx",
+            median_ns(100_000, |i| {
+                let mut s = tx
+                    .prepare_cached("SELECT phase_type, stage FROM agent_executions WHERE agent_id = ?1")
+                    .expect("prepare");
+                let _: (String, String) = s.query_row([pick(i)], |r| Ok((r.get(0)?, r.get(1)?))).expect("row");
+            }),
+        ));
     }
-    results.push(("record_agent_spawn", median_ns(2_000, |i| {
-        db.record_agent_spawn(&format!("new-{i}"), "SPEC", "plan", "quality_gate", "claude", None).expect("spawn");
-    })));
-    results.push(("record_agent_completion", median_ns(2_000, |i| {
-        db.record_agent_completion(pick(i), "done").expect("complete");
-    })));
-    results.push(("store_artifact", median_ns(2_000, |i| {
-        db.store_artifact(&artifact(i)).expect("store");
-    })));
+    results.push((
+        "record_agent_spawn",
+        median_ns(2_000, |i| {
+            db.record_agent_spawn(&format!("new-{i}"), "SPEC", "plan", "quality_gate", "claude", None).expect("spawn");
+        }),
+    ));
+    results.push((
+        "record_agent_completion",
+        median_ns(2_000, |i| {
+            db.record_agent_completion(pick(i), "done").expect("complete");
+        }),
+    ));
+    results.push((
+        "store_artifact",
+        median_ns(2_000, |i| {
+            db.store_artifact(&artifact(i)).expect("store");
+        }),
+    ));
     // Eight writer threads, no GIL: the write lane's own ceiling on this machine (ns per
     // write, all threads together), and how many commits carried them.
     for (name, threads) in [("store_artifact_8_threads", 8u64), ("store_artifact_1_thread_same_loop", 1)] {
@@ -115,13 +133,19 @@ fn main() {
         println!("{name}: {:.1} writes per commit", writes / (after.groups - before.groups) as f64);
         results.push((name, ns));
     }
-    results.push(("query_artifacts_5", median_ns(20_000, |_| {
-        assert_eq!(db.query_artifacts("Q", "plan").expect("query").len(), 5);
-    })));
+    results.push((
+        "query_artifacts_5",
+        median_ns(20_000, |_| {
+            assert_eq!(db.query_artifacts("Q", "plan").expect("query").len(), 5);
+        }),
+    ));
     let batch: Vec<NewArtifact> = (0..500).map(artifact).collect();
-    results.push(("store_artifacts_500_per_row", median_ns(10, |_| {
-        db.store_artifacts(&batch).expect("batch");
-    }) / 500.0));
+    results.push((
+        "store_artifacts_500_per_row",
+        median_ns(10, |_| {
+            db.store_artifacts(&batch).expect("batch");
+        }) / 500.0,
+    ));
 
     println!("{:<32} {:>12} {:>14}", "operation", "ns/op", "ops/s");
     for (name, ns) in &results {

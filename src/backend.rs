@@ -27,12 +27,7 @@ pub trait Backend: Send + Sync {
     fn get_agent_spawn_info(&self, agent_id: &str) -> Result<Option<(String, String)>>;
     fn get_agent_name(&self, agent_id: &str) -> Result<Option<String>>;
     fn record_agent_completion(&self, agent_id: &str, response_text: &str) -> Result<bool>;
-    fn record_extraction_failure(
-        &self,
-        agent_id: &str,
-        response_text: &str,
-        extraction_error: &str,
-    ) -> Result<bool>;
+    fn record_extraction_failure(&self, agent_id: &str, response_text: &str, extraction_error: &str) -> Result<bool>;
     fn query_extraction_failures(&self, spec_id: &str) -> Result<Vec<ExtractionFailure>>;
     fn cleanup_old_executions(&self, days: i64) -> Result<usize>;
     fn store_artifact(&self, artifact: &NewArtifact) -> Result<i64>;
@@ -54,15 +49,7 @@ macro_rules! forward_backend {
     ($ty:ty, $engine:ty) => {
         impl Backend for $ty {
             #[inline]
-            fn record_agent_spawn(
-                &self,
-                a: &str,
-                s: &str,
-                st: &str,
-                p: &str,
-                n: &str,
-                r: Option<&str>,
-            ) -> Result<()> {
+            fn record_agent_spawn(&self, a: &str, s: &str, st: &str, p: &str, n: &str, r: Option<&str>) -> Result<()> {
                 <$ty>::record_agent_spawn(self, a, s, st, p, n, r)
             }
             #[inline]
@@ -203,15 +190,7 @@ impl AnyDatabase {
 
 impl Backend for AnyDatabase {
     #[inline]
-    fn record_agent_spawn(
-        &self,
-        a: &str,
-        s: &str,
-        st: &str,
-        p: &str,
-        n: &str,
-        r: Option<&str>,
-    ) -> Result<()> {
+    fn record_agent_spawn(&self, a: &str, s: &str, st: &str, p: &str, n: &str, r: Option<&str>) -> Result<()> {
         dispatch!(self, db => db.record_agent_spawn(a, s, st, p, n, r))
     }
     #[inline]
@@ -317,19 +296,11 @@ impl AnyTx {
         }
     }
 
-    pub fn execute_params(
-        &mut self,
-        sql: &str,
-        params: &crate::transaction::Params,
-    ) -> Result<usize> {
+    pub fn execute_params(&mut self, sql: &str, params: &crate::transaction::Params) -> Result<usize> {
         dispatch_tx!(self, tx => tx.execute_params(sql, params))
     }
 
-    pub fn execute_many_params(
-        &mut self,
-        sql: &str,
-        rows: &[crate::transaction::Params],
-    ) -> Result<usize> {
+    pub fn execute_many_params(&mut self, sql: &str, rows: &[crate::transaction::Params]) -> Result<usize> {
         dispatch_tx!(self, tx => tx.execute_many_params(sql, rows))
     }
 
@@ -337,11 +308,7 @@ impl AnyTx {
         dispatch_tx!(self, tx => tx.query_params(sql, params))
     }
 
-    pub fn query_columns(
-        &mut self,
-        sql: &str,
-        params: &crate::transaction::Params,
-    ) -> Result<(Vec<String>, Rows)> {
+    pub fn query_columns(&mut self, sql: &str, params: &crate::transaction::Params) -> Result<(Vec<String>, Rows)> {
         dispatch_tx!(self, tx => tx.query_columns(sql, params))
     }
 

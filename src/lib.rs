@@ -31,7 +31,9 @@ pub mod store;
 #[cfg(all(feature = "bundled", feature = "system-sqlite"))]
 compile_error!("consensus-db: the features `bundled` and `system-sqlite` exclude each other (`bundled` is a default feature: use `default-features = false, features = [\"system-sqlite\"]`)");
 #[cfg(not(any(feature = "bundled", feature = "system-sqlite")))]
-compile_error!("consensus-db: choose how SQLite is linked: the feature `bundled` (a default feature) or `system-sqlite`");
+compile_error!(
+    "consensus-db: choose how SQLite is linked: the feature `bundled` (a default feature) or `system-sqlite`"
+);
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -53,14 +55,14 @@ pub mod db {
     pub use crate::store::Database;
 }
 
-pub use sqlite::database::{OpenReport, Options};
-pub use store::{Database, NewSpawn};
 pub use backend::{AnyDatabase, Backend};
 pub use error::{Error, Result};
 pub use maintenance::{CycleReport, Health, MaintenanceOptions, Stats, VacuumReport};
 pub use model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, ReaderCounts, Synthesis};
 pub use pragmas::Pragmas;
-pub use sqlite::replica::{self, Checkpoint, CheckpointMode};
 pub use schema::Shape;
-pub use transaction::{Behavior, Params, Tx};
+pub use sqlite::database::{OpenReport, Options};
+pub use sqlite::replica::{self, Checkpoint, CheckpointMode};
 pub use sqlite::writer::{self, LaneStats};
+pub use store::{Database, NewSpawn};
+pub use transaction::{Behavior, Params, Tx};

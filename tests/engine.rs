@@ -160,10 +160,15 @@ fn a_transaction_ended_by_sqlite_runs_nothing_more() {
     assert!(matches!(err, Error::Transaction(ref m) if m.contains("OR ROLLBACK")), "{err}");
     let err = db.write(|tx| tx.execute("COMMIT", &[])).unwrap_err();
     assert!(matches!(err, Error::Transaction(_)), "{err}");
-    let keys: Vec<i64> = db.query("SELECT k FROM t", &[]).unwrap().iter().map(|r| match r[0] {
-        rusqlite::types::Value::Integer(k) => k,
-        _ => unreachable!(),
-    }).collect();
+    let keys: Vec<i64> = db
+        .query("SELECT k FROM t", &[])
+        .unwrap()
+        .iter()
+        .map(|r| match r[0] {
+            rusqlite::types::Value::Integer(k) => k,
+            _ => unreachable!(),
+        })
+        .collect();
     assert_eq!(keys, vec![1]);
 }
 

@@ -237,7 +237,10 @@ fn submitted_writes_wait_without_threads_and_ride_in_groups() {
     }
     // A duplicate key fails alone, with its own error.
     let s = send.clone();
-    db.submit_repeatable(|tx| tx.execute("INSERT INTO t (k, v) VALUES (0, 'dup')", &[]), move |r| s.send(r.map_err(|e| e.to_string())).unwrap());
+    db.submit_repeatable(
+        |tx| tx.execute("INSERT INTO t (k, v) VALUES (0, 'dup')", &[]),
+        move |r| s.send(r.map_err(|e| e.to_string())).unwrap(),
+    );
     assert_eq!(db.lane_stats().queued, 101);
     drop(hold);
     let results: Vec<_> = (0..101).map(|_| recv.recv_timeout(Duration::from_secs(30)).unwrap()).collect();
@@ -247,7 +250,10 @@ fn submitted_writes_wait_without_threads_and_ride_in_groups() {
     assert!(stats.sizes.iter().any(|&(size, _)| size > 1), "{stats:?}");
     db.close();
     let s = send.clone();
-    db.submit_repeatable(|tx| tx.execute("INSERT INTO t (k, v) VALUES (1000, 'x')", &[]), move |r| s.send(r.map_err(|e| format!("{:?}", matches!(e, Error::Closed)))).unwrap());
+    db.submit_repeatable(
+        |tx| tx.execute("INSERT INTO t (k, v) VALUES (1000, 'x')", &[]),
+        move |r| s.send(r.map_err(|e| format!("{:?}", matches!(e, Error::Closed)))).unwrap(),
+    );
     assert_eq!(recv.recv().unwrap(), Err("true".to_string()));
 }
 

@@ -5,7 +5,8 @@
 #      sdist into dist/, checked with auditwheel — the one release build of a run;
 #   2. a fresh venv, .venv-wheel, with that wheel installed (python/ is not on sys.path),
 #      and the Python gates: ruff (lint, format), mypy --strict, stubtest, the API docs;
-#   3. Rust: the engine's tests (no Python), over the bundled SQLite and the system one;
+#   3. Rust: the gates (rustfmt, clippy -D warnings), then the engine's tests (no Python),
+#      over the bundled SQLite and the system one;
 #   4. the example host (examples/embed_host): Rust and Python sharing one Database,
 #      over the bundled SQLite and the system one;
 #   5. pytest against the installed wheel.
@@ -63,6 +64,12 @@ echo "== Python gates: ruff (lint, format), mypy --strict (package + example), s
 .venv-wheel/bin/python -m mypy.stubtest consensus_db._core
 # docs/api.md is generated from the docstrings; a stale page or a missing docstring fails here.
 .venv-wheel/bin/python docs/gen_api.py --check
+
+echo "== Rust gates: rustfmt (rustfmt.toml), clippy with warnings as errors (engine alone; bindings + PostgreSQL)"
+cargo fmt --all --check
+cargo fmt --manifest-path examples/embed_host/Cargo.toml --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --all-targets --features python,postgres -- -D warnings
 
 echo "== Rust: cargo test (the engine without Python, bundled SQLite)"
 cargo test --locked

@@ -25,43 +25,34 @@ impl PgMaintenance {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let cycles = Arc::new(AtomicU64::new(0));
         let (stop_flag, counter) = (stop.clone(), cycles.clone());
-        let thread = std::thread::Builder::new()
-            .name("consensus-db-pg-maintenance".into())
-            .spawn(move || loop {
-                {
-                    let (lock, wake) = &*stop_flag;
-                    let mut stopped = lock.lock();
-                    if !*stopped {
-                        wake.wait_for(&mut stopped, options.interval);
-                    }
-                    if *stopped {
-                        return;
-                    }
+        let thread = std::thread::Builder::new().name("consensus-db-pg-maintenance".into()).spawn(move || loop {
+            {
+                let (lock, wake) = &*stop_flag;
+                let mut stopped = lock.lock();
+                if !*stopped {
+                    wake.wait_for(&mut stopped, options.interval);
                 }
-                let n = counter.load(Ordering::Acquire) + 1;
-                let mut report = CycleReport {
-                    cycle: n,
-                    ..Default::default()
-                };
-                let mut cycle = || -> Result<()> {
-                    if let Some(days) = options.retention_days {
-                        report.executions_deleted = db.cleanup_old_executions(days)?;
-                    }
-                    db.vacuum(false)
-                };
-                if let Err(e) = cycle() {
-                    report.error = Some(e.to_string());
+                if *stopped {
+                    return;
                 }
-                counter.store(n, Ordering::Release);
-                if let Some(hook) = &options.on_cycle {
-                    hook(&report);
+            }
+            let n = counter.load(Ordering::Acquire) + 1;
+            let mut report = CycleReport { cycle: n, ..Default::default() };
+            let mut cycle = || -> Result<()> {
+                if let Some(days) = options.retention_days {
+                    report.executions_deleted = db.cleanup_old_executions(days)?;
                 }
-            })?;
-        Ok(PgMaintenance {
-            stop,
-            cycles,
-            thread,
-        })
+                db.vacuum(false)
+            };
+            if let Err(e) = cycle() {
+                report.error = Some(e.to_string());
+            }
+            counter.store(n, Ordering::Release);
+            if let Some(hook) = &options.on_cycle {
+                hook(&report);
+            }
+        })?;
+        Ok(PgMaintenance { stop, cycles, thread })
     }
 
     pub(crate) fn stop(self) {

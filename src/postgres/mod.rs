@@ -133,9 +133,7 @@ fn write_token() -> String {
     let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
     if n != bytes.len() as isize {
         // Never expected on Linux; time and pid still make a collision implausible.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         bytes = (t ^ ((std::process::id() as u128) << 96)).to_le_bytes();
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -144,10 +142,7 @@ fn write_token() -> String {
 /// PostgreSQL text cannot hold NUL: refused up front, naming the argument.
 fn no_nul(name: &str, value: &str) -> Result<()> {
     if value.contains('\0') {
-        return Err(Error::invalid(
-            name,
-            "contains a NUL character, which PostgreSQL text cannot hold",
-        ));
+        return Err(Error::invalid(name, "contains a NUL character, which PostgreSQL text cannot hold"));
     }
     Ok(())
 }
@@ -171,10 +166,9 @@ fn json_no_nul(name: &str, json: &str) -> Result<()> {
         }
     }
     match serde_json::from_str::<serde_json::Value>(json) {
-        Ok(v) if has_nul(&v) => Err(Error::invalid(
-            name,
-            "holds a NUL character (\\u0000), which PostgreSQL's JSONB cannot store",
-        )),
+        Ok(v) if has_nul(&v) => {
+            Err(Error::invalid(name, "holds a NUL character (\\u0000), which PostgreSQL's JSONB cannot store"))
+        }
         _ => Ok(()),
     }
 }
@@ -193,17 +187,9 @@ impl PgDatabase {
     /// Connects to `url`, checks (and with `migrate`, applies) the schema.
     pub fn open(url: &str, options: PgOptions) -> Result<PgDatabase> {
         if !is_url(url) {
-            return Err(Error::invalid(
-                "url",
-                format!("{url:?} is not a postgresql:// URL"),
-            ));
+            return Err(Error::invalid("url", format!("{url:?} is not a postgresql:// URL")));
         }
-        let pool = PgPool::new(
-            url,
-            options.pool_size,
-            options.checkout_timeout,
-            options.read_only,
-        )?;
+        let pool = PgPool::new(url, options.pool_size, options.checkout_timeout, options.read_only)?;
         let db = PgDatabase {
             pool,
             url: redact(url),
@@ -211,9 +197,7 @@ impl PgDatabase {
             options,
             maintenance: parking_lot::Mutex::new(None),
         };
-        db.run("open", Kind::Idempotent, |c| {
-            sql::migrate(c, db.options.migrate && !db.options.read_only)
-        })?;
+        db.run("open", Kind::Idempotent, |c| sql::migrate(c, db.options.migrate && !db.options.read_only))?;
         Ok(db)
     }
 
@@ -245,10 +229,7 @@ impl PgDatabase {
         }
         if let Some(days) = options.retention_days {
             if days < 0 {
-                return Err(Error::invalid(
-                    "retention_days",
-                    format!("must be zero or more, got {days}"),
-                ));
+                return Err(Error::invalid("retention_days", format!("must be zero or more, got {days}")));
             }
         }
         if self.pool.is_closed() {
@@ -280,10 +261,7 @@ impl PgDatabase {
 
     /// Cycles completed by the running maintenance thread (`None` when none runs).
     pub fn maintenance_cycles(&self) -> Option<u64> {
-        self.maintenance
-            .lock()
-            .as_ref()
-            .map(|m| m.cycles.load(std::sync::atomic::Ordering::Acquire))
+        self.maintenance.lock().as_ref().map(|m| m.cycles.load(std::sync::atomic::Ordering::Acquire))
     }
 
     pub fn is_closed(&self) -> bool {
@@ -296,21 +274,13 @@ impl PgDatabase {
 
     fn writable(&self, what: &str) -> Result<()> {
         if self.options.read_only {
-            return Err(Error::ReadOnly(format!(
-                "{what} writes; the store at {} is read-only",
-                self.url
-            )));
+            return Err(Error::ReadOnly(format!("{what} writes; the store at {} is read-only", self.url)));
         }
         Ok(())
     }
 
     /// Runs `f` on a pooled connection with the retry policy. See [`Kind`].
-    fn run<T>(
-        &self,
-        op: &str,
-        kind: Kind,
-        mut f: impl FnMut(&mut Session) -> Result<T>,
-    ) -> Result<T> {
+    fn run<T>(&self, op: &str, kind: Kind, mut f: impl FnMut(&mut Session) -> Result<T>) -> Result<T> {
         let mut attempts = self.retrier.start(op);
         loop {
             let result = match self.pool.get() {
@@ -323,9 +293,7 @@ impl PgDatabase {
                             .session()
                             .client
                             .is_valid(Duration::from_secs(5))
-                            .map_err(|e| {
-                                Error::ConnectionLost(format!("connection to PostgreSQL lost: {e}"))
-                            }),
+                            .map_err(|e| Error::ConnectionLost(format!("connection to PostgreSQL lost: {e}"))),
                         _ => Ok(()),
                     };
                     let sent = alive.is_ok();
@@ -341,10 +309,7 @@ impl PgDatabase {
                         conn.discard();
                         // Its server may be gone (a failover): so are the idle ones.
                         self.pool.purge_idle();
-                    } else if conn
-                        .session_if_present()
-                        .is_some_and(|s| s.client.is_closed())
-                    {
+                    } else if conn.session_if_present().is_some_and(|s| s.client.is_closed()) {
                         conn.discard();
                     }
                     match r {
@@ -395,11 +360,7 @@ impl PgDatabase {
     }
 
     /// Runs a query of the backend's own SQL; rows as SQLite-like values.
-    pub fn query(
-        &self,
-        sql: &str,
-        params: &crate::transaction::Params,
-    ) -> Result<Vec<Vec<rusqlite::types::Value>>> {
+    pub fn query(&self, sql: &str, params: &crate::transaction::Params) -> Result<Vec<Vec<rusqlite::types::Value>>> {
         // Any statement can write (a volatile function in a SELECT, INSERT … RETURNING):
         // the caller's SQL is never repeated after it was sent.
         self.run("query", Kind::Once, |c| tx::query(c, sql, params))
@@ -446,12 +407,7 @@ impl PgDatabase {
         check_id("stage", stage)?;
         check_phase_type(phase_type)?;
         check_id("agent_name", agent_name)?;
-        for (name, v) in [
-            ("agent_id", agent_id),
-            ("spec_id", spec_id),
-            ("stage", stage),
-            ("agent_name", agent_name),
-        ] {
+        for (name, v) in [("agent_id", agent_id), ("spec_id", spec_id), ("stage", stage), ("agent_name", agent_name)] {
             no_nul(name, v)?;
         }
         no_nul_opt("run_id", run_id)?;
@@ -459,17 +415,7 @@ impl PgDatabase {
         // An upsert: repeating it leaves the same row.
         self.run("record_agent_spawn", Kind::Idempotent, |c| {
             let stmt = c.prepared(sql::SPAWN)?;
-            c.client.execute(
-                &stmt,
-                &[
-                    &agent_id,
-                    &spec_id,
-                    &stage,
-                    &phase_type,
-                    &agent_name,
-                    &run_id,
-                ],
-            )?;
+            c.client.execute(&stmt, &[&agent_id, &spec_id, &stage, &phase_type, &agent_name, &run_id])?;
             Ok(())
         })
     }
@@ -477,9 +423,7 @@ impl PgDatabase {
     pub fn get_agent_spawn_info(&self, agent_id: &str) -> Result<Option<(String, String)>> {
         self.run("get_agent_spawn_info", Kind::Read, |c| {
             let stmt = c.prepared(sql::SPAWN_INFO)?;
-            Ok(c.client
-                .query_opt(&stmt, &[&agent_id])?
-                .map(|r| (r.get(0), r.get(1))))
+            Ok(c.client.query_opt(&stmt, &[&agent_id])?.map(|r| (r.get(0), r.get(1))))
         })
     }
 
@@ -516,9 +460,7 @@ impl PgDatabase {
         self.writable("record_extraction_failure")?;
         self.run("record_extraction_failure", Kind::Idempotent, |c| {
             let stmt = c.prepared(sql::FAIL_EXTRACTION)?;
-            Ok(c.client
-                .execute(&stmt, &[&agent_id, &response_text, &extraction_error])?
-                > 0)
+            Ok(c.client.execute(&stmt, &[&agent_id, &response_text, &extraction_error])? > 0)
         })
     }
 
@@ -545,17 +487,12 @@ impl PgDatabase {
 
     pub fn cleanup_old_executions(&self, days: i64) -> Result<usize> {
         if days < 0 {
-            return Err(Error::invalid(
-                "days",
-                format!("must be zero or more, got {days}"),
-            ));
+            return Err(Error::invalid("days", format!("must be zero or more, got {days}")));
         }
         self.writable("cleanup_old_executions")?;
         // Beyond a million days every row is older anyway; the server's interval stays in range.
         let days = days.min(1_000_000);
-        self.run("cleanup_old_executions", Kind::Once, |c| {
-            Ok(c.client.execute(sql::CLEANUP, &[&days])? as usize)
-        })
+        self.run("cleanup_old_executions", Kind::Once, |c| Ok(c.client.execute(sql::CLEANUP, &[&days])? as usize))
     }
 
     // ---- artifacts ----------------------------------------------------------------
@@ -587,23 +524,17 @@ impl PgDatabase {
 
     pub fn store_artifacts(&self, artifacts: &[NewArtifact]) -> Result<Vec<i64>> {
         for (i, a) in artifacts.iter().enumerate() {
-            check_artifact(a)
-                .and_then(|()| artifact_no_nul(a))
-                .map_err(|e| match e {
-                    Error::InvalidInput { name, message } => {
-                        Error::invalid(format!("artifacts[{i}].{name}"), message)
-                    }
-                    other => other,
-                })?;
+            check_artifact(a).and_then(|()| artifact_no_nul(a)).map_err(|e| match e {
+                Error::InvalidInput { name, message } => Error::invalid(format!("artifacts[{i}].{name}"), message),
+                other => other,
+            })?;
         }
         self.writable("store_artifacts")?;
         if artifacts.is_empty() {
             return Ok(Vec::new());
         }
         let batch = write_token();
-        let tokens: Vec<String> = (0..artifacts.len())
-            .map(|i| format!("{batch}:{i}"))
-            .collect();
+        let tokens: Vec<String> = (0..artifacts.len()).map(|i| format!("{batch}:{i}")).collect();
         let mut first = true;
         self.run("store_artifacts", Kind::Idempotent, |c| {
             sql::store_batch(c, artifacts, &tokens, std::mem::replace(&mut first, false))
@@ -657,9 +588,7 @@ impl PgDatabase {
     pub fn delete_runs(&self, spec_id: &str, stage: Option<&str>) -> Result<usize> {
         check_id("spec_id", spec_id)?;
         self.writable("delete_runs")?;
-        self.run("delete_runs", Kind::Once, |c| {
-            Ok(c.client.execute(sql::DELETE_RUNS, &[&spec_id, &stage])? as usize)
-        })
+        self.run("delete_runs", Kind::Once, |c| Ok(c.client.execute(sql::DELETE_RUNS, &[&spec_id, &stage])? as usize))
     }
 
     // ---- synthesis ----------------------------------------------------------------
@@ -670,10 +599,7 @@ impl PgDatabase {
         check_id("status", &s.status)?;
         if let Some(n) = s.artifacts_count {
             if n < 0 {
-                return Err(Error::invalid(
-                    "artifacts_count",
-                    format!("must be zero or more, got {n}"),
-                ));
+                return Err(Error::invalid("artifacts_count", format!("must be zero or more, got {n}")));
             }
         }
         for (name, v) in [
@@ -737,30 +663,14 @@ impl PgDatabase {
     pub fn health(&self) -> Result<PgHealth> {
         self.run("health", Kind::Read, |c| {
             let mut rows = Vec::new();
-            for table in [
-                "agent_executions",
-                "agent_outputs",
-                "consensus_db_meta",
-                "consensus_runs",
-            ] {
-                let n: i64 = c
-                    .client
-                    .query_one(&format!("SELECT count(*) FROM {table}"), &[])?
-                    .get(0);
+            for table in ["agent_executions", "agent_outputs", "consensus_db_meta", "consensus_runs"] {
+                let n: i64 = c.client.query_one(&format!("SELECT count(*) FROM {table}"), &[])?.get(0);
                 rows.push((table.to_owned(), n));
             }
-            let size: i64 = c
-                .client
-                .query_one("SELECT pg_database_size(current_database())", &[])?
-                .get(0);
+            let size: i64 = c.client.query_one("SELECT pg_database_size(current_database())", &[])?.get(0);
             let version: String = c.client.query_one("SHOW server_version", &[])?.get(0);
             let layout = sql::layout(c)?;
-            Ok(PgHealth {
-                rows,
-                database_size: size,
-                server_version: version,
-                layout,
-            })
+            Ok(PgHealth { rows, database_size: size, server_version: version, layout })
         })
     }
 
@@ -772,9 +682,7 @@ impl PgDatabase {
         } else {
             "VACUUM (ANALYZE) agent_executions, agent_outputs, consensus_runs"
         };
-        self.run("vacuum", Kind::Idempotent, |c| {
-            Ok(c.client.batch_execute(sql)?)
-        })
+        self.run("vacuum", Kind::Idempotent, |c| Ok(c.client.batch_execute(sql)?))
     }
 }
 

@@ -74,8 +74,8 @@ pub struct Inner {
 
 impl PgPool {
     pub fn new(url: &str, max: u32, timeout: Duration, read_only: bool) -> Result<PgPool> {
-        let mut config = Config::from_str(url)
-            .map_err(|e| Error::invalid("url", format!("not a valid PostgreSQL URL: {e}")))?;
+        let mut config =
+            Config::from_str(url).map_err(|e| Error::invalid("url", format!("not a valid PostgreSQL URL: {e}")))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
@@ -94,11 +94,7 @@ impl PgPool {
             config,
             max: max.max(1),
             timeout,
-            state: Mutex::new(State {
-                idle: Vec::new(),
-                open: 0,
-                closed: false,
-            }),
+            state: Mutex::new(State { idle: Vec::new(), open: 0, closed: false }),
             freed: Condvar::new(),
         })))
     }
@@ -149,10 +145,7 @@ impl Inner {
                     state.open -= 1;
                     continue;
                 }
-                return Ok(Pooled {
-                    pool: me.clone(),
-                    session: Some(session),
-                });
+                return Ok(Pooled { pool: me.clone(), session: Some(session) });
             }
             if state.open < self.max {
                 state.open += 1;
@@ -160,18 +153,12 @@ impl Inner {
                 return match self.config.connect(NoTls) {
                     Ok(client) => Ok(Pooled {
                         pool: me.clone(),
-                        session: Some(Session {
-                            client,
-                            cache: HashMap::new(),
-                            raw: HashMap::new(),
-                        }),
+                        session: Some(Session { client, cache: HashMap::new(), raw: HashMap::new() }),
                     }),
                     Err(e) => {
                         self.release_slot();
                         Err(match map_error(&e) {
-                            Error::Sqlite(m) => {
-                                Error::ConnectionLost(format!("cannot connect to PostgreSQL: {m}"))
-                            }
+                            Error::Sqlite(m) => Error::ConnectionLost(format!("cannot connect to PostgreSQL: {m}")),
                             other => other,
                         })
                     }
@@ -228,9 +215,7 @@ impl Pooled {
     }
 
     pub fn session(&mut self) -> &mut Session {
-        self.session
-            .as_mut()
-            .expect("a pooled connection is present until dropped")
+        self.session.as_mut().expect("a pooled connection is present until dropped")
     }
 
     /// Drops the connection instead of returning it (it is broken).

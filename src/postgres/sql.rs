@@ -14,17 +14,11 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("schema.sql"))];
 
 /// The layout revision recorded in the database (0: none yet).
 pub fn layout(c: &mut Session) -> Result<i64> {
-    let exists: bool = c
-        .client
-        .query_one("SELECT to_regclass('consensus_db_meta') IS NOT NULL", &[])?
-        .get(0);
+    let exists: bool = c.client.query_one("SELECT to_regclass('consensus_db_meta') IS NOT NULL", &[])?.get(0);
     if !exists {
         return Ok(0);
     }
-    let row = c.client.query_opt(
-        "SELECT value FROM consensus_db_meta WHERE key = 'pg_layout'",
-        &[],
-    )?;
+    let row = c.client.query_opt("SELECT value FROM consensus_db_meta WHERE key = 'pg_layout'", &[])?;
     Ok(row.map_or(0, |r| r.get(0)))
 }
 
@@ -32,10 +26,7 @@ pub fn layout(c: &mut Session) -> Result<i64> {
 pub fn migrate(c: &mut Session, apply: bool) -> Result<()> {
     let found = layout(c)?;
     if found > PG_LAYOUT {
-        return Err(Error::LayoutTooNew {
-            found,
-            supported: PG_LAYOUT,
-        });
+        return Err(Error::LayoutTooNew { found, supported: PG_LAYOUT });
     }
     if found == PG_LAYOUT {
         return Ok(());
@@ -46,36 +37,27 @@ pub fn migrate(c: &mut Session, apply: bool) -> Result<()> {
              open it with migrate=True (or call migrate())"
         )));
     }
-    c.client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
+    c.client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
     let result = migrate_locked(c);
     // Released even when migrating failed (a session lock outlives the transaction).
-    let unlocked = c
-        .client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
+    let unlocked = c.client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
     result?;
     unlocked?;
     Ok(())
 }
 
 fn migrate_locked(c: &mut Session) -> Result<()> {
-    c.client.batch_execute("CREATE TABLE IF NOT EXISTS consensus_db_meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)")?;
+    c.client
+        .batch_execute("CREATE TABLE IF NOT EXISTS consensus_db_meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)")?;
     // Read again under the lock: another host may have migrated meanwhile.
     let found = layout(c)?;
     if found > PG_LAYOUT {
-        return Err(Error::LayoutTooNew {
-            found,
-            supported: PG_LAYOUT,
-        });
+        return Err(Error::LayoutTooNew { found, supported: PG_LAYOUT });
     }
     for &(version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
         let mut t = c.client.transaction()?;
-        t.batch_execute(sql).map_err(|e| {
-            Error::Migration(format!(
-                "layout revision {version}: {}",
-                super::map_error(&e)
-            ))
-        })?;
+        t.batch_execute(sql)
+            .map_err(|e| Error::Migration(format!("layout revision {version}: {}", super::map_error(&e))))?;
         t.execute(
             "INSERT INTO consensus_db_meta (key, value) VALUES ('pg_layout', $1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -86,7 +68,8 @@ fn migrate_locked(c: &mut Session) -> Result<()> {
     Ok(())
 }
 
-pub const SPAWN: &str = "INSERT INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, run_id, spawned_at)
+pub const SPAWN: &str =
+    "INSERT INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, run_id, spawned_at)
      VALUES ($1, $2, $3, $4, $5, $6, consensus_db_now_text())
      ON CONFLICT (agent_id) DO UPDATE SET spec_id = excluded.spec_id, stage = excluded.stage,
        phase_type = excluded.phase_type, agent_name = excluded.agent_name, run_id = excluded.run_id,
@@ -107,10 +90,8 @@ pub const CLEANUP: &str = "DELETE FROM agent_executions
      WHERE spawned_at < to_char((clock_timestamp() AT TIME ZONE 'UTC') - make_interval(days => $1::bigint::int),
                                 'YYYY-MM-DD HH24:MI:SS')";
 
-pub const STORE_ARTIFACT: &str =
-    "SELECT consensus_db_store_artifact($1, $2, $3, $4, $5, $6, $7, $8)";
-pub const QUERY_ARTIFACTS: &str =
-    "SELECT o.id, o.agent_name, o.content_text, o.response_text, r.orchestrator_run_id,
+pub const STORE_ARTIFACT: &str = "SELECT consensus_db_store_artifact($1, $2, $3, $4, $5, $6, $7, $8)";
+pub const QUERY_ARTIFACTS: &str = "SELECT o.id, o.agent_name, o.content_text, o.response_text, r.orchestrator_run_id,
        o.output_timestamp, o.model_version
      FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
      WHERE r.spec_id = $1 AND r.stage = $2 ORDER BY o.output_timestamp, o.id";
@@ -118,13 +99,10 @@ pub const QUERY_ARTIFACTS: &str =
 pub const DELETE_OUTPUTS: &str = "DELETE FROM agent_outputs WHERE run_id IN (SELECT id FROM consensus_runs WHERE spec_id = $1 AND ($2::text IS NULL OR stage = $2))";
 pub const DELETE_EMPTY_OPEN_RUNS: &str = "DELETE FROM consensus_runs r WHERE r.spec_id = $1 AND ($2::text IS NULL OR r.stage = $2) AND r.synthesis_json IS NULL
        AND NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.run_id = r.id)";
-pub const DELETE_RUNS: &str =
-    "DELETE FROM consensus_runs WHERE spec_id = $1 AND ($2::text IS NULL OR stage = $2)";
+pub const DELETE_RUNS: &str = "DELETE FROM consensus_runs WHERE spec_id = $1 AND ($2::text IS NULL OR stage = $2)";
 
-pub const STORE_SYNTHESIS: &str =
-    "SELECT consensus_db_store_synthesis($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
-pub const LATEST_SYNTHESIS: &str =
-    "SELECT id, synthesis_json::text, COALESCE(degraded, false), orchestrator_run_id,
+pub const STORE_SYNTHESIS: &str = "SELECT consensus_db_store_synthesis($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+pub const LATEST_SYNTHESIS: &str = "SELECT id, synthesis_json::text, COALESCE(degraded, false), orchestrator_run_id,
        COALESCE(synthesized_at, run_timestamp) AS at
      FROM consensus_runs WHERE spec_id = $1 AND stage = $2 AND synthesis_json IS NOT NULL
      ORDER BY at DESC, id DESC LIMIT 1";
@@ -132,20 +110,12 @@ pub const LATEST_SYNTHESIS: &str =
 /// A batch in one transaction: each group's open run once, then one multi-row INSERT
 /// of every output (arrays unnested in input order). Tokens make a repetition after a
 /// lost connection return the first attempt's ids instead of writing again.
-pub fn store_batch(
-    c: &mut Session,
-    artifacts: &[NewArtifact],
-    tokens: &[String],
-    first: bool,
-) -> Result<Vec<i64>> {
+pub fn store_batch(c: &mut Session, artifacts: &[NewArtifact], tokens: &[String], first: bool) -> Result<Vec<i64>> {
     // Only a repetition can find its rows already written.
     let found = if first {
         Vec::new()
     } else {
-        c.client.query(
-            "SELECT id FROM agent_outputs WHERE write_token = ANY($1) ORDER BY id",
-            &[&tokens],
-        )?
+        c.client.query("SELECT id FROM agent_outputs WHERE write_token = ANY($1) ORDER BY id", &[&tokens])?
     };
     if found.len() == artifacts.len() {
         return Ok(found.iter().map(|r| r.get(0)).collect());
@@ -158,20 +128,14 @@ pub fn store_batch(
         )));
     }
     let mut t = c.client.transaction()?;
-    let mut runs: std::collections::HashMap<(&str, &str, Option<&str>), i64> =
-        std::collections::HashMap::new();
+    let mut runs: std::collections::HashMap<(&str, &str, Option<&str>), i64> = std::collections::HashMap::new();
     let mut run_of = Vec::with_capacity(artifacts.len());
     for a in artifacts {
         let key = (a.spec_id.as_str(), a.stage.as_str(), a.run_id.as_deref());
         let run = match runs.get(&key) {
             Some(&r) => r,
             None => {
-                let r: i64 = t
-                    .query_one(
-                        "SELECT consensus_db_open_run($1, $2, $3)",
-                        &[&key.0, &key.1, &key.2],
-                    )?
-                    .get(0);
+                let r: i64 = t.query_one("SELECT consensus_db_open_run($1, $2, $3)", &[&key.0, &key.1, &key.2])?.get(0);
                 runs.insert(key, r);
                 r
             }
@@ -179,18 +143,12 @@ pub fn store_batch(
         run_of.push(run);
     }
     let names: Vec<&str> = artifacts.iter().map(|a| a.agent_name.as_str()).collect();
-    let models: Vec<Option<&str>> = artifacts
-        .iter()
-        .map(|a| a.model_version.as_deref())
-        .collect();
+    let models: Vec<Option<&str>> = artifacts.iter().map(|a| a.model_version.as_deref()).collect();
     let contents: Vec<&str> = artifacts.iter().map(|a| a.content_json.as_str()).collect();
-    let responses: Vec<Option<&str>> = artifacts
-        .iter()
-        .map(|a| a.response_text.as_deref())
-        .collect();
+    let responses: Vec<Option<&str>> = artifacts.iter().map(|a| a.response_text.as_deref()).collect();
     let rows = t
         .query(
-        "INSERT INTO agent_outputs (run_id, agent_name, model_version, content, content_text, output_timestamp,
+            "INSERT INTO agent_outputs (run_id, agent_name, model_version, content, content_text, output_timestamp,
                                     response_text, write_token)
          SELECT u.run, u.agent, u.model, u.content::jsonb, u.content, now.ms, u.response, u.token
          FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
@@ -198,14 +156,15 @@ pub fn store_batch(
               (SELECT consensus_db_now_ms() AS ms) now
          ORDER BY u.ord
          RETURNING id",
-        &[&run_of, &names, &models, &contents, &responses, &tokens],
+            &[&run_of, &names, &models, &contents, &responses, &tokens],
         )
         .map_err(|e| match e.as_db_error() {
             // The first attempt, still running on a connection this side lost, wrote
             // the same tokens: try again, and the next attempt finds its rows.
-            Some(db) if db.constraint() == Some("agent_outputs_write_token_key") => {
-                crate::error::Error::Busy(format!("store_artifacts: an earlier attempt of this batch committed meanwhile: {}", db.message()))
-            }
+            Some(db) if db.constraint() == Some("agent_outputs_write_token_key") => crate::error::Error::Busy(format!(
+                "store_artifacts: an earlier attempt of this batch committed meanwhile: {}",
+                db.message()
+            )),
             _ => super::map_error(&e),
         })?;
     t.commit()?;
@@ -213,11 +172,7 @@ pub fn store_batch(
     let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     ids.sort_unstable();
     if ids.len() != artifacts.len() {
-        return Err(Error::Internal(format!(
-            "store_artifacts: {} ids for {} rows",
-            ids.len(),
-            artifacts.len()
-        )));
+        return Err(Error::Internal(format!("store_artifacts: {} ids for {} rows", ids.len(), artifacts.len())));
     }
     Ok(ids)
 }

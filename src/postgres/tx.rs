@@ -19,26 +19,13 @@ pub struct PgTx {
 }
 
 fn is_control(sql: &str) -> bool {
-    let first = sql
-        .trim_start()
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .next()
-        .unwrap_or("")
-        .to_ascii_uppercase();
-    matches!(
-        first.as_str(),
-        "BEGIN" | "COMMIT" | "END" | "ROLLBACK" | "SAVEPOINT" | "RELEASE" | "START" | "ABORT"
-    )
+    let first = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("").to_ascii_uppercase();
+    matches!(first.as_str(), "BEGIN" | "COMMIT" | "END" | "ROLLBACK" | "SAVEPOINT" | "RELEASE" | "START" | "ABORT")
 }
 
 impl PgTx {
     pub(super) fn new(conn: Pooled, read_only: bool) -> PgTx {
-        PgTx {
-            conn: Some(conn),
-            read_only,
-            savepoints: 0,
-            failed: false,
-        }
+        PgTx { conn: Some(conn), read_only, savepoints: 0, failed: false }
     }
 
     fn session(&mut self) -> Result<&mut Session> {
@@ -85,9 +72,7 @@ impl PgTx {
             )));
         }
         if self.read_only {
-            return Err(Error::ReadOnly(
-                "executemany through a read-only store".into(),
-            ));
+            return Err(Error::ReadOnly("executemany through a read-only store".into()));
         }
         self.guarded(|s| {
             let mut n = 0;
@@ -190,13 +175,7 @@ impl Drop for PgTx {
 /// A SQLite-typed value as the type the statement declares for it.
 fn convert(i: usize, v: &Value, ty: &Type) -> Result<Box<dyn ToSql + Sync>> {
     let bad = |what: &str| {
-        Error::invalid(
-            format!("params[{i}]"),
-            format!(
-                "{what} cannot be bound to a parameter of type {}",
-                ty.name()
-            ),
-        )
+        Error::invalid(format!("params[{i}]"), format!("{what} cannot be bound to a parameter of type {}", ty.name()))
     };
     Ok(match v {
         Value::Null => match *ty {
@@ -211,12 +190,8 @@ fn convert(i: usize, v: &Value, ty: &Type) -> Result<Box<dyn ToSql + Sync>> {
             _ => Box::new(None::<String>),
         },
         Value::Integer(n) => match *ty {
-            Type::INT2 => Box::new(
-                i16::try_from(*n).map_err(|_| bad(&format!("{n} (out of smallint range)")))?,
-            ),
-            Type::INT4 => Box::new(
-                i32::try_from(*n).map_err(|_| bad(&format!("{n} (out of integer range)")))?,
-            ),
+            Type::INT2 => Box::new(i16::try_from(*n).map_err(|_| bad(&format!("{n} (out of smallint range)")))?),
+            Type::INT4 => Box::new(i32::try_from(*n).map_err(|_| bad(&format!("{n} (out of integer range)")))?),
             Type::INT8 => Box::new(*n),
             Type::FLOAT4 => Box::new(*n as f32),
             Type::FLOAT8 => Box::new(*n as f64),
@@ -236,9 +211,7 @@ fn convert(i: usize, v: &Value, ty: &Type) -> Result<Box<dyn ToSql + Sync>> {
                 serde_json::from_str::<serde_json::Value>(s)
                     .map_err(|e| bad(&format!("text that is not JSON ({e})")))?,
             ),
-            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
-                Box::new(s.clone())
-            }
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => Box::new(s.clone()),
             _ => return Err(bad("a str")),
         },
         Value::Blob(b) => match *ty {
@@ -258,29 +231,17 @@ fn positional(params: &Params) -> Result<&[Value]> {
     }
 }
 
-fn bind(
-    s: &mut Session,
-    sql: &str,
-    params: &Params,
-) -> Result<(postgres::Statement, Vec<Box<dyn ToSql + Sync>>)> {
+fn bind(s: &mut Session, sql: &str, params: &Params) -> Result<(postgres::Statement, Vec<Box<dyn ToSql + Sync>>)> {
     let values = positional(params)?;
     let stmt = s.prepared_raw(sql)?;
     if stmt.params().len() != values.len() {
         return Err(Error::invalid(
             "params",
-            format!(
-                "the statement takes {} parameters, {} were given",
-                stmt.params().len(),
-                values.len()
-            ),
+            format!("the statement takes {} parameters, {} were given", stmt.params().len(), values.len()),
         ));
     }
-    let boxed = values
-        .iter()
-        .zip(stmt.params())
-        .enumerate()
-        .map(|(i, (v, t))| convert(i, v, t))
-        .collect::<Result<Vec<_>>>()?;
+    let boxed =
+        values.iter().zip(stmt.params()).enumerate().map(|(i, (v, t))| convert(i, v, t)).collect::<Result<Vec<_>>>()?;
     Ok((stmt, boxed))
 }
 
@@ -311,13 +272,7 @@ pub(super) fn query_columns(s: &mut Session, sql: &str, params: &Params) -> Resu
     })?;
     let rows = rows
         .iter()
-        .map(|r| {
-            r.columns()
-                .iter()
-                .enumerate()
-                .map(|(i, c)| column(r, i, c.type_()))
-                .collect::<Result<Vec<_>>>()
-        })
+        .map(|r| r.columns().iter().enumerate().map(|(i, c)| column(r, i, c.type_())).collect::<Result<Vec<_>>>())
         .collect::<Result<_>>()?;
     Ok((names, rows))
 }
@@ -326,24 +281,34 @@ pub(super) fn query_columns(s: &mut Session, sql: &str, params: &Params) -> Resu
 fn column(r: &postgres::Row, i: usize, ty: &Type) -> Result<Value> {
     let get_err = |e: postgres::Error| Error::Sqlite(format!("PostgreSQL: column {i}: {e}"));
     Ok(match *ty {
-        Type::INT2 => r.try_get::<_, Option<i16>>(i).map_err(get_err)?.map_or(Value::Null, |v| Value::Integer(v.into())),
-        Type::INT4 => r.try_get::<_, Option<i32>>(i).map_err(get_err)?.map_or(Value::Null, |v| Value::Integer(v.into())),
+        Type::INT2 => {
+            r.try_get::<_, Option<i16>>(i).map_err(get_err)?.map_or(Value::Null, |v| Value::Integer(v.into()))
+        }
+        Type::INT4 => {
+            r.try_get::<_, Option<i32>>(i).map_err(get_err)?.map_or(Value::Null, |v| Value::Integer(v.into()))
+        }
         Type::INT8 => r.try_get::<_, Option<i64>>(i).map_err(get_err)?.map_or(Value::Null, Value::Integer),
         Type::OID => r.try_get::<_, Option<u32>>(i).map_err(get_err)?.map_or(Value::Null, |v| Value::Integer(v.into())),
         Type::FLOAT4 => r.try_get::<_, Option<f32>>(i).map_err(get_err)?.map_or(Value::Null, |v| Value::Real(v.into())),
         Type::FLOAT8 => r.try_get::<_, Option<f64>>(i).map_err(get_err)?.map_or(Value::Null, Value::Real),
-        Type::BOOL => r.try_get::<_, Option<bool>>(i).map_err(get_err)?.map_or(Value::Null, |v| Value::Integer(v.into())),
-        Type::BYTEA => r.try_get::<_, Option<Vec<u8>>>(i).map_err(get_err)?.map_or(Value::Null, Value::Blob),
-        Type::JSON | Type::JSONB => {
-            r.try_get::<_, Option<serde_json::Value>>(i).map_err(get_err)?.map_or(Value::Null, |v| Value::Text(v.to_string()))
+        Type::BOOL => {
+            r.try_get::<_, Option<bool>>(i).map_err(get_err)?.map_or(Value::Null, |v| Value::Integer(v.into()))
         }
+        Type::BYTEA => r.try_get::<_, Option<Vec<u8>>>(i).map_err(get_err)?.map_or(Value::Null, Value::Blob),
+        Type::JSON | Type::JSONB => r
+            .try_get::<_, Option<serde_json::Value>>(i)
+            .map_err(get_err)?
+            .map_or(Value::Null, |v| Value::Text(v.to_string())),
         Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
             r.try_get::<_, Option<String>>(i).map_err(get_err)?.map_or(Value::Null, Value::Text)
         }
         ref other => {
             return Err(Error::invalid(
                 "sql",
-                format!("result column {i} has type {}, which the store does not return; cast it (e.g. ::text)", other.name()),
+                format!(
+                    "result column {i} has type {}, which the store does not return; cast it (e.g. ::text)",
+                    other.name()
+                ),
             ))
         }
     })

@@ -32,11 +32,14 @@ fn not_too_long(len: usize, name: impl Display) -> PyResult<()> {
 /// surrogates) and strings over SQLite's length limit are the library's invalid-input
 /// error, naming the argument. `name` is formatted only when there is an error to report.
 pub fn text(obj: &Bound<'_, PyAny>, name: impl Display) -> PyResult<PyBackedStr> {
-    let s = obj.cast::<PyString>().map_err(|_| {
-        Error::invalid(name.to_string(), format!("must be a str, got {}", type_name(obj)))
-    })?;
+    let s = obj
+        .cast::<PyString>()
+        .map_err(|_| Error::invalid(name.to_string(), format!("must be a str, got {}", type_name(obj))))?;
     let s = PyBackedStr::try_from(s.clone()).map_err(|_| {
-        PyErr::from(Error::invalid(name.to_string(), "contains characters that cannot be encoded as UTF-8 (lone surrogates?)"))
+        PyErr::from(Error::invalid(
+            name.to_string(),
+            "contains characters that cannot be encoded as UTF-8 (lone surrogates?)",
+        ))
     })?;
     not_too_long(s.len(), name)?;
     Ok(s)
@@ -55,7 +58,8 @@ pub fn opt_flag(obj: Option<&Bound<'_, PyAny>>, name: &str, default: bool) -> Py
 
 /// An int argument within `min..=max` (bools are not ints here).
 pub fn int_in<T: TryFrom<i64>>(obj: &Bound<'_, PyAny>, name: &str, min: i64, max: i64) -> PyResult<T> {
-    let bad = || PyErr::from(Error::invalid(name, format!("must be an int from {min} to {max}, got {}", describe(obj))));
+    let bad =
+        || PyErr::from(Error::invalid(name, format!("must be an int from {min} to {max}, got {}", describe(obj))));
     if obj.is_instance_of::<PyBool>() || !obj.is_instance_of::<PyInt>() {
         return Err(bad());
     }
@@ -66,7 +70,12 @@ pub fn int_in<T: TryFrom<i64>>(obj: &Bound<'_, PyAny>, name: &str, min: i64, max
     T::try_from(n).map_err(|_| bad())
 }
 
-pub fn opt_int_in<T: TryFrom<i64>>(obj: Option<&Bound<'_, PyAny>>, name: &str, min: i64, max: i64) -> PyResult<Option<T>> {
+pub fn opt_int_in<T: TryFrom<i64>>(
+    obj: Option<&Bound<'_, PyAny>>,
+    name: &str,
+    min: i64,
+    max: i64,
+) -> PyResult<Option<T>> {
     obj.filter(|o| !o.is_none()).map(|o| int_in(o, name, min, max)).transpose()
 }
 
@@ -83,7 +92,11 @@ pub fn seconds(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Duration> {
     let s = real(obj, name)?;
     match Duration::try_from_secs_f64(s) {
         Ok(d) if !d.is_zero() && s <= MAX_SECONDS => Ok(d),
-        _ => Err(Error::invalid(name, format!("must be a number of seconds above 1e-9 and at most {MAX_SECONDS:e}, got {s}")).into()),
+        _ => Err(Error::invalid(
+            name,
+            format!("must be a number of seconds above 1e-9 and at most {MAX_SECONDS:e}, got {s}"),
+        )
+        .into()),
     }
 }
 
@@ -143,9 +156,10 @@ pub fn json_text(obj: &Bound<'_, PyAny>, name: impl Display) -> PyResult<PyBacke
     let kwargs = pyo3::types::PyDict::new(py);
     kwargs.set_item("ensure_ascii", false)?;
     kwargs.set_item("allow_nan", false)?;
-    let dumped = dumps.bind(py).call((obj,), Some(&kwargs)).map_err(|e| {
-        PyErr::from(Error::invalid(name.to_string(), format!("cannot be serialized as JSON: {e}")))
-    })?;
+    let dumped = dumps
+        .bind(py)
+        .call((obj,), Some(&kwargs))
+        .map_err(|e| PyErr::from(Error::invalid(name.to_string(), format!("cannot be serialized as JSON: {e}"))))?;
     text(&dumped, name)
 }
 
@@ -167,16 +181,17 @@ pub fn to_value(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Value> {
     } else if obj.is_instance_of::<PyString>() {
         Ok(Value::Text(text(obj, name)?.to_string()))
     } else if obj.is_instance_of::<PyInt>() {
-        obj.extract::<i64>().map(Value::Integer).map_err(|_| {
-            Error::invalid(name, format!("integer {obj} does not fit in SQLite's 64-bit integers")).into()
-        })
+        obj.extract::<i64>()
+            .map(Value::Integer)
+            .map_err(|_| Error::invalid(name, format!("integer {obj} does not fit in SQLite's 64-bit integers")).into())
     } else if obj.is_instance_of::<PyFloat>() {
         Ok(Value::Real(obj.extract()?))
     } else if let Ok(b) = obj.cast::<PyBytes>() {
         not_too_long(b.as_bytes().len(), name)?;
         Ok(Value::Blob(b.as_bytes().to_vec()))
     } else {
-        Err(Error::invalid(name, format!("type {} is not a SQL value (None, int, float, str, bytes)", type_name(obj))).into())
+        Err(Error::invalid(name, format!("type {} is not a SQL value (None, int, float, str, bytes)", type_name(obj)))
+            .into())
     }
 }
 
@@ -198,9 +213,13 @@ pub fn to_params(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Params> {
         return Err(Error::invalid("params", "must be a sequence of values, not a single str/bytes").into());
     }
     let mut out = Vec::new();
-    for (i, item) in obj.try_iter().map_err(|_| {
-        PyErr::from(Error::invalid("params", format!("must be a sequence or a mapping, got {}", type_name(obj))))
-    })?.enumerate() {
+    for (i, item) in obj
+        .try_iter()
+        .map_err(|_| {
+            PyErr::from(Error::invalid("params", format!("must be a sequence or a mapping, got {}", type_name(obj))))
+        })?
+        .enumerate()
+    {
         out.push(to_value(&item?, &format!("params[{i}]"))?);
     }
     Ok(Params::Positional(out))
@@ -226,12 +245,20 @@ pub fn rows_to_py<'py>(py: Python<'py>, rows: Vec<Vec<Value>>) -> PyResult<Vec<B
 }
 
 /// A class or function of `consensus_db.results`, imported once.
-fn results_attr<'py>(py: Python<'py>, cell: &'static PyOnceLock<Py<PyAny>>, name: &str) -> PyResult<&'py Bound<'py, PyAny>> {
+fn results_attr<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
     cell.import(py, "consensus_db.results", name)
 }
 
 /// `query()`'s rows: a `consensus_db.results.Rows` (a list of tuples with `.columns`).
-pub fn rows_with_columns<'py>(py: Python<'py>, columns: Vec<String>, rows: Vec<Vec<Value>>) -> PyResult<Bound<'py, PyAny>> {
+pub fn rows_with_columns<'py>(
+    py: Python<'py>,
+    columns: Vec<String>,
+    rows: Vec<Vec<Value>>,
+) -> PyResult<Bound<'py, PyAny>> {
     static ROWS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let rows = rows_to_py(py, rows)?;
     results_attr(py, &ROWS, "Rows")?.call1((rows, PyTuple::new(py, columns)?))

@@ -5,24 +5,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pyo3::prelude::*;
 use pyo3::intern;
+use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyMapping, PyString, PyTuple};
 
 use super::convert::{
-    json_text, Keep, opt_callable, opt_flag, opt_int_in, opt_json_text, opt_text, real, rows_with_columns, seconds,
-    spawn_info, text, to_params, type_name,
+    json_text, opt_callable, opt_flag, opt_int_in, opt_json_text, opt_text, real, rows_with_columns, seconds,
+    spawn_info, text, to_params, type_name, Keep,
 };
 use super::run;
 use super::transaction::PyTransaction;
+use crate::backend::{AnyDatabase, Backend};
 use crate::error::Error;
 use crate::maintenance::{CycleReport, MaintenanceOptions, Stats, DEFAULT_VACUUM_THRESHOLD};
 use crate::migrations;
 use crate::model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synthesis};
-use crate::transaction::Behavior;
 use crate::sqlite::replica::CheckpointMode;
 use crate::sqlite::retry::{Clock, RetryEvent, RetryPolicy};
-use crate::backend::{AnyDatabase, Backend};
+use crate::transaction::Behavior;
 use crate::{Database, Options, Pragmas};
 
 #[pyclass(frozen, subclass, module = "consensus_db", name = "Database")]
@@ -188,14 +188,18 @@ fn open_postgres(
         .into());
     }
     if opt_flag(uri, "uri", false)? {
-        return Err(Error::NotSupported("uri=True opens an SQLite URI and does not apply to a postgresql:// URL".into()).into());
+        return Err(Error::NotSupported(
+            "uri=True opens an SQLite URI and does not apply to a postgresql:// URL".into(),
+        )
+        .into());
     }
     let migrate = match migrate {
         None => true,
         Some(m) if m.is_instance_of::<pyo3::types::PyBool>() => m.is_truthy()?,
         Some(m) => non_negative(m, "migrate")? > 0,
     };
-    let options = crate::postgres::PgOptions { pool_size, checkout_timeout, migrate: migrate && !read_only, read_only, retry };
+    let options =
+        crate::postgres::PgOptions { pool_size, checkout_timeout, migrate: migrate && !read_only, read_only, retry };
     let db = run(py, move || crate::postgres::PgDatabase::open(&url, options))?;
     Ok(PyDatabase { inner: AnyDatabase::Postgres(db), handed: false })
 }
@@ -208,7 +212,10 @@ fn parse_pragmas(overrides: Option<&Bound<'_, PyAny>>) -> PyResult<Pragmas> {
     let mut pragmas = Pragmas::default();
     let Some(overrides) = overrides.filter(|o| !o.is_none()) else { return Ok(pragmas) };
     let d = overrides.cast::<PyMapping>().map_err(|_| {
-        PyErr::from(Error::invalid("pragmas", format!("must be a mapping of pragma names to values, got {}", type_name(overrides))))
+        PyErr::from(Error::invalid(
+            "pragmas",
+            format!("must be a mapping of pragma names to values, got {}", type_name(overrides)),
+        ))
     })?;
     for item in d.items()?.iter() {
         let (k, v) = item.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>()?;
@@ -269,7 +276,8 @@ struct Item<'a, 'py> {
     found: std::cell::Cell<usize>,
 }
 
-const ARTIFACT_KEYS: [&str; 7] = ["spec_id", "stage", "agent_name", "content_json", "response_text", "run_id", "model_version"];
+const ARTIFACT_KEYS: [&str; 7] =
+    ["spec_id", "stage", "agent_name", "content_json", "response_text", "run_id", "model_version"];
 
 impl<'py> Item<'_, 'py> {
     fn get(&self, key: &Bound<'py, PyString>) -> PyResult<Option<Bound<'py, PyAny>>> {
@@ -495,14 +503,27 @@ impl PyDatabase {
         let create = opt_flag(create, "create", defaults.create)?;
         let convert_auto_vacuum = opt_flag(convert_auto_vacuum, "convert_auto_vacuum", defaults.convert_auto_vacuum)?;
         if let Some(url) = postgres_url(path)? {
-            return open_postgres(py, url, pool_size, checkout_timeout, read_only, migrate, pragmas, convert_auto_vacuum, uri, retry);
+            return open_postgres(
+                py,
+                url,
+                pool_size,
+                checkout_timeout,
+                read_only,
+                migrate,
+                pragmas,
+                convert_auto_vacuum,
+                uri,
+                retry,
+            );
         }
         let path = path_arg(path)?;
         let uri = opt_flag(uri, "uri", defaults.uri)?;
         let replicated = opt_flag(replicated, "replicated", defaults.replicated)?;
         let migrate_to = match migrate {
             None => Some(migrations::DEFAULT_VERSION),
-            Some(m) if m.is_instance_of::<pyo3::types::PyBool>() => m.is_truthy()?.then_some(migrations::DEFAULT_VERSION),
+            Some(m) if m.is_instance_of::<pyo3::types::PyBool>() => {
+                m.is_truthy()?.then_some(migrations::DEFAULT_VERSION)
+            }
             Some(m) => Some(non_negative(m, "migrate")?),
         };
         let options = Options {
@@ -693,7 +714,12 @@ impl PyDatabase {
     /// Runs a query outside any transaction; returns `Rows`: a list of tuples whose
     /// `columns` attribute names the columns.
     #[pyo3(signature = (sql, params=None))]
-    fn query<'py>(&self, py: Python<'py>, sql: &Bound<'py, PyAny>, params: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+    fn query<'py>(
+        &self,
+        py: Python<'py>,
+        sql: &Bound<'py, PyAny>,
+        params: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let sql = text(sql, "sql")?;
         let params = to_params(params)?;
         let (columns, rows) = run(py, move || match self.pg() {
@@ -813,7 +839,11 @@ impl PyDatabase {
     }
 
     /// `SpawnInfo(phase_type, stage)` of a spawned agent (a named 2-tuple), or None.
-    fn get_agent_spawn_info<'py>(&self, py: Python<'py>, agent_id: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    fn get_agent_spawn_info<'py>(
+        &self,
+        py: Python<'py>,
+        agent_id: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let a = text(agent_id, "agent_id")?;
         let info = run(py, || self.inner.get_agent_spawn_info(&a))?;
         spawn_info(py, info)
@@ -826,7 +856,12 @@ impl PyDatabase {
     }
 
     /// Records an agent's response and completion time; False when the agent is unknown.
-    fn record_agent_completion(&self, py: Python<'_>, agent_id: &Bound<'_, PyAny>, response_text: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn record_agent_completion(
+        &self,
+        py: Python<'_>,
+        agent_id: &Bound<'_, PyAny>,
+        response_text: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
         let (a, r) = (text(agent_id, "agent_id")?, text(response_text, "response_text")?);
         run(py, || self.inner.record_agent_completion(&a, &r))
     }
@@ -847,7 +882,11 @@ impl PyDatabase {
     }
 
     /// The spec's executions with an extraction error, oldest spawn first.
-    fn query_extraction_failures(&self, py: Python<'_>, spec_id: &Bound<'_, PyAny>) -> PyResult<Vec<ExtractionFailure>> {
+    fn query_extraction_failures(
+        &self,
+        py: Python<'_>,
+        spec_id: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<ExtractionFailure>> {
         let s = text(spec_id, "spec_id")?;
         run(py, || self.inner.query_extraction_failures(&s))
     }
@@ -920,7 +959,10 @@ impl PyDatabase {
     /// one transaction: all or none.
     fn store_artifacts(&self, py: Python<'_>, artifacts: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
         let iter = artifacts.try_iter().map_err(|_| {
-            PyErr::from(Error::invalid("artifacts", format!("must be an iterable of mappings, got {}", type_name(artifacts))))
+            PyErr::from(Error::invalid(
+                "artifacts",
+                format!("must be an iterable of mappings, got {}", type_name(artifacts)),
+            ))
         })?;
         let mut batch = Vec::new();
         for (i, item) in iter.enumerate() {
@@ -930,7 +972,12 @@ impl PyDatabase {
     }
 
     /// The artifacts of a spec/stage from both schemas, oldest first (ties by id).
-    fn query_artifacts(&self, py: Python<'_>, spec_id: &Bound<'_, PyAny>, stage: &Bound<'_, PyAny>) -> PyResult<Vec<Artifact>> {
+    fn query_artifacts(
+        &self,
+        py: Python<'_>,
+        spec_id: &Bound<'_, PyAny>,
+        stage: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<Artifact>> {
         let (s, st) = (text(spec_id, "spec_id")?, text(stage, "stage")?);
         run(py, || self.inner.query_artifacts(&s, &st))
     }
@@ -942,14 +989,24 @@ impl PyDatabase {
     }
 
     /// Deletes the artifacts of one stage of a spec (both schemas); returns how many.
-    fn delete_stage_artifacts(&self, py: Python<'_>, spec_id: &Bound<'_, PyAny>, stage: &Bound<'_, PyAny>) -> PyResult<usize> {
+    fn delete_stage_artifacts(
+        &self,
+        py: Python<'_>,
+        spec_id: &Bound<'_, PyAny>,
+        stage: &Bound<'_, PyAny>,
+    ) -> PyResult<usize> {
         let (s, st) = (text(spec_id, "spec_id")?, text(stage, "stage")?);
         run(py, || self.inner.delete_stage_artifacts(&s, &st))
     }
 
     /// Deletes whole runs (syntheses and outputs) of a spec, or of one of its stages.
     #[pyo3(signature = (spec_id, stage=None))]
-    fn delete_runs(&self, py: Python<'_>, spec_id: &Bound<'_, PyAny>, stage: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+    fn delete_runs(
+        &self,
+        py: Python<'_>,
+        spec_id: &Bound<'_, PyAny>,
+        stage: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<usize> {
         let (s, st) = (text(spec_id, "spec_id")?, opt_text(stage, "stage")?);
         run(py, || self.inner.delete_runs(&s, st.as_deref()))
     }
@@ -992,7 +1049,12 @@ impl PyDatabase {
     }
 
     /// The newest synthesis of a spec/stage from either schema, or None.
-    fn query_latest_synthesis(&self, py: Python<'_>, spec_id: &Bound<'_, PyAny>, stage: &Bound<'_, PyAny>) -> PyResult<Option<Synthesis>> {
+    fn query_latest_synthesis(
+        &self,
+        py: Python<'_>,
+        spec_id: &Bound<'_, PyAny>,
+        stage: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<Synthesis>> {
         let (s, st) = (text(spec_id, "spec_id")?, text(stage, "stage")?);
         run(py, || self.inner.query_latest_synthesis(&s, &st))
     }
@@ -1019,7 +1081,8 @@ impl PyDatabase {
     /// `needs_vacuum` (the free fraction is above `threshold`).
     #[pyo3(signature = (threshold=None), text_signature = "($self, threshold=0.5)")]
     fn health<'py>(&self, py: Python<'py>, threshold: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyDict>> {
-        let threshold = threshold.filter(|t| !t.is_none()).map_or(Ok(DEFAULT_VACUUM_THRESHOLD), |t| real(t, "threshold"))?;
+        let threshold =
+            threshold.filter(|t| !t.is_none()).map_or(Ok(DEFAULT_VACUUM_THRESHOLD), |t| real(t, "threshold"))?;
         #[cfg(feature = "postgres")]
         if let Some(pg) = self.pg() {
             let h = run(py, || pg.health())?;
@@ -1199,13 +1262,7 @@ impl PyDatabase {
                 });
             }) as crate::maintenance::CycleHook
         });
-        let options = MaintenanceOptions {
-            interval,
-            retention_days,
-            vacuum_pages,
-            checkpoint,
-            on_cycle,
-        };
+        let options = MaintenanceOptions { interval, retention_days, vacuum_pages, checkpoint, on_cycle };
         run(py, || match self.pg() {
             #[cfg(feature = "postgres")]
             Some(pg) => pg.start_maintenance(options),

@@ -40,7 +40,11 @@ fn opt(s: &Option<String>) -> String {
 }
 
 fn flag(b: bool) -> &'static str {
-    if b { "True" } else { "False" }
+    if b {
+        "True"
+    } else {
+        "False"
+    }
 }
 
 #[pymethods]
@@ -63,7 +67,18 @@ impl Artifact {
         source: &str,
     ) -> PyResult<Self> {
         let source = self::source(source)?;
-        Ok(Artifact { id, spec_id, stage, agent_name, content_json, response_text, run_id, created_at_ms, model_version, source })
+        Ok(Artifact {
+            id,
+            spec_id,
+            stage,
+            agent_name,
+            content_json,
+            response_text,
+            run_id,
+            created_at_ms,
+            model_version,
+            source,
+        })
     }
 
     /// Pickling: the constructor and every field, in its order.
@@ -71,8 +86,16 @@ impl Artifact {
         let py = slf.py();
         let a = slf.get();
         let args = (
-            a.id, &a.spec_id, &a.stage, &a.agent_name, &a.content_json, &a.response_text, &a.run_id,
-            a.created_at_ms, &a.model_version, a.source,
+            a.id,
+            &a.spec_id,
+            &a.stage,
+            &a.agent_name,
+            &a.content_json,
+            &a.response_text,
+            &a.run_id,
+            a.created_at_ms,
+            &a.model_version,
+            a.source,
         )
             .into_pyobject(py)?;
         Ok((slf.get_type().into_any(), args))
@@ -147,8 +170,19 @@ impl Synthesis {
     ) -> PyResult<Self> {
         let source = self::source(source)?;
         Ok(Synthesis {
-            id, spec_id, stage, output_markdown, output_path, status, artifacts_count, agreements, conflicts,
-            degraded, run_id, created_at_ms, source,
+            id,
+            spec_id,
+            stage,
+            output_markdown,
+            output_path,
+            status,
+            artifacts_count,
+            agreements,
+            conflicts,
+            degraded,
+            run_id,
+            created_at_ms,
+            source,
         })
     }
 
@@ -157,8 +191,18 @@ impl Synthesis {
         let py = slf.py();
         let s = slf.get();
         let args = (
-            s.id, &s.spec_id, &s.stage, &s.output_markdown, &s.output_path, &s.status, s.artifacts_count,
-            &s.agreements, &s.conflicts, s.degraded, &s.run_id, s.created_at_ms,
+            s.id,
+            &s.spec_id,
+            &s.stage,
+            &s.output_markdown,
+            &s.output_path,
+            &s.status,
+            s.artifacts_count,
+            &s.agreements,
+            &s.conflicts,
+            s.degraded,
+            &s.run_id,
+            s.created_at_ms,
         )
             .into_pyobject(py)?;
         let mut items: Vec<Bound<'py, PyAny>> = args.iter().collect();
@@ -239,7 +283,15 @@ impl ExtractionFailure {
         extraction_error: String,
     ) -> Self {
         ExtractionFailure {
-            agent_id, spec_id, stage, phase_type, agent_name, run_id, spawned_at, completed_at, response_text,
+            agent_id,
+            spec_id,
+            stage,
+            phase_type,
+            agent_name,
+            run_id,
+            spawned_at,
+            completed_at,
+            response_text,
             extraction_error,
         }
     }
@@ -249,8 +301,16 @@ impl ExtractionFailure {
         let py = slf.py();
         let f = slf.get();
         let args = (
-            &f.agent_id, &f.spec_id, &f.stage, &f.phase_type, &f.agent_name, &f.run_id, &f.spawned_at,
-            &f.completed_at, &f.response_text, &f.extraction_error,
+            &f.agent_id,
+            &f.spec_id,
+            &f.stage,
+            &f.phase_type,
+            &f.agent_name,
+            &f.run_id,
+            &f.spawned_at,
+            &f.completed_at,
+            &f.response_text,
+            &f.extraction_error,
         )
             .into_pyobject(py)?;
         Ok((slf.get_type().into_any(), args))
@@ -271,8 +331,12 @@ impl ExtractionFailure {
     fn __repr__(&self) -> String {
         format!(
             "ExtractionFailure(agent_id={}, spec_id={}, stage={}, agent_name={}, spawned_at={}, extraction_error={})",
-            short(&self.agent_id), short(&self.spec_id), short(&self.stage), short(&self.agent_name),
-            short(&self.spawned_at), short(&self.extraction_error)
+            short(&self.agent_id),
+            short(&self.spec_id),
+            short(&self.stage),
+            short(&self.agent_name),
+            short(&self.spawned_at),
+            short(&self.extraction_error)
         )
     }
 

@@ -7,8 +7,8 @@ use pyo3::types::PyAny;
 
 use super::convert::{rows_with_columns, text, to_params, type_name};
 use super::run;
-use crate::error::Error;
 use crate::backend::AnyTx as Tx;
+use crate::error::Error;
 use crate::transaction::Behavior;
 
 /// `with db.transaction(behavior) as tx:` — commits when the block ends, rolls back
@@ -83,20 +83,28 @@ impl PyTransaction {
     fn executemany(&self, py: Python<'_>, sql: &Bound<'_, PyAny>, rows: &Bound<'_, PyAny>) -> PyResult<usize> {
         let sql = text(sql, "sql")?;
         let iter = rows.try_iter().map_err(|_| {
-            PyErr::from(Error::invalid("rows", format!("must be an iterable of parameter rows, got {}", type_name(rows))))
+            PyErr::from(Error::invalid(
+                "rows",
+                format!("must be an iterable of parameter rows, got {}", type_name(rows)),
+            ))
         })?;
         let mut all = Vec::new();
         for (i, row) in iter.enumerate() {
-            all.push(to_params(Some(&row?)).map_err(|e| {
-                PyErr::from(Error::invalid(format!("rows[{i}]"), e.to_string()))
-            })?);
+            all.push(
+                to_params(Some(&row?)).map_err(|e| PyErr::from(Error::invalid(format!("rows[{i}]"), e.to_string())))?,
+            );
         }
         self.with_tx(py, move |tx| tx.execute_many_params(&sql, &all))
     }
 
     /// Runs a query; returns `Rows` (a list of tuples with `columns`).
     #[pyo3(signature = (sql, params=None))]
-    fn query<'py>(&self, py: Python<'py>, sql: &Bound<'py, PyAny>, params: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+    fn query<'py>(
+        &self,
+        py: Python<'py>,
+        sql: &Bound<'py, PyAny>,
+        params: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let sql = text(sql, "sql")?;
         let params = to_params(params)?;
         let (columns, rows) = self.with_tx(py, move |tx| tx.query_columns(&sql, &params))?;

@@ -14,7 +14,10 @@ impl Engine {
     /// Begins a transaction on a pooled connection, for callers that drive it step by step.
     pub fn begin(&self, behavior: Behavior) -> Result<Tx> {
         if self.read_only && behavior != Behavior::Deferred {
-            return Err(Error::ReadOnly(format!("{behavior:?} transactions write; the store {:?} is read-only", self.path)));
+            return Err(Error::ReadOnly(format!(
+                "{behavior:?} transactions write; the store {:?} is read-only",
+                self.path
+            )));
         }
         // A write transaction holds the write lane for its duration; a deferred one
         // (a read snapshot) does not.
@@ -112,7 +115,10 @@ impl Engine {
     fn check_writable(&self) -> Result<()> {
         self.check_process()?;
         if self.read_only {
-            return Err(Error::ReadOnly(format!("Immediate transactions write; the store {:?} is read-only", self.path)));
+            return Err(Error::ReadOnly(format!(
+                "Immediate transactions write; the store {:?} is read-only",
+                self.path
+            )));
         }
         if self.pool.is_closed() {
             return Err(Error::Closed);

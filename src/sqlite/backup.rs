@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
 
-use crate::sqlite::database::Engine;
 use crate::error::{Error, Result};
+use crate::sqlite::database::Engine;
 
 /// Permission bits of a backup of an in-memory database.
 const PRIVATE: u32 = 0o600;
@@ -58,10 +58,7 @@ impl Engine {
                 Err(e) => return Err(io_error(&format!("cannot create backup file {}", dest.display()), e)),
             }
         }
-        Err(Error::Sqlite(format!(
-            "no free backup name beside {} after {NAME_ATTEMPTS} attempts",
-            source.display()
-        )))
+        Err(Error::Sqlite(format!("no free backup name beside {} after {NAME_ATTEMPTS} attempts", source.display())))
     }
 
     /// The database file's permission bits (what a backup of it gets).
@@ -88,14 +85,17 @@ impl Engine {
 
     fn copy_to(&self, file: &File, dest: &Path) -> Result<()> {
         let source = self.conn()?;
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NOFOLLOW | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let flags =
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NOFOLLOW | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut out = Connection::open_with_flags(dest, flags)?;
         // The copy is new and private until this returns: no journal (nothing to leave
         // behind on failure), and one fsync at the end instead of SQLite's.
         out.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF")?;
         {
             let backup = Backup::new(&source, &mut out)?;
-            let patience = Duration::from_millis(self.options.pragmas.get("busy_timeout").and_then(|ms| ms.parse().ok()).unwrap_or(5000));
+            let patience = Duration::from_millis(
+                self.options.pragmas.get("busy_timeout").and_then(|ms| ms.parse().ok()).unwrap_or(5000),
+            );
             let started = Instant::now();
             // All pages in one step: one read transaction, one consistent moment.
             loop {

@@ -16,8 +16,8 @@ use crate::sqlite::fork;
 use crate::sqlite::migrations::{self, Version};
 use crate::sqlite::pragmas::{self, Pragmas};
 use crate::sqlite::replica;
-use crate::sqlite::schema;
 use crate::sqlite::retry::{Retrier, RetryPolicy};
+use crate::sqlite::schema;
 use crate::sqlite::writer::{LaneStats, WriteLane};
 use std::sync::Arc;
 
@@ -170,11 +170,8 @@ impl Engine {
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI;
             (PathBuf::from(memdb_name()), flags, None)
         } else {
-            let mut flags = if options.read_only {
-                OpenFlags::SQLITE_OPEN_READ_ONLY
-            } else {
-                OpenFlags::SQLITE_OPEN_READ_WRITE
-            };
+            let mut flags =
+                if options.read_only { OpenFlags::SQLITE_OPEN_READ_ONLY } else { OpenFlags::SQLITE_OPEN_READ_WRITE };
             let target = open_target(path, options.uri)?;
             if options.create && !options.read_only {
                 flags |= OpenFlags::SQLITE_OPEN_CREATE;
@@ -199,8 +196,8 @@ impl Engine {
             e
         };
 
-        let bootstrap = Connection::open_with_flags(&target, flags)
-            .map_err(|e| removing_created(in_file(Error::from(e))))?;
+        let bootstrap =
+            Connection::open_with_flags(&target, flags).map_err(|e| removing_created(in_file(Error::from(e))))?;
         let prepared = prepare_file(&bootstrap, &options, in_memory).and_then(|report| {
             // Every pooled connection gets what the bootstrap one has: verify it here,
             // so a pragma that will not hold fails now rather than after every pooled
@@ -378,12 +375,7 @@ impl Engine {
     /// The current value of every configured pragma, read from a pooled connection.
     pub fn pragmas(&self) -> Result<Vec<(&'static str, String)>> {
         let conn = self.conn()?;
-        self.options
-            .pragmas
-            .settings()
-            .iter()
-            .map(|s| Ok((s.name, pragmas::read(&conn, s.name)?)))
-            .collect()
+        self.options.pragmas.settings().iter().map(|s| Ok((s.name, pragmas::read(&conn, s.name)?))).collect()
     }
 
     /// Re-verifies every configured pragma on a pooled connection.
@@ -594,7 +586,11 @@ fn set_journal_mode(conn: &Connection, want: &str) -> Result<()> {
         match conn.query_row(&format!("PRAGMA journal_mode = {want}"), [], |r| r.get::<_, String>(0)) {
             Ok(mode) if mode.eq_ignore_ascii_case(want) => return Ok(()),
             Ok(mode) => {
-                return Err(Error::Pragma { pragma: "journal_mode".into(), wanted: want.into(), actual: mode.to_ascii_lowercase() })
+                return Err(Error::Pragma {
+                    pragma: "journal_mode".into(),
+                    wanted: want.into(),
+                    actual: mode.to_ascii_lowercase(),
+                })
             }
             Err(e) => match Error::from(e) {
                 Error::Busy(m) => actual = m,
@@ -613,10 +609,15 @@ mod path_tests {
 
     #[test]
     fn plain_paths_are_files_and_uris_only_when_asked_for() {
-        assert_eq!(open_target(Path::new("file:x.db?immutable=1"), false).unwrap(), Path::new("./file:x.db?immutable=1"));
+        assert_eq!(
+            open_target(Path::new("file:x.db?immutable=1"), false).unwrap(),
+            Path::new("./file:x.db?immutable=1")
+        );
         assert_eq!(open_target(Path::new("/abs/file:x.db"), false).unwrap(), Path::new("/abs/file:x.db"));
         assert_eq!(open_target(Path::new("file:x.db?mode=ro"), true).unwrap(), Path::new("file:x.db?mode=ro"));
-        for (path, uri) in [("", false), ("a\0b", false), ("x.db", true), ("file::memory:", true), ("file:m?mode=memory", true)] {
+        for (path, uri) in
+            [("", false), ("a\0b", false), ("x.db", true), ("file::memory:", true), ("file:m?mode=memory", true)]
+        {
             assert!(matches!(open_target(Path::new(path), uri), Err(Error::InvalidInput { .. })), "{path:?}");
         }
         assert_eq!(uri_file(Path::new("file:a%20b.db?mode=rwc")), Some(PathBuf::from("a b.db")));

@@ -11,10 +11,10 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
 
+use crate::error::{Error, Result};
 use crate::sqlite::database::{Engine, Pool};
 use crate::sqlite::replica::{self, Checkpoint, CheckpointMode};
 use crate::sqlite::writer::WriteLane;
-use crate::error::{Error, Result};
 
 /// Free-page fraction above which `needs_vacuum` is true by default.
 pub const DEFAULT_VACUUM_THRESHOLD: f64 = 0.5;
@@ -153,7 +153,8 @@ impl Engine {
             .collect::<Result<_, _>>()?;
         let mut rows = Vec::with_capacity(tables.len());
         for t in tables {
-            let n: i64 = conn.query_row(&format!("SELECT count(*) FROM \"{}\"", t.replace('"', "\"\"")), [], |r| r.get(0))?;
+            let n: i64 =
+                conn.query_row(&format!("SELECT count(*) FROM \"{}\"", t.replace('"', "\"\"")), [], |r| r.get(0))?;
             rows.push((t, n));
         }
         Ok(Health {
@@ -288,32 +289,30 @@ impl Maintenance {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let cycles = Arc::new(AtomicU64::new(0));
         let (stop_flag, counter) = (stop.clone(), cycles.clone());
-        let thread = std::thread::Builder::new()
-            .name("consensus-db-maintenance".into())
-            .spawn(move || loop {
-                {
-                    let (lock, wake) = &*stop_flag;
-                    let mut stopped = lock.lock();
-                    if !*stopped {
-                        wake.wait_for(&mut stopped, options.interval);
-                    }
-                    if *stopped {
-                        return;
-                    }
+        let thread = std::thread::Builder::new().name("consensus-db-maintenance".into()).spawn(move || loop {
+            {
+                let (lock, wake) = &*stop_flag;
+                let mut stopped = lock.lock();
+                if !*stopped {
+                    wake.wait_for(&mut stopped, options.interval);
                 }
-                let n = counter.load(Ordering::Acquire) + 1;
-                let mut report = CycleReport { cycle: n, ..Default::default() };
-                let stopping = || *stop_flag.0.lock();
-                match run_cycle(&pool, &lane, &options, in_memory, replicated, &stopping, &mut report) {
-                    Ok(()) => {}
-                    Err(Error::Closed) if stopping() => return, // stopped while waiting for the lane
-                    Err(e) => report.error = Some(e.to_string()),
+                if *stopped {
+                    return;
                 }
-                counter.store(n, Ordering::Release);
-                if let Some(hook) = &options.on_cycle {
-                    hook(&report);
-                }
-            })?;
+            }
+            let n = counter.load(Ordering::Acquire) + 1;
+            let mut report = CycleReport { cycle: n, ..Default::default() };
+            let stopping = || *stop_flag.0.lock();
+            match run_cycle(&pool, &lane, &options, in_memory, replicated, &stopping, &mut report) {
+                Ok(()) => {}
+                Err(Error::Closed) if stopping() => return, // stopped while waiting for the lane
+                Err(e) => report.error = Some(e.to_string()),
+            }
+            counter.store(n, Ordering::Release);
+            if let Some(hook) = &options.on_cycle {
+                hook(&report);
+            }
+        })?;
         Ok(Maintenance { stop, cycles, thread })
     }
 

@@ -243,9 +243,7 @@ fn refuse_losing_new_rows(conn: &Connection) -> Result<()> {
 
 fn down_v1(conn: &Connection) -> Result<()> {
     refuse_losing_new_rows(conn)?;
-    conn.execute_batch(
-        "DROP TABLE agent_outputs; DROP TABLE consensus_runs; DROP TABLE IF EXISTS consensus_db_meta;",
-    )?;
+    conn.execute_batch("DROP TABLE agent_outputs; DROP TABLE consensus_runs; DROP TABLE IF EXISTS consensus_db_meta;")?;
     Ok(())
 }
 
@@ -273,7 +271,14 @@ fn rebuild_revision_1(conn: &Connection) -> Result<()> {
          ALTER TABLE agent_outputs RENAME TO agent_outputs_layout1;",
     )?;
     schema::create_current_tables(conn)?;
-    let synthesis = schema::synthesis_json_sql("synthesis", "output_path", "synthesis_status", "artifacts_count", "agreements", "conflicts");
+    let synthesis = schema::synthesis_json_sql(
+        "synthesis",
+        "output_path",
+        "synthesis_status",
+        "artifacts_count",
+        "agreements",
+        "conflicts",
+    );
     let mut runs = conn.prepare(&format!(
         "SELECT id, spec_id, stage, run_id, run_at_ms, COALESCE(consensus_ok, 0), degraded,
                 CASE WHEN synthesis IS NOT NULL THEN {synthesis} END, synthesized_at_ms, legacy_synthesis_id
@@ -308,7 +313,9 @@ fn rebuild_revision_1(conn: &Connection) -> Result<()> {
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     if old != 0 {
-        return Err(Error::Migration(format!("rebuilding layout 1 left {old} old tables behind ({new} outputs copied)")));
+        return Err(Error::Migration(format!(
+            "rebuilding layout 1 left {old} old tables behind ({new} outputs copied)"
+        )));
     }
     Ok(())
 }
@@ -345,7 +352,9 @@ fn scope_sql(scope: Scope) -> (&'static str, Vec<Value>) {
 /// Links the two copies of each artifact a dual-write build wrote (see [`backfill`]).
 pub(crate) fn link_artifact_copies(conn: &Connection, scope: Scope) -> Result<()> {
     let any_unlinked: bool =
-        conn.query_row("SELECT EXISTS (SELECT 1 FROM agent_outputs WHERE legacy_artifact_id IS NULL)", [], |r| r.get(0))?;
+        conn.query_row("SELECT EXISTS (SELECT 1 FROM agent_outputs WHERE legacy_artifact_id IS NULL)", [], |r| {
+            r.get(0)
+        })?;
     if !any_unlinked {
         return Ok(());
     }
@@ -365,9 +374,8 @@ pub(crate) fn link_artifact_copies(conn: &Connection, scope: Scope) -> Result<()
     let mut link = conn.prepare(
         "UPDATE agent_outputs SET legacy_artifact_id = ?2, response_text = COALESCE(response_text, ?3) WHERE id = ?1",
     )?;
-    let mut label = conn.prepare(
-        "UPDATE consensus_runs SET orchestrator_run_id = ?2 WHERE id = ?1 AND orchestrator_run_id IS NULL",
-    )?;
+    let mut label = conn
+        .prepare("UPDATE consensus_runs SET orchestrator_run_id = ?2 WHERE id = ?1 AND orchestrator_run_id IS NULL")?;
     let mut rows = legacy.query(rusqlite::params_from_iter(scope_sql(scope).1))?;
     while let Some(a) = rows.next()? {
         let (id, spec, stage, agent, content): (i64, String, String, String, Value) =
@@ -438,7 +446,8 @@ fn backfill_artifacts(conn: &Connection) -> Result<()> {
     ))?;
     let mut rows = groups.query([])?;
     while let Some(g) = rows.next()? {
-        let (spec, stage, run_id, at): (String, String, Option<String>, i64) = (g.get(0)?, g.get(1)?, g.get(2)?, g.get(3)?);
+        let (spec, stage, run_id, at): (String, String, Option<String>, i64) =
+            (g.get(0)?, g.get(1)?, g.get(2)?, g.get(3)?);
         schema::insert_run(conn, &spec, &stage, run_id.as_deref(), at)?;
     }
     let open_run = schema::open_run_sql("a.spec_id", "a.stage", "a.run_id");
@@ -487,7 +496,8 @@ fn backfill_syntheses(conn: &Connection) -> Result<()> {
     while let Some(row) = rows.next()? {
         let mut values: Vec<Value> = (0..12).map(|i| row.get(i)).collect::<Result<_, _>>()?;
         if close_open_run.execute(rusqlite::params_from_iter(values.iter()))? == 0 {
-            let (spec, stage, run_id, at): (String, String, Option<String>, i64) = (row.get(1)?, row.get(2)?, row.get(3)?, row.get(11)?);
+            let (spec, stage, run_id, at): (String, String, Option<String>, i64) =
+                (row.get(1)?, row.get(2)?, row.get(3)?, row.get(11)?);
             let run = schema::insert_run(conn, &spec, &stage, run_id.as_deref(), at)?;
             values.push(Value::Integer(run));
             close_new_run.execute(rusqlite::params_from_iter(values.iter()))?;
@@ -512,7 +522,9 @@ fn verify_backfill(conn: &Connection) -> Result<()> {
         if table_exists(conn, legacy)? {
             let missing: i64 = conn.query_row(check, [], |r| r.get(0))?;
             if missing != 0 {
-                return Err(Error::Migration(format!("backfill verification failed: {missing} {legacy} rows have no copy")));
+                return Err(Error::Migration(format!(
+                    "backfill verification failed: {missing} {legacy} rows have no copy"
+                )));
             }
         }
     }
@@ -730,7 +742,10 @@ mod tests {
             .unwrap();
         let json = r##"{"output_markdown":"# s","output_path":null,"status":"success","artifacts_count":null,"agreements":"[\"x\"]","conflicts":null}"##;
         assert_eq!(runs, vec![(5, 100, Some(json.into())), (6, 101, None)]);
-        assert_eq!(count(&conn, "SELECT count(*) FROM agent_outputs WHERE (id, run_id) IN (VALUES (10, 5), (11, 6))"), 2);
+        assert_eq!(
+            count(&conn, "SELECT count(*) FROM agent_outputs WHERE (id, run_id) IN (VALUES (10, 5), (11, 6))"),
+            2
+        );
         assert_eq!(count(&conn, "SELECT count(*) FROM sqlite_master WHERE name LIKE '%layout1%'"), 0);
     }
 }

@@ -45,7 +45,11 @@ struct State {
 
 impl Pool {
     /// A pool of at most `max_size` connections made by `open`; none is opened yet.
-    pub fn new(max_size: u32, timeout: Duration, open: impl Fn() -> Result<Connection> + Send + Sync + 'static) -> Pool {
+    pub fn new(
+        max_size: u32,
+        timeout: Duration,
+        open: impl Fn() -> Result<Connection> + Send + Sync + 'static,
+    ) -> Pool {
         Pool {
             shared: Arc::new(Shared {
                 open: Box::new(open),

@@ -40,12 +40,37 @@ struct Def {
 /// In the order they must be applied: auto_vacuum before journal_mode (switching to
 /// WAL writes the header, after which auto_vacuum needs a VACUUM to change).
 const DEFS: &[Def] = &[
-    Def { name: "auto_vacuum", kind: Kind::Choice(&["none", "full", "incremental"]), scope: Scope::Persistent, default: "incremental" },
-    Def { name: "journal_mode", kind: Kind::Mode(&["delete", "truncate", "persist", "memory", "wal", "off"]), scope: Scope::Persistent, default: "wal" },
-    Def { name: "synchronous", kind: Kind::Choice(&["off", "normal", "full", "extra"]), scope: Scope::Connection, default: "normal" },
+    Def {
+        name: "auto_vacuum",
+        kind: Kind::Choice(&["none", "full", "incremental"]),
+        scope: Scope::Persistent,
+        default: "incremental",
+    },
+    Def {
+        name: "journal_mode",
+        kind: Kind::Mode(&["delete", "truncate", "persist", "memory", "wal", "off"]),
+        scope: Scope::Persistent,
+        default: "wal",
+    },
+    Def {
+        name: "synchronous",
+        kind: Kind::Choice(&["off", "normal", "full", "extra"]),
+        scope: Scope::Connection,
+        default: "normal",
+    },
     Def { name: "foreign_keys", kind: Kind::Bool, scope: Scope::Connection, default: "on" },
-    Def { name: "cache_size", kind: Kind::Int(i32::MIN as i64, i32::MAX as i64), scope: Scope::Connection, default: "-32000" },
-    Def { name: "temp_store", kind: Kind::Choice(&["default", "file", "memory"]), scope: Scope::Connection, default: "memory" },
+    Def {
+        name: "cache_size",
+        kind: Kind::Int(i32::MIN as i64, i32::MAX as i64),
+        scope: Scope::Connection,
+        default: "-32000",
+    },
+    Def {
+        name: "temp_store",
+        kind: Kind::Choice(&["default", "file", "memory"]),
+        scope: Scope::Connection,
+        default: "memory",
+    },
     // SQLITE_MAX_MMAP_SIZE caps it (0x7fff0000 on Linux); a negative value resets it.
     Def { name: "mmap_size", kind: Kind::Int(0, 0x7fff_0000), scope: Scope::Connection, default: "1073741824" },
     Def { name: "busy_timeout", kind: Kind::Int(0, i32::MAX as i64), scope: Scope::Connection, default: "5000" },
@@ -85,9 +110,8 @@ fn def(name: &str) -> Result<&'static Def> {
 
 fn normalise(def: &Def, value: &str) -> Result<String> {
     let v = value.trim().to_ascii_lowercase();
-    let bad = |expected: &str| {
-        Error::invalid(format!("pragma {}", def.name), format!("value {value:?} is not {expected}"))
-    };
+    let bad =
+        |expected: &str| Error::invalid(format!("pragma {}", def.name), format!("value {value:?} is not {expected}"));
     match def.kind {
         Kind::Int(min, max) => match v.parse::<i64>() {
             Ok(n) if (min..=max).contains(&n) => Ok(n.to_string()),
@@ -222,7 +246,9 @@ mod tests {
         let e = p.set("cache_size", "1; DROP TABLE x").unwrap_err().to_string();
         assert!(e.contains("integer"), "{e}");
         // Values SQLite would not read back as given can never verify.
-        for (name, value) in [("mmap_size", "1099511627776"), ("mmap_size", "-1"), ("cache_size", "2147483648"), ("busy_timeout", "-5")] {
+        for (name, value) in
+            [("mmap_size", "1099511627776"), ("mmap_size", "-1"), ("cache_size", "2147483648"), ("busy_timeout", "-5")]
+        {
             let e = p.set(name, value).unwrap_err().to_string();
             assert!(e.contains(name) && e.contains(value), "{e}");
         }

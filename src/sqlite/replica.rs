@@ -103,7 +103,8 @@ pub struct Checkpoint {
 /// Runs `PRAGMA wal_checkpoint(mode)`.
 pub(crate) fn checkpoint(conn: &Connection, mode: CheckpointMode) -> Result<Checkpoint> {
     let sql = format!("PRAGMA wal_checkpoint({})", mode.name().to_ascii_uppercase());
-    let (busy, log_frames, checkpointed_frames) = conn.query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let (busy, log_frames, checkpointed_frames) =
+        conn.query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(Checkpoint { mode, busy, log_frames, checkpointed_frames })
 }
 

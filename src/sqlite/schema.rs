@@ -177,7 +177,14 @@ pub(crate) fn create_current_tables(conn: &Connection) -> Result<()> {
 
 /// SQL for a synthesis as the seed layout keeps it: one JSON object, keys in the
 /// plan's order (`degraded` has its own column).
-pub(crate) fn synthesis_json_sql(markdown: &str, path: &str, status: &str, count: &str, agreements: &str, conflicts: &str) -> String {
+pub(crate) fn synthesis_json_sql(
+    markdown: &str,
+    path: &str,
+    status: &str,
+    count: &str,
+    agreements: &str,
+    conflicts: &str,
+) -> String {
     format!(
         "json_object('output_markdown', {markdown}, 'output_path', {path}, 'status', {status}, \
          'artifacts_count', {count}, 'agreements', {agreements}, 'conflicts', {conflicts})"
@@ -218,6 +225,8 @@ pub(crate) fn insert_run(
         if insert.execute(params![spec_id, stage, orchestrator_run_id, at])? == 1 {
             return Ok(conn.last_insert_rowid());
         }
-        at = at.checked_add(1).ok_or_else(|| Error::invalid("run_timestamp", format!("no free millisecond after {at_ms}")))?;
+        at = at
+            .checked_add(1)
+            .ok_or_else(|| Error::invalid("run_timestamp", format!("no free millisecond after {at_ms}")))?;
     }
 }

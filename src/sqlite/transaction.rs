@@ -8,8 +8,8 @@ use std::sync::OnceLock;
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, Statement};
 
-use crate::sqlite::pool::Conn;
 use crate::error::{Error, Result};
+use crate::sqlite::pool::Conn;
 
 /// How a transaction takes its locks. Writes use `Immediate`: a deferred transaction
 /// that reads then writes fails with SQLITE_BUSY at once, busy_timeout notwithstanding.
@@ -126,7 +126,10 @@ impl Params {
                 Some(name) if !name.starts_with('?') => {
                     let key = &name[1..];
                     named.iter().find(|(k, _)| k == key).map(|(_, v)| v).ok_or_else(|| {
-                        Error::invalid("params", format!("no value for the statement's parameter {name} (give the key {key:?})"))
+                        Error::invalid(
+                            "params",
+                            format!("no value for the statement's parameter {name} (give the key {key:?})"),
+                        )
                     })
                 }
                 other => Err(Error::invalid(
@@ -392,9 +395,14 @@ mod tests {
         let rows = query_params(&conn, "SELECT :a, @b, $a", &named).unwrap();
         assert_eq!(rows, vec![vec![Value::Text("one".into()), Value::Integer(2), Value::Text("one".into())]]);
         let positional = Params::Positional(vec![Value::Integer(1), Value::Integer(2)]);
-        assert_eq!(query_params(&conn, "SELECT :x, :y", &positional).unwrap(), vec![vec![Value::Integer(1), Value::Integer(2)]]);
+        assert_eq!(
+            query_params(&conn, "SELECT :x, :y", &positional).unwrap(),
+            vec![vec![Value::Integer(1), Value::Integer(2)]]
+        );
         match query_params(&conn, "SELECT :a, :c", &named) {
-            Err(Error::InvalidInput { name, message }) => assert!(name == "params" && message.contains(":c"), "{message}"),
+            Err(Error::InvalidInput { name, message }) => {
+                assert!(name == "params" && message.contains(":c"), "{message}")
+            }
             other => panic!("expected an invalid-input error, got {other:?}"),
         }
         assert!(matches!(query_params(&conn, "SELECT ?", &named), Err(Error::InvalidInput { .. })));

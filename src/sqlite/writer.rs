@@ -665,7 +665,10 @@ fn run_group(pool: &Pool, jobs: &mut [&mut (dyn Job + 'static)]) {
                 },
             };
             if !tx.is_autocommit() && !alone {
-                let closed = savepoint(&tx, if ok { "RELEASE lane_member" } else { "ROLLBACK TO lane_member; RELEASE lane_member" });
+                let closed = savepoint(
+                    &tx,
+                    if ok { "RELEASE lane_member" } else { "ROLLBACK TO lane_member; RELEASE lane_member" },
+                );
                 if let Err(e) = closed {
                     if ok {
                         jobs[i].fail(e);

@@ -3,8 +3,8 @@
 //! Reads take the new tables, then the legacy rows that have no copy there (`legacy.rs`).
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
 use std::sync::atomic::Ordering;
+use std::sync::LazyLock;
 
 use rusqlite::types::Value;
 use rusqlite::{params, OptionalExtension};
@@ -137,7 +137,8 @@ impl Database {
                     let linked = crate::sqlite::migrations::link_artifact_copies(tx, Some((spec_id, stage)));
                     unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", linked)?;
                 }
-                let copies = has_v1.then_some("SELECT legacy_artifact_id FROM agent_outputs WHERE legacy_artifact_id IS NOT NULL");
+                let copies = has_v1
+                    .then_some("SELECT legacy_artifact_id FROM agent_outputs WHERE legacy_artifact_id IS NOT NULL");
                 let legacy = delete_legacy(tx, "consensus_artifacts", copies, &args);
                 deleted += unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", legacy)?;
             }
@@ -176,7 +177,8 @@ impl Database {
                     let linked = crate::sqlite::migrations::link_synthesis_copies(tx, Some((spec_id, stage)));
                     unless_dropped(&self.layout.legacy_synthesis, "consensus_synthesis", linked)?;
                 }
-                let copies = has_v1.then_some("SELECT legacy_synthesis_id FROM consensus_runs WHERE legacy_synthesis_id IS NOT NULL");
+                let copies = has_v1
+                    .then_some("SELECT legacy_synthesis_id FROM consensus_runs WHERE legacy_synthesis_id IS NOT NULL");
                 let legacy = delete_legacy(tx, "consensus_synthesis", copies, &args);
                 deleted += unless_dropped(&self.layout.legacy_synthesis, "consensus_synthesis", legacy)?;
             }
@@ -210,10 +212,7 @@ static OPEN_RUN: LazyLock<String> = LazyLock::new(|| schema::open_run_sql("?1", 
 static V1_ARTIFACTS: LazyLock<String> = LazyLock::new(|| v1_artifacts_sql(Columns::default()));
 
 fn open_run(tx: &Tx, spec_id: &str, stage: &str, run_id: Option<&str>) -> Result<Option<i64>> {
-    Ok(tx
-        .prepare_cached(&OPEN_RUN)?
-        .query_row(params![spec_id, stage, run_id], |r| r.get(0))
-        .optional()?)
+    Ok(tx.prepare_cached(&OPEN_RUN)?.query_row(params![spec_id, stage, run_id], |r| r.get(0)).optional()?)
 }
 
 pub(super) fn open_or_new_run(tx: &Tx, spec_id: &str, stage: &str, run_id: Option<&str>, now: i64) -> Result<i64> {
@@ -223,7 +222,8 @@ pub(super) fn open_or_new_run(tx: &Tx, spec_id: &str, stage: &str, run_id: Optio
     }
 }
 
-const INSERT_OUTPUT: &str = "INSERT INTO agent_outputs (run_id, agent_name, model_version, content, response_text, output_timestamp)
+const INSERT_OUTPUT: &str =
+    "INSERT INTO agent_outputs (run_id, agent_name, model_version, content, response_text, output_timestamp)
      VALUES (?, ?, ?, ?, ?, ?)";
 
 /// Rows per multi-row INSERT: one statement step per chunk instead of one per row.
@@ -264,8 +264,14 @@ fn insert_outputs(tx: &Tx, artifacts: &[NewArtifact], run_of: &[i64], now: i64) 
 }
 
 fn insert_output(tx: &Tx, run: i64, a: &NewArtifact, now: i64) -> Result<i64> {
-    tx.prepare_cached(INSERT_OUTPUT)?
-        .execute(params![run, a.agent_name, a.model_version, a.content_json, a.response_text, now])?;
+    tx.prepare_cached(INSERT_OUTPUT)?.execute(params![
+        run,
+        a.agent_name,
+        a.model_version,
+        a.content_json,
+        a.response_text,
+        now
+    ])?;
     Ok(tx.last_insert_rowid())
 }
 

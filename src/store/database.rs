@@ -185,7 +185,12 @@ impl Database {
 
     /// A read's SQL: built once for the current layout, per call for a file that
     /// lacks some of this store's columns (a seed file opened without migrating).
-    pub(super) fn sql_for_layout(&self, current: &'static LazyLock<String>, build: fn(Columns) -> String, columns: Columns) -> Cow<'static, str> {
+    pub(super) fn sql_for_layout(
+        &self,
+        current: &'static LazyLock<String>,
+        build: fn(Columns) -> String,
+        columns: Columns,
+    ) -> Cow<'static, str> {
         if self.layout.current.load(Ordering::Acquire) {
             Cow::Borrowed(current.as_str())
         } else {

@@ -24,7 +24,9 @@ impl Database {
         run_id: Option<&str>,
     ) -> Result<()> {
         self.check_spawn(agent_id, spec_id, stage, phase_type, agent_name)?;
-        self.write_repeatable_as("record_agent_spawn", |tx| insert_spawn(tx, agent_id, spec_id, stage, phase_type, agent_name, run_id))
+        self.write_repeatable_as("record_agent_spawn", |tx| {
+            insert_spawn(tx, agent_id, spec_id, stage, phase_type, agent_name, run_id)
+        })
     }
 
     /// [`Database::record_agent_spawn`] without waiting (`Engine::submit_repeatable`):
@@ -43,7 +45,14 @@ impl Database {
         )
     }
 
-    fn check_spawn(&self, agent_id: &str, spec_id: &str, stage: &str, phase_type: &str, agent_name: &str) -> Result<()> {
+    fn check_spawn(
+        &self,
+        agent_id: &str,
+        spec_id: &str,
+        stage: &str,
+        phase_type: &str,
+        agent_name: &str,
+    ) -> Result<()> {
         check_id("agent_id", agent_id)?;
         check_id("spec_id", spec_id)?;
         check_id("stage", stage)?;
@@ -86,7 +95,12 @@ impl Database {
 
     /// Marks an agent completed with output that could not be parsed. Returns whether
     /// the agent was known.
-    pub fn record_extraction_failure(&self, agent_id: &str, response_text: &str, extraction_error: &str) -> Result<bool> {
+    pub fn record_extraction_failure(
+        &self,
+        agent_id: &str,
+        response_text: &str,
+        extraction_error: &str,
+    ) -> Result<bool> {
         check_id("agent_id", agent_id)?;
         check_id("extraction_error", extraction_error)?;
         let columns = *self.layout.columns.read();

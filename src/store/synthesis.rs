@@ -1,8 +1,8 @@
 //! Syntheses: the merged consensus of a run. A synthesis closes the newest open run of
 //! its spec/stage/run_id, or is a run of its own; the newest is read from either schema.
 
-use std::sync::LazyLock;
 use std::sync::atomic::Ordering;
+use std::sync::LazyLock;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -30,8 +30,7 @@ impl Database {
         let now = now_ms();
         self.write_repeatable_as("store_synthesis", |tx| {
             let run = open_or_new_run(tx, &s.spec_id, &s.stage, s.run_id.as_deref(), now)?;
-            tx.prepare_cached(&CLOSE_RUN)?
-            .execute(params![
+            tx.prepare_cached(&CLOSE_RUN)?.execute(params![
                 run,
                 s.output_markdown,
                 s.output_path,

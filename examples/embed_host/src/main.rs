@@ -107,8 +107,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args().nth(1).unwrap_or_else(|| format!("{dir}/embed_host.db"));
     let db = Arc::new(Database::open(&path, Options::default())?);
     db.record_agent_spawn("rust-0", SPEC, "plan", "quality_gate", "gemini", None)?;
-    println!("rust: opened {path}; SQLite {}; consensus-db's SQLite settings: {:?}",
-        rusqlite::version(), consensus_db::sqlite_mutex::setup());
+    println!(
+        "rust: opened {path}; SQLite {}; consensus-db's SQLite settings: {:?}",
+        rusqlite::version(),
+        consensus_db::sqlite_mutex::setup()
+    );
 
     // A Rust reader on the same Database while Python writes.
     let done = Arc::new(AtomicBool::new(false));
@@ -149,8 +152,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(rows.len(), PY_THREADS * PY_WRITES);
     assert!(db.get_agent_spawn_info(&format!("py-{}-{}", PY_THREADS - 1, PY_WRITES - 1))?.is_some());
     let lane = db.lane_stats();
-    println!("rust: read {reads} times while Python wrote (saw up to {max_seen} artifacts); now {} artifacts; \
-              write lane: {lane:?}", rows.len());
+    println!(
+        "rust: read {reads} times while Python wrote (saw up to {max_seen} artifacts); now {} artifacts; \
+              write lane: {lane:?}",
+        rows.len()
+    );
 
     // No second copy of the crate: the wheel's extension was never mapped.
     let maps = std::fs::read_to_string("/proc/self/maps")?;
@@ -158,8 +164,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert!(loaded.is_empty(), "an extension module was loaded beside the host: {loaded:?}");
     let libsqlite3: std::collections::BTreeSet<&str> =
         maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|p| p.contains("libsqlite3")).collect();
-    println!("rust: no consensus_db extension loaded (the store's SQLite is the host's); libsqlite3 mapped: \
-              {libsqlite3:?} (Python's stdlib sqlite3's; with system-sqlite the store's too)");
+    println!(
+        "rust: no consensus_db extension loaded (the store's SQLite is the host's); libsqlite3 mapped: \
+              {libsqlite3:?} (Python's stdlib sqlite3's; with system-sqlite the store's too)"
+    );
 
     db.close();
     std::fs::remove_dir_all(&dir).ok();
