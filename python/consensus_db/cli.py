@@ -492,22 +492,10 @@ def health(path: str, as_json: bool, threshold: float, check: bool) -> None:
 def vacuum(path: str, full: bool, as_json: bool) -> None:
     """Reclaim free pages (a legacy file is refused: run `upgrade` first; on a
     postgresql:// URL: VACUUM (ANALYZE), FULL with --full)."""
-    if is_url(path):
-        with open_store(path, migrate=False) as db:
-            try:
-                r = db.vacuum(full=full)
-            except Error as exc:
-                fail(str(exc))
-        if as_json:
-            click.echo(json.dumps(r, indent=2))
-        else:
-            click.echo(f"VACUUM ({'FULL, ' if r['full'] else ''}ANALYZE) done")
-        return
-    file = existing(path)
-    refuse_conversion(file, "vacuum")
-    with open_store(file, migrate=False, convert_auto_vacuum=False) as db:
+    file = writable_target(path, "vacuum")
+    with open_maintained(path, file) as db:
         try:
-            if full and file.stat().st_size > BIG_FILE and not as_json:
+            if file is not None and full and file.stat().st_size > BIG_FILE and not as_json:
                 spinner = Spinner("vacuum")
                 r = db.vacuum(full=True, progress=spinner.tick)
                 spinner.done()
@@ -518,11 +506,35 @@ def vacuum(path: str, full: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(r, indent=2))
     else:
-        kind = "full" if r["full"] else "incremental"
-        click.echo(
-            f"{kind} vacuum: {r['pages_freed']} pages freed, "
-            f"{human(r['before']['file_size'])} -> {human(r['after']['file_size'])}"
-        )
+        click.echo(vacuum_line(r))
+
+
+def writable_target(path: str, command: str) -> Optional[Path]:
+    """The file `command` will change (refused if opening would convert it), or None
+    for a postgresql:// URL."""
+    if is_url(path):
+        return None
+    file = existing(path)
+    refuse_conversion(file, command)
+    return file
+
+
+def open_maintained(path: str, file: Optional[Path]) -> consensus_db.Store:
+    """The store a maintenance command works on: a file opened without converting it, or
+    the URL."""
+    if file is None:
+        return open_store(path, migrate=False)
+    return open_store(file, migrate=False, convert_auto_vacuum=False)
+
+
+def vacuum_line(r: Any) -> str:
+    if "pages_freed" not in r:  # PostgreSQL
+        return f"VACUUM ({'FULL, ' if r['full'] else ''}ANALYZE) done"
+    kind = "full" if r["full"] else "incremental"
+    return (
+        f"{kind} vacuum: {r['pages_freed']} pages freed, "
+        f"{human(r['before']['file_size'])} -> {human(r['after']['file_size'])}"
+    )
 
 
 @main.command()
@@ -533,23 +545,10 @@ def vacuum(path: str, full: bool, as_json: bool) -> None:
 def cleanup(path: str, days: int, as_json: bool, dry_run: bool) -> None:
     """Delete executions older than N days, then reclaim the space (a legacy file is
     refused: run `upgrade` first; a postgresql:// URL works too)."""
-    if is_url(path):
-        if dry_run:
-            fail("--dry-run counts rows of a SQLite file; on PostgreSQL, count them with SQL")
-        with open_store(path, migrate=False) as db:
-            try:
-                deleted = db.cleanup_old_executions(days)
-                r = db.vacuum()
-            except Error as exc:
-                fail(str(exc))
-        if as_json:
-            click.echo(json.dumps({"deleted": deleted, "days": days, "vacuum": r}, indent=2))
-        else:
-            click.echo(f"{deleted} executions older than {days} days deleted; VACUUM (ANALYZE) done")
-        return
-    file = existing(path)
     if dry_run:
-        with open_for_reading(file) as db:
+        if is_url(path):
+            fail("--dry-run counts rows of a SQLite file; on PostgreSQL, count them with SQL")
+        with open_for_reading(existing(path)) as db:
             try:
                 # The predicate of the engine's cleanup_old_executions, counted instead.
                 rows = db.query(
@@ -564,8 +563,8 @@ def cleanup(path: str, days: int, as_json: bool, dry_run: bool) -> None:
         else:
             click.echo(f"{would} executions older than {days} days would be deleted (dry run: nothing changed)")
         return
-    refuse_conversion(file, "cleanup")
-    with open_store(file, migrate=False, convert_auto_vacuum=False) as db:
+    file = writable_target(path, "cleanup")
+    with open_maintained(path, file) as db:
         try:
             deleted = db.cleanup_old_executions(days)
             r = db.vacuum()
@@ -574,8 +573,7 @@ def cleanup(path: str, days: int, as_json: bool, dry_run: bool) -> None:
     if as_json:
         click.echo(json.dumps({"deleted": deleted, "days": days, "vacuum": r}, indent=2))
     else:
-        freed = f"{r['pages_freed']} pages freed" if "pages_freed" in r else "VACUUM (ANALYZE) done"
-        click.echo(f"{deleted} executions older than {days} days deleted; {freed}")
+        click.echo(f"{deleted} executions older than {days} days deleted; {vacuum_line(r)}")
 
 
 # ---- replicate / restore (Litestream) --------------------------------------------------------

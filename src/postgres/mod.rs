@@ -247,7 +247,7 @@ impl PgDatabase {
         if let Some(old) = slot.take() {
             old.stop();
         }
-        *slot = Some(maintenance::PgMaintenance::start(handle, options)?);
+        *slot = Some(maintenance::start(handle, options)?);
         Ok(())
     }
 

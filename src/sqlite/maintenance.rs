@@ -277,8 +277,9 @@ pub(crate) struct Maintenance {
 }
 
 impl Maintenance {
-    /// `replicated`: the store was opened with `Options::replicated` (Litestream's
-    /// tables are looked for at every cycle as well).
+    /// The SQLite store's cycle: retention, an incremental vacuum and a checkpoint, in
+    /// the write lane. `replicated`: the store was opened with `Options::replicated`
+    /// (Litestream's tables are looked for at every cycle as well).
     pub(crate) fn start(
         pool: Pool,
         lane: Arc<WriteLane>,
@@ -286,10 +287,25 @@ impl Maintenance {
         in_memory: bool,
         replicated: bool,
     ) -> Result<Maintenance> {
+        let cycle_options = options.clone();
+        Maintenance::spawn("consensus-db-maintenance", options, move |report, stopping| {
+            run_cycle(&pool, &lane, &cycle_options, in_memory, replicated, stopping, report)
+        })
+    }
+
+    /// Runs `cycle` every `options.interval` on a thread of its own, then tells
+    /// `options.on_cycle` its report, until [`Maintenance::stop`]. `cycle` is given
+    /// whether a stop was asked for; [`Error::Closed`] from it while stopping ends the
+    /// thread without a report.
+    pub(crate) fn spawn(
+        name: &str,
+        options: MaintenanceOptions,
+        mut cycle: impl FnMut(&mut CycleReport, &dyn Fn() -> bool) -> Result<()> + Send + 'static,
+    ) -> Result<Maintenance> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let cycles = Arc::new(AtomicU64::new(0));
         let (stop_flag, counter) = (stop.clone(), cycles.clone());
-        let thread = std::thread::Builder::new().name("consensus-db-maintenance".into()).spawn(move || loop {
+        let thread = std::thread::Builder::new().name(name.into()).spawn(move || loop {
             {
                 let (lock, wake) = &*stop_flag;
                 let mut stopped = lock.lock();
@@ -303,7 +319,7 @@ impl Maintenance {
             let n = counter.load(Ordering::Acquire) + 1;
             let mut report = CycleReport { cycle: n, ..Default::default() };
             let stopping = || *stop_flag.0.lock();
-            match run_cycle(&pool, &lane, &options, in_memory, replicated, &stopping, &mut report) {
+            match cycle(&mut report, &stopping) {
                 Ok(()) => {}
                 Err(Error::Closed) if stopping() => return, // stopped while waiting for the lane
                 Err(e) => report.error = Some(e.to_string()),
