@@ -369,16 +369,21 @@ pub(crate) fn query_params(conn: &Connection, sql: &str, params: &Params) -> Res
 /// [`query_params`] and the result's column names (from the same prepared statement).
 pub(crate) fn query_columns(conn: &Connection, sql: &str, params: &Params) -> Result<(Vec<String>, Rows)> {
     let mut stmt = conn.prepare_cached(sql)?;
-    let columns = stmt.column_names().into_iter().map(String::from).collect();
     let values = params.in_order(&stmt)?;
-    Ok((columns, collect_rows(&mut stmt, params_from_iter(values))?))
+    let rows = collect_rows(&mut stmt, params_from_iter(values))?;
+    // Read after the first step: a cached statement whose tables changed (`SELECT *`
+    // after `ALTER TABLE … ADD COLUMN`) is prepared again by SQLite as it steps.
+    let columns = stmt.column_names().into_iter().map(String::from).collect();
+    Ok((columns, rows))
 }
 
 fn collect_rows(stmt: &mut Statement<'_>, params: impl rusqlite::Params) -> Result<Rows> {
-    let width = stmt.column_count();
     let mut rows = stmt.query(params)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
+        // The width of this row: a statement prepared again while stepping (its tables
+        // changed since it was cached) may have more columns than before it ran.
+        let width = row.as_ref().column_count();
         out.push((0..width).map(|i| row.get::<_, Value>(i)).collect::<Result<_, _>>()?);
     }
     Ok(out)
@@ -387,6 +392,22 @@ fn collect_rows(stmt: &mut Statement<'_>, params: impl rusqlite::Params) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_select_star_sees_a_column_added_since_it_was_cached() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (a INTEGER); INSERT INTO t VALUES (1)").unwrap();
+        let none = Params::Positional(vec![]);
+        assert_eq!(
+            query_columns(&conn, "SELECT * FROM t", &none).unwrap(),
+            (vec!["a".into()], vec![vec![Value::Integer(1)]])
+        );
+        conn.execute_batch("ALTER TABLE t ADD COLUMN b TEXT").unwrap();
+        let (columns, rows) = query_columns(&conn, "SELECT * FROM t", &none).unwrap();
+        assert_eq!(columns, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(rows, vec![vec![Value::Integer(1), Value::Null]]);
+        assert_eq!(query_params(&conn, "SELECT * FROM t", &none).unwrap(), rows);
+    }
 
     #[test]
     fn named_params_bind_by_name_and_a_missing_one_is_named() {
