@@ -33,6 +33,7 @@ pub trait Backend: Send + Sync {
     fn store_artifact(&self, artifact: &NewArtifact) -> Result<i64>;
     fn store_artifacts(&self, artifacts: &[NewArtifact]) -> Result<Vec<i64>>;
     fn query_artifacts(&self, spec_id: &str, stage: &str) -> Result<Vec<Artifact>>;
+    fn count_artifacts(&self, spec_id: &str, stage: &str) -> Result<usize>;
     fn delete_spec_artifacts(&self, spec_id: &str) -> Result<usize>;
     fn delete_stage_artifacts(&self, spec_id: &str, stage: &str) -> Result<usize>;
     fn delete_runs(&self, spec_id: &str, stage: Option<&str>) -> Result<usize>;
@@ -87,6 +88,10 @@ macro_rules! forward_backend {
             #[inline]
             fn query_artifacts(&self, s: &str, st: &str) -> Result<Vec<Artifact>> {
                 <$ty>::query_artifacts(self, s, st)
+            }
+            #[inline]
+            fn count_artifacts(&self, s: &str, st: &str) -> Result<usize> {
+                <$ty>::count_artifacts(self, s, st)
             }
             #[inline]
             fn delete_spec_artifacts(&self, s: &str) -> Result<usize> {
@@ -228,6 +233,10 @@ impl Backend for AnyDatabase {
     #[inline]
     fn query_artifacts(&self, s: &str, st: &str) -> Result<Vec<Artifact>> {
         dispatch!(self, db => db.query_artifacts(s, st))
+    }
+    #[inline]
+    fn count_artifacts(&self, s: &str, st: &str) -> Result<usize> {
+        dispatch!(self, db => db.count_artifacts(s, st))
     }
     #[inline]
     fn delete_spec_artifacts(&self, s: &str) -> Result<usize> {

@@ -81,6 +81,9 @@ fn store_round_trip_and_dual_schema_sources() {
     let s = db.query_latest_synthesis("SPEC", "plan").unwrap().unwrap();
     assert_eq!((s.output_markdown.as_str(), s.status.as_str()), ("# merged", "success"));
     assert_eq!(db.reader_counts().v1, 2);
+    // A count is what query_artifacts returns (and is a read served by the version-1 tables).
+    assert_eq!(db.count_artifacts("SPEC", "plan").unwrap(), 1);
+    assert_eq!(db.reader_counts().v1, 3);
 }
 
 #[test]

@@ -56,6 +56,43 @@ def test_content_json_comes_back_as_given(db):
     assert a.content() == {"b": 1, "a": [2, 1], "é": "é"}
 
 
+def test_results_come_newest_first_unless_oldest_is_asked_and_count_agrees(db):
+    ids = [db.store_artifact("S", "plan", f"agent-{i}", "{}") for i in range(4)]
+    # Same-millisecond rows are ordered by id: the sequence is strictly increasing either way.
+    assert [a.id for a in db.query_artifacts("S", "plan")] == ids[::-1]
+    assert [a.id for a in db.query_artifacts("S", "plan", order="newest")] == ids[::-1]
+    assert [a.id for a in db.query_artifacts("S", "plan", order="oldest")] == ids
+    assert db.count_artifacts("S", "plan") == 4
+    assert db.count_artifacts("S", "other") == 0
+    assert db.count_artifacts("T", "plan") == 0
+    agents = [f"fail-{i}" for i in range(3)]
+    for agent in agents:
+        db.record_agent_spawn(agent, "S", "plan", "regular_stage", "gemini")
+        assert db.record_extraction_failure(agent, "not json", "no JSON object")
+    assert [f.agent_id for f in db.query_extraction_failures("S")] == agents[::-1]
+    assert [f.agent_id for f in db.query_extraction_failures("S", order="oldest")] == agents
+    for bad in ("NEWEST", "latest", ""):
+        with pytest.raises(consensus_db.InvalidInputError, match="order") as err:
+            db.query_artifacts("S", "plan", order=bad)
+        assert repr(bad) in str(err.value) or f'"{bad}"' in str(err.value)
+        with pytest.raises(consensus_db.InvalidInputError, match="order"):
+            db.query_extraction_failures("S", order=bad)
+    with pytest.raises(consensus_db.InvalidInputError, match="order"):
+        db.query_artifacts("S", "plan", order=1)
+
+
+def test_aio_counts_and_orders_like_the_sync_store(store_target):
+    async def main():
+        async with consensus_db.aio.connect(store_target) as adb:
+            first = await adb.store_artifact("S", "plan", "a", "{}")
+            second = await adb.store_artifact("S", "plan", "b", "{}")
+            assert await adb.count_artifacts("S", "plan") == 2
+            assert [a.id for a in await adb.query_artifacts("S", "plan")] == [second, first]
+            assert [a.id for a in await adb.query_artifacts("S", "plan", order="oldest")] == [first, second]
+
+    asyncio.run(main())
+
+
 def test_transaction_commits_rolls_back_and_nests_savepoints(db):
     insert = ph(db, "INSERT INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, spawned_at) "
                     "VALUES (?, 'S', 'plan', 'quality_gate', 'g', '2026-01-01 00:00:00')")
@@ -263,7 +300,7 @@ def test_a_dropped_connection_reconnects(pg_cluster, pg_url, pg):
     assert pg.get_agent_name("a1") == "g"
     assert _terminate_others(pg_cluster, pg_url) >= 1
     pg.store_artifact("S", "plan", "g2", "{}")
-    assert [a.agent_name for a in pg.query_artifacts("S", "plan")] == ["g", "g2"]
+    assert [a.agent_name for a in pg.query_artifacts("S", "plan", order="oldest")] == ["g", "g2"]
     # A statement that must not run twice finds its connection dead before sending it:
     # it reconnects instead of reporting an unknown outcome.
     assert _terminate_others(pg_cluster, pg_url) >= 1

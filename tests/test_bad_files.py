@@ -54,7 +54,7 @@ def test_file_size_limit_in_a_child_is_a_library_error(db_path):
     assert "panicked" not in done.stderr
     with consensus_db.connect(db_path) as db:
         assert db.integrity_check() == ["ok"]
-        got = db.query_artifacts("S", "plan")
+        got = db.query_artifacts("S", "plan", order="oldest")
         assert got[0].content() == {"small": True}
         assert [a.content()["i"] for a in got[1:]] == list(range(len(got) - 1))
 

@@ -135,7 +135,7 @@ conn.commit()
 """
     subprocess.run([sys.executable, "-c", old_binary, str(path)], check=True, timeout=60)
     with consensus_db.connect(path) as db:
-        got = db.query_artifacts("SPEC-1", "plan")
+        got = db.query_artifacts("SPEC-1", "plan", order="oldest")
         assert len(got) == 6
         assert [a.source for a in got].count("legacy") == 1
         late = got[-1]
@@ -145,7 +145,7 @@ conn.commit()
         assert db.reader_stats()["legacy"] == 2
         # Dropping the legacy tables first copies what the old binary wrote.
         db.migrate(2)
-        again = db.query_artifacts("SPEC-1", "plan")
+        again = db.query_artifacts("SPEC-1", "plan", order="oldest")
         assert len(again) == 6 and {a.source for a in again} == {"v1"}
 
 

@@ -280,7 +280,7 @@ def test_replicate_to_s3_with_the_command_then_lose_the_file_and_restore(tmp_pat
     assert (got["agent_executions"], got["agent_outputs"], got["consensus_runs"]) == (203, 200, 50)
     with consensus_db.connect(path) as db:
         assert db.replicated  # Litestream's tables came back with the file
-        assert [a.agent_name for a in db.query_artifacts("R-0049", "plan")] == ["gemini", "claude", "code", "gpt_pro"]
+        assert [a.agent_name for a in db.query_artifacts("R-0049", "plan", order="oldest")] == ["gemini", "claude", "code", "gpt_pro"]
         assert db.get_agent_spawn_info("marker-2") == ("regular_stage", "plan")
     print(f"\n[replication s3/cli] rows before loss {wanted}; restored {report['rows']} in {report['seconds']:.2f} s; "
           f"last acknowledged write -> in the replica: {', '.join(f'{x:.2f}' for x in lags)} s "

@@ -63,12 +63,12 @@ def test_extraction_failures_are_ordered_by_spawn_then_agent(db):
     for agent_id in ("c", "a", "b"):
         db.record_extraction_failure(agent_id, f"raw {agent_id}", f"error {agent_id}")
     db.record_agent_completion("ok", "fine")
-    failures = db.query_extraction_failures("S")
+    failures = db.query_extraction_failures("S", order="oldest")
     assert [f.agent_id for f in failures] == ["a", "b", "c"]
     assert failures[0].extraction_error == "error a" and failures[0].response_text == "raw a"
     assert failures[0].to_dict()["phase_type"] == "quality_gate"
     assert "ExtractionFailure(agent_id='a'" in repr(failures[0])
-    assert db.query_extraction_failures("other") == []
+    assert db.query_extraction_failures("other", order="oldest") == []
 
 
 def test_cleanup_deletes_exactly_the_rows_older_than_n_days(db):
@@ -92,7 +92,7 @@ def test_artifacts_round_trip_in_order(db):
     ids = [db.store_artifact("S", "plan", agent, {"agent": agent}, response_text=f"raw {agent}", run_id="r1",
                              model_version="m1") for agent in ("gemini", "claude", "code")]
     db.store_artifact("S", "tasks", "gemini", "[1, 2]")
-    got = db.query_artifacts("S", "plan")
+    got = db.query_artifacts("S", "plan", order="oldest")
     assert [a.id for a in got] == ids  # oldest first, ties by id
     first = got[0]
     assert (first.spec_id, first.stage, first.agent_name, first.run_id, first.model_version, first.source) == (
@@ -104,10 +104,10 @@ def test_artifacts_round_trip_in_order(db):
     assert abs(datetime.strptime(first.created_at, "%Y-%m-%d %H:%M:%S") - now) < timedelta(minutes=1)
     as_text = datetime.fromtimestamp(first.created_at_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     assert as_text == first.created_at == first.to_dict()["created_at"]
-    assert first == db.query_artifacts("S", "plan")[0] and first != got[1]
+    assert first == db.query_artifacts("S", "plan", order="oldest")[0] and first != got[1]
     assert first.to_dict()["content_json"] == first.content_json
     assert repr(first).startswith("Artifact(id=")
-    assert db.query_artifacts("S", "nothing") == []
+    assert db.query_artifacts("S", "nothing", order="oldest") == []
 
 
 def test_store_artifacts_is_one_transaction(db):
@@ -166,7 +166,7 @@ def test_store_artifacts_reads_any_mapping_the_same_way(db):
     items = [fields, MappingProxyType(fields), UserDict(fields), Defaulting({k: v for k, v in fields.items()
                                                                             if k != "agent_name"})]
     db.store_artifacts(items)
-    got = db.query_artifacts("S", "plan")
+    got = db.query_artifacts("S", "plan", order="oldest")
     assert [a.agent_name for a in got] == ["gemini"] * 3 + ["from-missing"]
     assert {a.run_id for a in got} == {"r1"}
     for bad in ({**fields, "stage": 7}, UserDict({**fields, "stage": 7})):
@@ -176,7 +176,7 @@ def test_store_artifacts_reads_any_mapping_the_same_way(db):
         db.store_artifacts([{**fields, "response_text": b"bytes"}])
     with pytest.raises(consensus_db.InvalidInputError, match=r"artifacts\[0\]: must be a mapping, got list"):
         db.store_artifacts([["S", "plan"]])
-    assert len(db.query_artifacts("S", "plan")) == 4  # nothing written by the failed calls
+    assert len(db.query_artifacts("S", "plan", order="oldest")) == 4  # nothing written by the failed calls
 
 def test_delete_spec_and_stage(db):
     for stage in ("plan", "tasks"):
@@ -278,7 +278,7 @@ def test_multi_megabyte_and_deeply_nested_payloads(db):
     db.store_artifact("S", "plan", "g", {"blob": big})
     nested = "[" * 100 + "]" * 100
     db.store_artifact("S", "plan", "g", nested)
-    got = db.query_artifacts("S", "plan")
+    got = db.query_artifacts("S", "plan", order="oldest")
     assert json.loads(got[0].content_json)["blob"] == big
     assert got[1].content_json == nested
 

@@ -363,8 +363,11 @@ class Database:
         """``record_agent_completion`` without waiting (see ``record_agent_spawn_async``)."""
     def record_extraction_failure(self, agent_id: str, response_text: str, extraction_error: str) -> bool:
         """Records a completion whose output could not be parsed; False when unknown."""
-    def query_extraction_failures(self, spec_id: str) -> list[ExtractionFailure]:
-        """The spec's executions with an extraction error, oldest spawn first."""
+    def query_extraction_failures(
+        self, spec_id: str, *, order: Literal["newest", "oldest"] = "newest"
+    ) -> list[ExtractionFailure]:
+        """The spec's executions with an extraction error, newest spawn first (ties by
+        agent id, last first); ``order="oldest"`` for oldest first."""
     def cleanup_old_executions(self, days: int) -> int:
         """Deletes executions spawned more than ``days`` days ago; returns how many."""
     def store_artifact(
@@ -396,8 +399,13 @@ class Database:
     def store_artifacts(self, artifacts: Iterable[Mapping[str, Any]]) -> list[int]:
         """Stores many artifacts (mappings with ``store_artifact``'s argument names) in
         one transaction: all or none. Returns their ids."""
-    def query_artifacts(self, spec_id: str, stage: str) -> list[Artifact]:
-        """The artifacts of a spec/stage from both schemas, oldest first."""
+    def query_artifacts(
+        self, spec_id: str, stage: str, *, order: Literal["newest", "oldest"] = "newest"
+    ) -> list[Artifact]:
+        """The artifacts of a spec/stage from both schemas, newest first (ties by id,
+        newest first); ``order="oldest"`` for oldest first."""
+    def count_artifacts(self, spec_id: str, stage: str) -> int:
+        """How many artifacts a spec/stage has: the rows ``query_artifacts`` returns."""
     def delete_spec_artifacts(self, spec_id: str) -> int:
         """Deletes every artifact of a spec; returns how many."""
     def delete_stage_artifacts(self, spec_id: str, stage: str) -> int:

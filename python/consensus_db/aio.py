@@ -472,6 +472,7 @@ class AsyncStore:
     cleanup_old_executions = _threaded(Store.cleanup_old_executions)
     store_artifacts = _threaded(Store.store_artifacts)
     query_artifacts = _threaded(Store.query_artifacts)
+    count_artifacts = _threaded(Store.count_artifacts)
     delete_spec_artifacts = _threaded(Store.delete_spec_artifacts)
     delete_stage_artifacts = _threaded(Store.delete_stage_artifacts)
     delete_runs = _threaded(Store.delete_runs)

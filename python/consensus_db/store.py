@@ -101,8 +101,9 @@ def _log_cycle(report: CycleReport) -> None:
 class Store(_core.Database):
     """A consensus-db store. Open it with :func:`connect`; share it between threads.
 
-    Query ordering: ``query_artifacts`` returns oldest first (ties by id);
-    ``query_extraction_failures`` oldest spawn first; ``query_latest_synthesis`` the
+    Query ordering: ``query_artifacts`` returns newest first (ties by id, newest first);
+    ``query_extraction_failures`` newest spawn first; ``order="oldest"`` reverses both;
+    ``query_latest_synthesis`` the
     newest synthesis. Reads see both schemas (see the README's dual-schema reader).
     """
 

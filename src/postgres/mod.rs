@@ -563,6 +563,14 @@ impl PgDatabase {
         })
     }
 
+    pub fn count_artifacts(&self, spec_id: &str, stage: &str) -> Result<usize> {
+        self.run("count_artifacts", Kind::Read, |c| {
+            let stmt = c.prepared(sql::COUNT_ARTIFACTS)?;
+            let n: i64 = c.client.query_one(&stmt, &[&spec_id, &stage])?.get(0);
+            Ok(usize::try_from(n).unwrap_or(0))
+        })
+    }
+
     pub fn delete_spec_artifacts(&self, spec_id: &str) -> Result<usize> {
         check_id("spec_id", spec_id)?;
         self.delete_artifacts(spec_id, None)

@@ -96,6 +96,9 @@ pub const QUERY_ARTIFACTS: &str = "SELECT o.id, o.agent_name, o.content_text, o.
      FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
      WHERE r.spec_id = $1 AND r.stage = $2 ORDER BY o.output_timestamp, o.id";
 
+pub const COUNT_ARTIFACTS: &str = "SELECT count(*) FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
+     WHERE r.spec_id = $1 AND r.stage = $2";
+
 pub const DELETE_OUTPUTS: &str = "DELETE FROM agent_outputs WHERE run_id IN (SELECT id FROM consensus_runs WHERE spec_id = $1 AND ($2::text IS NULL OR stage = $2))";
 pub const DELETE_EMPTY_OPEN_RUNS: &str = "DELETE FROM consensus_runs r WHERE r.spec_id = $1 AND ($2::text IS NULL OR r.stage = $2) AND r.synthesis_json IS NULL
        AND NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.run_id = r.id)";

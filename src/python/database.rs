@@ -881,14 +881,22 @@ impl PyDatabase {
         run(py, || self.inner.record_extraction_failure(&a, &r, &e))
     }
 
-    /// The spec's executions with an extraction error, oldest spawn first.
+    /// The spec's executions with an extraction error, newest spawn first (ties by
+    /// agent id, last first); `order="oldest"` for oldest first.
+    #[pyo3(signature = (spec_id, *, order=None), text_signature = "(self, spec_id, *, order='newest')")]
     fn query_extraction_failures(
         &self,
         py: Python<'_>,
         spec_id: &Bound<'_, PyAny>,
+        order: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<ExtractionFailure>> {
         let s = text(spec_id, "spec_id")?;
-        run(py, || self.inner.query_extraction_failures(&s))
+        let newest = newest_first(order)?;
+        let mut out = run(py, || self.inner.query_extraction_failures(&s))?;
+        if newest {
+            out.reverse(); // the engine returns oldest spawn first (ties by agent id)
+        }
+        Ok(out)
     }
 
     /// Deletes executions spawned more than `days` days ago; returns how many.
@@ -971,15 +979,29 @@ impl PyDatabase {
         run(py, || self.inner.store_artifacts(&batch))
     }
 
-    /// The artifacts of a spec/stage from both schemas, oldest first (ties by id).
+    /// The artifacts of a spec/stage from both schemas, newest first (ties by id, newest
+    /// first); `order="oldest"` for oldest first.
+    #[pyo3(signature = (spec_id, stage, *, order=None), text_signature = "(self, spec_id, stage, *, order='newest')")]
     fn query_artifacts(
         &self,
         py: Python<'_>,
         spec_id: &Bound<'_, PyAny>,
         stage: &Bound<'_, PyAny>,
+        order: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<Artifact>> {
         let (s, st) = (text(spec_id, "spec_id")?, text(stage, "stage")?);
-        run(py, || self.inner.query_artifacts(&s, &st))
+        let newest = newest_first(order)?;
+        let mut out = run(py, || self.inner.query_artifacts(&s, &st))?;
+        if newest {
+            out.reverse(); // the engine returns oldest first (ties by id): reversed, newest first
+        }
+        Ok(out)
+    }
+
+    /// How many artifacts a spec/stage has (what `query_artifacts` returns).
+    fn count_artifacts(&self, py: Python<'_>, spec_id: &Bound<'_, PyAny>, stage: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let (s, st) = (text(spec_id, "spec_id")?, text(stage, "stage")?);
+        run(py, || self.inner.count_artifacts(&s, &st))
     }
 
     /// Deletes every artifact of a spec (both schemas); returns how many.
@@ -1314,4 +1336,14 @@ pub(crate) fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("vacuum_pages", m.vacuum_pages)?;
     d.set_item("checkpoint", m.checkpoint)?;
     Ok(d)
+}
+
+/// `order` of the queries: `"newest"` (the default, as the predecessor had it) or `"oldest"`.
+fn newest_first(order: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+    let Some(order) = order else { return Ok(true) };
+    match &*text(order, "order")? {
+        "newest" => Ok(true),
+        "oldest" => Ok(false),
+        other => Err(Error::invalid("order", format!("must be \"newest\" or \"oldest\", got {other:?}")).into()),
+    }
 }

@@ -111,6 +111,12 @@ impl Database {
         Ok(out)
     }
 
+    /// How many artifacts a spec/stage has: exactly the rows [`Database::query_artifacts`]
+    /// returns (a legacy row with a version-1 twin counts once).
+    pub fn count_artifacts(&self, spec_id: &str, stage: &str) -> Result<usize> {
+        Ok(self.query_artifacts(spec_id, stage)?.len())
+    }
+
     /// Deletes every artifact of a spec (both schemas); returns how many.
     pub fn delete_spec_artifacts(&self, spec_id: &str) -> Result<usize> {
         check_id("spec_id", spec_id)?;
