@@ -224,14 +224,7 @@ impl PgDatabase {
     /// then `VACUUM (ANALYZE)`, every `interval`.
     pub fn start_maintenance(&self, options: crate::maintenance::MaintenanceOptions) -> Result<()> {
         self.writable("maintenance")?;
-        if options.interval.is_zero() {
-            return Err(Error::invalid("interval_s", "must be greater than zero"));
-        }
-        if let Some(days) = options.retention_days {
-            if days < 0 {
-                return Err(Error::invalid("retention_days", format!("must be zero or more, got {days}")));
-            }
-        }
+        options.validate()?;
         if self.pool.is_closed() {
             return Err(Error::Closed);
         }

@@ -258,6 +258,21 @@ pub struct MaintenanceOptions {
     pub on_cycle: Option<CycleHook>,
 }
 
+impl MaintenanceOptions {
+    /// Refuses an interval of zero and a negative retention, naming the option.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.interval.is_zero() {
+            return Err(Error::invalid("interval_s", "must be greater than zero"));
+        }
+        if let Some(days) = self.retention_days {
+            if days < 0 {
+                return Err(Error::invalid("retention_days", format!("must be zero or more, got {days}")));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for MaintenanceOptions {
     fn default() -> Self {
         MaintenanceOptions {

@@ -106,14 +106,7 @@ impl Database {
         if self.read_only {
             return Err(Error::ReadOnly(format!("maintenance writes; {:?} is read-only", self.path)));
         }
-        if options.interval.is_zero() {
-            return Err(Error::invalid("interval_s", "must be greater than zero"));
-        }
-        if let Some(days) = options.retention_days {
-            if days < 0 {
-                return Err(Error::invalid("retention_days", format!("must be zero or more, got {days}")));
-            }
-        }
+        options.validate()?;
         if self.pool.is_closed() {
             return Err(Error::Closed);
         }
