@@ -32,6 +32,12 @@ pub enum Error {
     #[error("migration failed: {0}")]
     Migration(String),
 
+    /// A move that drops or downgrades tables was refused: agents spawned within the
+    /// last `max_age_s` seconds have not completed. (Python: `ExecutionsInFlightError`,
+    /// a `MigrationError`.)
+    #[error("refusing to migrate from version {from} to {to}: {count} agent executions are in flight (spawned within the last {max_age_s} s and not completed); wait for them, or force it")]
+    InFlight { count: i64, max_age_s: i64, from: i64, to: i64 },
+
     /// A transaction block can no longer run statements: SQLite ended its transaction
     /// (an `OR ROLLBACK` conflict, a disk-full rollback), or a statement tried to.
     #[error("transaction error: {0}")]

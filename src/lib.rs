@@ -65,4 +65,5 @@ pub use sqlite::database::{OpenReport, Options};
 pub use sqlite::replica::{self, Checkpoint, CheckpointMode};
 pub use sqlite::writer::{self, LaneStats};
 pub use store::{Database, NewSpawn};
+pub use store::{ReadMode, WriteMode};
 pub use transaction::{Behavior, Params, Tx};

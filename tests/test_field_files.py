@@ -196,7 +196,8 @@ def test_seed_v1_file_pairs_dual_writes_and_backfills_exactly_the_rest(tmp_path)
         assert through_api(db, items + late) == written(items + late)
         assert db.reader_stats()["legacy"] == 0  # each late pair came back as its new-schema copy
         db.store_synthesis("SPEC-3", "spec-implement", "# mine", run_id="run-SPEC-3")
-        db.migrate(2)  # the final backfill links the late pairs instead of copying them
+        # force: the fixture's spawns are recent and never completed (no agent really runs).
+        db.migrate(2, force=True)  # the final backfill links the late pairs instead of copying them
         assert through_api(db, items + late) == written(items + late)
         readable = sum(through_api(db, items + late).values())
     assert stdlib_rows(path, "SELECT count(*) FROM agent_outputs") == [(13 + 3,)]
@@ -298,7 +299,7 @@ def test_user_version_keeps_the_predecessors_meaning(tmp_path):
     # A build that knows version 1 still opens the file and writes both schemas.
     assert predecessor.run(path, "artifacts", build="dual", items=[artifact("SPEC-1", "spec-plan", 11)])[0][1]
     with consensus_db.connect(path) as db:
-        db.migrate(2)
+        db.migrate(2, force=True)  # the fixture's recent spawns never complete (no agent really runs)
         assert db.schema_version == 2
     assert predecessor.run(path, "artifacts", build="dual", items=[artifact("SPEC-1", "spec-plan", 12)]) == {"refused": 2}
     assert predecessor.run(path, "artifacts", build="cutover", items=[artifact("SPEC-1", "spec-plan", 12)])[0][1]

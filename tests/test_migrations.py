@@ -165,14 +165,14 @@ def test_future_version_is_refused_and_the_file_untouched(tmp_path):
     assert result.exit_code == 1 and "newer" in result.output
 
 
-def test_down_migration_refuses_to_lose_new_rows(tmp_path):
+def test_down_migration_writes_new_rows_back_instead_of_losing_them(tmp_path):
     path = tmp_path / "new.db"
     with consensus_db.connect(path) as db:
-        db.store_artifact("S", "plan", "g", "{}")
-        with pytest.raises(consensus_db.MigrationError, match="would be lost"):
-            db.migrate(0)
-        assert db.schema_version == 2  # refused before any step: not even the legacy tables came back
-        assert len(db.query_artifacts("S", "plan")) == 1
+        db.store_artifact("S", "plan", "g", "{}", model_version="m-1")
+        assert db.migrate(0) == 0  # issue 20: a rollback loses no row
+        assert db.schema_version == 0
+        [a] = db.query_artifacts("S", "plan")
+        assert (a.source, a.agent_name, a.model_version) == ("legacy", "g", "m-1")
 
 
 def big_legacy(path, artifacts=150_000):

@@ -305,7 +305,15 @@ class Database:
         uri: bool = False,
         replicated: bool = False,
         retry: Any = ...,
+        write_mode: Literal["v1", "dual"] = "v1",
+        read_mode: Literal["dual", "v1", "legacy"] = "dual",
     ) -> Self: ...
+    @property
+    def write_mode(self) -> Literal["v1", "dual"]:
+        """The schemas this store writes: "v1" (the new tables) or "dual" (both, linked)."""
+    @property
+    def read_mode(self) -> Literal["dual", "v1", "legacy"]:
+        """The schemas this store reads: "dual" (new, then legacy rows without a copy), "v1" or "legacy"."""
     def __enter__(self) -> Self:
         """``with`` returns the store itself; leaving the block closes it."""
     def __exit__(self, *_args: object) -> Literal[False]:
@@ -326,9 +334,12 @@ class Database:
         """Runs one statement in its own IMMEDIATE transaction; returns rows changed."""
     def query(self, sql: str, params: _Params = None) -> Rows:
         """Runs a query outside any transaction; returns :class:`~consensus_db.Rows`."""
-    def migrate(self, target: int | None = None) -> int:
+    def migrate(self, target: int | None = None, *, force: bool = False, in_flight_age: float = 3600.0) -> int:
         """Migrates to ``target`` (up or down); without one, up to the default version.
-        Returns the version reached."""
+        Returns the version reached. Moving down loses no row: rows only the new tables
+        hold are written back into the legacy tables first. A move that drops or
+        downgrades tables raises ``ExecutionsInFlightError`` while agents spawned within
+        ``in_flight_age`` seconds have not completed, unless ``force``."""
     def legacy_row_problems(self) -> list[LegacyRowProblem]:
         """Legacy rows whose values had to be converted to be read."""
     def record_agent_spawn(

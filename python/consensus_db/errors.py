@@ -15,6 +15,7 @@ __all__ = [
     "InvalidInputError",
     "SchemaVersionError",
     "MigrationError",
+    "ExecutionsInFlightError",
     "PragmaVerificationError",
     "CorruptDatabaseError",
     "ReadOnlyError",
@@ -64,6 +65,12 @@ class SchemaVersionError(Error):
 
 class MigrationError(Error):
     """A migration failed or was refused; the database stays at its previous version."""
+
+
+class ExecutionsInFlightError(MigrationError):
+    """A move that drops or downgrades tables was refused because agents are running:
+    executions spawned within the guard's age and not completed (the message says how
+    many). Wait for them, or pass ``force=True``."""
 
 
 class PragmaVerificationError(Error):

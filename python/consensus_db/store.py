@@ -30,6 +30,8 @@ __all__ = ["Store", "connect", "DEFAULT_RETRY"]
 
 T = TypeVar("T")
 PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+WriteMode = Literal["v1", "dual"]
+ReadMode = Literal["dual", "v1", "legacy"]
 _DEFAULTS: dict[str, Any] = _core.DEFAULTS  # the engine's defaults, defined once in Rust
 
 #: The retry policy the engine uses unless ``connect(..., retry=...)`` says otherwise:
@@ -195,6 +197,8 @@ def connect(
     convert_auto_vacuum: bool = _DEFAULTS["convert_auto_vacuum"],
     uri: bool = _DEFAULTS["uri"],
     replicated: bool = _DEFAULTS["replicated"],
+    write_mode: WriteMode = "v1",
+    read_mode: ReadMode = "dual",
 ) -> Store:
     """Opens (creating if needed) the store at ``path``; ``":memory:"`` is one in-memory
     database shared by the whole pool.
@@ -219,6 +223,13 @@ def connect(
       thread) are PASSIVE only and ``busy_timeout`` must be 5000 ms or more. A file
       Litestream has replicated (its ``_litestream_seq`` table) is treated the same way
       without the flag; ``db.replicated`` tells which applies.
+    - ``write_mode`` and ``read_mode``: the rolling upgrade's switches (see the README's
+      "Rolling upgrades"). ``write_mode="dual"`` writes every artifact and synthesis to
+      the new tables *and* the legacy ones in one transaction, linked, so an old binary
+      on the same file sees everything; turning it on first writes back the rows only
+      the new tables hold. It needs the legacy tables (a file at schema version 1).
+      ``read_mode``: ``"dual"`` (new tables, then legacy rows without a copy), ``"v1"``
+      (no fallback) or ``"legacy"`` (new-schema reads off).
     """
     return Store(
         path,
@@ -233,4 +244,6 @@ def connect(
         convert_auto_vacuum=convert_auto_vacuum,
         uri=uri,
         replicated=replicated,
+        write_mode=write_mode,
+        read_mode=read_mode,
     )

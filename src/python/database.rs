@@ -23,7 +23,7 @@ use crate::model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synth
 use crate::sqlite::replica::CheckpointMode;
 use crate::sqlite::retry::{Clock, RetryEvent, RetryPolicy};
 use crate::transaction::Behavior;
-use crate::{Database, Options, Pragmas};
+use crate::{Database, Options, Pragmas, ReadMode, WriteMode};
 
 #[pyclass(frozen, subclass, module = "consensus_db", name = "Database")]
 pub struct PyDatabase {
@@ -466,8 +466,8 @@ impl PyDatabase {
     /// Every argument but `path` may be None for its default (`_core.DEFAULTS`).
     #[pyo3(signature = (path, *, pool_size=None, min_idle=None, checkout_timeout=None, read_only=None, create=None,
                         migrate=None, pragmas=None, convert_auto_vacuum=None, uri=None, retry=Keep::Default,
-                        replicated=None),
-           text_signature = "(path, *, pool_size=10, min_idle=1, checkout_timeout=10.0, read_only=False, create=True, migrate=True, pragmas=None, convert_auto_vacuum=True, uri=False, retry=..., replicated=False)")]
+                        replicated=None, write_mode=None, read_mode=None),
+           text_signature = "(path, *, pool_size=10, min_idle=1, checkout_timeout=10.0, read_only=False, create=True, migrate=True, pragmas=None, convert_auto_vacuum=True, uri=False, retry=..., replicated=False, write_mode='v1', read_mode='dual')")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -483,6 +483,8 @@ impl PyDatabase {
         uri: Option<&Bound<'_, PyAny>>,
         retry: Keep<'_>,
         replicated: Option<&Bound<'_, PyAny>>,
+        write_mode: Option<&Bound<'_, PyAny>>,
+        read_mode: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         if let Some(inner) = HANDOVER.with(|h| h.borrow_mut().take()) {
             return Ok(PyDatabase { inner: AnyDatabase::Sqlite(inner), handed: true });
@@ -502,7 +504,22 @@ impl PyDatabase {
         let read_only = opt_flag(read_only, "read_only", defaults.read_only)?;
         let create = opt_flag(create, "create", defaults.create)?;
         let convert_auto_vacuum = opt_flag(convert_auto_vacuum, "convert_auto_vacuum", defaults.convert_auto_vacuum)?;
+        let write_mode: WriteMode = match write_mode.filter(|m| !m.is_none()) {
+            Some(m) => text(m, "write_mode")?.parse()?,
+            None => WriteMode::default(),
+        };
+        let read_mode: ReadMode = match read_mode.filter(|m| !m.is_none()) {
+            Some(m) => text(m, "read_mode")?.parse()?,
+            None => ReadMode::default(),
+        };
         if let Some(url) = postgres_url(path)? {
+            if write_mode != WriteMode::V1 || read_mode == ReadMode::Legacy {
+                return Err(Error::NotSupported(format!(
+                    "write_mode='{write_mode}', read_mode='{read_mode}': a PostgreSQL store has no legacy tables; \
+                     it writes and reads the new schema only"
+                ))
+                .into());
+            }
             return open_postgres(
                 py,
                 url,
@@ -539,8 +556,37 @@ impl PyDatabase {
             retry,
             replicated,
         };
-        let inner = run(py, move || Database::open(&path, options))?;
+        let inner = run(py, move || {
+            let db = Database::open(&path, options)?;
+            let modes = db.set_read_mode(read_mode).and_then(|()| db.set_write_mode(write_mode));
+            if let Err(e) = modes {
+                db.close();
+                return Err(e);
+            }
+            Ok(db)
+        })?;
         Ok(PyDatabase { inner: AnyDatabase::Sqlite(Arc::new(inner)), handed: false })
+    }
+
+    /// The schemas this store writes: "v1" (the new tables) or "dual" (both, linked).
+    #[getter]
+    fn write_mode(&self) -> &'static str {
+        match &self.inner {
+            AnyDatabase::Sqlite(db) => db.write_mode().as_str(),
+            #[allow(unreachable_patterns)]
+            _ => WriteMode::V1.as_str(),
+        }
+    }
+
+    /// The schemas this store reads: "dual" (new, then legacy rows without a copy),
+    /// "v1" or "legacy".
+    #[getter]
+    fn read_mode(&self) -> &'static str {
+        match &self.inner {
+            AnyDatabase::Sqlite(db) => db.read_mode().as_str(),
+            #[allow(unreachable_patterns)]
+            _ => ReadMode::V1.as_str(),
+        }
     }
 
     /// Retries the engine made for this store (busy databases, pool timeouts), opening included.
@@ -759,13 +805,27 @@ impl PyDatabase {
     }
 
     /// Migrates to `target`, up or down; without one, up to at least the default
-    /// version, as opening does. Returns the version reached.
-    #[pyo3(signature = (target=None))]
-    fn migrate(&self, py: Python<'_>, target: Option<&Bound<'_, PyAny>>) -> PyResult<i64> {
+    /// version, as opening does. Returns the version reached. Moving down loses no row.
+    /// A move that drops or downgrades tables refuses while agents are in flight (spawned
+    /// within `in_flight_age` seconds and not completed) unless `force`.
+    #[pyo3(signature = (target=None, *, force=false, in_flight_age=None),
+           text_signature = "($self, target=None, *, force=False, in_flight_age=3600.0)")]
+    fn migrate(
+        &self,
+        py: Python<'_>,
+        target: Option<&Bound<'_, PyAny>>,
+        force: bool,
+        in_flight_age: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<i64> {
+        let mut guard = migrations::InFlightGuard::default();
+        if let Some(age) = in_flight_age.filter(|a| !a.is_none()) {
+            guard.max_age_ms = i64::try_from(seconds(age, "in_flight_age")?.as_millis()).unwrap_or(i64::MAX);
+        }
+        let guard = (!force).then_some(guard);
         match target {
             Some(t) if !t.is_none() => {
                 let target = non_negative(t, "target")?;
-                run(py, || self.core("migrate(target)")?.migrate(target))
+                run(py, || self.core("migrate(target)")?.migrate_with(target, guard))
             }
             _ => run(py, || match self.pg() {
                 #[cfg(feature = "postgres")]

@@ -12,6 +12,7 @@ mod py {
     pyo3::import_exception!(consensus_db.errors, InvalidInputError);
     pyo3::import_exception!(consensus_db.errors, SchemaVersionError);
     pyo3::import_exception!(consensus_db.errors, MigrationError);
+    pyo3::import_exception!(consensus_db.errors, ExecutionsInFlightError);
     pyo3::import_exception!(consensus_db.errors, TransactionError);
     pyo3::import_exception!(consensus_db.errors, PragmaVerificationError);
     pyo3::import_exception!(consensus_db.errors, CorruptDatabaseError);
@@ -35,6 +36,7 @@ pub fn to_py(err: Error) -> PyErr {
         Error::InvalidInput { .. } => py::InvalidInputError::new_err(message),
         Error::SchemaTooNew { .. } | Error::LayoutTooNew { .. } => py::SchemaVersionError::new_err(message),
         Error::Migration(_) => py::MigrationError::new_err(message),
+        Error::InFlight { .. } => py::ExecutionsInFlightError::new_err(message),
         Error::Transaction(_) => py::TransactionError::new_err(message),
         Error::Pragma { .. } => py::PragmaVerificationError::new_err(message),
         Error::Corrupt(_) => py::CorruptDatabaseError::new_err(message),

@@ -390,8 +390,8 @@ impl Engine {
 
     /// Migrates the schema to `target`, up or down; returns the version reached.
     /// (`Database::migrate` then re-reads the store's layout.)
-    pub(crate) fn migrate(&self, target: Version) -> Result<Version> {
-        self.migrating(|conn| migrations::migrate(conn, target))
+    pub(crate) fn migrate(&self, target: Version, guard: Option<migrations::InFlightGuard>) -> Result<Version> {
+        self.migrating(|conn| migrations::migrate(conn, target, guard))
     }
 
     /// Brings the file up to at least `target` and its tables to the current layout,

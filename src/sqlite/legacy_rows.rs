@@ -24,6 +24,11 @@ pub(crate) fn ms_sql(col: &str) -> String {
     )
 }
 
+/// SQL for Unix milliseconds as a legacy timestamp (`YYYY-MM-DD HH:MM:SS`, UTC).
+pub(crate) fn text_from_ms_sql(ms: &str) -> String {
+    format!("strftime('%Y-%m-%d %H:%M:%S', {ms} / 1000, 'unixepoch')")
+}
+
 /// Words a hand-written `degraded` may hold, read as true.
 const TRUE_WORDS: &str = "'1', 'true', 't', 'yes', 'y', 'on'";
 /// ... and as false; anything else is read as false and listed by [`problems`].

@@ -17,7 +17,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
-use crate::sqlite::legacy_rows::{bool_sql, ms_sql as legacy_ms, text_sql};
+use crate::sqlite::legacy_rows::{bool_sql, ms_sql as legacy_ms, text_from_ms_sql, text_sql};
 use crate::sqlite::schema::{self, column_exists, table_exists, Shape, PAIR_WINDOW_MS};
 
 pub use crate::sqlite::schema::LEGACY_SCHEMA_SQL;
@@ -80,9 +80,9 @@ pub fn validate() -> Result<()> {
     }
     let conn = Connection::open_in_memory()?;
     conn.execute_batch(LEGACY_SCHEMA_SQL)?;
-    migrate(&conn, LATEST_VERSION)?;
-    migrate(&conn, 0)?;
-    migrate(&conn, LATEST_VERSION)
+    migrate(&conn, LATEST_VERSION, None)?;
+    migrate(&conn, 0, None)?;
+    migrate(&conn, LATEST_VERSION, None)
 }
 
 /// What opening does: a brand-new file gets the latest schema; new tables in an
@@ -95,27 +95,60 @@ pub fn upgrade(conn: &Connection, target: Version) -> Result<Shape> {
         if current >= target {
             return Ok(found);
         }
-        step(conn, current, current + 1)?;
+        step(conn, current, current + 1, None)?;
     }
 }
 
 /// Moves the schema to `target`, up or down, one step (one transaction) at a time,
-/// bringing the layout current first. A move down that would lose rows is refused
-/// before any step runs.
-pub fn migrate(conn: &Connection, target: Version) -> Result<()> {
+/// bringing the layout current first. Moving down loses no row: the rows only the new
+/// tables hold are written back into the legacy tables first. With a `guard`, a step
+/// down or one that drops the legacy tables refuses while agents are in flight.
+pub fn migrate(conn: &Connection, target: Version, guard: Option<InFlightGuard>) -> Result<()> {
     if !(0..=LATEST_VERSION).contains(&target) {
         return Err(Error::invalid("target", format!("schema version {target} does not exist (0..={LATEST_VERSION})")));
     }
     bring_layout_current(conn, target > 0)?;
-    if target == 0 && user_version(conn)? > 0 {
-        refuse_losing_new_rows(conn)?;
-    }
     loop {
         let current = user_version(conn)?;
         if current == target {
             return Ok(());
         }
-        step(conn, current, if target > current { current + 1 } else { current - 1 })?;
+        step(conn, current, if target > current { current + 1 } else { current - 1 }, guard)?;
+    }
+}
+
+/// What keeps a destructive move (down, or dropping the legacy tables) away from running
+/// agents: executions spawned within `max_age_ms` and not completed. Checked inside the
+/// step's transaction, so no agent can be recorded between the check and the move.
+#[derive(Clone, Copy, Debug)]
+pub struct InFlightGuard {
+    pub max_age_ms: i64,
+}
+
+impl InFlightGuard {
+    /// One hour: an agent spawned longer ago and never completed is taken as dead.
+    pub const DEFAULT_MAX_AGE_MS: i64 = 3_600_000;
+
+    fn refuse_if_in_flight(&self, conn: &Connection, from: Version, to: Version) -> Result<()> {
+        if !table_exists(conn, "agent_executions")? {
+            return Ok(());
+        }
+        let count: i64 = conn.query_row(
+            "SELECT count(*) FROM agent_executions
+             WHERE completed_at IS NULL AND spawned_at >= strftime('%Y-%m-%d %H:%M:%S', 'now', ?1)",
+            [format!("-{} seconds", self.max_age_ms / 1000)],
+            |r| r.get(0),
+        )?;
+        if count > 0 {
+            return Err(Error::InFlight { count, max_age_s: self.max_age_ms / 1000, from, to });
+        }
+        Ok(())
+    }
+}
+
+impl Default for InFlightGuard {
+    fn default() -> Self {
+        InFlightGuard { max_age_ms: Self::DEFAULT_MAX_AGE_MS }
     }
 }
 
@@ -134,14 +167,18 @@ fn bring_layout_current(conn: &Connection, create: bool) -> Result<Shape> {
     Ok(found)
 }
 
-fn step(conn: &Connection, from: Version, to: Version) -> Result<()> {
+fn step(conn: &Connection, from: Version, to: Version, guard: Option<InFlightGuard>) -> Result<()> {
     let action = if to > from { MIGRATIONS[from as usize].up } else { MIGRATIONS[from as usize - 1].down };
+    let destructive = to < from || to == LATEST_VERSION;
     in_transaction(
         conn,
         &format!("migration from version {from} to {to}"),
         // Another process may have migrated while we waited for the write lock.
         |c| Ok(user_version(c)? == from),
         |c| {
+            if let (Some(guard), true) = (guard, destructive) {
+                guard.refuse_if_in_flight(c, from, to)?;
+            }
             action(c)?;
             c.execute_batch(&format!("PRAGMA user_version = {to}"))?;
             Ok(())
@@ -186,7 +223,8 @@ fn in_transaction(
                 | Error::Migration(_)
                 | Error::Corrupt(_)
                 | Error::SchemaTooNew { .. }
-                | Error::LayoutTooNew { .. }) => e,
+                | Error::LayoutTooNew { .. }
+                | Error::InFlight { .. }) => e,
                 other => Error::Migration(format!("{what} failed: {other}")),
             })
         }
@@ -223,26 +261,115 @@ fn up_v1(conn: &Connection) -> Result<()> {
     backfill(conn)
 }
 
-fn refuse_losing_new_rows(conn: &Connection) -> Result<()> {
-    if !table_exists(conn, "consensus_runs")? {
-        return Ok(());
-    }
-    let new_only: i64 = conn.query_row(
-        "SELECT (SELECT count(*) FROM agent_outputs WHERE legacy_artifact_id IS NULL)
-              + (SELECT count(*) FROM consensus_runs WHERE synthesis_json IS NOT NULL AND legacy_synthesis_id IS NULL)",
-        [],
-        |r| r.get(0),
-    )?;
-    if new_only > 0 {
-        return Err(Error::Migration(format!(
-            "refusing to migrate down to version 0: {new_only} rows exist only in the new tables and would be lost"
-        )));
+/// Columns this store adds to the legacy tables, all nullable (old binaries name their
+/// columns on insert): what the legacy format cannot hold, so that rows written back
+/// on a rollback come up again unchanged.
+const LEGACY_EXTRAS: &[(&str, &str, &str)] = &[
+    ("consensus_artifacts", "model_version", "TEXT"),
+    ("consensus_artifacts", "created_at_ms", "INTEGER"),
+    ("consensus_synthesis", "created_at_ms", "INTEGER"),
+];
+
+/// Adds [`LEGACY_EXTRAS`] to the legacy tables the file has. Idempotent.
+pub(crate) fn add_legacy_extras(conn: &Connection) -> Result<()> {
+    for &(table, column, kind) in LEGACY_EXTRAS {
+        if table_exists(conn, table)? && !column_exists(conn, table, column)? {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
     }
     Ok(())
 }
 
+/// New-table rows with no legacy row: never linked, or linked to a row that is gone.
+const UNMIRRORED_OUTPUTS: &str = "NOT EXISTS (SELECT 1 FROM consensus_artifacts a WHERE a.id = o.legacy_artifact_id)";
+const UNMIRRORED_SYNTHESES: &str = "r.synthesis_json IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM consensus_synthesis s WHERE s.id = r.legacy_synthesis_id)";
+
+/// Writes every row that only the new tables hold into the legacy tables (legacy
+/// timestamps, plus [`LEGACY_EXTRAS`] for what they cannot hold), linked to its copy, so
+/// an old binary sees everything. Returns how many rows were written. Idempotent.
+pub(crate) fn write_back(conn: &Connection) -> Result<usize> {
+    add_legacy_extras(conn)?;
+    let mut outputs = conn.prepare(&format!(
+        "SELECT o.id, r.spec_id, r.stage, o.agent_name, o.content, o.response_text, r.orchestrator_run_id,
+                {}, o.model_version, o.output_timestamp
+         FROM agent_outputs o JOIN consensus_runs r ON r.id = o.run_id
+         WHERE {UNMIRRORED_OUTPUTS} ORDER BY o.id",
+        text_from_ms_sql("o.output_timestamp")
+    ))?;
+    let mut insert = conn.prepare(
+        "INSERT INTO consensus_artifacts (spec_id, stage, agent_name, content_json, response_text, run_id, created_at,
+                model_version, created_at_ms)
+         VALUES (?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    let mut link = conn.prepare("UPDATE agent_outputs SET legacy_artifact_id = ?2 WHERE id = ?1")?;
+    let mut written = 0;
+    let mut rows = outputs.query([])?;
+    while let Some(row) = rows.next()? {
+        let values: Vec<Value> = (0..10).map(|i| row.get(i)).collect::<Result<_, _>>()?;
+        insert.execute(rusqlite::params_from_iter(values.iter()))?;
+        link.execute(params![values[0], conn.last_insert_rowid()])?;
+        written += 1;
+    }
+    let mut runs = conn.prepare(&format!(
+        "SELECT r.id, r.spec_id, r.stage, r.synthesis_json, COALESCE(r.degraded, 0), r.orchestrator_run_id,
+                COALESCE(r.synthesized_at, r.run_timestamp)
+         FROM consensus_runs r WHERE {UNMIRRORED_SYNTHESES} ORDER BY r.id"
+    ))?;
+    let mut insert = conn.prepare(&format!(
+        "INSERT INTO consensus_synthesis (spec_id, stage, output_markdown, output_path, status, artifacts_count,
+                agreements, conflicts, degraded, run_id, created_at, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, {}, ?11)",
+        text_from_ms_sql("?11")
+    ))?;
+    let mut link = conn.prepare("UPDATE consensus_runs SET legacy_synthesis_id = ?2 WHERE id = ?1")?;
+    let mut rows = runs.query([])?;
+    while let Some(row) = rows.next()? {
+        let (id, spec, stage): (i64, String, String) = (row.get(0)?, row.get(1)?, row.get(2)?);
+        let raw = crate::sqlite::legacy_rows::text(row, 3)?.unwrap_or_default();
+        let s = crate::store::synthesis::synthesis_from_text(
+            &raw,
+            id,
+            &spec,
+            &stage,
+            row.get(4)?,
+            row.get(5)?,
+            row.get(6)?,
+        );
+        insert.execute(params![
+            s.spec_id,
+            s.stage,
+            s.output_markdown,
+            s.output_path,
+            s.status,
+            s.artifacts_count,
+            s.agreements,
+            s.conflicts,
+            s.degraded,
+            s.run_id,
+            s.created_at_ms
+        ])?;
+        link.execute(params![id, conn.last_insert_rowid()])?;
+        written += 1;
+    }
+    let left: i64 = conn.query_row(
+        &format!(
+            "SELECT (SELECT count(*) FROM agent_outputs o WHERE {UNMIRRORED_OUTPUTS})
+                  + (SELECT count(*) FROM consensus_runs r WHERE {UNMIRRORED_SYNTHESES})"
+        ),
+        [],
+        |r| r.get(0),
+    )?;
+    if left != 0 {
+        return Err(Error::Migration(format!(
+            "writing the new tables back into the legacy ones left {left} rows without a legacy copy"
+        )));
+    }
+    Ok(written)
+}
+
 fn down_v1(conn: &Connection) -> Result<()> {
-    refuse_losing_new_rows(conn)?;
+    write_back(conn)?;
     conn.execute_batch("DROP TABLE agent_outputs; DROP TABLE consensus_runs; DROP TABLE IF EXISTS consensus_db_meta;")?;
     Ok(())
 }
@@ -253,12 +380,22 @@ fn up_v2(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Recreates the legacy tables for old binaries and writes every row back into them:
+/// version 1 is whole again. Links to the dropped tables' rows pointed at ids the new
+/// tables hand out again, so they go first.
 fn down_v2(conn: &Connection) -> Result<()> {
-    // Recreate the (empty) legacy tables for old binaries; nothing is lost.
+    let had_legacy = table_exists(conn, "consensus_artifacts")? || table_exists(conn, "consensus_synthesis")?;
     let ddl = LEGACY_SCHEMA_SQL
         .replace("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ")
         .replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ");
     conn.execute_batch(&ddl)?;
+    if !had_legacy {
+        conn.execute_batch(
+            "UPDATE agent_outputs SET legacy_artifact_id = NULL WHERE legacy_artifact_id IS NOT NULL;
+         UPDATE consensus_runs SET legacy_synthesis_id = NULL WHERE legacy_synthesis_id IS NOT NULL;",
+        )?;
+    }
+    write_back(conn)?;
     Ok(())
 }
 
@@ -433,9 +570,21 @@ pub(crate) fn link_synthesis_copies(conn: &Connection, scope: Scope) -> Result<(
     Ok(())
 }
 
+/// A legacy row's time in ms: the exact one a write-back kept, else its timestamp.
+fn legacy_created_ms(conn: &Connection, table: &str, alias: &str) -> Result<String> {
+    let legacy = legacy_ms(&format!("{alias}.created_at"));
+    Ok(if column_exists(conn, table, "created_at_ms")? {
+        format!("COALESCE({alias}.created_at_ms, {legacy})")
+    } else {
+        legacy
+    })
+}
+
 fn backfill_artifacts(conn: &Connection) -> Result<()> {
     // One open run per (spec_id, stage, run_id) group, unless one exists already.
-    let created = legacy_ms("a.created_at");
+    let created = legacy_created_ms(conn, "consensus_artifacts", "a")?;
+    let model_version =
+        if column_exists(conn, "consensus_artifacts", "model_version")? { "a.model_version" } else { "NULL" };
     let mut groups = conn.prepare(&format!(
         "SELECT a.spec_id, a.stage, a.run_id, MIN({created})
          FROM consensus_artifacts a
@@ -453,8 +602,9 @@ fn backfill_artifacts(conn: &Connection) -> Result<()> {
     let open_run = schema::open_run_sql("a.spec_id", "a.stage", "a.run_id");
     conn.execute(
         &format!(
-            "INSERT INTO agent_outputs (run_id, agent_name, content, response_text, output_timestamp, legacy_artifact_id)
-             SELECT ({open_run}), {}, {}, {}, {created}, a.id
+            "INSERT INTO agent_outputs (run_id, agent_name, content, response_text, output_timestamp, legacy_artifact_id,
+                    model_version)
+             SELECT ({open_run}), {}, {}, {}, {created}, a.id, {model_version}
              FROM consensus_artifacts a
              WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id)
              ORDER BY a.id",
@@ -480,7 +630,7 @@ fn backfill_syntheses(conn: &Connection) -> Result<()> {
         text_sql("agreements"),
         text_sql("conflicts"),
         bool_sql("degraded"),
-        legacy_ms("created_at")
+        legacy_created_ms(conn, "consensus_synthesis", "s")?
     ))?;
     let synthesis = schema::synthesis_json_sql("?5", "?6", "?7", "?8", "?9", "?10");
     let close = |run: &str| {
@@ -581,7 +731,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!((n, ms), (2, 1_735_787_045_000));
-        migrate(&conn, 1).unwrap(); // idempotent
+        migrate(&conn, 1, None).unwrap(); // idempotent
         assert_eq!(count(&conn, "SELECT count(*) FROM agent_outputs"), 4);
     }
 
@@ -597,7 +747,7 @@ mod tests {
     #[test]
     fn opening_never_migrates_down() {
         let conn = legacy_db();
-        migrate(&conn, 2).unwrap();
+        migrate(&conn, 2, None).unwrap();
         upgrade(&conn, 1).unwrap();
         assert_eq!(user_version(&conn).unwrap(), 2);
         assert!(!table_exists(&conn, "consensus_artifacts").unwrap());
@@ -615,26 +765,79 @@ mod tests {
         a.execute_batch(LEGACY_SCHEMA_SQL).unwrap();
         assert_eq!(user_version(&a).unwrap(), 0);
         let b = Connection::open(&path).unwrap();
-        migrate(&b, LATEST_VERSION).unwrap();
+        migrate(&b, LATEST_VERSION, None).unwrap();
         upgrade(&a, DEFAULT_VERSION).unwrap();
         assert_eq!(user_version(&a).unwrap(), 2);
         assert!(!table_exists(&a, "consensus_artifacts").unwrap());
     }
 
     #[test]
-    fn down_to_zero_refuses_to_lose_new_rows_before_any_step() {
+    fn down_to_zero_writes_new_rows_back_and_up_again_keeps_them_whole() {
         let conn = Connection::open_in_memory().unwrap();
         upgrade(&conn, DEFAULT_VERSION).unwrap();
-        let run = schema::insert_run(&conn, "S3", "plan", None, 0).unwrap();
+        let run = schema::insert_run(&conn, "S3", "plan", Some("r7"), 1_700_000_000_123).unwrap();
         conn.execute(
-            "INSERT INTO agent_outputs (run_id, agent_name, content, output_timestamp) VALUES (?1, 'x', '{}', 0)",
+            "INSERT INTO agent_outputs (run_id, agent_name, model_version, content, output_timestamp)
+             VALUES (?1, 'x', 'm-2', '{}', 1700000000456)",
             [run],
         )
         .unwrap();
-        let err = migrate(&conn, 0).unwrap_err();
-        assert!(matches!(err, Error::Migration(ref m) if m.contains("1 rows")), "{err}");
+        conn.execute(
+            "UPDATE consensus_runs SET synthesis_json = '{\"output_markdown\":\"# s\",\"status\":\"success\"}',
+                    synthesized_at = 1700000000789 WHERE id = ?1",
+            [run],
+        )
+        .unwrap();
+        migrate(&conn, 0, None).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), 0);
+        assert!(!table_exists(&conn, "consensus_runs").unwrap());
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM consensus_artifacts WHERE spec_id = 'S3' AND run_id = 'r7' AND model_version = 'm-2'
+                   AND created_at = '2023-11-14 22:13:20' AND created_at_ms = 1700000000456"
+            ),
+            1
+        );
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM consensus_synthesis WHERE output_markdown = '# s' AND status = 'success'
+                   AND run_id = 'r7' AND created_at_ms = 1700000000789"
+            ),
+            1
+        );
+        migrate(&conn, 1, None).unwrap();
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM agent_outputs WHERE model_version = 'm-2' AND output_timestamp = 1700000000456"
+            ),
+            1
+        );
+        assert_eq!(count(&conn, "SELECT count(*) FROM consensus_runs WHERE synthesized_at = 1700000000789"), 1);
+    }
+
+    #[test]
+    fn a_destructive_step_refuses_while_agents_are_in_flight() {
+        let conn = legacy_db();
+        upgrade(&conn, DEFAULT_VERSION).unwrap();
+        conn.execute_batch(
+            "INSERT INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, spawned_at)
+             VALUES ('a1', 'S1', 'plan', 'regular_stage', 'gemini', datetime('now')),
+                    ('old', 'S1', 'plan', 'regular_stage', 'gemini', datetime('now', '-2 hours'));",
+        )
+        .unwrap();
+        let guard = Some(InFlightGuard::default());
+        for target in [0, 2] {
+            let err = migrate(&conn, target, guard).unwrap_err();
+            assert!(matches!(err, Error::InFlight { count: 1, max_age_s: 3600, from: 1, .. }), "{err}");
+            assert_eq!(user_version(&conn).unwrap(), 1);
+        }
+        migrate(&conn, 1, guard).unwrap(); // not destructive
+        conn.execute_batch("UPDATE agent_executions SET completed_at = datetime('now') WHERE agent_id = 'a1'").unwrap();
+        migrate(&conn, 2, guard).unwrap();
         assert_eq!(user_version(&conn).unwrap(), 2);
-        assert!(!table_exists(&conn, "consensus_artifacts").unwrap());
     }
 
     #[test]
@@ -642,7 +845,7 @@ mod tests {
         let conn = legacy_db();
         // A table the migration wants to create already exists in no known shape.
         conn.execute_batch("CREATE TABLE agent_outputs (x)").unwrap();
-        let err = migrate(&conn, 1).unwrap_err();
+        let err = migrate(&conn, 1, None).unwrap_err();
         assert!(matches!(err, Error::Migration(_)), "{err}");
         assert_eq!(user_version(&conn).unwrap(), 0);
         assert!(!table_exists(&conn, "consensus_runs").unwrap());
@@ -661,7 +864,7 @@ mod tests {
              INSERT INTO consensus_artifacts (spec_id, stage, agent_name, content_json) VALUES ('S','plan','g','{}');",
         )
         .unwrap();
-        migrate(&conn, 1).unwrap();
+        migrate(&conn, 1, None).unwrap();
         assert!(column_exists(&conn, "agent_executions", "extraction_error").unwrap());
         assert!(column_exists(&conn, "consensus_artifacts", "run_id").unwrap());
     }
@@ -669,9 +872,9 @@ mod tests {
     #[test]
     fn future_versions_and_layouts_are_refused() {
         let conn = Connection::open_in_memory().unwrap();
-        assert!(matches!(migrate(&conn, 9), Err(Error::InvalidInput { .. })));
+        assert!(matches!(migrate(&conn, 9, None), Err(Error::InvalidInput { .. })));
         conn.execute_batch("PRAGMA user_version = 7").unwrap();
-        assert!(matches!(migrate(&conn, 1), Err(Error::SchemaTooNew { found: 7, supported: 2 })));
+        assert!(matches!(migrate(&conn, 1, None), Err(Error::SchemaTooNew { found: 7, supported: 2 })));
         conn.execute_batch("PRAGMA user_version = -5").unwrap();
         assert!(matches!(upgrade(&conn, 1), Err(Error::Migration(ref m)) if m.contains("-5")));
         let newer = Connection::open_in_memory().unwrap();

@@ -11,6 +11,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::database::Database;
 use super::legacy::{delete_legacy, legacy_artifacts, pair_with_twin, unless_dropped, Columns, SCOPE};
+use super::modes::{ReadMode, WriteMode};
 use super::validate::{check_artifact, check_id};
 use crate::error::{Error, Result};
 use crate::model::*;
@@ -23,7 +24,8 @@ impl Database {
     pub fn store_artifact(&self, artifact: &NewArtifact) -> Result<i64> {
         check_artifact(artifact)?;
         self.require_current()?;
-        self.write_repeatable_as("store_artifact", |tx| insert_artifact(tx, artifact, now_ms()))
+        let dual = self.write_mode() == WriteMode::Dual;
+        self.write_repeatable_as("store_artifact", |tx| insert_artifact(tx, artifact, now_ms(), dual))
     }
 
     /// [`Database::store_artifact`] without waiting (`Engine::submit_repeatable`):
@@ -32,7 +34,8 @@ impl Database {
         if let Err(e) = check_artifact(&artifact).and_then(|()| self.require_current()) {
             return on_done(Err(e));
         }
-        self.submit_repeatable(move |tx| insert_artifact(tx, &artifact, now_ms()), on_done)
+        let dual = self.write_mode() == WriteMode::Dual;
+        self.submit_repeatable(move |tx| insert_artifact(tx, &artifact, now_ms(), dual), on_done)
     }
 
     /// Stores many artifacts in one transaction: all or none. Returns their ids in order.
@@ -45,6 +48,7 @@ impl Database {
         }
         self.require_current()?;
         let now = now_ms();
+        let dual = self.write_mode() == WriteMode::Dual;
         self.write_repeatable_as("store_artifacts", |tx| {
             // Within one transaction a group's open run cannot change: look it up once.
             let mut runs: HashMap<(&str, &str, Option<&str>), i64> = HashMap::new();
@@ -61,13 +65,17 @@ impl Database {
                 };
                 run_of.push(run);
             }
+            if dual {
+                return artifacts.iter().zip(&run_of).map(|(a, &run)| insert_dual(tx, run, a, now)).collect();
+            }
             insert_outputs(tx, artifacts, &run_of, now)
         })
     }
 
     /// Artifacts of a spec/stage from both schemas, oldest first (ties by id).
     pub fn query_artifacts(&self, spec_id: &str, stage: &str) -> Result<Vec<Artifact>> {
-        let has_v1 = self.v1_readable()?;
+        let mode = self.read_mode();
+        let has_v1 = mode != ReadMode::Legacy && self.v1_readable()?;
         let conn = self.conn()?;
         let columns = *self.layout.columns.read();
         let mut out = Vec::new();
@@ -97,7 +105,7 @@ impl Database {
         }
         let from_v1 = out.len();
         let mut legacy = Vec::new();
-        if self.layout.legacy_artifacts.load(Ordering::Acquire) {
+        if mode != ReadMode::V1 && self.layout.legacy_artifacts.load(Ordering::Acquire) {
             let read = legacy_artifacts(&conn, spec_id, stage, has_v1, columns);
             legacy = unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", read)?;
             legacy.retain(|l| !pair_with_twin(l, &mut out));
@@ -281,7 +289,42 @@ fn insert_output(tx: &Tx, run: i64, a: &NewArtifact, now: i64) -> Result<i64> {
     Ok(tx.last_insert_rowid())
 }
 
-fn insert_artifact(tx: &Tx, a: &NewArtifact, now: i64) -> Result<i64> {
+fn insert_artifact(tx: &Tx, a: &NewArtifact, now: i64, dual: bool) -> Result<i64> {
     let run = open_or_new_run(tx, &a.spec_id, &a.stage, a.run_id.as_deref(), now)?;
-    insert_output(tx, run, a, now)
+    if dual {
+        insert_dual(tx, run, a, now)
+    } else {
+        insert_output(tx, run, a, now)
+    }
 }
+
+/// Dual write mode: the legacy row, then its new-schema copy linked to it.
+fn insert_dual(tx: &Tx, run: i64, a: &NewArtifact, now: i64) -> Result<i64> {
+    tx.prepare_cached(&INSERT_LEGACY_ARTIFACT)?.execute(params![
+        a.spec_id,
+        a.stage,
+        a.agent_name,
+        a.content_json,
+        a.response_text,
+        a.run_id,
+        now,
+        a.model_version
+    ])?;
+    let legacy_id = tx.last_insert_rowid();
+    tx.prepare_cached(
+        "INSERT INTO agent_outputs (run_id, agent_name, model_version, content, response_text, output_timestamp,
+                legacy_artifact_id)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![run, a.agent_name, a.model_version, a.content_json, a.response_text, now, legacy_id])?;
+    Ok(tx.last_insert_rowid())
+}
+
+static INSERT_LEGACY_ARTIFACT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO consensus_artifacts (spec_id, stage, agent_name, content_json, response_text, run_id, created_at,
+                created_at_ms, model_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, {}, ?7, ?8)",
+        legacy_rows::text_from_ms_sql("?7")
+    )
+});

@@ -14,17 +14,19 @@ use std::sync::LazyLock;
 use parking_lot::Mutex;
 
 use super::legacy::{Columns, Layout, ReaderStats};
+use super::modes::{Modes, ReadMode, WriteMode};
 use crate::error::{Error, Result};
 use crate::model::ReaderCounts;
 use crate::sqlite::database::{Engine, Options};
 use crate::sqlite::maintenance::{Maintenance, MaintenanceOptions};
-use crate::sqlite::migrations::Version;
+use crate::sqlite::migrations::{self, InFlightGuard, Version, LATEST_VERSION};
 use crate::sqlite::schema::{self, Shape};
 
 pub struct Database {
     engine: Engine,
     pub(crate) layout: Layout,
     pub(crate) reader: ReaderStats,
+    pub(crate) modes: Modes,
     pub(crate) maintenance: Mutex<Option<Maintenance>>,
 }
 
@@ -45,17 +47,96 @@ impl Database {
             engine: Engine::open(path, options)?,
             layout: Layout::default(),
             reader: Default::default(),
+            modes: Modes::default(),
             maintenance: Mutex::new(None),
         };
         db.refresh_layout()?;
         Ok(db)
     }
 
-    /// Migrates the schema to `target`, up or down; returns the version reached.
+    /// Migrates the schema to `target`, up or down; returns the version reached. Moving
+    /// down loses no row (see `migrations::migrate`). A step that drops or downgrades
+    /// tables refuses while agents are in flight ([`InFlightGuard::default`]).
     pub fn migrate(&self, target: Version) -> Result<Version> {
-        let reached = self.engine.migrate(target)?;
+        self.migrate_with(target, Some(InFlightGuard::default()))
+    }
+
+    /// [`Database::migrate`] with the in-flight guard given: `None` forces the move.
+    pub fn migrate_with(&self, target: Version, guard: Option<InFlightGuard>) -> Result<Version> {
+        if target == LATEST_VERSION {
+            for (mode, needs_legacy) in [
+                (format!("write_mode='{}'", self.write_mode()), self.write_mode() == WriteMode::Dual),
+                (format!("read_mode='{}'", self.read_mode()), self.read_mode() == ReadMode::Legacy),
+            ] {
+                if needs_legacy {
+                    return Err(Error::Migration(format!(
+                        "refusing to drop the legacy tables of {:?}: this store is open with {mode}, which uses \
+                         them; reopen it with write_mode='v1' and read_mode='dual' or 'v1' first",
+                        self.path
+                    )));
+                }
+            }
+        }
+        let reached = self.engine.migrate(target, guard)?;
         self.refresh_layout()?;
         Ok(reached)
+    }
+
+    pub fn write_mode(&self) -> WriteMode {
+        self.modes.write()
+    }
+
+    pub fn read_mode(&self) -> ReadMode {
+        self.modes.read()
+    }
+
+    /// Switches the schemas this store writes. Dual mode needs the legacy tables; turning
+    /// it on first writes back into them every row only the new tables hold (what a
+    /// v1-only phase wrote), so an old binary on the same file sees everything.
+    pub fn set_write_mode(&self, mode: WriteMode) -> Result<()> {
+        if mode == WriteMode::Dual {
+            self.require_legacy_tables("write_mode", mode.as_str())?;
+            if !self.read_only && self.layout.v1.load(Ordering::Acquire) {
+                self.require_current()?;
+                self.write_repeatable_as("write_mode", |tx| migrations::write_back(tx).map(drop))?;
+                self.refresh_layout()?;
+            }
+        }
+        self.modes.set_write(mode);
+        Ok(())
+    }
+
+    /// Switches the schemas this store reads: `Legacy` needs the legacy tables, `V1`
+    /// the new ones.
+    pub fn set_read_mode(&self, mode: ReadMode) -> Result<()> {
+        match mode {
+            ReadMode::Legacy => self.require_legacy_tables("read_mode", mode.as_str())?,
+            ReadMode::V1 if !self.layout.v1.load(Ordering::Acquire) && !self.layout.stale.load(Ordering::Acquire) => {
+                return Err(Error::invalid(
+                    "read_mode",
+                    format!("'v1' reads the new tables, and database {:?} has none (schema version 0)", self.path),
+                ))
+            }
+            _ => {}
+        }
+        self.modes.set_read(mode);
+        Ok(())
+    }
+
+    fn require_legacy_tables(&self, name: &str, mode: &str) -> Result<()> {
+        if self.layout.legacy_artifacts.load(Ordering::Acquire) && self.layout.legacy_synthesis.load(Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            name,
+            format!(
+                "'{mode}' uses the legacy tables (consensus_artifacts, consensus_synthesis), and database {:?} has \
+                 none: it is a new file or its legacy tables were dropped (schema version 2); \
+                 migrate(1) recreates them",
+                self.path
+            ),
+        ))
     }
 
     /// Brings the file up to at least `target` and its tables to the current layout,
@@ -89,6 +170,9 @@ impl Database {
             run_orchestrator_id: column("consensus_runs", "orchestrator_run_id")?,
             run_legacy_id: column("consensus_runs", "legacy_synthesis_id")?,
             run_synthesized_at: column("consensus_runs", "synthesized_at")?,
+            artifact_model_version: column("consensus_artifacts", "model_version")?,
+            artifact_created_ms: column("consensus_artifacts", "created_at_ms")?,
+            synthesis_created_ms: column("consensus_synthesis", "created_at_ms")?,
         };
         Ok(())
     }

@@ -46,6 +46,9 @@ pub(crate) struct Columns {
     pub run_orchestrator_id: &'static str,
     pub run_legacy_id: &'static str,
     pub run_synthesized_at: &'static str,
+    pub artifact_model_version: &'static str,
+    pub artifact_created_ms: &'static str,
+    pub synthesis_created_ms: &'static str,
 }
 
 impl Default for Columns {
@@ -61,6 +64,9 @@ impl Default for Columns {
             run_orchestrator_id: "orchestrator_run_id",
             run_legacy_id: "legacy_synthesis_id",
             run_synthesized_at: "synthesized_at",
+            artifact_model_version: "model_version",
+            artifact_created_ms: "created_at_ms",
+            synthesis_created_ms: "created_at_ms",
         }
     }
 }
@@ -69,6 +75,17 @@ impl Columns {
     pub const MISSING: &'static str = "NULL";
 
     /// `column` qualified by a table alias, or NULL where the file lacks it.
+    /// A legacy row's time in ms: the exact one this store kept (`created_at_ms`, which
+    /// old files lack), else its legacy timestamp.
+    pub fn legacy_created(alias: &str, created_ms: &str) -> String {
+        let legacy = legacy_ms(&format!("{alias}.created_at"));
+        if created_ms == Self::MISSING {
+            legacy
+        } else {
+            format!("COALESCE({alias}.{created_ms}, {legacy})")
+        }
+    }
+
     pub fn of(alias: &str, column: &str) -> String {
         if column == Self::MISSING {
             Self::MISSING.to_owned()
@@ -197,7 +214,7 @@ pub(super) fn legacy_latest_synthesis(
          ORDER BY at DESC, id DESC LIMIT 1",
         bool_sql("degraded"),
         columns.synthesis_run_id,
-        legacy_ms("created_at")
+        Columns::legacy_created("s", columns.synthesis_created_ms)
     ))?;
     Ok(stmt.query_row([spec_id, stage], |r| legacy_synthesis_row(r, spec_id, stage)).optional()?)
 }
@@ -215,12 +232,13 @@ pub(super) fn legacy_artifacts(
         ""
     };
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT a.id, a.agent_name, a.content_json, {}, {}, {}
+        "SELECT a.id, a.agent_name, a.content_json, {}, {}, {}, {}
          FROM consensus_artifacts a WHERE a.spec_id = ?1 AND a.stage = ?2 {unmirrored}
          ORDER BY 6, a.id",
         columns.artifact_response_text,
         columns.artifact_run_id,
-        legacy_ms("a.created_at")
+        Columns::legacy_created("a", columns.artifact_created_ms),
+        Columns::of("a", columns.artifact_model_version)
     ))?;
     let rows = stmt.query_map([spec_id, stage], |r| {
         Ok(Artifact {
@@ -232,7 +250,7 @@ pub(super) fn legacy_artifacts(
             response_text: legacy_rows::text(r, 3)?,
             run_id: legacy_rows::text(r, 4)?,
             created_at_ms: r.get(5)?,
-            model_version: None,
+            model_version: legacy_rows::text(r, 6)?,
             source: SOURCE_LEGACY,
         })
     })?;

@@ -14,9 +14,11 @@ mod artifacts;
 pub mod database;
 mod executions;
 pub(crate) mod legacy;
+pub mod modes;
 pub(crate) mod synthesis;
 pub(crate) mod validate;
 
 pub use database::Database;
 pub use executions::NewSpawn;
+pub use modes::{ReadMode, WriteMode};
 pub use validate::{check_id, check_json, PHASE_TYPES};

@@ -9,10 +9,11 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::artifacts::open_or_new_run;
 use super::database::Database;
 use super::legacy::{is_synthesis_twin, legacy_latest_synthesis, unless_dropped, Columns};
+use super::modes::{ReadMode, WriteMode};
 use super::validate::check_id;
 use crate::error::{Error, Result};
 use crate::model::*;
-use crate::sqlite::schema;
+use crate::sqlite::{legacy_rows, schema};
 
 impl Database {
     /// Stores a synthesis, closing the newest open run of its spec/stage/run_id (or
@@ -28,6 +29,7 @@ impl Database {
         }
         self.require_current()?;
         let now = now_ms();
+        let dual = self.write_mode() == WriteMode::Dual;
         self.write_repeatable_as("store_synthesis", |tx| {
             let run = open_or_new_run(tx, &s.spec_id, &s.stage, s.run_id.as_deref(), now)?;
             tx.prepare_cached(&CLOSE_RUN)?.execute(params![
@@ -41,13 +43,32 @@ impl Database {
                 s.degraded,
                 now
             ])?;
+            if dual {
+                tx.prepare_cached(&INSERT_LEGACY_SYNTHESIS)?.execute(params![
+                    s.spec_id,
+                    s.stage,
+                    s.output_markdown,
+                    s.output_path,
+                    s.status,
+                    s.artifacts_count,
+                    s.agreements,
+                    s.conflicts,
+                    s.degraded,
+                    s.run_id,
+                    now
+                ])?;
+                let legacy_id = tx.last_insert_rowid();
+                tx.prepare_cached("UPDATE consensus_runs SET legacy_synthesis_id = ?2 WHERE id = ?1")?
+                    .execute(params![run, legacy_id])?;
+            }
             Ok(run)
         })
     }
 
     /// The newest synthesis of a spec/stage from either schema.
     pub fn query_latest_synthesis(&self, spec_id: &str, stage: &str) -> Result<Option<Synthesis>> {
-        let has_v1 = self.v1_readable()?;
+        let mode = self.read_mode();
+        let has_v1 = mode != ReadMode::Legacy && self.v1_readable()?;
         let conn = self.conn()?;
         let columns = *self.layout.columns.read();
         let mut found = if has_v1 {
@@ -57,7 +78,7 @@ impl Database {
             None
         };
         let from_v1 = found.is_some();
-        if self.layout.legacy_synthesis.load(Ordering::Acquire) {
+        if mode != ReadMode::V1 && self.layout.legacy_synthesis.load(Ordering::Acquire) {
             let read = legacy_latest_synthesis(&conn, spec_id, stage, has_v1, columns);
             if let Some(l) = unless_dropped(&self.layout.legacy_synthesis, "consensus_synthesis", read)? {
                 match found.as_mut() {
@@ -144,6 +165,15 @@ static CLOSE_RUN: LazyLock<String> = LazyLock::new(|| {
                 synthesized_at = ?9
          WHERE id = ?1",
         schema::synthesis_json_sql("?2", "?3", "?4", "?5", "?6", "?7")
+    )
+});
+/// Dual write mode's legacy copy of a synthesis (linked from its run).
+static INSERT_LEGACY_SYNTHESIS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO consensus_synthesis (spec_id, stage, output_markdown, output_path, status, artifacts_count,
+                agreements, conflicts, degraded, run_id, created_at, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, {}, ?11)",
+        legacy_rows::text_from_ms_sql("?11")
     )
 });
 static V1_LATEST_SYNTHESIS: LazyLock<String> = LazyLock::new(|| v1_latest_synthesis_sql(Columns::default()));
