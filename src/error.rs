@@ -35,7 +35,7 @@ pub enum Error {
     /// A move that drops or downgrades tables was refused: agents spawned within the
     /// last `max_age_s` seconds have not completed. (Python: `ExecutionsInFlightError`,
     /// a `MigrationError`.)
-    #[error("refusing to migrate from version {from} to {to}: {count} agent executions are in flight (spawned within the last {max_age_s} s and not completed); wait for them, or force it")]
+    #[error("refusing to migrate from version {from} to {to}: {count} agent executions are in flight (spawned within the last {max_age_s} s and not completed); wait for them to complete, or force the move (force=True; --force on the command line)")]
     InFlight { count: i64, max_age_s: i64, from: i64, to: i64 },
 
     /// A transaction block can no longer run statements: SQLite ended its transaction

@@ -196,6 +196,9 @@ def run_command(path: str, command: str, args: dict) -> Any:
     if command == "read_artifacts":  # the legacy build's read: newest first, no tie-breaker
         return conn.execute("SELECT agent_name, content_json FROM consensus_artifacts WHERE spec_id = ? AND stage = ?"
                             " ORDER BY created_at DESC", (args["spec_id"], args["stage"])).fetchall()
+    if command == "read_syntheses":  # the legacy build's read of a stage's syntheses, newest first
+        return conn.execute("SELECT output_markdown FROM consensus_synthesis WHERE spec_id = ? AND stage = ?"
+                            " ORDER BY created_at DESC, id DESC", (args["spec_id"], args["stage"])).fetchall()
     raise SystemExit(f"unknown command {command!r}")
 
 

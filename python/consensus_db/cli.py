@@ -336,8 +336,8 @@ def describe(s: dict[str, Any]) -> str:
     return f"schema version {s['schema_version']} in {s['journal_mode'].upper()} mode (auto_vacuum {auto})"
 
 
-def where_it_stopped(file: Path, before: dict[str, Any], copy: Optional[Path]) -> str:
-    """What an upgrade that failed left behind, read back from the file itself."""
+def where_it_stopped(file: Path, before: dict[str, Any], copy: Optional[Path], what: str = "upgrade") -> str:
+    """What a migration that failed left behind, read back from the file itself."""
     try:
         with consensus_db.connect(file, create=False, read_only=True, migrate=False) as db:
             now = state(db)
@@ -348,10 +348,8 @@ def where_it_stopped(file: Path, before: dict[str, Any], copy: Optional[Path]) -
         if all(now[k] == before[k] for k in keys):
             said = f"{file} is still at {describe(now)}, as before"
         else:
-            said = (
-                f"the upgrade stopped part-way: {file} is now at {describe(now)}; before it was at {describe(before)}"
-            )
-    return said + (f"; the pre-upgrade original is at {copy}" if copy else "; no backup was taken (--no-backup)")
+            said = f"the {what} stopped part-way: {file} is now at {describe(now)}; before it was at {describe(before)}"
+    return said + (f"; the pre-{what} original is at {copy}" if copy else "; no backup was taken (--no-backup)")
 
 
 def state(db: consensus_db.Store) -> dict[str, Any]:
@@ -369,17 +367,12 @@ def state(db: consensus_db.Store) -> dict[str, Any]:
     }
 
 
-@main.command()
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--drop-legacy", is_flag=True, help="Also drop the legacy tables (schema version 2).")
-@click.option("--no-backup", is_flag=True, help="Skip the backup copy.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def upgrade(path: str, drop_legacy: bool, no_backup: bool, as_json: bool) -> None:
-    """Back up, migrate, convert auto_vacuum, vacuum; print a before/after report."""
-    file = existing(path)
-    # A read-only look changes nothing and refuses what cannot be upgraded (a future
-    # schema, a non-database) before the backup is taken: the engine's own online
-    # backup, into a new file with a unique name and the original's permissions.
+def backed_up(file: Path, no_backup: bool, as_json: bool) -> tuple[dict[str, Any], list[Any], Optional[Path]]:
+    """The file's state, its legacy row problems and a backup copy, before a migration.
+
+    A read-only look changes nothing and refuses what cannot be migrated (a future
+    schema, a non-database) before the backup is taken: the engine's own online
+    backup, into a new file with a unique name and the original's permissions."""
     with open_for_reading(file) as db:
         before = state(db)
         problems = db.legacy_row_problems()
@@ -389,10 +382,39 @@ def upgrade(path: str, drop_legacy: bool, no_backup: bool, as_json: bool) -> Non
             fail(f"{exc} (nothing was changed: {file} is as it was)")
     if copy and not as_json:
         click.echo(f"backup: {copy}")
+    return before, problems, copy
+
+
+def in_flight_options(command: Callable[..., None]) -> Callable[..., None]:
+    """--force and --in-flight-age: the guard of moves that drop or downgrade tables."""
+    command = click.option(
+        "--in-flight-age",
+        type=click.FloatRange(min=0),
+        default=3600.0,
+        show_default=True,
+        help="Seconds: an execution spawned this recently and not completed counts as a running agent.",
+    )(command)
+    return click.option(
+        "--force", is_flag=True, help="Go ahead even while agents are in flight (they may fail on the old tables)."
+    )(command)
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--drop-legacy", is_flag=True, help="Also drop the legacy tables (schema version 2).")
+@in_flight_options
+@click.option("--no-backup", is_flag=True, help="Skip the backup copy.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def upgrade(path: str, drop_legacy: bool, force: bool, in_flight_age: float, no_backup: bool, as_json: bool) -> None:
+    """Back up, migrate, convert auto_vacuum, vacuum; print a before/after report.
+
+    With --drop-legacy it refuses while agents are in flight (see --force)."""
+    file = existing(path)
+    before, problems, copy = backed_up(file, no_backup, as_json)
     try:
         with consensus_db.connect(file, create=False, migrate=True) as db:
             if drop_legacy:
-                db.migrate(consensus_db.LATEST_SCHEMA_VERSION)
+                db.migrate(consensus_db.LATEST_SCHEMA_VERSION, force=force, in_flight_age=in_flight_age)
             if before["size"] > BIG_FILE and not as_json:
                 spinner = Spinner("vacuum")
                 db.vacuum(full=True, progress=spinner.tick)
@@ -431,6 +453,48 @@ def upgrade(path: str, drop_legacy: bool, no_backup: bool, as_json: bool) -> Non
         click.echo(f"  {table:20} {before['rows'].get(table, '-')!s:>12} {after['rows'].get(table, '-')!s:>12}")
     for line in upgrade_notes(before, after):
         click.echo(line)
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option(
+    "--to",
+    "target",
+    type=click.IntRange(0, 1),
+    default=0,
+    show_default=True,
+    help="0: the legacy tables only; 1: both schemas (legacy tables recreated and filled).",
+)
+@in_flight_options
+@click.option("--no-backup", is_flag=True, help="Skip the backup copy.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def downgrade(path: str, target: int, force: bool, in_flight_age: float, no_backup: bool, as_json: bool) -> None:
+    """Roll a file back for older binaries without losing a row.
+
+    Rows only the new tables hold are first written back into the legacy tables (legacy
+    timestamps; model version and milliseconds in added nullable columns), then the file
+    moves down to version --to. Refuses while agents are in flight (see --force)."""
+    file = existing(path)
+    before, _, copy = backed_up(file, no_backup, as_json)
+    if before["schema_version"] <= target:
+        message = f"{file} is at schema version {before['schema_version']} already: nothing to do"
+        click.echo(json.dumps({"path": str(file), "before": before, "after": before}) if as_json else message)
+        return
+    try:
+        with consensus_db.connect(file, create=False, migrate=False) as db:
+            db.migrate(target, force=force, in_flight_age=in_flight_age)
+            after = state(db)
+    except Error as exc:
+        fail(f"{exc}\n{where_it_stopped(file, before, copy, 'downgrade')}")
+    written = sum(after["rows"].get(t, 0) - before["rows"].get(t, 0) for t in LEGACY_TABLES)
+    if as_json:
+        report = {"path": str(file), "backup": str(copy) if copy else None, "before": before, "after": after}
+        click.echo(json.dumps(report | {"written_back": written}, indent=2))
+        return
+    click.echo(f"schema version {before['schema_version']} -> {after['schema_version']}")
+    click.echo(f"rows written back into the legacy tables: {written}")
+    for table in sorted(set(before["rows"]) | set(after["rows"])):
+        click.echo(f"  {table:20} {before['rows'].get(table, '-')!s:>12} {after['rows'].get(table, '-')!s:>12}")
 
 
 LEGACY_TABLES = ("consensus_artifacts", "consensus_synthesis")

@@ -656,19 +656,32 @@ fn backfill_syntheses(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+const UNCOPIED_LEGACY: [(&str, &str); 2] = [
+    (
+        "consensus_artifacts",
+        "SELECT count(*) FROM consensus_artifacts a
+         WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id)",
+    ),
+    (
+        "consensus_synthesis",
+        "SELECT count(*) FROM consensus_synthesis s
+         WHERE NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id)",
+    ),
+];
+
+/// Legacy rows with no copy in the new tables (which must be in the current layout).
+pub(crate) fn uncopied_legacy_rows(conn: &Connection) -> Result<i64> {
+    let mut n = 0;
+    for (legacy, count) in UNCOPIED_LEGACY {
+        if table_exists(conn, legacy)? {
+            n += conn.query_row(count, [], |r| r.get::<_, i64>(0))?;
+        }
+    }
+    Ok(n)
+}
+
 fn verify_backfill(conn: &Connection) -> Result<()> {
-    for (legacy, check) in [
-        (
-            "consensus_artifacts",
-            "SELECT count(*) FROM consensus_artifacts a
-             WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id)",
-        ),
-        (
-            "consensus_synthesis",
-            "SELECT count(*) FROM consensus_synthesis s
-             WHERE NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id)",
-        ),
-    ] {
+    for (legacy, check) in UNCOPIED_LEGACY {
         if table_exists(conn, legacy)? {
             let missing: i64 = conn.query_row(check, [], |r| r.get(0))?;
             if missing != 0 {

@@ -107,17 +107,39 @@ impl Database {
     }
 
     /// Switches the schemas this store reads: `Legacy` needs the legacy tables, `V1`
-    /// the new ones.
+    /// the new ones. Turning the fallback off (`V1`) first copies into the new tables the
+    /// legacy rows that have no copy there (what old binaries wrote since the migration),
+    /// so no row drops out of sight.
     pub fn set_read_mode(&self, mode: ReadMode) -> Result<()> {
         match mode {
             ReadMode::Legacy => self.require_legacy_tables("read_mode", mode.as_str())?,
-            ReadMode::V1 if !self.layout.v1.load(Ordering::Acquire) && !self.layout.stale.load(Ordering::Acquire) => {
-                return Err(Error::invalid(
-                    "read_mode",
-                    format!("'v1' reads the new tables, and database {:?} has none (schema version 0)", self.path),
-                ))
+            ReadMode::V1 => {
+                if !self.layout.v1.load(Ordering::Acquire) && !self.layout.stale.load(Ordering::Acquire) {
+                    return Err(Error::invalid(
+                        "read_mode",
+                        format!("'v1' reads the new tables, and database {:?} has none (schema version 0)", self.path),
+                    ));
+                }
+                let has_legacy = self.layout.legacy_artifacts.load(Ordering::Acquire)
+                    || self.layout.legacy_synthesis.load(Ordering::Acquire);
+                if has_legacy && self.read_only {
+                    let uncopied = migrations::uncopied_legacy_rows(&*self.conn()?)?;
+                    if uncopied > 0 {
+                        return Err(Error::invalid(
+                            "read_mode",
+                            format!(
+                                "'v1' would hide {uncopied} legacy rows of {:?} that have no copy in the new tables, \
+                                 and a read-only store cannot copy them; open it writable once or read with 'dual'",
+                                self.path
+                            ),
+                        ));
+                    }
+                } else if has_legacy {
+                    self.require_current()?;
+                    self.write_repeatable_as("read_mode", |tx| migrations::backfill(tx))?;
+                }
             }
-            _ => {}
+            ReadMode::Dual => {}
         }
         self.modes.set_read(mode);
         Ok(())
