@@ -282,3 +282,20 @@ def test_a_downgrade_refuses_while_agents_are_in_flight_unless_forced(tmp_path):
     assert (report["after"]["schema_version"], report["written_back"]) == (0, 1)
     result = CliRunner().invoke(cli, ["downgrade", str(path), "--no-backup"])
     assert result.exit_code == 0 and "already" in result.output
+
+
+def test_a_downgrade_links_the_predecessors_dual_written_copies_instead_of_copying_them(tmp_path):
+    path = legacy_v1_file(tmp_path)
+    late = [item("SPEC-1", "spec-plan", i, "dual-build") for i in range(20, 23)]
+    assert all(None not in ids for ids in predecessor.run(path, "artifacts", build="dual", items=late))
+    predecessor.run(path, "synthesis", build="dual", synthesis={
+        "spec_id": "SPEC-1", "stage": "spec-plan", "output_markdown": "# pair", "status": "success"})
+    with consensus_db.connect(path) as db:
+        db.store_artifact("SPEC-1", "spec-plan", "claude", {"v1": "only"})
+        assert len(db.query_artifacts("SPEC-1", "spec-plan")) == 5
+        db.migrate(0)
+    # 1 old row + 3 pairs, linked not copied, + the one v1-only row written back.
+    assert table(path, "SELECT count(*) FROM consensus_artifacts") == [(5,)]
+    assert table(path, "SELECT count(*) FROM consensus_synthesis") == [(1,)]
+    assert old_sees(path) == Counter({key(a): 1 for a in [item("SPEC-1", "spec-plan", 0, "old"), *late]}) + Counter(
+        {("SPEC-1", "spec-plan", "claude", '{"v1": "only"}'): 1})

@@ -289,7 +289,12 @@ const UNMIRRORED_SYNTHESES: &str = "r.synthesis_json IS NOT NULL
 /// timestamps, plus [`LEGACY_EXTRAS`] for what they cannot hold), linked to its copy, so
 /// an old binary sees everything. Returns how many rows were written. Idempotent.
 pub(crate) fn write_back(conn: &Connection) -> Result<usize> {
+    conn.execute_batch(&legacy_tables_ddl())?;
+    add_missing_legacy_columns(conn)?;
     add_legacy_extras(conn)?;
+    // The predecessor's dual-write copies are already in both schemas, unlinked.
+    link_artifact_copies(conn, None)?;
+    link_synthesis_copies(conn, None)?;
     let mut outputs = conn.prepare(&format!(
         "SELECT o.id, r.spec_id, r.stage, o.agent_name, o.content, o.response_text, r.orchestrator_run_id,
                 {}, o.model_version, o.output_timestamp
@@ -380,15 +385,19 @@ fn up_v2(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// The legacy schema, for tables that may exist already.
+fn legacy_tables_ddl() -> String {
+    LEGACY_SCHEMA_SQL
+        .replace("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ")
+        .replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ")
+}
+
 /// Recreates the legacy tables for old binaries and writes every row back into them:
 /// version 1 is whole again. Links to the dropped tables' rows pointed at ids the new
 /// tables hand out again, so they go first.
 fn down_v2(conn: &Connection) -> Result<()> {
     let had_legacy = table_exists(conn, "consensus_artifacts")? || table_exists(conn, "consensus_synthesis")?;
-    let ddl = LEGACY_SCHEMA_SQL
-        .replace("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ")
-        .replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ");
-    conn.execute_batch(&ddl)?;
+    conn.execute_batch(&legacy_tables_ddl())?;
     if !had_legacy {
         conn.execute_batch(
             "UPDATE agent_outputs SET legacy_artifact_id = NULL WHERE legacy_artifact_id IS NOT NULL;
