@@ -276,6 +276,11 @@ def test_a_downgrade_refuses_while_agents_are_in_flight_unless_forced(tmp_path):
     assert table(path, "PRAGMA user_version") == [(2,)]
     result = CliRunner().invoke(cli, ["downgrade", str(path), "--no-backup", "--in-flight-age", "0.5"])
     assert result.exit_code == 1  # spawned just now: younger than half a second too
+    with consensus_db.connect(path) as db:
+        with pytest.raises(consensus_db.InvalidInputError, match="in_flight_age.*got -1"):
+            db.migrate(0, in_flight_age=-1)
+        with pytest.raises(consensus_db.ExecutionsInFlightError, match="2 agent executions"):
+            db.migrate(0, in_flight_age=1e9)  # 31 years: older spawns too
     result = CliRunner().invoke(cli, ["downgrade", str(path), "--no-backup", "--force", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)

@@ -389,7 +389,7 @@ def in_flight_options(command: Callable[..., None]) -> Callable[..., None]:
     """--force and --in-flight-age: the guard of moves that drop or downgrade tables."""
     command = click.option(
         "--in-flight-age",
-        type=click.FloatRange(min=0),
+        type=click.FloatRange(min=0, min_open=True),
         default=3600.0,
         show_default=True,
         help="Seconds: an execution spawned this recently and not completed counts as a running agent.",

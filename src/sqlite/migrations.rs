@@ -133,9 +133,11 @@ impl InFlightGuard {
         if !table_exists(conn, "agent_executions")? {
             return Ok(());
         }
+        // An age beyond SQLite's dates (year 9999) has no cutoff: every uncompleted spawn counts.
         let count: i64 = conn.query_row(
             "SELECT count(*) FROM agent_executions
-             WHERE completed_at IS NULL AND spawned_at >= strftime('%Y-%m-%d %H:%M:%S', 'now', ?1)",
+             WHERE completed_at IS NULL
+               AND spawned_at >= COALESCE(strftime('%Y-%m-%d %H:%M:%S', 'now', ?1), '')",
             [format!("-{} seconds", self.max_age_ms / 1000)],
             |r| r.get(0),
         )?;
