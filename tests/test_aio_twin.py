@@ -51,6 +51,8 @@ def test_every_sync_operation_has_a_coroutine_twin():
         assert [p.default for p in twin_params.values()][1:] == [p.default for p in sync_params.values()][1:]
     for name in aio.NOT_MIRRORED:
         assert name in public, f"NOT_MIRRORED names {name}, which Store does not have"
+    for name in sorted(public - methods - set(aio.NOT_MIRRORED)):  # attributes that do no I/O
+        assert isinstance(getattr(aio.AsyncStore, name, None), property), f"AsyncStore lacks the property {name}"
     assert not inspect.iscoroutinefunction(aio.AsyncStore.transaction)  # an async context manager
 
 

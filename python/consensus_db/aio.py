@@ -36,7 +36,7 @@ import inspect
 from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Concatenate, Optional, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, Optional, ParamSpec, TypeVar
 
 from . import _core
 from .errors import ClosedError, InvalidInputError
@@ -427,6 +427,26 @@ class AsyncStore:
     def retry_policy(self) -> Optional[RetryPolicy]:
         """The policy the engine retries with (``None``: off)."""
         return self.sync.retry_policy
+
+    @property
+    def backend(self) -> Literal["sqlite", "postgresql"]:
+        """Which backend serves this store."""
+        return self.sync.backend
+
+    @property
+    def replicated(self) -> bool:
+        """Whether a replica (Litestream) is attached: checkpoints are PASSIVE only then."""
+        return self.sync.replicated
+
+    @property
+    def write_mode(self) -> Literal["v1", "dual"]:
+        """The schemas this store writes: "v1" or "dual" (both, linked)."""
+        return self.sync.write_mode
+
+    @property
+    def read_mode(self) -> Literal["dual", "v1", "legacy"]:
+        """The schemas this store reads: "dual", "v1" or "legacy"."""
+        return self.sync.read_mode
 
     @property
     def maintenance_cycles(self) -> Optional[int]:
