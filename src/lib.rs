@@ -58,7 +58,10 @@ pub mod db {
 pub use backend::{AnyDatabase, Backend};
 pub use error::{Error, Result};
 pub use maintenance::{CycleReport, Health, MaintenanceOptions, Stats, VacuumReport};
-pub use model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, ReaderCounts, Synthesis};
+pub use model::{
+    Artifact, ExtractionFailure, NewArtifact, NewSynthesis, ReaderCounts, SchemaGroup, SchemaMismatch, SchemaReport,
+    Synthesis,
+};
 pub use pragmas::Pragmas;
 pub use schema::Shape;
 pub use sqlite::database::{OpenReport, Options};

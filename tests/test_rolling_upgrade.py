@@ -66,12 +66,23 @@ def table(path, sql: str) -> list:
 PHASES: list[str] = []
 
 
-def seen_by_both(phase: str, path, db: consensus_db.Store, expected: Counter, old_expected: Counter | None = None):
+def seen_by_both(phase: str, path, db: consensus_db.Store, expected: Counter, old_expected: Counter | None = None,
+                 problems: tuple = ()):
+    """Both sides see ``expected`` (the old binary ``old_expected``), and the consistency
+    check lists exactly ``problems``: rows an old binary wrote since the last backfill
+    (``legacy_only``: the reader falls back to them) or written in v1-only mode
+    (``v1_only``: the old binary cannot see them)."""
     old, new = old_sees(path), new_sees(db)
+    check = db.verify_schemas()
+    listed = Counter(m["problem"] for m in check["mismatches"])
+    verdict = (("consistent" if check["consistent"] else ", ".join(f"{n} {p}" for p, n in sorted(listed.items())))
+               if check["comparable"] else "one schema")
     PHASES.append(f"{phase:<44} written {sum(expected.values()):>3}   old binary sees {sum(old.values()):>3}   "
-                  f"store sees {sum(new.values()):>3}")
+                  f"store sees {sum(new.values()):>3}   verify: {verdict}")
     assert new == expected
     assert old == (expected if old_expected is None else old_expected)
+    assert tuple(sorted(m["problem"] for m in check["mismatches"])) == problems
+    assert check["consistent"] == (not problems)
 
 
 def test_a_rolling_upgrade_and_back_keeps_every_row_visible_to_both(tmp_path, capsys):
@@ -85,7 +96,9 @@ def test_a_rolling_upgrade_and_back_keeps_every_row_visible_to_both(tmp_path, ca
     predecessor.run(path, "synthesis", build="legacy", synthesis={
         "spec_id": "SPEC-1", "stage": "spec-plan", "output_markdown": "# old", "status": "success"})
     written.update(key(a) for a in first)
-    assert sum(Counter(key(a) for a in first).values()) == 6
+    assert old_sees(path) == written
+    PHASES.append(f"{'0 old binary alone (version 0)':<44} written {sum(written.values()):>3}   old binary sees "
+                  f"{sum(written.values()):>3}")
 
     # Phase 1: new hosts join in dual-write mode; old hosts keep writing.
     with consensus_db.connect(path, write_mode="dual") as db:
@@ -96,7 +109,7 @@ def test_a_rolling_upgrade_and_back_keeps_every_row_visible_to_both(tmp_path, ca
         old_writes(path, theirs)
         written.update(key(a) for a in mine + theirs)
         db.store_synthesis("SPEC-1", "spec-plan", "# dual", run_id="run-SPEC-1")
-        seen_by_both("1 dual write (old hosts still writing)", path, db, written)
+        seen_by_both("1 dual write (old hosts still writing)", path, db, written, problems=("legacy_only",))
         # The old binary's newest synthesis is the store's.
         assert predecessor.run(path, "read_syntheses", spec_id="SPEC-1", stage="spec-plan")[0] == ["# dual"]
         assert db.query_latest_synthesis("SPEC-1", "spec-plan").output_markdown == "# dual"
@@ -118,7 +131,8 @@ def test_a_rolling_upgrade_and_back_keeps_every_row_visible_to_both(tmp_path, ca
         cut = [item(s, st, 20, "new-3") for s, st in SPECS]
         new_writes(db, cut)
         written.update(key(a) for a in cut)
-        seen_by_both("3 write cutover (v1 only)", path, db, written, old_expected=before_cutover)
+        seen_by_both("3 write cutover (v1 only)", path, db, written, old_expected=before_cutover,
+                     problems=("v1_only", "v1_only"))
 
     # ... until the rollback of that phase: dual mode writes them back, nothing lost.
     with consensus_db.connect(path, write_mode="dual") as db:
@@ -126,7 +140,7 @@ def test_a_rolling_upgrade_and_back_keeps_every_row_visible_to_both(tmp_path, ca
         again = [item("SPEC-1", "spec-plan", 21, "old-3")]
         old_writes(path, again)
         written.update(key(a) for a in again)
-        seen_by_both("3 rolled back, old hosts writing again", path, db, written)
+        seen_by_both("3 rolled back, old hosts writing again", path, db, written, problems=("legacy_only",))
 
     # Phase 4: drop the legacy tables; refused while an agent is running.
     with consensus_db.connect(path, read_mode="v1") as db:

@@ -25,6 +25,7 @@ from consensus_db.results import (
     PoolState,
     ReaderStats,
     Rows,
+    SchemaReport,
     Source,
     SpawnInfo,
     Stats,
@@ -340,6 +341,9 @@ class Database:
         hold are written back into the legacy tables first. A move that drops or
         downgrades tables raises ``ExecutionsInFlightError`` while agents spawned within
         ``in_flight_age`` seconds have not completed, unless ``force``."""
+    def verify_schemas(self) -> SchemaReport:
+        """The legacy tables against the new ones, per spec/stage: counts, content hashes
+        and the rows that differ, with their ids. Reads one snapshot; writes nothing."""
     def legacy_row_problems(self) -> list[LegacyRowProblem]:
         """Legacy rows whose values had to be converted to be read."""
     def record_agent_spawn(

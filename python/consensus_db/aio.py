@@ -502,6 +502,7 @@ class AsyncStore:
     query = _threaded(Store.query)
     migrate = _threaded(Store.migrate)
     legacy_row_problems = _threaded(Store.legacy_row_problems)
+    verify_schemas = _threaded(Store.verify_schemas)
     pragmas = _threaded(Store.pragmas)
     verify_pragmas = _threaded(Store.verify_pragmas)
     pool_state = _threaded(Store.pool_state)

@@ -497,6 +497,43 @@ def downgrade(path: str, target: int, force: bool, in_flight_age: float, no_back
         click.echo(f"  {table:20} {before['rows'].get(table, '-')!s:>12} {after['rows'].get(table, '-')!s:>12}")
 
 
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(path: str, as_json: bool) -> None:
+    """Compare the legacy tables with the new ones, per spec/stage: counts, content
+    hashes, and every row without its copy or differing from it, with ids.
+
+    Reads only. Exits 1 on any mismatch; 0 when consistent, or when the file has only
+    one schema (the report says so)."""
+    file = existing(path)
+    with open_for_reading(file) as db:
+        try:
+            report = db.verify_schemas()
+        except Error as exc:
+            fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    elif not report["comparable"]:
+        click.echo(f"{file}: {report['reason']}")
+    else:
+        for g in report["groups"]:
+            status = "OK" if g["matches"] else "MISMATCH"
+            click.echo(
+                f"{g['kind']:<9} {g['spec_id']} / {g['stage']}: legacy {g['legacy_count']} "
+                f"({g['legacy_hash'][:12]}), v1 {g['v1_count']} ({g['v1_hash'][:12]})  {status}"
+            )
+        for m in report["mismatches"]:
+            ids = ", ".join(f"{side} id {i}" for side, i in (("legacy", m["legacy_id"]), ("v1", m["v1_id"])) if i)
+            fields = f": {', '.join(m['fields'])}" if m["fields"] else ""
+            click.echo(f"  {m['problem']:<11} {m['kind']} {m['spec_id']} / {m['stage']}, {ids}{fields}")
+        rows = sum(g["legacy_count"] + g["v1_count"] for g in report["groups"])
+        verdict = "consistent" if report["consistent"] else f"{len(report['mismatches'])} mismatches"
+        click.echo(f"{len(report['groups'])} groups, {rows} rows compared: {verdict}")
+    if not report["consistent"]:
+        sys.exit(1)
+
+
 LEGACY_TABLES = ("consensus_artifacts", "consensus_synthesis")
 NEW_TABLES = ("consensus_runs", "agent_outputs")
 

@@ -31,6 +31,9 @@ __all__ = [
     "ReaderStats",
     "CycleReport",
     "LegacyRowProblem",
+    "SchemaReport",
+    "SchemaGroup",
+    "SchemaMismatch",
     "auto_vacuum_name",
 ]
 
@@ -201,6 +204,44 @@ class CycleReport(TypedDict):
     pages_freed: int
     checkpointed: bool
     error: Optional[str]
+
+
+class SchemaGroup(TypedDict):
+    """One spec/stage's rows of one kind in ``verify_schemas()``: counts and SHA-256
+    hashes (hex) of each side's rows as the API returns them, sorted."""
+
+    kind: Literal["artifacts", "syntheses"]
+    spec_id: str
+    stage: str
+    legacy_count: int
+    v1_count: int
+    legacy_hash: str
+    v1_hash: str
+    matches: bool
+
+
+class SchemaMismatch(TypedDict):
+    """A row of ``verify_schemas()`` without its copy on the other side, or a pair whose
+    ``fields`` differ."""
+
+    kind: Literal["artifacts", "syntheses"]
+    spec_id: str
+    stage: str
+    problem: Literal["legacy_only", "v1_only", "differs"]
+    legacy_id: Optional[int]
+    v1_id: Optional[int]
+    fields: list[str]
+
+
+class SchemaReport(TypedDict):
+    """``verify_schemas()``: the legacy tables against the new ones. ``comparable`` is
+    False (and ``reason`` says why) when the file has only one schema."""
+
+    comparable: bool
+    reason: Optional[str]
+    consistent: bool
+    groups: list[SchemaGroup]
+    mismatches: list[SchemaMismatch]
 
 
 class LegacyRowProblem(TypedDict):

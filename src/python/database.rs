@@ -804,6 +804,50 @@ impl PyDatabase {
             .collect()
     }
 
+    /// The legacy tables against the new ones, per spec/stage: counts, content hashes and
+    /// the rows that differ, with their ids. Reads one snapshot; writes nothing.
+    fn verify_schemas<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let r = run(py, || self.core("verify_schemas() (legacy tables against the new ones)")?.verify_schemas())?;
+        let d = PyDict::new(py);
+        d.set_item("comparable", r.comparable)?;
+        d.set_item("reason", r.reason)?;
+        d.set_item("consistent", r.consistent)?;
+        let groups = r
+            .groups
+            .into_iter()
+            .map(|g| {
+                let gd = PyDict::new(py);
+                gd.set_item("kind", g.kind)?;
+                gd.set_item("spec_id", g.spec_id)?;
+                gd.set_item("stage", g.stage)?;
+                gd.set_item("legacy_count", g.legacy_count)?;
+                gd.set_item("v1_count", g.v1_count)?;
+                gd.set_item("legacy_hash", g.legacy_hash)?;
+                gd.set_item("v1_hash", g.v1_hash)?;
+                gd.set_item("matches", g.matches)?;
+                Ok(gd)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        d.set_item("groups", groups)?;
+        let mismatches = r
+            .mismatches
+            .into_iter()
+            .map(|m| {
+                let md = PyDict::new(py);
+                md.set_item("kind", m.kind)?;
+                md.set_item("spec_id", m.spec_id)?;
+                md.set_item("stage", m.stage)?;
+                md.set_item("problem", m.problem)?;
+                md.set_item("legacy_id", m.legacy_id)?;
+                md.set_item("v1_id", m.v1_id)?;
+                md.set_item("fields", m.fields)?;
+                Ok(md)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        d.set_item("mismatches", mismatches)?;
+        Ok(d)
+    }
+
     /// Migrates to `target`, up or down; without one, up to at least the default
     /// version, as opening does. Returns the version reached. Moving down loses no row.
     /// A move that drops or downgrades tables refuses while agents are in flight (spawned

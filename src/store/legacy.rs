@@ -143,7 +143,7 @@ pub(super) fn delete_legacy(tx: &Tx, table: &str, copies: Option<&str>, args: &[
 }
 
 /// A legacy synthesis row.
-fn legacy_synthesis_row(r: &Row, spec_id: &str, stage: &str) -> rusqlite::Result<Synthesis> {
+pub(super) fn legacy_synthesis_row(r: &Row, spec_id: &str, stage: &str) -> rusqlite::Result<Synthesis> {
     Ok(Synthesis {
         id: r.get(0)?,
         spec_id: spec_id.to_owned(),

@@ -17,6 +17,7 @@ pub(crate) mod legacy;
 pub mod modes;
 pub(crate) mod synthesis;
 pub(crate) mod validate;
+mod verify;
 
 pub use database::Database;
 pub use executions::NewSpawn;
