@@ -213,6 +213,7 @@ def pg(pg_url):
         (lambda db: db.migrate(1), "migrate(target)"),
         (lambda db: db.integrity_check(), "integrity_check()"),
         (lambda db: db.reader_stats(), "reader_stats()"),
+        (lambda db: db.verify_schemas(), "verify_schemas()"),
         (lambda db: db.open_report, "open_report"),
     ],
 )
@@ -228,6 +229,12 @@ def test_migrate_pool_state_and_legacy_problems(pg):
     assert pg.legacy_row_problems() == []
     state = pg.pool_state()
     assert state["max_size"] == 10 and 1 <= state["connections"] <= 10 and state["idle"] <= state["connections"]
+
+
+def test_modes_of_the_legacy_tables_are_refused_on_a_url(pg_url):
+    for kwargs in ({"write_mode": "dual"}, {"read_mode": "legacy"}):
+        with pytest.raises(consensus_db.NotSupportedError, match="no legacy tables"):
+            consensus_db.connect(pg_url, **kwargs)
 
 
 def test_sqlite_options_are_refused_on_a_url(pg_url):
