@@ -152,8 +152,9 @@ impl Default for NewSynthesis {
     }
 }
 
-/// Which schema served the dual-schema reader's queries, counted per query.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which schema served the dual-schema reader's queries, counted per query, and how
+/// long each read path took.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ReaderCounts {
     /// Queries that returned rows from the new schema.
     pub v1: u64,
@@ -161,6 +162,27 @@ pub struct ReaderCounts {
     pub legacy: u64,
     /// Queries that found nothing in either.
     pub empty: u64,
+    /// Every query counted once (a query with rows from both schemas counts in `v1` and
+    /// `legacy` above, and once here).
+    pub reads: u64,
+    /// The share of reads that returned legacy rows (0 without reads).
+    pub fallback_rate: f64,
+    /// Latency of the reads served by the new tables alone.
+    pub latency_v1: LatencySummary,
+    /// ... of the reads that returned legacy rows (the fallback).
+    pub latency_legacy: LatencySummary,
+    /// ... of the reads that found nothing.
+    pub latency_empty: LatencySummary,
+}
+
+/// Percentiles of one read path, in microseconds: bucket estimates within 12.5%; `max_us` exact.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
 }
 
 /// Unix milliseconds as UTC `YYYY-MM-DD HH:MM:SS` (on the query hot path: no `format!`).

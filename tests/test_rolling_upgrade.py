@@ -318,3 +318,26 @@ def test_a_downgrade_links_the_predecessors_dual_written_copies_instead_of_copyi
     assert table(path, "SELECT count(*) FROM consensus_synthesis") == [(1,)]
     assert old_sees(path) == Counter({key(a): 1 for a in [item("SPEC-1", "spec-plan", 0, "old"), *late]}) + Counter(
         {("SPEC-1", "spec-plan", "claude", '{"v1": "only"}'): 1})
+
+
+def test_reader_stats_count_reads_per_path_with_latency_percentiles(tmp_path):
+    path = legacy_v1_file(tmp_path)  # SPEC-1/spec-plan backfilled into v1
+    old_writes(path, [item("SPEC-9", "spec-plan", 1, "old-late")])  # legacy only: the fallback serves it
+    with consensus_db.connect(path) as db:
+        for _ in range(30):
+            assert db.query_artifacts("SPEC-1", "spec-plan")[0].source == "v1"
+        for _ in range(10):
+            assert db.query_artifacts("SPEC-9", "spec-plan")[0].source == "legacy"
+        for _ in range(5):
+            assert db.query_latest_synthesis("NONE", "plan") is None
+        stats = db.reader_stats()
+        assert (stats["v1"], stats["legacy"], stats["empty"], stats["reads"]) == (30, 10, 5, 45)
+        assert stats["fallback_rate"] == pytest.approx(10 / 45)
+        for path_name, count in (("v1", 30), ("legacy", 10), ("empty", 5)):
+            latency = stats["latency_us"][path_name]
+            assert latency["count"] == count
+            assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"] < 1e6
+        health = db.health()
+        assert health["reader"]["reads"] == 45 and health["reader"]["latency_us"]["v1"]["count"] == 30
+    done = CliRunner().invoke(cli, ["health", str(path), "--json"])
+    assert done.exit_code == 0 and json.loads(done.output)["reader"]["reads"] == 0  # a new store: nothing read yet

@@ -122,6 +122,16 @@ def health_table(h: HealthReport) -> str:
         "  rows",
     ]
     lines += [f"    {table:<22} {count}" for table, count in h["rows"].items()]
+    reader = h.get("reader")
+    if reader and reader["reads"]:  # a store that served reads (the demo's, say)
+        lines.append(f"  reads           {reader['reads']}, {reader['fallback_rate']:.1%} fell back to legacy rows")
+        latency = reader["latency_us"]
+        for name, path in (("v1", latency["v1"]), ("legacy", latency["legacy"]), ("empty", latency["empty"])):
+            if path["count"]:
+                lines.append(
+                    f"    {name:<8} {path['count']:>8} reads  p50 {path['p50']:.1f} µs  p99 {path['p99']:.1f} µs"
+                    f"  max {path['max']:.1f} µs"
+                )
     return "\n".join(lines)
 
 

@@ -29,6 +29,8 @@ __all__ = [
     "OpenReport",
     "LaneStats",
     "ReaderStats",
+    "ReadPathLatency",
+    "PathLatency",
     "CycleReport",
     "LegacyRowProblem",
     "SchemaReport",
@@ -139,6 +141,8 @@ class HealthReport(Stats):
     needs_vacuum: bool
     vacuum_threshold: float
     path: str
+    reader: Optional[ReaderStats]
+    """The dual-schema reader's counters since this store opened (None on PostgreSQL)."""
 
 
 class VacuumReport(TypedDict):
@@ -188,12 +192,37 @@ class LaneStats(TypedDict):
     sizes: dict[int, int]
 
 
+class PathLatency(TypedDict):
+    """One read path's latency in microseconds: percentiles are histogram estimates
+    (within 12.5%), ``max`` is exact."""
+
+    count: int
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+
+class ReadPathLatency(TypedDict):
+    """``reader_stats()["latency_us"]``: per read path — ``v1`` (the new tables alone),
+    ``legacy`` (legacy rows returned: the fallback), ``empty`` (nothing found)."""
+
+    v1: PathLatency
+    legacy: PathLatency
+    empty: PathLatency
+
+
 class ReaderStats(TypedDict):
-    """``reader_stats()``: which schema served the dual-schema reads."""
+    """``reader_stats()``: which schema served the dual-schema reads (a read with rows
+    from both counts in ``v1`` and ``legacy``), every read once in ``reads``, the share
+    that fell back to legacy rows, and each path's latency."""
 
     v1: int
     legacy: int
     empty: int
+    reads: int
+    fallback_rate: float
+    latency_us: ReadPathLatency
 
 
 class CycleReport(TypedDict):

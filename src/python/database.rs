@@ -19,7 +19,7 @@ use crate::backend::{AnyDatabase, Backend};
 use crate::error::Error;
 use crate::maintenance::{CycleReport, MaintenanceOptions, Stats, DEFAULT_VACUUM_THRESHOLD};
 use crate::migrations;
-use crate::model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synthesis};
+use crate::model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, ReaderCounts, Synthesis};
 use crate::sqlite::replica::CheckpointMode;
 use crate::sqlite::retry::{Clock, RetryEvent, RetryPolicy};
 use crate::transaction::Behavior;
@@ -451,6 +451,28 @@ pub(crate) fn completion_scope(f: &mut dyn FnMut()) {
     if Python::try_attach(|_py| f()).is_none() {
         f(); // the interpreter is gone: each completion finds that out itself
     }
+}
+
+/// `reader_stats()`: reads per schema, the fallback rate, and each read path's latency.
+fn reader_dict<'py>(py: Python<'py>, c: &ReaderCounts) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("v1", c.v1)?;
+    d.set_item("legacy", c.legacy)?;
+    d.set_item("empty", c.empty)?;
+    d.set_item("reads", c.reads)?;
+    d.set_item("fallback_rate", c.fallback_rate)?;
+    let latency = PyDict::new(py);
+    for (path, l) in [("v1", &c.latency_v1), ("legacy", &c.latency_legacy), ("empty", &c.latency_empty)] {
+        let ld = PyDict::new(py);
+        ld.set_item("count", l.count)?;
+        ld.set_item("p50", l.p50_us)?;
+        ld.set_item("p90", l.p90_us)?;
+        ld.set_item("p99", l.p99_us)?;
+        ld.set_item("max", l.max_us)?;
+        latency.set_item(path, ld)?;
+    }
+    d.set_item("latency_us", latency)?;
+    Ok(d)
 }
 
 fn non_callable(on_done: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
@@ -1187,12 +1209,7 @@ impl PyDatabase {
 
     /// How often each schema served `query_artifacts` / `query_latest_synthesis`.
     fn reader_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let c = self.core("reader_stats() (the dual-schema reader)")?.reader_counts();
-        let d = PyDict::new(py);
-        d.set_item("v1", c.v1)?;
-        d.set_item("legacy", c.legacy)?;
-        d.set_item("empty", c.empty)?;
-        Ok(d)
+        reader_dict(py, &self.core("reader_stats() (the dual-schema reader)")?.reader_counts())
     }
 
     // ---- vacuum, health, maintenance -----------------------------------------------------
@@ -1230,6 +1247,7 @@ impl PyDatabase {
             d.set_item("journal_mode", py.None())?;
             d.set_item("auto_vacuum", py.None())?;
             d.set_item("path", self.path(py))?;
+            d.set_item("reader", py.None())?; // no dual-schema reader: one schema
             return Ok(d);
         }
         let h = run(py, || self.core("health")?.health(threshold))?;
@@ -1246,6 +1264,7 @@ impl PyDatabase {
         d.set_item("needs_vacuum", h.needs_vacuum)?;
         d.set_item("vacuum_threshold", h.vacuum_threshold)?;
         d.set_item("path", self.path(py))?;
+        d.set_item("reader", reader_dict(py, &self.core("health")?.reader_counts())?)?;
         Ok(d)
     }
 

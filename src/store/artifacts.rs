@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::LazyLock;
+use std::time::Instant;
 
 use rusqlite::types::Value;
 use rusqlite::{params, OptionalExtension};
@@ -74,6 +75,7 @@ impl Database {
 
     /// Artifacts of a spec/stage from both schemas, oldest first (ties by id).
     pub fn query_artifacts(&self, spec_id: &str, stage: &str) -> Result<Vec<Artifact>> {
+        let started = Instant::now();
         let mode = self.read_mode();
         let has_v1 = mode != ReadMode::Legacy && self.v1_readable()?;
         let conn = self.conn()?;
@@ -110,7 +112,7 @@ impl Database {
             legacy = unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", read)?;
             legacy.retain(|l| !pair_with_twin(l, &mut out));
         }
-        self.reader.count(from_v1 > 0, !legacy.is_empty());
+        self.reader.record(from_v1 > 0, !legacy.is_empty(), started.elapsed());
         let mut out: Vec<Artifact> = out.into_iter().map(|(a, _)| a).collect();
         if !legacy.is_empty() {
             out.extend(legacy);

@@ -13,8 +13,9 @@ use std::sync::LazyLock;
 
 use parking_lot::Mutex;
 
-use super::legacy::{Columns, Layout, ReaderStats};
+use super::legacy::{Columns, Layout};
 use super::modes::{Modes, ReadMode, WriteMode};
+use super::read_metrics::ReadMetrics;
 use crate::error::{Error, Result};
 use crate::model::ReaderCounts;
 use crate::sqlite::database::{Engine, Options};
@@ -25,7 +26,7 @@ use crate::sqlite::schema::{self, Shape};
 pub struct Database {
     engine: Engine,
     pub(crate) layout: Layout,
-    pub(crate) reader: ReaderStats,
+    pub(crate) reader: ReadMetrics,
     pub(crate) modes: Modes,
     pub(crate) maintenance: Mutex<Option<Maintenance>>,
 }
@@ -242,13 +243,9 @@ impl Database {
         self.maintenance.lock().as_ref().map(|m| m.cycles.load(Ordering::Acquire))
     }
 
-    /// How often each schema served the dual-schema reader.
+    /// How often each schema served the dual-schema reader, and each read path's latency.
     pub fn reader_counts(&self) -> ReaderCounts {
-        ReaderCounts {
-            v1: self.reader.v1.load(Ordering::Relaxed),
-            legacy: self.reader.legacy.load(Ordering::Relaxed),
-            empty: self.reader.empty.load(Ordering::Relaxed),
-        }
+        self.reader.counts()
     }
 
     /// Artifact and synthesis writes need the new tables in the current layout.

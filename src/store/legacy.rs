@@ -1,8 +1,8 @@
 //! The dual-schema reader's legacy half: which tables and columns the file has
-//! (`Layout`, `Columns`), how often each schema served (`ReaderStats`), the legacy
+//! (`Layout`, `Columns`), the legacy
 //! tables' reads and deletes, and the pairing of rows the predecessor wrote twice.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 use rusqlite::types::Value;
@@ -91,27 +91,6 @@ impl Columns {
             Self::MISSING.to_owned()
         } else {
             format!("{alias}.{column}")
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct ReaderStats {
-    pub(super) v1: AtomicU64,
-    pub(super) legacy: AtomicU64,
-    pub(super) empty: AtomicU64,
-}
-
-impl ReaderStats {
-    pub(super) fn count(&self, v1: bool, legacy: bool) {
-        if v1 {
-            self.v1.fetch_add(1, Ordering::Relaxed);
-        }
-        if legacy {
-            self.legacy.fetch_add(1, Ordering::Relaxed);
-        }
-        if !v1 && !legacy {
-            self.empty.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

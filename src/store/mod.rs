@@ -15,6 +15,7 @@ pub mod database;
 mod executions;
 pub(crate) mod legacy;
 pub mod modes;
+mod read_metrics;
 pub(crate) mod synthesis;
 pub(crate) mod validate;
 mod verify;

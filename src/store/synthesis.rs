@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::LazyLock;
+use std::time::Instant;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -67,6 +68,7 @@ impl Database {
 
     /// The newest synthesis of a spec/stage from either schema.
     pub fn query_latest_synthesis(&self, spec_id: &str, stage: &str) -> Result<Option<Synthesis>> {
+        let started = Instant::now();
         let mode = self.read_mode();
         let has_v1 = mode != ReadMode::Legacy && self.v1_readable()?;
         let conn = self.conn()?;
@@ -94,7 +96,7 @@ impl Database {
             }
         }
         let from_legacy = found.as_ref().is_some_and(|f| f.source == SOURCE_LEGACY);
-        self.reader.count(from_v1 && !from_legacy, from_legacy);
+        self.reader.record(from_v1 && !from_legacy, from_legacy, started.elapsed());
         Ok(found)
     }
 }
