@@ -17,8 +17,10 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
+use crate::model::NewSynthesis;
 use crate::sqlite::legacy_rows::{bool_sql, ms_sql as legacy_ms, text_from_ms_sql, text_sql};
 use crate::sqlite::schema::{self, column_exists, table_exists, Shape, PAIR_WINDOW_MS};
+use crate::store::synthesis::synthesis_from_text;
 
 pub use crate::sqlite::schema::LEGACY_SCHEMA_SQL;
 
@@ -287,6 +289,34 @@ const UNMIRRORED_OUTPUTS: &str = "NOT EXISTS (SELECT 1 FROM consensus_artifacts 
 const UNMIRRORED_SYNTHESES: &str = "r.synthesis_json IS NOT NULL
     AND NOT EXISTS (SELECT 1 FROM consensus_synthesis s WHERE s.id = r.legacy_synthesis_id)";
 
+/// Writes the legacy copy of a synthesis (run `run`, at `at_ms`) and links the run to it:
+/// dual write mode and the write-back share it.
+pub(crate) fn copy_synthesis_to_legacy(conn: &Connection, run: i64, s: &NewSynthesis, at_ms: i64) -> Result<()> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO consensus_synthesis (spec_id, stage, output_markdown, output_path, status, artifacts_count,
+                agreements, conflicts, degraded, run_id, created_at, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, {}, ?11)",
+        text_from_ms_sql("?11")
+    ))?
+    .execute(params![
+        s.spec_id,
+        s.stage,
+        s.output_markdown,
+        s.output_path,
+        s.status,
+        s.artifacts_count,
+        s.agreements,
+        s.conflicts,
+        s.degraded,
+        s.run_id,
+        at_ms
+    ])?;
+    let legacy_id = conn.last_insert_rowid();
+    conn.prepare_cached("UPDATE consensus_runs SET legacy_synthesis_id = ?2 WHERE id = ?1")?
+        .execute(params![run, legacy_id])?;
+    Ok(())
+}
+
 /// Writes every row that only the new tables hold into the legacy tables (legacy
 /// timestamps, plus [`LEGACY_EXTRAS`] for what they cannot hold), linked to its copy, so
 /// an old binary sees everything. Returns how many rows were written. Idempotent.
@@ -323,40 +353,24 @@ pub(crate) fn write_back(conn: &Connection) -> Result<usize> {
                 COALESCE(r.synthesized_at, r.run_timestamp)
          FROM consensus_runs r WHERE {UNMIRRORED_SYNTHESES} ORDER BY r.id"
     ))?;
-    let mut insert = conn.prepare(&format!(
-        "INSERT INTO consensus_synthesis (spec_id, stage, output_markdown, output_path, status, artifacts_count,
-                agreements, conflicts, degraded, run_id, created_at, created_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, {}, ?11)",
-        text_from_ms_sql("?11")
-    ))?;
-    let mut link = conn.prepare("UPDATE consensus_runs SET legacy_synthesis_id = ?2 WHERE id = ?1")?;
     let mut rows = runs.query([])?;
     while let Some(row) = rows.next()? {
         let (id, spec, stage): (i64, String, String) = (row.get(0)?, row.get(1)?, row.get(2)?);
         let raw = crate::sqlite::legacy_rows::text(row, 3)?.unwrap_or_default();
-        let s = crate::store::synthesis::synthesis_from_text(
-            &raw,
-            id,
-            &spec,
-            &stage,
-            row.get(4)?,
-            row.get(5)?,
-            row.get(6)?,
-        );
-        insert.execute(params![
-            s.spec_id,
-            s.stage,
-            s.output_markdown,
-            s.output_path,
-            s.status,
-            s.artifacts_count,
-            s.agreements,
-            s.conflicts,
-            s.degraded,
-            s.run_id,
-            s.created_at_ms
-        ])?;
-        link.execute(params![id, conn.last_insert_rowid()])?;
+        let s = synthesis_from_text(&raw, id, &spec, &stage, row.get(4)?, row.get(5)?, row.get(6)?);
+        let new = NewSynthesis {
+            spec_id: s.spec_id,
+            stage: s.stage,
+            output_markdown: s.output_markdown,
+            output_path: s.output_path,
+            status: s.status,
+            artifacts_count: s.artifacts_count,
+            agreements: s.agreements,
+            conflicts: s.conflicts,
+            degraded: s.degraded,
+            run_id: s.run_id,
+        };
+        copy_synthesis_to_legacy(conn, id, &new, s.created_at_ms)?;
         written += 1;
     }
     let left: i64 = conn.query_row(

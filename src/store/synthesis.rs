@@ -14,7 +14,7 @@ use super::modes::{ReadMode, WriteMode};
 use super::validate::check_id;
 use crate::error::{Error, Result};
 use crate::model::*;
-use crate::sqlite::{legacy_rows, schema};
+use crate::sqlite::{migrations, schema};
 
 impl Database {
     /// Stores a synthesis, closing the newest open run of its spec/stage/run_id (or
@@ -45,22 +45,7 @@ impl Database {
                 now
             ])?;
             if dual {
-                tx.prepare_cached(&INSERT_LEGACY_SYNTHESIS)?.execute(params![
-                    s.spec_id,
-                    s.stage,
-                    s.output_markdown,
-                    s.output_path,
-                    s.status,
-                    s.artifacts_count,
-                    s.agreements,
-                    s.conflicts,
-                    s.degraded,
-                    s.run_id,
-                    now
-                ])?;
-                let legacy_id = tx.last_insert_rowid();
-                tx.prepare_cached("UPDATE consensus_runs SET legacy_synthesis_id = ?2 WHERE id = ?1")?
-                    .execute(params![run, legacy_id])?;
+                migrations::copy_synthesis_to_legacy(tx, run, s, now)?;
             }
             Ok(run)
         })
@@ -167,15 +152,6 @@ static CLOSE_RUN: LazyLock<String> = LazyLock::new(|| {
                 synthesized_at = ?9
          WHERE id = ?1",
         schema::synthesis_json_sql("?2", "?3", "?4", "?5", "?6", "?7")
-    )
-});
-/// Dual write mode's legacy copy of a synthesis (linked from its run).
-static INSERT_LEGACY_SYNTHESIS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO consensus_synthesis (spec_id, stage, output_markdown, output_path, status, artifacts_count,
-                agreements, conflicts, degraded, run_id, created_at, created_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, {}, ?11)",
-        legacy_rows::text_from_ms_sql("?11")
     )
 });
 static V1_LATEST_SYNTHESIS: LazyLock<String> = LazyLock::new(|| v1_latest_synthesis_sql(Columns::default()));
