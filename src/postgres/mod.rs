@@ -645,15 +645,7 @@ impl PgDatabase {
             let stmt = c.prepared(sql::LATEST_SYNTHESIS)?;
             Ok(c.client.query_opt(&stmt, &[&spec_id, &stage])?.map(|r| {
                 let raw: String = r.get(1);
-                crate::store::synthesis::synthesis_from_text(
-                    &raw,
-                    r.get(0),
-                    spec_id,
-                    stage,
-                    r.get(2),
-                    r.get(3),
-                    r.get(4),
-                )
+                crate::sqlite::schema::synthesis_from_text(&raw, r.get(0), spec_id, stage, r.get(2), r.get(3), r.get(4))
             }))
         })
     }

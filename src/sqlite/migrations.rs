@@ -19,8 +19,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::error::{Error, Result};
 use crate::model::NewSynthesis;
 use crate::sqlite::legacy_rows::{bool_sql, ms_sql as legacy_ms, text_from_ms_sql, text_sql};
-use crate::sqlite::schema::{self, column_exists, table_exists, Shape, PAIR_WINDOW_MS};
-use crate::store::synthesis::synthesis_from_text;
+use crate::sqlite::schema::{self, column_exists, synthesis_from_text, table_exists, Shape, PAIR_WINDOW_MS};
 
 pub use crate::sqlite::schema::LEGACY_SCHEMA_SQL;
 

@@ -14,6 +14,7 @@ use std::collections::HashSet;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
+use crate::model::{Synthesis, SOURCE_V1};
 
 /// The legacy DDL, exactly as field databases have it (for tests and tools).
 pub const LEGACY_SCHEMA_SQL: &str = include_str!("sql/legacy_v0.sql");
@@ -228,5 +229,40 @@ pub(crate) fn insert_run(
         at = at
             .checked_add(1)
             .ok_or_else(|| Error::invalid("run_timestamp", format!("no free millisecond after {at_ms}")))?;
+    }
+}
+
+/// A synthesis from its stored JSON text and its run's columns (both backends).
+pub(crate) fn synthesis_from_text(
+    raw: &str,
+    id: i64,
+    spec_id: &str,
+    stage: &str,
+    degraded: bool,
+    run_id: Option<String>,
+    created_at_ms: i64,
+) -> Synthesis {
+    let object = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw).ok();
+    let text = |key: &str| -> Option<String> {
+        match object.as_ref()?.get(key)? {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        }
+    };
+    Synthesis {
+        id,
+        spec_id: spec_id.to_owned(),
+        stage: stage.to_owned(),
+        output_markdown: if object.is_some() { text("output_markdown").unwrap_or_default() } else { raw.to_owned() },
+        output_path: text("output_path"),
+        status: text("status").unwrap_or_default(),
+        artifacts_count: object.as_ref().and_then(|o| o.get("artifacts_count")?.as_i64()),
+        agreements: text("agreements"),
+        conflicts: text("conflicts"),
+        degraded,
+        run_id,
+        created_at_ms,
+        source: SOURCE_V1,
     }
 }

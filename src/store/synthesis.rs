@@ -14,7 +14,8 @@ use super::modes::{ReadMode, WriteMode};
 use super::validate::check_id;
 use crate::error::{Error, Result};
 use crate::model::*;
-use crate::sqlite::{migrations, schema};
+use crate::sqlite::migrations;
+use crate::sqlite::schema::{self, synthesis_from_text};
 
 impl Database {
     /// Stores a synthesis, closing the newest open run of its spec/stage/run_id (or
@@ -109,41 +110,6 @@ fn v1_latest_synthesis_sql(columns: Columns) -> String {
 fn synthesis_from_json(r: &Row, spec_id: &str, stage: &str) -> rusqlite::Result<Synthesis> {
     let raw: String = r.get(1)?;
     Ok(synthesis_from_text(&raw, r.get(0)?, spec_id, stage, r.get(2)?, r.get(3)?, r.get(4)?))
-}
-
-/// A synthesis from its stored JSON text and its run's columns (both backends).
-pub(crate) fn synthesis_from_text(
-    raw: &str,
-    id: i64,
-    spec_id: &str,
-    stage: &str,
-    degraded: bool,
-    run_id: Option<String>,
-    created_at_ms: i64,
-) -> Synthesis {
-    let object = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw).ok();
-    let text = |key: &str| -> Option<String> {
-        match object.as_ref()?.get(key)? {
-            serde_json::Value::Null => None,
-            serde_json::Value::String(s) => Some(s.clone()),
-            other => Some(other.to_string()),
-        }
-    };
-    Synthesis {
-        id,
-        spec_id: spec_id.to_owned(),
-        stage: stage.to_owned(),
-        output_markdown: if object.is_some() { text("output_markdown").unwrap_or_default() } else { raw.to_owned() },
-        output_path: text("output_path"),
-        status: text("status").unwrap_or_default(),
-        artifacts_count: object.as_ref().and_then(|o| o.get("artifacts_count")?.as_i64()),
-        agreements: text("agreements"),
-        conflicts: text("conflicts"),
-        degraded,
-        run_id,
-        created_at_ms,
-        source: SOURCE_V1,
-    }
 }
 
 static CLOSE_RUN: LazyLock<String> = LazyLock::new(|| {

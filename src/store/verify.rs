@@ -10,10 +10,10 @@ use sha2::{Digest, Sha256};
 
 use super::database::Database;
 use super::legacy::{legacy_artifacts, legacy_synthesis_row, Columns};
-use super::synthesis::synthesis_from_text;
 use crate::error::Result;
 use crate::model::*;
 use crate::sqlite::legacy_rows::{self, bool_sql};
+use crate::sqlite::schema::synthesis_from_text;
 use crate::sqlite::schema::PAIR_WINDOW_MS;
 
 impl Database {
