@@ -117,3 +117,20 @@ def test_a_file_with_one_schema_has_nothing_to_compare(tmp_path):
     assert sqlite3.connect(legacy).execute("PRAGMA user_version").fetchone() == (0,)  # verify migrated nothing
     missing = CliRunner().invoke(cli, ["verify", str(tmp_path / "nope.db")])
     assert missing.exit_code != 0 and "nope.db" in missing.output
+
+
+def test_twins_written_a_moment_apart_across_a_second_still_match(tmp_path):
+    path = migrated_file(tmp_path)
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO consensus_artifacts (spec_id, stage, agent_name, content_json, created_at)"
+                 " VALUES ('SPEC-4', 'plan', 'gemini', '{}', '2025-01-01 00:00:00')")
+    run = conn.execute("INSERT INTO consensus_runs (spec_id, stage, run_timestamp, consensus_ok)"
+                       " VALUES ('SPEC-4', 'plan', 1735689599900, 1)").lastrowid
+    conn.execute("INSERT INTO agent_outputs (run_id, agent_name, content, output_timestamp)"
+                 " VALUES (?, 'gemini', '{}', 1735689599900)", (run,))  # 100 ms earlier, the second before
+    conn.commit()
+    conn.close()
+    with consensus_db.connect(path, migrate=False) as db:
+        report = db.verify_schemas()
+        assert report["consistent"], report["mismatches"]
+        assert len(db.query_artifacts("SPEC-4", "plan")) == 1  # the reader reads the pair once too

@@ -98,8 +98,10 @@ struct Side {
     fields: Vec<Option<String>>,
 }
 
-/// `run_id` and `response_text` of a twin the reader fills from its legacy copy.
-const FILLED: [&str; 2] = ["response_text", "run_id"];
+/// What a twin takes from its legacy copy: `run_id` and `response_text` the reader fills
+/// in; `created_at`, because the twin rule already matched the times (within
+/// `PAIR_WINDOW_MS`) and two copies written a moment apart can straddle a second.
+const FILLED: [&str; 3] = ["response_text", "run_id", "created_at"];
 
 impl Side {
     fn from_artifact(a: &Artifact) -> Side {
@@ -202,7 +204,7 @@ fn check(
     for &(li, vi, twin) in &pairs {
         if twin {
             for (i, name) in fields.iter().enumerate() {
-                if FILLED.contains(name) && v1[vi].0.fields[i].is_none() {
+                if FILLED.contains(name) && (v1[vi].0.fields[i].is_none() || *name == "created_at") {
                     v1[vi].0.fields[i].clone_from(&legacy[li].fields[i]);
                 }
             }
