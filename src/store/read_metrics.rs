@@ -112,7 +112,10 @@ fn midpoint(i: usize) -> u64 {
 impl Histogram {
     fn record(&self, ns: u64) {
         self.buckets[bucket_of(ns)].fetch_add(1, Ordering::Relaxed);
-        self.max.fetch_max(ns, Ordering::Relaxed);
+        // A new maximum is rare: a plain load spares most reads the read-modify-write.
+        if ns > self.max.load(Ordering::Relaxed) {
+            self.max.fetch_max(ns, Ordering::Relaxed);
+        }
     }
 
     fn summary(&self) -> LatencySummary {
