@@ -341,3 +341,23 @@ def test_reader_stats_count_reads_per_path_with_latency_percentiles(tmp_path):
         assert health["reader"]["reads"] == 45 and health["reader"]["latency_us"]["v1"]["count"] == 30
     done = CliRunner().invoke(cli, ["health", str(path), "--json"])
     assert done.exit_code == 0 and json.loads(done.output)["reader"]["reads"] == 0  # a new store: nothing read yet
+
+
+def test_a_downgrade_keeps_rows_when_an_old_binary_recreated_the_legacy_tables_at_version_2(tmp_path):
+    path = legacy_v1_file(tmp_path)
+    with consensus_db.connect(path, write_mode="dual") as db:
+        db.store_artifact("S", "plan", "new", "{}")  # linked to a legacy row whose id a recreated table reuses
+    with consensus_db.connect(path) as db:
+        db.migrate(2)
+    conn = sqlite3.connect(path)  # an old binary still on the file: recreates its table, inserts
+    conn.executescript(predecessor.LEGACY_DDL.replace("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ")
+                       .replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS "))
+    conn.execute("INSERT INTO consensus_artifacts (spec_id, stage, agent_name, content_json) VALUES ('S', 'plan', 'old', '{}')")
+    conn.commit()
+    conn.close()
+    with consensus_db.connect(path) as db:
+        assert sorted(a.agent_name for a in db.query_artifacts("S", "plan")) == ["new", "old"]
+        db.migrate(1)
+        assert db.verify_schemas()["consistent"]
+        db.migrate(0)
+    assert sorted(table(path, "SELECT agent_name FROM consensus_artifacts WHERE spec_id = 'S'")) == [("new",), ("old",)]

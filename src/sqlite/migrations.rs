@@ -397,6 +397,16 @@ fn down_v1(conn: &Connection) -> Result<()> {
 fn up_v2(conn: &Connection) -> Result<()> {
     backfill(conn)?;
     conn.execute_batch("DROP TABLE IF EXISTS consensus_artifacts; DROP TABLE IF EXISTS consensus_synthesis;")?;
+    clear_links(conn)
+}
+
+/// Links to dropped legacy tables point at ids a recreated table hands out again (its
+/// AUTOINCREMENT sequence went with it): at version 2 no link stands.
+fn clear_links(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "UPDATE agent_outputs SET legacy_artifact_id = NULL WHERE legacy_artifact_id IS NOT NULL;
+         UPDATE consensus_runs SET legacy_synthesis_id = NULL WHERE legacy_synthesis_id IS NOT NULL;",
+    )?;
     Ok(())
 }
 
@@ -408,19 +418,14 @@ fn legacy_tables_ddl() -> String {
 }
 
 /// Recreates the legacy tables for old binaries and writes every row back into them:
-/// version 1 is whole again. Links to the dropped tables' rows pointed at ids the new
-/// tables hand out again, so they go first.
+/// version 1 is whole again.
 fn down_v2(conn: &Connection) -> Result<()> {
-    let had_legacy = table_exists(conn, "consensus_artifacts")? || table_exists(conn, "consensus_synthesis")?;
+    // Tables an old binary recreated at version 2 hold only its own rows: no link to them stands.
     conn.execute_batch(&legacy_tables_ddl())?;
-    if !had_legacy {
-        conn.execute_batch(
-            "UPDATE agent_outputs SET legacy_artifact_id = NULL WHERE legacy_artifact_id IS NOT NULL;
-         UPDATE consensus_runs SET legacy_synthesis_id = NULL WHERE legacy_synthesis_id IS NOT NULL;",
-        )?;
-    }
+    clear_links(conn)?;
     write_back(conn)?;
-    Ok(())
+    // And what that old binary wrote gets its copy in the new tables.
+    backfill(conn)
 }
 
 /// This store's first layout, rebuilt as the current one: same ids, same rows.

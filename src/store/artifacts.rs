@@ -25,8 +25,9 @@ impl Database {
     pub fn store_artifact(&self, artifact: &NewArtifact) -> Result<i64> {
         check_artifact(artifact)?;
         self.require_current()?;
-        let dual = self.write_mode() == WriteMode::Dual;
-        self.write_repeatable_as("store_artifact", |tx| insert_artifact(tx, artifact, now_ms(), dual))
+        self.write_repeatable_as("store_artifact", |tx| {
+            insert_artifact(tx, artifact, now_ms(), self.write_mode() == WriteMode::Dual)
+        })
     }
 
     /// [`Database::store_artifact`] without waiting (`Engine::submit_repeatable`):
@@ -49,8 +50,8 @@ impl Database {
         }
         self.require_current()?;
         let now = now_ms();
-        let dual = self.write_mode() == WriteMode::Dual;
         self.write_repeatable_as("store_artifacts", |tx| {
+            let dual = self.write_mode() == WriteMode::Dual;
             // Within one transaction a group's open run cannot change: look it up once.
             let mut runs: HashMap<(&str, &str, Option<&str>), i64> = HashMap::new();
             let mut run_of = Vec::with_capacity(artifacts.len());

@@ -99,8 +99,15 @@ impl Database {
             self.require_legacy_tables("write_mode", mode.as_str())?;
             if !self.read_only && self.layout.v1.load(Ordering::Acquire) {
                 self.require_current()?;
-                self.write_repeatable_as("write_mode", |tx| migrations::write_back(tx).map(drop))?;
-                self.refresh_layout()?;
+                // The switch first: a write the lane runs after the write-back sees it (writes
+                // read the mode inside their transaction), one before is written back.
+                let before = self.modes.write();
+                self.modes.set_write(mode);
+                let written = self.write_repeatable_as("write_mode", |tx| migrations::write_back(tx).map(drop));
+                if let Err(e) = written.and_then(|()| self.refresh_layout()) {
+                    self.modes.set_write(before);
+                    return Err(e);
+                }
             }
         }
         self.modes.set_write(mode);

@@ -31,8 +31,8 @@ impl Database {
         }
         self.require_current()?;
         let now = now_ms();
-        let dual = self.write_mode() == WriteMode::Dual;
         self.write_repeatable_as("store_synthesis", |tx| {
+            let dual = self.write_mode() == WriteMode::Dual;
             let run = open_or_new_run(tx, &s.spec_id, &s.stage, s.run_id.as_deref(), now)?;
             tx.prepare_cached(&CLOSE_RUN)?.execute(params![
                 run,
