@@ -24,6 +24,17 @@ pub(crate) fn ms_sql(col: &str) -> String {
     )
 }
 
+/// SQL for a legacy row's time in ms: the exact one this store kept (`created_at_ms`,
+/// which old files lack: `has_exact` false), else its legacy timestamp.
+pub(crate) fn created_ms_sql(alias: &str, has_exact: bool) -> String {
+    let legacy = ms_sql(&format!("{alias}.created_at"));
+    if has_exact {
+        format!("COALESCE({alias}.created_at_ms, {legacy})")
+    } else {
+        legacy
+    }
+}
+
 /// SQL for Unix milliseconds as a legacy timestamp (`YYYY-MM-DD HH:MM:SS`, UTC).
 pub(crate) fn text_from_ms_sql(ms: &str) -> String {
     format!("strftime('%Y-%m-%d %H:%M:%S', {ms} / 1000, 'unixepoch')")

@@ -18,7 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
 use crate::model::NewSynthesis;
-use crate::sqlite::legacy_rows::{bool_sql, ms_sql as legacy_ms, text_from_ms_sql, text_sql};
+use crate::sqlite::legacy_rows::{bool_sql, created_ms_sql, ms_sql as legacy_ms, text_from_ms_sql, text_sql};
 use crate::sqlite::schema::{self, column_exists, synthesis_from_text, table_exists, Shape, PAIR_WINDOW_MS};
 
 pub use crate::sqlite::schema::LEGACY_SCHEMA_SQL;
@@ -601,12 +601,7 @@ pub(crate) fn link_synthesis_copies(conn: &Connection, scope: Scope) -> Result<(
 
 /// A legacy row's time in ms: the exact one a write-back kept, else its timestamp.
 fn legacy_created_ms(conn: &Connection, table: &str, alias: &str) -> Result<String> {
-    let legacy = legacy_ms(&format!("{alias}.created_at"));
-    Ok(if column_exists(conn, table, "created_at_ms")? {
-        format!("COALESCE({alias}.created_at_ms, {legacy})")
-    } else {
-        legacy
-    })
+    Ok(created_ms_sql(alias, column_exists(conn, table, "created_at_ms")?))
 }
 
 fn backfill_artifacts(conn: &Connection) -> Result<()> {

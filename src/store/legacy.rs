@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, Row};
 
 use crate::error::{Error, Result};
 use crate::model::*;
-use crate::sqlite::legacy_rows::{self, bool_sql, ms_sql as legacy_ms};
+use crate::sqlite::legacy_rows::{self, bool_sql};
 use crate::sqlite::schema::PAIR_WINDOW_MS;
 use crate::sqlite::transaction::Tx;
 
@@ -78,12 +78,7 @@ impl Columns {
     /// A legacy row's time in ms: the exact one this store kept (`created_at_ms`, which
     /// old files lack), else its legacy timestamp.
     pub fn legacy_created(alias: &str, created_ms: &str) -> String {
-        let legacy = legacy_ms(&format!("{alias}.created_at"));
-        if created_ms == Self::MISSING {
-            legacy
-        } else {
-            format!("COALESCE({alias}.{created_ms}, {legacy})")
-        }
+        legacy_rows::created_ms_sql(alias, created_ms != Self::MISSING)
     }
 
     pub fn of(alias: &str, column: &str) -> String {
