@@ -26,6 +26,7 @@ pub mod backend;
 pub mod error;
 pub mod model;
 pub mod sqlite;
+pub mod statement;
 pub mod store;
 
 #[cfg(all(feature = "bundled", feature = "system-sqlite"))]

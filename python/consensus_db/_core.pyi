@@ -25,6 +25,7 @@ from consensus_db.results import (
     PoolState,
     ReaderStats,
     Rows,
+    RowsMoved,
     SchemaReport,
     Source,
     SpawnInfo,
@@ -282,6 +283,13 @@ class Database:
     @property
     def open_report(self) -> OpenReport:
         """What opening did: auto_vacuum conversion, journal mode change, migration."""
+    @property
+    def rows_moved(self) -> RowsMoved:
+        """What the last migration of this store (opening's, or `migrate()`'s) copied between
+        the schemas: legacy rows backfilled into the new tables and new rows written back
+        into the legacy ones, per kind, counted inside each step's transaction (never the
+        runs made to hold them, nor rows other writers added meanwhile). All zero on
+        PostgreSQL, which has no legacy tables."""
     @property
     def schema_version(self) -> int:
         """``PRAGMA user_version``: 0 legacy, 1 legacy and new tables, 2 legacy dropped."""

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, Optional, ParamSpec
 
 from . import _core
 from .errors import ClosedError, InvalidInputError
-from .results import Behavior, LaneStats, OpenReport, ReaderStats, Rows
+from .results import Behavior, LaneStats, OpenReport, ReaderStats, Rows, RowsMoved
 from .retry import RetryPolicy, is_retryable
 from .store import Store
 from .store import connect as _connect
@@ -417,6 +417,11 @@ class AsyncStore:
     def open_report(self) -> OpenReport:
         """What opening did to the file."""
         return self.sync.open_report
+
+    @property
+    def rows_moved(self) -> RowsMoved:
+        """What the last migration of this store copied between the schemas."""
+        return self.sync.rows_moved
 
     @property
     def retry_count(self) -> int:

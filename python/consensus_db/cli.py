@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -423,8 +423,10 @@ def upgrade(path: str, drop_legacy: bool, force: bool, in_flight_age: float, no_
     before, problems, copy = backed_up(file, no_backup, as_json)
     try:
         with consensus_db.connect(file, create=False, migrate=True) as db:
+            moved = counts(db.rows_moved)  # what opening's migration copied
             if drop_legacy:
                 db.migrate(consensus_db.LATEST_SCHEMA_VERSION, force=force, in_flight_age=in_flight_age)
+                moved = {k: n + counts(db.rows_moved)[k] for k, n in moved.items()}
             if before["size"] > BIG_FILE and not as_json:
                 spinner = Spinner("vacuum")
                 db.vacuum(full=True, progress=spinner.tick)
@@ -441,6 +443,7 @@ def upgrade(path: str, drop_legacy: bool, force: bool, in_flight_age: float, no_
         "before": before,
         "after": after,
         "legacy_row_problems": problems,
+        "rows_moved": moved,
     }
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -461,7 +464,7 @@ def upgrade(path: str, drop_legacy: bool, force: bool, in_flight_age: float, no_
     click.echo("rows")
     for table in sorted(set(before["rows"]) | set(after["rows"])):
         click.echo(f"  {table:20} {before['rows'].get(table, '-')!s:>12} {after['rows'].get(table, '-')!s:>12}")
-    for line in upgrade_notes(before, after):
+    for line in upgrade_notes(before, after, moved):
         click.echo(line)
 
 
@@ -493,16 +496,20 @@ def downgrade(path: str, target: int, force: bool, in_flight_age: float, no_back
     try:
         with consensus_db.connect(file, create=False, migrate=False) as db:
             db.migrate(target, force=force, in_flight_age=in_flight_age)
+            moved = counts(db.rows_moved)
             after = state(db)
     except Error as exc:
         fail(f"{exc}\n{where_it_stopped(file, before, copy, 'downgrade')}")
-    written = sum(after["rows"].get(t, 0) - before["rows"].get(t, 0) for t in LEGACY_TABLES)
+    written = moved["artifacts_written_back"] + moved["syntheses_written_back"]
     if as_json:
         report = {"path": str(file), "backup": str(copy) if copy else None, "before": before, "after": after}
-        click.echo(json.dumps(report | {"written_back": written}, indent=2))
+        click.echo(json.dumps(report | {"written_back": written, "rows_moved": moved}, indent=2))
         return
     click.echo(f"schema version {before['schema_version']} -> {after['schema_version']}")
-    click.echo(f"rows written back into the legacy tables: {written}")
+    click.echo(
+        f"rows written back into the legacy tables: {written} ({moved['artifacts_written_back']} artifacts, "
+        f"{moved['syntheses_written_back']} syntheses)"
+    )
     for table in sorted(set(before["rows"]) | set(after["rows"])):
         click.echo(f"  {table:20} {before['rows'].get(table, '-')!s:>12} {after['rows'].get(table, '-')!s:>12}")
 
@@ -545,10 +552,14 @@ def verify(path: str, as_json: bool) -> None:
 
 
 LEGACY_TABLES = ("consensus_artifacts", "consensus_synthesis")
-NEW_TABLES = ("consensus_runs", "agent_outputs")
 
 
-def upgrade_notes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+def counts(moved: Mapping[str, Any]) -> dict[str, int]:
+    """A migration's ``rows_moved``, as plain counts."""
+    return {k: int(v) for k, v in moved.items()}
+
+
+def upgrade_notes(before: dict[str, Any], after: dict[str, Any], moved: dict[str, int]) -> list[str]:
     """Why the file is the size it is: legacy tables kept, rows copied by the backfill."""
     notes = []
     kept = [t for t in LEGACY_TABLES if t in after["rows"]]
@@ -558,11 +569,11 @@ def upgrade_notes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
             "upgrade; drop them with --drop-legacy once every writer runs this store)"
         )
     if after["size"] > before["size"]:
-        copied = sum(after["rows"].get(t, 0) - before["rows"].get(t, 0) for t in NEW_TABLES)
+        artifacts, syntheses = moved["artifacts_backfilled"], moved["syntheses_backfilled"]
+        copied = artifacts + syntheses
         why = (
-            f"the backfill copied {copied} legacy rows into the new tables"
-            + (" while the legacy tables keep theirs" if kept else "")
-            + ", with their indexes"
+            f"the backfill copied {copied} legacy rows ({artifacts} artifacts, {syntheses} syntheses) into the "
+            "new tables" + (" while the legacy tables keep theirs" if kept else "") + ", with their indexes"
             if copied > 0
             else "new tables and indexes were created"
         )

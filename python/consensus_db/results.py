@@ -27,6 +27,7 @@ __all__ = [
     "CheckpointReport",
     "PoolState",
     "OpenReport",
+    "RowsMoved",
     "LaneStats",
     "ReaderStats",
     "ReadPathLatency",
@@ -180,6 +181,16 @@ class OpenReport(TypedDict):
     migrated: Optional[tuple[int, int]]
     shape: str
     layout_updated: bool
+    rows_moved: RowsMoved
+
+
+class RowsMoved(TypedDict):
+    """``rows_moved``: what a migration copied between the schemas (rows, per kind)."""
+
+    artifacts_backfilled: int
+    syntheses_backfilled: int
+    artifacts_written_back: int
+    syntheses_written_back: int
 
 
 class LaneStats(TypedDict):

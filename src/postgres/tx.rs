@@ -8,6 +8,7 @@ use rusqlite::types::Value;
 use super::map_error;
 use super::pool::{Pooled, Session};
 use crate::error::{Error, Result};
+use crate::statement::{self, Dialect};
 use crate::transaction::Params;
 
 /// An open transaction on one pooled connection; dropped without `commit`, it rolls back.
@@ -16,11 +17,6 @@ pub struct PgTx {
     read_only: bool,
     savepoints: u32,
     failed: bool,
-}
-
-fn is_control(sql: &str) -> bool {
-    let first = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("").to_ascii_uppercase();
-    matches!(first.as_str(), "BEGIN" | "COMMIT" | "END" | "ROLLBACK" | "SAVEPOINT" | "RELEASE" | "START" | "ABORT")
 }
 
 impl PgTx {
@@ -53,11 +49,6 @@ impl PgTx {
     }
 
     pub fn execute_params(&mut self, sql: &str, params: &Params) -> Result<usize> {
-        if is_control(sql) {
-            return Err(Error::Transaction(format!(
-                "{sql:?} controls the transaction: use the `with` block and tx.savepoint() instead"
-            )));
-        }
         if self.read_only {
             return Err(Error::ReadOnly("execute through a read-only store".into()));
         }
@@ -66,11 +57,6 @@ impl PgTx {
 
     /// One statement for every parameter row, prepared once.
     pub fn execute_many_params(&mut self, sql: &str, rows: &[Params]) -> Result<usize> {
-        if is_control(sql) {
-            return Err(Error::Transaction(format!(
-                "{sql:?} controls the transaction: use the `with` block and tx.savepoint() instead"
-            )));
-        }
         if self.read_only {
             return Err(Error::ReadOnly("executemany through a read-only store".into()));
         }
@@ -84,21 +70,11 @@ impl PgTx {
     }
 
     pub fn query_params(&mut self, sql: &str, params: &Params) -> Result<Vec<Vec<Value>>> {
-        if is_control(sql) {
-            return Err(Error::Transaction(format!(
-                "{sql:?} controls the transaction: use the `with` block and tx.savepoint() instead"
-            )));
-        }
         self.guarded(|s| query(s, sql, params))
     }
 
     /// [`PgTx::query_params`] with the result's column names.
     pub fn query_columns(&mut self, sql: &str, params: &Params) -> Result<(Vec<String>, Vec<Vec<Value>>)> {
-        if is_control(sql) {
-            return Err(Error::Transaction(format!(
-                "{sql:?} controls the transaction: use the `with` block and tx.savepoint() instead"
-            )));
-        }
         self.guarded(|s| query_columns(s, sql, params))
     }
 
@@ -231,7 +207,14 @@ fn positional(params: &Params) -> Result<&[Value]> {
     }
 }
 
+/// Prepares a user's statement and converts its parameters. Transaction control is
+/// refused here, before anything is sent: the extended protocol takes one statement
+/// per call, and its leading keyword (past semicolons and nested comments) says what
+/// it is.
 fn bind(s: &mut Session, sql: &str, params: &Params) -> Result<(postgres::Statement, Vec<Box<dyn ToSql + Sync>>)> {
+    if let Some(keyword) = statement::transaction_control(sql, Dialect::Postgres) {
+        return Err(statement::refused(&keyword, sql));
+    }
     let values = positional(params)?;
     let stmt = s.prepared_raw(sql)?;
     if stmt.params().len() != values.len() {

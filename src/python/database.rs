@@ -686,7 +686,19 @@ impl PyDatabase {
         d.set_item("migrated", r.migrated)?;
         d.set_item("shape", &r.shape)?;
         d.set_item("layout_updated", r.layout_updated)?;
+        d.set_item("rows_moved", rows_moved(py, r.rows_moved)?)?;
         Ok(d)
+    }
+
+    /// What the last migration of this store (opening's, or `migrate()`'s) copied between
+    /// the schemas: legacy rows backfilled into the new tables and new rows written back
+    /// into the legacy ones, per kind, counted inside each step's transaction (never the
+    /// runs made to hold them, nor rows other writers added meanwhile). All zero on
+    /// PostgreSQL, which has no legacy tables.
+    #[getter]
+    fn rows_moved<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let moved = if self.pg().is_some() { Default::default() } else { self.core("rows_moved")?.rows_moved() };
+        rows_moved(py, moved)
     }
 
     /// Every configured pragma's current value.
@@ -1469,4 +1481,13 @@ fn newest_first(order: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
         "oldest" => Ok(false),
         other => Err(Error::invalid("order", format!("must be \"newest\" or \"oldest\", got {other:?}")).into()),
     }
+}
+
+fn rows_moved(py: Python<'_>, m: migrations::RowsMoved) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("artifacts_backfilled", m.artifacts_backfilled)?;
+    d.set_item("syntheses_backfilled", m.syntheses_backfilled)?;
+    d.set_item("artifacts_written_back", m.artifacts_written_back)?;
+    d.set_item("syntheses_written_back", m.syntheses_written_back)?;
+    Ok(d)
 }

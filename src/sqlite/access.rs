@@ -8,6 +8,7 @@ use rusqlite::Connection;
 use crate::error::{Error, Result};
 use crate::sqlite::database::Engine;
 use crate::sqlite::transaction::{query, query_columns, query_params, Behavior, Params, Rows, Tx};
+use crate::sqlite::user_sql;
 use crate::sqlite::writer::{Job, OnceJob, Outcome, RepeatJob};
 
 impl Engine {
@@ -133,16 +134,16 @@ impl Engine {
     }
 
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Rows> {
-        self.read(|conn| query(conn, sql, params))
+        self.read(|conn| user_sql::run(sql, || query(conn, sql, params)))
     }
 
     /// [`Engine::query`] with positional or named parameters.
     pub fn query_params(&self, sql: &str, params: &Params) -> Result<Rows> {
-        self.read(|conn| query_params(conn, sql, params))
+        self.read(|conn| user_sql::run(sql, || query_params(conn, sql, params)))
     }
 
     /// [`Engine::query_params`] and the result's column names.
     pub fn query_columns(&self, sql: &str, params: &Params) -> Result<(Vec<String>, Rows)> {
-        self.read(|conn| query_columns(conn, sql, params))
+        self.read(|conn| user_sql::run(sql, || query_columns(conn, sql, params)))
     }
 }

@@ -13,11 +13,12 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Error, Result};
 use crate::sqlite::fork;
-use crate::sqlite::migrations::{self, Version};
+use crate::sqlite::migrations::{self, RowsMoved, Version};
 use crate::sqlite::pragmas::{self, Pragmas};
 use crate::sqlite::replica;
 use crate::sqlite::retry::{Retrier, RetryPolicy};
 use crate::sqlite::schema;
+use crate::sqlite::user_sql;
 use crate::sqlite::writer::{LaneStats, WriteLane};
 use std::sync::Arc;
 
@@ -81,6 +82,8 @@ pub struct OpenReport {
     pub shape: String,
     /// Whether the new tables were brought from an older layout to the current one.
     pub layout_updated: bool,
+    /// What opening's migration copied between the schemas.
+    pub rows_moved: RowsMoved,
 }
 
 pub struct Engine {
@@ -101,11 +104,14 @@ pub struct Engine {
     keeper: Mutex<Option<Connection>>,
     /// The retry policy and the count of retries made (`retry.rs`).
     pub(crate) retrier: Retrier,
+    /// What the last migration copied between the schemas (`rows_moved`).
+    last_moved: Mutex<RowsMoved>,
 }
 
 /// Readies a connection for the pool: per-connection pragmas, applied then verified.
 fn ready(conn: &Connection, pragmas: &Pragmas, in_memory: bool, read_only: bool) -> Result<()> {
     conn.set_prepared_statement_cache_capacity(64);
+    user_sql::install(conn)?;
     pragmas.apply_connection(conn)?;
     if read_only {
         verify_connection_scope(pragmas, conn)
@@ -242,6 +248,7 @@ impl Engine {
             in_memory,
             read_only: options.read_only,
             options,
+            last_moved: Mutex::new(open_report.rows_moved),
             open_report,
             opened_in: fork::Origin::here(),
             lane: Arc::new(WriteLane::default()),
@@ -391,13 +398,25 @@ impl Engine {
     /// Migrates the schema to `target`, up or down; returns the version reached.
     /// (`Database::migrate` then re-reads the store's layout.)
     pub(crate) fn migrate(&self, target: Version, guard: Option<migrations::InFlightGuard>) -> Result<Version> {
-        self.migrating(|conn| migrations::migrate(conn, target, guard))
+        let moved = Mutex::new(RowsMoved::default());
+        let reached = self.migrating(|conn| migrations::migrate_counting(conn, target, guard, &mut moved.lock()));
+        *self.last_moved.lock() = moved.into_inner();
+        reached
+    }
+
+    /// What the last migration of this store (at opening, or `migrate`) copied between
+    /// the schemas.
+    pub fn rows_moved(&self) -> RowsMoved {
+        *self.last_moved.lock()
     }
 
     /// Brings the file up to at least `target` and its tables to the current layout,
     /// as opening does; never down. Returns the version reached.
     pub(crate) fn upgrade(&self, target: Version) -> Result<Version> {
-        self.migrating(|conn| migrations::upgrade(conn, target).map(drop))
+        let moved = Mutex::new(RowsMoved::default());
+        let reached = self.migrating(|conn| migrations::upgrade_counting(conn, target, &mut moved.lock()).map(drop));
+        *self.last_moved.lock() = moved.into_inner();
+        reached
     }
 
     fn migrating(&self, work: impl Fn(&Connection) -> Result<()>) -> Result<Version> {
@@ -554,7 +573,7 @@ fn prepare_file(conn: &Connection, options: &Options, in_memory: bool) -> Result
     }
     options.pragmas.apply_connection(conn)?;
     if let Some(target) = options.migrate_to {
-        migrations::upgrade(conn, target)?;
+        migrations::upgrade_counting(conn, target, &mut report.rows_moved)?;
         let reached = migrations::user_version(conn)?;
         if reached != found {
             report.migrated = Some((found, reached));

@@ -34,8 +34,8 @@ pub const LATEST_VERSION: Version = 2;
 struct Migration {
     version: Version,
     description: &'static str,
-    up: fn(&Connection) -> Result<()>,
-    down: fn(&Connection) -> Result<()>,
+    up: fn(&Connection) -> Result<RowsMoved>,
+    down: fn(&Connection) -> Result<RowsMoved>,
 }
 
 const MIGRATIONS: &[Migration] = &[
@@ -83,20 +83,25 @@ pub fn validate() -> Result<()> {
     conn.execute_batch(LEGACY_SCHEMA_SQL)?;
     migrate(&conn, LATEST_VERSION, None)?;
     migrate(&conn, 0, None)?;
-    migrate(&conn, LATEST_VERSION, None)
+    migrate(&conn, LATEST_VERSION, None).map(drop)
 }
 
 /// What opening does: a brand-new file gets the latest schema; new tables in an
 /// older layout are brought to the current one; then the schema moves *up* to
 /// `target` if it is below. Never down. Returns the shape found.
 pub fn upgrade(conn: &Connection, target: Version) -> Result<Shape> {
-    let found = bring_layout_current(conn, true)?;
+    upgrade_counting(conn, target, &mut RowsMoved::default())
+}
+
+/// [`upgrade`], adding what it copied between the schemas to `moved` as each step commits.
+pub(crate) fn upgrade_counting(conn: &Connection, target: Version, moved: &mut RowsMoved) -> Result<Shape> {
+    let found = bring_layout_current(conn, true, moved)?;
     loop {
         let current = user_version(conn)?;
         if current >= target {
             return Ok(found);
         }
-        step(conn, current, current + 1, None)?;
+        step(conn, current, current + 1, None, moved)?;
     }
 }
 
@@ -104,18 +109,43 @@ pub fn upgrade(conn: &Connection, target: Version) -> Result<Shape> {
 /// bringing the layout current first. Moving down loses no row: the rows only the new
 /// tables hold are written back into the legacy tables first. With a `guard`, a step
 /// down or one that drops the legacy tables refuses while agents are in flight.
-pub fn migrate(conn: &Connection, target: Version, guard: Option<InFlightGuard>) -> Result<()> {
+pub fn migrate(conn: &Connection, target: Version, guard: Option<InFlightGuard>) -> Result<RowsMoved> {
+    let mut moved = RowsMoved::default();
+    migrate_counting(conn, target, guard, &mut moved)?;
+    Ok(moved)
+}
+
+/// [`migrate`], adding to `moved` as each step commits (a step that fails adds nothing;
+/// the steps before it stay counted).
+pub(crate) fn migrate_counting(
+    conn: &Connection,
+    target: Version,
+    guard: Option<InFlightGuard>,
+    moved: &mut RowsMoved,
+) -> Result<()> {
     if !(0..=LATEST_VERSION).contains(&target) {
         return Err(Error::invalid("target", format!("schema version {target} does not exist (0..={LATEST_VERSION})")));
     }
-    bring_layout_current(conn, target > 0)?;
+    bring_layout_current(conn, target > 0, moved)?;
     loop {
         let current = user_version(conn)?;
         if current == target {
             return Ok(());
         }
-        step(conn, current, if target > current { current + 1 } else { current - 1 }, guard)?;
+        step(conn, current, if target > current { current + 1 } else { current - 1 }, guard, moved)?;
     }
+}
+
+/// What a migration copied between the schemas: rows, counted inside each step's
+/// transaction — not the runs made to hold them, nor rows other writers add meanwhile.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RowsMoved {
+    /// Legacy rows given their copy in the new tables.
+    pub artifacts_backfilled: i64,
+    pub syntheses_backfilled: i64,
+    /// New-table rows given their copy in the legacy tables.
+    pub artifacts_written_back: i64,
+    pub syntheses_written_back: i64,
 }
 
 /// What keeps a destructive move (down, or dropping the legacy tables) away from running
@@ -158,21 +188,28 @@ impl Default for InFlightGuard {
 /// What every move starts with: refuse a version from the future, then create the
 /// schema in an empty file (when `create` says so) or bring new tables in an older
 /// layout to the current one. Returns the shape found.
-fn bring_layout_current(conn: &Connection, create: bool) -> Result<Shape> {
+fn bring_layout_current(conn: &Connection, create: bool, moved: &mut RowsMoved) -> Result<Shape> {
     user_version(conn)?;
     let found = schema::shape(conn)?;
     if found == Shape::Empty && create {
         let still_empty = |c: &Connection| Ok(user_version(c)? == 0 && schema::shape(c)? == Shape::Empty);
         in_transaction(conn, "create the schema", still_empty, create_fresh)?;
     } else if found.is_stale() {
-        update_layout(conn)?;
+        update_layout(conn, moved)?;
     }
     Ok(found)
 }
 
-fn step(conn: &Connection, from: Version, to: Version, guard: Option<InFlightGuard>) -> Result<()> {
+fn step(
+    conn: &Connection,
+    from: Version,
+    to: Version,
+    guard: Option<InFlightGuard>,
+    moved: &mut RowsMoved,
+) -> Result<()> {
     let action = if to > from { MIGRATIONS[from as usize].up } else { MIGRATIONS[from as usize - 1].down };
     let destructive = to < from || to == LATEST_VERSION;
+    let mut this_step = RowsMoved::default();
     in_transaction(
         conn,
         &format!("migration from version {from} to {to}"),
@@ -182,15 +219,27 @@ fn step(conn: &Connection, from: Version, to: Version, guard: Option<InFlightGua
             if let (Some(guard), true) = (guard, destructive) {
                 guard.refuse_if_in_flight(c, from, to)?;
             }
-            action(c)?;
+            this_step = action(c)?;
             c.execute_batch(&format!("PRAGMA user_version = {to}"))?;
             Ok(())
         },
-    )
+    )?;
+    moved.add(this_step);
+    Ok(())
+}
+
+impl RowsMoved {
+    pub(crate) fn add(&mut self, other: RowsMoved) {
+        self.artifacts_backfilled += other.artifacts_backfilled;
+        self.syntheses_backfilled += other.syntheses_backfilled;
+        self.artifacts_written_back += other.artifacts_written_back;
+        self.syntheses_written_back += other.syntheses_written_back;
+    }
 }
 
 /// Brings the new tables of a seed or first-layout file to the current layout.
-fn update_layout(conn: &Connection) -> Result<()> {
+fn update_layout(conn: &Connection, moved: &mut RowsMoved) -> Result<()> {
+    let mut this_step = RowsMoved::default();
     in_transaction(
         conn,
         "bringing the new tables to the current layout",
@@ -198,12 +247,15 @@ fn update_layout(conn: &Connection) -> Result<()> {
         |c| match schema::shape(c)? {
             Shape::Seed => {
                 schema::create_current_tables(c)?;
-                backfill(c)
+                this_step = backfill(c)?;
+                Ok(())
             }
             Shape::StoreRevision1 => rebuild_revision_1(c),
             _ => Ok(()),
         },
-    )
+    )?;
+    moved.add(this_step);
+    Ok(())
 }
 
 /// Runs `work` in one IMMEDIATE transaction if `still_needed` says so once the write
@@ -212,7 +264,7 @@ fn in_transaction(
     conn: &Connection,
     what: &str,
     still_needed: impl Fn(&Connection) -> Result<bool>,
-    work: impl Fn(&Connection) -> Result<()>,
+    work: impl FnOnce(&Connection) -> Result<()>,
 ) -> Result<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let result = still_needed(conn).and_then(|needed| if needed { work(conn) } else { Ok(()) });
@@ -257,7 +309,7 @@ fn add_missing_legacy_columns(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-fn up_v1(conn: &Connection) -> Result<()> {
+fn up_v1(conn: &Connection) -> Result<RowsMoved> {
     add_missing_legacy_columns(conn)?;
     conn.execute_batch(schema::ROUTING_TABLE_SQL)?;
     schema::create_current_tables(conn)?;
@@ -319,7 +371,7 @@ pub(crate) fn copy_synthesis_to_legacy(conn: &Connection, run: i64, s: &NewSynth
 /// Writes every row that only the new tables hold into the legacy tables (legacy
 /// timestamps, plus [`LEGACY_EXTRAS`] for what they cannot hold), linked to its copy, so
 /// an old binary sees everything. Returns how many rows were written. Idempotent.
-pub(crate) fn write_back(conn: &Connection) -> Result<usize> {
+pub(crate) fn write_back(conn: &Connection) -> Result<RowsMoved> {
     conn.execute_batch(&legacy_tables_ddl())?;
     add_missing_legacy_columns(conn)?;
     add_legacy_extras(conn)?;
@@ -339,13 +391,13 @@ pub(crate) fn write_back(conn: &Connection) -> Result<usize> {
          VALUES (?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     let mut link = conn.prepare("UPDATE agent_outputs SET legacy_artifact_id = ?2 WHERE id = ?1")?;
-    let mut written = 0;
+    let mut written = RowsMoved::default();
     let mut rows = outputs.query([])?;
     while let Some(row) = rows.next()? {
         let values: Vec<Value> = (0..10).map(|i| row.get(i)).collect::<Result<_, _>>()?;
         insert.execute(rusqlite::params_from_iter(values.iter()))?;
         link.execute(params![values[0], conn.last_insert_rowid()])?;
-        written += 1;
+        written.artifacts_written_back += 1;
     }
     let mut runs = conn.prepare(&format!(
         "SELECT r.id, r.spec_id, r.stage, r.synthesis_json, COALESCE(r.degraded, 0), r.orchestrator_run_id,
@@ -370,7 +422,7 @@ pub(crate) fn write_back(conn: &Connection) -> Result<usize> {
             run_id: s.run_id,
         };
         copy_synthesis_to_legacy(conn, id, &new, s.created_at_ms)?;
-        written += 1;
+        written.syntheses_written_back += 1;
     }
     let left: i64 = conn.query_row(
         &format!(
@@ -388,16 +440,17 @@ pub(crate) fn write_back(conn: &Connection) -> Result<usize> {
     Ok(written)
 }
 
-fn down_v1(conn: &Connection) -> Result<()> {
-    write_back(conn)?;
+fn down_v1(conn: &Connection) -> Result<RowsMoved> {
+    let written = write_back(conn)?;
     conn.execute_batch("DROP TABLE agent_outputs; DROP TABLE consensus_runs; DROP TABLE IF EXISTS consensus_db_meta;")?;
-    Ok(())
+    Ok(written)
 }
 
-fn up_v2(conn: &Connection) -> Result<()> {
-    backfill(conn)?;
+fn up_v2(conn: &Connection) -> Result<RowsMoved> {
+    let copied = backfill(conn)?;
     conn.execute_batch("DROP TABLE IF EXISTS consensus_artifacts; DROP TABLE IF EXISTS consensus_synthesis;")?;
-    clear_links(conn)
+    clear_links(conn)?;
+    Ok(copied)
 }
 
 /// Links to dropped legacy tables point at ids a recreated table hands out again (its
@@ -419,13 +472,14 @@ fn legacy_tables_ddl() -> String {
 
 /// Recreates the legacy tables for old binaries and writes every row back into them:
 /// version 1 is whole again.
-fn down_v2(conn: &Connection) -> Result<()> {
+fn down_v2(conn: &Connection) -> Result<RowsMoved> {
     // Tables an old binary recreated at version 2 hold only its own rows: no link to them stands.
     conn.execute_batch(&legacy_tables_ddl())?;
     clear_links(conn)?;
-    write_back(conn)?;
+    let mut moved = write_back(conn)?;
     // And what that old binary wrote gets its copy in the new tables.
-    backfill(conn)
+    moved.add(backfill(conn)?);
+    Ok(moved)
 }
 
 /// This store's first layout, rebuilt as the current one: same ids, same rows.
@@ -490,16 +544,18 @@ fn rebuild_revision_1(conn: &Connection) -> Result<()> {
 /// is left out. First pairs the copies a predecessor's dual-write build put in both
 /// schemas (no link between them): same spec, stage, agent and content, timestamps
 /// within [`PAIR_WINDOW_MS`], one to one, nearest first. Idempotent.
-pub(crate) fn backfill(conn: &Connection) -> Result<()> {
+pub(crate) fn backfill(conn: &Connection) -> Result<RowsMoved> {
+    let mut copied = RowsMoved::default();
     if table_exists(conn, "consensus_artifacts")? {
         link_artifact_copies(conn, None)?;
-        backfill_artifacts(conn)?;
+        copied.artifacts_backfilled = backfill_artifacts(conn)?;
     }
     if table_exists(conn, "consensus_synthesis")? {
         link_synthesis_copies(conn, None)?;
-        backfill_syntheses(conn)?;
+        copied.syntheses_backfilled = backfill_syntheses(conn)?;
     }
-    verify_backfill(conn)
+    verify_backfill(conn)?;
+    Ok(copied)
 }
 
 /// The rows of one spec (`?1`), or of one of its stages (`?2`), or all rows.
@@ -604,7 +660,8 @@ fn legacy_created_ms(conn: &Connection, table: &str, alias: &str) -> Result<Stri
     Ok(created_ms_sql(alias, column_exists(conn, table, "created_at_ms")?))
 }
 
-fn backfill_artifacts(conn: &Connection) -> Result<()> {
+/// Returns how many legacy artifacts it copied.
+fn backfill_artifacts(conn: &Connection) -> Result<i64> {
     // One open run per (spec_id, stage, run_id) group, unless one exists already.
     let created = legacy_created_ms(conn, "consensus_artifacts", "a")?;
     let model_version =
@@ -624,7 +681,7 @@ fn backfill_artifacts(conn: &Connection) -> Result<()> {
         schema::insert_run(conn, &spec, &stage, run_id.as_deref(), at)?;
     }
     let open_run = schema::open_run_sql("a.spec_id", "a.stage", "a.run_id");
-    conn.execute(
+    let copied = conn.execute(
         &format!(
             "INSERT INTO agent_outputs (run_id, agent_name, content, response_text, output_timestamp, legacy_artifact_id,
                     model_version)
@@ -638,10 +695,11 @@ fn backfill_artifacts(conn: &Connection) -> Result<()> {
         ),
         [],
     )?;
-    Ok(())
+    Ok(copied as i64)
 }
 
-fn backfill_syntheses(conn: &Connection) -> Result<()> {
+/// Returns how many legacy syntheses it copied.
+fn backfill_syntheses(conn: &Connection) -> Result<i64> {
     // A synthesis closes the newest open run of its group; otherwise it is a run of its own.
     let mut pending = conn.prepare(&format!(
         "SELECT id, spec_id, stage, run_id, {}, {}, {}, artifacts_count, {}, {}, {}, {}
@@ -666,6 +724,7 @@ fn backfill_syntheses(conn: &Connection) -> Result<()> {
     };
     let mut close_open_run = conn.prepare(&close(&schema::open_run_sql("?2", "?3", "?4")))?;
     let mut close_new_run = conn.prepare(&close("?13"))?;
+    let mut copied = 0;
     let mut rows = pending.query([])?;
     while let Some(row) = rows.next()? {
         let mut values: Vec<Value> = (0..12).map(|i| row.get(i)).collect::<Result<_, _>>()?;
@@ -676,8 +735,9 @@ fn backfill_syntheses(conn: &Connection) -> Result<()> {
             values.push(Value::Integer(run));
             close_new_run.execute(rusqlite::params_from_iter(values.iter()))?;
         }
+        copied += 1;
     }
-    Ok(())
+    Ok(copied)
 }
 
 const UNCOPIED_LEGACY: [(&str, &str); 2] = [

@@ -18,4 +18,5 @@ pub mod replica;
 pub mod retry;
 pub mod schema;
 pub mod transaction;
+mod user_sql;
 pub mod writer;

@@ -10,6 +10,8 @@ use rusqlite::{params_from_iter, Connection, Statement};
 
 use crate::error::{Error, Result};
 use crate::sqlite::pool::Conn;
+use crate::sqlite::user_sql;
+use crate::statement::excerpt;
 
 /// How a transaction takes its locks. Writes use `Immediate`: a deferred transaction
 /// that reads then writes fails with SQLITE_BUSY at once, busy_timeout notwithstanding.
@@ -54,8 +56,9 @@ impl Behavior {
 /// transaction by itself (an `INSERT OR ROLLBACK` conflict, an automatic rollback after
 /// a full disk), the `Tx` is spent and every later call fails with
 /// [`Error::Transaction`] — nothing after that point runs in autocommit and persists.
-/// Transaction control (`BEGIN`, `COMMIT`, `END`, `ROLLBACK`, `SAVEPOINT`, `RELEASE`)
-/// is refused before it runs: use `commit`/`rollback` and `savepoint`.
+/// Transaction control (`BEGIN`, `COMMIT`, `END`, `ROLLBACK`, `SAVEPOINT`, `RELEASE`,
+/// however spelt) is refused before it runs (`user_sql`): use `commit`/`rollback` and
+/// `savepoint`.
 pub struct Tx {
     conn: Conn,
     savepoints: Vec<String>,
@@ -69,35 +72,6 @@ pub struct Tx {
 
 /// Rows as SQLite values, column by column.
 pub type Rows = Vec<Vec<Value>>;
-
-/// The statement's first keyword, past whitespace and comments.
-fn first_keyword(sql: &str) -> &str {
-    let mut rest = sql;
-    loop {
-        rest = rest.trim_start();
-        if let Some(after) = rest.strip_prefix("--") {
-            rest = after.split_once('\n').map_or("", |(_, tail)| tail);
-        } else if let Some(after) = rest.strip_prefix("/*") {
-            rest = after.split_once("*/").map_or("", |(_, tail)| tail);
-        } else {
-            break;
-        }
-    }
-    let end = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
-    &rest[..end]
-}
-
-/// Statements that begin, end or nest a transaction: a `Tx` runs none of them.
-const TRANSACTION_CONTROL: [&str; 6] = ["BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"];
-
-/// A short, printable form of a statement for messages.
-fn excerpt(sql: &str) -> String {
-    let one_line = sql.split_whitespace().collect::<Vec<_>>().join(" ");
-    match one_line.char_indices().nth(80) {
-        Some((cut, _)) => format!("{}...", &one_line[..cut]),
-        None => one_line,
-    }
-}
 
 /// A statement's parameter values: by position, or by name as `sqlite3` and `apsw` bind
 /// a mapping (`:x`, `@x` and `$x` all take the value named `x`).
@@ -157,23 +131,11 @@ impl Tx {
         self.ended.get().is_some()
     }
 
-    /// Refuses to run anything once the transaction has ended, and refuses statements
-    /// that would end or nest it.
-    fn check_usable(&self, sql: Option<&str>) -> Result<()> {
+    /// Refuses to run anything once the transaction has ended.
+    fn check_usable(&self) -> Result<()> {
         self.check_origin()?;
         if let Some(why) = self.ended.get() {
             return Err(Error::Transaction(format!("{why}; nothing more runs in this transaction block")));
-        }
-        if let Some(sql) = sql {
-            let keyword = first_keyword(sql);
-            if TRANSACTION_CONTROL.iter().any(|k| k.eq_ignore_ascii_case(keyword)) {
-                return Err(Error::Transaction(format!(
-                    "{} cannot run inside a transaction block ({:?}): the block commits or rolls back \
-                     by itself, and `savepoint()` nests",
-                    keyword.to_ascii_uppercase(),
-                    excerpt(sql)
-                )));
-            }
         }
         Ok(())
     }
@@ -203,64 +165,68 @@ impl Tx {
 
     /// Runs one statement; returns the number of rows changed.
     pub fn execute(&self, sql: &str, params: &[Value]) -> Result<usize> {
-        self.check_usable(Some(sql))?;
-        let result = (|| Ok(self.conn.prepare_cached(sql)?.execute(params_from_iter(params))?))();
+        self.check_usable()?;
+        let result = user_sql::run(sql, || Ok(self.conn.prepare_cached(sql)?.execute(params_from_iter(params))?));
         self.after(sql, result)
     }
 
     /// [`Tx::execute`] with positional or named parameters.
     pub fn execute_params(&self, sql: &str, params: &Params) -> Result<usize> {
-        self.check_usable(Some(sql))?;
-        let result = (|| {
+        self.check_usable()?;
+        let result = user_sql::run(sql, || {
             let mut stmt = self.conn.prepare_cached(sql)?;
             let values = params.in_order(&stmt)?;
             Ok(stmt.execute(params_from_iter(values))?)
-        })();
+        });
         self.after(sql, result)
     }
 
     /// Runs one statement once per parameter row (prepared once); returns rows changed.
     pub fn execute_many(&self, sql: &str, rows: &[Vec<Value>]) -> Result<usize> {
-        self.check_usable(Some(sql))?;
-        let mut stmt = self.conn.prepare_cached(sql)?;
-        let mut changed = 0;
-        for (i, row) in rows.iter().enumerate() {
-            let result = stmt.execute(params_from_iter(row)).map_err(|e| in_row(i, e.into()));
-            changed += self.after(sql, result)?;
-        }
-        Ok(changed)
+        self.check_usable()?;
+        user_sql::run(sql, || {
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            let mut changed = 0;
+            for (i, row) in rows.iter().enumerate() {
+                let result = stmt.execute(params_from_iter(row)).map_err(|e| in_row(i, e.into()));
+                changed += self.after(sql, result)?;
+            }
+            Ok(changed)
+        })
     }
 
     /// [`Tx::execute_many`] with positional or named parameters per row.
     pub fn execute_many_params(&self, sql: &str, rows: &[Params]) -> Result<usize> {
-        self.check_usable(Some(sql))?;
-        let mut stmt = self.conn.prepare_cached(sql)?;
-        let mut changed = 0;
-        for (i, row) in rows.iter().enumerate() {
-            let values = row.in_order(&stmt).map_err(|e| in_row(i, e))?;
-            let result = stmt.execute(params_from_iter(values)).map_err(|e| in_row(i, e.into()));
-            changed += self.after(sql, result)?;
-        }
-        Ok(changed)
+        self.check_usable()?;
+        user_sql::run(sql, || {
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            let mut changed = 0;
+            for (i, row) in rows.iter().enumerate() {
+                let values = row.in_order(&stmt).map_err(|e| in_row(i, e))?;
+                let result = stmt.execute(params_from_iter(values)).map_err(|e| in_row(i, e.into()));
+                changed += self.after(sql, result)?;
+            }
+            Ok(changed)
+        })
     }
 
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Rows> {
-        self.check_usable(Some(sql))?;
-        let result = query(&self.conn, sql, params);
+        self.check_usable()?;
+        let result = user_sql::run(sql, || query(&self.conn, sql, params));
         self.after(sql, result)
     }
 
     /// [`Tx::query`] with positional or named parameters.
     pub fn query_params(&self, sql: &str, params: &Params) -> Result<Rows> {
-        self.check_usable(Some(sql))?;
-        let result = query_params(&self.conn, sql, params);
+        self.check_usable()?;
+        let result = user_sql::run(sql, || query_params(&self.conn, sql, params));
         self.after(sql, result)
     }
 
     /// [`Tx::query_params`] and the result's column names.
     pub fn query_columns(&self, sql: &str, params: &Params) -> Result<(Vec<String>, Rows)> {
-        self.check_usable(Some(sql))?;
-        let result = query_columns(&self.conn, sql, params);
+        self.check_usable()?;
+        let result = user_sql::run(sql, || query_columns(&self.conn, sql, params));
         self.after(sql, result)
     }
 
@@ -270,7 +236,7 @@ impl Tx {
 
     /// Opens a nested savepoint; returns its name for `release` / `rollback_to`.
     pub fn savepoint(&mut self) -> Result<String> {
-        self.check_usable(None)?;
+        self.check_usable()?;
         let name = format!("sp{}", self.savepoints.len() + 1);
         self.conn.execute_batch(&format!("SAVEPOINT {name}"))?;
         self.savepoints.push(name.clone());
@@ -279,7 +245,7 @@ impl Tx {
 
     /// Keeps the innermost savepoint's work (part of the enclosing transaction).
     pub fn release(&mut self, name: &str) -> Result<()> {
-        self.check_usable(None)?;
+        self.check_usable()?;
         self.pop_savepoint(name)?;
         self.conn.execute_batch(&format!("RELEASE {name}"))?;
         Ok(())
@@ -311,7 +277,7 @@ impl Tx {
     pub fn commit(mut self) -> Result<()> {
         self.check_origin()?;
         self.finished = true;
-        self.check_usable(None)?;
+        self.check_usable()?;
         if let Err(e) = self.conn.prepare_cached("COMMIT").and_then(|mut commit| commit.execute([])) {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(e.into());

@@ -12,7 +12,9 @@
 //! its error, members that had already run are run again in a new transaction (store
 //! writes, which can be repeated) or fail with [`Error::Transaction`] (a `FnOnce`
 //! write), and members not yet run go on in the new transaction. A failed `COMMIT`
-//! fails every member.
+//! fails every member; so that one write cannot fail its group's COMMIT, a write that
+//! leaves a deferred foreign key violation (checked only at COMMIT) fails alone, as its
+//! own COMMIT would, before the group commits.
 //!
 //! Explicit write transactions, migrations and maintenance *hold* the lane: they wait
 //! their turn like a write, then run alone until they release it. A write from the
@@ -664,6 +666,15 @@ fn run_group(pool: &Pool, jobs: &mut [&mut (dyn Job + 'static)]) {
                     }
                 },
             };
+            if ok && !alone && !tx.is_autocommit() && leaves_deferred_violations(&tx) {
+                // Its own COMMIT would fail; the group's must not fail for it.
+                jobs[i].fail(Error::Integrity(
+                    "FOREIGN KEY constraint failed: the write left a deferred foreign key violation, which its \
+                     COMMIT would refuse; nothing of it persists"
+                        .into(),
+                ));
+                ok = false;
+            }
             if !tx.is_autocommit() && !alone {
                 let closed = savepoint(
                     &tx,
@@ -708,6 +719,24 @@ fn run_group(pool: &Pool, jobs: &mut [&mut (dyn Job + 'static)]) {
         }
         pending.clear();
     }
+}
+
+/// Whether the transaction holds foreign key violations that are checked only at
+/// COMMIT (`DEFERRABLE INITIALLY DEFERRED`, `PRAGMA defer_foreign_keys`). Every member
+/// before this one left none, so any there are belong to the member that just ran.
+fn leaves_deferred_violations(tx: &Tx) -> bool {
+    let (mut current, mut highest) = (0, 0);
+    // SAFETY: the handle is this open connection's, used on the thread that holds it.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_status(
+            tx.handle(),
+            rusqlite::ffi::SQLITE_DBSTATUS_DEFERRED_FKS,
+            &mut current,
+            &mut highest,
+            0,
+        )
+    };
+    rc == rusqlite::ffi::SQLITE_OK && current > 0
 }
 
 fn savepoint(tx: &Tx, sql: &str) -> Result<()> {

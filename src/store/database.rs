@@ -144,7 +144,7 @@ impl Database {
                     }
                 } else if has_legacy {
                     self.require_current()?;
-                    self.write_repeatable_as("read_mode", |tx| migrations::backfill(tx))?;
+                    self.write_repeatable_as("read_mode", |tx| migrations::backfill(tx).map(drop))?;
                 }
             }
             ReadMode::Dual => {}

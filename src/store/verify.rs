@@ -98,10 +98,9 @@ struct Side {
     fields: Vec<Option<String>>,
 }
 
-/// What a twin takes from its legacy copy: `run_id` and `response_text` the reader fills
-/// in; `created_at`, because the twin rule already matched the times (within
-/// `PAIR_WINDOW_MS`) and two copies written a moment apart can straddle a second.
-const FILLED: [&str; 3] = ["response_text", "run_id", "created_at"];
+/// What a twin takes from its legacy copy when it has none: `run_id` and
+/// `response_text`, which the reader fills in.
+const FILLED: [&str; 2] = ["response_text", "run_id"];
 
 impl Side {
     fn from_artifact(a: &Artifact) -> Side {
@@ -202,11 +201,17 @@ fn check(
         }
     }
     for &(li, vi, twin) in &pairs {
-        if twin {
-            for (i, name) in fields.iter().enumerate() {
-                if FILLED.contains(name) && (v1[vi].0.fields[i].is_none() || *name == "created_at") {
-                    v1[vi].0.fields[i].clone_from(&legacy[li].fields[i]);
-                }
+        // Two copies written a moment apart (a predecessor's dual write, paired by the
+        // twin rule or linked since) can straddle a second: within the pairing window
+        // their times agree, whichever second each shows.
+        let close_in_time = (v1[vi].0.at_ms - legacy[li].at_ms).abs() <= PAIR_WINDOW_MS;
+        for (i, name) in fields.iter().enumerate() {
+            let take = match *name {
+                "created_at" => close_in_time,
+                name => twin && FILLED.contains(&name) && v1[vi].0.fields[i].is_none(),
+            };
+            if take {
+                v1[vi].0.fields[i].clone_from(&legacy[li].fields[i]);
             }
         }
         let differ: Vec<&'static str> = fields
