@@ -464,8 +464,9 @@ class Database:
     def integrity_check(self, quick: bool = False) -> list[str]:
         """``["ok"]`` or the problems found."""
     def backup(self, dest: _Path | None = None) -> str:
-        """An online backup into the new file ``dest`` (refused if it exists); without
-        ``dest``, beside the database under a unique name. Returns the path."""
+        """An online backup into the new file ``dest`` (a str, bytes or os.PathLike, named
+        byte for byte as ``connect`` names files; refused if it exists); without ``dest``,
+        beside the database under a unique name. Returns the path (``os.fsdecode``'s str)."""
     def start_maintenance(
         self,
         interval_s: float = 300.0,

@@ -115,17 +115,17 @@ fn non_negative(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<i64> {
 
 /// A file name, byte for byte: `bytes` as they are, a `str` encoded as `os.fsencode`
 /// does (undecodable bytes come back from their surrogate escapes), or an os.PathLike.
-fn path_arg(obj: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
+fn path_arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<PathBuf> {
     use std::os::unix::ffi::OsStrExt;
     let py = obj.py();
     let fspath = py.import("os")?.getattr("fspath")?.call1((obj,)).map_err(|_| {
-        PyErr::from(Error::invalid("path", format!("must be a str, bytes or os.PathLike, got {}", type_name(obj))))
+        PyErr::from(Error::invalid(name, format!("must be a str, bytes or os.PathLike, got {}", type_name(obj))))
     })?;
     if let Ok(b) = fspath.cast::<pyo3::types::PyBytes>() {
         return Ok(PathBuf::from(std::ffi::OsStr::from_bytes(b.as_bytes())));
     }
     fspath.extract::<PathBuf>().map_err(|_| {
-        Error::invalid("path", format!("{} cannot be encoded as a file name", describe_str(&fspath))).into()
+        Error::invalid(name, format!("{} cannot be encoded as a file name", describe_str(&fspath))).into()
     })
 }
 
@@ -555,7 +555,7 @@ impl PyDatabase {
                 retry,
             );
         }
-        let path = path_arg(path)?;
+        let path = path_arg(path, "path")?;
         let uri = opt_flag(uri, "uri", defaults.uri)?;
         let replicated = opt_flag(replicated, "replicated", defaults.replicated)?;
         let migrate_to = match migrate {
@@ -1343,21 +1343,18 @@ impl PyDatabase {
         run(py, || self.core("replicated")?.is_replicated())
     }
 
-    /// An online backup into the new file `dest` (refused if anything exists there);
-    /// without `dest`, beside the database under a fresh unique name. Returns the path.
+    /// An online backup into the new file `dest` (a str, bytes or os.PathLike, named byte
+    /// for byte as `connect` names files; refused if anything exists there); without
+    /// `dest`, beside the database under a fresh unique name. Returns the path (a str, as
+    /// `os.fsdecode` gives it).
     #[pyo3(signature = (dest=None))]
-    fn backup(&self, py: Python<'_>, dest: Option<&Bound<'_, PyAny>>) -> PyResult<String> {
-        let dest = match dest {
-            None => None,
-            Some(d) => Some(d.extract::<std::path::PathBuf>().map_err(|_| {
-                PyErr::from(Error::invalid("dest", format!("must be a str or os.PathLike, got {}", type_name(d))))
-            })?),
-        };
+    fn backup(&self, py: Python<'_>, dest: Option<&Bound<'_, PyAny>>) -> PyResult<std::ffi::OsString> {
+        let dest = dest.filter(|d| !d.is_none()).map(|d| path_arg(d, "dest")).transpose()?;
         let path = run(py, || match dest {
             Some(dest) => self.core("backup()")?.backup(&dest).map(|()| dest),
             None => self.core("backup()")?.backup_beside(),
         })?;
-        Ok(path.to_string_lossy().into_owned())
+        Ok(path.into_os_string())
     }
 
     /// `PRAGMA integrity_check` (or `quick_check`): `["ok"]` or the problems found.
