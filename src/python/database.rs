@@ -873,26 +873,34 @@ impl PyDatabase {
     /// Migrates to `target`, up or down; without one, up to at least the default
     /// version, as opening does. Returns the version reached. Moving down loses no row.
     /// A move that drops or downgrades tables refuses while agents are in flight (spawned
-    /// within `in_flight_age` seconds and not completed) unless `force`.
-    #[pyo3(signature = (target=None, *, force=false, in_flight_age=None),
-           text_signature = "($self, target=None, *, force=False, in_flight_age=3600.0)")]
+    /// within `in_flight_age` seconds and not completed) unless `force`. With `dry_run`
+    /// (a `target` needed) nothing moves: what the move would refuse is raised, else the
+    /// target returned; a read-only store can check (as the CLI does before its backup).
+    #[pyo3(signature = (target=None, *, force=false, in_flight_age=None, dry_run=None),
+           text_signature = "($self, target=None, *, force=False, in_flight_age=3600.0, dry_run=False)")]
     fn migrate(
         &self,
         py: Python<'_>,
         target: Option<&Bound<'_, PyAny>>,
         force: bool,
         in_flight_age: Option<&Bound<'_, PyAny>>,
+        dry_run: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<i64> {
         let mut guard = migrations::InFlightGuard::default();
         if let Some(age) = in_flight_age.filter(|a| !a.is_none()) {
             guard.max_age_ms = i64::try_from(seconds(age, "in_flight_age")?.as_millis()).unwrap_or(i64::MAX);
         }
         let guard = (!force).then_some(guard);
+        let dry_run = opt_flag(dry_run, "dry_run", false)?;
         match target {
             Some(t) if !t.is_none() => {
                 let target = non_negative(t, "target")?;
-                run(py, || self.core("migrate(target)")?.migrate_with(target, guard))
+                run(py, || match self.core("migrate(target)")? {
+                    db if dry_run => db.check_migration(target, guard).map(|()| target),
+                    db => db.migrate_with(target, guard),
+                })
             }
+            _ if dry_run => Err(Error::invalid("target", "a dry run needs a target version").into()),
             _ => run(py, || match self.pg() {
                 #[cfg(feature = "postgres")]
                 Some(pg) => pg.migrate(),
