@@ -442,7 +442,7 @@ def upgrade(path: str, drop_legacy: bool, force: bool, in_flight_age: float, no_
     def target(before: dict[str, Any]) -> int:
         if drop_legacy:
             return consensus_db.LATEST_SCHEMA_VERSION
-        return max(before["schema_version"], consensus_db.DEFAULT_SCHEMA_VERSION)
+        return max(int(before["schema_version"]), consensus_db.DEFAULT_SCHEMA_VERSION)
 
     before, problems, copy = backed_up(
         file, target, force=force, in_flight_age=in_flight_age, no_backup=no_backup, as_json=as_json
@@ -753,13 +753,6 @@ def replicate(
     file = existing(path)
     if (dest is None) == (config is None):
         raise click.UsageError("give either --to DEST or --config FILE")
-    with open_for_reading(file) as db:
-        mode = db.health()["journal_mode"]
-    if mode != "wal":
-        fail(
-            f"{file} is in {mode!r} journal mode and Litestream replicates WAL databases only: "
-            f"run consensus-db upgrade {file} first"
-        )
     stopping = threading.Event()
     received: list[str] = []
 
@@ -771,12 +764,19 @@ def replicate(
         if not quiet:
             click.echo(f"litestream | {line}", err=True)
 
-    try:
+    try:  # first: it refuses names Litestream cannot take before the file is even read
         replicator = replication.Replicator(
             file, dest, config=config, litestream=litestream, on_line=forward, die_with_parent=True
         )
     except Error as exc:
         fail(str(exc))
+    with open_for_reading(file) as db:
+        mode = db.health()["journal_mode"]
+    if mode != "wal":
+        fail(
+            f"{file} is in {mode!r} journal mode and Litestream replicates WAL databases only: "
+            f"run consensus-db upgrade {file} first"
+        )
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     started = time.monotonic()
     try:
