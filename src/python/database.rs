@@ -124,9 +124,9 @@ fn path_arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<PathBuf> {
     if let Ok(b) = fspath.cast::<pyo3::types::PyBytes>() {
         return Ok(PathBuf::from(std::ffi::OsStr::from_bytes(b.as_bytes())));
     }
-    fspath.extract::<PathBuf>().map_err(|_| {
-        Error::invalid(name, format!("{} cannot be encoded as a file name", describe_str(&fspath))).into()
-    })
+    fspath
+        .extract::<PathBuf>()
+        .map_err(|_| Error::invalid(name, format!("{} cannot be encoded as a file name", describe_str(&fspath))).into())
 }
 
 /// The URL when `path` is a `str` starting with `postgresql://` (a path object or bytes
