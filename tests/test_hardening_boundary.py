@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pathlib
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -261,6 +263,36 @@ def test_non_utf8_file_names_open_exactly_that_file(tmp_path):
         with consensus_db.connect(path) as db:  # the same file, named by its bytes
             assert db.query("SELECT agent_id FROM agent_executions") == [(f"a{i}",)]
     assert sorted(n for n in os.listdir(os.fsencode(tmp_path)) if n.endswith(b".db")) == sorted(names)
+
+
+def test_backups_upgrades_and_downgrades_of_a_non_utf8_file_name_use_its_bytes(tmp_path):
+    """backup() stats and names files by their bytes, as connect() opens them; dest may
+    be bytes; the commands that back up first (upgrade, downgrade) work on such a file."""
+    directory = os.fsencode(tmp_path)
+    path = directory + b"/caf\xe9.db"
+    with consensus_db.connect(path) as db:
+        db.store_artifact("S", "plan", "g", {"n": 1})
+        os.chmod(path, 0o640)
+        copies = [
+            db.backup(),
+            db.backup(directory + b"/copy\xff.db"),
+            db.backup(os.fsdecode(directory + b"/copy\xfe.db")),
+            db.backup(pathlib.Path(os.fsdecode(directory + b"/copy\xfd.db"))),
+        ]
+    assert os.fsencode(copies[0]).startswith(directory + b"/caf\xe9.backup-") and copies[0].endswith(".db")
+    assert [os.fsencode(c) for c in copies[1:]] == [directory + n for n in (b"/copy\xff.db", b"/copy\xfe.db", b"/copy\xfd.db")]
+    for copy in copies:
+        assert stat.S_IMODE(os.stat(copy).st_mode) == 0o640
+        with consensus_db.connect(copy, read_only=True) as backed_up:
+            assert [a.agent_name for a in backed_up.query_artifacts("S", "plan")] == ["g"]
+    cli = [sys.executable, "-m", "consensus_db"]
+    for command in (["downgrade", path, "--to", "1"], ["upgrade", path, "--drop-legacy"]):
+        done = subprocess.run(cli + command, capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr.decode(errors="backslashreplace")
+    with consensus_db.connect(path) as db:
+        assert db.schema_version == 2 and [a.agent_name for a in db.query_artifacts("S", "plan")] == ["g"]
+    backups = [n for n in os.listdir(directory) if n.startswith(b"caf\xe9.backup-") and n.endswith(b".db")]
+    assert len(backups) == 3, "backup(), then one by each command"
 
 
 def test_a_path_starting_with_file_is_a_file_name_not_a_uri(tmp_path, monkeypatch):

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -436,6 +438,113 @@ def test_a_restore_while_the_store_keeps_writing_is_consistent(tmp_path, s3):
     print(f"\n[replication restore-while-writing] {restores[0]} restores during writes, all consistent; "
           f"batches in the three newer ones: {seen}; "
           f"after the writer stopped: {final} batches, {final_rows['rows']['agent_outputs']} agent_outputs restored")
+
+
+# ---- what a restore replaces: permissions, links; names Litestream cannot take -----------------------
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def private_replica(tmp_path: Path) -> tuple[Path, Path]:
+    """A 0600 store, replicated to a directory (whose LTX files get the store's mode):
+    (the store, the replica)."""
+    path, replica, probe = tmp_path / "private.db", tmp_path / "replica", tmp_path / "probe.db"
+    consensus_db.connect(path).close()
+    path.chmod(0o600)
+    env = litestream_env()
+    with consensus_db.connect(path, replicated=True) as db, replication.Replicator(path, replica, env=env):
+        write_workload(db, 2)
+        measure_lags(db, str(replica), probe, env, samples=1)
+    probe.unlink()
+    return path, replica
+
+
+@needs_litestream
+def test_a_restore_takes_the_mode_of_the_file_it_replaces_else_the_replicas_else_0600(tmp_path, umask_022):
+    path, replica = private_replica(tmp_path)
+    env = litestream_env()
+    fresh = tmp_path / "fresh.db"
+    replication.restore(replica, fresh, env=env)
+    assert mode(fresh) == 0o600, "no file replaced: the replica's mode (its LTX files carry the store's)"
+    replaced = tmp_path / "replaced.db"
+    shutil.copy(path, replaced)
+    replaced.chmod(0o640)
+    forced = run("restore", replica, replaced, "--force", env=env)
+    assert forced.exit_code == 0, forced.output
+    assert mode(replaced) == 0o640, "the mode of the file it replaced"
+    with consensus_db.connect(replaced) as db:  # its -wal and -shm match the file
+        db.record_agent_spawn("after-restore", "S", "plan", "regular_stage", "g")
+        assert (mode(Path(f"{replaced}-wal")), mode(Path(f"{replaced}-shm"))) == (0o640, 0o640)
+    for ltx in replica.glob("ltx/*/*.ltx"):
+        ltx.chmod(0o640)
+    replication.restore(replica, tmp_path / "shared.db", env=env)
+    assert mode(tmp_path / "shared.db") == 0o640, "the replica's mode, not a fixed one"
+    config = tmp_path / "litestream.yml"
+    config.write_text(json.dumps({"dbs": [{"path": str(path), "replica": {"type": "file", "path": str(replica)}}]}))
+    replication.restore(path, tmp_path / "configured.db", config=config, env=env)
+    assert mode(tmp_path / "configured.db") == 0o600, "a replica named by a config: private"
+
+
+@needs_litestream
+def test_a_restore_onto_a_link_is_refused_and_changes_nothing(tmp_path):
+    _, replica = private_replica(tmp_path)
+    env = litestream_env()
+    elsewhere, links = tmp_path / "elsewhere", tmp_path / "links"
+    elsewhere.mkdir()
+    links.mkdir()
+    target = elsewhere / "target.db"
+    target.write_bytes(b"left alone")
+    link, dangling = links / "link.db", links / "dangling.db"
+    link.symlink_to(target)
+    dangling.symlink_to(elsewhere / "missing.db")
+    for where, force in ((link, True), (dangling, False), (dangling, True)):
+        with pytest.raises(consensus_db.InvalidInputError, match=f"invalid path: '{where}' is a symbolic link"):
+            replication.restore(replica, where, force=force, env=env)
+    refused = run("restore", replica, dangling, env=env)
+    assert refused.exit_code == 1 and f"'{dangling}' is a symbolic link" in refused.output, refused.output
+    assert sorted(p.name for p in links.iterdir()) == ["dangling.db", "link.db"]
+    assert (os.readlink(link), os.readlink(dangling)) == (str(target), str(elsewhere / "missing.db"))
+    assert target.read_bytes() == b"left alone" and sorted(p.name for p in elsewhere.iterdir()) == ["target.db"]
+
+
+@needs_litestream
+def test_names_that_are_not_utf8_are_refused_before_litestream_runs(tmp_path):
+    """Litestream 0.5 panics on a database name that is not UTF-8 (a metrics label);
+    such names are refused first, each named, and nothing is created."""
+    directory = os.fsencode(tmp_path)
+    store = os.fsdecode(directory + b"/caf\xe9.db")  # a str with a surrogate escape
+    consensus_db.connect(store).close()
+    good = tmp_path / "good.db"
+    consensus_db.connect(good).close()
+    bad_dir = os.fsdecode(directory + b"/replica\xe9")
+    restored_as = os.fsdecode(directory + b"/restored\xe9.db")
+    env = litestream_env()
+    refusals = [
+        (lambda: replication.Replicator(store, tmp_path / "replica", env=env).start(), "db_path", store),
+        (lambda: replication.Replicator(os.fsencode(store), tmp_path / "replica", env=env).start(), "db_path", store),
+        (lambda: replication.Replicator(good, bad_dir, env=env).start(), "destination", bad_dir),
+        (lambda: replication.restore(bad_dir, tmp_path / "out.db", env=env), "destination", bad_dir),
+        (lambda: replication.restore(tmp_path / "replica", restored_as, env=env), "path", restored_as),
+    ]
+    for attempt, name, path in refusals:
+        with pytest.raises(consensus_db.InvalidInputError, match=re.escape(f"invalid {name}: {path!r} is not UTF-8")):
+            attempt()
+    replicating = run("replicate", store, "--to", tmp_path / "replica", env=env)
+    assert replicating.exit_code == 1 and f"{store!r} is not UTF-8" in replicating.output, replicating.output
+    restoring = run("restore", tmp_path / "replica", restored_as, env=env)
+    assert restoring.exit_code == 1 and f"{restored_as!r} is not UTF-8" in restoring.output, restoring.output
+    assert sorted(os.listdir(directory)) == sorted([b"caf\xe9.db", b"good.db"])
 
 
 # ---- the engine's side: PASSIVE checkpoints, busy_timeout ------------------------------------------

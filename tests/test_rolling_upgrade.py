@@ -303,6 +303,49 @@ def test_a_downgrade_refuses_while_agents_are_in_flight_unless_forced(tmp_path):
     assert result.exit_code == 0 and "already" in result.output
 
 
+def test_a_refused_downgrade_or_drop_legacy_takes_no_backup(tmp_path):
+    """The refusals the library would make (agents in flight, an in_flight_age it does
+    not take, nothing to do) are checked before the backup: only a move that goes ahead
+    leaves one. --in-flight-age takes what in_flight_age= takes."""
+    path = tmp_path / "busy.db"
+    with consensus_db.connect(path) as db:
+        db.store_artifact("S", "plan", "g", "{}")
+        db.record_agent_spawn("a1", "S", "plan", "regular_stage", "g")
+        with pytest.raises(consensus_db.InvalidInputError, match="in_flight_age.*got 1000000000000"):
+            db.migrate(0, in_flight_age=1e12)
+    with consensus_db.connect(path, read_only=True) as db:  # what the CLI checks before its backup
+        with pytest.raises(consensus_db.ExecutionsInFlightError, match="1 agent executions are in flight"):
+            db.migrate(0, dry_run=True)
+        with pytest.raises(consensus_db.InvalidInputError, match="in_flight_age.*got 1000000000000"):
+            db.migrate(0, in_flight_age=1e12, dry_run=True)
+        with pytest.raises(consensus_db.InvalidInputError, match="invalid target: a dry run needs a target"):
+            db.migrate(dry_run=True)
+        assert db.migrate(0, force=True, dry_run=True) == 0 and db.schema_version == 2
+
+    def backups() -> list:
+        return sorted(p.name for p in tmp_path.iterdir() if ".backup-" in p.name)
+
+    def refused(*args: str, said: str) -> None:
+        result = CliRunner().invoke(cli, [args[0], str(path), *args[1:]])
+        assert result.exit_code == 1 and said in result.output, result.output
+        assert backups() == [], f"{args}: refused, yet backed up"
+        assert "is still at schema version" in result.output and "no backup" in result.output, result.output
+
+    refused("downgrade", said="1 agent executions are in flight")
+    for age in ("1e12", "0", "-1", "nan"):
+        refused("downgrade", "--in-flight-age", age, said="invalid in_flight_age")
+        refused("upgrade", "--in-flight-age", age, said="invalid in_flight_age")
+    with consensus_db.connect(path) as db:
+        db.migrate(1, force=True)
+    refused("upgrade", "--drop-legacy", said="1 agent executions are in flight")
+    result = CliRunner().invoke(cli, ["downgrade", str(path), "--to", "1"])
+    assert result.exit_code == 0 and "already" in result.output and backups() == []
+    assert table(path, "PRAGMA user_version") == [(1,)]
+    result = CliRunner().invoke(cli, ["downgrade", str(path), "--force", "--in-flight-age", "1e9"])
+    assert result.exit_code == 0, result.output
+    assert len(backups()) == 1 and table(path, "PRAGMA user_version") == [(0,)]
+
+
 def test_a_downgrade_links_the_predecessors_dual_written_copies_instead_of_copying_them(tmp_path):
     path = legacy_v1_file(tmp_path)
     late = [item("SPEC-1", "spec-plan", i, "dual-build") for i in range(20, 23)]

@@ -343,12 +343,16 @@ class Database:
         """Runs one statement in its own IMMEDIATE transaction; returns rows changed."""
     def query(self, sql: str, params: _Params = None) -> Rows:
         """Runs a query outside any transaction; returns :class:`~consensus_db.Rows`."""
-    def migrate(self, target: int | None = None, *, force: bool = False, in_flight_age: float = 3600.0) -> int:
+    def migrate(
+        self, target: int | None = None, *, force: bool = False, in_flight_age: float = 3600.0, dry_run: bool = False
+    ) -> int:
         """Migrates to ``target`` (up or down); without one, up to the default version.
         Returns the version reached. Moving down loses no row: rows only the new tables
         hold are written back into the legacy tables first. A move that drops or
         downgrades tables raises ``ExecutionsInFlightError`` while agents spawned within
-        ``in_flight_age`` seconds have not completed, unless ``force``."""
+        ``in_flight_age`` seconds have not completed, unless ``force``. With ``dry_run``
+        (a ``target`` needed) nothing moves: what the move would refuse is raised, else
+        ``target`` returned; a read-only store can check."""
     def verify_schemas(self) -> SchemaReport:
         """The legacy tables against the new ones, per spec/stage: counts, content hashes
         and the rows that differ, with their ids. Reads one snapshot; writes nothing."""
@@ -472,8 +476,9 @@ class Database:
     def integrity_check(self, quick: bool = False) -> list[str]:
         """``["ok"]`` or the problems found."""
     def backup(self, dest: _Path | None = None) -> str:
-        """An online backup into the new file ``dest`` (refused if it exists); without
-        ``dest``, beside the database under a unique name. Returns the path."""
+        """An online backup into the new file ``dest`` (a str, bytes or os.PathLike, named
+        byte for byte as ``connect`` names files; refused if it exists); without ``dest``,
+        beside the database under a unique name. Returns the path (``os.fsdecode``'s str)."""
     def start_maintenance(
         self,
         interval_s: float = 300.0,

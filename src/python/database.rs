@@ -115,18 +115,18 @@ fn non_negative(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<i64> {
 
 /// A file name, byte for byte: `bytes` as they are, a `str` encoded as `os.fsencode`
 /// does (undecodable bytes come back from their surrogate escapes), or an os.PathLike.
-fn path_arg(obj: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
+fn path_arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<PathBuf> {
     use std::os::unix::ffi::OsStrExt;
     let py = obj.py();
     let fspath = py.import("os")?.getattr("fspath")?.call1((obj,)).map_err(|_| {
-        PyErr::from(Error::invalid("path", format!("must be a str, bytes or os.PathLike, got {}", type_name(obj))))
+        PyErr::from(Error::invalid(name, format!("must be a str, bytes or os.PathLike, got {}", type_name(obj))))
     })?;
     if let Ok(b) = fspath.cast::<pyo3::types::PyBytes>() {
         return Ok(PathBuf::from(std::ffi::OsStr::from_bytes(b.as_bytes())));
     }
-    fspath.extract::<PathBuf>().map_err(|_| {
-        Error::invalid("path", format!("{} cannot be encoded as a file name", describe_str(&fspath))).into()
-    })
+    fspath
+        .extract::<PathBuf>()
+        .map_err(|_| Error::invalid(name, format!("{} cannot be encoded as a file name", describe_str(&fspath))).into())
 }
 
 /// The URL when `path` is a `str` starting with `postgresql://` (a path object or bytes
@@ -555,7 +555,7 @@ impl PyDatabase {
                 retry,
             );
         }
-        let path = path_arg(path)?;
+        let path = path_arg(path, "path")?;
         let uri = opt_flag(uri, "uri", defaults.uri)?;
         let replicated = opt_flag(replicated, "replicated", defaults.replicated)?;
         let migrate_to = match migrate {
@@ -885,26 +885,34 @@ impl PyDatabase {
     /// Migrates to `target`, up or down; without one, up to at least the default
     /// version, as opening does. Returns the version reached. Moving down loses no row.
     /// A move that drops or downgrades tables refuses while agents are in flight (spawned
-    /// within `in_flight_age` seconds and not completed) unless `force`.
-    #[pyo3(signature = (target=None, *, force=false, in_flight_age=None),
-           text_signature = "($self, target=None, *, force=False, in_flight_age=3600.0)")]
+    /// within `in_flight_age` seconds and not completed) unless `force`. With `dry_run`
+    /// (a `target` needed) nothing moves: what the move would refuse is raised, else the
+    /// target returned; a read-only store can check (as the CLI does before its backup).
+    #[pyo3(signature = (target=None, *, force=false, in_flight_age=None, dry_run=None),
+           text_signature = "($self, target=None, *, force=False, in_flight_age=3600.0, dry_run=False)")]
     fn migrate(
         &self,
         py: Python<'_>,
         target: Option<&Bound<'_, PyAny>>,
         force: bool,
         in_flight_age: Option<&Bound<'_, PyAny>>,
+        dry_run: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<i64> {
         let mut guard = migrations::InFlightGuard::default();
         if let Some(age) = in_flight_age.filter(|a| !a.is_none()) {
             guard.max_age_ms = i64::try_from(seconds(age, "in_flight_age")?.as_millis()).unwrap_or(i64::MAX);
         }
         let guard = (!force).then_some(guard);
+        let dry_run = opt_flag(dry_run, "dry_run", false)?;
         match target {
             Some(t) if !t.is_none() => {
                 let target = non_negative(t, "target")?;
-                run(py, || self.core("migrate(target)")?.migrate_with(target, guard))
+                run(py, || match self.core("migrate(target)")? {
+                    db if dry_run => db.check_migration(target, guard).map(|()| target),
+                    db => db.migrate_with(target, guard),
+                })
             }
+            _ if dry_run => Err(Error::invalid("target", "a dry run needs a target version").into()),
             _ => run(py, || match self.pg() {
                 #[cfg(feature = "postgres")]
                 Some(pg) => pg.migrate(),
@@ -1355,21 +1363,18 @@ impl PyDatabase {
         run(py, || self.core("replicated")?.is_replicated())
     }
 
-    /// An online backup into the new file `dest` (refused if anything exists there);
-    /// without `dest`, beside the database under a fresh unique name. Returns the path.
+    /// An online backup into the new file `dest` (a str, bytes or os.PathLike, named byte
+    /// for byte as `connect` names files; refused if anything exists there); without
+    /// `dest`, beside the database under a fresh unique name. Returns the path (a str, as
+    /// `os.fsdecode` gives it).
     #[pyo3(signature = (dest=None))]
-    fn backup(&self, py: Python<'_>, dest: Option<&Bound<'_, PyAny>>) -> PyResult<String> {
-        let dest = match dest {
-            None => None,
-            Some(d) => Some(d.extract::<std::path::PathBuf>().map_err(|_| {
-                PyErr::from(Error::invalid("dest", format!("must be a str or os.PathLike, got {}", type_name(d))))
-            })?),
-        };
+    fn backup(&self, py: Python<'_>, dest: Option<&Bound<'_, PyAny>>) -> PyResult<std::ffi::OsString> {
+        let dest = dest.filter(|d| !d.is_none()).map(|d| path_arg(d, "dest")).transpose()?;
         let path = run(py, || match dest {
             Some(dest) => self.core("backup()")?.backup(&dest).map(|()| dest),
             None => self.core("backup()")?.backup_beside(),
         })?;
-        Ok(path.to_string_lossy().into_owned())
+        Ok(path.into_os_string())
     }
 
     /// `PRAGMA integrity_check` (or `quick_check`): `["ok"]` or the problems found.

@@ -44,13 +44,16 @@ impl Engine {
         if self.in_memory {
             return Err(Error::invalid("dest", "an in-memory database has no file to back up beside: name a dest"));
         }
-        let source = Path::new(&self.path);
-        let stem = source.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let suffix = source.extension().map(|s| format!(".{}", s.to_string_lossy())).unwrap_or_default();
+        let source = self.database_file()?;
         let mode = self.file_mode()?;
         for attempt in 0..NAME_ATTEMPTS {
             let extra = if attempt == 0 { String::new() } else { format!("-{attempt}") };
-            let name = format!("{stem}.backup-{}-{}{extra}{suffix}", utc_stamp(), std::process::id());
+            let mut name = source.file_stem().unwrap_or_default().to_os_string();
+            name.push(format!(".backup-{}-{}{extra}", utc_stamp(), std::process::id()));
+            if let Some(suffix) = source.extension() {
+                name.push(".");
+                name.push(suffix);
+            }
             let dest = source.with_file_name(name);
             match create_exclusive(&dest, mode) {
                 Ok(file) => return self.backup_into(file, &dest).map(|()| dest),
@@ -66,8 +69,22 @@ impl Engine {
         if self.in_memory {
             return Ok(PRIVATE);
         }
-        let meta = fs::metadata(&self.path).map_err(|e| io_error(&format!("cannot stat {:?}", self.path), e))?;
+        let file = self.database_file()?;
+        let meta = fs::metadata(&file).map_err(|e| io_error(&format!("cannot stat {}", file.display()), e))?;
         Ok(meta.mode() & 0o777)
+    }
+
+    /// The database file by its bytes, as opened (never the lossy name shown in
+    /// messages); for a URI, the file SQLite opened.
+    fn database_file(&self) -> Result<PathBuf> {
+        if let Some(file) = self.file() {
+            return Ok(file.to_path_buf());
+        }
+        let conn = self.conn()?;
+        match conn.path() {
+            Some(file) if !file.is_empty() => Ok(PathBuf::from(file)),
+            _ => Err(Error::Sqlite(format!("the file of {:?} is unknown", self.path))),
+        }
     }
 
     /// Runs the online backup into `file`, just created at `dest`; removes it on failure.

@@ -410,6 +410,12 @@ impl Engine {
         *self.last_moved.lock()
     }
 
+    /// What [`Engine::migrate`] would refuse, checked without moving (`migrations::check`;
+    /// a read-only store can check).
+    pub(crate) fn check_migration(&self, target: Version, guard: Option<migrations::InFlightGuard>) -> Result<()> {
+        migrations::check(&*self.conn()?, target, guard)
+    }
+
     /// Brings the file up to at least `target` and its tables to the current layout,
     /// as opening does; never down. Returns the version reached.
     pub(crate) fn upgrade(&self, target: Version) -> Result<Version> {

@@ -123,9 +123,7 @@ pub(crate) fn migrate_counting(
     guard: Option<InFlightGuard>,
     moved: &mut RowsMoved,
 ) -> Result<()> {
-    if !(0..=LATEST_VERSION).contains(&target) {
-        return Err(Error::invalid("target", format!("schema version {target} does not exist (0..={LATEST_VERSION})")));
-    }
+    check_target(target)?;
     bring_layout_current(conn, target > 0, moved)?;
     loop {
         let current = user_version(conn)?;
@@ -146,6 +144,34 @@ pub struct RowsMoved {
     /// New-table rows given their copy in the legacy tables.
     pub artifacts_written_back: i64,
     pub syntheses_written_back: i64,
+}
+
+/// What [`migrate`] to `target` would refuse before moving: a version that does not
+/// exist, a file from the future, agents in flight before a destructive step. Reads
+/// only (a read-only connection can check); the move checks again in its transactions.
+pub fn check(conn: &Connection, target: Version, guard: Option<InFlightGuard>) -> Result<()> {
+    check_target(target)?;
+    let mut from = user_version(conn)?;
+    while from != target {
+        let to = if target > from { from + 1 } else { from - 1 };
+        if let (Some(guard), true) = (guard, destructive(from, to)) {
+            return guard.refuse_if_in_flight(conn, from, to);
+        }
+        from = to;
+    }
+    Ok(())
+}
+
+fn check_target(target: Version) -> Result<()> {
+    if !(0..=LATEST_VERSION).contains(&target) {
+        return Err(Error::invalid("target", format!("schema version {target} does not exist (0..={LATEST_VERSION})")));
+    }
+    Ok(())
+}
+
+/// A step down, or the one that drops the legacy tables: refused while agents are in flight.
+fn destructive(from: Version, to: Version) -> bool {
+    to < from || to == LATEST_VERSION
 }
 
 /// What keeps a destructive move (down, or dropping the legacy tables) away from running
@@ -208,7 +234,7 @@ fn step(
     moved: &mut RowsMoved,
 ) -> Result<()> {
     let action = if to > from { MIGRATIONS[from as usize].up } else { MIGRATIONS[from as usize - 1].down };
-    let destructive = to < from || to == LATEST_VERSION;
+    let destructive = destructive(from, to);
     let mut this_step = RowsMoved::default();
     in_transaction(
         conn,
@@ -930,9 +956,16 @@ mod tests {
             let err = migrate(&conn, target, guard).unwrap_err();
             assert!(matches!(err, Error::InFlight { count: 1, max_age_s: 3600, from: 1, .. }), "{err}");
             assert_eq!(user_version(&conn).unwrap(), 1);
+            // The check before the move (the CLI's, before its backup) refuses the same way.
+            assert_eq!(check(&conn, target, guard).unwrap_err().to_string(), err.to_string());
+            check(&conn, target, None).unwrap();
         }
+        assert!(matches!(check(&conn, 3, None), Err(Error::InvalidInput { .. })));
+        check(&conn, 1, guard).unwrap();
         migrate(&conn, 1, guard).unwrap(); // not destructive
         conn.execute_batch("UPDATE agent_executions SET completed_at = datetime('now') WHERE agent_id = 'a1'").unwrap();
+        check(&conn, 2, guard).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), 1, "a check moves nothing");
         migrate(&conn, 2, guard).unwrap();
         assert_eq!(user_version(&conn).unwrap(), 2);
     }

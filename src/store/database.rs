@@ -64,23 +64,36 @@ impl Database {
 
     /// [`Database::migrate`] with the in-flight guard given: `None` forces the move.
     pub fn migrate_with(&self, target: Version, guard: Option<InFlightGuard>) -> Result<Version> {
-        if target == LATEST_VERSION {
-            for (mode, needs_legacy) in [
-                (format!("write_mode='{}'", self.write_mode()), self.write_mode() == WriteMode::Dual),
-                (format!("read_mode='{}'", self.read_mode()), self.read_mode() == ReadMode::Legacy),
-            ] {
-                if needs_legacy {
-                    return Err(Error::Migration(format!(
-                        "refusing to drop the legacy tables of {:?}: this store is open with {mode}, which uses \
-                         them; reopen it with write_mode='v1' and read_mode='dual' or 'v1' first",
-                        self.path
-                    )));
-                }
-            }
-        }
+        self.refuse_dropping_legacy_in_use(target)?;
         let reached = self.engine.migrate(target, guard)?;
         self.refresh_layout()?;
         Ok(reached)
+    }
+
+    /// What [`Database::migrate_with`] would refuse, checked without moving: nothing is
+    /// written (a read-only store can check), so a caller can refuse before it backs up.
+    pub fn check_migration(&self, target: Version, guard: Option<InFlightGuard>) -> Result<()> {
+        self.refuse_dropping_legacy_in_use(target)?;
+        self.engine.check_migration(target, guard)
+    }
+
+    fn refuse_dropping_legacy_in_use(&self, target: Version) -> Result<()> {
+        if target != LATEST_VERSION {
+            return Ok(());
+        }
+        for (mode, needs_legacy) in [
+            (format!("write_mode='{}'", self.write_mode()), self.write_mode() == WriteMode::Dual),
+            (format!("read_mode='{}'", self.read_mode()), self.read_mode() == ReadMode::Legacy),
+        ] {
+            if needs_legacy {
+                return Err(Error::Migration(format!(
+                    "refusing to drop the legacy tables of {:?}: this store is open with {mode}, which uses \
+                     them; reopen it with write_mode='v1' and read_mode='dual' or 'v1' first",
+                    self.path
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub fn write_mode(&self) -> WriteMode {
