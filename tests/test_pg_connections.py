@@ -110,3 +110,92 @@ def test_a_connection_lost_before_commit_in_a_transaction_rolls_back_and_is_not_
     finally:
         db.close()
         direct.close()
+
+
+# ---- secrets of the URL ------------------------------------------------------------------------
+
+SECRET = "sekrit-9f3"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "consensus_db", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("spelling", ["query", "encoded key", "user:password@"])
+def test_no_surface_shows_the_password_of_a_url(pg_cluster, pg_url, spelling):
+    """repr, path, health()["path"], the command line's health (table and JSON) and its
+    errors: the password is masked however the URL spells it (the server trusts the
+    loopback, so the store opens with any password)."""
+    url = {
+        "query": f"{pg_url}&password={SECRET}",
+        "encoded key": f"{pg_url}&%70assword={SECRET}",
+        "user:password@": pg_url.replace("cdb@", f"cdb:{SECRET}@", 1),
+    }[spelling]
+    with consensus_db.connect(url) as db:
+        shown = [repr(db), db.path, db.health()["path"]]
+        assert db.path.startswith("postgresql://cdb") and "***" in db.path, db.path
+    table, as_json = _cli("health", url), _cli("health", url, "--json")
+    assert table.returncode == 0 and as_json.returncode == 0, (table.stderr, as_json.stderr)
+    assert json.loads(as_json.stdout)["path"] == db.path
+    refused = _cli("verify", url)  # a file command given the URL: its error quotes it
+    assert refused.returncode != 0 and "***" in refused.stderr, refused.stderr
+    shown += [table.stdout, table.stderr, as_json.stdout, as_json.stderr, refused.stdout, refused.stderr]
+    assert not [s for s in shown if SECRET in s], shown
+
+
+@pytest.mark.parametrize("param", ["sslpassword", "passfile", "sslkey"])
+def test_a_url_the_driver_refuses_is_not_quoted_with_its_secrets(pg_url, param):
+    with pytest.raises(consensus_db.InvalidInputError) as raised:
+        consensus_db.connect(f"{pg_url}&{param}={SECRET}")
+    assert SECRET not in str(raised.value)
+    assert consensus_db._core.redact_url(f"{pg_url}&{param}={SECRET}").endswith(f"&{param}=***")
+
+
+# ---- a server refusing the URL -----------------------------------------------------------------
+
+PW_ROLE, PW = "cdb_pw", "right-pw-7"
+
+
+@pytest.fixture(scope="module")
+def password_role(pg_cluster):
+    """A role the server lets in by password only (scram-sha-256, ahead of the trust lines)."""
+    pg_cluster.psql(f"DO $$ BEGIN CREATE ROLE {PW_ROLE} LOGIN PASSWORD '{PW}'; "
+                    "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    pg_cluster.psql(f"CREATE SCHEMA IF NOT EXISTS {PW_ROLE} AUTHORIZATION {PW_ROLE}")  # its search_path's "$user"
+    hba = pg_cluster.data / "pg_hba.conf"
+    hba.write_text(f"host all {PW_ROLE} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+    pg_cluster.psql("SELECT pg_reload_conf()")
+    return f"postgresql://{PW_ROLE}:{{pw}}@127.0.0.1:{pg_cluster.port}/postgres"
+
+
+@pytest.mark.parametrize(
+    "what, url, named",
+    [
+        ("wrong password", lambda base, port: base.format(pw=SECRET), f'password authentication failed for user "{PW_ROLE}"'),
+        ("no password", lambda base, port: base.replace(":{pw}", ""), "password missing"),
+        ("unknown role", lambda base, port: f"postgresql://nobody_here:{SECRET}@127.0.0.1:{port}/postgres",
+         'role "nobody_here" does not exist'),
+        ("missing database", lambda base, port: f"postgresql://cdb:{SECRET}@127.0.0.1:{port}/no_such_db",
+         'database "no_such_db" does not exist'),
+    ],
+)
+def test_a_server_refusing_the_urls_credentials_or_database_is_permanent_and_not_retried(
+    pg_cluster, password_role, what, url, named
+):
+    retried = []
+    engine_retry = RetryPolicy(max_attempts=4, jitter=False, sleep=lambda _d: None,
+                               on_retry=lambda *args: retried.append(args))
+    caller = RetryPolicy(max_attempts=3, jitter=False, sleep=lambda _d: None)
+    with pytest.raises(consensus_db.Error) as raised:
+        caller.call(consensus_db.connect, url(password_role, pg_cluster.port), retry=engine_retry)
+    e = raised.value
+    assert (type(e).__name__, e.retryable, is_retryable(e)) == ("InvalidInputError", False, False), e
+    assert str(e).startswith("invalid url: ") and named in str(e), e
+    assert SECRET not in str(e)
+    assert (retried, caller.stats.attempts) == ([], 1)
+
+
+def test_the_right_password_gets_in(pg_cluster, password_role):
+    with consensus_db.connect(password_role.format(pw=PW)) as db:
+        assert db.get_agent_name("nobody") is None
+        assert PW not in repr(db)

@@ -221,7 +221,10 @@ fn connect_error(e: &postgres::Error) -> Error {
     // The driver's own refusals, known only by its message (its error kind is private):
     // "invalid configuration: password missing" (the server asks for a password the URL
     // lacks), "authentication error: ..." (a failed SCRAM exchange).
-    let text = e.to_string();
+    let text = match std::error::Error::source(e) {
+        Some(cause) if !e.to_string().contains(&cause.to_string()) => format!("{e}: {cause}"),
+        _ => e.to_string(),
+    };
     if text.starts_with("invalid configuration") || text.starts_with("authentication error") {
         return Error::invalid("url", format!("cannot connect to PostgreSQL: {text}; trying again cannot help"));
     }
