@@ -13,7 +13,10 @@
 //!   retried with the store's policy. A write whose commit outcome is unknown (the
 //!   connection died after the statement was sent) is repeated only where it is
 //!   idempotent: spawns and completions by nature, artifacts and syntheses by a write
-//!   token the server checks; every other write raises [`Error::OutcomeUnknown`].
+//!   token the server checks; every other write raises [`Error::OutcomeUnknown`], and so
+//!   does an idempotent one whose repetitions do not get through (a caller repeating the
+//!   call would write it again). A retryable [`Error::ConnectionLost`] means nothing that
+//!   could commit was sent, or the call only reads or migrates.
 
 mod maintenance;
 mod pool;
