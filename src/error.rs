@@ -79,12 +79,13 @@ pub enum Error {
     NotSupported(String),
 
     /// The connection to the database server was lost, or none could be made, before
-    /// anything was written (retryable: the next call reconnects).
+    /// anything that could commit was sent, or in a call that only reads or migrates
+    /// (retryable: the next call reconnects).
     #[error("{0}")]
     ConnectionLost(String),
 
-    /// A write was sent and the connection was lost before its outcome was known: it
-    /// may or may not have committed. Never retried blindly.
+    /// A write (or its COMMIT) was sent and the connection was lost before its outcome
+    /// was known: it may or may not have committed. Not retryable, and never retried.
     #[error("write outcome unknown: {0}")]
     OutcomeUnknown(String),
 

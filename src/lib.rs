@@ -23,6 +23,7 @@
 //! ```
 
 pub mod backend;
+pub mod conninfo;
 pub mod error;
 pub mod model;
 pub mod sqlite;

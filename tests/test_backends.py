@@ -6,6 +6,7 @@ refused with NotSupportedError, reconnection and outcome-unknown writes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import threading
 import time
@@ -54,6 +55,23 @@ def test_content_json_comes_back_as_given(db):
     [a] = db.query_artifacts("S", "plan")
     assert a.content_json == text
     assert a.content() == {"b": 1, "a": [2, 1], "é": "é"}
+
+
+def test_json_naming_a_lone_surrogate_is_refused_on_both_naming_the_argument(db):
+    """``"\\ud800"`` names half a UTF-16 pair: no character, no UTF-8, and PostgreSQL's
+    JSONB cannot hold it. Both backends refuse it before writing, as they refuse the
+    same value given as a dict (whose text would hold the bare surrogate)."""
+    for text in ['{"a": "\\ud800"}', json.dumps(["x", "\udc00"]), '"\\ud83d\\u0041"']:
+        with pytest.raises(consensus_db.InvalidInputError, match=r"invalid content_json: holds the escape \\ud"):
+            db.store_artifact("S", "plan", "g", text)
+        with pytest.raises(consensus_db.InvalidInputError, match=r"invalid artifacts\[1\]\.content_json"):
+            db.store_artifacts([dict(spec_id="S", stage="plan", agent_name="g", content_json=c) for c in ("{}", text)])
+    with pytest.raises(consensus_db.InvalidInputError, match="content_json"):
+        db.store_artifact("S", "plan", "g", {"a": "\ud800"})
+    assert db.count_artifacts("S", "plan") == 0
+    pair = json.dumps({"a": "\U0001f600"})  # an escaped pair is a character
+    db.store_artifact("S", "plan", "g", pair)
+    assert [a.content() for a in db.query_artifacts("S", "plan")] == [{"a": "\U0001f600"}]
 
 
 def test_results_come_newest_first_unless_oldest_is_asked_and_count_agrees(db):

@@ -108,6 +108,7 @@ CASES = [
     (RequestsStyleError(503), True),
     (RequestsStyleError(401), False),
     (AiohttpStyleError(429), True),
+    (errors.OutcomeUnknownError("lost during COMMIT"), False),
     (ValueError("bad value"), False),
     (KeyError("k"), False),
     (RuntimeError("unknown"), False),
@@ -221,6 +222,31 @@ def test_permanent_errors_are_tried_once():
     with pytest.raises(errors.IntegrityError):
         RetryPolicy(sleep=slept.append).call(fn)
     assert len(calls) == 1 and slept == []
+
+
+def test_a_write_whose_outcome_is_unknown_is_never_retried_whatever_the_classifier_says():
+    """It may have committed: repeating it could store it twice."""
+    for policy in (RetryPolicy, lambda **kw: RetryPolicy(classifier=lambda exc: True, **kw)):
+        slept = []
+        fn, calls = failing(1, lambda: errors.OutcomeUnknownError("lost during COMMIT"))
+        with pytest.raises(errors.OutcomeUnknownError):
+            policy(sleep=slept.append).call(fn)
+        assert len(calls) == 1 and slept == []
+
+        async def main():
+            afn, acalls = failing(1, lambda: errors.OutcomeUnknownError("lost during COMMIT"))
+
+            async def call():
+                return afn()
+
+            async def no_sleep(_delay):
+                raise AssertionError("slept")
+
+            with pytest.raises(errors.OutcomeUnknownError):
+                await policy(sleep=no_sleep).acall(call)
+            return len(acalls)
+
+        assert asyncio.run(main()) == 1
 
 
 def test_retry_after_is_honoured_and_clamped():

@@ -42,6 +42,7 @@ __all__ = [
     "ExtractionFailure",
     "sqlite_version",
     "migrations",
+    "redact_url",
     "_panic_for_tests",
     "LEGACY_SCHEMA_SQL",
     "DEFAULT_SCHEMA_VERSION",
@@ -65,6 +66,11 @@ def sqlite_version() -> str:
 
 def migrations() -> list[tuple[int, str]]:
     """(version, description) of every known migration, in order."""
+
+def redact_url(url: str) -> str:
+    """A PostgreSQL URL (or ``key=value`` connection string) with every secret masked:
+    the password of ``user:password@`` and the values of ``password``, ``sslpassword``,
+    ``passfile`` and ``sslkey`` become ``***``. What the store shows as its ``path``."""
 
 def _panic_for_tests() -> None: ...
 

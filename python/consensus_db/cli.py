@@ -86,8 +86,13 @@ def is_url(path: str) -> bool:
 def existing(path: str) -> Path:
     p = Path(path)
     if not p.is_file():
-        raise click.BadParameter(f"{path!r} does not exist or is not a file", param_hint="PATH")
+        raise click.BadParameter(f"{shown(path)!r} does not exist or is not a file", param_hint="PATH")
     return p
+
+
+def shown(path: str) -> str:
+    """``path`` as it may be printed: a PostgreSQL URL with its secrets masked."""
+    return _core.redact_url(path) if path.startswith(("postgresql://", "postgres://")) else path
 
 
 def human(n: float) -> str:

@@ -134,8 +134,10 @@ class NotSupportedError(Error):
 
 class ConnectionLostError(Error):
     """The connection to the PostgreSQL server was lost, or none could be made, before
-    anything was written (retryable: the next call reconnects, following a failover
-    when the URL lists several hosts with ``target_session_attrs=read-write``)."""
+    anything that could commit was sent — or in a call that only reads or applies
+    migrations (retryable: the next call reconnects, following a failover when the URL
+    lists several hosts with ``target_session_attrs=read-write``). A server that refuses
+    the URL's password, role or database raises :class:`InvalidInputError` instead."""
 
     retryable = True
 
@@ -143,6 +145,9 @@ class ConnectionLostError(Error):
 class OutcomeUnknownError(Error):
     """A write was sent to PostgreSQL and the connection was lost before its outcome
     was known: it may or may not have committed. Not retryable: repeating it blindly
-    could write it twice. Check the data before writing again. (Writes the store can
-    repeat safely — spawns, completions, artifacts and syntheses, which carry a write
-    token — are retried instead and never raise this.)"""
+    could write it twice. Check the data before writing again. Every write raises it
+    once its statement (or ``COMMIT``) may have reached the server: raw
+    ``execute``/``query``, a transaction's ``COMMIT``, and the store's own writes. Those
+    the store can repeat safely within the call — spawns, completions, artifacts and
+    syntheses (by a write token) — are repeated first, and raise this only when no
+    repetition got through. :class:`~consensus_db.retry.RetryPolicy` never retries it."""

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, ParamSpec, TypeVar, cast, overload
 
-from .errors import CircuitOpenError, Error, InvalidInputError
+from .errors import CircuitOpenError, Error, InvalidInputError, OutcomeUnknownError
 
 __all__ = [
     "Classification",
@@ -73,7 +73,8 @@ def _http_status(exc: BaseException) -> Optional[int]:
 def classify(exc: BaseException) -> Classification:
     """Retryable: busy/locked databases, pool timeouts, timeouts, connection resets,
     HTTP 408/429/500/502/503/504. Everything else — constraints, validation, syntax,
-    auth, other 4xx, disk full, unknown exceptions — is permanent."""
+    auth, other 4xx, disk full, unknown exceptions — is permanent, and so is
+    :class:`~consensus_db.errors.OutcomeUnknownError` (a write that may have committed)."""
     if isinstance(exc, Error):
         return Classification.RETRYABLE if exc.retryable else Classification.PERMANENT
     if isinstance(exc, sqlite3.Error):
@@ -142,7 +143,9 @@ class RetryPolicy:
     ``acall``; then it must be a coroutine function) and ``clock`` replaces
     ``time.monotonic``, so tests need not wait. ``on_retry(attempt, delay, exc)`` is
     called before each sleep. Retry-After hints are honoured up to ``max_retry_after``
-    seconds. Given to ``connect(retry=...)``, the engine runs the same schedule."""
+    seconds. Given to ``connect(retry=...)``, the engine runs the same schedule.
+    :class:`~consensus_db.errors.OutcomeUnknownError` is never retried, even by a
+    ``classifier`` that says it may be: repeating the write could store it twice."""
 
     max_attempts: int = 6
     initial_delay: float = 0.1
@@ -195,7 +198,8 @@ class RetryPolicy:
 
     def _next_delay(self, attempt: int, exc: BaseException, started: float) -> Optional[float]:
         """The delay before the next attempt, or None when ``exc`` must be raised."""
-        if attempt >= self.max_attempts or not self.classifier(exc):
+        # A write that may have committed is never repeated, whatever the classifier says.
+        if attempt >= self.max_attempts or isinstance(exc, OutcomeUnknownError) or not self.classifier(exc):
             self.stats._add(failures=1)
             return None
         delay = self.delay_for(attempt, exc)

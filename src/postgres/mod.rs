@@ -13,7 +13,10 @@
 //!   retried with the store's policy. A write whose commit outcome is unknown (the
 //!   connection died after the statement was sent) is repeated only where it is
 //!   idempotent: spawns and completions by nature, artifacts and syntheses by a write
-//!   token the server checks; every other write raises [`Error::OutcomeUnknown`].
+//!   token the server checks; every other write raises [`Error::OutcomeUnknown`], and so
+//!   does an idempotent one whose repetitions do not get through (a caller repeating the
+//!   call would write it again). A retryable [`Error::ConnectionLost`] means nothing that
+//!   could commit was sent, or the call only reads or migrates.
 
 mod maintenance;
 mod pool;
@@ -28,6 +31,7 @@ use postgres::types::ToSql;
 pub use pool::{PgPool, Session};
 pub use tx::PgTx;
 
+use crate::conninfo::redact;
 use crate::error::{Error, Result};
 use crate::model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synthesis, SOURCE_V1};
 use crate::sqlite::retry::{Retrier, RetryPolicy};
@@ -69,7 +73,12 @@ impl Default for PgOptions {
 enum Kind {
     /// Reads: always safe to run again.
     Read,
-    /// Writes whose repetition leaves the same state and result.
+    /// Writes any later call repeats to the same effect (migrations, found applied by a
+    /// repetition; VACUUM): a lost connection stays a retryable ConnectionLost.
+    Rerunnable,
+    /// Writes this call may repeat (an upsert, the same update, a write token the server
+    /// checks), but a later call may not: once an attempt was lost after it was sent, the
+    /// call succeeds by a repetition or raises OutcomeUnknown, never ConnectionLost.
     Idempotent,
     /// Writes that must not run twice: a lost connection mid-call is OutcomeUnknown.
     Once,
@@ -187,7 +196,7 @@ impl PgDatabase {
     /// Connects to `url`, checks (and with `migrate`, applies) the schema.
     pub fn open(url: &str, options: PgOptions) -> Result<PgDatabase> {
         if !is_url(url) {
-            return Err(Error::invalid("url", format!("{url:?} is not a postgresql:// URL")));
+            return Err(Error::invalid("url", format!("{:?} is not a postgresql:// URL", redact(url))));
         }
         let pool = PgPool::new(url, options.pool_size, options.checkout_timeout, options.read_only)?;
         let db = PgDatabase {
@@ -197,11 +206,11 @@ impl PgDatabase {
             options,
             maintenance: parking_lot::Mutex::new(None),
         };
-        db.run("open", Kind::Idempotent, |c| sql::migrate(c, db.options.migrate && !db.options.read_only))?;
+        db.run("open", Kind::Rerunnable, |c| sql::migrate(c, db.options.migrate && !db.options.read_only))?;
         Ok(db)
     }
 
-    /// The URL with any password blanked.
+    /// The URL with every secret masked ([`crate::conninfo::redact`]).
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -275,6 +284,8 @@ impl PgDatabase {
     /// Runs `f` on a pooled connection with the retry policy. See [`Kind`].
     fn run<T>(&self, op: &str, kind: Kind, mut f: impl FnMut(&mut Session) -> Result<T>) -> Result<T> {
         let mut attempts = self.retrier.start(op);
+        // An Idempotent write's attempt lost after it was sent: it may have committed.
+        let mut lost_after_sending: Option<String> = None;
         loop {
             let result = match self.pool.get() {
                 Ok(mut conn) => {
@@ -312,6 +323,10 @@ impl PgDatabase {
                                  or may not have committed, and it is not repeated: check before writing it again"
                             )));
                         }
+                        Err(Error::ConnectionLost(m)) if kind == Kind::Idempotent && sent => {
+                            lost_after_sending.get_or_insert_with(|| m.clone());
+                            Err(Error::ConnectionLost(m))
+                        }
                         r => r,
                     }
                 }
@@ -321,7 +336,17 @@ impl PgDatabase {
             match result {
                 Ok(v) => return Ok(v),
                 Err(e) if attempts.again(&e) => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    return Err(match lost_after_sending {
+                        // A caller repeating the call would write it again (a new token).
+                        Some(lost) => Error::OutcomeUnknown(format!(
+                            "{op}: the connection to PostgreSQL was lost after the write was sent ({lost}), and \
+                             repeating it did not get through ({e}): it may or may not have committed; check before \
+                             writing it again"
+                        )),
+                        None => e,
+                    });
+                }
             }
         }
     }
@@ -380,7 +405,7 @@ impl PgDatabase {
     /// Applies pending migrations; returns the schema version.
     pub fn migrate(&self) -> Result<i64> {
         self.writable("migrate")?;
-        self.run("migrate", Kind::Idempotent, |c| sql::migrate(c, true))?;
+        self.run("migrate", Kind::Rerunnable, |c| sql::migrate(c, true))?;
         self.schema_version()
     }
 
@@ -675,7 +700,7 @@ impl PgDatabase {
         } else {
             "VACUUM (ANALYZE) agent_executions, agent_outputs, consensus_runs"
         };
-        self.run("vacuum", Kind::Idempotent, |c| Ok(c.client.batch_execute(sql)?))
+        self.run("vacuum", Kind::Rerunnable, |c| Ok(c.client.batch_execute(sql)?))
     }
 }
 
@@ -691,18 +716,4 @@ pub struct PgHealth {
     pub database_size: i64,
     pub server_version: String,
     pub layout: i64,
-}
-
-/// `url` without its password (`user:secret@` becomes `user:***@`).
-fn redact(url: &str) -> String {
-    let Some(rest) = url.split_once("://").map(|(_, r)| r) else {
-        return url.to_owned();
-    };
-    let Some((auth, _)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match auth.split_once(':') {
-        Some((user, _)) => url.replacen(auth, &format!("{user}:***"), 1),
-        None => url.to_owned(),
-    }
 }

@@ -157,10 +157,7 @@ impl Inner {
                     }),
                     Err(e) => {
                         self.release_slot();
-                        Err(match map_error(&e) {
-                            Error::Sqlite(m) => Error::ConnectionLost(format!("cannot connect to PostgreSQL: {m}")),
-                            other => other,
-                        })
+                        Err(connect_error(&e))
                     }
                 };
             }
@@ -200,6 +197,40 @@ impl Inner {
         };
         drop(idle);
         self.freed.notify_all();
+    }
+}
+
+/// Why connecting failed. The server refusing who or what the URL names is permanent
+/// (`InvalidInput` on `url`, with the server's reason, which never holds the password);
+/// anything else wrote nothing, and the next attempt may get through.
+fn connect_error(e: &postgres::Error) -> Error {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        // 28xxx: wrong password, unknown role, no pg_hba.conf entry; 3D000: no such
+        // database; 42501: no CONNECT privilege on it.
+        if code.starts_with("28") || code == "3D000" || code == "42501" {
+            return Error::invalid(
+                "url",
+                format!(
+                    "PostgreSQL refused the connection: {} (SQLSTATE {code}); trying again cannot help",
+                    db.message()
+                ),
+            );
+        }
+    }
+    // The driver's own refusals, known only by its message (its error kind is private):
+    // "invalid configuration: password missing" (the server asks for a password the URL
+    // lacks), "authentication error: ..." (a failed SCRAM exchange).
+    let text = match std::error::Error::source(e) {
+        Some(cause) if !e.to_string().contains(&cause.to_string()) => format!("{e}: {cause}"),
+        _ => e.to_string(),
+    };
+    if text.starts_with("invalid configuration") || text.starts_with("authentication error") {
+        return Error::invalid("url", format!("cannot connect to PostgreSQL: {text}; trying again cannot help"));
+    }
+    match map_error(e) {
+        Error::Sqlite(m) => Error::ConnectionLost(format!("cannot connect to PostgreSQL: {m}")),
+        other => other,
     }
 }
 

@@ -46,6 +46,14 @@ fn migrations() -> Vec<(i64, &'static str)> {
     crate::migrations::list()
 }
 
+/// A PostgreSQL URL (or `key=value` connection string) with every secret masked:
+/// the password of `user:password@` and the values of `password`, `sslpassword`,
+/// `passfile` and `sslkey` become `***`. What the store shows as its `path`.
+#[pyfunction]
+fn redact_url(url: &str) -> String {
+    crate::conninfo::redact(url)
+}
+
 /// The module: loaded from the wheel's extension, or registered by a Rust host with
 /// `consensus_db::embed::register` (then the host's copy of the crate is the only one).
 #[pymodule]
@@ -69,6 +77,7 @@ pub(crate) fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<crate::model::ExtractionFailure>()?;
     m.add_function(wrap_pyfunction!(sqlite_version, m)?)?;
     m.add_function(wrap_pyfunction!(migrations, m)?)?;
+    m.add_function(wrap_pyfunction!(redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add("LEGACY_SCHEMA_SQL", crate::migrations::LEGACY_SCHEMA_SQL)?;
     m.add("DEFAULT_SCHEMA_VERSION", crate::migrations::DEFAULT_VERSION)?;

@@ -313,6 +313,14 @@ mod tests {
         assert_eq!(*seen.lock(), vec![("open".to_string(), 1), ("open".to_string(), 2)]);
         assert_eq!(r.count(), 2);
 
+        // A write that may have committed is never repeated.
+        let mut calls = 0;
+        let out: Result<()> = r.run("store_artifact", || {
+            calls += 1;
+            Err(Error::OutcomeUnknown("lost during COMMIT".into()))
+        });
+        assert!(matches!(out, Err(Error::OutcomeUnknown(_))) && calls == 1);
+
         let off = Retrier::new(None);
         let mut calls = 0;
         let _ = off.run("write", || -> Result<()> {
