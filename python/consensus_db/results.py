@@ -20,6 +20,7 @@ __all__ = [
     "AutoVacuum",
     "CheckpointMode",
     "SpawnInfo",
+    "AgentRoute",
     "Rows",
     "Stats",
     "HealthReport",
@@ -64,6 +65,15 @@ class SpawnInfo(NamedTuple):
 
     phase_type: str
     stage: str
+
+
+class AgentRoute(NamedTuple):
+    """What ``get_agent_route`` returns: the predecessor's routing read, a 3-tuple
+    ``(phase_type, stage, branch_id)``; ``branch_id`` is None for a spawn without one."""
+
+    phase_type: str
+    stage: str
+    branch_id: Optional[str]
 
 
 class Rows(list[tuple[Any, ...]]):
@@ -180,6 +190,7 @@ class OpenReport(TypedDict):
     migrated: Optional[tuple[int, int]]
     shape: str
     layout_updated: bool
+    layout_steps: list[str]
 
 
 class LaneStats(TypedDict):

@@ -81,6 +81,8 @@ pub struct OpenReport {
     pub shape: String,
     /// Whether the new tables were brought from an older layout to the current one.
     pub layout_updated: bool,
+    /// What the additive layout steps changed, one line each (`migrations::upgrade`).
+    pub layout_steps: Vec<String>,
 }
 
 pub struct Engine {
@@ -554,7 +556,7 @@ fn prepare_file(conn: &Connection, options: &Options, in_memory: bool) -> Result
     }
     options.pragmas.apply_connection(conn)?;
     if let Some(target) = options.migrate_to {
-        migrations::upgrade(conn, target)?;
+        report.layout_steps = migrations::upgrade(conn, target)?.1;
         let reached = migrations::user_version(conn)?;
         if reached != found {
             report.migrated = Some((found, reached));
