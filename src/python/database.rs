@@ -242,6 +242,18 @@ fn stats_dict<'py>(py: Python<'py>, s: &Stats) -> PyResult<Bound<'py, PyDict>> {
     Ok(d)
 }
 
+/// A checkpoint's report: the mode, `PRAGMA wal_checkpoint`'s three numbers, and
+/// `blocked`: why it did not copy the whole WAL (None when it did).
+fn checkpoint_dict<'py>(py: Python<'py>, c: &crate::Checkpoint) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("mode", c.mode.name())?;
+    d.set_item("busy", c.busy)?;
+    d.set_item("log_frames", c.log_frames)?;
+    d.set_item("checkpointed_frames", c.checkpointed_frames)?;
+    d.set_item("blocked", c.blocked())?;
+    Ok(d)
+}
+
 fn cycle_dict<'py>(py: Python<'py>, r: &CycleReport) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("cycle", r.cycle)?;
@@ -1314,7 +1326,11 @@ impl PyDatabase {
 
     /// Reclaims free pages: `pages` of them incrementally (None: all), or the whole file
     /// rebuilt with `full=True`. `progress(calls)` is called during a full VACUUM
-    /// (returning False interrupts it). Returns before/after statistics.
+    /// (returning False interrupts it). Returns before/after statistics and what they
+    /// mean: `pages_freed` and `bytes_reclaimed` (pages × page size) are never negative;
+    /// `file_bytes_*`/`wal_bytes_*` are the main file and the WAL before and after, and
+    /// `page_count_change`/`disk_bytes_change` are after minus before; `checkpoint` is the
+    /// checkpoint that follows, `checkpoint_blocked` why it left WAL frames (None: it did not).
     #[pyo3(signature = (*, full=None, pages=None, progress=None), text_signature = "($self, *, full=False, pages=None, progress=None)")]
     fn vacuum<'py>(
         &self,
@@ -1359,12 +1375,21 @@ impl PyDatabase {
         d.set_item("before", stats_dict(py, &r.before)?)?;
         d.set_item("after", stats_dict(py, &r.after)?)?;
         d.set_item("pages_freed", r.pages_freed())?;
+        d.set_item("page_count_change", r.page_count_change())?;
         d.set_item("bytes_reclaimed", r.bytes_reclaimed())?;
+        d.set_item("file_bytes_before", r.before.file_size)?;
+        d.set_item("file_bytes_after", r.after.file_size)?;
+        d.set_item("wal_bytes_before", r.before.wal_size)?;
+        d.set_item("wal_bytes_after", r.after.wal_size)?;
+        d.set_item("disk_bytes_change", r.disk_bytes_change())?;
+        d.set_item("checkpoint", r.checkpoint.as_ref().map(|c| checkpoint_dict(py, c)).transpose()?)?;
+        d.set_item("checkpoint_blocked", r.checkpoint_blocked())?;
         Ok(d)
     }
 
     /// `wal_checkpoint(MODE)`: `mode` is "passive", "full", "restart" or "truncate";
     /// None runs TRUNCATE, or PASSIVE on a replicated store (which refuses the others).
+    /// `blocked` says why it left WAL frames uncopied (another connection's reader, say), or None.
     #[pyo3(signature = (mode=None))]
     fn checkpoint<'py>(&self, py: Python<'py>, mode: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyDict>> {
         let mode = match opt_text(mode, "mode")? {
@@ -1372,12 +1397,7 @@ impl PyDatabase {
             None => None,
         };
         let done = run(py, || self.core("checkpoint() (the SQLite WAL)")?.checkpoint(mode))?;
-        let d = PyDict::new(py);
-        d.set_item("mode", done.mode.name())?;
-        d.set_item("busy", done.busy)?;
-        d.set_item("log_frames", done.log_frames)?;
-        d.set_item("checkpointed_frames", done.checkpointed_frames)?;
-        Ok(d)
+        checkpoint_dict(py, &done)
     }
 
     /// Whether a replica (Litestream) is attached: opened with `replicated=True`, or
