@@ -10,7 +10,7 @@
 #[cfg(feature = "postgres")]
 use crate::error::Error;
 use crate::error::Result;
-use crate::model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synthesis};
+use crate::model::{AgentExecution, AgentRoute, Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synthesis};
 use crate::store::Database;
 
 /// The store's public operations, the same on every backend.
@@ -24,7 +24,27 @@ pub trait Backend: Send + Sync {
         agent_name: &str,
         run_id: Option<&str>,
     ) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn record_agent_spawn_on_branch(
+        &self,
+        agent_id: &str,
+        spec_id: &str,
+        stage: &str,
+        phase_type: &str,
+        agent_name: &str,
+        run_id: Option<&str>,
+        branch_id: Option<&str>,
+    ) -> Result<()>;
     fn get_agent_spawn_info(&self, agent_id: &str) -> Result<Option<(String, String)>>;
+    fn get_agent_route(&self, agent_id: &str) -> Result<Option<AgentRoute>>;
+    fn query_agent_executions(
+        &self,
+        spec_id: &str,
+        stage: &str,
+        branch_id: Option<&str>,
+        newest_first: bool,
+        limit: Option<usize>,
+    ) -> Result<Vec<AgentExecution>>;
     fn get_agent_name(&self, agent_id: &str) -> Result<Option<String>>;
     fn record_agent_completion(&self, agent_id: &str, response_text: &str) -> Result<bool>;
     fn record_extraction_failure(&self, agent_id: &str, response_text: &str, extraction_error: &str) -> Result<bool>;
@@ -54,8 +74,37 @@ macro_rules! forward_backend {
                 <$ty>::record_agent_spawn(self, a, s, st, p, n, r)
             }
             #[inline]
+            #[allow(clippy::too_many_arguments)]
+            fn record_agent_spawn_on_branch(
+                &self,
+                a: &str,
+                s: &str,
+                st: &str,
+                p: &str,
+                n: &str,
+                r: Option<&str>,
+                b: Option<&str>,
+            ) -> Result<()> {
+                <$ty>::record_agent_spawn_on_branch(self, a, s, st, p, n, r, b)
+            }
+            #[inline]
             fn get_agent_spawn_info(&self, a: &str) -> Result<Option<(String, String)>> {
                 <$ty>::get_agent_spawn_info(self, a)
+            }
+            #[inline]
+            fn get_agent_route(&self, a: &str) -> Result<Option<AgentRoute>> {
+                <$ty>::get_agent_route(self, a)
+            }
+            #[inline]
+            fn query_agent_executions(
+                &self,
+                s: &str,
+                st: &str,
+                b: Option<&str>,
+                newest: bool,
+                limit: Option<usize>,
+            ) -> Result<Vec<AgentExecution>> {
+                <$ty>::query_agent_executions(self, s, st, b, newest, limit)
             }
             #[inline]
             fn get_agent_name(&self, a: &str) -> Result<Option<String>> {
@@ -199,8 +248,36 @@ impl Backend for AnyDatabase {
         dispatch!(self, db => db.record_agent_spawn(a, s, st, p, n, r))
     }
     #[inline]
+    fn record_agent_spawn_on_branch(
+        &self,
+        a: &str,
+        s: &str,
+        st: &str,
+        p: &str,
+        n: &str,
+        r: Option<&str>,
+        b: Option<&str>,
+    ) -> Result<()> {
+        dispatch!(self, db => db.record_agent_spawn_on_branch(a, s, st, p, n, r, b))
+    }
+    #[inline]
     fn get_agent_spawn_info(&self, a: &str) -> Result<Option<(String, String)>> {
         dispatch!(self, db => db.get_agent_spawn_info(a))
+    }
+    #[inline]
+    fn get_agent_route(&self, a: &str) -> Result<Option<AgentRoute>> {
+        dispatch!(self, db => db.get_agent_route(a))
+    }
+    #[inline]
+    fn query_agent_executions(
+        &self,
+        s: &str,
+        st: &str,
+        b: Option<&str>,
+        newest: bool,
+        limit: Option<usize>,
+    ) -> Result<Vec<AgentExecution>> {
+        dispatch!(self, db => db.query_agent_executions(s, st, b, newest, limit))
     }
     #[inline]
     fn get_agent_name(&self, a: &str) -> Result<Option<String>> {

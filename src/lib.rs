@@ -61,8 +61,8 @@ pub use backend::{AnyDatabase, Backend};
 pub use error::{Error, Result};
 pub use maintenance::{CycleReport, Health, MaintenanceOptions, Stats, VacuumReport};
 pub use model::{
-    Artifact, ExtractionFailure, LatencySummary, NewArtifact, NewSynthesis, ReaderCounts, SchemaGroup, SchemaMismatch,
-    SchemaReport, Synthesis,
+    AgentExecution, AgentRoute, Artifact, ExtractionFailure, LatencySummary, NewArtifact, NewSynthesis, ReaderCounts,
+    SchemaGroup, SchemaMismatch, SchemaReport, Synthesis,
 };
 pub use pragmas::Pragmas;
 pub use schema::Shape;

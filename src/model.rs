@@ -107,6 +107,43 @@ pub struct ExtractionFailure {
     pub extraction_error: String,
 }
 
+/// An agent execution as the routing table holds it: the executions of a stage
+/// (`query_agent_executions`), one branch's or all of them.
+#[cfg_attr(feature = "python", pyclass(frozen, eq, get_all, module = "consensus_db"))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentExecution {
+    /// The agent execution.
+    pub agent_id: String,
+    /// The spec it served.
+    pub spec_id: String,
+    /// The stage it served.
+    pub stage: String,
+    /// quality_gate or regular_stage.
+    pub phase_type: String,
+    /// The agent.
+    pub agent_name: String,
+    /// The consensus run, if any.
+    pub run_id: Option<String>,
+    /// The pipeline branch it was spawned on, if any.
+    pub branch_id: Option<String>,
+    /// When it was spawned, UTC `YYYY-MM-DD HH:MM:SS`.
+    pub spawned_at: String,
+    /// When it completed, UTC `YYYY-MM-DD HH:MM:SS`, or None.
+    pub completed_at: Option<String>,
+    /// The agent's response, once completed.
+    pub response_text: Option<String>,
+}
+
+/// Where a completion goes (the predecessor's routing read): the spawn's phase type,
+/// stage and branch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentRoute {
+    pub phase_type: String,
+    pub stage: String,
+    /// None: spawned without a branch (or the file has no branch column).
+    pub branch_id: Option<String>,
+}
+
 /// An artifact to store.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NewArtifact {

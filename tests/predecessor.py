@@ -103,6 +103,19 @@ def connect(path: str, knows: int) -> sqlite3.Connection:
     return conn
 
 
+def open_branches(conn: sqlite3.Connection) -> dict:
+    """What the newest builds ("resume filtering") run on every open: the branch column,
+    its error ignored when the column exists, and the index. Returns what happened."""
+    try:
+        conn.execute("ALTER TABLE agent_executions ADD COLUMN branch_id TEXT")
+        alter = "added"
+    except sqlite3.OperationalError as e:
+        alter = f"failed: {e}"
+    before = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'idx_agent_executions_branch'").fetchone()[0]
+    conn.execute("CREATE INDEX IF NOT EXISTS idx_agent_executions_branch ON agent_executions(spec_id, stage, branch_id)")
+    return {"alter": alter, "index": "existed" if before else "created"}
+
+
 def now_text() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
 
@@ -143,12 +156,35 @@ def run_command(path: str, command: str, args: dict) -> Any:
     build = args.get("build", "legacy")
     knows = args.get("knows", {"legacy": -1, "dual": 1, "cutover": 2}[build])
     conn = connect(path, knows)
+    opened = open_branches(conn) if args.get("branches") else None
+    if command == "open":
+        return opened
     if command == "spawn":  # every build: INSERT OR REPLACE on agent_id, datetime('now')
+        if args.get("branches"):  # the newest builds record the branch with every spawn
+            conn.execute(
+                "INSERT OR REPLACE INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, run_id,"
+                " branch_id, spawned_at) VALUES (?, ?, ?, ?, ?, ?, ?, datetime('now'))",
+                (args["agent_id"], args["spec_id"], args["stage"], args["phase_type"], args["agent_name"],
+                 args.get("run_id"), args.get("branch_id")))
+            return "spawned"
         conn.execute(
             "INSERT OR REPLACE INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, run_id,"
             " spawned_at) VALUES (?, ?, ?, ?, ?, ?, datetime('now'))",
             (args["agent_id"], args["spec_id"], args["stage"], args["phase_type"], args["agent_name"], args.get("run_id")))
         return "spawned"
+    if command == "route":  # the newest builds' completion routing
+        row = conn.execute("SELECT phase_type, stage, branch_id FROM agent_executions WHERE agent_id = ?",
+                           (args["agent_id"],)).fetchone()
+        return list(row) if row else None
+    if command == "branch_executions":  # the newest builds' resume: a branch's executions, newest spawn first
+        return [list(r) for r in conn.execute(
+            "SELECT agent_id, spec_id, stage, phase_type, agent_name, run_id, branch_id, spawned_at, completed_at,"
+            " response_text FROM agent_executions WHERE spec_id = ? AND stage = ? AND branch_id = ?"
+            " ORDER BY spawned_at DESC", (args["spec_id"], args["stage"], args["branch_id"]))]
+    if command == "complete":  # every build
+        conn.execute("UPDATE agent_executions SET completed_at = datetime('now'), response_text = ? WHERE agent_id = ?",
+                     (args["response_text"], args["agent_id"]))
+        return "completed"
     if command == "artifacts":
         ids = []
         for a in args["items"]:

@@ -120,7 +120,8 @@ def test_stats_pool_state_execute_and_maintenance_are_coroutines(db_path):
 
     changed, stats, state, report, left = asyncio.run(main())
     assert changed == 1 and stats["page_size"] > 0 and state["max_size"] == 2
-    assert set(report) == {"mode", "busy", "log_frames", "checkpointed_frames"} and report["mode"] == "truncate"
+    assert set(report) == {"mode", "busy", "log_frames", "checkpointed_frames", "blocked"} and report["mode"] == "truncate"
+    assert report["blocked"] is None
     assert cycles[0]["executions_deleted"] == 1 and left == [(0,)]
 
 

@@ -235,9 +235,10 @@ def test_seed_v2_file_and_a_cutover_build_beside_the_store(tmp_path):
         assert (ours.response_text, ours.run_id) == ("raw", "r-9")
         readable = len(db.query_artifacts("SPEC-5", "spec-plan"))
     assert user_version(path) == 2
-    # What the predecessor sees of the store's row, by its own column names.
+    # What the predecessor sees of the store's row, by its own column names: consensus_ok as it writes it
+    # (issue 27: 1 on every run; it used to be 0 until a successful synthesis).
     assert stdlib_rows(path, "SELECT o.agent_name, r.consensus_ok, o.output_timestamp > 0 FROM agent_outputs o"
-                             " JOIN consensus_runs r ON r.id = o.run_id WHERE o.id = ?", (mine,)) == [("claude", 0, 1)]
+                             " JOIN consensus_runs r ON r.id = o.run_id WHERE o.id = ?", (mine,)) == [("claude", 1, 1)]
     report("seed v2", before, readable, 3)
 
 

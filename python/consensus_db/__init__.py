@@ -16,6 +16,7 @@ from ._core import (
     DEFAULT_SCHEMA_VERSION,
     DEFAULTS,
     LATEST_SCHEMA_VERSION,
+    AgentExecution,
     Artifact,
     Database,
     ExtractionFailure,
@@ -29,6 +30,7 @@ from ._core import (
 from .errors import *  # noqa: F403  (the exception tree is part of the top-level API)
 from .errors import __all__ as _error_names
 from .results import (
+    AgentRoute,
     CheckpointReport,
     CycleReport,
     HealthReport,
@@ -57,7 +59,9 @@ __all__ = [
     "Artifact",
     "Synthesis",
     "ExtractionFailure",
+    "AgentExecution",
     "SpawnInfo",
+    "AgentRoute",
     "Rows",
     "Stats",
     "HealthReport",

@@ -13,6 +13,7 @@ from typing import Any, Final, Literal, TypeAlias, final
 from typing_extensions import Self, disjoint_base
 
 from consensus_db.results import (
+    AgentRoute,
     Behavior,
     CheckpointMode,
     CheckpointReport,
@@ -40,6 +41,7 @@ __all__ = [
     "Artifact",
     "Synthesis",
     "ExtractionFailure",
+    "AgentExecution",
     "sqlite_version",
     "migrations",
     "redact_url",
@@ -187,6 +189,54 @@ class Synthesis:
         that is not JSON comes back as a one-item list)."""
     def conflict_list(self) -> list[Any]:
         """``conflicts`` parsed, as :meth:`agreement_list` parses ``agreements``."""
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict."""
+    def __reduce__(self) -> tuple[Any, ...]: ...
+    def __eq__(self, other: object, /) -> bool: ...
+
+@final
+class AgentExecution:
+    """An agent execution as the routing table holds it (immutable, picklable)."""
+
+    def __new__(
+        cls,
+        agent_id: str,
+        spec_id: str,
+        stage: str,
+        phase_type: str,
+        agent_name: str,
+        run_id: str | None,
+        branch_id: str | None,
+        spawned_at: str,
+        completed_at: str | None,
+        response_text: str | None,
+    ) -> Self: ...
+    @property
+    def agent_id(self) -> str: ...
+    @property
+    def spec_id(self) -> str: ...
+    @property
+    def stage(self) -> str: ...
+    @property
+    def phase_type(self) -> str: ...
+    @property
+    def agent_name(self) -> str: ...
+    @property
+    def run_id(self) -> str | None: ...
+    @property
+    def branch_id(self) -> str | None: ...
+    @property
+    def spawned_at(self) -> str: ...
+    @property
+    def completed_at(self) -> str | None: ...
+    @property
+    def response_text(self) -> str | None: ...
+    @property
+    def spawned_at_datetime(self) -> datetime.datetime:
+        """``spawned_at`` (UTC text) as an aware ``datetime`` in UTC."""
+    @property
+    def completed_at_datetime(self) -> datetime.datetime | None:
+        """``completed_at`` as an aware ``datetime`` in UTC, or None."""
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict."""
     def __reduce__(self) -> tuple[Any, ...]: ...
@@ -372,8 +422,10 @@ class Database:
         phase_type: PhaseType,
         agent_name: str,
         run_id: str | None = None,
+        branch_id: str | None = None,
     ) -> None:
-        """Records a spawned agent; ``spawned_at`` is now (UTC)."""
+        """Records a spawned agent; ``spawned_at`` is now (UTC). ``branch_id``: the
+        pipeline branch it serves; a file without that column refuses one, naming it."""
     def record_agent_spawn_async(
         self,
         on_done: _OnDone,
@@ -383,11 +435,27 @@ class Database:
         phase_type: PhaseType,
         agent_name: str,
         run_id: str | None = None,
+        branch_id: str | None = None,
     ) -> None:
         """``record_agent_spawn`` without waiting: ``on_done(None, error)`` is called by
         the thread that commits the write. No retry."""
     def get_agent_spawn_info(self, agent_id: str) -> SpawnInfo | None:
         """``SpawnInfo(phase_type, stage)`` of a spawned agent, or None."""
+    def get_agent_route(self, agent_id: str) -> AgentRoute | None:
+        """``AgentRoute(phase_type, stage, branch_id)`` of a spawned agent, or None
+        (``branch_id`` None: spawned without one, or the file has no branch column)."""
+    def query_agent_executions(
+        self,
+        spec_id: str,
+        stage: str,
+        branch_id: str | None = None,
+        *,
+        order: Literal["newest", "oldest"] = "newest",
+        limit: int | None = None,
+    ) -> list[AgentExecution]:
+        """The executions of a spec's stage, newest spawn first (ties by agent id, last
+        first; ``order="oldest"`` reverses both), at most ``limit``. With a
+        ``branch_id``, only that branch's; None: every execution of the stage."""
     def get_agent_name(self, agent_id: str) -> str | None:
         """The agent name a spawned agent was recorded with, or None."""
     def record_agent_completion(self, agent_id: str, response_text: str) -> bool:

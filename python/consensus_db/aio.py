@@ -491,6 +491,8 @@ class AsyncStore:
     store_artifact = _lane(_core.Database.store_artifact_async, _core.Database.store_artifact)
     # Everything else: on a thread of the store's executor.
     get_agent_spawn_info = _threaded(Store.get_agent_spawn_info)
+    get_agent_route = _threaded(Store.get_agent_route)
+    query_agent_executions = _threaded(Store.query_agent_executions)
     get_agent_name = _threaded(Store.get_agent_name)
     record_extraction_failure = _threaded(Store.record_extraction_failure)
     query_extraction_failures = _threaded(Store.query_extraction_failures)

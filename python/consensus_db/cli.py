@@ -691,10 +691,14 @@ def vacuum_line(r: Any) -> str:
     if "pages_freed" not in r:  # PostgreSQL
         return f"VACUUM ({'FULL, ' if r['full'] else ''}ANALYZE) done"
     kind = "full" if r["full"] else "incremental"
-    return (
-        f"{kind} vacuum: {r['pages_freed']} pages freed, "
-        f"{human(r['before']['file_size'])} -> {human(r['after']['file_size'])}"
+    line = (
+        f"{kind} vacuum: {r['pages_freed']} pages freed ({human(r['bytes_reclaimed'])}); "
+        f"main file {human(r['file_bytes_before'])} -> {human(r['file_bytes_after'])}, "
+        f"WAL {human(r['wal_bytes_before'])} -> {human(r['wal_bytes_after'])}"
     )
+    if r["checkpoint_blocked"]:
+        line += f"; checkpoint blocked: {r['checkpoint_blocked']}"
+    return line
 
 
 @main.command()

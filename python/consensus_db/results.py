@@ -20,6 +20,7 @@ __all__ = [
     "AutoVacuum",
     "CheckpointMode",
     "SpawnInfo",
+    "AgentRoute",
     "Rows",
     "Stats",
     "HealthReport",
@@ -65,6 +66,15 @@ class SpawnInfo(NamedTuple):
 
     phase_type: str
     stage: str
+
+
+class AgentRoute(NamedTuple):
+    """What ``get_agent_route`` returns: the predecessor's routing read, a 3-tuple
+    ``(phase_type, stage, branch_id)``; ``branch_id`` is None for a spawn without one."""
+
+    phase_type: str
+    stage: str
+    branch_id: Optional[str]
 
 
 class Rows(list[tuple[Any, ...]]):
@@ -146,23 +156,39 @@ class HealthReport(Stats):
     """The dual-schema reader's counters since this store opened (None on PostgreSQL)."""
 
 
-class VacuumReport(TypedDict):
-    """``vacuum()``: what an incremental or full vacuum did."""
-
-    full: bool
-    before: Stats
-    after: Stats
-    pages_freed: int
-    bytes_reclaimed: int
-
-
 class CheckpointReport(TypedDict):
-    """``checkpoint()``: the mode run and ``PRAGMA wal_checkpoint``'s three numbers."""
+    """``checkpoint()``: the mode run, ``PRAGMA wal_checkpoint``'s three numbers, and
+    ``blocked``: why it left WAL frames uncopied (another connection's reader), or None."""
 
     mode: str
     busy: int
     log_frames: int
     checkpointed_frames: int
+    blocked: Optional[str]
+
+
+class VacuumReport(TypedDict):
+    """``vacuum()``: what an incremental or full vacuum did. No field is negative unless
+    its name says it is a change (after minus before)."""
+
+    full: bool
+    before: Stats
+    after: Stats
+    pages_freed: int
+    """Pages the database gave up; never negative."""
+    page_count_change: int
+    bytes_reclaimed: int
+    """``pages_freed`` × page size: what the main file gives back once the WAL is checkpointed."""
+    file_bytes_before: int
+    file_bytes_after: int
+    wal_bytes_before: int
+    wal_bytes_after: int
+    disk_bytes_change: int
+    """Main file plus WAL, after minus before."""
+    checkpoint: Optional[CheckpointReport]
+    """The checkpoint run after the vacuum (None in memory)."""
+    checkpoint_blocked: Optional[str]
+    """Why that checkpoint left WAL frames (the file keeps its size until a later one), or None."""
 
 
 class PoolState(TypedDict):
@@ -181,6 +207,7 @@ class OpenReport(TypedDict):
     migrated: Optional[tuple[int, int]]
     shape: str
     layout_updated: bool
+    layout_steps: list[str]
     rows_moved: RowsMoved
 
 

@@ -33,12 +33,15 @@ pub use tx::PgTx;
 
 use crate::conninfo::redact;
 use crate::error::{Error, Result};
-use crate::model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synthesis, SOURCE_V1};
+use crate::model::{
+    AgentExecution, AgentRoute, Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synthesis, SOURCE_V1,
+};
 use crate::sqlite::retry::{Retrier, RetryPolicy};
 use crate::store::validate::{check_artifact, check_id, check_phase_type};
 
-/// This backend's layout revision (`consensus_db_meta.pg_layout`).
-pub const PG_LAYOUT: i64 = 1;
+/// This backend's layout revision (`consensus_db_meta.pg_revision`; `pg_layout` keeps
+/// the minimum reader layout, as on SQLite: revision 2 only adds, so it stays 1).
+pub const PG_LAYOUT: i64 = 2;
 
 /// Whether `target` names a PostgreSQL server: a `postgresql://` URL.
 pub fn is_url(target: &str) -> bool {
@@ -90,6 +93,8 @@ pub struct PgDatabase {
     options: PgOptions,
     retrier: Retrier,
     maintenance: parking_lot::Mutex<Option<maintenance::PgMaintenance>>,
+    /// The routing table has `branch_id` (a revision-1 database opened without migrating has not).
+    branch_column: std::sync::atomic::AtomicBool,
 }
 
 /// Maps a driver error; `lost` tells whether the connection is gone.
@@ -205,8 +210,10 @@ impl PgDatabase {
             retrier: Retrier::new(options.retry.clone()),
             options,
             maintenance: parking_lot::Mutex::new(None),
+            branch_column: Default::default(),
         };
         db.run("open", Kind::Rerunnable, |c| sql::migrate(c, db.options.migrate && !db.options.read_only))?;
+        db.refresh_columns()?;
         Ok(db)
     }
 
@@ -244,6 +251,7 @@ impl PgDatabase {
             options: self.options.clone(),
             retrier: Retrier::new(self.options.retry.clone()),
             maintenance: parking_lot::Mutex::new(None),
+            branch_column: self.has_branch_column().into(),
         };
         let mut slot = self.maintenance.lock();
         if let Some(old) = slot.take() {
@@ -406,7 +414,18 @@ impl PgDatabase {
     pub fn migrate(&self) -> Result<i64> {
         self.writable("migrate")?;
         self.run("migrate", Kind::Rerunnable, |c| sql::migrate(c, true))?;
+        self.refresh_columns()?;
         self.schema_version()
+    }
+
+    fn refresh_columns(&self) -> Result<()> {
+        let has = self.run("open", Kind::Read, sql::has_branch_column)?;
+        self.branch_column.store(has, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    fn has_branch_column(&self) -> bool {
+        self.branch_column.load(std::sync::atomic::Ordering::Acquire)
     }
 
     // ---- executions ---------------------------------------------------------------
@@ -420,6 +439,21 @@ impl PgDatabase {
         agent_name: &str,
         run_id: Option<&str>,
     ) -> Result<()> {
+        self.record_agent_spawn_on_branch(agent_id, spec_id, stage, phase_type, agent_name, run_id, None)
+    }
+
+    /// A spawn with its pipeline branch (see the SQLite store's).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_agent_spawn_on_branch(
+        &self,
+        agent_id: &str,
+        spec_id: &str,
+        stage: &str,
+        phase_type: &str,
+        agent_name: &str,
+        run_id: Option<&str>,
+        branch_id: Option<&str>,
+    ) -> Result<()> {
         check_id("agent_id", agent_id)?;
         check_id("spec_id", spec_id)?;
         check_id("stage", stage)?;
@@ -429,11 +463,33 @@ impl PgDatabase {
             no_nul(name, v)?;
         }
         no_nul_opt("run_id", run_id)?;
+        let with_branch = self.has_branch_column();
+        if let Some(branch) = branch_id {
+            check_id("branch_id", branch)?;
+            no_nul("branch_id", branch)?;
+            if !with_branch {
+                let why = "predates the agent_executions.branch_id column (layout revision 1)";
+                return Err(if self.options.read_only {
+                    Error::ReadOnly(format!(
+                        "the store at {} {why}, and a read-only store cannot add it; open it writable once",
+                        self.url
+                    ))
+                } else {
+                    Error::Migration(format!("the store at {} {why}; call migrate() first", self.url))
+                });
+            }
+        }
         self.writable("record_agent_spawn")?;
         // An upsert: repeating it leaves the same row.
         self.run("record_agent_spawn", Kind::Idempotent, |c| {
-            let stmt = c.prepared(sql::SPAWN)?;
-            c.client.execute(&stmt, &[&agent_id, &spec_id, &stage, &phase_type, &agent_name, &run_id])?;
+            if with_branch {
+                let stmt = c.prepared(sql::SPAWN_ON_BRANCH)?;
+                c.client
+                    .execute(&stmt, &[&agent_id, &spec_id, &stage, &phase_type, &agent_name, &run_id, &branch_id])?;
+            } else {
+                let stmt = c.prepared(sql::SPAWN)?;
+                c.client.execute(&stmt, &[&agent_id, &spec_id, &stage, &phase_type, &agent_name, &run_id])?;
+            }
             Ok(())
         })
     }
@@ -442,6 +498,52 @@ impl PgDatabase {
         self.run("get_agent_spawn_info", Kind::Read, |c| {
             let stmt = c.prepared(sql::SPAWN_INFO)?;
             Ok(c.client.query_opt(&stmt, &[&agent_id])?.map(|r| (r.get(0), r.get(1))))
+        })
+    }
+
+    pub fn get_agent_route(&self, agent_id: &str) -> Result<Option<AgentRoute>> {
+        let sql = sql::route(self.has_branch_column());
+        self.run("get_agent_route", Kind::Read, |c| {
+            let stmt = c.prepared(sql)?;
+            Ok(c.client.query_opt(&stmt, &[&agent_id])?.map(|r| AgentRoute {
+                phase_type: r.get(0),
+                stage: r.get(1),
+                branch_id: r.get(2),
+            }))
+        })
+    }
+
+    pub fn query_agent_executions(
+        &self,
+        spec_id: &str,
+        stage: &str,
+        branch_id: Option<&str>,
+        newest_first: bool,
+        limit: Option<usize>,
+    ) -> Result<Vec<AgentExecution>> {
+        let branch_column = self.has_branch_column();
+        if branch_id.is_some() && !branch_column {
+            return Ok(Vec::new());
+        }
+        let sql = sql::executions(branch_id.is_some(), branch_column, newest_first);
+        let limit: Option<i64> = limit.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        self.run("query_agent_executions", Kind::Read, |c| {
+            let rows = c.client.query(sql.as_str(), &[&spec_id, &stage, &branch_id, &limit])?;
+            Ok(rows
+                .iter()
+                .map(|r| AgentExecution {
+                    agent_id: r.get(0),
+                    spec_id: r.get(1),
+                    stage: r.get(2),
+                    phase_type: r.get(3),
+                    agent_name: r.get(4),
+                    run_id: r.get(5),
+                    branch_id: r.get(6),
+                    spawned_at: r.get(7),
+                    completed_at: r.get(8),
+                    response_text: r.get(9),
+                })
+                .collect())
         })
     }
 

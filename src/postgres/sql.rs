@@ -9,26 +9,57 @@ use crate::model::NewArtifact;
 /// the store at once, and one migrates while the others wait, then find it done.
 const MIGRATION_LOCK: i64 = 0x0063_6462_0001;
 
-/// Layout revisions in order; each runs in one transaction with its version row.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("schema.sql"))];
+/// Layout revisions in order, each with the minimum reader layout it leaves (a step
+/// that only adds keeps the one before, so the previous release still opens the
+/// database); each runs in one transaction with its rows in `consensus_db_meta`.
+const MIGRATIONS: &[(i64, i64, &str)] = &[(1, 1, include_str!("schema.sql")), (2, 1, include_str!("schema_2.sql"))];
 
-/// The layout revision recorded in the database (0: none yet).
-pub fn layout(c: &mut Session) -> Result<i64> {
+fn meta(c: &mut Session, key: &str) -> Result<Option<i64>> {
     let exists: bool = c.client.query_one("SELECT to_regclass('consensus_db_meta') IS NOT NULL", &[])?.get(0);
     if !exists {
-        return Ok(0);
+        return Ok(None);
     }
-    let row = c.client.query_opt("SELECT value FROM consensus_db_meta WHERE key = 'pg_layout'", &[])?;
-    Ok(row.map_or(0, |r| r.get(0)))
+    let row = c.client.query_opt("SELECT value FROM consensus_db_meta WHERE key = $1", &[&key])?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// The minimum reader layout recorded in the database (`pg_layout`, the key every
+/// release checks; 0: none yet).
+fn min_reader_layout(c: &mut Session) -> Result<i64> {
+    Ok(meta(c, "pg_layout")?.unwrap_or(0))
+}
+
+/// The layout revision the database was brought to (`pg_revision`, or — from a release
+/// that predates the key — `pg_layout`; 0: none yet).
+pub fn layout(c: &mut Session) -> Result<i64> {
+    match meta(c, "pg_revision")? {
+        Some(revision) => Ok(revision),
+        None => min_reader_layout(c),
+    }
+}
+
+/// Whether the routing table has the branch column (a database at revision 1 opened
+/// without migrating has not).
+pub fn has_branch_column(c: &mut Session) -> Result<bool> {
+    Ok(c.client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+               AND table_name = 'agent_executions' AND column_name = 'branch_id')",
+            &[],
+        )?
+        .get(0))
 }
 
 /// Checks the layout and, when `apply`, brings it up to date under the advisory lock.
+/// Without `apply`, a database at an older revision that this build can still read
+/// opens as it is (what it lacks reads as absent: no branch).
 pub fn migrate(c: &mut Session, apply: bool) -> Result<()> {
-    let found = layout(c)?;
-    if found > PG_LAYOUT {
-        return Err(Error::LayoutTooNew { found, supported: PG_LAYOUT });
+    let reader = min_reader_layout(c)?;
+    if reader > PG_LAYOUT {
+        return Err(Error::LayoutTooNew { found: reader, supported: PG_LAYOUT });
     }
-    if found == PG_LAYOUT {
+    let found = layout(c)?;
+    if found == PG_LAYOUT || (!apply && found >= 1) {
         return Ok(());
     }
     if !apply {
@@ -50,18 +81,19 @@ fn migrate_locked(c: &mut Session) -> Result<()> {
     c.client
         .batch_execute("CREATE TABLE IF NOT EXISTS consensus_db_meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)")?;
     // Read again under the lock: another host may have migrated meanwhile.
-    let found = layout(c)?;
-    if found > PG_LAYOUT {
-        return Err(Error::LayoutTooNew { found, supported: PG_LAYOUT });
+    let reader = min_reader_layout(c)?;
+    if reader > PG_LAYOUT {
+        return Err(Error::LayoutTooNew { found: reader, supported: PG_LAYOUT });
     }
-    for &(version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
+    let found = layout(c)?;
+    for &(version, min_reader, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v > found) {
         let mut t = c.client.transaction()?;
         t.batch_execute(sql)
             .map_err(|e| Error::Migration(format!("layout revision {version}: {}", super::map_error(&e))))?;
         t.execute(
-            "INSERT INTO consensus_db_meta (key, value) VALUES ('pg_layout', $1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &[&version],
+            "INSERT INTO consensus_db_meta (key, value) VALUES ('pg_layout', $1), ('pg_revision', $2)
+             ON CONFLICT (key) DO UPDATE SET value = GREATEST(consensus_db_meta.value, excluded.value)",
+            &[&min_reader, &version],
         )?;
         t.commit()?;
     }
@@ -74,6 +106,37 @@ pub const SPAWN: &str =
      ON CONFLICT (agent_id) DO UPDATE SET spec_id = excluded.spec_id, stage = excluded.stage,
        phase_type = excluded.phase_type, agent_name = excluded.agent_name, run_id = excluded.run_id,
        spawned_at = excluded.spawned_at, completed_at = NULL, response_text = NULL, extraction_error = NULL";
+
+pub const SPAWN_ON_BRANCH: &str =
+    "INSERT INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, run_id, branch_id, spawned_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, consensus_db_now_text())
+     ON CONFLICT (agent_id) DO UPDATE SET spec_id = excluded.spec_id, stage = excluded.stage,
+       phase_type = excluded.phase_type, agent_name = excluded.agent_name, run_id = excluded.run_id,
+       branch_id = excluded.branch_id, spawned_at = excluded.spawned_at, completed_at = NULL, response_text = NULL,
+       extraction_error = NULL";
+
+/// The routing read, with the branch or (no column) NULL.
+pub fn route(branch_column: bool) -> &'static str {
+    if branch_column {
+        "SELECT phase_type, stage, branch_id FROM agent_executions WHERE agent_id = $1"
+    } else {
+        "SELECT phase_type, stage, NULL::text FROM agent_executions WHERE agent_id = $1"
+    }
+}
+
+/// The executions of a stage (`$3`: the branch, or NULL for all), in the order asked,
+/// at most `$4` (NULL: all).
+pub fn executions(on_branch: bool, branch_column: bool, newest_first: bool) -> String {
+    let branch = if branch_column { "branch_id" } else { "NULL::text" };
+    let filter = if on_branch { "AND branch_id = $3" } else { "AND $3::text IS NULL" };
+    let order = if newest_first { "DESC" } else { "ASC" };
+    format!(
+        "SELECT agent_id, spec_id, stage, phase_type, agent_name, run_id, {branch}, spawned_at, completed_at,
+                response_text
+         FROM agent_executions WHERE spec_id = $1 AND stage = $2 {filter}
+         ORDER BY spawned_at {order}, agent_id {order} LIMIT $4"
+    )
+}
 
 pub const SPAWN_INFO: &str = "SELECT phase_type, stage FROM agent_executions WHERE agent_id = $1";
 pub const AGENT_NAME: &str = "SELECT agent_name FROM agent_executions WHERE agent_id = $1";

@@ -276,6 +276,20 @@ pub fn spawn_info<'py>(py: Python<'py>, info: Option<(String, String)>) -> PyRes
     Ok(Some(new.bind(py).call1((cls, (phase_type, stage)))?))
 }
 
+/// `get_agent_route`'s result: a `consensus_db.results.AgentRoute(phase_type, stage,
+/// branch_id)`, made as [`spawn_info`] makes its tuple.
+pub fn agent_route<'py>(
+    py: Python<'py>,
+    route: Option<crate::model::AgentRoute>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    static AGENT_ROUTE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static TUPLE_NEW: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let Some(route) = route else { return Ok(None) };
+    let new = TUPLE_NEW.get_or_try_init(py, || py.get_type::<PyTuple>().getattr("__new__").map(Bound::unbind))?;
+    let cls = results_attr(py, &AGENT_ROUTE, "AgentRoute")?;
+    Ok(Some(new.bind(py).call1((cls, (route.phase_type, route.stage, route.branch_id)))?))
+}
+
 /// An aware UTC `datetime` from Unix milliseconds.
 pub fn utc_from_ms<'py>(py: Python<'py>, ms: i64) -> PyResult<Bound<'py, PyAny>> {
     static FROM_MS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();

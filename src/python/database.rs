@@ -10,8 +10,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyMapping, PyString, PyTuple};
 
 use super::convert::{
-    json_text, opt_callable, opt_flag, opt_int_in, opt_json_text, opt_text, real, rows_with_columns, seconds,
-    spawn_info, text, to_params, type_name, Keep,
+    agent_route, json_text, opt_callable, opt_flag, opt_int_in, opt_json_text, opt_text, real, rows_with_columns,
+    seconds, spawn_info, text, to_params, type_name, Keep,
 };
 use super::run;
 use super::transaction::PyTransaction;
@@ -19,7 +19,7 @@ use crate::backend::{AnyDatabase, Backend};
 use crate::error::Error;
 use crate::maintenance::{CycleReport, MaintenanceOptions, Stats, DEFAULT_VACUUM_THRESHOLD};
 use crate::migrations;
-use crate::model::{Artifact, ExtractionFailure, NewArtifact, NewSynthesis, ReaderCounts, Synthesis};
+use crate::model::{AgentExecution, Artifact, ExtractionFailure, NewArtifact, NewSynthesis, ReaderCounts, Synthesis};
 use crate::sqlite::replica::CheckpointMode;
 use crate::sqlite::retry::{Clock, RetryEvent, RetryPolicy};
 use crate::transaction::Behavior;
@@ -239,6 +239,18 @@ fn stats_dict<'py>(py: Python<'py>, s: &Stats) -> PyResult<Bound<'py, PyDict>> {
     d.set_item("free_fraction", s.free_fraction)?;
     d.set_item("file_size", s.file_size)?;
     d.set_item("wal_size", s.wal_size)?;
+    Ok(d)
+}
+
+/// A checkpoint's report: the mode, `PRAGMA wal_checkpoint`'s three numbers, and
+/// `blocked`: why it did not copy the whole WAL (None when it did).
+fn checkpoint_dict<'py>(py: Python<'py>, c: &crate::Checkpoint) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("mode", c.mode.name())?;
+    d.set_item("busy", c.busy)?;
+    d.set_item("log_frames", c.log_frames)?;
+    d.set_item("checkpointed_frames", c.checkpointed_frames)?;
+    d.set_item("blocked", c.blocked())?;
     Ok(d)
 }
 
@@ -687,6 +699,7 @@ impl PyDatabase {
         d.set_item("shape", &r.shape)?;
         d.set_item("layout_updated", r.layout_updated)?;
         d.set_item("rows_moved", rows_moved(py, r.rows_moved)?)?;
+        d.set_item("layout_steps", &r.layout_steps)?;
         Ok(d)
     }
 
@@ -924,8 +937,11 @@ impl PyDatabase {
     // ---- agent executions ----------------------------------------------------------
 
     /// Records a spawned agent (`phase_type` is quality_gate or regular_stage);
-    /// `spawned_at` is now (UTC). A second spawn of the same `agent_id` replaces it.
-    #[pyo3(signature = (agent_id, spec_id, stage, phase_type, agent_name, run_id=None))]
+    /// `spawned_at` is now (UTC). A second spawn of the same `agent_id` replaces it,
+    /// branch included. `branch_id`: the pipeline branch the agent serves (the
+    /// predecessor's resume filter); a file without that column (read-only, or opened
+    /// with migrate=False) refuses a branch, naming the column.
+    #[pyo3(signature = (agent_id, spec_id, stage, phase_type, agent_name, run_id=None, branch_id=None))]
     #[allow(clippy::too_many_arguments)]
     fn record_agent_spawn(
         &self,
@@ -936,16 +952,18 @@ impl PyDatabase {
         phase_type: &Bound<'_, PyAny>,
         agent_name: &Bound<'_, PyAny>,
         run_id: Option<&Bound<'_, PyAny>>,
+        branch_id: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let (a, s, st) = (text(agent_id, "agent_id")?, text(spec_id, "spec_id")?, text(stage, "stage")?);
         let (p, n, r) = (text(phase_type, "phase_type")?, text(agent_name, "agent_name")?, opt_text(run_id, "run_id")?);
-        run(py, || self.inner.record_agent_spawn(&a, &s, &st, &p, &n, r.as_deref()))
+        let b = opt_text(branch_id, "branch_id")?;
+        run(py, || self.inner.record_agent_spawn_on_branch(&a, &s, &st, &p, &n, r.as_deref(), b.as_deref()))
     }
 
     /// `record_agent_spawn` without waiting: the arguments are checked now (an error is
     /// raised here); the result (None) or the error goes to `on_done(value, error)`,
     /// called by the thread that commits the write. No retry.
-    #[pyo3(signature = (on_done, agent_id, spec_id, stage, phase_type, agent_name, run_id=None))]
+    #[pyo3(signature = (on_done, agent_id, spec_id, stage, phase_type, agent_name, run_id=None, branch_id=None))]
     #[allow(clippy::too_many_arguments)]
     fn record_agent_spawn_async(
         &self,
@@ -956,6 +974,7 @@ impl PyDatabase {
         phase_type: &Bound<'_, PyAny>,
         agent_name: &Bound<'_, PyAny>,
         run_id: Option<&Bound<'_, PyAny>>,
+        branch_id: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let on_done = non_callable(on_done)?;
         let spawn = crate::NewSpawn {
@@ -965,6 +984,7 @@ impl PyDatabase {
             phase_type: text(phase_type, "phase_type")?.to_string(),
             agent_name: text(agent_name, "agent_name")?.to_string(),
             run_id: opt_text(run_id, "run_id")?.map(|s| s.to_string()),
+            branch_id: opt_text(branch_id, "branch_id")?.map(|s| s.to_string()),
         };
         let done = completion::<Option<bool>>(on_done);
         self.core("submit_agent_spawn")?.submit_agent_spawn(spawn, move |r| done(r.map(|()| None)));
@@ -993,6 +1013,42 @@ impl PyDatabase {
         let a = text(agent_id, "agent_id")?;
         let info = run(py, || self.inner.get_agent_spawn_info(&a))?;
         spawn_info(py, info)
+    }
+
+    /// `AgentRoute(phase_type, stage, branch_id)` of a spawned agent (a named 3-tuple: the
+    /// predecessor's routing read), or None. `branch_id` is None for a spawn without a
+    /// branch, and on a file without the branch column.
+    fn get_agent_route<'py>(
+        &self,
+        py: Python<'py>,
+        agent_id: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let a = text(agent_id, "agent_id")?;
+        let route = run(py, || self.inner.get_agent_route(&a))?;
+        agent_route(py, route)
+    }
+
+    /// The executions of a spec's stage as `AgentExecution` records, newest spawn first
+    /// (ties by agent id, last first); `order="oldest"` for the exact reverse; at most
+    /// `limit` (None: all). With a `branch_id`, only that branch's (what a resume on it
+    /// takes: an abandoned run's branch is left out); `branch_id=None` means every
+    /// execution of the stage, whatever its branch or none.
+    #[pyo3(signature = (spec_id, stage, branch_id=None, *, order=None, limit=None),
+           text_signature = "(self, spec_id, stage, branch_id=None, *, order='newest', limit=None)")]
+    fn query_agent_executions(
+        &self,
+        py: Python<'_>,
+        spec_id: &Bound<'_, PyAny>,
+        stage: &Bound<'_, PyAny>,
+        branch_id: Option<&Bound<'_, PyAny>>,
+        order: Option<&Bound<'_, PyAny>>,
+        limit: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<AgentExecution>> {
+        let (s, st) = (text(spec_id, "spec_id")?, text(stage, "stage")?);
+        let b = opt_text(branch_id, "branch_id")?;
+        let newest = newest_first(order)?;
+        let limit: Option<usize> = opt_int_in(limit, "limit", 0, i64::MAX)?;
+        run(py, || self.inner.query_agent_executions(&s, &st, b.as_deref(), newest, limit))
     }
 
     /// The agent name a spawned agent was recorded with, or None.
@@ -1290,7 +1346,11 @@ impl PyDatabase {
 
     /// Reclaims free pages: `pages` of them incrementally (None: all), or the whole file
     /// rebuilt with `full=True`. `progress(calls)` is called during a full VACUUM
-    /// (returning False interrupts it). Returns before/after statistics.
+    /// (returning False interrupts it). Returns before/after statistics and what they
+    /// mean: `pages_freed` and `bytes_reclaimed` (pages × page size) are never negative;
+    /// `file_bytes_*`/`wal_bytes_*` are the main file and the WAL before and after, and
+    /// `page_count_change`/`disk_bytes_change` are after minus before; `checkpoint` is the
+    /// checkpoint that follows, `checkpoint_blocked` why it left WAL frames (None: it did not).
     #[pyo3(signature = (*, full=None, pages=None, progress=None), text_signature = "($self, *, full=False, pages=None, progress=None)")]
     fn vacuum<'py>(
         &self,
@@ -1335,12 +1395,21 @@ impl PyDatabase {
         d.set_item("before", stats_dict(py, &r.before)?)?;
         d.set_item("after", stats_dict(py, &r.after)?)?;
         d.set_item("pages_freed", r.pages_freed())?;
+        d.set_item("page_count_change", r.page_count_change())?;
         d.set_item("bytes_reclaimed", r.bytes_reclaimed())?;
+        d.set_item("file_bytes_before", r.before.file_size)?;
+        d.set_item("file_bytes_after", r.after.file_size)?;
+        d.set_item("wal_bytes_before", r.before.wal_size)?;
+        d.set_item("wal_bytes_after", r.after.wal_size)?;
+        d.set_item("disk_bytes_change", r.disk_bytes_change())?;
+        d.set_item("checkpoint", r.checkpoint.as_ref().map(|c| checkpoint_dict(py, c)).transpose()?)?;
+        d.set_item("checkpoint_blocked", r.checkpoint_blocked())?;
         Ok(d)
     }
 
     /// `wal_checkpoint(MODE)`: `mode` is "passive", "full", "restart" or "truncate";
     /// None runs TRUNCATE, or PASSIVE on a replicated store (which refuses the others).
+    /// `blocked` says why it left WAL frames uncopied (another connection's reader, say), or None.
     #[pyo3(signature = (mode=None))]
     fn checkpoint<'py>(&self, py: Python<'py>, mode: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyDict>> {
         let mode = match opt_text(mode, "mode")? {
@@ -1348,12 +1417,7 @@ impl PyDatabase {
             None => None,
         };
         let done = run(py, || self.core("checkpoint() (the SQLite WAL)")?.checkpoint(mode))?;
-        let d = PyDict::new(py);
-        d.set_item("mode", done.mode.name())?;
-        d.set_item("busy", done.busy)?;
-        d.set_item("log_frames", done.log_frames)?;
-        d.set_item("checkpointed_frames", done.checkpointed_frames)?;
-        Ok(d)
+        checkpoint_dict(py, &done)
     }
 
     /// Whether a replica (Litestream) is attached: opened with `replicated=True`, or

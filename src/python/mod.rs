@@ -75,6 +75,7 @@ pub(crate) fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<crate::model::Artifact>()?;
     m.add_class::<crate::model::Synthesis>()?;
     m.add_class::<crate::model::ExtractionFailure>()?;
+    m.add_class::<crate::model::AgentExecution>()?;
     m.add_function(wrap_pyfunction!(sqlite_version, m)?)?;
     m.add_function(wrap_pyfunction!(migrations, m)?)?;
     m.add_function(wrap_pyfunction!(redact_url, m)?)?;

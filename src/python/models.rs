@@ -5,7 +5,7 @@ use pyo3::types::{PyDict, PyTuple};
 
 use super::convert::{json_items, utc_from_ms, utc_from_text};
 use crate::error::Error;
-use crate::model::{Artifact, ExtractionFailure, Synthesis, SOURCE_LEGACY, SOURCE_V1};
+use crate::model::{AgentExecution, Artifact, ExtractionFailure, Synthesis, SOURCE_LEGACY, SOURCE_V1};
 
 /// `"v1"` or `"legacy"`, the only sources a row can have.
 fn source(value: &str) -> PyResult<&'static str> {
@@ -353,6 +353,103 @@ impl ExtractionFailure {
         d.set_item("completed_at", &self.completed_at)?;
         d.set_item("response_text", &self.response_text)?;
         d.set_item("extraction_error", &self.extraction_error)?;
+        Ok(d)
+    }
+}
+
+#[pymethods]
+impl AgentExecution {
+    /// Builds an execution as the store returns it (for tests and unpickling).
+    #[new]
+    #[pyo3(signature = (agent_id, spec_id, stage, phase_type, agent_name, run_id, branch_id, spawned_at,
+                        completed_at, response_text))]
+    #[allow(clippy::too_many_arguments)]
+    fn py_new(
+        agent_id: String,
+        spec_id: String,
+        stage: String,
+        phase_type: String,
+        agent_name: String,
+        run_id: Option<String>,
+        branch_id: Option<String>,
+        spawned_at: String,
+        completed_at: Option<String>,
+        response_text: Option<String>,
+    ) -> Self {
+        AgentExecution {
+            agent_id,
+            spec_id,
+            stage,
+            phase_type,
+            agent_name,
+            run_id,
+            branch_id,
+            spawned_at,
+            completed_at,
+            response_text,
+        }
+    }
+
+    /// Pickling: the constructor and every field, in its order.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let py = slf.py();
+        let e = slf.get();
+        let args = (
+            &e.agent_id,
+            &e.spec_id,
+            &e.stage,
+            &e.phase_type,
+            &e.agent_name,
+            &e.run_id,
+            &e.branch_id,
+            &e.spawned_at,
+            &e.completed_at,
+            &e.response_text,
+        )
+            .into_pyobject(py)?;
+        Ok((slf.get_type().into_any(), args))
+    }
+
+    /// `spawned_at` (UTC text) as an aware `datetime` in UTC.
+    #[getter]
+    fn spawned_at_datetime<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        utc_from_text(py, Some(&self.spawned_at))
+    }
+
+    /// `completed_at` as an aware `datetime` in UTC, or None.
+    #[getter]
+    fn completed_at_datetime<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        utc_from_text(py, self.completed_at.as_deref())
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "AgentExecution(agent_id={}, spec_id={}, stage={}, agent_name={}, run_id={}, branch_id={}, spawned_at={}, \
+             completed_at={})",
+            short(&self.agent_id),
+            short(&self.spec_id),
+            short(&self.stage),
+            short(&self.agent_name),
+            opt(&self.run_id),
+            opt(&self.branch_id),
+            short(&self.spawned_at),
+            opt(&self.completed_at)
+        )
+    }
+
+    /// The fields as a dict.
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("agent_id", &self.agent_id)?;
+        d.set_item("spec_id", &self.spec_id)?;
+        d.set_item("stage", &self.stage)?;
+        d.set_item("phase_type", &self.phase_type)?;
+        d.set_item("agent_name", &self.agent_name)?;
+        d.set_item("run_id", &self.run_id)?;
+        d.set_item("branch_id", &self.branch_id)?;
+        d.set_item("spawned_at", &self.spawned_at)?;
+        d.set_item("completed_at", &self.completed_at)?;
+        d.set_item("response_text", &self.response_text)?;
         Ok(d)
     }
 }

@@ -84,6 +84,8 @@ pub struct OpenReport {
     pub layout_updated: bool,
     /// What opening's migration copied between the schemas.
     pub rows_moved: RowsMoved,
+    /// What the additive layout steps changed, one line each (`migrations::upgrade`).
+    pub layout_steps: Vec<String>,
 }
 
 pub struct Engine {
@@ -579,7 +581,7 @@ fn prepare_file(conn: &Connection, options: &Options, in_memory: bool) -> Result
     }
     options.pragmas.apply_connection(conn)?;
     if let Some(target) = options.migrate_to {
-        migrations::upgrade_counting(conn, target, &mut report.rows_moved)?;
+        report.layout_steps = migrations::upgrade_counting(conn, target, &mut report.rows_moved)?.1;
         let reached = migrations::user_version(conn)?;
         if reached != found {
             report.migrated = Some((found, reached));

@@ -50,21 +50,47 @@ pub struct Health {
     pub vacuum_threshold: f64,
 }
 
-/// What a vacuum did.
+/// What a vacuum did. `before`/`after` are the file as `stats()` reads it; the
+/// checkpoint that follows moves the WAL into the main file, so the main file can grow
+/// while the database shrinks: the figures below say which is which.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VacuumReport {
     pub full: bool,
     pub before: Stats,
     pub after: Stats,
+    /// The checkpoint run after the vacuum (None in memory).
+    pub checkpoint: Option<Checkpoint>,
 }
 
 impl VacuumReport {
+    /// Pages the database gave up (its page count went down by); never negative — a
+    /// full VACUUM that grows the database (adding auto_vacuum's pointer-map pages, say)
+    /// freed none, and [`VacuumReport::page_count_change`] shows the growth.
     pub fn pages_freed(&self) -> i64 {
-        self.before.page_count - self.after.page_count
+        (-self.page_count_change()).max(0)
     }
 
+    /// The page count after minus before (a change: negative when pages were freed).
+    pub fn page_count_change(&self) -> i64 {
+        self.after.page_count - self.before.page_count
+    }
+
+    /// The bytes the freed pages held: `pages_freed × page_size`, never negative. The main
+    /// file gives them back once a checkpoint has copied the whole WAL in (see
+    /// [`VacuumReport::checkpoint_blocked`]).
     pub fn bytes_reclaimed(&self) -> i64 {
-        self.before.file_size as i64 - self.after.file_size as i64
+        self.pages_freed() * self.after.page_size
+    }
+
+    /// Main file plus WAL, after minus before (a change: the WAL folded into the main
+    /// file can make it positive on a store with nothing to free).
+    pub fn disk_bytes_change(&self) -> i64 {
+        (self.after.file_size + self.after.wal_size) as i64 - (self.before.file_size + self.before.wal_size) as i64
+    }
+
+    /// Why the checkpoint after the vacuum did not copy the whole WAL, if it did not.
+    pub fn checkpoint_blocked(&self) -> Option<String> {
+        self.checkpoint.as_ref().and_then(Checkpoint::blocked)
     }
 }
 
@@ -204,11 +230,13 @@ impl Engine {
             conn.progress_handler(0, None::<fn() -> bool>)?;
             result?;
         }
-        if !self.in_memory {
-            replica::checkpoint(&conn, CheckpointMode::default_for(self.replicated_on(&conn)?))?;
-        }
+        let checkpoint = if self.in_memory {
+            None
+        } else {
+            Some(replica::checkpoint(&conn, CheckpointMode::default_for(self.replicated_on(&conn)?))?)
+        };
         let after = stats(&conn, self.file(), self.in_memory)?;
-        Ok(VacuumReport { full: !incremental, before, after })
+        Ok(VacuumReport { full: !incremental, before, after, checkpoint })
     }
 
     /// Checkpoints the WAL into the database: in `mode`, or by default TRUNCATE (the

@@ -89,12 +89,18 @@ pub fn validate() -> Result<()> {
 /// What opening does: a brand-new file gets the latest schema; new tables in an
 /// older layout are brought to the current one; then the schema moves *up* to
 /// `target` if it is below. Never down. Returns the shape found.
-pub fn upgrade(conn: &Connection, target: Version) -> Result<Shape> {
+/// Also returns what the additive layout steps changed ([`additive_steps`]), for the
+/// open report.
+pub fn upgrade(conn: &Connection, target: Version) -> Result<(Shape, Vec<String>)> {
     upgrade_counting(conn, target, &mut RowsMoved::default())
 }
 
 /// [`upgrade`], adding what it copied between the schemas to `moved` as each step commits.
-pub(crate) fn upgrade_counting(conn: &Connection, target: Version, moved: &mut RowsMoved) -> Result<Shape> {
+pub(crate) fn upgrade_counting(
+    conn: &Connection,
+    target: Version,
+    moved: &mut RowsMoved,
+) -> Result<(Shape, Vec<String>)> {
     let found = bring_layout_current(conn, true, moved)?;
     loop {
         let current = user_version(conn)?;
@@ -213,8 +219,9 @@ impl Default for InFlightGuard {
 
 /// What every move starts with: refuse a version from the future, then create the
 /// schema in an empty file (when `create` says so) or bring new tables in an older
-/// layout to the current one. Returns the shape found.
-fn bring_layout_current(conn: &Connection, create: bool, moved: &mut RowsMoved) -> Result<Shape> {
+/// layout to the current one, then run the additive steps. Returns the shape found and
+/// what the additive steps changed.
+fn bring_layout_current(conn: &Connection, create: bool, moved: &mut RowsMoved) -> Result<(Shape, Vec<String>)> {
     user_version(conn)?;
     let found = schema::shape(conn)?;
     if found == Shape::Empty && create {
@@ -223,7 +230,73 @@ fn bring_layout_current(conn: &Connection, create: bool, moved: &mut RowsMoved) 
     } else if found.is_stale() {
         update_layout(conn, moved)?;
     }
-    Ok(found)
+    Ok((found, additive_steps(conn)?))
+}
+
+/// The steps of layout revision 3, which only add or correct (the minimum reader layout
+/// stays [`schema::MIN_READER_LAYOUT`]): on every shape with a routing table, the
+/// predecessor's `branch_id` column and `idx_agent_executions_branch` index; on the new
+/// tables, `consensus_ok` as the predecessor writes it (1: the run has an artifact or a
+/// synthesis) where this store wrote 0 — an older release still running mid-rollout
+/// writes 0 again, so this looks at every opening, not once. Checked before taking the
+/// write lock: a file that has it all is opened without one. Returns one line per change.
+fn additive_steps(conn: &Connection) -> Result<Vec<String>> {
+    if !additive_steps_pending(conn)? {
+        return Ok(Vec::new());
+    }
+    let changes = std::cell::RefCell::new(Vec::new());
+    in_transaction(conn, "the additive layout steps (revision 3)", additive_steps_pending, |c| {
+        let mut changes = changes.borrow_mut();
+        changes.clear(); // a busy attempt that rolled back changed nothing
+        if table_exists(c, "agent_executions")? {
+            if !column_exists(c, "agent_executions", "branch_id")? {
+                c.execute_batch("ALTER TABLE agent_executions ADD COLUMN branch_id TEXT")?;
+                changes.push("added the column agent_executions.branch_id".to_owned());
+            }
+            if !index_exists(c, "idx_agent_executions_branch")? {
+                c.execute_batch(schema::BRANCH_INDEX_SQL)?;
+                changes.push("created the index idx_agent_executions_branch".to_owned());
+            }
+        }
+        if table_exists(c, "consensus_runs")? {
+            let n = c.execute("UPDATE consensus_runs SET consensus_ok = 1 WHERE consensus_ok = 0", [])?;
+            if n > 0 {
+                changes.push(format!(
+                    "consensus_ok 0 -> 1 on {n} runs (as the predecessor writes it: the run has an artifact or a \
+                     synthesis; success is the synthesis status)"
+                ));
+            }
+        }
+        if let Some(found) = schema::revision(c)?.filter(|&r| r < schema::LAYOUT) {
+            schema::set_layout_revision(c)?;
+            changes.push(format!(
+                "layout revision {found} -> {} (minimum reader layout {})",
+                schema::LAYOUT,
+                schema::MIN_READER_LAYOUT
+            ));
+        }
+        Ok(())
+    })?;
+    Ok(changes.into_inner())
+}
+
+fn additive_steps_pending(conn: &Connection) -> Result<bool> {
+    let routing = table_exists(conn, "agent_executions")?;
+    if routing
+        && !(column_exists(conn, "agent_executions", "branch_id")?
+            && index_exists(conn, "idx_agent_executions_branch")?)
+    {
+        return Ok(true);
+    }
+    if schema::revision(conn)?.is_some_and(|r| r < schema::LAYOUT) {
+        return Ok(true);
+    }
+    Ok(table_exists(conn, "consensus_runs")?
+        && conn.query_row("SELECT EXISTS (SELECT 1 FROM consensus_runs WHERE consensus_ok = 0)", [], |r| r.get(0))?)
+}
+
+fn index_exists(conn: &Connection, index: &str) -> Result<bool> {
+    Ok(conn.prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1")?.exists([index])?)
 }
 
 fn step(
@@ -743,7 +816,7 @@ fn backfill_syntheses(conn: &Connection) -> Result<i64> {
     let synthesis = schema::synthesis_json_sql("?5", "?6", "?7", "?8", "?9", "?10");
     let close = |run: &str| {
         format!(
-            "UPDATE consensus_runs SET synthesis_json = {synthesis}, consensus_ok = (?7 = 'success'),
+            "UPDATE consensus_runs SET synthesis_json = {synthesis}, consensus_ok = 1,
                     degraded = ?11, synthesized_at = ?12, legacy_synthesis_id = ?1
              WHERE id = ({run})"
         )
@@ -861,7 +934,7 @@ mod tests {
     #[test]
     fn a_fresh_file_gets_the_latest_version_directly() {
         let conn = Connection::open_in_memory().unwrap();
-        assert_eq!(upgrade(&conn, DEFAULT_VERSION).unwrap(), Shape::Empty);
+        assert_eq!(upgrade(&conn, DEFAULT_VERSION).unwrap().0, Shape::Empty);
         assert_eq!(user_version(&conn).unwrap(), LATEST_VERSION);
         assert_eq!(schema::shape(&conn).unwrap(), Shape::Current);
         assert!(!table_exists(&conn, "consensus_artifacts").unwrap());
@@ -1009,8 +1082,8 @@ mod tests {
         assert!(matches!(upgrade(&conn, 1), Err(Error::Migration(ref m)) if m.contains("-5")));
         let newer = Connection::open_in_memory().unwrap();
         upgrade(&newer, 1).unwrap();
-        newer.execute_batch("UPDATE consensus_db_meta SET value = 3 WHERE key = 'layout'").unwrap();
-        assert!(matches!(upgrade(&newer, 1), Err(Error::LayoutTooNew { found: 3, supported: 2 })));
+        newer.execute_batch("UPDATE consensus_db_meta SET value = 4 WHERE key = 'layout'").unwrap();
+        assert!(matches!(upgrade(&newer, 1), Err(Error::LayoutTooNew { found: 4, supported: 3 })));
     }
 
     #[test]

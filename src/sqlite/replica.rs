@@ -100,6 +100,32 @@ pub struct Checkpoint {
     pub checkpointed_frames: i64,
 }
 
+impl Checkpoint {
+    /// Why the checkpoint did not copy every frame of the WAL into the database, or None
+    /// when it did (or the file is not in WAL mode). A reader on another connection or
+    /// process keeps the frames its snapshot needs; until a later checkpoint copies them
+    /// the main file keeps its size and the WAL its frames.
+    pub fn blocked(&self) -> Option<String> {
+        if self.busy != 0 {
+            return Some(format!(
+                "the {} checkpoint could not finish: another connection held the database (a read transaction \
+                 or a writer); {} of {} WAL frames were copied into the main file",
+                self.mode.name(),
+                self.checkpointed_frames.max(0),
+                self.log_frames.max(0)
+            ));
+        }
+        if self.log_frames >= 0 && self.checkpointed_frames < self.log_frames {
+            return Some(format!(
+                "{} of {} WAL frames were copied into the main file: another connection's read transaction still \
+                 needs the rest",
+                self.checkpointed_frames, self.log_frames
+            ));
+        }
+        None
+    }
+}
+
 /// Runs `PRAGMA wal_checkpoint(mode)`.
 pub(crate) fn checkpoint(conn: &Connection, mode: CheckpointMode) -> Result<Checkpoint> {
     let sql = format!("PRAGMA wal_checkpoint({})", mode.name().to_ascii_uppercase());

@@ -7,7 +7,7 @@
 //! nullable columns, so a predecessor build still running on the same file keeps
 //! inserting. `PRAGMA user_version` keeps the predecessor's meaning (0 legacy only,
 //! 1 both schemas, 2 legacy dropped); this store's own layout revision lives in
-//! `consensus_db_meta`.
+//! `consensus_db_meta`, beside the minimum layout a reader needs (see [`LAYOUT`]).
 
 use std::collections::HashSet;
 
@@ -20,12 +20,25 @@ use crate::model::{Synthesis, SOURCE_V1};
 pub const LEGACY_SCHEMA_SQL: &str = include_str!("sql/legacy_v0.sql");
 /// The new tables as the predecessor's own version-1 migration creates them.
 pub const SEED_TABLES_SQL: &str = include_str!("sql/seed_tables.sql");
-pub(crate) const ROUTING_TABLE_SQL: &str = include_str!("sql/routing_table.sql");
+pub(crate) const ROUTING_TABLE_SQL: &str =
+    concat!(include_str!("sql/routing_table.sql"), include_str!("sql/branch_index.sql"));
+pub(crate) const BRANCH_INDEX_SQL: &str = include_str!("sql/branch_index.sql");
 const STORE_COLUMNS_SQL: &str = include_str!("sql/store_columns.sql");
 
-/// This store's layout revision of the new tables. 1 was its first release (its own
-/// column names); 2 is the seed layout plus this store's columns.
-pub const LAYOUT: i64 = 2;
+/// This store's layout revision. 1 was its first release (its own column names); 2 is
+/// the seed layout plus this store's columns; 3 adds only (`agent_executions.branch_id`
+/// and its index, `consensus_ok` as the predecessor writes it), so a build of revision 2
+/// still reads and writes a revision-3 file.
+///
+/// `consensus_db_meta` keeps two numbers: `'layout'`, the **minimum reader layout** —
+/// the oldest revision that can open the file, the key every release checks and refuses
+/// when above its own revision — and `'revision'`, the revision the file was brought
+/// to. A step that only adds leaves `'layout'` alone, so the previous release keeps
+/// opening the file mid-rollout; a step that changes what a reader sees raises it.
+pub const LAYOUT: i64 = 3;
+/// The minimum reader layout this build records (see [`LAYOUT`]): revision 2 reads
+/// everything revision 3 writes.
+pub const MIN_READER_LAYOUT: i64 = 2;
 
 /// Two copies of one artifact or synthesis that the predecessor's dual-write build
 /// put in both schemas carry no link: they pair when their timestamps (legacy whole
@@ -78,20 +91,33 @@ pub(crate) fn column_exists(conn: &Connection, table: &str, column: &str) -> Res
     Ok(conn.prepare_cached("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?.exists([table, column])?)
 }
 
-/// The layout revision recorded by this store, if any.
-pub fn layout_revision(conn: &Connection) -> Result<Option<i64>> {
+fn meta_value(conn: &Connection, key: &str) -> Result<Option<i64>> {
     if !table_exists(conn, "consensus_db_meta")? {
         return Ok(None);
     }
-    Ok(conn.query_row("SELECT value FROM consensus_db_meta WHERE key = 'layout'", [], |r| r.get(0)).optional()?)
+    Ok(conn.query_row("SELECT value FROM consensus_db_meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
 }
 
+/// The minimum reader layout recorded by this store, if any (see [`LAYOUT`]).
+pub fn layout_revision(conn: &Connection) -> Result<Option<i64>> {
+    meta_value(conn, "layout")
+}
+
+/// The revision the file was brought to: `'revision'`, or — written by a release that
+/// predates the key — its `'layout'`.
+pub fn revision(conn: &Connection) -> Result<Option<i64>> {
+    Ok(meta_value(conn, "revision")?.or(layout_revision(conn)?))
+}
+
+/// Records this build's revision and the minimum reader layout; never lowers either (a
+/// newer build may have raised them).
 pub(crate) fn set_layout_revision(conn: &Connection) -> Result<()> {
-    conn.execute(
-        "INSERT INTO consensus_db_meta (key, value) VALUES ('layout', ?1)
-         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        [LAYOUT],
+    let mut set = conn.prepare_cached(
+        "INSERT INTO consensus_db_meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
     )?;
+    set.execute(params!["layout", MIN_READER_LAYOUT])?;
+    set.execute(params!["revision", LAYOUT])?;
     Ok(())
 }
 
@@ -129,8 +155,8 @@ impl Catalog {
         self.columns.contains(&(table.to_owned(), column.to_owned()))
     }
 
-    /// Recognises the file's shape by its tables and columns. A layout revision newer
-    /// than this library's is refused; so are new tables of no known shape.
+    /// Recognises the file's shape by its tables and columns. A minimum reader layout
+    /// newer than this library's revision is refused; so are new tables of no known shape.
     pub fn shape(&self) -> Result<Shape> {
         if let Some(found) = self.layout.filter(|&found| found > LAYOUT) {
             return Err(Error::LayoutTooNew { found, supported: LAYOUT });
@@ -153,7 +179,8 @@ impl Catalog {
                     .into(),
             ));
         }
-        if self.layout == Some(LAYOUT) && self.has_column("agent_outputs", "legacy_artifact_id") {
+        let known = self.layout.is_some_and(|layout| layout >= MIN_READER_LAYOUT);
+        if known && self.has_column("agent_outputs", "legacy_artifact_id") {
             Ok(Shape::Current)
         } else {
             Ok(Shape::Seed)
@@ -207,6 +234,9 @@ pub(crate) fn open_run_sql(spec_id: &str, stage: &str, orchestrator_run_id: &str
     )
 }
 
+/// `consensus_ok` is 1 on every run, as the predecessor writes it ("an artifact exists",
+/// "a synthesis exists"); whether a consensus succeeded is its synthesis's status.
+///
 /// Starts a run at `at_ms`, or at the next free millisecond when UNIQUE(spec_id,
 /// stage, run_timestamp) is taken (many runs can start in one millisecond, and a
 /// predecessor build may have taken it). Returns the run's id.
@@ -219,7 +249,7 @@ pub(crate) fn insert_run(
 ) -> Result<i64> {
     let mut insert = conn.prepare_cached(
         "INSERT INTO consensus_runs (spec_id, stage, orchestrator_run_id, run_timestamp, consensus_ok, degraded)
-         VALUES (?1, ?2, ?3, ?4, 0, 0) ON CONFLICT (spec_id, stage, run_timestamp) DO NOTHING",
+         VALUES (?1, ?2, ?3, ?4, 1, 0) ON CONFLICT (spec_id, stage, run_timestamp) DO NOTHING",
     )?;
     let mut at = at_ms;
     loop {

@@ -208,6 +208,7 @@ impl Database {
             synthesis_run_id: column("consensus_synthesis", "run_id")?,
             execution_run_id: column("agent_executions", "run_id")?,
             execution_extraction_error: column("agent_executions", "extraction_error")?,
+            execution_branch_id: column("agent_executions", "branch_id")?,
             output_response_text: column("agent_outputs", "response_text")?,
             output_legacy_id: column("agent_outputs", "legacy_artifact_id")?,
             run_orchestrator_id: column("consensus_runs", "orchestrator_run_id")?,
@@ -327,8 +328,15 @@ impl Database {
         if column != Columns::MISSING {
             return Ok(());
         }
+        if self.read_only {
+            return Err(Error::ReadOnly(format!(
+                "database {:?} predates the {table_column} column, and a read-only store cannot add it; open it \
+                 writable once (the migration adds it)",
+                self.path
+            )));
+        }
         Err(Error::Migration(format!(
-            "database {:?} predates the {table_column} column (an old legacy shape); call migrate() first",
+            "database {:?} predates the {table_column} column (an older shape); call migrate() first",
             self.path
         )))
     }

@@ -1,13 +1,15 @@
 //! Agent executions: the routing table (spawns, completions, extraction failures,
 //! retention).
 
-use rusqlite::{params, OptionalExtension};
+use std::sync::LazyLock;
+
+use rusqlite::{params, OptionalExtension, Row};
 
 use super::database::Database;
 use super::legacy::Columns;
 use super::validate::{check_id, check_phase_type};
 use crate::error::Result;
-use crate::model::ExtractionFailure;
+use crate::model::{AgentExecution, AgentRoute, ExtractionFailure};
 use crate::sqlite::transaction::Tx;
 
 const NOW_TEXT: &str = "strftime('%Y-%m-%d %H:%M:%S', 'now')";
@@ -23,28 +25,64 @@ impl Database {
         agent_name: &str,
         run_id: Option<&str>,
     ) -> Result<()> {
-        self.check_spawn(agent_id, spec_id, stage, phase_type, agent_name)?;
+        self.record_agent_spawn_on_branch(agent_id, spec_id, stage, phase_type, agent_name, run_id, None)
+    }
+
+    /// [`Database::record_agent_spawn`] with the pipeline branch the agent serves (the
+    /// predecessor's `branch_id`; a re-spawn replaces it, None included). A branch on a
+    /// file without the column is refused, naming it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_agent_spawn_on_branch(
+        &self,
+        agent_id: &str,
+        spec_id: &str,
+        stage: &str,
+        phase_type: &str,
+        agent_name: &str,
+        run_id: Option<&str>,
+        branch_id: Option<&str>,
+    ) -> Result<()> {
+        let with_branch = self.check_spawn(agent_id, spec_id, stage, phase_type, agent_name, branch_id)?;
         self.write_repeatable_as("record_agent_spawn", |tx| {
-            insert_spawn(tx, agent_id, spec_id, stage, phase_type, agent_name, run_id)
+            insert_spawn(tx, agent_id, spec_id, stage, phase_type, agent_name, run_id, branch_id, with_branch)
         })
     }
 
-    /// [`Database::record_agent_spawn`] without waiting (`Engine::submit_repeatable`):
+    /// [`Database::record_agent_spawn_on_branch`] without waiting (`Engine::submit_repeatable`):
     /// `on_done` gets the result from the thread that commits it.
     pub fn submit_agent_spawn(&self, spawn: NewSpawn, on_done: impl FnOnce(Result<()>) + Send + 'static) {
         let s = &spawn;
-        if let Err(e) = self.check_spawn(&s.agent_id, &s.spec_id, &s.stage, &s.phase_type, &s.agent_name) {
-            return on_done(Err(e));
-        }
+        let with_branch = match self.check_spawn(
+            &s.agent_id,
+            &s.spec_id,
+            &s.stage,
+            &s.phase_type,
+            &s.agent_name,
+            s.branch_id.as_deref(),
+        ) {
+            Ok(with_branch) => with_branch,
+            Err(e) => return on_done(Err(e)),
+        };
         self.submit_repeatable(
             move |tx| {
                 let s = &spawn;
-                insert_spawn(tx, &s.agent_id, &s.spec_id, &s.stage, &s.phase_type, &s.agent_name, s.run_id.as_deref())
+                insert_spawn(
+                    tx,
+                    &s.agent_id,
+                    &s.spec_id,
+                    &s.stage,
+                    &s.phase_type,
+                    &s.agent_name,
+                    s.run_id.as_deref(),
+                    s.branch_id.as_deref(),
+                    with_branch,
+                )
             },
             on_done,
         )
     }
 
+    /// Checks a spawn's arguments; returns whether the file has the branch column.
     fn check_spawn(
         &self,
         agent_id: &str,
@@ -52,13 +90,20 @@ impl Database {
         stage: &str,
         phase_type: &str,
         agent_name: &str,
-    ) -> Result<()> {
+        branch_id: Option<&str>,
+    ) -> Result<bool> {
         check_id("agent_id", agent_id)?;
         check_id("spec_id", spec_id)?;
         check_id("stage", stage)?;
         check_phase_type(phase_type)?;
         check_id("agent_name", agent_name)?;
-        self.require_column(self.layout.columns.read().execution_run_id, "agent_executions.run_id")
+        let columns = *self.layout.columns.read();
+        self.require_column(columns.execution_run_id, "agent_executions.run_id")?;
+        if let Some(branch) = branch_id {
+            check_id("branch_id", branch)?;
+            self.require_column(columns.execution_branch_id, "agent_executions.branch_id")?;
+        }
+        Ok(columns.execution_branch_id != Columns::MISSING)
     }
 
     /// `(phase_type, stage)` of a spawned agent — the completion-routing hot path.
@@ -66,6 +111,50 @@ impl Database {
         let conn = self.conn()?;
         let mut stmt = conn.prepare_cached("SELECT phase_type, stage FROM agent_executions WHERE agent_id = ?1")?;
         Ok(stmt.query_row([agent_id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+    }
+
+    /// The predecessor's routing read: phase type, stage and branch of a spawned agent.
+    /// On a file without the branch column the branch is None.
+    pub fn get_agent_route(&self, agent_id: &str) -> Result<Option<AgentRoute>> {
+        let branch = self.layout.columns.read().execution_branch_id;
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare_cached(&format!("SELECT phase_type, stage, {branch} FROM agent_executions WHERE agent_id = ?1"))?;
+        Ok(stmt
+            .query_row([agent_id], |r| Ok(AgentRoute { phase_type: r.get(0)?, stage: r.get(1)?, branch_id: r.get(2)? }))
+            .optional()?)
+    }
+
+    /// The executions of a spec's stage, newest spawn first (ties by agent id, last
+    /// first) or, with `newest_first` false, the exact reverse; at most `limit`. With a
+    /// `branch_id`, only that branch's; None: every execution of the stage, whatever its
+    /// branch (as before branches existed). A file without the branch column has no
+    /// execution on any branch.
+    pub fn query_agent_executions(
+        &self,
+        spec_id: &str,
+        stage: &str,
+        branch_id: Option<&str>,
+        newest_first: bool,
+        limit: Option<usize>,
+    ) -> Result<Vec<AgentExecution>> {
+        let columns = *self.layout.columns.read();
+        let branch_missing = columns.execution_branch_id == Columns::MISSING;
+        if branch_missing && branch_id.is_some() {
+            return Ok(Vec::new());
+        }
+        let on_branch = if branch_id.is_some() { "AND branch_id = ?3" } else { "AND ?3 IS NULL" };
+        let order = if newest_first { "DESC" } else { "ASC" };
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT agent_id, spec_id, stage, phase_type, agent_name, {}, {}, spawned_at, completed_at, response_text
+             FROM agent_executions WHERE spec_id = ?1 AND stage = ?2 {on_branch}
+             ORDER BY spawned_at {order}, agent_id {order} LIMIT ?4",
+            columns.execution_run_id, columns.execution_branch_id
+        ))?;
+        let limit = limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        let rows = stmt.query_map(params![spec_id, stage, branch_id, limit], execution_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn get_agent_name(&self, agent_id: &str) -> Result<Option<String>> {
@@ -163,8 +252,27 @@ pub struct NewSpawn {
     pub phase_type: String,
     pub agent_name: String,
     pub run_id: Option<String>,
+    pub branch_id: Option<String>,
 }
 
+fn execution_row(r: &Row) -> rusqlite::Result<AgentExecution> {
+    Ok(AgentExecution {
+        agent_id: r.get(0)?,
+        spec_id: r.get(1)?,
+        stage: r.get(2)?,
+        phase_type: r.get(3)?,
+        agent_name: r.get(4)?,
+        run_id: r.get(5)?,
+        branch_id: r.get(6)?,
+        spawned_at: r.get(7)?,
+        completed_at: r.get(8)?,
+        response_text: r.get(9)?,
+    })
+}
+
+/// The spawn upsert; `with_branch` when the file has the branch column (a file opened
+/// without migrating may not: it then gets the spawn without it).
+#[allow(clippy::too_many_arguments)]
 fn insert_spawn(
     tx: &Tx,
     agent_id: &str,
@@ -173,17 +281,32 @@ fn insert_spawn(
     phase_type: &str,
     agent_name: &str,
     run_id: Option<&str>,
+    branch_id: Option<&str>,
+    with_branch: bool,
 ) -> Result<()> {
-    tx.prepare_cached(&format!(
-        "INSERT INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, run_id, spawned_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, {NOW_TEXT})
+    static WITH_BRANCH: LazyLock<String> = LazyLock::new(|| spawn_sql(true));
+    static WITHOUT_BRANCH: LazyLock<String> = LazyLock::new(|| spawn_sql(false));
+    if with_branch {
+        tx.prepare_cached(&WITH_BRANCH)?
+            .execute(params![agent_id, spec_id, stage, phase_type, agent_name, run_id, branch_id])?;
+    } else {
+        tx.prepare_cached(&WITHOUT_BRANCH)?
+            .execute(params![agent_id, spec_id, stage, phase_type, agent_name, run_id])?;
+    }
+    Ok(())
+}
+
+fn spawn_sql(with_branch: bool) -> String {
+    let (column, value, update) =
+        if with_branch { (", branch_id", ", ?7", ", branch_id = excluded.branch_id") } else { ("", "", "") };
+    format!(
+        "INSERT INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, run_id{column}, spawned_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6{value}, {NOW_TEXT})
          ON CONFLICT(agent_id) DO UPDATE SET spec_id = excluded.spec_id, stage = excluded.stage,
-           phase_type = excluded.phase_type, agent_name = excluded.agent_name, run_id = excluded.run_id,
+           phase_type = excluded.phase_type, agent_name = excluded.agent_name, run_id = excluded.run_id{update},
            spawned_at = excluded.spawned_at, completed_at = NULL, response_text = NULL,
            extraction_error = NULL"
-    ))?
-    .execute(params![agent_id, spec_id, stage, phase_type, agent_name, run_id])?;
-    Ok(())
+    )
 }
 
 fn complete_agent(tx: &Tx, agent_id: &str, response_text: &str) -> Result<bool> {

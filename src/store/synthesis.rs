@@ -114,7 +114,7 @@ fn synthesis_from_json(r: &Row, spec_id: &str, stage: &str) -> rusqlite::Result<
 
 static CLOSE_RUN: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE consensus_runs SET synthesis_json = {}, consensus_ok = (?4 = 'success'), degraded = ?8,
+        "UPDATE consensus_runs SET synthesis_json = {}, consensus_ok = 1, degraded = ?8,
                 synthesized_at = ?9
          WHERE id = ?1",
         schema::synthesis_json_sql("?2", "?3", "?4", "?5", "?6", "?7")
