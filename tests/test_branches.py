@@ -52,8 +52,12 @@ def test_branches_are_recorded_routed_and_listed_newest_first(store_target):
         spawn(db, "b1-claude", "b1", "r1")
         spawn(db, "b2-gemini", "b2", "r2")
         spawn(db, "x-code", None)
-        for agent, when in [("b1-gemini", "2026-01-01 10:00:00"), ("b1-claude", "2026-01-01 10:00:00"),
-                            ("b2-gemini", "2026-01-01 10:05:00"), ("x-code", "2026-01-01 09:00:00")]:
+        for agent, when in [
+            ("b1-gemini", "2026-01-01 10:00:00"),
+            ("b1-claude", "2026-01-01 10:00:00"),
+            ("b2-gemini", "2026-01-01 10:05:00"),
+            ("x-code", "2026-01-01 09:00:00"),
+        ]:
             at(db, agent, when)
         assert db.get_agent_route("b1-claude") == ("regular_stage", STAGE, "b1")
         assert db.get_agent_route("b1-claude").branch_id == "b1"
@@ -63,16 +67,29 @@ def test_branches_are_recorded_routed_and_listed_newest_first(store_target):
         # Newest spawn first, ties by agent id (last first); oldest is the exact reverse.
         assert ids(db.query_agent_executions("SPEC-1", STAGE)) == ["b2-gemini", "b1-gemini", "b1-claude", "x-code"]
         assert ids(db.query_agent_executions("SPEC-1", STAGE, order="oldest")) == [
-            "x-code", "b1-claude", "b1-gemini", "b2-gemini"]
+            "x-code",
+            "b1-claude",
+            "b1-gemini",
+            "b2-gemini",
+        ]
         assert ids(db.query_agent_executions("SPEC-1", STAGE, "b1")) == ["b1-gemini", "b1-claude"]
         assert ids(db.query_agent_executions("SPEC-1", STAGE, "b1", limit=1)) == ["b1-gemini"]
         assert ids(db.query_agent_executions("SPEC-1", STAGE, "b1", order="oldest", limit=1)) == ["b1-claude"]
         assert db.query_agent_executions("SPEC-1", STAGE, "b3") == []
         assert db.query_agent_executions("SPEC-1", STAGE, limit=0) == []
         e = db.query_agent_executions("SPEC-1", STAGE, "b2")[0]
-        assert (e.agent_id, e.spec_id, e.stage, e.phase_type, e.agent_name, e.run_id, e.branch_id, e.spawned_at,
-                e.completed_at, e.response_text) == (
-            "b2-gemini", "SPEC-1", STAGE, "regular_stage", "gemini", "r2", "b2", "2026-01-01 10:05:00", None, None)
+        assert (
+            e.agent_id,
+            e.spec_id,
+            e.stage,
+            e.phase_type,
+            e.agent_name,
+            e.run_id,
+            e.branch_id,
+            e.spawned_at,
+            e.completed_at,
+            e.response_text,
+        ) == ("b2-gemini", "SPEC-1", STAGE, "regular_stage", "gemini", "r2", "b2", "2026-01-01 10:05:00", None, None)
         assert isinstance(e, consensus_db.AgentExecution) and e.to_dict()["branch_id"] == "b2"
         # A re-spawn replaces the branch (None included), as INSERT OR REPLACE does.
         spawn(db, "b2-gemini", None)
@@ -108,8 +125,11 @@ def test_aio_records_and_reads_branches(store_target):
 # ---- every file shape ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("make", [legacy_file, seed_v1_file, seed_v2_file, layout_1_file, None],
-                         ids=["legacy", "seed-v1", "seed-v2", "layout-1", "fresh"])
+@pytest.mark.parametrize(
+    "make",
+    [legacy_file, seed_v1_file, seed_v2_file, layout_1_file, None],
+    ids=["legacy", "seed-v1", "seed-v2", "layout-1", "fresh"],
+)
 def test_every_shape_gets_the_predecessors_column_and_index(tmp_path, make):
     path = tmp_path / "f.db"
     if make:
@@ -137,15 +157,23 @@ def test_the_previous_release_keeps_opening_the_file(tmp_path):
     key, no branch column) is brought forward saying so."""
     path = tmp_path / "f.db"
     consensus_db.connect(path).close()
-    assert stdlib_rows(path, "SELECT key, value FROM consensus_db_meta ORDER BY key") == [("layout", 2), ("revision", 3)]
+    assert stdlib_rows(path, "SELECT key, value FROM consensus_db_meta ORDER BY key") == [
+        ("layout", 2),
+        ("revision", 3),
+    ]
     conn = sqlite3.connect(path)  # the file as the previous release left it
-    conn.executescript("DROP INDEX idx_agent_executions_branch; ALTER TABLE agent_executions DROP COLUMN branch_id;"
-                       "DELETE FROM consensus_db_meta WHERE key = 'revision';")
+    conn.executescript(
+        "DROP INDEX idx_agent_executions_branch; ALTER TABLE agent_executions DROP COLUMN branch_id;"
+        "DELETE FROM consensus_db_meta WHERE key = 'revision';"
+    )
     conn.close()
     with consensus_db.connect(path) as db:
         steps = db.open_report["layout_steps"]
-    assert steps == ["added the column agent_executions.branch_id", "created the index idx_agent_executions_branch",
-                     "layout revision 2 -> 3 (minimum reader layout 2)"]
+    assert steps == [
+        "added the column agent_executions.branch_id",
+        "created the index idx_agent_executions_branch",
+        "layout revision 2 -> 3 (minimum reader layout 2)",
+    ]
     assert stdlib_rows(path, "SELECT value FROM consensus_db_meta WHERE key = 'layout'") == [(2,)]
     # A minimum reader layout above this build's revision is refused, by name.
     conn = sqlite3.connect(path)
@@ -159,8 +187,18 @@ def test_the_previous_release_keeps_opening_the_file(tmp_path):
 def test_branch_values_a_predecessor_wrote_survive_every_migration_both_ways(tmp_path):
     path = tmp_path / "legacy.db"
     legacy_file(path)
-    predecessor.run(path, "spawn", build="legacy", branches=True, agent_id="p-gemini", spec_id="SPEC-1",
-                    stage=STAGE, phase_type="regular_stage", agent_name="gemini", branch_id="feature-x")
+    predecessor.run(
+        path,
+        "spawn",
+        build="legacy",
+        branches=True,
+        agent_id="p-gemini",
+        spec_id="SPEC-1",
+        stage=STAGE,
+        phase_type="regular_stage",
+        agent_name="gemini",
+        branch_id="feature-x",
+    )
     seen = []
     with consensus_db.connect(path, migrate=False) as db:
         for target in (1, 2, 1, 0, 2, 0):
@@ -200,23 +238,40 @@ def test_a_predecessor_newest_build_writes_and_reads_branches_beside_the_store(t
         # Its open (ALTER, CREATE INDEX) while the store has the file open.
         opened = predecessor.run(path, "open", **newest)
         theirs = [("p-gemini", "b1"), ("p-claude", "b2"), ("p-code", None)]
-        results = [predecessor.run(path, "spawn", agent_id=a, spec_id="SPEC-9", stage=STAGE,
-                                   phase_type="regular_stage", agent_name=a[2:], run_id="r9", branch_id=b, **newest)
-                   for a, b in theirs]
+        results = [
+            predecessor.run(
+                path,
+                "spawn",
+                agent_id=a,
+                spec_id="SPEC-9",
+                stage=STAGE,
+                phase_type="regular_stage",
+                agent_name=a[2:],
+                run_id="r9",
+                branch_id=b,
+                **newest,
+            )
+            for a, b in theirs
+        ]
         spawn(db, "s-gemini", "b1", "r9", spec="SPEC-9")
         spawn(db, "s-claude", "b2", "r9", spec="SPEC-9")
         db.record_agent_completion("p-gemini", "theirs, completed by the store")
         predecessor.run(path, "complete", agent_id="s-gemini", response_text="ours, completed by them", **newest)
         # Theirs through the store's API.
         store_routes = {a: db.get_agent_route(a) for a in ["p-gemini", "p-claude", "p-code", "s-gemini", "s-claude"]}
-        store_b1 = {(e.agent_id, e.branch_id, e.response_text)
-                    for e in db.query_agent_executions("SPEC-9", STAGE, "b1")}
+        store_b1 = {
+            (e.agent_id, e.branch_id, e.response_text) for e in db.query_agent_executions("SPEC-9", STAGE, "b1")
+        }
         # Ours through their reads.
         their_routes = {a: predecessor.run(path, "route", agent_id=a, **newest) for a in store_routes}
-        their_b1 = {(r[0], r[6], r[9]) for r in predecessor.run(path, "branch_executions", spec_id="SPEC-9",
-                                                                  stage=STAGE, branch_id="b1", **newest)}
-        their_b2 = sorted(r[0] for r in predecessor.run(path, "branch_executions", spec_id="SPEC-9", stage=STAGE,
-                                                        branch_id="b2", **newest))
+        their_b1 = {
+            (r[0], r[6], r[9])
+            for r in predecessor.run(path, "branch_executions", spec_id="SPEC-9", stage=STAGE, branch_id="b1", **newest)
+        }
+        their_b2 = sorted(
+            r[0]
+            for r in predecessor.run(path, "branch_executions", spec_id="SPEC-9", stage=STAGE, branch_id="b2", **newest)
+        )
     print(f"\npredecessor open beside the store: {opened}; its spawns: {results}")
     print(f"routes through the store: {store_routes}")
     print(f"routes through the predecessor: {their_routes}")
@@ -237,13 +292,20 @@ def test_resume_two_branches_and_an_abandoned_run(tmp_path):
     path = tmp_path / "resume.db"
 
     def per_branch(db) -> dict:
-        return {b or "(all)": [(e.agent_id, e.run_id, e.completed_at is not None)
-                               for e in db.query_agent_executions("SPEC-1", STAGE, b)] for b in ("main", "retry", None)}
+        return {
+            b or "(all)": [
+                (e.agent_id, e.run_id, e.completed_at is not None)
+                for e in db.query_agent_executions("SPEC-1", STAGE, b)
+            ]
+            for b in ("main", "retry", None)
+        }
 
     with consensus_db.connect(path) as db:
-        for agent, run, branch, when in [("m-gemini", "run-1", "main", "2026-01-01 10:00:00"),
-                                         ("m-claude", "run-1", "main", "2026-01-01 10:00:01"),
-                                         ("r-gemini", "run-2", "retry", "2026-01-01 10:10:00")]:
+        for agent, run, branch, when in [
+            ("m-gemini", "run-1", "main", "2026-01-01 10:00:00"),
+            ("m-claude", "run-1", "main", "2026-01-01 10:00:01"),
+            ("r-gemini", "run-2", "retry", "2026-01-01 10:10:00"),
+        ]:
             spawn(db, agent, branch, run)
             at(db, agent, when)
             db.record_agent_completion(agent, f"{agent} answered")
@@ -278,12 +340,19 @@ def test_resume_two_branches_and_an_abandoned_run(tmp_path):
 def test_postgresql_revision_1_database_reads_no_branch_and_refuses_one(pg_cluster, pg_url):
     consensus_db.connect(pg_url).close()
     schema = pg_url.split("search_path%3D")[1]
-    assert pg_cluster.psql(f"SELECT count(*) FROM pg_indexes WHERE schemaname = '{schema}'"
-                           " AND indexname = 'idx_agent_executions_branch'") == "1"
+    assert (
+        pg_cluster.psql(
+            f"SELECT count(*) FROM pg_indexes WHERE schemaname = '{schema}'"
+            " AND indexname = 'idx_agent_executions_branch'"
+        )
+        == "1"
+    )
     # The database as revision 1 (the previous release) left it.
-    pg_cluster.psql(f"DROP INDEX {schema}.idx_agent_executions_branch;"
-                    f" ALTER TABLE {schema}.agent_executions DROP COLUMN branch_id;"
-                    f" DELETE FROM {schema}.consensus_db_meta WHERE key = 'pg_revision'")
+    pg_cluster.psql(
+        f"DROP INDEX {schema}.idx_agent_executions_branch;"
+        f" ALTER TABLE {schema}.agent_executions DROP COLUMN branch_id;"
+        f" DELETE FROM {schema}.consensus_db_meta WHERE key = 'pg_revision'"
+    )
     with consensus_db.connect(pg_url, migrate=False) as db:
         db.record_agent_spawn("a-1", "S", STAGE, "regular_stage", "gemini")
         with pytest.raises(consensus_db.MigrationError, match="agent_executions.branch_id"):
@@ -299,3 +368,22 @@ def test_postgresql_revision_1_database_reads_no_branch_and_refuses_one(pg_clust
         assert db.get_agent_route("a-2").branch_id == "b1"
     assert pg_cluster.psql(f"SELECT value FROM {schema}.consensus_db_meta WHERE key = 'pg_revision'") == "2"
     assert pg_cluster.psql(f"SELECT value FROM {schema}.consensus_db_meta WHERE key = 'pg_layout'") == "1"
+
+
+def test_a_branchs_executions_are_read_through_the_partial_branch_index(tmp_path):
+    """The index holds only spawns with a branch (a spawn without one writes no entry), and
+    the predecessor's resume read (`branch_id = ?`) still uses it."""
+    path = tmp_path / "b.db"
+    with consensus_db.connect(path) as db:
+        db.record_agent_spawn("a1", "S", "plan", "quality_gate", "gemini", branch_id="b1")
+        db.record_agent_spawn("a2", "S", "plan", "quality_gate", "gemini")
+        plan = db.query(
+            "EXPLAIN QUERY PLAN SELECT agent_id FROM agent_executions"
+            " WHERE spec_id = ? AND stage = ? AND branch_id = ? ORDER BY spawned_at DESC",
+            ["S", "plan", "b1"],
+        )
+        assert any("idx_agent_executions_branch" in str(row[-1]) for row in plan), plan
+        assert [e.agent_id for e in db.query_agent_executions("S", "plan", "b1")] == ["a1"]
+    assert stdlib_rows(
+        path, "SELECT count(*) FROM agent_executions INDEXED BY idx_agent_executions_branch WHERE branch_id IS NOT NULL"
+    ) == [(1,)]

@@ -5,7 +5,9 @@
 -- status), the runs written with false corrected and the two functions that wrote it
 -- replaced (an older release calls them too).
 ALTER TABLE agent_executions ADD COLUMN IF NOT EXISTS branch_id TEXT;
-CREATE INDEX IF NOT EXISTS idx_agent_executions_branch ON agent_executions (spec_id, stage, branch_id);
+-- Partial, as on SQLite: a spawn without a branch writes no index entry.
+CREATE INDEX IF NOT EXISTS idx_agent_executions_branch ON agent_executions (spec_id, stage, branch_id)
+    WHERE branch_id IS NOT NULL;
 UPDATE consensus_runs SET consensus_ok = true WHERE NOT consensus_ok;
 
 CREATE OR REPLACE FUNCTION consensus_db_open_run(p_spec TEXT, p_stage TEXT, p_run TEXT) RETURNS BIGINT
