@@ -10,8 +10,6 @@ import json
 import sqlite3
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
 
@@ -20,30 +18,10 @@ from click.testing import CliRunner
 import consensus_db
 import predecessor
 from conftest import stdlib_rows
+from test_write_lane import start, wait_queued
 from consensus_db.cli import main as cli
 
 SPELLINGS = [";COMMIT", "/**/COMMIT", " ;\n-- note\n rollback", ";SAVEPOINT x", "; release x", ";;END", ";BEGIN"]
-
-
-def wait_queued(db, n: int) -> None:
-    deadline = time.monotonic() + 30
-    while db.lane_stats()["queued"] < n:
-        assert time.monotonic() < deadline, f"only {db.lane_stats()['queued']} of {n} writers queued"
-        time.sleep(0.001)
-
-
-def start(target, *args) -> tuple[threading.Thread, dict]:
-    out: dict = {}
-
-    def run():
-        try:
-            out["value"] = target(*args)
-        except Exception as exc:
-            out["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, out
 
 
 def queue_behind_a_block(db, calls) -> list[dict]:
