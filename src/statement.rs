@@ -17,7 +17,8 @@ fn skip_filler(sql: &str, dialect: Dialect) -> &str {
     loop {
         rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
         if let Some(after) = rest.strip_prefix("--") {
-            rest = after.split_once('\n').map_or("", |(_, tail)| tail);
+            // PostgreSQL ends a line comment at `\r` too (SQLite only at `\n`: refusing more there is harmless).
+            rest = after.find(['\n', '\r']).map_or("", |end| &after[end + 1..]);
         } else if let Some(after) = rest.strip_prefix("/*") {
             rest = skip_block_comment(after, dialect);
         } else {
@@ -108,6 +109,8 @@ mod tests {
             "SaVePoInT x",
             "release x",
             "begin immediate",
+            "-- x\rCOMMIT",
+            "--\rBEGIN",
         ] {
             assert!(transaction_control(sql, Dialect::Sqlite).is_some(), "{sql:?}");
             assert!(transaction_control(sql, Dialect::Postgres).is_some(), "{sql:?}");

@@ -21,7 +21,8 @@ from conftest import stdlib_rows
 from test_write_lane import start, wait_queued
 from consensus_db.cli import main as cli
 
-SPELLINGS = [";COMMIT", "/**/COMMIT", " ;\n-- note\n rollback", ";SAVEPOINT x", "; release x", ";;END", ";BEGIN"]
+SPELLINGS = [";COMMIT", "/**/COMMIT", " ;\n-- note\n rollback", ";SAVEPOINT x", "; release x", ";;END", ";BEGIN",
+             "-- x\rCOMMIT", "--\rBEGIN"]
 
 
 def queue_behind_a_block(db, calls) -> list[dict]:
@@ -171,6 +172,7 @@ while time.monotonic() < deadline:
         n += 1
         if n == 1:
             print("writing", flush=True)
+        time.sleep(0.001)  # a program writing now and then, not one holding the lock without pause
     except sqlite3.OperationalError as e:
         if "no such table" in str(e):
             break
@@ -203,3 +205,16 @@ def test_the_downgrade_counts_the_rows_it_wrote_back_not_a_concurrent_writers(tm
     print("legacy table growth", legacy_rows)
     assert report["rows_moved"]["artifacts_written_back"] == 2000
     assert report["written_back"] == 2000
+
+
+def test_a_members_defer_foreign_keys_pragma_does_not_carry_over_to_the_next_member(db_path):
+    db = consensus_db.connect(db_path, retry=None)
+    db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    db.execute("CREATE TABLE child (id INTEGER PRIMARY KEY, parent INTEGER REFERENCES parent(id))")
+    outcomes = queue_behind_a_block(
+        db, [(db.execute, "PRAGMA defer_foreign_keys = ON"), (db.execute, "INSERT INTO child VALUES (1, 999)")]
+    )
+    db.close()
+    assert "error" not in outcomes[0], outcomes
+    error = outcomes[1].get("error")
+    assert isinstance(error, consensus_db.IntegrityError) and "deferred" not in str(error), outcomes

@@ -687,6 +687,11 @@ fn run_group(pool: &Pool, jobs: &mut [&mut (dyn Job + 'static)]) {
                     }
                     let _ = tx.execute_batch("ROLLBACK");
                 }
+                // A savepoint does not undo `PRAGMA defer_foreign_keys`: the next member
+                // starts with foreign keys checked as usual.
+                if !tx.is_autocommit() {
+                    let _ = savepoint(&tx, "PRAGMA defer_foreign_keys = OFF");
+                }
             }
             if tx.is_autocommit() {
                 // SQLite ended the transaction: nothing of this round persists.
