@@ -23,8 +23,15 @@ SPAWN_SQL = (
     "INSERT OR REPLACE INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, run_id, spawned_at)"
     " VALUES (?, ?, ?, ?, ?, ?, strftime('%Y-%m-%d %H:%M:%S', 'now'))"
 )
-PRAGMAS = ("busy_timeout=5000", "journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "cache_size=-32000",
-           "temp_store=MEMORY", "mmap_size=1073741824")
+PRAGMAS = (
+    "busy_timeout=5000",
+    "journal_mode=WAL",
+    "synchronous=NORMAL",
+    "foreign_keys=ON",
+    "cache_size=-32000",
+    "temp_store=MEMORY",
+    "mmap_size=1073741824",
+)
 RESPONSE = "x" * 2000
 
 

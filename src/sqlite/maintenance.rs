@@ -12,6 +12,7 @@ use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
+use crate::sqlite::chunks::{run_in_chunks, ChunkSize};
 use crate::sqlite::database::{Engine, Pool};
 use crate::sqlite::replica::{self, Checkpoint, CheckpointMode};
 use crate::sqlite::writer::WriteLane;
@@ -140,24 +141,56 @@ pub(crate) fn incremental_vacuum(conn: &Connection, pages: Option<u32>) -> Resul
     Ok(before - pragma_i64(conn, "freelist_count")?)
 }
 
-pub(crate) fn cleanup_executions(conn: &Connection, days: i64) -> Result<usize> {
+/// Where a retention of `days` cuts, as the routing table's timestamp text: computed
+/// once, so a retention that runs in many chunks does not chase a moving "now". None
+/// when the cut lies before SQLite's dates (year 0): nothing is that old.
+pub(crate) fn retention_cutoff(conn: &Connection, days: i64) -> Result<Option<String>> {
     if days < 0 {
         return Err(Error::invalid("days", format!("must be zero or more, got {days}")));
     }
+    Ok(conn.query_row("SELECT strftime('%Y-%m-%d %H:%M:%S', 'now', ?1)", [format!("-{days} days")], |r| r.get(0))?)
+}
+
+/// One chunk of a retention: deletes up to `n` executions spawned before `cutoff` in one
+/// IMMEDIATE transaction; returns how many, and whether none are left.
+pub(crate) fn delete_executions_chunk(conn: &Connection, cutoff: &str, n: u32) -> Result<(u64, bool)> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let deleted = conn
-        .prepare_cached("DELETE FROM agent_executions WHERE spawned_at < strftime('%Y-%m-%d %H:%M:%S', 'now', ?1)")
-        .and_then(|mut s| s.execute([format!("-{days} days")]));
+        .prepare_cached(
+            "DELETE FROM agent_executions WHERE rowid IN
+                 (SELECT rowid FROM agent_executions WHERE spawned_at < ?1 LIMIT ?2)",
+        )
+        .and_then(|mut s| s.execute(rusqlite::params![cutoff, n]));
     match deleted {
-        Ok(n) => {
+        Ok(deleted) => {
             conn.execute_batch("COMMIT")?;
-            Ok(n)
+            Ok((deleted as u64, deleted < n as usize))
         }
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
             Err(e.into())
         }
     }
+}
+
+/// One chunk of an incremental vacuum: frees up to `n` pages of the `left` still wanted
+/// (None: all); returns how many, and whether the job is done.
+pub(crate) fn vacuum_chunk(conn: &Connection, n: u32, left: &mut Option<u64>) -> Result<(u64, bool)> {
+    let take = left.map_or(n, |l| l.min(u64::from(n)) as u32).max(1);
+    let freed = incremental_vacuum(conn, Some(take))?.max(0) as u64;
+    if let Some(l) = left.as_mut() {
+        *l = l.saturating_sub(freed);
+    }
+    Ok((freed, freed < u64::from(take) || *left == Some(0)))
+}
+
+/// Chunk sizes of retention (rows) and incremental vacuum (pages): start, least, most.
+pub(crate) fn retention_chunks() -> ChunkSize {
+    ChunkSize::new(256, 16, 16_384)
+}
+
+pub(crate) fn vacuum_chunks() -> ChunkSize {
+    ChunkSize::new(256, 16, 16_384)
 }
 
 impl Engine {
@@ -209,13 +242,20 @@ impl Engine {
         if self.read_only {
             return Err(Error::ReadOnly(format!("cannot vacuum {:?}", self.path)));
         }
-        let _lane = self.hold_lane()?;
         let conn = self.conn()?;
         let before = stats(&conn, self.file(), self.in_memory)?;
         let incremental = !full && pragma_i64(&conn, "auto_vacuum")? == 2;
-        if incremental {
-            incremental_vacuum(&conn, pages)?;
+        // In bounded chunks, writers in between (`chunks.rs`); a full VACUUM is one piece.
+        let _lane = if incremental {
+            let mut left = pages.filter(|&n| n > 0).map(u64::from);
+            run_in_chunks(
+                vacuum_chunks(),
+                |chunk| self.with_lane("vacuum", |c| chunk(c)),
+                |c, n| vacuum_chunk(c, n, &mut left),
+            )?;
+            self.hold_lane()?
         } else {
+            let lane = self.hold_lane()?;
             if let Some(mut report) = progress {
                 let mut calls = 0u64;
                 conn.progress_handler(
@@ -229,7 +269,8 @@ impl Engine {
             let result = conn.execute_batch("VACUUM");
             conn.progress_handler(0, None::<fn() -> bool>)?;
             result?;
-        }
+            lane
+        };
         let checkpoint = if self.in_memory {
             None
         } else {
@@ -401,22 +442,31 @@ fn run_cycle(
     report: &mut CycleReport,
 ) -> Result<()> {
     // Retention, vacuum and checkpoint write: they take their turn in the write lane,
-    // however long it is held (a full VACUUM), unless the thread is stopped meanwhile.
-    let _lane = loop {
+    // chunk by chunk (`chunks.rs`), unless the thread is stopped meanwhile.
+    let hold = || loop {
         match lane.hold(Some(LANE_POLL)) {
             Err(Error::Busy(_)) if !stopping() => continue,
             Err(Error::Busy(_)) => return Err(Error::Closed),
-            held => break held?,
+            held => return held,
         }
     };
-    let conn = pool.get()?;
+    let in_turn = |chunk: &mut dyn FnMut(&Connection) -> Result<(u64, bool)>| {
+        let _lane = hold()?;
+        chunk(&*pool.get()?)
+    };
     if let Some(days) = options.retention_days {
-        report.executions_deleted = cleanup_executions(&conn, days)?;
+        if let Some(cutoff) = retention_cutoff(&*pool.get()?, days)? {
+            report.executions_deleted =
+                run_in_chunks(retention_chunks(), in_turn, |c, n| delete_executions_chunk(c, &cutoff, n))? as usize;
+        }
     }
-    if pragma_i64(&conn, "auto_vacuum")? == 2 {
-        report.pages_freed = incremental_vacuum(&conn, options.vacuum_pages)?;
+    if pragma_i64(&*pool.get()?, "auto_vacuum")? == 2 {
+        let mut left = options.vacuum_pages.filter(|&n| n > 0).map(u64::from);
+        report.pages_freed = run_in_chunks(vacuum_chunks(), in_turn, |c, n| vacuum_chunk(c, n, &mut left))? as i64;
     }
     if options.checkpoint && !in_memory {
+        let _lane = hold()?;
+        let conn = pool.get()?;
         let replicated = replicated || replica::litestream_detected(&conn)?;
         let done = replica::checkpoint(&conn, CheckpointMode::default_for(replicated))?;
         report.checkpointed = true;

@@ -201,7 +201,9 @@ impl InFlightGuard {
             "SELECT count(*) FROM agent_executions
              WHERE completed_at IS NULL
                AND spawned_at >= COALESCE(strftime('%Y-%m-%d %H:%M:%S', 'now', ?1), '')",
-            [format!("-{} seconds", self.max_age_ms / 1000)],
+            // Fractional: whole seconds would cut a 0.5 s age to 0 and miss a spawn made in the
+            // second before (spawned_at has one-second resolution; the cut is floored like it).
+            [format!("-{}.{:03} seconds", self.max_age_ms / 1000, self.max_age_ms % 1000)],
             |r| r.get(0),
         )?;
         if count > 0 {

@@ -6,6 +6,7 @@
 
 mod access;
 pub mod backup;
+pub(crate) mod chunks;
 pub mod database;
 pub(crate) mod fork;
 pub mod legacy_rows;

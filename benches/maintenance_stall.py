@@ -1,0 +1,72 @@
+"""What a writer waits while maintenance runs beside it: one thread records spawns in a
+loop while another deletes N back-dated executions (2 KB responses) with
+`cleanup_old_executions`, then reclaims the space with the default `vacuum()`. Prints
+the job's time, the writer's writes and its p50 / p99 / max latency, and any error.
+
+    python -m benches.maintenance_stall [--rows 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import consensus_db
+
+BACKDATED = (
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
+    " INSERT INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, spawned_at, response_text)"
+    " SELECT 'old-' || i, 'S', 'plan', 'regular_stage', 'gemini', '2020-01-01 00:00:00', ? FROM n"
+)
+
+
+def beside(db: consensus_db.Store, job: Callable[[], object], tag: str) -> None:
+    latencies: list[float] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                db.record_agent_spawn(f"{tag}-{i}", "S", "plan", "quality_gate", "gemini")
+            except consensus_db.Error as exc:
+                errors.append(type(exc).__name__)
+            latencies.append(time.perf_counter() - started)
+            i += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    started = time.perf_counter()
+    job()
+    took = time.perf_counter() - started
+    stop.set()
+    thread.join()
+    ms = sorted(x * 1000 for x in latencies)
+    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    print(
+        f"{tag:10} {took:7.2f} s   writer: {len(ms):6} writes, p50 {statistics.median(ms):6.2f} ms, "
+        f"p99 {p99:7.2f} ms, max {ms[-1]:8.2f} ms, errors {sorted(set(errors)) or 'none'}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=200_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, consensus_db.connect(Path(tmp) / "stall.db") as db:
+        db.execute(BACKDATED, [args.rows, "r" * 2000])
+        print(f"{args.rows:,} back-dated executions, file {db.stats()['file_size'] / 1e6:.0f} MB")
+        beside(db, lambda: db.cleanup_old_executions(30), "retention")
+        beside(db, db.vacuum, "vacuum")
+
+
+if __name__ == "__main__":
+    main()

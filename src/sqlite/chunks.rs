@@ -1,0 +1,106 @@
+//! Maintenance in bounded steps. Retention deletes and incremental vacuum run as a
+//! series of chunks, each its own transaction under its own hold of the write lane, so
+//! writers queued behind maintenance get their turn between chunks instead of waiting
+//! for the whole job (a million-row retention in one DELETE held the lane for seconds).
+//! A chunk's size adapts to what the last one took: it doubles while chunks finish in
+//! under half of [`CHUNK_TARGET`] and halves when one takes longer. A job killed
+//! between chunks leaves every finished chunk committed and the rest to the next run.
+
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use crate::error::Result;
+
+/// How long one chunk should hold the write lane (and SQLite's write lock).
+pub const CHUNK_TARGET: Duration = Duration::from_millis(10);
+
+/// The size of the next chunk, from what the previous ones took.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChunkSize {
+    size: u32,
+    min: u32,
+    max: u32,
+}
+
+impl ChunkSize {
+    pub(crate) fn new(start: u32, min: u32, max: u32) -> ChunkSize {
+        ChunkSize { size: start.clamp(min, max), min, max }
+    }
+
+    pub(crate) fn get(&self) -> u32 {
+        self.size
+    }
+
+    pub(crate) fn took(&mut self, elapsed: Duration) {
+        if elapsed > CHUNK_TARGET {
+            self.size = (self.size / 2).max(self.min);
+        } else if elapsed < CHUNK_TARGET / 2 {
+            self.size = self.size.saturating_mul(2).min(self.max);
+        }
+    }
+}
+
+/// Runs `chunk` until it reports the job done, each call in its own turn of `hold`
+/// (which holds the lane and hands out a connection, retrying as the caller's policy
+/// says). `chunk` gets the connection and the chunk's size and returns the units it did
+/// and whether the job is done. Returns the units done in all.
+pub(crate) fn run_in_chunks(
+    mut size: ChunkSize,
+    mut hold: impl FnMut(&mut dyn FnMut(&Connection) -> Result<(u64, bool)>) -> Result<(u64, bool)>,
+    mut chunk: impl FnMut(&Connection, u32) -> Result<(u64, bool)>,
+) -> Result<u64> {
+    let mut total = 0;
+    loop {
+        let n = size.get();
+        let started = Instant::now();
+        let (done, finished) = hold(&mut |conn| chunk(conn, n))?;
+        size.took(started.elapsed());
+        total += done;
+        if finished {
+            return Ok(total);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chunk_size_follows_what_chunks_take_within_its_bounds() {
+        let mut size = ChunkSize::new(100, 10, 400);
+        size.took(Duration::from_millis(1));
+        assert_eq!(size.get(), 200);
+        size.took(Duration::from_millis(1));
+        size.took(Duration::from_millis(1));
+        assert_eq!(size.get(), 400);
+        size.took(Duration::from_millis(7)); // within the target: kept
+        assert_eq!(size.get(), 400);
+        for _ in 0..10 {
+            size.took(Duration::from_millis(50));
+        }
+        assert_eq!(size.get(), 10);
+    }
+
+    #[test]
+    fn chunks_run_until_done_and_each_gets_its_own_turn() {
+        let conn = Connection::open_in_memory().unwrap();
+        let mut turns = 0;
+        let mut left = 1000u64;
+        let total = run_in_chunks(
+            ChunkSize::new(64, 64, 64),
+            |f| {
+                turns += 1;
+                f(&conn)
+            },
+            |_, n| {
+                let done = left.min(u64::from(n));
+                left -= done;
+                Ok((done, left == 0))
+            },
+        )
+        .unwrap();
+        assert_eq!((total, turns), (1000, 16));
+    }
+}
