@@ -15,6 +15,10 @@ use crate::error::Result;
 /// How long one chunk should hold the write lane (and SQLite's write lock).
 pub const CHUNK_TARGET: Duration = Duration::from_millis(10);
 
+/// One chunk of a job, run by [`run_in_chunks`] in its turn: the units it did and
+/// whether the job is done.
+pub(crate) type Chunk<'a> = &'a mut dyn FnMut(&Connection) -> Result<(u64, bool)>;
+
 /// The size of the next chunk, from what the previous ones took.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ChunkSize {
@@ -26,6 +30,11 @@ pub(crate) struct ChunkSize {
 impl ChunkSize {
     pub(crate) fn new(start: u32, min: u32, max: u32) -> ChunkSize {
         ChunkSize { size: start.clamp(min, max), min, max }
+    }
+
+    /// Retention's rows and incremental vacuum's pages: from 256, between 16 and 16,384.
+    pub(crate) fn maintenance() -> ChunkSize {
+        ChunkSize::new(256, 16, 16_384)
     }
 
     pub(crate) fn get(&self) -> u32 {
@@ -47,7 +56,7 @@ impl ChunkSize {
 /// and whether the job is done. Returns the units done in all.
 pub(crate) fn run_in_chunks(
     mut size: ChunkSize,
-    mut hold: impl FnMut(&mut dyn FnMut(&Connection) -> Result<(u64, bool)>) -> Result<(u64, bool)>,
+    mut hold: impl FnMut(Chunk<'_>) -> Result<(u64, bool)>,
     mut chunk: impl FnMut(&Connection, u32) -> Result<(u64, bool)>,
 ) -> Result<u64> {
     let mut total = 0;

@@ -400,10 +400,7 @@ impl Engine {
     /// Migrates the schema to `target`, up or down; returns the version reached.
     /// (`Database::migrate` then re-reads the store's layout.)
     pub(crate) fn migrate(&self, target: Version, guard: Option<migrations::InFlightGuard>) -> Result<Version> {
-        let moved = Mutex::new(RowsMoved::default());
-        let reached = self.migrating(|conn| migrations::migrate_counting(conn, target, guard, &mut moved.lock()));
-        *self.last_moved.lock() = moved.into_inner();
-        reached
+        self.migrating(|conn, moved| migrations::migrate_counting(conn, target, guard, moved))
     }
 
     /// What the last migration of this store (at opening, or `migrate`) copied between
@@ -421,22 +418,25 @@ impl Engine {
     /// Brings the file up to at least `target` and its tables to the current layout,
     /// as opening does; never down. Returns the version reached.
     pub(crate) fn upgrade(&self, target: Version) -> Result<Version> {
-        let moved = Mutex::new(RowsMoved::default());
-        let reached = self.migrating(|conn| migrations::upgrade_counting(conn, target, &mut moved.lock()).map(drop));
-        *self.last_moved.lock() = moved.into_inner();
-        reached
+        self.migrating(|conn, moved| migrations::upgrade_counting(conn, target, moved).map(drop))
     }
 
-    fn migrating(&self, work: impl Fn(&Connection) -> Result<()>) -> Result<Version> {
-        if self.read_only {
-            return Err(Error::ReadOnly(format!("cannot migrate {:?}", self.path)));
-        }
-        // Each migration step runs in a transaction of its own: a busy one left nothing
-        // behind, and the next attempt starts from the version reached.
-        self.with_lane("migrate", |conn| {
-            work(conn)?;
-            migrations::user_version(conn)
-        })
+    /// Runs a migration and keeps what it copied between the schemas (`rows_moved`).
+    fn migrating(&self, work: impl Fn(&Connection, &mut RowsMoved) -> Result<()>) -> Result<Version> {
+        let mut moved = RowsMoved::default();
+        let reached = if self.read_only {
+            Err(Error::ReadOnly(format!("cannot migrate {:?}", self.path)))
+        } else {
+            // Each migration step runs in a transaction of its own: a busy one left nothing
+            // behind, the next attempt starts from the version reached, and the steps
+            // already committed stay counted.
+            self.with_lane("migrate", |conn| {
+                work(conn, &mut moved)?;
+                migrations::user_version(conn)
+            })
+        };
+        *self.last_moved.lock() = moved;
+        reached
     }
 
     /// Legacy rows whose values had to be converted to be read (or could not be read

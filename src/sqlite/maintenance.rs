@@ -12,7 +12,7 @@ use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
-use crate::sqlite::chunks::{run_in_chunks, ChunkSize};
+use crate::sqlite::chunks::{run_in_chunks, Chunk, ChunkSize};
 use crate::sqlite::database::{Engine, Pool};
 use crate::sqlite::replica::{self, Checkpoint, CheckpointMode};
 use crate::sqlite::writer::WriteLane;
@@ -151,46 +151,45 @@ pub(crate) fn retention_cutoff(conn: &Connection, days: i64) -> Result<Option<St
     Ok(conn.query_row("SELECT strftime('%Y-%m-%d %H:%M:%S', 'now', ?1)", [format!("-{days} days")], |r| r.get(0))?)
 }
 
-/// One chunk of a retention: deletes up to `n` executions spawned before `cutoff` in one
-/// IMMEDIATE transaction; returns how many, and whether none are left.
-pub(crate) fn delete_executions_chunk(conn: &Connection, cutoff: &str, n: u32) -> Result<(u64, bool)> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let deleted = conn
-        .prepare_cached(
-            "DELETE FROM agent_executions WHERE rowid IN
-                 (SELECT rowid FROM agent_executions WHERE spawned_at < ?1 LIMIT ?2)",
-        )
-        .and_then(|mut s| s.execute(rusqlite::params![cutoff, n]));
-    match deleted {
-        Ok(deleted) => {
-            conn.execute_batch("COMMIT")?;
-            Ok((deleted as u64, deleted < n as usize))
+/// Deletes the executions spawned before `cutoff` in chunks, each in its turn of `hold`
+/// and its own IMMEDIATE transaction; returns how many.
+pub(crate) fn delete_executions_in_chunks(
+    hold: impl FnMut(Chunk<'_>) -> Result<(u64, bool)>,
+    cutoff: &str,
+) -> Result<u64> {
+    run_in_chunks(ChunkSize::maintenance(), hold, |conn, n| {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let deleted = conn
+            .prepare_cached(
+                "DELETE FROM agent_executions WHERE rowid IN
+                     (SELECT rowid FROM agent_executions WHERE spawned_at < ?1 LIMIT ?2)",
+            )
+            .and_then(|mut s| s.execute(rusqlite::params![cutoff, n]));
+        match deleted {
+            Ok(deleted) => {
+                conn.execute_batch("COMMIT")?;
+                Ok((deleted as u64, deleted < n as usize))
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e.into())
+            }
         }
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e.into())
+    })
+}
+
+/// Frees up to `pages` free pages (all when None or 0) in chunks, each in its turn of
+/// `hold`; returns how many.
+pub(crate) fn vacuum_in_chunks(hold: impl FnMut(Chunk<'_>) -> Result<(u64, bool)>, pages: Option<u32>) -> Result<u64> {
+    let mut left = pages.filter(|&n| n > 0).map(u64::from);
+    run_in_chunks(ChunkSize::maintenance(), hold, |conn, n| {
+        let take = left.map_or(n, |l| l.min(u64::from(n)) as u32).max(1);
+        let freed = incremental_vacuum(conn, Some(take))?.max(0) as u64;
+        if let Some(l) = left.as_mut() {
+            *l = l.saturating_sub(freed);
         }
-    }
-}
-
-/// One chunk of an incremental vacuum: frees up to `n` pages of the `left` still wanted
-/// (None: all); returns how many, and whether the job is done.
-pub(crate) fn vacuum_chunk(conn: &Connection, n: u32, left: &mut Option<u64>) -> Result<(u64, bool)> {
-    let take = left.map_or(n, |l| l.min(u64::from(n)) as u32).max(1);
-    let freed = incremental_vacuum(conn, Some(take))?.max(0) as u64;
-    if let Some(l) = left.as_mut() {
-        *l = l.saturating_sub(freed);
-    }
-    Ok((freed, freed < u64::from(take) || *left == Some(0)))
-}
-
-/// Chunk sizes of retention (rows) and incremental vacuum (pages): start, least, most.
-pub(crate) fn retention_chunks() -> ChunkSize {
-    ChunkSize::new(256, 16, 16_384)
-}
-
-pub(crate) fn vacuum_chunks() -> ChunkSize {
-    ChunkSize::new(256, 16, 16_384)
+        Ok((freed, freed < u64::from(take) || left == Some(0)))
+    })
 }
 
 impl Engine {
@@ -247,12 +246,7 @@ impl Engine {
         let incremental = !full && pragma_i64(&conn, "auto_vacuum")? == 2;
         // In bounded chunks, writers in between (`chunks.rs`); a full VACUUM is one piece.
         let _lane = if incremental {
-            let mut left = pages.filter(|&n| n > 0).map(u64::from);
-            run_in_chunks(
-                vacuum_chunks(),
-                |chunk| self.with_lane("vacuum", |c| chunk(c)),
-                |c, n| vacuum_chunk(c, n, &mut left),
-            )?;
+            vacuum_in_chunks(|chunk| self.with_lane("vacuum", |c| chunk(c)), pages)?;
             self.hold_lane()?
         } else {
             let lane = self.hold_lane()?;
@@ -450,19 +444,17 @@ fn run_cycle(
             held => return held,
         }
     };
-    let in_turn = |chunk: &mut dyn FnMut(&Connection) -> Result<(u64, bool)>| {
+    let in_turn = |chunk: Chunk<'_>| {
         let _lane = hold()?;
         chunk(&*pool.get()?)
     };
     if let Some(days) = options.retention_days {
         if let Some(cutoff) = retention_cutoff(&*pool.get()?, days)? {
-            report.executions_deleted =
-                run_in_chunks(retention_chunks(), in_turn, |c, n| delete_executions_chunk(c, &cutoff, n))? as usize;
+            report.executions_deleted = delete_executions_in_chunks(in_turn, &cutoff)? as usize;
         }
     }
     if pragma_i64(&*pool.get()?, "auto_vacuum")? == 2 {
-        let mut left = options.vacuum_pages.filter(|&n| n > 0).map(u64::from);
-        report.pages_freed = run_in_chunks(vacuum_chunks(), in_turn, |c, n| vacuum_chunk(c, n, &mut left))? as i64;
+        report.pages_freed = vacuum_in_chunks(in_turn, options.vacuum_pages)? as i64;
     }
     if options.checkpoint && !in_memory {
         let _lane = hold()?;

@@ -240,16 +240,12 @@ impl Database {
     pub fn cleanup_old_executions(&self, days: i64) -> Result<usize> {
         // In bounded chunks, each its own transaction and turn in the lane (`chunks.rs`):
         // a busy attempt leaves nothing of its chunk behind, and writers run in between.
-        use crate::sqlite::chunks::run_in_chunks;
-        use crate::sqlite::maintenance::{delete_executions_chunk, retention_chunks, retention_cutoff};
+        use crate::sqlite::maintenance::{delete_executions_in_chunks, retention_cutoff};
         let Some(cutoff) = self.read(|conn| retention_cutoff(conn, days))? else {
             return Ok(0);
         };
-        let deleted = run_in_chunks(
-            retention_chunks(),
-            |chunk| self.with_lane("cleanup_old_executions", |c| chunk(c)),
-            |c, n| delete_executions_chunk(c, &cutoff, n),
-        )?;
+        let deleted =
+            delete_executions_in_chunks(|chunk| self.with_lane("cleanup_old_executions", |c| chunk(c)), &cutoff)?;
         Ok(deleted as usize)
     }
 }
