@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import consensus_db
 
@@ -25,7 +25,8 @@ BACKDATED = (
 )
 
 
-def beside(db: consensus_db.Store, job: Callable[[], object], tag: str) -> None:
+def beside(db: consensus_db.Store, job: Callable[[], object], tag: str) -> dict[str, Any]:
+    """Runs `job` while a writer thread records spawns; prints and returns the figures."""
     latencies: list[float] = []
     errors: list[str] = []
     stop = threading.Event()
@@ -49,12 +50,21 @@ def beside(db: consensus_db.Store, job: Callable[[], object], tag: str) -> None:
     stop.set()
     thread.join()
     ms = sorted(x * 1000 for x in latencies)
-    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    figures = {
+        "job": tag,
+        "took_s": took,
+        "writes": len(ms),
+        "p50_ms": statistics.median(ms),
+        "p99_ms": ms[min(len(ms) - 1, int(len(ms) * 0.99))],
+        "max_ms": ms[-1],
+        "errors": sorted(set(errors)),
+    }
     print(
-        f"{tag:10} {took:7.2f} s   writer: {len(ms):6} writes, p50 {statistics.median(ms):6.2f} ms, "
-        f"p99 {p99:7.2f} ms, max {ms[-1]:8.2f} ms, errors {sorted(set(errors)) or 'none'}",
+        f"{tag:10} {took:7.2f} s   writer: {len(ms):6} writes, p50 {figures['p50_ms']:6.2f} ms, "
+        f"p99 {figures['p99_ms']:7.2f} ms, max {ms[-1]:8.2f} ms, errors {figures['errors'] or 'none'}",
         flush=True,
     )
+    return figures
 
 
 def main() -> None:

@@ -315,3 +315,7 @@ pub struct SchemaMismatch {
     pub v1_id: Option<i64>,
     pub fields: Vec<&'static str>,
 }
+
+/// Up to this many rows `health()` counts a table rather than estimating it: a count of
+/// this many index entries takes well under a millisecond.
+pub const HEALTH_EXACT_BELOW: i64 = 10_000;

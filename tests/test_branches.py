@@ -152,19 +152,19 @@ def test_every_shape_gets_the_predecessors_column_and_index(tmp_path, make):
 
 
 def test_the_previous_release_keeps_opening_the_file(tmp_path):
-    """Revision 3 only adds: the key the previous release checks (``layout``, the
-    minimum reader layout) stays 2, and a file that release wrote (no ``revision``
-    key, no branch column) is brought forward saying so."""
+    """Revisions 3 and 4 only add: the key the previous release checks (``layout``,
+    the minimum reader layout) stays 2, and a file that release wrote (no ``revision``
+    key, no branch column, no routing index) is brought forward saying so."""
     path = tmp_path / "f.db"
     consensus_db.connect(path).close()
     assert stdlib_rows(path, "SELECT key, value FROM consensus_db_meta ORDER BY key") == [
         ("layout", 2),
-        ("revision", 3),
+        ("revision", 4),
     ]
     conn = sqlite3.connect(path)  # the file as the previous release left it
     conn.executescript(
-        "DROP INDEX idx_agent_executions_branch; ALTER TABLE agent_executions DROP COLUMN branch_id;"
-        "DELETE FROM consensus_db_meta WHERE key = 'revision';"
+        "DROP INDEX idx_agent_executions_route; DROP INDEX idx_agent_executions_branch;"
+        " ALTER TABLE agent_executions DROP COLUMN branch_id; DELETE FROM consensus_db_meta WHERE key = 'revision';"
     )
     conn.close()
     with consensus_db.connect(path) as db:
@@ -172,15 +172,16 @@ def test_the_previous_release_keeps_opening_the_file(tmp_path):
     assert steps == [
         "added the column agent_executions.branch_id",
         "created the index idx_agent_executions_branch",
-        "layout revision 2 -> 3 (minimum reader layout 2)",
+        "created the index idx_agent_executions_route",
+        "layout revision 2 -> 4 (minimum reader layout 2)",
     ]
     assert stdlib_rows(path, "SELECT value FROM consensus_db_meta WHERE key = 'layout'") == [(2,)]
     # A minimum reader layout above this build's revision is refused, by name.
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE consensus_db_meta SET value = 4 WHERE key = 'layout'")
+    conn.execute("UPDATE consensus_db_meta SET value = 5 WHERE key = 'layout'")
     conn.commit()
     conn.close()
-    with pytest.raises(consensus_db.SchemaVersionError, match="4"):
+    with pytest.raises(consensus_db.SchemaVersionError, match="5"):
         consensus_db.connect(path)
 
 

@@ -534,8 +534,10 @@ class Database:
         """How often each schema served the dual-schema reads."""
     def stats(self) -> Stats:
         """Page size and count, free pages and fraction, file and WAL size."""
-    def health(self, threshold: float = 0.5) -> HealthReport:
-        """Statistics, rows per table, modes, schema version and ``needs_vacuum``."""
+    def health(self, threshold: float = 0.5, *, exact: bool = False) -> HealthReport:
+        """Statistics, rows per table, modes, schema version and ``needs_vacuum``. Rows
+        are estimated where counting is dear (the tables in ``rows_estimated``);
+        ``exact=True`` counts every one."""
     def vacuum(
         self, *, full: bool = False, pages: int | None = None, progress: Callable[[int], object] | None = None
     ) -> VacuumReport:

@@ -103,6 +103,13 @@ def human(n: float) -> str:
     return str(n)
 
 
+def row_lines(rows: dict[str, int], estimated: list[str]) -> list[str]:
+    lines = [f"    {table:<22} {'~' if table in estimated else ''}{count}" for table, count in rows.items()]
+    if estimated:
+        lines.append("    (~ an estimate: --exact counts every row)")
+    return lines
+
+
 def health_table(h: HealthReport) -> str:
     if dict(h).get("backend") == "postgresql":  # a PostgreSQL health report
         pgh: dict[str, Any] = dict(h)
@@ -112,7 +119,7 @@ def health_table(h: HealthReport) -> str:
             f"  schema version  {pgh['schema_version']} (layout revision {pgh['layout_revision']})",
             "  rows",
         ]
-        lines += [f"    {table:<22} {count}" for table, count in pgh["rows"].items()]
+        lines += row_lines(pgh["rows"], pgh["rows_estimated"])
         return "\n".join(lines)
     auto = auto_vacuum_name(h["auto_vacuum"])
     lines = [
@@ -126,7 +133,7 @@ def health_table(h: HealthReport) -> str:
         f"  needs vacuum    {'yes' if h['needs_vacuum'] else 'no'} (threshold {h['vacuum_threshold']:.0%})",
         "  rows",
     ]
-    lines += [f"    {table:<22} {count}" for table, count in h["rows"].items()]
+    lines += row_lines(h["rows"], h["rows_estimated"])
     reader = h.get("reader")
     if reader and reader["reads"]:  # a store that served reads (the demo's, say)
         lines.append(f"  reads           {reader['reads']}, {reader['fallback_rate']:.1%} fell back to legacy rows")
@@ -633,11 +640,12 @@ def upgrade_notes(before: dict[str, Any], after: dict[str, Any], moved: dict[str
     help="Free fraction that needs a vacuum.",
 )
 @click.option("--check", is_flag=True, help=f"Exit with {NEEDS_VACUUM} when the file needs a vacuum (monitoring).")
-def health(path: str, as_json: bool, threshold: float, check: bool) -> None:
+@click.option("--exact", is_flag=True, help="Count every row (slow on big files); default: estimate big tables.")
+def health(path: str, as_json: bool, threshold: float, check: bool, exact: bool) -> None:
     """Rows per table, sizes, free pages, journal mode, auto_vacuum, needs_vacuum."""
     with open_store(path, read_only=True, migrate=False) if is_url(path) else open_for_reading(existing(path)) as db:
         try:
-            h = db.health(threshold)
+            h = db.health(threshold, exact=exact)
         except Error as exc:
             fail(str(exc))
     click.echo(json.dumps(h, indent=2) if as_json else health_table(h))

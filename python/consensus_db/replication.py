@@ -575,7 +575,7 @@ def check_restored(path: Path, shown_as: Optional[Path] = None) -> dict[str, Any
 
     with connect(path, read_only=True, migrate=False, create=False) as db:
         problems = db.integrity_check()
-        health = db.health()
+        health = db.health(exact=True)
     if problems != ["ok"]:
         raise ReplicationError(
             f"the file restored for {str(shown_as or path)!r} fails PRAGMA integrity_check "

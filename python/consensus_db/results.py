@@ -145,6 +145,8 @@ class HealthReport(Stats):
     """``health()``: statistics plus rows per table, modes and ``needs_vacuum``."""
 
     rows: dict[str, int]
+    rows_estimated: list[str]
+    """The tables whose figure in ``rows`` is an estimate (``health(exact=True)`` counts)."""
     journal_mode: str
     auto_vacuum: int
     schema_version: int

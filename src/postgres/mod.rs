@@ -34,7 +34,8 @@ pub use tx::PgTx;
 use crate::conninfo::redact;
 use crate::error::{Error, Result};
 use crate::model::{
-    AgentExecution, AgentRoute, Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synthesis, SOURCE_V1,
+    AgentExecution, AgentRoute, Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synthesis, HEALTH_EXACT_BELOW,
+    SOURCE_V1,
 };
 use crate::sqlite::retry::{Retrier, RetryPolicy};
 use crate::store::validate::{check_artifact, check_id, check_phase_type};
@@ -779,18 +780,33 @@ impl PgDatabase {
 
     // ---- health and vacuum ---------------------------------------------------------
 
-    /// Rows per table and the database's size in bytes.
-    pub fn health(&self) -> Result<PgHealth> {
+    /// Rows per table and the database's size in bytes. Rows are counted when `exact`;
+    /// else a table the planner's statistics (`pg_class.reltuples`, kept by autovacuum
+    /// and ANALYZE) put above [`HEALTH_EXACT_BELOW`] rows reports that estimate and is named in
+    /// `estimated`; smaller or never-analysed tables are counted.
+    pub fn health(&self, exact: bool) -> Result<PgHealth> {
         self.run("health", Kind::Read, |c| {
-            let mut rows = Vec::new();
+            let (mut rows, mut estimated) = (Vec::new(), Vec::new());
             for table in ["agent_executions", "agent_outputs", "consensus_db_meta", "consensus_runs"] {
-                let n: i64 = c.client.query_one(&format!("SELECT count(*) FROM {table}"), &[])?.get(0);
+                let planned: Option<f32> = if exact {
+                    None
+                } else {
+                    let sql = "SELECT (SELECT reltuples FROM pg_class WHERE oid = to_regclass($1))";
+                    c.client.query_one(sql, &[&table])?.get(0)
+                };
+                let n = match planned.map(|n| n as i64) {
+                    Some(n) if n > HEALTH_EXACT_BELOW => {
+                        estimated.push(table.to_owned());
+                        n
+                    }
+                    _ => c.client.query_one(&format!("SELECT count(*) FROM {table}"), &[])?.get(0),
+                };
                 rows.push((table.to_owned(), n));
             }
             let size: i64 = c.client.query_one("SELECT pg_database_size(current_database())", &[])?.get(0);
             let version: String = c.client.query_one("SHOW server_version", &[])?.get(0);
             let layout = sql::layout(c)?;
-            Ok(PgHealth { rows, database_size: size, server_version: version, layout })
+            Ok(PgHealth { rows, estimated, database_size: size, server_version: version, layout })
         })
     }
 
@@ -815,6 +831,8 @@ impl Drop for PgDatabase {
 #[derive(Clone, Debug)]
 pub struct PgHealth {
     pub rows: Vec<(String, i64)>,
+    /// The tables whose row figure is the planner's estimate rather than a count.
+    pub estimated: Vec<String>,
     pub database_size: i64,
     pub server_version: String,
     pub layout: i64,

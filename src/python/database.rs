@@ -1297,14 +1297,24 @@ impl PyDatabase {
     }
 
     /// Statistics, rows per table, journal mode, auto_vacuum, schema version, and
-    /// `needs_vacuum` (the free fraction is above `threshold`).
-    #[pyo3(signature = (threshold=None), text_signature = "($self, threshold=0.5)")]
-    fn health<'py>(&self, py: Python<'py>, threshold: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyDict>> {
+    /// `needs_vacuum` (the free fraction is above `threshold`). Rows are counted where
+    /// that is cheap and otherwise estimated — the tables named in `rows_estimated`:
+    /// on SQLite an upper bound from the rowid span (`max(rowid) - min(rowid) + 1`), on
+    /// PostgreSQL the planner's `reltuples`; `exact=True` counts every table (a read of
+    /// every page of each table's smallest index: slow on big files).
+    #[pyo3(signature = (threshold=None, *, exact=None), text_signature = "($self, threshold=0.5, *, exact=False)")]
+    fn health<'py>(
+        &self,
+        py: Python<'py>,
+        threshold: Option<&Bound<'py, PyAny>>,
+        exact: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let threshold =
             threshold.filter(|t| !t.is_none()).map_or(Ok(DEFAULT_VACUUM_THRESHOLD), |t| real(t, "threshold"))?;
+        let exact = opt_flag(exact, "exact", false)?;
         #[cfg(feature = "postgres")]
         if let Some(pg) = self.pg() {
-            let h = run(py, || pg.health())?;
+            let h = run(py, || pg.health(exact))?;
             let d = PyDict::new(py);
             let rows = PyDict::new(py);
             for (table, n) in &h.rows {
@@ -1312,6 +1322,7 @@ impl PyDatabase {
             }
             d.set_item("backend", "postgresql")?;
             d.set_item("rows", rows)?;
+            d.set_item("rows_estimated", &h.estimated)?;
             d.set_item("database_size", h.database_size)?;
             d.set_item("server_version", &h.server_version)?;
             d.set_item("schema_version", crate::migrations::LATEST_VERSION)?;
@@ -1326,13 +1337,14 @@ impl PyDatabase {
             d.set_item("reader", py.None())?; // no dual-schema reader: one schema
             return Ok(d);
         }
-        let h = run(py, || self.core("health")?.health(threshold))?;
+        let h = run(py, || self.core("health")?.health(threshold, exact))?;
         let d = stats_dict(py, &h.stats)?;
         let rows = PyDict::new(py);
         for (table, n) in &h.rows {
             rows.set_item(table, n)?;
         }
         d.set_item("rows", rows)?;
+        d.set_item("rows_estimated", &h.estimated)?;
         d.set_item("journal_mode", &h.journal_mode)?;
         d.set_item("auto_vacuum", h.auto_vacuum)?;
         d.set_item("schema_version", h.schema_version)?;

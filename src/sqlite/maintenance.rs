@@ -12,6 +12,7 @@ use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
+use crate::model::HEALTH_EXACT_BELOW;
 use crate::sqlite::chunks::{run_in_chunks, Chunk, ChunkSize};
 use crate::sqlite::database::{Engine, Pool};
 use crate::sqlite::replica::{self, Checkpoint, CheckpointMode};
@@ -38,8 +39,11 @@ pub struct Stats {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Health {
     pub stats: Stats,
-    /// Rows per table, tables in name order.
+    /// Rows per table, tables in name order: exact, or for the tables named in
+    /// `estimated`, an upper bound (see [`Engine::health`]).
     pub rows: Vec<(String, i64)>,
+    /// The tables whose row figure is an estimate rather than a count.
+    pub estimated: Vec<String>,
     pub journal_mode: String,
     /// 0 none, 1 full, 2 incremental.
     pub auto_vacuum: i64,
@@ -192,12 +196,30 @@ pub(crate) fn vacuum_in_chunks(hold: impl FnMut(Chunk<'_>) -> Result<(u64, bool)
     })
 }
 
+/// `max(rowid) - min(rowid) + 1` of a table (0 when empty), as two seeks of its rowid
+/// tree (one aggregate each: SQLite reads the whole table for both in one SELECT); None
+/// for a table without rowids.
+fn rowid_span(conn: &rusqlite::Connection, quoted_table: &str) -> Result<Option<i64>> {
+    let sql = format!("SELECT (SELECT max(rowid) FROM {quoted_table}) - (SELECT min(rowid) FROM {quoted_table}) + 1");
+    match conn.query_row(&sql, [], |r| r.get::<_, Option<i64>>(0)) {
+        Ok(span) => Ok(Some(span.unwrap_or(0))),
+        Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such column: rowid") => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl Engine {
     pub fn stats(&self) -> Result<Stats> {
         stats(&*self.conn()?, self.file(), self.in_memory)
     }
 
-    pub fn health(&self, vacuum_threshold: f64) -> Result<Health> {
+    /// The file's statistics and modes, with rows per table: counted when `exact`, else
+    /// counted only where that is cheap (at most [`HEALTH_EXACT_BELOW`] rowids apart) and
+    /// otherwise estimated from the rowid span, `max(rowid) - min(rowid) + 1` — two index
+    /// seeks, an upper bound that counts the rows deleted in between; such tables are
+    /// named in `estimated`. A count reads every page of the table's smallest index:
+    /// ~0.8 s for a 1M-execution file.
+    pub fn health(&self, vacuum_threshold: f64, exact: bool) -> Result<Health> {
         if !(0.0..=1.0).contains(&vacuum_threshold) {
             return Err(Error::invalid("threshold", format!("must be between 0 and 1, got {vacuum_threshold}")));
         }
@@ -209,16 +231,24 @@ impl Engine {
             )?
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        let mut rows = Vec::with_capacity(tables.len());
+        let (mut rows, mut estimated) = (Vec::with_capacity(tables.len()), Vec::new());
         for t in tables {
-            let n: i64 =
-                conn.query_row(&format!("SELECT count(*) FROM \"{}\"", t.replace('"', "\"\"")), [], |r| r.get(0))?;
+            let quoted = format!("\"{}\"", t.replace('"', "\"\""));
+            let span = if exact { None } else { rowid_span(&conn, &quoted)? };
+            let n = match span {
+                Some(span) if span > HEALTH_EXACT_BELOW => {
+                    estimated.push(t.clone());
+                    span
+                }
+                _ => conn.query_row(&format!("SELECT count(*) FROM {quoted}"), [], |r| r.get(0))?,
+            };
             rows.push((t, n));
         }
         Ok(Health {
             needs_vacuum: stats.free_fraction > vacuum_threshold,
             stats,
             rows,
+            estimated,
             journal_mode: crate::sqlite::pragmas::read(&conn, "journal_mode")?,
             auto_vacuum: pragma_i64(&conn, "auto_vacuum")?,
             schema_version: pragma_i64(&conn, "user_version")?,

@@ -235,9 +235,10 @@ fn bring_layout_current(conn: &Connection, create: bool, moved: &mut RowsMoved) 
     Ok((found, additive_steps(conn)?))
 }
 
-/// The steps of layout revision 3, which only add or correct (the minimum reader layout
-/// stays [`schema::MIN_READER_LAYOUT`]): on every shape with a routing table, the
-/// predecessor's `branch_id` column and `idx_agent_executions_branch` index; on the new
+/// The steps of layout revisions 3 and 4, which only add or correct (the minimum reader
+/// layout stays [`schema::MIN_READER_LAYOUT`]): on every shape with a routing table, the
+/// predecessor's `branch_id` column and `idx_agent_executions_branch` index, and the
+/// routing read's covering index `idx_agent_executions_route`; on the new
 /// tables, `consensus_ok` as the predecessor writes it (1: the run has an artifact or a
 /// synthesis) where this store wrote 0 — an older release still running mid-rollout
 /// writes 0 again, so this looks at every opening, not once. Checked before taking the
@@ -247,7 +248,7 @@ fn additive_steps(conn: &Connection) -> Result<Vec<String>> {
         return Ok(Vec::new());
     }
     let changes = std::cell::RefCell::new(Vec::new());
-    in_transaction(conn, "the additive layout steps (revision 3)", additive_steps_pending, |c| {
+    in_transaction(conn, "the additive layout steps", additive_steps_pending, |c| {
         let mut changes = changes.borrow_mut();
         changes.clear(); // a busy attempt that rolled back changed nothing
         if table_exists(c, "agent_executions")? {
@@ -258,6 +259,10 @@ fn additive_steps(conn: &Connection) -> Result<Vec<String>> {
             if !index_exists(c, "idx_agent_executions_branch")? {
                 c.execute_batch(schema::BRANCH_INDEX_SQL)?;
                 changes.push("created the index idx_agent_executions_branch".to_owned());
+            }
+            if !index_exists(c, "idx_agent_executions_route")? {
+                c.execute_batch(schema::ROUTE_INDEX_SQL)?;
+                changes.push("created the index idx_agent_executions_route".to_owned());
             }
         }
         if table_exists(c, "consensus_runs")? {
@@ -286,7 +291,8 @@ fn additive_steps_pending(conn: &Connection) -> Result<bool> {
     let routing = table_exists(conn, "agent_executions")?;
     if routing
         && !(column_exists(conn, "agent_executions", "branch_id")?
-            && index_exists(conn, "idx_agent_executions_branch")?)
+            && index_exists(conn, "idx_agent_executions_branch")?
+            && index_exists(conn, "idx_agent_executions_route")?)
     {
         return Ok(true);
     }
@@ -1084,8 +1090,8 @@ mod tests {
         assert!(matches!(upgrade(&conn, 1), Err(Error::Migration(ref m)) if m.contains("-5")));
         let newer = Connection::open_in_memory().unwrap();
         upgrade(&newer, 1).unwrap();
-        newer.execute_batch("UPDATE consensus_db_meta SET value = 4 WHERE key = 'layout'").unwrap();
-        assert!(matches!(upgrade(&newer, 1), Err(Error::LayoutTooNew { found: 4, supported: 3 })));
+        newer.execute_batch("UPDATE consensus_db_meta SET value = 5 WHERE key = 'layout'").unwrap();
+        assert!(matches!(upgrade(&newer, 1), Err(Error::LayoutTooNew { found: 5, supported: 4 })));
     }
 
     #[test]

@@ -20,24 +20,29 @@ use crate::model::{Synthesis, SOURCE_V1};
 pub const LEGACY_SCHEMA_SQL: &str = include_str!("sql/legacy_v0.sql");
 /// The new tables as the predecessor's own version-1 migration creates them.
 pub const SEED_TABLES_SQL: &str = include_str!("sql/seed_tables.sql");
-pub(crate) const ROUTING_TABLE_SQL: &str =
-    concat!(include_str!("sql/routing_table.sql"), include_str!("sql/branch_index.sql"));
+pub(crate) const ROUTING_TABLE_SQL: &str = concat!(
+    include_str!("sql/routing_table.sql"),
+    include_str!("sql/branch_index.sql"),
+    include_str!("sql/route_index.sql")
+);
 pub(crate) const BRANCH_INDEX_SQL: &str = include_str!("sql/branch_index.sql");
+pub(crate) const ROUTE_INDEX_SQL: &str = include_str!("sql/route_index.sql");
 const STORE_COLUMNS_SQL: &str = include_str!("sql/store_columns.sql");
 
 /// This store's layout revision. 1 was its first release (its own column names); 2 is
 /// the seed layout plus this store's columns; 3 adds only (`agent_executions.branch_id`
 /// and its index, `consensus_ok` as the predecessor writes it), so a build of revision 2
-/// still reads and writes a revision-3 file.
+/// still reads and writes a revision-3 file; 4 adds only the routing read's covering
+/// index (`idx_agent_executions_route`), which no reader needs.
 ///
 /// `consensus_db_meta` keeps two numbers: `'layout'`, the **minimum reader layout** —
 /// the oldest revision that can open the file, the key every release checks and refuses
 /// when above its own revision — and `'revision'`, the revision the file was brought
 /// to. A step that only adds leaves `'layout'` alone, so the previous release keeps
 /// opening the file mid-rollout; a step that changes what a reader sees raises it.
-pub const LAYOUT: i64 = 3;
+pub const LAYOUT: i64 = 4;
 /// The minimum reader layout this build records (see [`LAYOUT`]): revision 2 reads
-/// everything revision 3 writes.
+/// everything revisions 3 and 4 write.
 pub const MIN_READER_LAYOUT: i64 = 2;
 
 /// Two copies of one artifact or synthesis that the predecessor's dual-write build
@@ -126,6 +131,7 @@ pub(crate) fn set_layout_revision(conn: &Connection) -> Result<()> {
 pub struct Catalog {
     columns: HashSet<(String, String)>,
     tables: HashSet<String>,
+    indexes: HashSet<String>,
     layout: Option<i64>,
 }
 
@@ -143,8 +149,16 @@ impl Catalog {
             }
             tables.insert(table);
         }
+        let indexes = conn
+            .prepare_cached("SELECT name FROM sqlite_master WHERE type = 'index'")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
         let layout = if tables.contains("consensus_db_meta") { layout_revision(conn)? } else { None };
-        Ok(Catalog { columns, tables, layout })
+        Ok(Catalog { columns, tables, indexes, layout })
+    }
+
+    pub fn has_index(&self, index: &str) -> bool {
+        self.indexes.contains(index)
     }
 
     pub fn has_table(&self, table: &str) -> bool {

@@ -217,6 +217,7 @@ impl Database {
             artifact_model_version: column("consensus_artifacts", "model_version")?,
             artifact_created_ms: column("consensus_artifacts", "created_at_ms")?,
             synthesis_created_ms: column("consensus_synthesis", "created_at_ms")?,
+            routing_index: catalog.has_index("idx_agent_executions_route"),
         };
         Ok(())
     }

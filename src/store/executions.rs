@@ -8,9 +8,22 @@ use rusqlite::{params, OptionalExtension, Row};
 use super::database::Database;
 use super::legacy::Columns;
 use super::validate::{check_id, check_phase_type};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{AgentExecution, AgentRoute, ExtractionFailure};
 use crate::sqlite::transaction::Tx;
+
+/// The routing table read through its covering index (`route_index.sql`). Named because
+/// SQLite's planner prefers the unique primary key, whose lookup then reads the table row
+/// with its KB-sized response; used only where the file has the index.
+const ROUTED: &str = "agent_executions INDEXED BY idx_agent_executions_route";
+const SPAWN_INFO_ROUTED: &str =
+    "SELECT phase_type, stage FROM agent_executions INDEXED BY idx_agent_executions_route WHERE agent_id = ?1";
+const SPAWN_INFO: &str = "SELECT phase_type, stage FROM agent_executions WHERE agent_id = ?1";
+
+fn route_sql(branch: &str, routed: bool) -> String {
+    let table = if routed { ROUTED } else { "agent_executions" };
+    format!("SELECT phase_type, stage, {branch} FROM {table} WHERE agent_id = ?1")
+}
 
 const NOW_TEXT: &str = "strftime('%Y-%m-%d %H:%M:%S', 'now')";
 
@@ -108,21 +121,42 @@ impl Database {
 
     /// `(phase_type, stage)` of a spawned agent — the completion-routing hot path.
     pub fn get_agent_spawn_info(&self, agent_id: &str) -> Result<Option<(String, String)>> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached("SELECT phase_type, stage FROM agent_executions WHERE agent_id = ?1")?;
-        Ok(stmt.query_row([agent_id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+        self.routing_read(|routed| {
+            let conn = self.conn()?;
+            let mut stmt = conn.prepare_cached(if routed { SPAWN_INFO_ROUTED } else { SPAWN_INFO })?;
+            Ok(stmt.query_row([agent_id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+        })
     }
 
     /// The predecessor's routing read: phase type, stage and branch of a spawned agent.
     /// On a file without the branch column the branch is None.
     pub fn get_agent_route(&self, agent_id: &str) -> Result<Option<AgentRoute>> {
         let branch = self.layout.columns.read().execution_branch_id;
-        let conn = self.conn()?;
-        let mut stmt = conn
-            .prepare_cached(&format!("SELECT phase_type, stage, {branch} FROM agent_executions WHERE agent_id = ?1"))?;
-        Ok(stmt
-            .query_row([agent_id], |r| Ok(AgentRoute { phase_type: r.get(0)?, stage: r.get(1)?, branch_id: r.get(2)? }))
-            .optional()?)
+        self.routing_read(|routed| {
+            let conn = self.conn()?;
+            let mut stmt = conn.prepare_cached(&route_sql(branch, routed))?;
+            Ok(stmt
+                .query_row([agent_id], |r| {
+                    Ok(AgentRoute { phase_type: r.get(0)?, stage: r.get(1)?, branch_id: r.get(2)? })
+                })
+                .optional()?)
+        })
+    }
+
+    /// Runs a routing read through the covering index where the file has it; if another
+    /// program dropped the index while this store was open, once more without it (and
+    /// without it from then on).
+    fn routing_read<T>(&self, read: impl Fn(bool) -> Result<T>) -> Result<T> {
+        if !self.layout.columns.read().routing_index {
+            return read(false);
+        }
+        match read(true) {
+            Err(Error::Sqlite(m)) if m.contains("no such index: idx_agent_executions_route") => {
+                self.layout.columns.write().routing_index = false;
+                read(false)
+            }
+            result => result,
+        }
     }
 
     /// The executions of a spec's stage, newest spawn first (ties by agent id, last
@@ -323,4 +357,49 @@ fn complete_agent(tx: &Tx, agent_id: &str, response_text: &str) -> Result<bool> 
         ))?
         .execute(params![agent_id, response_text])?;
     Ok(n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Options;
+
+    fn plan(db: &Database, sql: &str) -> String {
+        let conn = db.conn().unwrap();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt.query_map(["a"], |r| r.get::<_, String>(3)).unwrap();
+        rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+    }
+
+    #[test]
+    fn the_routing_reads_walk_the_covering_index_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path().join("r.db"), Options::default()).unwrap();
+        db.record_agent_spawn_on_branch("a", "S", "plan", "regular_stage", "gemini", None, Some("b1")).unwrap();
+        assert!(db.layout.columns.read().routing_index);
+        let covering = "SEARCH agent_executions USING COVERING INDEX idx_agent_executions_route (agent_id=?)";
+        assert_eq!(plan(&db, SPAWN_INFO_ROUTED), covering);
+        assert_eq!(plan(&db, &route_sql("branch_id", true)), covering);
+        // Without the hint SQLite takes the primary key, which then reads the table row.
+        assert_eq!(
+            plan(&db, SPAWN_INFO),
+            "SEARCH agent_executions USING INDEX sqlite_autoindex_agent_executions_1 (agent_id=?)"
+        );
+        assert_eq!(db.get_agent_spawn_info("a").unwrap(), Some(("regular_stage".into(), "plan".into())));
+        let route = db.get_agent_route("a").unwrap().unwrap();
+        assert_eq!((route.stage.as_str(), route.branch_id.as_deref()), ("plan", Some("b1")));
+    }
+
+    #[test]
+    fn an_index_dropped_by_another_program_leaves_the_reads_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let db = Database::open(&path, Options::default()).unwrap();
+        db.record_agent_spawn("a", "S", "plan", "regular_stage", "gemini", None).unwrap();
+        assert!(db.get_agent_spawn_info("a").unwrap().is_some()); // the routed statement is cached
+        rusqlite::Connection::open(&path).unwrap().execute_batch("DROP INDEX idx_agent_executions_route").unwrap();
+        assert_eq!(db.get_agent_spawn_info("a").unwrap(), Some(("regular_stage".into(), "plan".into())));
+        assert_eq!(db.get_agent_route("a").unwrap().map(|r| r.stage), Some("plan".into()));
+        assert!(!db.layout.columns.read().routing_index);
+    }
 }

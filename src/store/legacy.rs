@@ -50,6 +50,8 @@ pub(crate) struct Columns {
     pub artifact_model_version: &'static str,
     pub artifact_created_ms: &'static str,
     pub synthesis_created_ms: &'static str,
+    /// Whether the file has the routing reads' covering index (`route_index.sql`).
+    pub routing_index: bool,
 }
 
 impl Default for Columns {
@@ -69,6 +71,7 @@ impl Default for Columns {
             artifact_model_version: "model_version",
             artifact_created_ms: "created_at_ms",
             synthesis_created_ms: "created_at_ms",
+            routing_index: true,
         }
     }
 }
