@@ -21,8 +21,12 @@ MANY = (
 )
 
 
+INDEX_COLUMNS = f"SELECT name FROM pragma_index_info('{ROUTE_INDEX}') ORDER BY seqno"
+REVISION = "SELECT value FROM consensus_db_meta WHERE key = 'revision'"
+
+
 def route_index_columns(path) -> list[str]:
-    return [c for (c,) in stdlib_rows(path, f"SELECT name FROM pragma_index_info('{ROUTE_INDEX}') ORDER BY seqno")]
+    return [c for (c,) in stdlib_rows(path, INDEX_COLUMNS)]
 
 
 def test_the_routing_index_is_created_on_a_legacy_file_and_routes_its_rows(tmp_path):
@@ -106,3 +110,43 @@ def test_health_on_postgresql_estimates_big_tables_from_the_planner(pg_url):
         assert abs(h["rows"]["agent_executions"] - 20_000) <= 200  # the planner's figure
         exact = db.health(exact=True)
         assert exact["rows_estimated"] == [] and exact["rows"]["agent_executions"] == 20_000
+
+
+def test_opening_leaves_a_big_files_routing_index_to_an_upgrade_and_says_so(tmp_path):
+    """Building the index over a big table holds the write lock for seconds (6.9 s at 1M
+    executions with 2 KB responses): every other writer of the file would wait it out at
+    the first opening of a new release. Opening says what it left; an upgrade builds it."""
+    path = tmp_path / "big.db"
+    with consensus_db.connect(path) as db:
+        db.execute(MANY, [100_001])
+    conn = sqlite3.connect(path)  # as a revision-3 release left it
+    conn.execute(f"DROP INDEX {ROUTE_INDEX}")
+    conn.execute("UPDATE consensus_db_meta SET value = 3 WHERE key = 'revision'")
+    conn.commit()
+    conn.close()
+    with consensus_db.connect(path) as db:
+        [step] = db.open_report["layout_steps"]
+        assert step.startswith("left the index idx_agent_executions_route for `consensus-db upgrade`"), step
+        assert "~100001 executions" in step
+        assert db.get_agent_spawn_info("a-7") == ("regular_stage", "plan")  # through the primary key meanwhile
+        # (Read through the store: another copy of SQLite in this process would break its locks.)
+        assert db.query(INDEX_COLUMNS) == [] and db.query(REVISION) == [(3,)]
+        db.migrate()  # what `consensus-db upgrade` runs
+        assert db.query(INDEX_COLUMNS) == [("agent_id",), ("phase_type",), ("stage",), ("branch_id",)]
+        assert db.query(REVISION) == [(4,)]
+        assert db.get_agent_route("a-7") == ("regular_stage", "plan", None)
+    with consensus_db.connect(path) as db:
+        assert db.open_report["layout_steps"] == []
+
+
+def test_the_cli_upgrade_builds_the_routing_index_opening_left(tmp_path):
+    path = tmp_path / "big.db"
+    with consensus_db.connect(path) as db:
+        db.execute(MANY, [100_001])
+    conn = sqlite3.connect(path)
+    conn.execute(f"DROP INDEX {ROUTE_INDEX}")
+    conn.commit()
+    conn.close()
+    result = CliRunner().invoke(cli, ["upgrade", str(path), "--no-backup"])
+    assert result.exit_code == 0, result.output
+    assert route_index_columns(path) == ["agent_id", "phase_type", "stage", "branch_id"]

@@ -465,6 +465,8 @@ def upgrade(path: str, drop_legacy: bool, force: bool, in_flight_age: float, no_
             if drop_legacy:
                 db.migrate(consensus_db.LATEST_SCHEMA_VERSION, force=force, in_flight_age=in_flight_age)
                 moved = {k: n + counts(db.rows_moved)[k] for k, n in moved.items()}
+            else:
+                db.migrate()  # and the steps opening leaves to an upgrade (a big file's routing index)
             if before["size"] > BIG_FILE and not as_json:
                 spinner = Spinner("vacuum")
                 db.vacuum(full=True, progress=spinner.tick)

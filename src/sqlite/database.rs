@@ -418,7 +418,9 @@ impl Engine {
     /// Brings the file up to at least `target` and its tables to the current layout,
     /// as opening does; never down. Returns the version reached.
     pub(crate) fn upgrade(&self, target: Version) -> Result<Version> {
-        self.migrating(|conn, moved| migrations::upgrade_counting(conn, target, moved).map(drop))
+        self.migrating(|conn, moved| {
+            migrations::upgrade_counting(conn, target, migrations::LongSteps::Run, moved).map(drop)
+        })
     }
 
     /// Runs a migration and keeps what it copied between the schemas (`rows_moved`).
@@ -581,7 +583,8 @@ fn prepare_file(conn: &Connection, options: &Options, in_memory: bool) -> Result
     }
     options.pragmas.apply_connection(conn)?;
     if let Some(target) = options.migrate_to {
-        report.layout_steps = migrations::upgrade_counting(conn, target, &mut report.rows_moved)?.1;
+        report.layout_steps =
+            migrations::upgrade_counting(conn, target, migrations::LongSteps::Defer, &mut report.rows_moved)?.1;
         let reached = migrations::user_version(conn)?;
         if reached != found {
             report.migrated = Some((found, reached));

@@ -92,16 +92,30 @@ pub fn validate() -> Result<()> {
 /// Also returns what the additive layout steps changed ([`additive_steps`]), for the
 /// open report.
 pub fn upgrade(conn: &Connection, target: Version) -> Result<(Shape, Vec<String>)> {
-    upgrade_counting(conn, target, &mut RowsMoved::default())
+    upgrade_counting(conn, target, LongSteps::Run, &mut RowsMoved::default())
 }
+
+/// Whether an additive step that holds the write lock for seconds on a big file runs
+/// now: not while opening (every other writer of the file would wait it out, past its
+/// busy timeout), yes when asked for (`upgrade`, `migrate`, `consensus-db upgrade`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LongSteps {
+    Defer,
+    Run,
+}
+
+/// Up to this many executions (by rowid span) opening builds the routing index itself:
+/// ~0.7 s of write lock here; 1M executions with 2 KB responses took 6.9 s.
+const ROUTE_INDEX_AT_OPENING: i64 = 100_000;
 
 /// [`upgrade`], adding what it copied between the schemas to `moved` as each step commits.
 pub(crate) fn upgrade_counting(
     conn: &Connection,
     target: Version,
+    long: LongSteps,
     moved: &mut RowsMoved,
 ) -> Result<(Shape, Vec<String>)> {
-    let found = bring_layout_current(conn, true, moved)?;
+    let found = bring_layout_current(conn, true, long, moved)?;
     loop {
         let current = user_version(conn)?;
         if current >= target {
@@ -130,7 +144,7 @@ pub(crate) fn migrate_counting(
     moved: &mut RowsMoved,
 ) -> Result<()> {
     check_target(target)?;
-    bring_layout_current(conn, target > 0, moved)?;
+    bring_layout_current(conn, target > 0, LongSteps::Run, moved)?;
     loop {
         let current = user_version(conn)?;
         if current == target {
@@ -223,7 +237,12 @@ impl Default for InFlightGuard {
 /// schema in an empty file (when `create` says so) or bring new tables in an older
 /// layout to the current one, then run the additive steps. Returns the shape found and
 /// what the additive steps changed.
-fn bring_layout_current(conn: &Connection, create: bool, moved: &mut RowsMoved) -> Result<(Shape, Vec<String>)> {
+fn bring_layout_current(
+    conn: &Connection,
+    create: bool,
+    long: LongSteps,
+    moved: &mut RowsMoved,
+) -> Result<(Shape, Vec<String>)> {
     user_version(conn)?;
     let found = schema::shape(conn)?;
     if found == Shape::Empty && create {
@@ -232,23 +251,34 @@ fn bring_layout_current(conn: &Connection, create: bool, moved: &mut RowsMoved) 
     } else if found.is_stale() {
         update_layout(conn, moved)?;
     }
-    Ok((found, additive_steps(conn)?))
+    Ok((found, additive_steps(conn, long)?))
 }
 
 /// The steps of layout revisions 3 and 4, which only add or correct (the minimum reader
 /// layout stays [`schema::MIN_READER_LAYOUT`]): on every shape with a routing table, the
 /// predecessor's `branch_id` column and `idx_agent_executions_branch` index, and the
-/// routing read's covering index `idx_agent_executions_route`; on the new
+/// routing read's covering index `idx_agent_executions_route` (left, and said so, at an
+/// opening of a file with more than [`ROUTE_INDEX_AT_OPENING`] executions: see
+/// [`LongSteps`]; revision 4 is recorded once it exists); on the new
 /// tables, `consensus_ok` as the predecessor writes it (1: the run has an artifact or a
 /// synthesis) where this store wrote 0 — an older release still running mid-rollout
 /// writes 0 again, so this looks at every opening, not once. Checked before taking the
 /// write lock: a file that has it all is opened without one. Returns one line per change.
-fn additive_steps(conn: &Connection) -> Result<Vec<String>> {
-    if !additive_steps_pending(conn)? {
-        return Ok(Vec::new());
+fn additive_steps(conn: &Connection, long: LongSteps) -> Result<Vec<String>> {
+    let pending = |c: &Connection| additive_steps_pending(c, long);
+    let mut deferred = Vec::new();
+    if route_index_missing(conn)? && !route_index_due(conn, long)? {
+        deferred.push(format!(
+            "left the index idx_agent_executions_route for `consensus-db upgrade`: building it over ~{} executions \
+             holds the write lock for seconds (routing reads use the primary key until then)",
+            executions_span(conn)?
+        ));
+    }
+    if !pending(conn)? {
+        return Ok(deferred);
     }
     let changes = std::cell::RefCell::new(Vec::new());
-    in_transaction(conn, "the additive layout steps", additive_steps_pending, |c| {
+    in_transaction(conn, "the additive layout steps", pending, |c| {
         let mut changes = changes.borrow_mut();
         changes.clear(); // a busy attempt that rolled back changed nothing
         if table_exists(c, "agent_executions")? {
@@ -260,7 +290,7 @@ fn additive_steps(conn: &Connection) -> Result<Vec<String>> {
                 c.execute_batch(schema::BRANCH_INDEX_SQL)?;
                 changes.push("created the index idx_agent_executions_branch".to_owned());
             }
-            if !index_exists(c, "idx_agent_executions_route")? {
+            if route_index_missing(c)? && route_index_due(c, long)? {
                 c.execute_batch(schema::ROUTE_INDEX_SQL)?;
                 changes.push("created the index idx_agent_executions_route".to_owned());
             }
@@ -274,7 +304,8 @@ fn additive_steps(conn: &Connection) -> Result<Vec<String>> {
                 ));
             }
         }
-        if let Some(found) = schema::revision(c)?.filter(|&r| r < schema::LAYOUT) {
+        let current = !route_index_missing(c)?;
+        if let Some(found) = schema::revision(c)?.filter(|&r| r < schema::LAYOUT && current) {
             schema::set_layout_revision(c)?;
             changes.push(format!(
                 "layout revision {found} -> {} (minimum reader layout {})",
@@ -284,23 +315,42 @@ fn additive_steps(conn: &Connection) -> Result<Vec<String>> {
         }
         Ok(())
     })?;
-    Ok(changes.into_inner())
+    let mut changes = changes.into_inner();
+    changes.extend(deferred);
+    Ok(changes)
 }
 
-fn additive_steps_pending(conn: &Connection) -> Result<bool> {
+fn additive_steps_pending(conn: &Connection, long: LongSteps) -> Result<bool> {
     let routing = table_exists(conn, "agent_executions")?;
     if routing
         && !(column_exists(conn, "agent_executions", "branch_id")?
-            && index_exists(conn, "idx_agent_executions_branch")?
-            && index_exists(conn, "idx_agent_executions_route")?)
+            && index_exists(conn, "idx_agent_executions_branch")?)
     {
         return Ok(true);
     }
-    if schema::revision(conn)?.is_some_and(|r| r < schema::LAYOUT) {
+    let route_missing = route_index_missing(conn)?;
+    if route_missing && route_index_due(conn, long)? {
+        return Ok(true);
+    }
+    if !route_missing && schema::revision(conn)?.is_some_and(|r| r < schema::LAYOUT) {
         return Ok(true);
     }
     Ok(table_exists(conn, "consensus_runs")?
         && conn.query_row("SELECT EXISTS (SELECT 1 FROM consensus_runs WHERE consensus_ok = 0)", [], |r| r.get(0))?)
+}
+
+/// A routing table without `idx_agent_executions_route`.
+fn route_index_missing(conn: &Connection) -> Result<bool> {
+    Ok(table_exists(conn, "agent_executions")? && !index_exists(conn, "idx_agent_executions_route")?)
+}
+
+/// Whether the routing index is built now: when asked for, or on a small table.
+fn route_index_due(conn: &Connection, long: LongSteps) -> Result<bool> {
+    Ok(long == LongSteps::Run || executions_span(conn)? <= ROUTE_INDEX_AT_OPENING)
+}
+
+fn executions_span(conn: &Connection) -> Result<i64> {
+    Ok(crate::sqlite::maintenance::rowid_span(conn, "agent_executions")?.unwrap_or(0))
 }
 
 fn index_exists(conn: &Connection, index: &str) -> Result<bool> {
