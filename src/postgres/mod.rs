@@ -18,6 +18,7 @@
 //!   call would write it again). A retryable [`Error::ConnectionLost`] means nothing that
 //!   could commit was sent, or the call only reads or migrates.
 
+mod deadline;
 mod maintenance;
 mod pool;
 mod sql;
@@ -98,6 +99,21 @@ pub struct PgDatabase {
     branch_column: std::sync::atomic::AtomicBool,
 }
 
+/// Runs `f`; a write under its connection's deadline, its COMMIT included (`deadline.rs`).
+fn bounded<T>(kind: Kind, session: &mut Session, f: &mut impl FnMut(&mut Session) -> Result<T>) -> Result<T> {
+    let _deadline = if kind == Kind::Read { None } else { session.deadline() };
+    f(session)
+}
+
+/// A COMMIT that `statement_timeout` stopped waiting for a synchronous standby: it
+/// committed on the primary, and a failover to the standby may lose it.
+pub(crate) fn unreplicated_commit(op: &str) -> Error {
+    Error::OutcomeUnknown(format!(
+        "{op}: the commit waited for a synchronous standby past statement_timeout; it committed on the primary but \
+         may not have reached the standby (a failover now could lose it): check before writing it again"
+    ))
+}
+
 /// Maps a driver error; `lost` tells whether the connection is gone.
 pub(crate) fn map_error(e: &postgres::Error) -> Error {
     if let Some(db) = e.as_db_error() {
@@ -107,7 +123,11 @@ pub(crate) fn map_error(e: &postgres::Error) -> Error {
             Some(d) => format!("{msg}: {d}"),
             None => msg,
         };
-        return if *code == SqlState::T_R_SERIALIZATION_FAILURE
+        return if *code == SqlState::QUERY_CANCELED {
+            Error::Busy(format!(
+                "the statement ran past statement_timeout and was cancelled, nothing of it kept: {msg}"
+            ))
+        } else if *code == SqlState::T_R_SERIALIZATION_FAILURE
             || *code == SqlState::T_R_DEADLOCK_DETECTED
             || *code == SqlState::LOCK_NOT_AVAILABLE
         {
@@ -311,7 +331,12 @@ impl PgDatabase {
                     };
                     let sent = alive.is_ok();
                     let r = match alive {
-                        Ok(()) => f(conn.session()),
+                        Ok(()) => match bounded(kind, conn.session(), &mut f) {
+                            Ok(_) if conn.session().unreplicated() => {
+                                return Err(unreplicated_commit(op));
+                            }
+                            r => r,
+                        },
                         Err(e) => {
                             conn.discard();
                             self.pool.purge_idle();
@@ -818,7 +843,14 @@ impl PgDatabase {
         } else {
             "VACUUM (ANALYZE) agent_executions, agent_outputs, consensus_runs"
         };
-        self.run("vacuum", Kind::Rerunnable, |c| Ok(c.client.batch_execute(sql)?))
+        // A VACUUM of big tables may rightly outlast statement_timeout: not bounded. (Two
+        // calls: one simple query of several statements is a transaction, refused to VACUUM.)
+        self.run("vacuum", Kind::Rerunnable, |c| {
+            c.client.batch_execute("SET statement_timeout = 0")?;
+            let vacuumed = c.client.batch_execute(sql);
+            c.client.batch_execute("RESET statement_timeout")?;
+            Ok(vacuumed?)
+        })
     }
 }
 

@@ -1,9 +1,16 @@
 //! A small pool of synchronous PostgreSQL connections, opened on demand (no thread of
 //! its own). A connection that failed with a lost connection is dropped, never
 //! returned; the next checkout opens a new one (following `target_session_attrs`).
+//!
+//! Every connection has a `statement_timeout` ([`DEFAULT_STATEMENT_TIMEOUT`] unless the
+//! URL's `options` set one), which the server applies to statements and the store to
+//! COMMITs (`deadline.rs`), so nothing waits forever. A COMMIT whose wait for a
+//! synchronous standby is cancelled still commits on the primary: the server says so
+//! only in a WARNING, which the session keeps ([`Session::unreplicated`]).
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,11 +26,35 @@ pub struct Session {
     cache: HashMap<&'static str, Statement>,
     /// Raw SQL (`execute`/`query`) prepared on this connection, up to `RAW_CACHE` statements.
     raw: HashMap<String, Statement>,
+    /// Set by the server's WARNING that a COMMIT stopped waiting for a synchronous standby.
+    cancelled_replication_wait: Arc<AtomicBool>,
+    cancel: Box<postgres::CancelToken>,
+    /// The connection's `statement_timeout` (None: 0, unbounded), which also bounds its
+    /// writes' COMMITs (`deadline.rs`).
+    limit: Option<Duration>,
 }
+
+/// The `statement_timeout` of every connection unless the URL sets one: longer than the
+/// retry deadline (10 s), so only a wait that could never end meets it.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 const RAW_CACHE: usize = 64;
 
 impl Session {
+    /// Whether a COMMIT since the last call stopped waiting for a synchronous standby
+    /// (its `statement_timeout` ran out): committed on the primary, perhaps not on the
+    /// standby that would take over. Clears the mark.
+    pub fn unreplicated(&self) -> bool {
+        self.cancelled_replication_wait.swap(false, Ordering::AcqRel)
+    }
+
+    /// Bounds what runs on this connection until the returned guard drops, COMMIT
+    /// included (the server bounds statements, not commits): past the connection's
+    /// `statement_timeout` the server is asked to cancel it.
+    pub fn deadline(&self) -> Option<super::deadline::Armed> {
+        self.limit.map(|limit| super::deadline::arm(&self.cancel, limit))
+    }
+
     /// A statement of the store's own SQL, prepared once per connection.
     pub fn prepared(&mut self, sql: &'static str) -> Result<Statement> {
         if let Some(s) = self.cache.get(sql) {
@@ -90,6 +121,14 @@ impl PgPool {
         if config.get_application_name().is_none() {
             config.application_name("consensus-db");
         }
+        if !config.get_options().is_some_and(|o| o.contains("statement_timeout")) {
+            let timeout = format!("-c statement_timeout={}", DEFAULT_STATEMENT_TIMEOUT.as_millis());
+            let options = match config.get_options() {
+                Some(o) => format!("{o} {timeout}"),
+                None => timeout,
+            };
+            config.options(&options);
+        }
         Ok(PgPool(Arc::new(Inner {
             config,
             max: max.max(1),
@@ -150,10 +189,31 @@ impl Inner {
             if state.open < self.max {
                 state.open += 1;
                 drop(state);
-                return match self.config.connect(NoTls) {
-                    Ok(client) => Ok(Pooled {
+                let cancelled_replication_wait = Arc::new(AtomicBool::new(false));
+                let mut config = self.config.clone();
+                let mark = cancelled_replication_wait.clone();
+                config.notice_callback(move |notice| {
+                    if notice.message().starts_with("canceling wait for synchronous replication") {
+                        mark.store(true, Ordering::Release);
+                    }
+                });
+                let connected = config.connect(NoTls).and_then(|mut client| {
+                    let ms: i64 = client
+                        .query_one("SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout'", &[])?
+                        .get(0);
+                    Ok((client, ms))
+                });
+                return match connected {
+                    Ok((client, ms)) => Ok(Pooled {
                         pool: me.clone(),
-                        session: Some(Session { client, cache: HashMap::new(), raw: HashMap::new() }),
+                        session: Some(Session {
+                            cancel: Box::new(client.cancel_token()),
+                            client,
+                            cache: HashMap::new(),
+                            raw: HashMap::new(),
+                            cancelled_replication_wait,
+                            limit: (ms > 0).then(|| Duration::from_millis(ms as u64)),
+                        }),
                     }),
                     Err(e) => {
                         self.release_slot();

@@ -108,7 +108,11 @@ impl PgTx {
         let Some(mut conn) = self.conn.take() else {
             return Err(Error::Transaction("the transaction has ended".into()));
         };
-        match conn.session().client.batch_execute("COMMIT") {
+        let deadline = conn.session().deadline();
+        let committed = conn.session().client.batch_execute("COMMIT");
+        drop(deadline);
+        match committed {
+            Ok(()) if conn.session().unreplicated() => Err(super::unreplicated_commit("COMMIT")),
             Ok(()) => Ok(()),
             Err(e) => match map_error(&e) {
                 Error::ConnectionLost(m) => {
