@@ -18,8 +18,12 @@ pytestmark = pytest.mark.usefixtures("pg_cluster")  # skips where PostgreSQL is 
 
 
 def with_timeout(url: str, ms: int) -> str:
-    sep = "&" if "?" in url else "?"
-    return f"{url}{sep}options=-cstatement_timeout%3D{ms}"
+    """`url` with `-c statement_timeout=ms` added to its `options` (a second `options`
+    parameter would replace the first, the fixture's search_path)."""
+    timeout = f"-cstatement_timeout%3D{ms}"
+    if "options=" in url:
+        return url.replace("options=", f"options={timeout}%20", 1)
+    return f"{url}{'&' if '?' in url else '?'}options={timeout}"
 
 
 def test_every_connection_has_a_statement_timeout_the_url_can_set(pg_url):
@@ -27,6 +31,7 @@ def test_every_connection_has_a_statement_timeout_the_url_can_set(pg_url):
         assert db.query("SHOW statement_timeout") == [("30s",)]
     with consensus_db.connect(with_timeout(pg_url, 1500)) as db:
         assert db.query("SHOW statement_timeout") == [("1500ms",)]
+        assert db.query("SELECT current_schema()") != [("public",)]  # the fixture's own schema kept
 
 
 def test_a_statement_past_the_timeout_is_a_busy_error_that_kept_nothing(pg_url):
