@@ -30,7 +30,7 @@ PRAGMAS = (
     "foreign_keys=ON",
     "cache_size=-32000",
     "temp_store=MEMORY",
-    "mmap_size=1073741824",
+    "mmap_size=0",
 )
 RESPONSE = "x" * 2000
 

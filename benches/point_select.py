@@ -47,7 +47,7 @@ def main(n: int = 100_000) -> None:
         with db.transaction("deferred") as tx:
             results["consensus-db tx.query (one read transaction)"] = per_call_us(lambda i: tx.query(SQL, (i,)), ids)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    for pragma in ("synchronous=NORMAL", "cache_size=-32000", "temp_store=MEMORY", "mmap_size=1073741824", "busy_timeout=5000"):
+    for pragma in ("synchronous=NORMAL", "cache_size=-32000", "temp_store=MEMORY", "mmap_size=0", "busy_timeout=5000"):
         conn.execute(f"PRAGMA {pragma}")
     # Closing the store checkpointed and removed the WAL; with an empty WAL every read
     # transaction also stats the file. One write puts both sides in the same WAL state.

@@ -205,7 +205,7 @@ def connect(
 
     - ``migrate``: True brings the schema to the default version, an int to that
       version, False leaves it alone. A newer-than-known schema is refused.
-    - ``pragmas``: overrides, e.g. ``{"mmap_size": 0}``; ``None`` as a value leaves that
+    - ``pragmas``: overrides, e.g. ``{"cache_size": -64000}``; ``None`` as a value leaves that
       pragma at SQLite's default. Every pragma set is verified after opening.
     - ``retry``: a :class:`~consensus_db.retry.RetryPolicy` the engine applies to busy
       databases and pool timeouts on every write, ``transaction()`` and opening (its
