@@ -260,6 +260,10 @@ fn additive_steps(conn: &Connection) -> Result<Vec<String>> {
                 changes.push("created the index idx_agent_executions_branch".to_owned());
             }
         }
+        if table_exists(c, "agent_outputs")? && !index_exists(c, "idx_agent_outputs_run_time")? {
+            c.execute_batch(schema::PAGE_INDEX_SQL)?;
+            changes.push("created the index idx_agent_outputs_run_time".to_owned());
+        }
         if table_exists(c, "consensus_runs")? {
             let n = c.execute("UPDATE consensus_runs SET consensus_ok = 1 WHERE consensus_ok = 0", [])?;
             if n > 0 {
@@ -291,6 +295,9 @@ fn additive_steps_pending(conn: &Connection) -> Result<bool> {
         return Ok(true);
     }
     if schema::revision(conn)?.is_some_and(|r| r < schema::LAYOUT) {
+        return Ok(true);
+    }
+    if table_exists(conn, "agent_outputs")? && !index_exists(conn, "idx_agent_outputs_run_time")? {
         return Ok(true);
     }
     Ok(table_exists(conn, "consensus_runs")?

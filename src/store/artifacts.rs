@@ -8,12 +8,15 @@ use std::sync::LazyLock;
 use std::time::Instant;
 
 use rusqlite::types::Value;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::database::Database;
-use super::legacy::{delete_legacy, legacy_artifacts, pair_with_twin, unless_dropped, Columns, SCOPE};
+use super::legacy::{
+    delete_legacy, legacy_artifacts_in, legacy_fields, twins, unless_dropped, unmirrored_sql, Columns, Twins, SCOPE,
+};
 use super::modes::{ReadMode, WriteMode};
 use super::validate::{check_artifact, check_id};
+use crate::cursor::{after_sql, ArtifactKey, Page, Window};
 use crate::error::{Error, Result};
 use crate::model::*;
 use crate::sqlite::legacy_rows;
@@ -74,58 +77,132 @@ impl Database {
         })
     }
 
-    /// Artifacts of a spec/stage from both schemas, oldest first (ties by id).
+    /// Artifacts of a spec/stage from both schemas, oldest first: by time, new-schema rows
+    /// before legacy ones of the same millisecond, then by id (the order pages follow,
+    /// `cursor.rs`). A legacy row with a new-schema twin is returned once, as the twin.
     pub fn query_artifacts(&self, spec_id: &str, stage: &str) -> Result<Vec<Artifact>> {
+        self.query_artifacts_page(spec_id, stage, &Page::default())
+    }
+
+    /// [`Database::query_artifacts`] in the page's order, at most `page.limit` rows after
+    /// (or before) a cursor. A page reads only its rows: keys from the indexes
+    /// (`idx_agent_outputs_run_time`), then those rows; the legacy half reads the rows that
+    /// have no copy in the new tables (none once a migration has copied them).
+    pub fn query_artifacts_page(&self, spec_id: &str, stage: &str, page: &Page) -> Result<Vec<Artifact>> {
+        let window = page.artifacts(spec_id, stage)?;
         let started = Instant::now();
-        let mode = self.read_mode();
-        let has_v1 = mode != ReadMode::Legacy && self.v1_readable()?;
+        let (has_v1, has_legacy, columns) = self.artifact_sources()?;
         let conn = self.conn()?;
-        let columns = *self.layout.columns.read();
+        let _snapshot = Snapshot::begin(&conn, has_v1 && has_legacy)?;
+        let twins = if has_v1 && has_legacy {
+            self.legacy_read(twins(&conn, spec_id, stage, columns))?
+        } else {
+            Twins::default()
+        };
         let mut out = Vec::new();
         if has_v1 {
-            let mut stmt = conn.prepare_cached(&self.sql_for_layout(&V1_ARTIFACTS, v1_artifacts_sql, columns))?;
-            let rows = stmt.query_map([spec_id, stage], |r| {
-                let artifact = Artifact {
-                    id: r.get(0)?,
-                    spec_id: spec_id.to_owned(),
-                    stage: stage.to_owned(),
-                    agent_name: r.get(1)?,
-                    content_json: legacy_rows::text_or_empty(r, 2)?,
-                    response_text: legacy_rows::text(r, 3)?,
-                    run_id: r.get(4)?,
-                    created_at_ms: r.get(5)?,
-                    model_version: r.get(6)?,
-                    source: SOURCE_V1,
-                };
-                Ok((artifact, r.get::<_, bool>(7)?))
-            })?;
-            for row in rows {
-                out.push(row?);
-            }
-            // Sorted here rather than by ORDER BY: for a handful of rows SQLite's sorter
-            // (a temp b-tree) costs more than the rest of the query.
-            out.sort_unstable_by_key(|(a, _)| (a.created_at_ms, a.id));
+            out = if page.everything() {
+                let sql = self.sql_for_layout(&V1_ARTIFACTS, v1_artifacts_sql, columns);
+                v1_rows(&conn, &sql, spec_id, stage, None)?
+            } else {
+                v1_rows(
+                    &conn,
+                    &v1_page_sql(columns, window.descending, window.from.is_some()),
+                    spec_id,
+                    stage,
+                    Some(&window),
+                )?
+            };
         }
-        let from_v1 = out.len();
+        let from_v1 = !out.is_empty();
         let mut legacy = Vec::new();
-        if mode != ReadMode::V1 && self.layout.legacy_artifacts.load(Ordering::Acquire) {
-            let read = legacy_artifacts(&conn, spec_id, stage, has_v1, columns);
-            legacy = unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", read)?;
-            legacy.retain(|l| !pair_with_twin(l, &mut out));
+        if has_legacy {
+            let limit = window.limit.map(|n| n.saturating_add(twins.pairs.len()));
+            let read = legacy_artifacts_in(
+                &conn,
+                spec_id,
+                stage,
+                has_v1,
+                columns,
+                window.from.as_ref(),
+                window.descending,
+                limit,
+            );
+            legacy = self.legacy_read(read)?;
+            legacy.retain(|l| !twins.pairs.contains_key(&l.id));
         }
-        self.reader.record(from_v1 > 0, !legacy.is_empty(), started.elapsed());
-        let mut out: Vec<Artifact> = out.into_iter().map(|(a, _)| a).collect();
-        if !legacy.is_empty() {
-            out.extend(legacy);
-            out.sort_by_key(|a| a.created_at_ms);
+        if !twins.pairs.is_empty() {
+            // What only the legacy copy kept, the twin takes from it.
+            let copies: HashMap<i64, i64> = twins.pairs.iter().map(|(&l, &v)| (v, l)).collect();
+            for a in out.iter_mut().filter(|a| a.response_text.is_none() || a.run_id.is_none()) {
+                if let Some(&legacy_id) = copies.get(&a.id) {
+                    let (response_text, run_id) = self.legacy_read(legacy_fields(&conn, legacy_id, columns))?;
+                    if a.response_text.is_none() {
+                        a.response_text = response_text;
+                    }
+                    if a.run_id.is_none() {
+                        a.run_id = run_id;
+                    }
+                }
+            }
         }
-        Ok(out)
+        self.reader.record(from_v1, !legacy.is_empty(), started.elapsed());
+        out.extend(legacy);
+        // Sorted here rather than by ORDER BY: for a handful of rows SQLite's sorter
+        // (a temp b-tree) costs more than the rest of the query.
+        if window.descending {
+            out.sort_unstable_by_key(|a| std::cmp::Reverse(ArtifactKey::of(a)));
+        } else {
+            out.sort_unstable_by_key(ArtifactKey::of);
+        }
+        Ok(window.finish(out))
     }
 
     /// How many artifacts a spec/stage has: exactly the rows [`Database::query_artifacts`]
-    /// returns (a legacy row with a version-1 twin counts once).
+    /// returns (a legacy row with a new-schema twin counts once), counted by SQL on the
+    /// indexes: no row is read but the legacy ones without a copy in the new tables.
     pub fn count_artifacts(&self, spec_id: &str, stage: &str) -> Result<usize> {
-        Ok(self.query_artifacts(spec_id, stage)?.len())
+        let (has_v1, has_legacy, columns) = self.artifact_sources()?;
+        let conn = self.conn()?;
+        let _snapshot = Snapshot::begin(&conn, has_v1 && has_legacy)?;
+        let mut n: i64 = 0;
+        if has_v1 {
+            n += conn
+                .prepare_cached(
+                    "SELECT count(*) FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
+                     WHERE r.spec_id = ?1 AND r.stage = ?2",
+                )?
+                .query_row([spec_id, stage], |r| r.get::<_, i64>(0))?;
+        }
+        if has_legacy {
+            let sql = format!(
+                "SELECT count(*) FROM consensus_artifacts a WHERE a.spec_id = ?1 AND a.stage = ?2 {}",
+                unmirrored_sql(has_v1, columns)
+            );
+            let legacy: i64 = self.legacy_read(
+                conn.prepare_cached(&sql)
+                    .and_then(|mut s| s.query_row([spec_id, stage], |r| r.get(0)))
+                    .map_err(Error::from),
+            )?;
+            n += legacy;
+            if has_v1 && legacy > 0 {
+                n -= self.legacy_read(twins(&conn, spec_id, stage, columns))?.pairs.len() as i64;
+            }
+        }
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    /// Which halves an artifact read takes, and the file's columns.
+    fn artifact_sources(&self) -> Result<(bool, bool, Columns)> {
+        let mode = self.read_mode();
+        let has_v1 = mode != ReadMode::Legacy && self.v1_readable()?;
+        let has_legacy = mode != ReadMode::V1 && self.layout.legacy_artifacts.load(Ordering::Acquire);
+        Ok((has_v1, has_legacy, *self.layout.columns.read()))
+    }
+
+    /// A read of the legacy artifacts table, which another process may have dropped.
+    fn legacy_read<T: Default>(&self, read: Result<T>) -> Result<T> {
+        unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", read)
     }
 
     /// Deletes every artifact of a spec (both schemas); returns how many.
@@ -216,13 +293,88 @@ fn opt(s: Option<&str>) -> Value {
 /// built once (`sql_for_layout`).
 fn v1_artifacts_sql(columns: Columns) -> String {
     format!(
-        "SELECT o.id, o.agent_name, o.content, {}, {}, o.output_timestamp, o.model_version, {} IS NULL
+        "SELECT o.id, o.agent_name, o.content, {}, {}, o.output_timestamp, o.model_version
          FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
          WHERE r.spec_id = ?1 AND r.stage = ?2",
         Columns::of("o", columns.output_response_text),
         Columns::of("r", columns.run_orchestrator_id),
-        Columns::of("o", columns.output_legacy_id)
     )
+}
+
+/// A page of the new tables' rows: its keys from the indexes alone (`idx_consensus_spec_stage`,
+/// `idx_agent_outputs_run_time`), then those rows by id (CROSS JOIN: the ids drive the
+/// join, not every run of the file). `?3`-`?5` are the cursor's key, `?6` the limit.
+fn v1_page_sql(columns: Columns, descending: bool, bounded: bool) -> String {
+    let bound = if bounded {
+        format!("AND {}", after_sql("o.output_timestamp", "o.id", 0, descending, ["?3", "?4", "?5"]))
+    } else {
+        String::new()
+    };
+    let dir = if descending { "DESC" } else { "ASC" };
+    format!(
+        "SELECT o.id, o.agent_name, o.content, {}, {}, o.output_timestamp, o.model_version
+         FROM agent_outputs o CROSS JOIN consensus_runs r ON r.id = o.run_id
+         WHERE o.id IN (SELECT o.id FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
+                        WHERE r.spec_id = ?1 AND r.stage = ?2 {bound}
+                        ORDER BY o.output_timestamp {dir}, o.id {dir} LIMIT ?6)",
+        Columns::of("o", columns.output_response_text),
+        Columns::of("r", columns.run_orchestrator_id),
+    )
+}
+
+fn v1_rows(
+    conn: &Connection,
+    sql: &str,
+    spec_id: &str,
+    stage: &str,
+    window: Option<&Window<ArtifactKey>>,
+) -> Result<Vec<Artifact>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let map = |r: &rusqlite::Row| {
+        Ok(Artifact {
+            id: r.get(0)?,
+            spec_id: spec_id.to_owned(),
+            stage: stage.to_owned(),
+            agent_name: r.get(1)?,
+            content_json: legacy_rows::text_or_empty(r, 2)?,
+            response_text: legacy_rows::text(r, 3)?,
+            run_id: r.get(4)?,
+            created_at_ms: r.get(5)?,
+            model_version: r.get(6)?,
+            source: SOURCE_V1,
+        })
+    };
+    let rows = match window {
+        None => stmt.query_map(params![spec_id, stage], map)?.collect::<Result<Vec<_>, _>>()?,
+        Some(w) => {
+            let k = w.from.unwrap_or(ArtifactKey { at_ms: 0, source: 0, id: 0 });
+            stmt.query_map(params![spec_id, stage, k.at_ms, k.source, k.id, w.sql_limit()], map)?
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
+    Ok(rows)
+}
+
+/// A read transaction for the statements of one call, when it has several: a writer
+/// between them would make the twin pairs and the rows disagree.
+struct Snapshot<'c>(Option<&'c Connection>);
+
+impl<'c> Snapshot<'c> {
+    fn begin(conn: &'c Connection, needed: bool) -> Result<Snapshot<'c>> {
+        if !needed {
+            return Ok(Snapshot(None));
+        }
+        conn.execute_batch("BEGIN")?;
+        Ok(Snapshot(Some(conn)))
+    }
+}
+
+impl Drop for Snapshot<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0 {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+    }
 }
 
 static OPEN_RUN: LazyLock<String> = LazyLock::new(|| schema::open_run_sql("?1", "?2", "?3"));
