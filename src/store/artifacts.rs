@@ -94,27 +94,17 @@ impl Database {
         let (has_v1, has_legacy, columns) = self.artifact_sources()?;
         let conn = self.conn()?;
         let _snapshot = Snapshot::begin(&conn, has_v1 && has_legacy)?;
-        let twins = if has_v1 && has_legacy {
-            self.legacy_read(twins(&conn, spec_id, stage, columns))?
-        } else {
-            Twins::default()
-        };
-        let mut out = Vec::new();
-        if has_v1 {
-            out = if page.everything() {
-                let sql = self.sql_for_layout(&V1_ARTIFACTS, v1_artifacts_sql, columns);
-                v1_rows(&conn, &sql, spec_id, stage, None)?
+        // Twins are legacy rows without a copy: a full read, which reads all of those,
+        // pairs only when it found some; a page pairs first (its legacy half is longer by
+        // as many rows as pair).
+        let pair = |conn: &Connection| -> Result<Twins> {
+            if has_v1 && has_legacy {
+                self.legacy_read(twins(conn, spec_id, stage, columns))
             } else {
-                v1_rows(
-                    &conn,
-                    &v1_page_sql(columns, window.descending, window.from.is_some()),
-                    spec_id,
-                    stage,
-                    Some(&window),
-                )?
-            };
-        }
-        let from_v1 = !out.is_empty();
+                Ok(Twins::default())
+            }
+        };
+        let mut twins = if page.everything() { Twins::default() } else { pair(&conn)? };
         let mut legacy = Vec::new();
         if has_legacy {
             let limit = window.limit.map(|n| n.saturating_add(twins.pairs.len()));
@@ -129,20 +119,43 @@ impl Database {
                 limit,
             );
             legacy = self.legacy_read(read)?;
-            legacy.retain(|l| !twins.pairs.contains_key(&l.id));
+            if page.everything() && !legacy.is_empty() {
+                twins = pair(&conn)?;
+            }
         }
+        // A paired legacy row is read as its twin, which takes what only it kept.
+        let mut paired: HashMap<i64, (Option<String>, Option<String>)> = HashMap::new();
+        legacy.retain_mut(|l| match twins.pairs.get(&l.id) {
+            Some(&twin) => {
+                paired.insert(twin, (l.response_text.take(), l.run_id.take()));
+                false
+            }
+            None => true,
+        });
+        let mut out = Vec::new();
+        if has_v1 {
+            out = if page.everything() {
+                let sql = self.sql_for_layout(&V1_ARTIFACTS, v1_artifacts_sql, columns);
+                v1_rows(&conn, &sql, spec_id, stage, None)?
+            } else {
+                let sql = v1_page_sql(columns, window.descending, window.from.is_some());
+                v1_rows(&conn, &sql, spec_id, stage, Some(&window))?
+            };
+        }
+        let from_v1 = !out.is_empty();
         if !twins.pairs.is_empty() {
-            // What only the legacy copy kept, the twin takes from it.
             let copies: HashMap<i64, i64> = twins.pairs.iter().map(|(&l, &v)| (v, l)).collect();
             for a in out.iter_mut().filter(|a| a.response_text.is_none() || a.run_id.is_none()) {
-                if let Some(&legacy_id) = copies.get(&a.id) {
-                    let (response_text, run_id) = self.legacy_read(legacy_fields(&conn, legacy_id, columns))?;
-                    if a.response_text.is_none() {
-                        a.response_text = response_text;
-                    }
-                    if a.run_id.is_none() {
-                        a.run_id = run_id;
-                    }
+                let Some(&legacy_id) = copies.get(&a.id) else { continue };
+                let (response_text, run_id) = match paired.remove(&a.id) {
+                    Some(fields) => fields,
+                    None => self.legacy_read(legacy_fields(&conn, legacy_id, columns))?,
+                };
+                if a.response_text.is_none() {
+                    a.response_text = response_text;
+                }
+                if a.run_id.is_none() {
+                    a.run_id = run_id;
                 }
             }
         }
