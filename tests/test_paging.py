@@ -321,3 +321,22 @@ def test_count_artifacts_reads_no_row(tmp_path):
         print(f"query_artifacts {read * 1e3:.1f} ms, count_artifacts {count * 1e3:.3f} ms")
         assert db.count_artifacts("S", "plan") == 300
         assert count * 20 < read, (count, read)
+
+
+@pytest.mark.parametrize("order", ["newest", "oldest"])
+def test_a_stage_of_many_runs_pages_the_same(store, order):
+    # Past 64 runs a stage's pages walk the outputs by time instead of seeking run by
+    # run: the same rows, the same order, ties across runs included.
+    db = store
+    for run in range(70):
+        db.store_artifacts([{"spec_id": "S", "stage": "plan", "agent_name": f"g{n}", "content_json": {"run": run}}
+                            for n in range(2)])
+        db.store_synthesis("S", "plan", f"# run {run}")
+        db.store_artifact("S", "tasks", "other", {"run": run})  # another stage, interleaved in time
+    db.execute(ph(db, "UPDATE agent_outputs SET output_timestamp = ? WHERE id % 7 = 0"), [T0])  # ties across runs
+    full = db.query_artifacts("S", "plan", order=order)
+    assert len(full) == db.count_artifacts("S", "plan") == 140
+    for limit in (1, 3, 7, 50):
+        assert keys(all_pages(lambda **kw: db.query_artifacts("S", "plan", order=order, **kw), limit)) == keys(full)
+    assert keys(db.query_artifacts("S", "plan", order=order, limit=5, before=full[20].cursor)) == keys(full[15:20])
+    assert keys(db.iter_artifacts("S", "plan", order=order, batch=9)) == keys(full)

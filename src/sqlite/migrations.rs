@@ -260,9 +260,9 @@ fn additive_steps(conn: &Connection) -> Result<Vec<String>> {
                 changes.push("created the index idx_agent_executions_branch".to_owned());
             }
         }
-        if table_exists(c, "agent_outputs")? && !index_exists(c, "idx_agent_outputs_run_time")? {
+        if table_exists(c, "agent_outputs")? && !page_indexes_exist(c)? {
             c.execute_batch(schema::PAGE_INDEX_SQL)?;
-            changes.push("created the index idx_agent_outputs_run_time".to_owned());
+            changes.push("created the indexes idx_agent_outputs_run_time and idx_agent_outputs_time".to_owned());
         }
         if table_exists(c, "consensus_runs")? {
             let n = c.execute("UPDATE consensus_runs SET consensus_ok = 1 WHERE consensus_ok = 0", [])?;
@@ -297,11 +297,16 @@ fn additive_steps_pending(conn: &Connection) -> Result<bool> {
     if schema::revision(conn)?.is_some_and(|r| r < schema::LAYOUT) {
         return Ok(true);
     }
-    if table_exists(conn, "agent_outputs")? && !index_exists(conn, "idx_agent_outputs_run_time")? {
+    if table_exists(conn, "agent_outputs")? && !page_indexes_exist(conn)? {
         return Ok(true);
     }
     Ok(table_exists(conn, "consensus_runs")?
         && conn.query_row("SELECT EXISTS (SELECT 1 FROM consensus_runs WHERE consensus_ok = 0)", [], |r| r.get(0))?)
+}
+
+/// The artifact pages' indexes (`sql/page_index.sql`).
+fn page_indexes_exist(conn: &Connection) -> Result<bool> {
+    Ok(index_exists(conn, "idx_agent_outputs_run_time")? && index_exists(conn, "idx_agent_outputs_time")?)
 }
 
 fn index_exists(conn: &Connection, index: &str) -> Result<bool> {

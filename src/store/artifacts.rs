@@ -138,7 +138,8 @@ impl Database {
                 let sql = self.sql_for_layout(&V1_ARTIFACTS, v1_artifacts_sql, columns);
                 v1_rows(&conn, &sql, spec_id, stage, None)?
             } else {
-                let sql = v1_page_sql(columns, window.descending, window.from.is_some());
+                let walk = KeyWalk::choose(&conn, spec_id, stage)?;
+                let sql = v1_page_sql(columns, walk, window.descending, window.from.is_some());
                 v1_rows(&conn, &sql, spec_id, stage, Some(&window))?
             };
         }
@@ -180,18 +181,10 @@ impl Database {
         let _snapshot = Snapshot::begin(&conn, has_v1 && has_legacy)?;
         let mut n: i64 = 0;
         if has_v1 {
-            n += conn
-                .prepare_cached(
-                    "SELECT count(*) FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
-                     WHERE r.spec_id = ?1 AND r.stage = ?2",
-                )?
-                .query_row([spec_id, stage], |r| r.get::<_, i64>(0))?;
+            n += conn.prepare_cached(COUNT_V1)?.query_row([spec_id, stage], |r| r.get::<_, i64>(0))?;
         }
         if has_legacy {
-            let sql = format!(
-                "SELECT count(*) FROM consensus_artifacts a WHERE a.spec_id = ?1 AND a.stage = ?2 {}",
-                unmirrored_sql(has_v1, columns)
-            );
+            let sql = legacy_count_sql(has_v1, columns);
             let legacy: i64 = self.legacy_read(
                 conn.prepare_cached(&sql)
                     .and_then(|mut s| s.query_row([spec_id, stage], |r| r.get(0)))
@@ -298,6 +291,20 @@ impl Database {
     }
 }
 
+/// The new tables' artifacts of a spec/stage, counted on the runs' and the outputs'
+/// indexes alone (`idx_consensus_spec_stage`, `idx_agent_outputs_run`).
+const COUNT_V1: &str = "SELECT count(*) FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
+                        WHERE r.spec_id = ?1 AND r.stage = ?2";
+
+/// The legacy artifacts of a spec/stage without a copy in the new tables, counted on
+/// `idx_spec_stage` and `idx_agent_outputs_legacy_artifact` alone.
+fn legacy_count_sql(has_v1: bool, columns: Columns) -> String {
+    format!(
+        "SELECT count(*) FROM consensus_artifacts a WHERE a.spec_id = ?1 AND a.stage = ?2 {}",
+        unmirrored_sql(has_v1, columns)
+    )
+}
+
 fn opt(s: Option<&str>) -> Value {
     s.map_or(Value::Null, |s| Value::Text(s.to_owned()))
 }
@@ -314,22 +321,63 @@ fn v1_artifacts_sql(columns: Columns) -> String {
     )
 }
 
-/// A page of the new tables' rows: its keys from the indexes alone (`idx_consensus_spec_stage`,
-/// `idx_agent_outputs_run_time`), then those rows by id (CROSS JOIN: the ids drive the
-/// join, not every run of the file). `?3`-`?5` are the cursor's key, `?6` the limit.
-fn v1_page_sql(columns: Columns, descending: bool, bounded: bool) -> String {
+/// How a page finds its keys (time, id) in the new tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyWalk {
+    /// Run by run (`idx_agent_outputs_run_time`): each run of the stage is one index seek,
+    /// which stops at the page's end (SQLite's ordered inner loop under LIMIT).
+    ByRun,
+    /// Along every output's time (`idx_agent_outputs_time`), keeping the stage's rows:
+    /// no per-run cost, for a stage of many runs.
+    ByTime,
+}
+
+/// Beyond this many runs a stage's pages walk by time: a seek per run costs ~3 µs.
+const MANY_RUNS: i64 = 64;
+
+impl KeyWalk {
+    fn choose(conn: &Connection, spec_id: &str, stage: &str) -> Result<KeyWalk> {
+        let runs: i64 = conn
+            .prepare_cached("SELECT count(*) FROM consensus_runs WHERE spec_id = ?1 AND stage = ?2")?
+            .query_row([spec_id, stage], |r| r.get(0))?;
+        if runs <= MANY_RUNS {
+            return Ok(KeyWalk::ByRun);
+        }
+        // A file this store never migrated may lack the index: a walk would scan the table.
+        let indexed = conn
+            .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'idx_agent_outputs_time'")?
+            .exists([])?;
+        Ok(if indexed { KeyWalk::ByTime } else { KeyWalk::ByRun })
+    }
+}
+
+/// A page of the new tables' rows: its keys from the indexes alone (see [`KeyWalk`]),
+/// then those rows by id (CROSS JOIN: the ids drive the join, not every run of the
+/// file). `?3`-`?5` are the cursor's key, `?6` the limit.
+fn v1_page_sql(columns: Columns, walk: KeyWalk, descending: bool, bounded: bool) -> String {
     let bound = if bounded {
         format!("AND {}", after_sql("o.output_timestamp", "o.id", 0, descending, ["?3", "?4", "?5"]))
     } else {
         String::new()
     };
     let dir = if descending { "DESC" } else { "ASC" };
+    let keys = match walk {
+        KeyWalk::ByRun => format!(
+            "SELECT o.id FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
+             WHERE r.spec_id = ?1 AND r.stage = ?2 {bound}
+             ORDER BY o.output_timestamp {dir}, o.id {dir} LIMIT ?6"
+        ),
+        // `+o.run_id`: the runs are a filter here, never the index the walk takes.
+        KeyWalk::ByTime => format!(
+            "SELECT o.id FROM agent_outputs o
+             WHERE +o.run_id IN (SELECT id FROM consensus_runs WHERE spec_id = ?1 AND stage = ?2) {bound}
+             ORDER BY o.output_timestamp {dir}, o.id {dir} LIMIT ?6"
+        ),
+    };
     format!(
         "SELECT o.id, o.agent_name, o.content, {}, {}, o.output_timestamp, o.model_version
          FROM agent_outputs o CROSS JOIN consensus_runs r ON r.id = o.run_id
-         WHERE o.id IN (SELECT o.id FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
-                        WHERE r.spec_id = ?1 AND r.stage = ?2 {bound}
-                        ORDER BY o.output_timestamp {dir}, o.id {dir} LIMIT ?6)",
+         WHERE o.id IN ({keys})",
         Columns::of("o", columns.output_response_text),
         Columns::of("r", columns.run_orchestrator_id),
     )
@@ -496,3 +544,77 @@ static INSERT_LEGACY_ARTIFACT: LazyLock<String> = LazyLock::new(|| {
         legacy_rows::text_from_ms_sql("?7")
     )
 });
+
+#[cfg(test)]
+mod tests {
+    use super::super::legacy::{legacy_artifacts_sql, twins_sql};
+    use super::*;
+
+    /// What SQLite plans for a statement, one line per step.
+    fn plan(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+        let rows = stmt.query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3)).unwrap();
+        rows.collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    /// The count and every page shape search indexes: no table is scanned, the count and
+    /// the run-by-run keys read no row, a walk by time takes the time index in order
+    /// from the cursor, and a page's rows are fetched by id.
+    #[test]
+    fn counting_and_paging_search_indexes_only() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(schema::LEGACY_SCHEMA_SQL).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE consensus_artifacts ADD COLUMN created_at_ms INTEGER;
+             ALTER TABLE consensus_artifacts ADD COLUMN model_version TEXT;",
+        )
+        .unwrap();
+        schema::create_current_tables(&conn).unwrap();
+        let columns = Columns::default();
+        let covering = |sql: &str, indexes: &[&str]| {
+            let steps = plan(&conn, sql);
+            for index in indexes {
+                assert!(steps.iter().any(|s| s.contains(&format!("COVERING INDEX {index}"))), "{index}: {steps:?}");
+            }
+            assert!(steps.iter().all(|s| !s.starts_with("SCAN")), "{steps:?}");
+        };
+        covering(COUNT_V1, &["idx_agent_outputs_run"]); // either of the two on run_id
+        covering(&legacy_count_sql(true, columns), &["idx_spec_stage", "idx_agent_outputs_legacy_artifact"]);
+        for descending in [false, true] {
+            for bounded in [false, true] {
+                // By time: the index in order (no sort), from the cursor when there is one.
+                let steps = plan(&conn, &v1_page_sql(columns, KeyWalk::ByTime, descending, bounded));
+                let walk = if bounded { "SEARCH" } else { "SCAN" };
+                let walk = format!("{walk} o USING INDEX idx_agent_outputs_time");
+                assert!(steps.iter().any(|s| s.starts_with(&walk)), "{walk}: {steps:?}");
+                assert!(steps.iter().all(|s| !s.contains("TEMP B-TREE")), "{steps:?}");
+                assert!(steps.iter().all(|s| !s.starts_with("SCAN") || s.starts_with(&walk)), "{steps:?}");
+                let steps = plan(&conn, &v1_page_sql(columns, KeyWalk::ByRun, descending, bounded));
+                assert!(steps.iter().all(|s| !s.starts_with("SCAN")), "{steps:?}");
+                assert!(steps.iter().any(|s| s.starts_with("SEARCH o USING INTEGER PRIMARY KEY")), "{steps:?}");
+                let range = if !bounded {
+                    "(run_id=?)"
+                } else if descending {
+                    "(run_id=? AND output_timestamp<?)"
+                } else {
+                    "(run_id=? AND output_timestamp>?)"
+                };
+                let keys = format!("SEARCH o USING COVERING INDEX idx_agent_outputs_run_time {range}");
+                assert!(steps.contains(&keys), "{keys}: {steps:?}");
+                let legacy = plan(&conn, &legacy_artifacts_sql(columns, true, Some((bounded, descending))));
+                assert!(legacy.iter().all(|s| !s.starts_with("SCAN")), "{legacy:?}");
+            }
+        }
+        let twins = plan(&conn, &twins_sql(columns));
+        assert!(twins.iter().all(|s| !s.starts_with("SCAN")), "{twins:?}");
+        assert_eq!(twins.iter().position(|s| s.starts_with("SEARCH a ")), Some(0), "legacy rows drive: {twins:?}");
+        assert!(
+            twins
+                .iter()
+                .any(|s| s
+                    .contains("idx_agent_outputs_run_time (run_id=? AND output_timestamp>? AND output_timestamp<?)")),
+            "{twins:?}"
+        );
+    }
+}

@@ -156,27 +156,11 @@ pub(super) struct Twins {
 /// within the pairing window, nearest first (ties: the lower id), one to one, the
 /// legacy rows taken oldest first (by time, then id). The candidates come from SQL (the
 /// time window on `idx_agent_outputs_run_time`); only their ids and times are read. The
-/// legacy rows drive the join (CROSS JOIN), so the ones with a copy cost one probe each
-/// and the stage's runs are visited only for the rows without.
+/// legacy rows drive the join, then the stage's runs, then their outputs in the window
+/// (CROSS JOIN fixes that order: the planner could otherwise walk every output of an
+/// agent name), so a legacy row with a copy costs one probe.
 pub(super) fn twins(conn: &Connection, spec_id: &str, stage: &str, columns: Columns) -> Result<Twins> {
-    let at = Columns::legacy_created("a", columns.artifact_created_ms);
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT a.id, {at}, o.id, o.output_timestamp
-         FROM consensus_artifacts a
-         CROSS JOIN consensus_runs r ON r.spec_id = a.spec_id AND r.stage = a.stage
-         JOIN agent_outputs o ON o.run_id = r.id
-         WHERE a.spec_id = ?1 AND a.stage = ?2 {}
-           AND {} IS NULL
-           AND o.output_timestamp BETWEEN {at} - ?3 AND {at} + ?3
-           AND o.agent_name = {}
-           AND {} = {}
-         ORDER BY 2, 1",
-        unmirrored_sql(true, columns),
-        Columns::of("o", columns.output_legacy_id),
-        as_text("a.agent_name"),
-        as_text("o.content"),
-        as_text("a.content_json"),
-    ))?;
+    let mut stmt = conn.prepare_cached(&twins_sql(columns))?;
     let mut rows = stmt.query(params![spec_id, stage, PAIR_WINDOW_MS])?;
     let mut candidates: Vec<(i64, i64, i64, i64)> = Vec::new();
     while let Some(r) = rows.next()? {
@@ -194,6 +178,28 @@ pub(super) fn twins(conn: &Connection, spec_id: &str, stage: &str, columns: Colu
         }
     }
     Ok(twins)
+}
+
+/// The twin candidates of a spec/stage's legacy rows without a copy (`twins`).
+pub(super) fn twins_sql(columns: Columns) -> String {
+    let at = Columns::legacy_created("a", columns.artifact_created_ms);
+    format!(
+        "SELECT a.id, {at}, o.id, o.output_timestamp
+         FROM consensus_artifacts a
+         CROSS JOIN consensus_runs r ON r.spec_id = a.spec_id AND r.stage = a.stage
+         CROSS JOIN agent_outputs o ON o.run_id = r.id
+         WHERE a.spec_id = ?1 AND a.stage = ?2 {}
+           AND {} IS NULL
+           AND o.output_timestamp BETWEEN {at} - ?3 AND {at} + ?3
+           AND o.agent_name = {}
+           AND {} = {}
+         ORDER BY 2, 1",
+        unmirrored_sql(true, columns),
+        Columns::of("o", columns.output_legacy_id),
+        as_text("a.agent_name"),
+        as_text("o.content"),
+        as_text("a.content_json"),
+    )
 }
 
 /// SQL for a column as the readers compare it: text (a BLOB's bytes, a number's
@@ -257,6 +263,37 @@ pub(super) fn legacy_artifacts(
     legacy_artifacts_in(conn, spec_id, stage, has_v1, columns, None, false, None)
 }
 
+/// The SQL of [`legacy_artifacts_in`]: every row, or a page (`Some((bounded, descending))`,
+/// `?3`-`?5` the cursor's key, `?6` the limit).
+pub(super) fn legacy_artifacts_sql(columns: Columns, has_v1: bool, page: Option<(bool, bool)>) -> String {
+    let at = Columns::legacy_created("a", columns.artifact_created_ms);
+    let unmirrored = unmirrored_sql(has_v1, columns);
+    let keys = match page {
+        Some((bounded, descending)) => {
+            let dir = if descending { "DESC" } else { "ASC" };
+            let after = if bounded {
+                format!("WHERE {}", after_sql("at", "id", 1, descending, ["?3", "?4", "?5"]))
+            } else {
+                String::new()
+            };
+            format!(
+                "AND a.id IN (SELECT id FROM (SELECT a.id, {at} AS at FROM consensus_artifacts a
+                                             WHERE a.spec_id = ?1 AND a.stage = ?2 {unmirrored})
+                              {after} ORDER BY at {dir}, id {dir} LIMIT ?6)"
+            )
+        }
+        None => String::new(),
+    };
+    format!(
+        "SELECT a.id, a.agent_name, a.content_json, {}, {}, {at}, {}
+         FROM consensus_artifacts a WHERE a.spec_id = ?1 AND a.stage = ?2 {unmirrored} {keys}
+         ORDER BY 6, a.id",
+        columns.artifact_response_text,
+        columns.artifact_run_id,
+        Columns::of("a", columns.artifact_model_version)
+    )
+}
+
 /// The legacy artifacts of a spec/stage without a copy in the new tables, in key order
 /// (time, id) — or, scanning `descending` or not, only those after a cursor's key
 /// (`bound`), at most `limit`: keys first (the rows' ids and times), then those rows.
@@ -270,31 +307,9 @@ pub(super) fn legacy_artifacts_in(
     descending: bool,
     limit: Option<usize>,
 ) -> Result<Vec<Artifact>> {
-    let at = Columns::legacy_created("a", columns.artifact_created_ms);
-    let unmirrored = unmirrored_sql(has_v1, columns);
-    let dir = if descending { "DESC" } else { "ASC" };
     let paged = bound.is_some() || limit.is_some();
-    let keys = if paged {
-        let after = match bound {
-            Some(_) => format!("WHERE {}", after_sql("at", "id", 1, descending, ["?3", "?4", "?5"])),
-            None => String::new(),
-        };
-        format!(
-            "AND a.id IN (SELECT id FROM (SELECT a.id, {at} AS at FROM consensus_artifacts a
-                                         WHERE a.spec_id = ?1 AND a.stage = ?2 {unmirrored})
-                          {after} ORDER BY at {dir}, id {dir} LIMIT ?6)"
-        )
-    } else {
-        String::new()
-    };
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT a.id, a.agent_name, a.content_json, {}, {}, {at}, {}
-         FROM consensus_artifacts a WHERE a.spec_id = ?1 AND a.stage = ?2 {unmirrored} {keys}
-         ORDER BY 6 {dir}, a.id {dir}",
-        columns.artifact_response_text,
-        columns.artifact_run_id,
-        Columns::of("a", columns.artifact_model_version)
-    ))?;
+    let mut stmt =
+        conn.prepare_cached(&legacy_artifacts_sql(columns, has_v1, paged.then_some((bound.is_some(), descending))))?;
     let map = |r: &Row| {
         Ok(Artifact {
             id: r.get(0)?,

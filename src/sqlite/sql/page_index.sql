@@ -3,3 +3,6 @@
 -- rows it skips; the twin pairing finds a legacy row's candidates in a time window.
 -- Only adds: the predecessor's inserts name their columns and never see it.
 CREATE INDEX IF NOT EXISTS idx_agent_outputs_run_time ON agent_outputs(run_id, output_timestamp);
+-- Every output by time: the pages of a stage of many runs walk it from the cursor
+-- (a seek per run would cost more than the page), keeping the stage's rows.
+CREATE INDEX IF NOT EXISTS idx_agent_outputs_time ON agent_outputs(output_timestamp);
