@@ -86,8 +86,8 @@ impl Database {
 
     /// [`Database::query_artifacts`] in the page's order, at most `page.limit` rows after
     /// (or before) a cursor. A page reads only its rows: keys from the indexes
-    /// (`idx_agent_outputs_run_time`), then those rows; the legacy half reads the rows that
-    /// have no copy in the new tables (none once a migration has copied them).
+    /// ([`KeyWalk`]), then those rows; the legacy half reads the rows that have no copy in
+    /// the new tables (none once a migration has copied them).
     pub fn query_artifacts_page(&self, spec_id: &str, stage: &str, page: &Page) -> Result<Vec<Artifact>> {
         let window = page.artifacts(spec_id, stage)?;
         let started = Instant::now();
@@ -327,8 +327,8 @@ enum KeyWalk {
     /// Run by run (`idx_agent_outputs_run_time`): each run of the stage is one index seek,
     /// which stops at the page's end (SQLite's ordered inner loop under LIMIT).
     ByRun,
-    /// Along every output's time (`idx_agent_outputs_time`), keeping the stage's rows:
-    /// no per-run cost, for a stage of many runs.
+    /// Along every output's time (`idx_agent_outputs_time`) from the cursor, keeping the
+    /// stage's rows: no per-run cost, for a stage of many runs.
     ByTime,
 }
 
@@ -338,8 +338,10 @@ const MANY_RUNS: i64 = 64;
 impl KeyWalk {
     fn choose(conn: &Connection, spec_id: &str, stage: &str) -> Result<KeyWalk> {
         let runs: i64 = conn
-            .prepare_cached("SELECT count(*) FROM consensus_runs WHERE spec_id = ?1 AND stage = ?2")?
-            .query_row([spec_id, stage], |r| r.get(0))?;
+            .prepare_cached(
+                "SELECT count(*) FROM (SELECT 1 FROM consensus_runs WHERE spec_id = ?1 AND stage = ?2 LIMIT ?3)",
+            )?
+            .query_row(params![spec_id, stage, MANY_RUNS + 1], |r| r.get(0))?;
         if runs <= MANY_RUNS {
             return Ok(KeyWalk::ByRun);
         }
@@ -367,10 +369,12 @@ fn v1_page_sql(columns: Columns, walk: KeyWalk, descending: bool, bounded: bool)
              WHERE r.spec_id = ?1 AND r.stage = ?2 {bound}
              ORDER BY o.output_timestamp {dir}, o.id {dir} LIMIT ?6"
         ),
-        // `+o.run_id`: the runs are a filter here, never the index the walk takes.
+        // Each output walked is checked by its run's id: the walk's cost is the rows it
+        // passes, not the stage's runs.
         KeyWalk::ByTime => format!(
             "SELECT o.id FROM agent_outputs o
-             WHERE +o.run_id IN (SELECT id FROM consensus_runs WHERE spec_id = ?1 AND stage = ?2) {bound}
+             WHERE EXISTS (SELECT 1 FROM consensus_runs r WHERE r.id = o.run_id AND r.spec_id = ?1 AND r.stage = ?2)
+                   {bound}
              ORDER BY o.output_timestamp {dir}, o.id {dir} LIMIT ?6"
         ),
     };
