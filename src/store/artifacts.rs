@@ -107,17 +107,10 @@ impl Database {
         let mut twins = if page.everything() { Twins::default() } else { pair(&conn)? };
         let mut legacy = Vec::new();
         if has_legacy {
-            let limit = window.limit.map(|n| n.saturating_add(twins.pairs.len()));
-            let read = legacy_artifacts_in(
-                &conn,
-                spec_id,
-                stage,
-                has_v1,
-                columns,
-                window.from.as_ref(),
-                window.descending,
-                limit,
-            );
+            // As many rows more as may pair and drop out.
+            let longer = Window { limit: window.limit.map(|n| n.saturating_add(twins.pairs.len())), ..window.clone() };
+            let read =
+                legacy_artifacts_in(&conn, spec_id, stage, has_v1, columns, (!page.everything()).then_some(&longer));
             legacy = self.legacy_read(read)?;
             if page.everything() && !legacy.is_empty() {
                 twins = pair(&conn)?;
@@ -176,26 +169,29 @@ impl Database {
     /// returns (a legacy row with a new-schema twin counts once), counted by SQL on the
     /// indexes: no row is read but the legacy ones without a copy in the new tables.
     pub fn count_artifacts(&self, spec_id: &str, stage: &str) -> Result<usize> {
+        let started = Instant::now();
         let (has_v1, has_legacy, columns) = self.artifact_sources()?;
         let conn = self.conn()?;
         let _snapshot = Snapshot::begin(&conn, has_v1 && has_legacy)?;
-        let mut n: i64 = 0;
+        let mut v1: i64 = 0;
         if has_v1 {
-            n += conn.prepare_cached(COUNT_V1)?.query_row([spec_id, stage], |r| r.get::<_, i64>(0))?;
+            v1 = conn.prepare_cached(COUNT_V1)?.query_row([spec_id, stage], |r| r.get(0))?;
         }
+        let mut legacy: i64 = 0;
         if has_legacy {
             let sql = legacy_count_sql(has_v1, columns);
-            let legacy: i64 = self.legacy_read(
+            legacy = self.legacy_read(
                 conn.prepare_cached(&sql)
                     .and_then(|mut s| s.query_row([spec_id, stage], |r| r.get(0)))
                     .map_err(Error::from),
             )?;
-            n += legacy;
             if has_v1 && legacy > 0 {
-                n -= self.legacy_read(twins(&conn, spec_id, stage, columns))?.pairs.len() as i64;
+                legacy -= self.legacy_read(twins(&conn, spec_id, stage, columns))?.pairs.len() as i64;
             }
         }
-        Ok(usize::try_from(n).unwrap_or(0))
+        // A count is a read of the schemas it found rows in, as the listing it counts.
+        self.reader.record(v1 > 0, legacy > 0, started.elapsed());
+        Ok(usize::try_from(v1 + legacy).unwrap_or(0))
     }
 
     /// Which halves an artifact read takes, and the file's columns.

@@ -9,7 +9,7 @@ use parking_lot::RwLock;
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::cursor::{after_sql, ArtifactKey};
+use crate::cursor::{after_sql, ArtifactKey, Window};
 use crate::error::{Error, Result};
 use crate::model::*;
 use crate::sqlite::legacy_rows::{self, bool_sql};
@@ -260,7 +260,7 @@ pub(super) fn legacy_artifacts(
     has_v1: bool,
     columns: Columns,
 ) -> Result<Vec<Artifact>> {
-    legacy_artifacts_in(conn, spec_id, stage, has_v1, columns, None, false, None)
+    legacy_artifacts_in(conn, spec_id, stage, has_v1, columns, None)
 }
 
 /// The SQL of [`legacy_artifacts_in`]: every row, or a page (`Some((bounded, descending))`,
@@ -295,21 +295,18 @@ pub(super) fn legacy_artifacts_sql(columns: Columns, has_v1: bool, page: Option<
 }
 
 /// The legacy artifacts of a spec/stage without a copy in the new tables, in key order
-/// (time, id) — or, scanning `descending` or not, only those after a cursor's key
-/// (`bound`), at most `limit`: keys first (the rows' ids and times), then those rows.
+/// (time, id) — or, for a page (`window`), only those after its cursor in its scan's
+/// direction, at most its limit: keys first (the rows' ids and times), then those rows.
 pub(super) fn legacy_artifacts_in(
     conn: &Connection,
     spec_id: &str,
     stage: &str,
     has_v1: bool,
     columns: Columns,
-    bound: Option<&ArtifactKey>,
-    descending: bool,
-    limit: Option<usize>,
+    window: Option<&Window<ArtifactKey>>,
 ) -> Result<Vec<Artifact>> {
-    let paged = bound.is_some() || limit.is_some();
-    let mut stmt =
-        conn.prepare_cached(&legacy_artifacts_sql(columns, has_v1, paged.then_some((bound.is_some(), descending))))?;
+    let page = window.map(|w| (w.from.is_some(), w.descending));
+    let mut stmt = conn.prepare_cached(&legacy_artifacts_sql(columns, has_v1, page))?;
     let map = |r: &Row| {
         Ok(Artifact {
             id: r.get(0)?,
@@ -324,12 +321,13 @@ pub(super) fn legacy_artifacts_in(
             source: SOURCE_LEGACY,
         })
     };
-    let rows = if paged {
-        let k = bound.copied().unwrap_or(ArtifactKey { at_ms: 0, source: 0, id: 0 });
-        let limit = limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
-        stmt.query_map(params![spec_id, stage, k.at_ms, k.source, k.id, limit], map)?.collect::<Result<_, _>>()?
-    } else {
-        stmt.query_map([spec_id, stage], map)?.collect::<Result<_, _>>()?
+    let rows = match window {
+        Some(w) => {
+            let k = w.from.unwrap_or(ArtifactKey { at_ms: 0, source: 0, id: 0 });
+            stmt.query_map(params![spec_id, stage, k.at_ms, k.source, k.id, w.sql_limit()], map)?
+                .collect::<Result<_, _>>()?
+        }
+        None => stmt.query_map([spec_id, stage], map)?.collect::<Result<_, _>>()?,
     };
     Ok(rows)
 }
