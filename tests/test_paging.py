@@ -326,13 +326,16 @@ def test_count_artifacts_reads_no_row(tmp_path):
 @pytest.mark.parametrize("order", ["newest", "oldest"])
 def test_a_stage_of_many_runs_pages_the_same(store, order):
     # Past 64 runs a stage's pages walk the outputs by time instead of seeking run by
-    # run: the same rows, the same order, ties across runs included.
+    # run, or go run by run where the walk would pass too many other rows: the same rows,
+    # the same order, ties across runs included.
     db = store
     for run in range(70):
         db.store_artifacts([{"spec_id": "S", "stage": "plan", "agent_name": f"g{n}", "content_json": {"run": run}}
                             for n in range(2)])
         db.store_synthesis("S", "plan", f"# run {run}")
         db.store_artifact("S", "tasks", "other", {"run": run})  # another stage, interleaved in time
+        if run == 35:  # a gap no walk by time crosses within its budget: those pages go run by run
+            db.store_artifacts([{"spec_id": "S", "stage": "tasks", "agent_name": "gap", "content_json": {}}] * 5000)
     db.execute(ph(db, "UPDATE agent_outputs SET output_timestamp = ? WHERE id % 7 = 0"), [T0])  # ties across runs
     full = db.query_artifacts("S", "plan", order=order)
     assert len(full) == db.count_artifacts("S", "plan") == 140

@@ -131,9 +131,7 @@ impl Database {
                 let sql = self.sql_for_layout(&V1_ARTIFACTS, v1_artifacts_sql, columns);
                 v1_rows(&conn, &sql, spec_id, stage, None)?
             } else {
-                let walk = KeyWalk::choose(&conn, spec_id, stage)?;
-                let sql = v1_page_sql(columns, walk, window.descending, window.from.is_some());
-                v1_rows(&conn, &sql, spec_id, stage, Some(&window))?
+                v1_page(&conn, spec_id, stage, columns, &window)?
             };
         }
         let from_v1 = !out.is_empty();
@@ -332,7 +330,10 @@ enum KeyWalk {
 const MANY_RUNS: i64 = 64;
 
 impl KeyWalk {
-    fn choose(conn: &Connection, spec_id: &str, stage: &str) -> Result<KeyWalk> {
+    fn choose(conn: &Connection, spec_id: &str, stage: &str, window: &Window<ArtifactKey>) -> Result<KeyWalk> {
+        if window.limit.is_none() {
+            return Ok(KeyWalk::ByRun); // every row after the cursor: no walk stops early
+        }
         let runs: i64 = conn
             .prepare_cached(
                 "SELECT count(*) FROM (SELECT 1 FROM consensus_runs WHERE spec_id = ?1 AND stage = ?2 LIMIT ?3)",
@@ -349,15 +350,75 @@ impl KeyWalk {
     }
 }
 
+/// A page of the new tables' rows. A walk by time passes the other stages' outputs
+/// too: it goes at most [`walk_budget`] outputs past the cursor (the horizon, found on
+/// the time index alone); a stage too sparse to fill its page within them is paged run
+/// by run instead.
+fn v1_page(
+    conn: &Connection,
+    spec_id: &str,
+    stage: &str,
+    columns: Columns,
+    window: &Window<ArtifactKey>,
+) -> Result<Vec<Artifact>> {
+    let bounded = window.from.is_some();
+    if KeyWalk::choose(conn, spec_id, stage, window)? == KeyWalk::ByTime {
+        let horizon = walk_horizon(conn, window)?;
+        let sql = v1_page_sql(columns, KeyWalk::ByTime, window.descending, bounded, horizon.is_some());
+        let rows = v1_rows(conn, &sql, spec_id, stage, Some((window, horizon)))?;
+        if horizon.is_none() || window.limit.is_some_and(|n| rows.len() >= n) {
+            return Ok(rows);
+        }
+    }
+    let sql = v1_page_sql(columns, KeyWalk::ByRun, window.descending, bounded, false);
+    v1_rows(conn, &sql, spec_id, stage, Some((window, None)))
+}
+
+/// The [`walk_horizon`] on the time index alone: `?1` outputs on from the cursor (`?2`-`?4`).
+fn walk_horizon_sql(descending: bool, bounded: bool) -> String {
+    let dir = if descending { "DESC" } else { "ASC" };
+    let bound = if bounded {
+        format!("WHERE {}", after_sql("output_timestamp", "id", 0, descending, ["?2", "?3", "?4"]))
+    } else {
+        String::new()
+    };
+    format!("SELECT output_timestamp, id FROM agent_outputs {bound} ORDER BY output_timestamp {dir}, id {dir} LIMIT 1 OFFSET ?1")
+}
+
+/// How far a walk by time may go: this many outputs of any stage past the cursor.
+fn walk_budget(limit: usize) -> i64 {
+    i64::try_from(limit.saturating_mul(16)).unwrap_or(i64::MAX).max(4096)
+}
+
+/// The key (time, id) of the output [`walk_budget`] places past the window's cursor in
+/// its direction, or None when fewer remain (the walk may then go to the end).
+fn walk_horizon(conn: &Connection, window: &Window<ArtifactKey>) -> Result<Option<(i64, i64)>> {
+    let k = window.from.unwrap_or(ArtifactKey { at_ms: 0, source: 0, id: 0 });
+    let budget = walk_budget(window.limit.unwrap_or(usize::MAX));
+    let mut stmt = conn.prepare_cached(&walk_horizon_sql(window.descending, window.from.is_some()))?;
+    let found = if window.from.is_some() {
+        stmt.query_row(params![budget, k.at_ms, k.source, k.id], |r| Ok((r.get(0)?, r.get(1)?)))
+    } else {
+        stmt.query_row(params![budget], |r| Ok((r.get(0)?, r.get(1)?)))
+    };
+    Ok(found.optional()?)
+}
+
 /// A page of the new tables' rows: its keys from the indexes alone (see [`KeyWalk`]),
 /// then those rows by id (CROSS JOIN: the ids drive the join, not every run of the
-/// file). `?3`-`?5` are the cursor's key, `?6` the limit.
-fn v1_page_sql(columns: Columns, walk: KeyWalk, descending: bool, bounded: bool) -> String {
-    let bound = if bounded {
+/// file). `?3`-`?5` are the cursor's key, `?6` the limit, `?7`-`?8` a walk's horizon.
+fn v1_page_sql(columns: Columns, walk: KeyWalk, descending: bool, bounded: bool, horizon: bool) -> String {
+    let mut bound = if bounded {
         format!("AND {}", after_sql("o.output_timestamp", "o.id", 0, descending, ["?3", "?4", "?5"]))
     } else {
         String::new()
     };
+    if horizon {
+        // Not past the horizon (`?7`, `?8`): the walk's last output, included.
+        let (strict, cmp) = if descending { (">", ">=") } else { ("<", "<=") };
+        bound
+            .push_str(&format!(" AND (o.output_timestamp {strict} ?7 OR (o.output_timestamp = ?7 AND o.id {cmp} ?8))"));
+    }
     let dir = if descending { "DESC" } else { "ASC" };
     let keys = match walk {
         KeyWalk::ByRun => format!(
@@ -388,7 +449,7 @@ fn v1_rows(
     sql: &str,
     spec_id: &str,
     stage: &str,
-    window: Option<&Window<ArtifactKey>>,
+    page: Option<(&Window<ArtifactKey>, Option<(i64, i64)>)>,
 ) -> Result<Vec<Artifact>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let map = |r: &rusqlite::Row| {
@@ -405,12 +466,16 @@ fn v1_rows(
             source: SOURCE_V1,
         })
     };
-    let rows = match window {
+    let rows = match page {
         None => stmt.query_map(params![spec_id, stage], map)?.collect::<Result<Vec<_>, _>>()?,
-        Some(w) => {
+        Some((w, horizon)) => {
             let k = w.from.unwrap_or(ArtifactKey { at_ms: 0, source: 0, id: 0 });
-            stmt.query_map(params![spec_id, stage, k.at_ms, k.source, k.id, w.sql_limit()], map)?
-                .collect::<Result<Vec<_>, _>>()?
+            let limit = w.sql_limit();
+            let mut values: Vec<&dyn rusqlite::ToSql> = vec![&spec_id, &stage, &k.at_ms, &k.source, &k.id, &limit];
+            if let Some((at, id)) = &horizon {
+                values.extend([at as &dyn rusqlite::ToSql, id]);
+            }
+            stmt.query_map(values.as_slice(), map)?.collect::<Result<Vec<_>, _>>()?
         }
     };
     Ok(rows)
@@ -560,7 +625,7 @@ mod tests {
 
     /// The count and every page shape search indexes: no table is scanned, the count and
     /// the run-by-run keys read no row, a walk by time takes the time index in order
-    /// from the cursor, and a page's rows are fetched by id.
+    /// between the cursor and its horizon, and a page's rows are fetched by id.
     #[test]
     fn counting_and_paging_search_indexes_only() {
         let conn = Connection::open_in_memory().unwrap();
@@ -583,14 +648,16 @@ mod tests {
         covering(&legacy_count_sql(true, columns), &["idx_spec_stage", "idx_agent_outputs_legacy_artifact"]);
         for descending in [false, true] {
             for bounded in [false, true] {
+                let horizon = plan(&conn, &walk_horizon_sql(descending, bounded));
+                assert!(horizon.iter().any(|s| s.contains("COVERING INDEX idx_agent_outputs_time")), "{horizon:?}");
+                assert!(horizon.iter().all(|s| !s.contains("TEMP B-TREE")), "{horizon:?}");
                 // By time: the index in order (no sort), from the cursor when there is one.
-                let steps = plan(&conn, &v1_page_sql(columns, KeyWalk::ByTime, descending, bounded));
-                let walk = if bounded { "SEARCH" } else { "SCAN" };
-                let walk = format!("{walk} o USING INDEX idx_agent_outputs_time");
+                let steps = plan(&conn, &v1_page_sql(columns, KeyWalk::ByTime, descending, bounded, true));
+                let walk = "SEARCH o USING INDEX idx_agent_outputs_time".to_owned(); // up to its horizon
                 assert!(steps.iter().any(|s| s.starts_with(&walk)), "{walk}: {steps:?}");
                 assert!(steps.iter().all(|s| !s.contains("TEMP B-TREE")), "{steps:?}");
                 assert!(steps.iter().all(|s| !s.starts_with("SCAN") || s.starts_with(&walk)), "{steps:?}");
-                let steps = plan(&conn, &v1_page_sql(columns, KeyWalk::ByRun, descending, bounded));
+                let steps = plan(&conn, &v1_page_sql(columns, KeyWalk::ByRun, descending, bounded, false));
                 assert!(steps.iter().all(|s| !s.starts_with("SCAN")), "{steps:?}");
                 assert!(steps.iter().any(|s| s.starts_with("SEARCH o USING INTEGER PRIMARY KEY")), "{steps:?}");
                 let range = if !bounded {
