@@ -374,6 +374,9 @@ fn v1_page(
     v1_rows(conn, &sql, spec_id, stage, Some((window, None)))
 }
 
+/// The key (time, id) a walk by time stops at.
+type Horizon = (i64, i64);
+
 /// The [`walk_horizon`] on the time index alone: `?1` outputs on from the cursor (`?2`-`?4`).
 fn walk_horizon_sql(descending: bool, bounded: bool) -> String {
     let dir = if descending { "DESC" } else { "ASC" };
@@ -392,7 +395,7 @@ fn walk_budget(limit: usize) -> i64 {
 
 /// The key (time, id) of the output [`walk_budget`] places past the window's cursor in
 /// its direction, or None when fewer remain (the walk may then go to the end).
-fn walk_horizon(conn: &Connection, window: &Window<ArtifactKey>) -> Result<Option<(i64, i64)>> {
+fn walk_horizon(conn: &Connection, window: &Window<ArtifactKey>) -> Result<Option<Horizon>> {
     let k = window.from.unwrap_or(ArtifactKey { at_ms: 0, source: 0, id: 0 });
     let budget = walk_budget(window.limit.unwrap_or(usize::MAX));
     let mut stmt = conn.prepare_cached(&walk_horizon_sql(window.descending, window.from.is_some()))?;
@@ -449,7 +452,7 @@ fn v1_rows(
     sql: &str,
     spec_id: &str,
     stage: &str,
-    page: Option<(&Window<ArtifactKey>, Option<(i64, i64)>)>,
+    page: Option<(&Window<ArtifactKey>, Option<Horizon>)>,
 ) -> Result<Vec<Artifact>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let map = |r: &rusqlite::Row| {
