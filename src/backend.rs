@@ -7,6 +7,7 @@
 //! virtual call on the SQLite hot path (the trait's SQLite methods are the store's own
 //! inherent methods, inlined).
 
+use crate::cursor::Page;
 #[cfg(feature = "postgres")]
 use crate::error::Error;
 use crate::error::Result;
@@ -45,14 +46,25 @@ pub trait Backend: Send + Sync {
         newest_first: bool,
         limit: Option<usize>,
     ) -> Result<Vec<AgentExecution>>;
+    /// `query_agent_executions` as a page (`cursor.rs`): in the page's order, at most
+    /// `page.limit` rows after or before a cursor.
+    fn query_agent_executions_page(
+        &self,
+        spec_id: &str,
+        stage: &str,
+        branch_id: Option<&str>,
+        page: &Page,
+    ) -> Result<Vec<AgentExecution>>;
     fn get_agent_name(&self, agent_id: &str) -> Result<Option<String>>;
     fn record_agent_completion(&self, agent_id: &str, response_text: &str) -> Result<bool>;
     fn record_extraction_failure(&self, agent_id: &str, response_text: &str, extraction_error: &str) -> Result<bool>;
     fn query_extraction_failures(&self, spec_id: &str) -> Result<Vec<ExtractionFailure>>;
+    fn query_extraction_failures_page(&self, spec_id: &str, page: &Page) -> Result<Vec<ExtractionFailure>>;
     fn cleanup_old_executions(&self, days: i64) -> Result<usize>;
     fn store_artifact(&self, artifact: &NewArtifact) -> Result<i64>;
     fn store_artifacts(&self, artifacts: &[NewArtifact]) -> Result<Vec<i64>>;
     fn query_artifacts(&self, spec_id: &str, stage: &str) -> Result<Vec<Artifact>>;
+    fn query_artifacts_page(&self, spec_id: &str, stage: &str, page: &Page) -> Result<Vec<Artifact>>;
     fn count_artifacts(&self, spec_id: &str, stage: &str) -> Result<usize>;
     fn delete_spec_artifacts(&self, spec_id: &str) -> Result<usize>;
     fn delete_stage_artifacts(&self, spec_id: &str, stage: &str) -> Result<usize>;
@@ -107,6 +119,16 @@ macro_rules! forward_backend {
                 <$ty>::query_agent_executions(self, s, st, b, newest, limit)
             }
             #[inline]
+            fn query_agent_executions_page(
+                &self,
+                s: &str,
+                st: &str,
+                b: Option<&str>,
+                page: &Page,
+            ) -> Result<Vec<AgentExecution>> {
+                <$ty>::query_agent_executions_page(self, s, st, b, page)
+            }
+            #[inline]
             fn get_agent_name(&self, a: &str) -> Result<Option<String>> {
                 <$ty>::get_agent_name(self, a)
             }
@@ -123,6 +145,10 @@ macro_rules! forward_backend {
                 <$ty>::query_extraction_failures(self, s)
             }
             #[inline]
+            fn query_extraction_failures_page(&self, s: &str, page: &Page) -> Result<Vec<ExtractionFailure>> {
+                <$ty>::query_extraction_failures_page(self, s, page)
+            }
+            #[inline]
             fn cleanup_old_executions(&self, days: i64) -> Result<usize> {
                 <$ty>::cleanup_old_executions(self, days)
             }
@@ -137,6 +163,10 @@ macro_rules! forward_backend {
             #[inline]
             fn query_artifacts(&self, s: &str, st: &str) -> Result<Vec<Artifact>> {
                 <$ty>::query_artifacts(self, s, st)
+            }
+            #[inline]
+            fn query_artifacts_page(&self, s: &str, st: &str, page: &Page) -> Result<Vec<Artifact>> {
+                <$ty>::query_artifacts_page(self, s, st, page)
             }
             #[inline]
             fn count_artifacts(&self, s: &str, st: &str) -> Result<usize> {
@@ -280,6 +310,16 @@ impl Backend for AnyDatabase {
         dispatch!(self, db => db.query_agent_executions(s, st, b, newest, limit))
     }
     #[inline]
+    fn query_agent_executions_page(
+        &self,
+        s: &str,
+        st: &str,
+        b: Option<&str>,
+        page: &Page,
+    ) -> Result<Vec<AgentExecution>> {
+        dispatch!(self, db => db.query_agent_executions_page(s, st, b, page))
+    }
+    #[inline]
     fn get_agent_name(&self, a: &str) -> Result<Option<String>> {
         dispatch!(self, db => db.get_agent_name(a))
     }
@@ -296,6 +336,10 @@ impl Backend for AnyDatabase {
         dispatch!(self, db => db.query_extraction_failures(s))
     }
     #[inline]
+    fn query_extraction_failures_page(&self, s: &str, page: &Page) -> Result<Vec<ExtractionFailure>> {
+        dispatch!(self, db => db.query_extraction_failures_page(s, page))
+    }
+    #[inline]
     fn cleanup_old_executions(&self, days: i64) -> Result<usize> {
         dispatch!(self, db => db.cleanup_old_executions(days))
     }
@@ -310,6 +354,10 @@ impl Backend for AnyDatabase {
     #[inline]
     fn query_artifacts(&self, s: &str, st: &str) -> Result<Vec<Artifact>> {
         dispatch!(self, db => db.query_artifacts(s, st))
+    }
+    #[inline]
+    fn query_artifacts_page(&self, s: &str, st: &str, page: &Page) -> Result<Vec<Artifact>> {
+        dispatch!(self, db => db.query_artifacts_page(s, st, page))
     }
     #[inline]
     fn count_artifacts(&self, s: &str, st: &str) -> Result<usize> {

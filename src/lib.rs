@@ -24,6 +24,7 @@
 
 pub mod backend;
 pub mod conninfo;
+pub mod cursor;
 pub mod error;
 pub mod model;
 pub mod sqlite;
@@ -58,6 +59,7 @@ pub mod db {
 }
 
 pub use backend::{AnyDatabase, Backend};
+pub use cursor::Page;
 pub use error::{Error, Result};
 pub use maintenance::{CycleReport, Health, MaintenanceOptions, Stats, VacuumReport};
 pub use model::{

@@ -112,27 +112,45 @@ def test_health_on_postgresql_estimates_big_tables_from_the_planner(pg_url):
         assert exact["rows_estimated"] == [] and exact["rows"]["agent_executions"] == 20_000
 
 
-def test_opening_leaves_a_big_files_routing_index_to_an_upgrade_and_says_so(tmp_path):
-    """Building the index over a big table holds the write lock for seconds (6.9 s at 1M
-    executions with 2 KB responses): every other writer of the file would wait it out at
-    the first opening of a new release. Opening says what it left; an upgrade builds it."""
+MANY_OUTPUTS = (
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
+    " INSERT INTO agent_outputs (run_id, agent_name, content, output_timestamp)"
+    " SELECT (SELECT max(id) FROM consensus_runs), 'gemini', '{}', 1700000000000 + i FROM n"
+)
+PAGE_INDEXES = ("idx_agent_outputs_run_time", "idx_agent_outputs_time")
+
+
+def test_opening_leaves_a_big_files_read_indexes_to_an_upgrade_and_says_so(tmp_path):
+    """Building an index over a big table holds the write lock for seconds (6.9 s for the
+    routing index at 1M executions with 2 KB responses): every other writer of the file
+    would wait it out at the first opening of a new release. Opening says what it left;
+    an upgrade builds it."""
     path = tmp_path / "big.db"
     with consensus_db.connect(path) as db:
         db.execute(MANY, [100_001])
+        db.store_artifact("S", "plan", "gemini", {"first": True})
+        db.execute(MANY_OUTPUTS, [100_001])
     conn = sqlite3.connect(path)  # as a revision-3 release left it
-    conn.execute(f"DROP INDEX {ROUTE_INDEX}")
-    conn.execute("UPDATE consensus_db_meta SET value = 3 WHERE key = 'revision'")
-    conn.commit()
+    conn.executescript(
+        f"DROP INDEX {ROUTE_INDEX}; DROP INDEX {PAGE_INDEXES[0]}; DROP INDEX {PAGE_INDEXES[1]};"
+        " UPDATE consensus_db_meta SET value = 3 WHERE key = 'revision';"
+    )
     conn.close()
     with consensus_db.connect(path) as db:
-        [step] = db.open_report["layout_steps"]
-        assert step.startswith("left the index idx_agent_executions_route for `consensus-db upgrade`"), step
-        assert "~100001 executions" in step
+        route, pages = db.open_report["layout_steps"]
+        assert route.startswith("left the index idx_agent_executions_route for `consensus-db upgrade`"), route
+        assert "~100001 rows of agent_executions" in route
+        assert pages.startswith(
+            "left the indexes idx_agent_outputs_run_time and idx_agent_outputs_time for `consensus-db upgrade`"
+        ), pages
+        assert db.count_artifacts("S", "plan") == 100_002
+        assert len(db.query_artifacts("S", "plan", limit=10)) == 10
         assert db.get_agent_spawn_info("a-7") == ("regular_stage", "plan")  # through the primary key meanwhile
         # (Read through the store: another copy of SQLite in this process would break its locks.)
         assert db.query(INDEX_COLUMNS) == [] and db.query(REVISION) == [(3,)]
         db.migrate()  # what `consensus-db upgrade` runs
         assert db.query(INDEX_COLUMNS) == [("agent_id",), ("phase_type",), ("stage",), ("branch_id",)]
+        assert db.query("SELECT count(*) FROM sqlite_master WHERE name IN (?, ?)", list(PAGE_INDEXES)) == [(2,)]
         assert db.query(REVISION) == [(4,)]
         assert db.get_agent_route("a-7") == ("regular_stage", "plan", None)
     with consensus_db.connect(path) as db:

@@ -121,6 +121,10 @@ class Artifact:
     @property
     def source(self) -> Source:
         """Which schema the row was read from: ``"v1"`` or ``"legacy"``."""
+    @property
+    def cursor(self) -> str:
+        """This row's position in ``query_artifacts``' order: pass it as ``after=`` (or
+        ``before=``) for the page that follows (or precedes) it. Opaque."""
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict."""
     def content(self) -> Any:
@@ -235,6 +239,10 @@ class AgentExecution:
     def spawned_at_datetime(self) -> datetime.datetime:
         """``spawned_at`` (UTC text) as an aware ``datetime`` in UTC."""
     @property
+    def cursor(self) -> str:
+        """This row's position in ``query_agent_executions``' order (``after=``/``before=``):
+        one position among the stage's executions, with or without a ``branch_id``. Opaque."""
+    @property
     def completed_at_datetime(self) -> datetime.datetime | None:
         """``completed_at`` as an aware ``datetime`` in UTC, or None."""
     def to_dict(self) -> dict[str, Any]:
@@ -279,6 +287,9 @@ class ExtractionFailure:
         """``spawned_at`` as an aware ``datetime`` in UTC."""
     @property
     def completed_at(self) -> str | None: ...
+    @property
+    def cursor(self) -> str:
+        """This row's position in ``query_extraction_failures``' order (``after=``/``before=``). Opaque."""
     @property
     def completed_at_datetime(self) -> datetime.datetime | None:
         """``completed_at`` as an aware ``datetime`` in UTC, or None."""
@@ -452,10 +463,13 @@ class Database:
         *,
         order: Literal["newest", "oldest"] = "newest",
         limit: int | None = None,
+        after: str | None = None,
+        before: str | None = None,
     ) -> list[AgentExecution]:
         """The executions of a spec's stage, newest spawn first (ties by agent id, last
         first; ``order="oldest"`` reverses both), at most ``limit``. With a
-        ``branch_id``, only that branch's; None: every execution of the stage."""
+        ``branch_id``, only that branch's; None: every execution of the stage.
+        ``after=``/``before=`` a row's ``cursor``: a page, as ``query_artifacts`` takes it."""
     def get_agent_name(self, agent_id: str) -> str | None:
         """The agent name a spawned agent was recorded with, or None."""
     def record_agent_completion(self, agent_id: str, response_text: str) -> bool:
@@ -465,10 +479,17 @@ class Database:
     def record_extraction_failure(self, agent_id: str, response_text: str, extraction_error: str) -> bool:
         """Records a completion whose output could not be parsed; False when unknown."""
     def query_extraction_failures(
-        self, spec_id: str, *, order: Literal["newest", "oldest"] = "newest"
+        self,
+        spec_id: str,
+        *,
+        order: Literal["newest", "oldest"] = "newest",
+        limit: int | None = None,
+        after: str | None = None,
+        before: str | None = None,
     ) -> list[ExtractionFailure]:
         """The spec's executions with an extraction error, newest spawn first (ties by
-        agent id, last first); ``order="oldest"`` for oldest first."""
+        agent id, last first); ``order="oldest"`` for oldest first. ``limit``,
+        ``after=``, ``before=``: a page, as ``query_artifacts`` takes them."""
     def cleanup_old_executions(self, days: int) -> int:
         """Deletes executions spawned more than ``days`` days ago; returns how many."""
     def store_artifact(
@@ -501,12 +522,26 @@ class Database:
         """Stores many artifacts (mappings with ``store_artifact``'s argument names) in
         one transaction: all or none. Returns their ids."""
     def query_artifacts(
-        self, spec_id: str, stage: str, *, order: Literal["newest", "oldest"] = "newest"
+        self,
+        spec_id: str,
+        stage: str,
+        *,
+        order: Literal["newest", "oldest"] = "newest",
+        limit: int | None = None,
+        after: str | None = None,
+        before: str | None = None,
     ) -> list[Artifact]:
-        """The artifacts of a spec/stage from both schemas, newest first (ties by id,
-        newest first); ``order="oldest"`` for oldest first."""
+        """The artifacts of a spec/stage from both schemas, newest first (by time; at one
+        time legacy rows before new-schema ones, then by id); ``order="oldest"`` for the
+        exact reverse. A page: at most ``limit`` rows (None: all; 0: none), ``after=`` a
+        row's ``cursor`` for the rows that follow it in this order, ``before=`` for the
+        ``limit`` rows that precede it (still in this order). Every row present when a
+        first page was read comes exactly once, whatever is inserted between pages. A
+        foreign or garbled cursor, or both ``after`` and ``before``, is an
+        ``InvalidInputError`` naming it."""
     def count_artifacts(self, spec_id: str, stage: str) -> int:
-        """How many artifacts a spec/stage has: the rows ``query_artifacts`` returns."""
+        """How many artifacts a spec/stage has: the rows ``query_artifacts`` returns
+        (a legacy row with a new-schema twin counts once), counted by SQL on the indexes."""
     def delete_spec_artifacts(self, spec_id: str) -> int:
         """Deletes every artifact of a spec; returns how many."""
     def delete_stage_artifacts(self, spec_id: str, stage: str) -> int:

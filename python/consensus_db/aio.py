@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, Optional, ParamSpec, TypeVar
@@ -42,7 +42,7 @@ from . import _core
 from .errors import ClosedError, InvalidInputError
 from .results import Behavior, LaneStats, OpenReport, ReaderStats, Rows, RowsMoved
 from .retry import RetryPolicy, is_retryable
-from .store import Store
+from .store import Store, _check_batch
 from .store import connect as _connect
 
 if TYPE_CHECKING:
@@ -478,6 +478,32 @@ class AsyncStore:
         self._check_open()
         return AsyncTransaction(self, behavior)
 
+    def iter_artifacts(
+        self,
+        spec_id: str,
+        stage: str,
+        *,
+        order: Literal["newest", "oldest"] = "newest",
+        batch: int = 1000,
+    ) -> AsyncIterator[_core.Artifact]:
+        """``async for a in db.iter_artifacts(spec_id, stage):`` ``Store.iter_artifacts``
+        with each page read on a thread of the store's executor."""
+        self._check_open()
+        _check_batch(batch)
+        return self._pages(spec_id, stage, order, batch)
+
+    async def _pages(
+        self, spec_id: str, stage: str, order: Literal["newest", "oldest"], batch: int
+    ) -> AsyncIterator[_core.Artifact]:
+        after: Optional[str] = None
+        while True:
+            rows = await self._run(self.sync.query_artifacts, spec_id, stage, order=order, limit=batch, after=after)
+            for row in rows:
+                yield row
+            if len(rows) < batch:
+                return
+            after = rows[-1].cursor
+
     async def get_schema_version(self) -> int:
         """The schema version (``Store.schema_version`` reads the file: here, a coroutine)."""
         return await self._run(lambda: self.sync.schema_version)
@@ -527,6 +553,7 @@ class AsyncStore:
 NOT_MIRRORED = {
     "close": "AsyncStore.close is written by hand (it also shuts the executor down)",
     "transaction": "AsyncStore.transaction returns an async context manager, not a coroutine",
+    "iter_artifacts": "AsyncStore.iter_artifacts returns an async iterator (`async for`), not a coroutine",
     "schema_version": "a property that reads the file: AsyncStore.get_schema_version()",
     "reader_stats": "in-memory counters, no I/O: a plain method",
     "lane_stats": "in-memory counters, no I/O: a plain method",

@@ -15,7 +15,7 @@ import inspect
 import logging
 import os
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Optional, TypeVar, Union
 
 from . import _core
@@ -107,6 +107,11 @@ class Store(_core.Database):
     ``query_extraction_failures`` newest spawn first; ``order="oldest"`` reverses both;
     ``query_latest_synthesis`` the
     newest synthesis. Reads see both schemas (see the README's dual-schema reader).
+
+    Paging: ``query_artifacts``, ``query_agent_executions`` and
+    ``query_extraction_failures`` take ``limit`` and ``after=``/``before=`` a returned
+    row's ``cursor`` (keyset pages, stable under concurrent inserts);
+    ``iter_artifacts`` streams a stage's artifacts page by page.
     """
 
     retry_policy: Optional[RetryPolicy]
@@ -125,6 +130,24 @@ class Store(_core.Database):
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<consensus_db.Store {self.path!r} ({state})>"
+
+    # ---- listings ------------------------------------------------------------------------
+
+    def iter_artifacts(
+        self,
+        spec_id: str,
+        stage: str,
+        *,
+        order: Literal["newest", "oldest"] = "newest",
+        batch: int = 1000,
+    ) -> Iterator[_core.Artifact]:
+        """Every artifact of a spec/stage, in ``query_artifacts``' order, read ``batch``
+        rows at a time (keyset pages: memory holds one batch, however many rows the stage
+        has). Rows inserted meanwhile never make it skip or repeat one: every row present
+        when it read its first page comes exactly once. For exports."""
+        _check_batch(batch)
+        query = self.query_artifacts  # checks spec_id, stage and order on the first page
+        return _pages(lambda after: query(spec_id, stage, order=order, limit=batch, after=after), batch)
 
     # ---- maintenance ---------------------------------------------------------------------
 
@@ -181,6 +204,22 @@ class Store(_core.Database):
     def __exit__(self, *exc: object) -> Literal[False]:
         self.close()
         return False
+
+
+def _check_batch(batch: object) -> None:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise InvalidInputError(f"invalid batch: must be an int of 1 or more, got {batch!r}")
+
+
+def _pages(page: Callable[[Optional[str]], list[Any]], batch: int) -> Iterator[Any]:
+    """The rows of successive pages: each after the last row of the one before."""
+    after: Optional[str] = None
+    while True:
+        rows = page(after)
+        yield from rows
+        if len(rows) < batch:
+            return
+        after = rows[-1].cursor
 
 
 def connect(

@@ -33,6 +33,7 @@ pub use pool::{PgPool, Session};
 pub use tx::PgTx;
 
 use crate::conninfo::redact;
+use crate::cursor::{Page, Window};
 use crate::error::{Error, Result};
 use crate::model::{
     AgentExecution, AgentRoute, Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synthesis, HEALTH_EXACT_BELOW,
@@ -547,29 +548,46 @@ impl PgDatabase {
         newest_first: bool,
         limit: Option<usize>,
     ) -> Result<Vec<AgentExecution>> {
+        self.query_agent_executions_page(spec_id, stage, branch_id, &Page { newest_first, limit, ..Page::default() })
+    }
+
+    pub fn query_agent_executions_page(
+        &self,
+        spec_id: &str,
+        stage: &str,
+        branch_id: Option<&str>,
+        page: &Page,
+    ) -> Result<Vec<AgentExecution>> {
+        let window = page.executions(spec_id, stage)?;
         let branch_column = self.has_branch_column();
         if branch_id.is_some() && !branch_column {
             return Ok(Vec::new());
         }
-        let sql = sql::executions(branch_id.is_some(), branch_column, newest_first);
-        let limit: Option<i64> = limit.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        let sql = sql::executions(branch_id.is_some(), branch_column, &window);
+        let limit = pg_limit(&window);
         self.run("query_agent_executions", Kind::Read, |c| {
-            let rows = c.client.query(sql.as_str(), &[&spec_id, &stage, &branch_id, &limit])?;
-            Ok(rows
-                .iter()
-                .map(|r| AgentExecution {
-                    agent_id: r.get(0),
-                    spec_id: r.get(1),
-                    stage: r.get(2),
-                    phase_type: r.get(3),
-                    agent_name: r.get(4),
-                    run_id: r.get(5),
-                    branch_id: r.get(6),
-                    spawned_at: r.get(7),
-                    completed_at: r.get(8),
-                    response_text: r.get(9),
-                })
-                .collect())
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&spec_id, &stage, &branch_id, &limit];
+            if let Some(k) = &window.from {
+                params.extend([&k.spawned_at as &(dyn ToSql + Sync), &k.agent_id]);
+            }
+            let stmt = c.prepared(sql)?;
+            let rows = c.client.query(&stmt, &params)?;
+            Ok(window.finish(
+                rows.iter()
+                    .map(|r| AgentExecution {
+                        agent_id: r.get(0),
+                        spec_id: r.get(1),
+                        stage: r.get(2),
+                        phase_type: r.get(3),
+                        agent_name: r.get(4),
+                        run_id: r.get(5),
+                        branch_id: r.get(6),
+                        spawned_at: r.get(7),
+                        completed_at: r.get(8),
+                        response_text: r.get(9),
+                    })
+                    .collect(),
+            ))
         })
     }
 
@@ -611,23 +629,36 @@ impl PgDatabase {
     }
 
     pub fn query_extraction_failures(&self, spec_id: &str) -> Result<Vec<ExtractionFailure>> {
+        self.query_extraction_failures_page(spec_id, &Page::default())
+    }
+
+    pub fn query_extraction_failures_page(&self, spec_id: &str, page: &Page) -> Result<Vec<ExtractionFailure>> {
+        let window = page.failures(spec_id)?;
+        let sql = sql::extraction_failures(&window);
+        let limit = pg_limit(&window);
         self.run("query_extraction_failures", Kind::Read, |c| {
-            let rows = c.client.query(sql::EXTRACTION_FAILURES, &[&spec_id])?;
-            Ok(rows
-                .iter()
-                .map(|r| ExtractionFailure {
-                    agent_id: r.get(0),
-                    spec_id: r.get(1),
-                    stage: r.get(2),
-                    phase_type: r.get(3),
-                    agent_name: r.get(4),
-                    run_id: r.get(5),
-                    spawned_at: r.get(6),
-                    completed_at: r.get(7),
-                    response_text: r.get(8),
-                    extraction_error: r.get(9),
-                })
-                .collect())
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&spec_id, &limit];
+            if let Some(k) = &window.from {
+                params.extend([&k.spawned_at as &(dyn ToSql + Sync), &k.agent_id]);
+            }
+            let stmt = c.prepared(sql)?;
+            let rows = c.client.query(&stmt, &params)?;
+            Ok(window.finish(
+                rows.iter()
+                    .map(|r| ExtractionFailure {
+                        agent_id: r.get(0),
+                        spec_id: r.get(1),
+                        stage: r.get(2),
+                        phase_type: r.get(3),
+                        agent_name: r.get(4),
+                        run_id: r.get(5),
+                        spawned_at: r.get(6),
+                        completed_at: r.get(7),
+                        response_text: r.get(8),
+                        extraction_error: r.get(9),
+                    })
+                    .collect(),
+            ))
         })
     }
 
@@ -688,24 +719,38 @@ impl PgDatabase {
     }
 
     pub fn query_artifacts(&self, spec_id: &str, stage: &str) -> Result<Vec<Artifact>> {
+        self.query_artifacts_page(spec_id, stage, &Page::default())
+    }
+
+    /// Pages as on SQLite, the same cursors and order; there is no legacy half here.
+    pub fn query_artifacts_page(&self, spec_id: &str, stage: &str, page: &Page) -> Result<Vec<Artifact>> {
+        let window = page.artifacts(spec_id, stage)?;
+        let sql = sql::artifacts_page(&window);
+        let limit = pg_limit(&window);
+        let key = window.from.map(|k| [k.at_ms, k.source, k.id]);
         self.run("query_artifacts", Kind::Read, |c| {
-            let stmt = c.prepared(sql::QUERY_ARTIFACTS)?;
-            let rows = c.client.query(&stmt, &[&spec_id, &stage])?;
-            Ok(rows
-                .iter()
-                .map(|r| Artifact {
-                    id: r.get(0),
-                    spec_id: spec_id.to_owned(),
-                    stage: stage.to_owned(),
-                    agent_name: r.get(1),
-                    content_json: r.get(2),
-                    response_text: r.get(3),
-                    run_id: r.get(4),
-                    created_at_ms: r.get(5),
-                    model_version: r.get(6),
-                    source: SOURCE_V1,
-                })
-                .collect())
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&spec_id, &stage, &limit];
+            if let Some(key) = &key {
+                params.extend(key.iter().map(|k| k as &(dyn ToSql + Sync)));
+            }
+            let stmt = c.prepared(sql)?;
+            let rows = c.client.query(&stmt, &params)?;
+            Ok(window.finish(
+                rows.iter()
+                    .map(|r| Artifact {
+                        id: r.get(0),
+                        spec_id: spec_id.to_owned(),
+                        stage: stage.to_owned(),
+                        agent_name: r.get(1),
+                        content_json: r.get(2),
+                        response_text: r.get(3),
+                        run_id: r.get(4),
+                        created_at_ms: r.get(5),
+                        model_version: r.get(6),
+                        source: SOURCE_V1,
+                    })
+                    .collect(),
+            ))
         })
     }
 
@@ -868,4 +913,9 @@ pub struct PgHealth {
     pub database_size: i64,
     pub server_version: String,
     pub layout: i64,
+}
+
+/// LIMIT's value on PostgreSQL: NULL for none.
+fn pg_limit<K>(window: &Window<K>) -> Option<i64> {
+    window.limit.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
 }

@@ -1,7 +1,10 @@
 //! The PostgreSQL backend's SQL and migrations.
 
+use std::sync::LazyLock;
+
 use super::pool::Session;
 use super::PG_LAYOUT;
+use crate::cursor::{after_sql, execution_after_sql, ArtifactKey, ExecutionKey, Window};
 use crate::error::{Error, Result};
 use crate::model::NewArtifact;
 
@@ -124,17 +127,87 @@ pub fn route(branch_column: bool) -> &'static str {
     }
 }
 
-/// The executions of a stage (`$3`: the branch, or NULL for all), in the order asked,
-/// at most `$4` (NULL: all).
-pub fn executions(on_branch: bool, branch_column: bool, newest_first: bool) -> String {
+/// The executions of a stage (`$3`: the branch, or NULL for all) in a page's order, at
+/// most `$4` (NULL: all), after the cursor's (`$5`, `$6`) when the page has one.
+pub fn executions(on_branch: bool, branch_column: bool, window: &Window<ExecutionKey>) -> &'static str {
+    static SQL: LazyLock<Vec<String>> =
+        LazyLock::new(|| (0..16).map(|i| executions_sql(i & 1 != 0, i & 2 != 0, i & 4 != 0, i & 8 != 0)).collect());
+    let i = usize::from(on_branch)
+        | usize::from(branch_column) << 1
+        | usize::from(window.from.is_some()) << 2
+        | usize::from(window.descending) << 3;
+    &SQL[i]
+}
+
+fn executions_sql(on_branch: bool, branch_column: bool, bounded: bool, descending: bool) -> String {
     let branch = if branch_column { "branch_id" } else { "NULL::text" };
     let filter = if on_branch { "AND branch_id = $3" } else { "AND $3::text IS NULL" };
-    let order = if newest_first { "DESC" } else { "ASC" };
     format!(
         "SELECT agent_id, spec_id, stage, phase_type, agent_name, run_id, {branch}, spawned_at, completed_at,
                 response_text
-         FROM agent_executions WHERE spec_id = $1 AND stage = $2 {filter}
-         ORDER BY spawned_at {order}, agent_id {order} LIMIT $4"
+         FROM agent_executions WHERE spec_id = $1 AND stage = $2 {filter} {}
+         {} LIMIT $4",
+        execution_bound(bounded, descending, ["$5", "$6"]),
+        execution_order(descending)
+    )
+}
+
+/// A spec's extraction failures in a page's order, at most `$2`, after (`$3`, `$4`).
+pub fn extraction_failures(window: &Window<ExecutionKey>) -> &'static str {
+    static SQL: LazyLock<Vec<String>> =
+        LazyLock::new(|| (0..4).map(|i| extraction_failures_sql(i & 1 != 0, i & 2 != 0)).collect());
+    &SQL[usize::from(window.from.is_some()) | usize::from(window.descending) << 1]
+}
+
+fn extraction_failures_sql(bounded: bool, descending: bool) -> String {
+    format!(
+        "SELECT agent_id, spec_id, stage, phase_type, agent_name, run_id, spawned_at, completed_at, response_text,
+                extraction_error
+         FROM agent_executions WHERE spec_id = $1 AND extraction_error IS NOT NULL {}
+         {} LIMIT $2",
+        execution_bound(bounded, descending, ["$3", "$4"]),
+        execution_order(descending)
+    )
+}
+
+fn execution_bound(bounded: bool, descending: bool, params: [&str; 2]) -> String {
+    if bounded {
+        format!("AND {}", execution_after_sql(descending, params))
+    } else {
+        String::new()
+    }
+}
+
+fn execution_order(descending: bool) -> &'static str {
+    if descending {
+        "ORDER BY spawned_at DESC, agent_id DESC"
+    } else {
+        "ORDER BY spawned_at, agent_id"
+    }
+}
+
+/// A page of a spec/stage's artifacts: at most `$3` (NULL: all), after the cursor's key
+/// (`$4`-`$6`) when the page has one. One schema here: every row ranks as new-schema.
+pub fn artifacts_page(window: &Window<ArtifactKey>) -> &'static str {
+    static SQL: LazyLock<Vec<String>> =
+        LazyLock::new(|| (0..4).map(|i| artifacts_page_sql(i & 1 != 0, i & 2 != 0)).collect());
+    &SQL[usize::from(window.from.is_some()) | usize::from(window.descending) << 1]
+}
+
+fn artifacts_page_sql(bounded: bool, descending: bool) -> String {
+    let bound = if bounded {
+        let key = ["$4::bigint", "$5::bigint", "$6::bigint"];
+        format!("AND {}", after_sql("o.output_timestamp", "o.id", 0, descending, key))
+    } else {
+        String::new()
+    };
+    let dir = if descending { "DESC" } else { "ASC" };
+    format!(
+        "SELECT o.id, o.agent_name, o.content_text, o.response_text, r.orchestrator_run_id, o.output_timestamp,
+                o.model_version
+         FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
+         WHERE r.spec_id = $1 AND r.stage = $2 {bound}
+         ORDER BY o.output_timestamp {dir}, o.id {dir} LIMIT $3"
     )
 }
 
@@ -145,20 +218,12 @@ pub const COMPLETE: &str =
 pub const FAIL_EXTRACTION: &str =
     "UPDATE agent_executions SET completed_at = consensus_db_now_text(), response_text = $2,
      extraction_error = $3 WHERE agent_id = $1";
-pub const EXTRACTION_FAILURES: &str = "SELECT agent_id, spec_id, stage, phase_type, agent_name, run_id, spawned_at,
-       completed_at, response_text, extraction_error
-     FROM agent_executions WHERE spec_id = $1 AND extraction_error IS NOT NULL ORDER BY spawned_at, agent_id";
 /// The text timestamps compare as text, as on SQLite.
 pub const CLEANUP: &str = "DELETE FROM agent_executions
      WHERE spawned_at < to_char((clock_timestamp() AT TIME ZONE 'UTC') - make_interval(days => $1::bigint::int),
                                 'YYYY-MM-DD HH24:MI:SS')";
 
 pub const STORE_ARTIFACT: &str = "SELECT consensus_db_store_artifact($1, $2, $3, $4, $5, $6, $7, $8)";
-pub const QUERY_ARTIFACTS: &str = "SELECT o.id, o.agent_name, o.content_text, o.response_text, r.orchestrator_run_id,
-       o.output_timestamp, o.model_version
-     FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
-     WHERE r.spec_id = $1 AND r.stage = $2 ORDER BY o.output_timestamp, o.id";
-
 pub const COUNT_ARTIFACTS: &str = "SELECT count(*) FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
      WHERE r.spec_id = $1 AND r.stage = $2";
 

@@ -16,6 +16,7 @@ use super::convert::{
 use super::run;
 use super::transaction::PyTransaction;
 use crate::backend::{AnyDatabase, Backend};
+use crate::cursor::Page;
 use crate::error::Error;
 use crate::maintenance::{CycleReport, MaintenanceOptions, Stats, DEFAULT_VACUUM_THRESHOLD};
 use crate::migrations;
@@ -1032,9 +1033,12 @@ impl PyDatabase {
     /// (ties by agent id, last first); `order="oldest"` for the exact reverse; at most
     /// `limit` (None: all). With a `branch_id`, only that branch's (what a resume on it
     /// takes: an abandoned run's branch is left out); `branch_id=None` means every
-    /// execution of the stage, whatever its branch or none.
-    #[pyo3(signature = (spec_id, stage, branch_id=None, *, order=None, limit=None),
-           text_signature = "(self, spec_id, stage, branch_id=None, *, order='newest', limit=None)")]
+    /// execution of the stage, whatever its branch or none. `after=` / `before=` a row's
+    /// `cursor`: the page that follows (or precedes) that row in this order (see
+    /// `query_artifacts`).
+    #[pyo3(signature = (spec_id, stage, branch_id=None, *, order=None, limit=None, after=None, before=None),
+           text_signature = "(self, spec_id, stage, branch_id=None, *, order='newest', limit=None, after=None, before=None)")]
+    #[allow(clippy::too_many_arguments)]
     fn query_agent_executions(
         &self,
         py: Python<'_>,
@@ -1043,12 +1047,13 @@ impl PyDatabase {
         branch_id: Option<&Bound<'_, PyAny>>,
         order: Option<&Bound<'_, PyAny>>,
         limit: Option<&Bound<'_, PyAny>>,
+        after: Option<&Bound<'_, PyAny>>,
+        before: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<AgentExecution>> {
         let (s, st) = (text(spec_id, "spec_id")?, text(stage, "stage")?);
         let b = opt_text(branch_id, "branch_id")?;
-        let newest = newest_first(order)?;
-        let limit: Option<usize> = opt_int_in(limit, "limit", 0, i64::MAX)?;
-        run(py, || self.inner.query_agent_executions(&s, &st, b.as_deref(), newest, limit))
+        let page = page(order, limit, after, before)?;
+        run(py, || self.inner.query_agent_executions_page(&s, &st, b.as_deref(), &page))
     }
 
     /// The agent name a spawned agent was recorded with, or None.
@@ -1084,21 +1089,22 @@ impl PyDatabase {
     }
 
     /// The spec's executions with an extraction error, newest spawn first (ties by
-    /// agent id, last first); `order="oldest"` for oldest first.
-    #[pyo3(signature = (spec_id, *, order=None), text_signature = "(self, spec_id, *, order='newest')")]
+    /// agent id, last first); `order="oldest"` for oldest first. `limit`, `after=`,
+    /// `before=`: a page, as `query_artifacts` takes them.
+    #[pyo3(signature = (spec_id, *, order=None, limit=None, after=None, before=None),
+           text_signature = "(self, spec_id, *, order='newest', limit=None, after=None, before=None)")]
     fn query_extraction_failures(
         &self,
         py: Python<'_>,
         spec_id: &Bound<'_, PyAny>,
         order: Option<&Bound<'_, PyAny>>,
+        limit: Option<&Bound<'_, PyAny>>,
+        after: Option<&Bound<'_, PyAny>>,
+        before: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<ExtractionFailure>> {
         let s = text(spec_id, "spec_id")?;
-        let newest = newest_first(order)?;
-        let mut out = run(py, || self.inner.query_extraction_failures(&s))?;
-        if newest {
-            out.reverse(); // the engine returns oldest spawn first (ties by agent id)
-        }
-        Ok(out)
+        let page = page(order, limit, after, before)?;
+        run(py, || self.inner.query_extraction_failures_page(&s, &page))
     }
 
     /// Deletes executions spawned more than `days` days ago; returns how many.
@@ -1181,26 +1187,34 @@ impl PyDatabase {
         run(py, || self.inner.store_artifacts(&batch))
     }
 
-    /// The artifacts of a spec/stage from both schemas, newest first (ties by id, newest
-    /// first); `order="oldest"` for oldest first.
-    #[pyo3(signature = (spec_id, stage, *, order=None), text_signature = "(self, spec_id, stage, *, order='newest')")]
+    /// The artifacts of a spec/stage from both schemas, newest first (by time; at one
+    /// time legacy rows before new-schema ones, then by id, last first); `order="oldest"`
+    /// for the exact reverse. A page: at most `limit` rows (None: all), `after=` a row's
+    /// `cursor` for the rows that follow it in this order (the next page), `before=` for
+    /// the `limit` rows that precede it (the previous page, still in this order). Rows
+    /// inserted between pages never shift one: every row present when the first page was
+    /// read comes exactly once. A cursor of another listing or spec/stage, or one this
+    /// store did not make, is an `InvalidInputError` naming it.
+    #[pyo3(signature = (spec_id, stage, *, order=None, limit=None, after=None, before=None),
+           text_signature = "(self, spec_id, stage, *, order='newest', limit=None, after=None, before=None)")]
+    #[allow(clippy::too_many_arguments)]
     fn query_artifacts(
         &self,
         py: Python<'_>,
         spec_id: &Bound<'_, PyAny>,
         stage: &Bound<'_, PyAny>,
         order: Option<&Bound<'_, PyAny>>,
+        limit: Option<&Bound<'_, PyAny>>,
+        after: Option<&Bound<'_, PyAny>>,
+        before: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<Artifact>> {
         let (s, st) = (text(spec_id, "spec_id")?, text(stage, "stage")?);
-        let newest = newest_first(order)?;
-        let mut out = run(py, || self.inner.query_artifacts(&s, &st))?;
-        if newest {
-            out.reverse(); // the engine returns oldest first (ties by id): reversed, newest first
-        }
-        Ok(out)
+        let page = page(order, limit, after, before)?;
+        run(py, || self.inner.query_artifacts_page(&s, &st, &page))
     }
 
-    /// How many artifacts a spec/stage has (what `query_artifacts` returns).
+    /// How many artifacts a spec/stage has (what `query_artifacts` returns), counted by
+    /// SQL on the indexes, without reading the rows.
     fn count_artifacts(&self, py: Python<'_>, spec_id: &Bound<'_, PyAny>, stage: &Bound<'_, PyAny>) -> PyResult<usize> {
         let (s, st) = (text(spec_id, "spec_id")?, text(stage, "stage")?);
         run(py, || self.inner.count_artifacts(&s, &st))
@@ -1555,6 +1569,21 @@ pub(crate) fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 }
 
 /// `order` of the queries: `"newest"` (the default, as the predecessor had it) or `"oldest"`.
+/// A listing's page arguments: `order`, `limit` (0 or more; None: all), `after`/`before`.
+fn page(
+    order: Option<&Bound<'_, PyAny>>,
+    limit: Option<&Bound<'_, PyAny>>,
+    after: Option<&Bound<'_, PyAny>>,
+    before: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Page> {
+    Ok(Page {
+        newest_first: newest_first(order)?,
+        limit: opt_int_in(limit, "limit", 0, i64::MAX)?,
+        after: opt_text(after, "after")?.map(|s| s.to_string()),
+        before: opt_text(before, "before")?.map(|s| s.to_string()),
+    })
+}
+
 fn newest_first(order: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
     let Some(order) = order else { return Ok(true) };
     match &*text(order, "order")? {

@@ -4,6 +4,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use super::convert::{json_items, utc_from_ms, utc_from_text};
+use crate::cursor;
 use crate::error::Error;
 use crate::model::{AgentExecution, Artifact, ExtractionFailure, Synthesis, SOURCE_LEGACY, SOURCE_V1};
 
@@ -105,6 +106,13 @@ impl Artifact {
     #[getter(created_at)]
     fn py_created_at(&self) -> String {
         self.created_at()
+    }
+
+    /// This row's position in `query_artifacts`' order: pass it as `after=` (or
+    /// `before=`) for the page that follows (or precedes) it. Opaque.
+    #[getter]
+    fn cursor(&self) -> String {
+        cursor::artifact_cursor(self)
     }
 
     /// `created_at_ms` as an aware `datetime` in UTC.
@@ -328,6 +336,12 @@ impl ExtractionFailure {
         utc_from_text(py, self.completed_at.as_deref())
     }
 
+    /// This row's position in `query_extraction_failures`' order (`after=`/`before=`). Opaque.
+    #[getter]
+    fn cursor(&self) -> String {
+        cursor::failure_cursor(self)
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "ExtractionFailure(agent_id={}, spec_id={}, stage={}, agent_name={}, spawned_at={}, extraction_error={})",
@@ -420,6 +434,13 @@ impl AgentExecution {
     #[getter]
     fn completed_at_datetime<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         utc_from_text(py, self.completed_at.as_deref())
+    }
+
+    /// This row's position in `query_agent_executions`' order (`after=`/`before=`): one
+    /// position among the stage's executions, with or without a `branch_id`. Opaque.
+    #[getter]
+    fn cursor(&self) -> String {
+        cursor::execution_cursor(self)
     }
 
     fn __repr__(&self) -> String {

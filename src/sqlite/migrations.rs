@@ -104,9 +104,64 @@ pub(crate) enum LongSteps {
     Run,
 }
 
-/// Up to this many executions (by rowid span) opening builds the routing index itself:
-/// ~0.7 s of write lock here; 1M executions with 2 KB responses took 6.9 s.
-const ROUTE_INDEX_AT_OPENING: i64 = 100_000;
+/// An additive index whose building reads its whole table: on a big table, opening
+/// leaves it to an upgrade ([`LongSteps`]); every reader works without it, slower.
+struct BigIndex {
+    table: &'static str,
+    names: &'static [&'static str],
+    sql: &'static str,
+}
+
+const BIG_INDEXES: [BigIndex; 2] = [
+    BigIndex { table: "agent_executions", names: &["idx_agent_executions_route"], sql: schema::ROUTE_INDEX_SQL },
+    BigIndex {
+        table: "agent_outputs",
+        names: &["idx_agent_outputs_run_time", "idx_agent_outputs_time"],
+        sql: schema::PAGE_INDEX_SQL,
+    },
+];
+
+/// Up to this many rows (by rowid span) opening builds a [`BigIndex`] itself: ~0.7 s of
+/// write lock here; the routing index over 1M executions with 2 KB responses took 6.9 s.
+const BIG_INDEX_AT_OPENING: i64 = 100_000;
+
+impl BigIndex {
+    fn named(&self) -> String {
+        let what = if self.names.len() == 1 { "the index" } else { "the indexes" };
+        format!("{what} {}", self.names.join(" and "))
+    }
+
+    fn missing(&self, conn: &Connection) -> Result<bool> {
+        if !table_exists(conn, self.table)? {
+            return Ok(false);
+        }
+        for name in self.names {
+            if !index_exists(conn, name)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn rows(&self, conn: &Connection) -> Result<i64> {
+        Ok(crate::sqlite::maintenance::rowid_span(conn, self.table)?.unwrap_or(0))
+    }
+
+    /// Missing, and to be built now: when asked for, or on a small table.
+    fn due(&self, conn: &Connection, long: LongSteps) -> Result<bool> {
+        Ok(self.missing(conn)? && (long == LongSteps::Run || self.rows(conn)? <= BIG_INDEX_AT_OPENING))
+    }
+}
+
+/// Whether every [`BigIndex`] the file's tables call for exists.
+fn big_indexes_complete(conn: &Connection) -> Result<bool> {
+    for index in &BIG_INDEXES {
+        if index.missing(conn)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
 
 /// [`upgrade`], adding what it copied between the schemas to `moved` as each step commits.
 pub(crate) fn upgrade_counting(
@@ -257,9 +312,9 @@ fn bring_layout_current(
 /// The steps of layout revisions 3 and 4, which only add or correct (the minimum reader
 /// layout stays [`schema::MIN_READER_LAYOUT`]): on every shape with a routing table, the
 /// predecessor's `branch_id` column and `idx_agent_executions_branch` index, and the
-/// routing read's covering index `idx_agent_executions_route` (left, and said so, at an
-/// opening of a file with more than [`ROUTE_INDEX_AT_OPENING`] executions: see
-/// [`LongSteps`]; revision 4 is recorded once it exists); on the new
+/// read indexes of revision 4 ([`BIG_INDEXES`]: the routing read's covering index, the
+/// artifact pages' two; left, and said so, at an opening of a file whose table holds more
+/// than [`BIG_INDEX_AT_OPENING`] rows; revision 4 is recorded once they exist); on the new
 /// tables, `consensus_ok` as the predecessor writes it (1: the run has an artifact or a
 /// synthesis) where this store wrote 0 — an older release still running mid-rollout
 /// writes 0 again, so this looks at every opening, not once. Checked before taking the
@@ -267,12 +322,16 @@ fn bring_layout_current(
 fn additive_steps(conn: &Connection, long: LongSteps) -> Result<Vec<String>> {
     let pending = |c: &Connection| additive_steps_pending(c, long);
     let mut deferred = Vec::new();
-    if route_index_missing(conn)? && !route_index_due(conn, long)? {
-        deferred.push(format!(
-            "left the index idx_agent_executions_route for `consensus-db upgrade`: building it over ~{} executions \
-             holds the write lock for seconds (routing reads use the primary key until then)",
-            executions_span(conn)?
-        ));
+    for index in &BIG_INDEXES {
+        if index.missing(conn)? && !index.due(conn, long)? {
+            deferred.push(format!(
+                "left {} for `consensus-db upgrade`: building it over ~{} rows of {} holds the write lock for \
+                 seconds (reads work without it, slower)",
+                index.named(),
+                index.rows(conn)?,
+                index.table
+            ));
+        }
     }
     if !pending(conn)? {
         return Ok(deferred);
@@ -290,9 +349,11 @@ fn additive_steps(conn: &Connection, long: LongSteps) -> Result<Vec<String>> {
                 c.execute_batch(schema::BRANCH_INDEX_SQL)?;
                 changes.push("created the index idx_agent_executions_branch".to_owned());
             }
-            if route_index_missing(c)? && route_index_due(c, long)? {
-                c.execute_batch(schema::ROUTE_INDEX_SQL)?;
-                changes.push("created the index idx_agent_executions_route".to_owned());
+        }
+        for index in &BIG_INDEXES {
+            if index.due(c, long)? {
+                c.execute_batch(index.sql)?;
+                changes.push(format!("created {}", index.named()));
             }
         }
         if table_exists(c, "consensus_runs")? {
@@ -304,7 +365,7 @@ fn additive_steps(conn: &Connection, long: LongSteps) -> Result<Vec<String>> {
                 ));
             }
         }
-        let current = !route_index_missing(c)?;
+        let current = big_indexes_complete(c)?;
         if let Some(found) = schema::revision(c)?.filter(|&r| r < schema::LAYOUT && current) {
             schema::set_layout_revision(c)?;
             changes.push(format!(
@@ -328,29 +389,16 @@ fn additive_steps_pending(conn: &Connection, long: LongSteps) -> Result<bool> {
     {
         return Ok(true);
     }
-    let route_missing = route_index_missing(conn)?;
-    if route_missing && route_index_due(conn, long)? {
-        return Ok(true);
+    for index in &BIG_INDEXES {
+        if index.due(conn, long)? {
+            return Ok(true);
+        }
     }
-    if !route_missing && schema::revision(conn)?.is_some_and(|r| r < schema::LAYOUT) {
+    if big_indexes_complete(conn)? && schema::revision(conn)?.is_some_and(|r| r < schema::LAYOUT) {
         return Ok(true);
     }
     Ok(table_exists(conn, "consensus_runs")?
         && conn.query_row("SELECT EXISTS (SELECT 1 FROM consensus_runs WHERE consensus_ok = 0)", [], |r| r.get(0))?)
-}
-
-/// A routing table without `idx_agent_executions_route`.
-fn route_index_missing(conn: &Connection) -> Result<bool> {
-    Ok(table_exists(conn, "agent_executions")? && !index_exists(conn, "idx_agent_executions_route")?)
-}
-
-/// Whether the routing index is built now: when asked for, or on a small table.
-fn route_index_due(conn: &Connection, long: LongSteps) -> Result<bool> {
-    Ok(long == LongSteps::Run || executions_span(conn)? <= ROUTE_INDEX_AT_OPENING)
-}
-
-fn executions_span(conn: &Connection) -> Result<i64> {
-    Ok(crate::sqlite::maintenance::rowid_span(conn, "agent_executions")?.unwrap_or(0))
 }
 
 fn index_exists(conn: &Connection, index: &str) -> Result<bool> {

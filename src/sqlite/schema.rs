@@ -207,6 +207,9 @@ pub fn shape(conn: &Connection) -> Result<Shape> {
     Catalog::read(conn)?.shape()
 }
 
+/// The artifact pages' index on `agent_outputs` (only adds; see the file).
+pub(crate) const PAGE_INDEX_SQL: &str = include_str!("sql/page_index.sql");
+
 /// Creates the new tables in the current layout, or completes a seed layout with this
 /// store's columns. Idempotent.
 pub(crate) fn create_current_tables(conn: &Connection) -> Result<()> {
@@ -214,6 +217,7 @@ pub(crate) fn create_current_tables(conn: &Connection) -> Result<()> {
     if !column_exists(conn, "agent_outputs", "legacy_artifact_id")? {
         conn.execute_batch(STORE_COLUMNS_SQL)?;
     }
+    conn.execute_batch(PAGE_INDEX_SQL)?;
     set_layout_revision(conn)
 }
 

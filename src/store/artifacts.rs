@@ -8,12 +8,15 @@ use std::sync::LazyLock;
 use std::time::Instant;
 
 use rusqlite::types::Value;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::database::Database;
-use super::legacy::{delete_legacy, legacy_artifacts, pair_with_twin, unless_dropped, Columns, SCOPE};
+use super::legacy::{
+    delete_legacy, legacy_artifacts_in, legacy_fields, twins, unless_dropped, unmirrored_sql, Columns, Twins, SCOPE,
+};
 use super::modes::{ReadMode, WriteMode};
 use super::validate::{check_artifact, check_id};
+use crate::cursor::{after_sql, ArtifactKey, Page, Window};
 use crate::error::{Error, Result};
 use crate::model::*;
 use crate::sqlite::legacy_rows;
@@ -74,58 +77,132 @@ impl Database {
         })
     }
 
-    /// Artifacts of a spec/stage from both schemas, oldest first (ties by id).
+    /// Artifacts of a spec/stage from both schemas, oldest first: by time, new-schema rows
+    /// before legacy ones of the same millisecond, then by id (the order pages follow,
+    /// `cursor.rs`). A legacy row with a new-schema twin is returned once, as the twin.
     pub fn query_artifacts(&self, spec_id: &str, stage: &str) -> Result<Vec<Artifact>> {
+        self.query_artifacts_page(spec_id, stage, &Page::default())
+    }
+
+    /// [`Database::query_artifacts`] in the page's order, at most `page.limit` rows after
+    /// (or before) a cursor. A page reads only its rows: keys from the indexes
+    /// ([`KeyWalk`]), then those rows; the legacy half reads the rows that have no copy in
+    /// the new tables (none once a migration has copied them).
+    pub fn query_artifacts_page(&self, spec_id: &str, stage: &str, page: &Page) -> Result<Vec<Artifact>> {
+        let window = page.artifacts(spec_id, stage)?;
         let started = Instant::now();
-        let mode = self.read_mode();
-        let has_v1 = mode != ReadMode::Legacy && self.v1_readable()?;
+        let (has_v1, has_legacy, columns) = self.artifact_sources()?;
         let conn = self.conn()?;
-        let columns = *self.layout.columns.read();
+        let _snapshot = Snapshot::begin(&conn, has_v1 && has_legacy)?;
+        // Twins are legacy rows without a copy: a full read, which reads all of those,
+        // pairs only when it found some; a page pairs first (its legacy half is longer by
+        // as many rows as pair).
+        let pair = |conn: &Connection| -> Result<Twins> {
+            if has_v1 && has_legacy {
+                self.legacy_read(twins(conn, spec_id, stage, columns))
+            } else {
+                Ok(Twins::default())
+            }
+        };
+        let mut twins = if page.everything() { Twins::default() } else { pair(&conn)? };
+        let mut legacy = Vec::new();
+        if has_legacy {
+            // As many rows more as may pair and drop out.
+            let longer = Window { limit: window.limit.map(|n| n.saturating_add(twins.pairs.len())), ..window.clone() };
+            let read =
+                legacy_artifacts_in(&conn, spec_id, stage, has_v1, columns, (!page.everything()).then_some(&longer));
+            legacy = self.legacy_read(read)?;
+            if page.everything() && !legacy.is_empty() {
+                twins = pair(&conn)?;
+            }
+        }
+        // A paired legacy row is read as its twin, which takes what only it kept.
+        let mut paired: HashMap<i64, (Option<String>, Option<String>)> = HashMap::new();
+        legacy.retain_mut(|l| match twins.pairs.get(&l.id) {
+            Some(&twin) => {
+                paired.insert(twin, (l.response_text.take(), l.run_id.take()));
+                false
+            }
+            None => true,
+        });
         let mut out = Vec::new();
         if has_v1 {
-            let mut stmt = conn.prepare_cached(&self.sql_for_layout(&V1_ARTIFACTS, v1_artifacts_sql, columns))?;
-            let rows = stmt.query_map([spec_id, stage], |r| {
-                let artifact = Artifact {
-                    id: r.get(0)?,
-                    spec_id: spec_id.to_owned(),
-                    stage: stage.to_owned(),
-                    agent_name: r.get(1)?,
-                    content_json: legacy_rows::text_or_empty(r, 2)?,
-                    response_text: legacy_rows::text(r, 3)?,
-                    run_id: r.get(4)?,
-                    created_at_ms: r.get(5)?,
-                    model_version: r.get(6)?,
-                    source: SOURCE_V1,
+            out = if page.everything() {
+                let sql = self.sql_for_layout(&V1_ARTIFACTS, v1_artifacts_sql, columns);
+                v1_rows(&conn, &sql, spec_id, stage, None)?
+            } else {
+                v1_page(&conn, spec_id, stage, columns, &window)?
+            };
+        }
+        let from_v1 = !out.is_empty();
+        if !twins.pairs.is_empty() {
+            let copies: HashMap<i64, i64> = twins.pairs.iter().map(|(&l, &v)| (v, l)).collect();
+            for a in out.iter_mut().filter(|a| a.response_text.is_none() || a.run_id.is_none()) {
+                let Some(&legacy_id) = copies.get(&a.id) else { continue };
+                let (response_text, run_id) = match paired.remove(&a.id) {
+                    Some(fields) => fields,
+                    None => self.legacy_read(legacy_fields(&conn, legacy_id, columns))?,
                 };
-                Ok((artifact, r.get::<_, bool>(7)?))
-            })?;
-            for row in rows {
-                out.push(row?);
+                if a.response_text.is_none() {
+                    a.response_text = response_text;
+                }
+                if a.run_id.is_none() {
+                    a.run_id = run_id;
+                }
             }
-            // Sorted here rather than by ORDER BY: for a handful of rows SQLite's sorter
-            // (a temp b-tree) costs more than the rest of the query.
-            out.sort_unstable_by_key(|(a, _)| (a.created_at_ms, a.id));
         }
-        let from_v1 = out.len();
-        let mut legacy = Vec::new();
-        if mode != ReadMode::V1 && self.layout.legacy_artifacts.load(Ordering::Acquire) {
-            let read = legacy_artifacts(&conn, spec_id, stage, has_v1, columns);
-            legacy = unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", read)?;
-            legacy.retain(|l| !pair_with_twin(l, &mut out));
+        self.reader.record(from_v1, !legacy.is_empty(), started.elapsed());
+        out.extend(legacy);
+        // Sorted here rather than by ORDER BY: for a handful of rows SQLite's sorter
+        // (a temp b-tree) costs more than the rest of the query.
+        if window.descending {
+            out.sort_unstable_by_key(|a| std::cmp::Reverse(ArtifactKey::of(a)));
+        } else {
+            out.sort_unstable_by_key(ArtifactKey::of);
         }
-        self.reader.record(from_v1 > 0, !legacy.is_empty(), started.elapsed());
-        let mut out: Vec<Artifact> = out.into_iter().map(|(a, _)| a).collect();
-        if !legacy.is_empty() {
-            out.extend(legacy);
-            out.sort_by_key(|a| a.created_at_ms);
-        }
-        Ok(out)
+        Ok(window.finish(out))
     }
 
     /// How many artifacts a spec/stage has: exactly the rows [`Database::query_artifacts`]
-    /// returns (a legacy row with a version-1 twin counts once).
+    /// returns (a legacy row with a new-schema twin counts once), counted by SQL on the
+    /// indexes: no row is read but the legacy ones without a copy in the new tables.
     pub fn count_artifacts(&self, spec_id: &str, stage: &str) -> Result<usize> {
-        Ok(self.query_artifacts(spec_id, stage)?.len())
+        let started = Instant::now();
+        let (has_v1, has_legacy, columns) = self.artifact_sources()?;
+        let conn = self.conn()?;
+        let _snapshot = Snapshot::begin(&conn, has_v1 && has_legacy)?;
+        let mut v1: i64 = 0;
+        if has_v1 {
+            v1 = conn.prepare_cached(COUNT_V1)?.query_row([spec_id, stage], |r| r.get(0))?;
+        }
+        let mut legacy: i64 = 0;
+        if has_legacy {
+            let sql = legacy_count_sql(has_v1, columns);
+            legacy = self.legacy_read(
+                conn.prepare_cached(&sql)
+                    .and_then(|mut s| s.query_row([spec_id, stage], |r| r.get(0)))
+                    .map_err(Error::from),
+            )?;
+            if has_v1 && legacy > 0 {
+                legacy -= self.legacy_read(twins(&conn, spec_id, stage, columns))?.pairs.len() as i64;
+            }
+        }
+        // A count is a read of the schemas it found rows in, as the listing it counts.
+        self.reader.record(v1 > 0, legacy > 0, started.elapsed());
+        Ok(usize::try_from(v1 + legacy).unwrap_or(0))
+    }
+
+    /// Which halves an artifact read takes, and the file's columns.
+    fn artifact_sources(&self) -> Result<(bool, bool, Columns)> {
+        let mode = self.read_mode();
+        let has_v1 = mode != ReadMode::Legacy && self.v1_readable()?;
+        let has_legacy = mode != ReadMode::V1 && self.layout.legacy_artifacts.load(Ordering::Acquire);
+        Ok((has_v1, has_legacy, *self.layout.columns.read()))
+    }
+
+    /// A read of the legacy artifacts table, which another process may have dropped.
+    fn legacy_read<T: Default>(&self, read: Result<T>) -> Result<T> {
+        unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", read)
     }
 
     /// Deletes every artifact of a spec (both schemas); returns how many.
@@ -208,6 +285,20 @@ impl Database {
     }
 }
 
+/// The new tables' artifacts of a spec/stage, counted on the runs' and the outputs'
+/// indexes alone (`idx_consensus_spec_stage`, `idx_agent_outputs_run`).
+const COUNT_V1: &str = "SELECT count(*) FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
+                        WHERE r.spec_id = ?1 AND r.stage = ?2";
+
+/// The legacy artifacts of a spec/stage without a copy in the new tables, counted on
+/// `idx_spec_stage` and `idx_agent_outputs_legacy_artifact` alone.
+fn legacy_count_sql(has_v1: bool, columns: Columns) -> String {
+    format!(
+        "SELECT count(*) FROM consensus_artifacts a WHERE a.spec_id = ?1 AND a.stage = ?2 {}",
+        unmirrored_sql(has_v1, columns)
+    )
+}
+
 fn opt(s: Option<&str>) -> Value {
     s.map_or(Value::Null, |s| Value::Text(s.to_owned()))
 }
@@ -216,13 +307,203 @@ fn opt(s: Option<&str>) -> Value {
 /// built once (`sql_for_layout`).
 fn v1_artifacts_sql(columns: Columns) -> String {
     format!(
-        "SELECT o.id, o.agent_name, o.content, {}, {}, o.output_timestamp, o.model_version, {} IS NULL
+        "SELECT o.id, o.agent_name, o.content, {}, {}, o.output_timestamp, o.model_version
          FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
          WHERE r.spec_id = ?1 AND r.stage = ?2",
         Columns::of("o", columns.output_response_text),
         Columns::of("r", columns.run_orchestrator_id),
-        Columns::of("o", columns.output_legacy_id)
     )
+}
+
+/// How a page finds its keys (time, id) in the new tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyWalk {
+    /// Run by run (`idx_agent_outputs_run_time`): each run of the stage is one index seek,
+    /// which stops at the page's end (SQLite's ordered inner loop under LIMIT).
+    ByRun,
+    /// Along every output's time (`idx_agent_outputs_time`) from the cursor, keeping the
+    /// stage's rows: no per-run cost, for a stage of many runs.
+    ByTime,
+}
+
+/// Beyond this many runs a stage's pages walk by time: a seek per run costs ~3 µs.
+const MANY_RUNS: i64 = 64;
+
+impl KeyWalk {
+    fn choose(conn: &Connection, spec_id: &str, stage: &str, window: &Window<ArtifactKey>) -> Result<KeyWalk> {
+        if window.limit.is_none() {
+            return Ok(KeyWalk::ByRun); // every row after the cursor: no walk stops early
+        }
+        let runs: i64 = conn
+            .prepare_cached(
+                "SELECT count(*) FROM (SELECT 1 FROM consensus_runs WHERE spec_id = ?1 AND stage = ?2 LIMIT ?3)",
+            )?
+            .query_row(params![spec_id, stage, MANY_RUNS + 1], |r| r.get(0))?;
+        if runs <= MANY_RUNS {
+            return Ok(KeyWalk::ByRun);
+        }
+        // A file this store never migrated may lack the index: a walk would scan the table.
+        let indexed = conn
+            .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'idx_agent_outputs_time'")?
+            .exists([])?;
+        Ok(if indexed { KeyWalk::ByTime } else { KeyWalk::ByRun })
+    }
+}
+
+/// A page of the new tables' rows. A walk by time passes the other stages' outputs
+/// too: it goes at most [`walk_budget`] outputs past the cursor (the horizon, found on
+/// the time index alone); a stage too sparse to fill its page within them is paged run
+/// by run instead.
+fn v1_page(
+    conn: &Connection,
+    spec_id: &str,
+    stage: &str,
+    columns: Columns,
+    window: &Window<ArtifactKey>,
+) -> Result<Vec<Artifact>> {
+    let bounded = window.from.is_some();
+    if KeyWalk::choose(conn, spec_id, stage, window)? == KeyWalk::ByTime {
+        let horizon = walk_horizon(conn, window)?;
+        let sql = v1_page_sql(columns, KeyWalk::ByTime, window.descending, bounded, horizon.is_some());
+        let rows = v1_rows(conn, &sql, spec_id, stage, Some((window, horizon)))?;
+        if horizon.is_none() || window.limit.is_some_and(|n| rows.len() >= n) {
+            return Ok(rows);
+        }
+    }
+    let sql = v1_page_sql(columns, KeyWalk::ByRun, window.descending, bounded, false);
+    v1_rows(conn, &sql, spec_id, stage, Some((window, None)))
+}
+
+/// The key (time, id) a walk by time stops at.
+type Horizon = (i64, i64);
+
+/// The [`walk_horizon`] on the time index alone: `?1` outputs on from the cursor (`?2`-`?4`).
+fn walk_horizon_sql(descending: bool, bounded: bool) -> String {
+    let dir = if descending { "DESC" } else { "ASC" };
+    let bound = if bounded {
+        format!("WHERE {}", after_sql("output_timestamp", "id", 0, descending, ["?2", "?3", "?4"]))
+    } else {
+        String::new()
+    };
+    format!("SELECT output_timestamp, id FROM agent_outputs {bound} ORDER BY output_timestamp {dir}, id {dir} LIMIT 1 OFFSET ?1")
+}
+
+/// How far a walk by time may go: this many outputs of any stage past the cursor.
+fn walk_budget(limit: usize) -> i64 {
+    i64::try_from(limit.saturating_mul(16)).unwrap_or(i64::MAX).max(4096)
+}
+
+/// The key (time, id) of the output [`walk_budget`] places past the window's cursor in
+/// its direction, or None when fewer remain (the walk may then go to the end).
+fn walk_horizon(conn: &Connection, window: &Window<ArtifactKey>) -> Result<Option<Horizon>> {
+    let k = window.from.unwrap_or(ArtifactKey { at_ms: 0, source: 0, id: 0 });
+    let budget = walk_budget(window.limit.unwrap_or(usize::MAX));
+    let mut stmt = conn.prepare_cached(&walk_horizon_sql(window.descending, window.from.is_some()))?;
+    let found = if window.from.is_some() {
+        stmt.query_row(params![budget, k.at_ms, k.source, k.id], |r| Ok((r.get(0)?, r.get(1)?)))
+    } else {
+        stmt.query_row(params![budget], |r| Ok((r.get(0)?, r.get(1)?)))
+    };
+    Ok(found.optional()?)
+}
+
+/// A page of the new tables' rows: its keys from the indexes alone (see [`KeyWalk`]),
+/// then those rows by id (CROSS JOIN: the ids drive the join, not every run of the
+/// file). `?3`-`?5` are the cursor's key, `?6` the limit, `?7`-`?8` a walk's horizon.
+fn v1_page_sql(columns: Columns, walk: KeyWalk, descending: bool, bounded: bool, horizon: bool) -> String {
+    let mut bound = if bounded {
+        format!("AND {}", after_sql("o.output_timestamp", "o.id", 0, descending, ["?3", "?4", "?5"]))
+    } else {
+        String::new()
+    };
+    if horizon {
+        // Not past the horizon (`?7`, `?8`): the walk's last output, included.
+        let (strict, cmp) = if descending { (">", ">=") } else { ("<", "<=") };
+        bound
+            .push_str(&format!(" AND (o.output_timestamp {strict} ?7 OR (o.output_timestamp = ?7 AND o.id {cmp} ?8))"));
+    }
+    let dir = if descending { "DESC" } else { "ASC" };
+    let keys = match walk {
+        KeyWalk::ByRun => format!(
+            "SELECT o.id FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
+             WHERE r.spec_id = ?1 AND r.stage = ?2 {bound}
+             ORDER BY o.output_timestamp {dir}, o.id {dir} LIMIT ?6"
+        ),
+        // Each output walked is checked by its run's id: the walk's cost is the rows it
+        // passes, not the stage's runs.
+        KeyWalk::ByTime => format!(
+            "SELECT o.id FROM agent_outputs o
+             WHERE EXISTS (SELECT 1 FROM consensus_runs r WHERE r.id = o.run_id AND r.spec_id = ?1 AND r.stage = ?2)
+                   {bound}
+             ORDER BY o.output_timestamp {dir}, o.id {dir} LIMIT ?6"
+        ),
+    };
+    format!(
+        "SELECT o.id, o.agent_name, o.content, {}, {}, o.output_timestamp, o.model_version
+         FROM agent_outputs o CROSS JOIN consensus_runs r ON r.id = o.run_id
+         WHERE o.id IN ({keys})",
+        Columns::of("o", columns.output_response_text),
+        Columns::of("r", columns.run_orchestrator_id),
+    )
+}
+
+fn v1_rows(
+    conn: &Connection,
+    sql: &str,
+    spec_id: &str,
+    stage: &str,
+    page: Option<(&Window<ArtifactKey>, Option<Horizon>)>,
+) -> Result<Vec<Artifact>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let map = |r: &rusqlite::Row| {
+        Ok(Artifact {
+            id: r.get(0)?,
+            spec_id: spec_id.to_owned(),
+            stage: stage.to_owned(),
+            agent_name: r.get(1)?,
+            content_json: legacy_rows::text_or_empty(r, 2)?,
+            response_text: legacy_rows::text(r, 3)?,
+            run_id: r.get(4)?,
+            created_at_ms: r.get(5)?,
+            model_version: r.get(6)?,
+            source: SOURCE_V1,
+        })
+    };
+    let rows = match page {
+        None => stmt.query_map(params![spec_id, stage], map)?.collect::<Result<Vec<_>, _>>()?,
+        Some((w, horizon)) => {
+            let k = w.from.unwrap_or(ArtifactKey { at_ms: 0, source: 0, id: 0 });
+            let limit = w.sql_limit();
+            let mut values: Vec<&dyn rusqlite::ToSql> = vec![&spec_id, &stage, &k.at_ms, &k.source, &k.id, &limit];
+            if let Some((at, id)) = &horizon {
+                values.extend([at as &dyn rusqlite::ToSql, id]);
+            }
+            stmt.query_map(values.as_slice(), map)?.collect::<Result<Vec<_>, _>>()?
+        }
+    };
+    Ok(rows)
+}
+
+/// A read transaction for the statements of one call, when it has several: a writer
+/// between them would make the twin pairs and the rows disagree.
+struct Snapshot<'c>(Option<&'c Connection>);
+
+impl<'c> Snapshot<'c> {
+    fn begin(conn: &'c Connection, needed: bool) -> Result<Snapshot<'c>> {
+        if !needed {
+            return Ok(Snapshot(None));
+        }
+        conn.execute_batch("BEGIN")?;
+        Ok(Snapshot(Some(conn)))
+    }
+}
+
+impl Drop for Snapshot<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0 {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+    }
 }
 
 static OPEN_RUN: LazyLock<String> = LazyLock::new(|| schema::open_run_sql("?1", "?2", "?3"));
@@ -331,3 +612,79 @@ static INSERT_LEGACY_ARTIFACT: LazyLock<String> = LazyLock::new(|| {
         legacy_rows::text_from_ms_sql("?7")
     )
 });
+
+#[cfg(test)]
+mod tests {
+    use super::super::legacy::{legacy_artifacts_sql, twins_sql};
+    use super::*;
+
+    /// What SQLite plans for a statement, one line per step.
+    fn plan(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+        let rows = stmt.query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3)).unwrap();
+        rows.collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    /// The count and every page shape search indexes: no table is scanned, the count and
+    /// the run-by-run keys read no row, a walk by time takes the time index in order
+    /// between the cursor and its horizon, and a page's rows are fetched by id.
+    #[test]
+    fn counting_and_paging_search_indexes_only() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(schema::LEGACY_SCHEMA_SQL).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE consensus_artifacts ADD COLUMN created_at_ms INTEGER;
+             ALTER TABLE consensus_artifacts ADD COLUMN model_version TEXT;",
+        )
+        .unwrap();
+        schema::create_current_tables(&conn).unwrap();
+        let columns = Columns::default();
+        let covering = |sql: &str, indexes: &[&str]| {
+            let steps = plan(&conn, sql);
+            for index in indexes {
+                assert!(steps.iter().any(|s| s.contains(&format!("COVERING INDEX {index}"))), "{index}: {steps:?}");
+            }
+            assert!(steps.iter().all(|s| !s.starts_with("SCAN")), "{steps:?}");
+        };
+        covering(COUNT_V1, &["idx_agent_outputs_run"]); // either of the two on run_id
+        covering(&legacy_count_sql(true, columns), &["idx_spec_stage", "idx_agent_outputs_legacy_artifact"]);
+        for descending in [false, true] {
+            for bounded in [false, true] {
+                let horizon = plan(&conn, &walk_horizon_sql(descending, bounded));
+                assert!(horizon.iter().any(|s| s.contains("COVERING INDEX idx_agent_outputs_time")), "{horizon:?}");
+                assert!(horizon.iter().all(|s| !s.contains("TEMP B-TREE")), "{horizon:?}");
+                // By time: the index in order (no sort), from the cursor when there is one.
+                let steps = plan(&conn, &v1_page_sql(columns, KeyWalk::ByTime, descending, bounded, true));
+                let walk = "SEARCH o USING INDEX idx_agent_outputs_time".to_owned(); // up to its horizon
+                assert!(steps.iter().any(|s| s.starts_with(&walk)), "{walk}: {steps:?}");
+                assert!(steps.iter().all(|s| !s.contains("TEMP B-TREE")), "{steps:?}");
+                assert!(steps.iter().all(|s| !s.starts_with("SCAN") || s.starts_with(&walk)), "{steps:?}");
+                let steps = plan(&conn, &v1_page_sql(columns, KeyWalk::ByRun, descending, bounded, false));
+                assert!(steps.iter().all(|s| !s.starts_with("SCAN")), "{steps:?}");
+                assert!(steps.iter().any(|s| s.starts_with("SEARCH o USING INTEGER PRIMARY KEY")), "{steps:?}");
+                let range = if !bounded {
+                    "(run_id=?)"
+                } else if descending {
+                    "(run_id=? AND output_timestamp<?)"
+                } else {
+                    "(run_id=? AND output_timestamp>?)"
+                };
+                let keys = format!("SEARCH o USING COVERING INDEX idx_agent_outputs_run_time {range}");
+                assert!(steps.contains(&keys), "{keys}: {steps:?}");
+                let legacy = plan(&conn, &legacy_artifacts_sql(columns, true, Some((bounded, descending))));
+                assert!(legacy.iter().all(|s| !s.starts_with("SCAN")), "{legacy:?}");
+            }
+        }
+        let twins = plan(&conn, &twins_sql(columns));
+        assert!(twins.iter().all(|s| !s.starts_with("SCAN")), "{twins:?}");
+        assert_eq!(twins.iter().position(|s| s.starts_with("SEARCH a ")), Some(0), "legacy rows drive: {twins:?}");
+        assert!(
+            twins
+                .iter()
+                .any(|s| s
+                    .contains("idx_agent_outputs_run_time (run_id=? AND output_timestamp>? AND output_timestamp<?)")),
+            "{twins:?}"
+        );
+    }
+}

@@ -8,6 +8,7 @@ use rusqlite::{params, OptionalExtension, Row};
 use super::database::Database;
 use super::legacy::Columns;
 use super::validate::{check_id, check_phase_type};
+use crate::cursor::{execution_after_sql, ExecutionKey, Page, Window};
 use crate::error::{Error, Result};
 use crate::model::{AgentExecution, AgentRoute, ExtractionFailure};
 use crate::sqlite::transaction::Tx;
@@ -172,23 +173,43 @@ impl Database {
         newest_first: bool,
         limit: Option<usize>,
     ) -> Result<Vec<AgentExecution>> {
+        self.query_agent_executions_page(spec_id, stage, branch_id, &Page { newest_first, limit, ..Page::default() })
+    }
+
+    /// [`Database::query_agent_executions`] as a page: in the page's order, at most
+    /// `page.limit` rows after (or before) a cursor (`cursor.rs`).
+    pub fn query_agent_executions_page(
+        &self,
+        spec_id: &str,
+        stage: &str,
+        branch_id: Option<&str>,
+        page: &Page,
+    ) -> Result<Vec<AgentExecution>> {
+        let window = page.executions(spec_id, stage)?;
         let columns = *self.layout.columns.read();
         let branch_missing = columns.execution_branch_id == Columns::MISSING;
         if branch_missing && branch_id.is_some() {
             return Ok(Vec::new());
         }
         let on_branch = if branch_id.is_some() { "AND branch_id = ?3" } else { "AND ?3 IS NULL" };
-        let order = if newest_first { "DESC" } else { "ASC" };
         let conn = self.conn()?;
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT agent_id, spec_id, stage, phase_type, agent_name, {}, {}, spawned_at, completed_at, response_text
-             FROM agent_executions WHERE spec_id = ?1 AND stage = ?2 {on_branch}
-             ORDER BY spawned_at {order}, agent_id {order} LIMIT ?4",
-            columns.execution_run_id, columns.execution_branch_id
+             FROM agent_executions WHERE spec_id = ?1 AND stage = ?2 {on_branch} {}
+             {} LIMIT ?4",
+            columns.execution_run_id,
+            columns.execution_branch_id,
+            execution_bound(&window, ["?5", "?6"]),
+            execution_order(&window)
         ))?;
-        let limit = limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
-        let rows = stmt.query_map(params![spec_id, stage, branch_id, limit], execution_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = match &window.from {
+            Some(k) => stmt.query_map(
+                params![spec_id, stage, branch_id, window.sql_limit(), k.spawned_at, k.agent_id],
+                execution_row,
+            )?,
+            None => stmt.query_map(params![spec_id, stage, branch_id, window.sql_limit()], execution_row)?,
+        };
+        Ok(window.finish(rows.collect::<Result<_, _>>()?))
     }
 
     pub fn get_agent_name(&self, agent_id: &str) -> Result<Option<String>> {
@@ -241,6 +262,12 @@ impl Database {
 
     /// Extraction failures of a spec, oldest spawn first.
     pub fn query_extraction_failures(&self, spec_id: &str) -> Result<Vec<ExtractionFailure>> {
+        self.query_extraction_failures_page(spec_id, &Page::default())
+    }
+
+    /// [`Database::query_extraction_failures`] as a page (`cursor.rs`).
+    pub fn query_extraction_failures_page(&self, spec_id: &str, page: &Page) -> Result<Vec<ExtractionFailure>> {
+        let window = page.failures(spec_id)?;
         let columns = *self.layout.columns.read();
         if columns.execution_extraction_error == Columns::MISSING {
             return Ok(Vec::new()); // a file without the column has never recorded a failure
@@ -249,11 +276,18 @@ impl Database {
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT agent_id, spec_id, stage, phase_type, agent_name, {}, spawned_at, completed_at,
                     response_text, extraction_error
-             FROM agent_executions WHERE spec_id = ?1 AND extraction_error IS NOT NULL
-             ORDER BY spawned_at, agent_id",
-            columns.execution_run_id
+             FROM agent_executions WHERE spec_id = ?1 AND extraction_error IS NOT NULL {}
+             {} LIMIT ?2",
+            columns.execution_run_id,
+            execution_bound(&window, ["?3", "?4"]),
+            execution_order(&window)
         ))?;
-        let rows = stmt.query_map([spec_id], |r| {
+        let limit = window.sql_limit();
+        let params: Vec<&dyn rusqlite::ToSql> = match &window.from {
+            Some(k) => vec![&spec_id, &limit, &k.spawned_at, &k.agent_id],
+            None => vec![&spec_id, &limit],
+        };
+        let rows = stmt.query_map(params.as_slice(), |r| {
             Ok(ExtractionFailure {
                 agent_id: r.get(0)?,
                 spec_id: r.get(1)?,
@@ -267,7 +301,7 @@ impl Database {
                 extraction_error: r.get(9)?,
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(window.finish(rows.collect::<Result<_, _>>()?))
     }
 
     /// Deletes executions spawned more than `days` days ago; returns how many.
@@ -294,6 +328,22 @@ pub struct NewSpawn {
     pub agent_name: String,
     pub run_id: Option<String>,
     pub branch_id: Option<String>,
+}
+
+/// SQL keeping the executions after the window's cursor (`params`: its time and id).
+fn execution_bound(window: &Window<ExecutionKey>, params: [&str; 2]) -> String {
+    match window.from {
+        Some(_) => format!("AND {}", execution_after_sql(window.descending, params)),
+        None => String::new(),
+    }
+}
+
+fn execution_order(window: &Window<ExecutionKey>) -> &'static str {
+    if window.descending {
+        "ORDER BY spawned_at DESC, agent_id DESC"
+    } else {
+        "ORDER BY spawned_at, agent_id"
+    }
 }
 
 fn execution_row(r: &Row) -> rusqlite::Result<AgentExecution> {

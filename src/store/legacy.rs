@@ -2,12 +2,14 @@
 //! (`Layout`, `Columns`), the legacy
 //! tables' reads and deletes, and the pairing of rows the predecessor wrote twice.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use crate::cursor::{after_sql, ArtifactKey, Window};
 use crate::error::{Error, Result};
 use crate::model::*;
 use crate::sqlite::legacy_rows::{self, bool_sql};
@@ -145,33 +147,89 @@ pub(super) fn is_synthesis_twin(legacy: &Synthesis, v1: &Synthesis) -> bool {
     legacy.output_markdown == v1.output_markdown && (v1.created_at_ms - legacy.created_at_ms).abs() <= PAIR_WINDOW_MS
 }
 
-/// Finds, among the new-schema rows not linked to a legacy row, the copy of `legacy`
-/// that a dual-write build wrote (same agent and content, within the pairing window,
-/// nearest first); takes it, filling in what only the legacy copy kept. Returns
-/// whether there was one.
-pub(super) fn pair_with_twin(legacy: &Artifact, v1: &mut [(Artifact, bool)]) -> bool {
-    let twin = v1
-        .iter_mut()
-        .filter(|(a, unlinked)| {
-            *unlinked
-                && a.agent_name == legacy.agent_name
-                && a.content_json == legacy.content_json
-                && (a.created_at_ms - legacy.created_at_ms).abs() <= PAIR_WINDOW_MS
-        })
-        .min_by_key(|(a, _)| ((a.created_at_ms - legacy.created_at_ms).abs(), a.id));
-    match twin {
-        Some((a, unlinked)) => {
-            *unlinked = false;
-            if a.response_text.is_none() {
-                a.response_text.clone_from(&legacy.response_text);
-            }
-            if a.run_id.is_none() {
-                a.run_id.clone_from(&legacy.run_id);
-            }
-            true
-        }
-        None => false,
+/// The legacy artifacts of a spec/stage that a predecessor's dual-write build also wrote
+/// to the new tables, without a link: each paired with its copy (legacy id -> new id).
+#[derive(Debug, Default)]
+pub(super) struct Twins {
+    pub pairs: HashMap<i64, i64>,
+}
+
+/// Pairs each legacy row without a copy in the new tables with its twin: among the
+/// new-schema rows not linked to a legacy row, one with the same agent and content
+/// within the pairing window, nearest first (ties: the lower id), one to one, the
+/// legacy rows taken oldest first (by time, then id). The candidates come from SQL (the
+/// time window on `idx_agent_outputs_run_time`); only their ids and times are read. The
+/// legacy rows drive the join, then the stage's runs, then their outputs in the window
+/// (CROSS JOIN fixes that order: the planner could otherwise walk every output of an
+/// agent name), so a legacy row with a copy costs one probe.
+pub(super) fn twins(conn: &Connection, spec_id: &str, stage: &str, columns: Columns) -> Result<Twins> {
+    let mut stmt = conn.prepare_cached(&twins_sql(columns))?;
+    let mut rows = stmt.query(params![spec_id, stage, PAIR_WINDOW_MS])?;
+    let mut candidates: Vec<(i64, i64, i64, i64)> = Vec::new();
+    while let Some(r) = rows.next()? {
+        candidates.push((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
     }
+    let mut taken = HashSet::new();
+    let mut twins = Twins::default();
+    for group in candidates.chunk_by(|x, y| x.0 == y.0) {
+        let (legacy_id, legacy_at) = (group[0].0, group[0].1);
+        let best =
+            group.iter().filter(|c| !taken.contains(&c.2)).min_by_key(|&&(_, _, id, at)| ((at - legacy_at).abs(), id));
+        if let Some(&(_, _, id, _)) = best {
+            taken.insert(id);
+            twins.pairs.insert(legacy_id, id);
+        }
+    }
+    Ok(twins)
+}
+
+/// The twin candidates of a spec/stage's legacy rows without a copy (`twins`).
+pub(super) fn twins_sql(columns: Columns) -> String {
+    let at = Columns::legacy_created("a", columns.artifact_created_ms);
+    format!(
+        "SELECT a.id, {at}, o.id, o.output_timestamp
+         FROM consensus_artifacts a
+         CROSS JOIN consensus_runs r ON r.spec_id = a.spec_id AND r.stage = a.stage
+         CROSS JOIN agent_outputs o ON o.run_id = r.id
+         WHERE a.spec_id = ?1 AND a.stage = ?2 {}
+           AND {} IS NULL
+           AND o.output_timestamp BETWEEN {at} - ?3 AND {at} + ?3
+           AND o.agent_name = {}
+           AND {} = {}
+         ORDER BY 2, 1",
+        unmirrored_sql(true, columns),
+        Columns::of("o", columns.output_legacy_id),
+        as_text("a.agent_name"),
+        as_text("o.content"),
+        as_text("a.content_json"),
+    )
+}
+
+/// SQL for a column as the readers compare it: text (a BLOB's bytes, a number's
+/// digits), empty when NULL.
+fn as_text(col: &str) -> String {
+    format!("COALESCE(CAST({col} AS TEXT), '')")
+}
+
+/// SQL keeping the legacy artifacts (`a`) that have no linked copy in the new tables.
+pub(super) fn unmirrored_sql(has_v1: bool, columns: Columns) -> &'static str {
+    if has_v1 && columns.output_legacy_id != Columns::MISSING {
+        "AND NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id)"
+    } else {
+        ""
+    }
+}
+
+/// What a twin takes from its legacy copy: `response_text` and `run_id`.
+pub(super) fn legacy_fields(conn: &Connection, id: i64, columns: Columns) -> Result<(Option<String>, Option<String>)> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {}, {} FROM consensus_artifacts WHERE id = ?1",
+        columns.artifact_response_text, columns.artifact_run_id
+    ))?;
+    Ok(stmt
+        .query_row([id], |r| Ok((legacy_rows::text(r, 0)?, legacy_rows::text(r, 1)?)))
+        .optional()?
+        .unwrap_or_default())
 }
 
 /// The newest legacy synthesis (written by an old binary) that has no copy in the new schema.
@@ -205,21 +263,54 @@ pub(super) fn legacy_artifacts(
     has_v1: bool,
     columns: Columns,
 ) -> Result<Vec<Artifact>> {
-    let unmirrored = if has_v1 && columns.output_legacy_id != Columns::MISSING {
-        "AND NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id)"
-    } else {
-        ""
+    legacy_artifacts_in(conn, spec_id, stage, has_v1, columns, None)
+}
+
+/// The SQL of [`legacy_artifacts_in`]: every row, or a page (`Some((bounded, descending))`,
+/// `?3`-`?5` the cursor's key, `?6` the limit).
+pub(super) fn legacy_artifacts_sql(columns: Columns, has_v1: bool, page: Option<(bool, bool)>) -> String {
+    let at = Columns::legacy_created("a", columns.artifact_created_ms);
+    let unmirrored = unmirrored_sql(has_v1, columns);
+    let keys = match page {
+        Some((bounded, descending)) => {
+            let dir = if descending { "DESC" } else { "ASC" };
+            let after = if bounded {
+                format!("WHERE {}", after_sql("at", "id", 1, descending, ["?3", "?4", "?5"]))
+            } else {
+                String::new()
+            };
+            format!(
+                "AND a.id IN (SELECT id FROM (SELECT a.id, {at} AS at FROM consensus_artifacts a
+                                             WHERE a.spec_id = ?1 AND a.stage = ?2 {unmirrored})
+                              {after} ORDER BY at {dir}, id {dir} LIMIT ?6)"
+            )
+        }
+        None => String::new(),
     };
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT a.id, a.agent_name, a.content_json, {}, {}, {}, {}
-         FROM consensus_artifacts a WHERE a.spec_id = ?1 AND a.stage = ?2 {unmirrored}
+    format!(
+        "SELECT a.id, a.agent_name, a.content_json, {}, {}, {at}, {}
+         FROM consensus_artifacts a WHERE a.spec_id = ?1 AND a.stage = ?2 {unmirrored} {keys}
          ORDER BY 6, a.id",
         columns.artifact_response_text,
         columns.artifact_run_id,
-        Columns::legacy_created("a", columns.artifact_created_ms),
         Columns::of("a", columns.artifact_model_version)
-    ))?;
-    let rows = stmt.query_map([spec_id, stage], |r| {
+    )
+}
+
+/// The legacy artifacts of a spec/stage without a copy in the new tables, in key order
+/// (time, id) — or, for a page (`window`), only those after its cursor in its scan's
+/// direction, at most its limit: keys first (the rows' ids and times), then those rows.
+pub(super) fn legacy_artifacts_in(
+    conn: &Connection,
+    spec_id: &str,
+    stage: &str,
+    has_v1: bool,
+    columns: Columns,
+    window: Option<&Window<ArtifactKey>>,
+) -> Result<Vec<Artifact>> {
+    let page = window.map(|w| (w.from.is_some(), w.descending));
+    let mut stmt = conn.prepare_cached(&legacy_artifacts_sql(columns, has_v1, page))?;
+    let map = |r: &Row| {
         Ok(Artifact {
             id: r.get(0)?,
             spec_id: spec_id.to_owned(),
@@ -232,6 +323,14 @@ pub(super) fn legacy_artifacts(
             model_version: legacy_rows::text(r, 6)?,
             source: SOURCE_LEGACY,
         })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    };
+    let rows = match window {
+        Some(w) => {
+            let k = w.from.unwrap_or(ArtifactKey { at_ms: 0, source: 0, id: 0 });
+            stmt.query_map(params![spec_id, stage, k.at_ms, k.source, k.id, w.sql_limit()], map)?
+                .collect::<Result<_, _>>()?
+        }
+        None => stmt.query_map([spec_id, stage], map)?.collect::<Result<_, _>>()?,
+    };
+    Ok(rows)
 }
