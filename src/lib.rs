@@ -64,6 +64,7 @@ pub use model::{
     AgentExecution, AgentRoute, Artifact, ExtractionFailure, LatencySummary, NewArtifact, NewSynthesis, ReaderCounts,
     SchemaGroup, SchemaMismatch, SchemaReport, Synthesis,
 };
+pub use pool::{R2d2Pool, StoreManager};
 pub use pragmas::{Pragmas, VerifiedPragmas};
 pub use schema::Shape;
 pub use sqlite::database::{OpenReport, Options};

@@ -6,7 +6,8 @@
 //! - r2d2 opens every connection on a worker of its `ScheduledThreadPool`, never on
 //!   the caller; its workers cannot be joined. Here one set of workers serves every
 //!   pool of the process, and a forked child (a new `fork::generation`) makes its own:
-//!   the parent's threads do not exist there.
+//!   the parent's threads do not exist there. Across every `fork()` the workers wait
+//!   in a job of the pool's, not in parking_lot (`hold_workers_across_fork`).
 //! - With `min_idle(Some(0))` r2d2 opens connections only for a checkout that finds
 //!   none idle; with `idle_timeout(None)` and `max_lifetime(None)` it schedules no
 //!   reaper, so an open store costs no CPU and leaves no job behind when it closes.
@@ -14,7 +15,7 @@
 //!   checkout runs no `SELECT 1`; a local connection does not go stale, and its
 //!   pragmas were verified when it was opened.
 //! - r2d2 reports a failed open only as text, retries it in the background for as
-//!   long as the pool lives (every 0.4 s, up to every `RETRY_CEILING`), and never
+//!   long as the pool lives (after 0.4 s, doubling up to every 5 s), and never
 //!   wakes a waiting checkout when an open fails or the pool closes. So the manager
 //!   counts the files it has open and refuses to open after close; the error handler
 //!   keeps the last typed error, and a checkout waiting for a new connection returns
@@ -320,20 +321,23 @@ fn hold_workers_across_fork() {
 
 const FORK_HOLD: Duration = Duration::from_millis(50);
 
+/// One fork's hold: a new one each time, so a lock a worker happened to hold at the
+/// fork is never taken again in the child.
 #[derive(Default)]
-struct Held {
-    /// Forks so far, the workers holding for the latest one, and the latest fork done.
-    round: u64,
-    started: usize,
-    released: u64,
+struct Hold {
+    /// (workers holding, released)
+    state: std::sync::Mutex<(usize, bool)>,
+    changed: std::sync::Condvar,
 }
 
-static HELD: std::sync::Mutex<Held> = std::sync::Mutex::new(Held { round: 0, started: 0, released: 0 });
-static HELD_CHANGED: std::sync::Condvar = std::sync::Condvar::new();
-
-fn held() -> std::sync::MutexGuard<'static, Held> {
-    HELD.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+impl Hold {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
+
+/// The hold of the fork under way, for the parent's after-fork handler to release.
+static HOLDING: AtomicPtr<Hold> = AtomicPtr::new(ptr::null_mut());
 
 extern "C" fn before_fork() {
     // SAFETY: an installed `Workers` is never freed.
@@ -341,34 +345,31 @@ extern "C" fn before_fork() {
     if workers.generation != fork::generation() {
         return; // a parent's set: its threads are not in this process
     }
-    let round = {
-        let mut held = held();
-        held.round += 1;
-        held.started = 0;
-        held.round
-    };
+    let hold = Arc::new(Hold::default());
     for _ in 0..WORKER_THREADS {
+        let hold = hold.clone();
         workers.threads.execute(move || {
-            let mut held = held();
-            if held.released >= round {
-                return;
-            }
-            held.started += 1;
-            HELD_CHANGED.notify_all();
-            while held.released < round {
-                held = HELD_CHANGED.wait(held).unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut state = hold.lock();
+            state.0 += 1;
+            hold.changed.notify_all();
+            while !state.1 {
+                state = hold.changed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
             }
         });
     }
-    let held = held();
-    let _ = HELD_CHANGED.wait_timeout_while(held, FORK_HOLD, |h| h.round == round && h.started < WORKER_THREADS);
+    drop(hold.changed.wait_timeout_while(hold.lock(), FORK_HOLD, |state| state.0 < WORKER_THREADS));
+    HOLDING.store(Arc::into_raw(hold).cast_mut(), Ordering::Release);
 }
 
 extern "C" fn after_fork_in_parent() {
-    let mut held = held();
-    held.released = held.round;
-    drop(held);
-    HELD_CHANGED.notify_all();
+    let holding = HOLDING.swap(ptr::null_mut(), Ordering::AcqRel);
+    if holding.is_null() {
+        return;
+    }
+    // SAFETY: made by `Arc::into_raw` in `before_fork`, taken once.
+    let hold = unsafe { Arc::from_raw(holding.cast_const()) };
+    hold.lock().1 = true;
+    hold.changed.notify_all();
 }
 
 impl Pool {
