@@ -197,17 +197,19 @@ impl r2d2::ManageConnection for StoreManager {
 
     fn connect(&self) -> Result<Connection> {
         self.shared.opening()?;
-        let opened = r2d2::ManageConnection::connect(&self.sqlite).map_err(Error::from).and_then(|conn| {
-            counted(&conn, self.shared.clone())?;
-            conn.set_prepared_statement_cache_capacity(64);
-            user_sql::install(&conn)?;
-            Ok(conn)
-        });
-        if opened.is_err() {
-            // Its connection, if SQLite made one, is closed by now.
-            self.shared.closed_one();
-        }
-        opened
+        let conn = match r2d2::ManageConnection::connect(&self.sqlite) {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.shared.closed_one();
+                return Err(e.into());
+            }
+        };
+        // From here the connection counts itself out as it closes (or already has, if
+        // tying the count to it failed): an error below just drops it.
+        counted(&conn, self.shared.clone())?;
+        conn.set_prepared_statement_cache_capacity(64);
+        user_sql::install(&conn)?;
+        Ok(conn)
     }
 
     fn is_valid(&self, _: &mut Connection) -> Result<()> {
@@ -236,11 +238,8 @@ fn counted(conn: &Connection, shared: Arc<Shared>) -> Result<()> {
         let _ = &open;
         Ok(true)
     });
-    // Not registered: the closure (and so the count) was dropped already.
-    registered.map_err(|e| {
-        let error = Error::from(e);
-        error.context("counting a pooled connection")
-    })
+    // Not registered: SQLite has run the destructor already.
+    registered.map_err(|e| Error::from(e).context("counting a pooled connection"))
 }
 
 /// r2d2's error handler: keeps the typed error of a failed open for the checkout
