@@ -5,9 +5,10 @@
 Each cycle opens the store, does one point read and closes it, then counts the files
 of the database this process still holds (``/proc/self/fd``): a close that returned
 with a file still open counts as one cycle left open. Reported: those cycles, RSS growth
-per cycle after the first tenth (allocator warm-up), and the process's CPU while idle
-for 3 s after the last cycle with a store kept open (a periodic job per pool — r2d2's
-reaper — would show there). Linux only. Nothing here is asserted by the test suite.
+per cycle after the first tenth (allocator warm-up), the slowest ``close()``, and the
+process's CPU while idle for 3 s after the last cycle with a store kept open (a periodic
+job per pool — r2d2's reaper — would show there). Linux only. Nothing here is asserted
+by the test suite.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def run(cycles: int, memory: bool) -> dict:
         path = ":memory:" if memory else str(Path(tmp) / "cycles.db")
         with consensus_db.connect(path) as db:
             db.record_agent_spawn("a1", "S", "plan", "regular_stage", "gemini")
-        left_open = 0
+        left_open, slowest_close = 0, 0.0
         warm = max(1, cycles // 10)
         start = time.perf_counter()
         for i in range(cycles):
@@ -56,7 +57,9 @@ def run(cycles: int, memory: bool) -> dict:
                 before = rss()
             db = consensus_db.connect(path)
             db.get_agent_spawn_info("a1")
+            closing = time.perf_counter()
             db.close()
+            slowest_close = max(slowest_close, time.perf_counter() - closing)
             if not memory and files_held(path) > 0:
                 left_open += 1
         took = time.perf_counter() - start
@@ -71,6 +74,7 @@ def run(cycles: int, memory: bool) -> dict:
         "database": "memory" if memory else "file",
         "us_per_cycle": round(took / cycles * 1e6, 1),
         "cycles_with_a_file_left_open": left_open,
+        "slowest_close_ms": round(slowest_close * 1e3, 2),
         "rss_bytes_per_cycle": round(growth / (cycles - warm), 1),
         "idle_cpu": round(idle, 4),
     }
