@@ -1,7 +1,7 @@
 //! consensus-db: a durable, fast local store for multi-agent LLM consensus workflows.
 //!
-//! The engine is plain Rust over SQLite (rusqlite + a connection pool with no thread
-//! of its own). Features: `bundled` (default: SQLite compiled in) or `system-sqlite`
+//! The engine is plain Rust over SQLite (rusqlite + an r2d2 pool, r2d2_sqlite's manager,
+//! every pragma verified by [`VerifiedPragmas`], which a host's own r2d2 pool can use). Features: `bundled` (default: SQLite compiled in) or `system-sqlite`
 //! (the system libsqlite3), exactly one; `python` adds the bindings and [`embed`], for a
 //! Rust host that links libpython and hands its [`Database`] to Python code;
 //! `extension-module` is what the wheel's `consensus_db._core` is built with.
@@ -66,7 +66,8 @@ pub use model::{
     AgentExecution, AgentRoute, Artifact, ExtractionFailure, LatencySummary, NewArtifact, NewSynthesis, ReaderCounts,
     SchemaGroup, SchemaMismatch, SchemaReport, Synthesis,
 };
-pub use pragmas::Pragmas;
+pub use pool::{R2d2Pool, StoreManager};
+pub use pragmas::{Pragmas, VerifiedPragmas};
 pub use schema::Shape;
 pub use sqlite::database::{OpenReport, Options};
 pub use sqlite::replica::{self, Checkpoint, CheckpointMode};

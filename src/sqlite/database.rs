@@ -1,6 +1,7 @@
 //! Opening a database: the persistent settings and migrations on one bootstrap
-//! connection, then a pool (`pool.rs`) whose every new connection gets the
-//! per-connection pragmas, verified. `Engine` is the open file: the pool, the path and
+//! connection (on the opening thread, so its errors are immediate and typed; it closes
+//! then), then a pool (`pool.rs`: r2d2) whose every new connection gets the
+//! per-connection pragmas, verified (`VerifiedPragmas`). `Engine` is the open file: the pool, the path and
 //! options, the open report, the process that opened it; `Send + Sync`. The store's
 //! `Database` (`store/database.rs`) is an engine plus what the store keeps above it.
 
@@ -14,11 +15,10 @@ use rusqlite::{Connection, OpenFlags};
 use crate::error::{Error, Result};
 use crate::sqlite::fork;
 use crate::sqlite::migrations::{self, RowsMoved, Version};
-use crate::sqlite::pragmas::{self, Pragmas};
+use crate::sqlite::pragmas::{self, Pragmas, VerifiedPragmas};
 use crate::sqlite::replica;
 use crate::sqlite::retry::{Retrier, RetryPolicy};
 use crate::sqlite::schema;
-use crate::sqlite::user_sql;
 use crate::sqlite::writer::{LaneStats, WriteLane};
 use std::sync::Arc;
 
@@ -110,27 +110,6 @@ pub struct Engine {
     last_moved: Mutex<RowsMoved>,
 }
 
-/// Readies a connection for the pool: per-connection pragmas, applied then verified.
-fn ready(conn: &Connection, pragmas: &Pragmas, in_memory: bool, read_only: bool) -> Result<()> {
-    conn.set_prepared_statement_cache_capacity(64);
-    user_sql::install(conn)?;
-    pragmas.apply_connection(conn)?;
-    if read_only {
-        verify_connection_scope(pragmas, conn)
-    } else {
-        pragmas.verify(conn, in_memory)
-    }
-}
-
-/// A read-only store cannot set persistent pragmas, so it verifies only what it set.
-fn verify_connection_scope(p: &Pragmas, conn: &Connection) -> Result<()> {
-    let mut only = p.clone();
-    for s in p.scoped(pragmas::Scope::Persistent) {
-        only.unset(s.name)?;
-    }
-    only.verify(conn, true)
-}
-
 fn memdb_name() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!("file:/consensus-db-{}-{}?vfs=memdb", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
@@ -206,16 +185,12 @@ impl Engine {
 
         let bootstrap =
             Connection::open_with_flags(&target, flags).map_err(|e| removing_created(in_file(Error::from(e))))?;
+        let verified = VerifiedPragmas::for_store(options.pragmas.clone(), in_memory, options.read_only);
         let prepared = prepare_file(&bootstrap, &options, in_memory).and_then(|report| {
             // Every pooled connection gets what the bootstrap one has: verify it here,
             // so a pragma that will not hold fails now rather than after every pooled
             // connection's setup has failed until `checkout_timeout`.
-            if options.read_only {
-                options.pragmas.apply_connection(&bootstrap)?;
-                verify_connection_scope(&options.pragmas, &bootstrap)?;
-            } else {
-                options.pragmas.verify(&bootstrap, in_memory)?;
-            }
+            verified.ready(&bootstrap)?;
             Ok(report)
         });
         let open_report = match prepared {
@@ -226,21 +201,10 @@ impl Engine {
             }
         };
 
-        let (pragmas, read_only) = (options.pragmas.clone(), options.read_only);
-        let pool = Pool::new(options.pool_size, options.checkout_timeout, move || {
-            let conn = Connection::open_with_flags(&target, flags)?;
-            ready(&conn, &pragmas, in_memory, read_only)?;
-            Ok(conn)
-        });
-        // A file's bootstrap connection becomes the pool's first (saves an open and a
-        // close); a `:memory:` one stays outside, keeping the database alive.
-        let keeper = if in_memory {
-            Some(bootstrap)
-        } else {
-            ready(&bootstrap, &options.pragmas, in_memory, options.read_only)?;
-            pool.add_idle(bootstrap);
-            None
-        };
+        let pool = Pool::new(options.pool_size, options.checkout_timeout, target, flags, verified)?;
+        // A file's bootstrap connection closes here (r2d2 opens the pool's own, on its
+        // workers); a `:memory:` one stays outside, keeping the database alive.
+        let keeper = if in_memory { Some(bootstrap) } else { None };
 
         let db = Engine {
             pool,
@@ -372,6 +336,12 @@ impl Engine {
         self.pool.get()
     }
 
+    /// The store's pool: `pool.r2d2()` is its `r2d2::Pool<StoreManager>` (see there
+    /// for what a checkout straight from r2d2 skips).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Pool state: (connections open, of which idle).
     pub fn pool_state(&self) -> Result<(u32, u32)> {
         self.opened_in.check()?;
@@ -391,7 +361,7 @@ impl Engine {
     pub fn verify_pragmas(&self) -> Result<()> {
         let conn = self.conn()?;
         if self.read_only {
-            verify_connection_scope(&self.options.pragmas, &conn)
+            self.options.pragmas.verify_connection_scope(&conn)
         } else {
             self.options.pragmas.verify(&conn, self.in_memory)
         }

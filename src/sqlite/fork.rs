@@ -24,8 +24,15 @@ fn install() {
     });
 }
 
+/// Which process this is: bumped in every forked child. (The pool keys its worker
+/// threads by it: a child needs threads of its own.)
+pub fn generation() -> u64 {
+    install();
+    GENERATION.load(Ordering::SeqCst)
+}
+
 /// Where (which process generation) a store was opened.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Origin {
     generation: u64,
     pid: u32,
@@ -33,8 +40,7 @@ pub struct Origin {
 
 impl Origin {
     pub fn here() -> Origin {
-        install();
-        Origin { generation: GENERATION.load(Ordering::SeqCst), pid: std::process::id() }
+        Origin { generation: generation(), pid: std::process::id() }
     }
 
     pub fn check(&self) -> Result<()> {

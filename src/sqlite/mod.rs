@@ -1,5 +1,5 @@
 //! The SQLite wing: everything that knows it runs on SQLite — opening a file (the
-//! persistent settings and migrations on a bootstrap connection, then the pool), the
+//! persistent settings and migrations on a bootstrap connection, then the r2d2 pool), the
 //! pragmas, the schema and its migrations, transactions, maintenance, online backup,
 //! cooperating with a replica (Litestream),
 //! SQLite's process-wide settings (spinning mutexes) and fork detection.
@@ -21,3 +21,6 @@ pub mod schema;
 pub mod transaction;
 mod user_sql;
 pub mod writer;
+
+pub use pool::{R2d2Pool, StoreManager};
+pub use pragmas::VerifiedPragmas;

@@ -1,9 +1,12 @@
-//! The pragmas every connection runs with: defaults, overrides, applying, verifying.
+//! The pragmas every connection runs with: defaults, overrides, applying, verifying,
+//! and [`VerifiedPragmas`], the r2d2 connection customizer that does both on every new
+//! connection (the store's pool's, and one a Rust host can give its own r2d2 pool).
 //!
 //! Values are normalised to what SQLite reads back (`synchronous=NORMAL` reads back
 //! as `1`), so verification is a plain comparison and an error can name the pragma,
 //! the wanted and the actual value.
 
+use r2d2::CustomizeConnection;
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
@@ -198,6 +201,91 @@ impl Pragmas {
             }
         }
         Ok(())
+    }
+
+    /// What a read-only store verifies: it cannot set the persistent pragmas, so only
+    /// the per-connection ones it set.
+    pub fn verify_connection_scope(&self, conn: &Connection) -> Result<()> {
+        let mut only = self.clone();
+        only.settings.retain(|s| s.scope == Scope::Connection);
+        only.verify(conn, true)
+    }
+}
+
+/// An r2d2 connection customizer: on every new connection it applies the
+/// per-connection pragmas and then verifies **every** configured pragma, auto_vacuum
+/// and journal_mode included, failing with [`Error::Pragma`] (the pragma, the wanted
+/// and the actual value) — so no connection with a pragma other than configured is
+/// ever handed out. The store's own pool uses it.
+///
+/// A Rust host with an r2d2 pool of its own (`r2d2::Pool<r2d2_sqlite::SqliteConnectionManager>`)
+/// gets the same guarantee:
+///
+/// ```no_run
+/// use consensus_db::pool::{r2d2, r2d2_sqlite::SqliteConnectionManager};
+/// use consensus_db::{Database, Options, Pragmas, VerifiedPragmas};
+///
+/// // The persistent pragmas are the file's: opening it once as a store sets them.
+/// Database::open("app.db", Options::default())?.close();
+/// let pool = r2d2::Pool::builder()
+///     .connection_customizer(Box::new(VerifiedPragmas::new(Pragmas::default())))
+///     .build(SqliteConnectionManager::file("app.db"))
+///     .expect("a verified connection");
+/// let synchronous: i64 = pool.get().unwrap().query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+/// assert_eq!(synchronous, 1); // NORMAL
+/// # Ok::<(), consensus_db::Error>(())
+/// ```
+///
+/// The persistent pragmas (auto_vacuum, journal_mode) live in the file and are
+/// verified, not set: a file a store opened has them; for another, set them once
+/// yourself or [`Pragmas::unset`] them. With r2d2_sqlite's manager the typed error
+/// arrives as `rusqlite::Error::UserFunctionError` holding the [`Error`]; r2d2 reports
+/// it as text in `pool.get()`'s timeout error.
+#[derive(Clone, Debug)]
+pub struct VerifiedPragmas {
+    pragmas: Pragmas,
+    in_memory: bool,
+    read_only: bool,
+}
+
+impl VerifiedPragmas {
+    /// Applies and verifies `pragmas` on every new connection to a database file.
+    pub fn new(pragmas: Pragmas) -> VerifiedPragmas {
+        VerifiedPragmas { pragmas, in_memory: false, read_only: false }
+    }
+
+    /// A store's: in memory there is no journal file or mmap to verify; a read-only
+    /// store verifies only what it sets.
+    pub(crate) fn for_store(pragmas: Pragmas, in_memory: bool, read_only: bool) -> VerifiedPragmas {
+        VerifiedPragmas { pragmas, in_memory, read_only }
+    }
+
+    pub fn pragmas(&self) -> &Pragmas {
+        &self.pragmas
+    }
+
+    /// What `on_acquire` does: apply the per-connection pragmas, then verify.
+    pub fn ready(&self, conn: &Connection) -> Result<()> {
+        self.pragmas.apply_connection(conn)?;
+        if self.read_only {
+            self.pragmas.verify_connection_scope(conn)
+        } else {
+            self.pragmas.verify(conn, self.in_memory)
+        }
+    }
+}
+
+/// For the store's pool (`pool::StoreManager`, whose errors are this crate's).
+impl CustomizeConnection<Connection, Error> for VerifiedPragmas {
+    fn on_acquire(&self, conn: &mut Connection) -> Result<()> {
+        self.ready(conn)
+    }
+}
+
+/// For a host's pool on r2d2_sqlite's `SqliteConnectionManager`.
+impl CustomizeConnection<Connection, rusqlite::Error> for VerifiedPragmas {
+    fn on_acquire(&self, conn: &mut Connection) -> rusqlite::Result<()> {
+        self.ready(conn).map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
     }
 }
 

@@ -169,9 +169,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
               {libsqlite3:?} (Python's stdlib sqlite3's; with system-sqlite the store's too)"
     );
 
+    host_r2d2_pool(&path, 1 + PY_THREADS * PY_WRITES)?;
+
     db.close();
     std::fs::remove_dir_all(&dir).ok();
     println!("embed_host: ok");
+    Ok(())
+}
+
+/// A host's own r2d2 pool on the store's file gets the store's verified pragmas from its
+/// customizer: every connection has every configured pragma, or none is handed out.
+fn host_r2d2_pool(path: &str, spawns: usize) -> Result<(), Box<dyn std::error::Error>> {
+    use consensus_db::pool::{r2d2, r2d2_sqlite::SqliteConnectionManager};
+    use consensus_db::{Pragmas, VerifiedPragmas};
+
+    let pool = r2d2::Pool::builder()
+        .max_size(2)
+        .connection_customizer(Box::new(VerifiedPragmas::new(Pragmas::default())))
+        .build(SqliteConnectionManager::file(path))?;
+    let conn = pool.get()?;
+    let (synchronous, mode): (i64, String) =
+        conn.query_row("SELECT * FROM pragma_synchronous, pragma_journal_mode", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let seen: i64 = conn.query_row("SELECT count(*) FROM agent_executions WHERE spec_id = ?1", [SPEC], |r| r.get(0))?;
+    assert_eq!((synchronous, mode.as_str(), seen), (1, "wal", spawns as i64));
+    println!(
+        "rust: the host's own r2d2 pool (VerifiedPragmas): {seen} spawns, synchronous={synchronous}, journal_mode={mode}"
+    );
     Ok(())
 }
 
