@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +157,25 @@ def test_the_bar_waits_half_a_second_then_shows_done_of_total_rate_and_time_left
     bar.done()
     assert out.getvalue().endswith("\rdelete [########################] 100% 1,000/1,000 rows, 250/s, ETA 0s\n")
     assert "260" not in out.getvalue()
+
+
+def test_ctrl_c_during_a_cleanup_stops_after_the_chunk_and_keeps_what_it_deleted(tmp_path):
+    path = backdated_file(tmp_path / "int.db", 300_000)
+    argv = [sys.executable, "-m", "consensus_db", "cleanup", str(path), "--days", "30", "--progress"]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stderr is not None
+    seen = b""
+    while b"delete [" not in seen:  # the bar is drawn: the job is under way
+        byte = child.stderr.read(1)
+        assert byte, seen
+        seen += byte
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    print(err.decode()[-300:])
+    assert child.returncode == 130, (out, err)
+    assert b"interrupted: what was deleted and freed so far is committed" in err
+    with consensus_db.connect(path) as db:
+        [(left,)] = db.query("SELECT count(*) FROM agent_executions")
+        assert 0 < left < 300_000, left  # stopped midway; every finished chunk stays deleted
+        assert db.integrity_check() == ["ok"]
+        assert db.cleanup_old_executions(30) == left
