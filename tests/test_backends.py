@@ -457,3 +457,15 @@ def test_an_artifact_write_cut_off_mid_call_is_repeated_once(pg_cluster, pg_url,
     [artifact] = pg.query_artifacts("T", "plan")
     assert ids == [artifact.id]
     assert pg.retry_count >= 1
+
+
+def test_retention_reports_its_progress_on_both(db):
+    insert = ph(db, "INSERT INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, spawned_at) "
+                    "VALUES (?, 'S', 'plan', 'quality_gate', 'g', '2020-01-01 00:00:00')")
+    for i in range(3):
+        db.execute(insert, [f"old-{i}"])
+    db.record_agent_spawn("young", "S", "plan", "quality_gate", "g")
+    seen: list = []
+    assert db.cleanup_old_executions(30, progress=lambda done, total: seen.append((done, total))) == 3
+    assert seen and seen[-1] == (3, 3), seen  # PostgreSQL deletes in one statement: told once, at the end
+    assert db.get_agent_name("young") == "g"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 import consensus_db
+from consensus_db.cli import Bar
 from consensus_db.cli import main as cli
 from conftest import make_legacy_db
 
@@ -103,3 +106,76 @@ def test_health_vacuum_and_cleanup_take_a_postgresql_url(pg_url):
     assert "1 executions older than 30 days deleted; VACUUM (ANALYZE) done" in result.output
     result = run("vacuum", pg_url, "--full")
     assert result.exit_code == 0 and "VACUUM (FULL, ANALYZE) done" in result.output, result.output
+
+
+BACKDATED = (
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
+    " INSERT INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, spawned_at, response_text)"
+    " SELECT 'old-' || i, 'S', 'plan', 'regular_stage', 'gemini', '2020-01-01 00:00:00', ? FROM n"
+)
+
+
+def backdated_file(path: Path, rows: int) -> Path:
+    with consensus_db.connect(path) as db:
+        db.execute(BACKDATED, [rows, "r" * 500])
+    return path
+
+
+def test_cleanup_draws_a_progress_bar_of_rows_and_pages_on_stderr_when_asked(tmp_path):
+    result = run("cleanup", backdated_file(tmp_path / "bar.db", 20_000), "--days", "30", "--progress")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("20000 executions older than 30 days deleted")
+    print(result.stderr.replace("\r", "\n"))
+    rows = [line for line in result.stderr.split("\r") if line.startswith("delete [")]
+    assert rows[-1].split() == ["delete", "[" + "#" * 24 + "]", "100%", "20,000/20,000", "rows,"] + rows[-1].split()[5:]
+    assert "/s, ETA" in rows[-1]
+    pages = [line for line in result.stderr.split("\r") if line.startswith("vacuum [")]
+    assert pages and " 100% " in pages[-1] and "pages," in pages[-1], result.stderr
+
+
+def test_cleanup_and_vacuum_draw_no_bar_with_quiet_nor_when_stderr_is_not_a_terminal(tmp_path):
+    for extra in (["--quiet"], []):  # CliRunner's stderr is no terminal
+        result = run("cleanup", backdated_file(tmp_path / f"q{len(extra)}.db", 5_000), "--days", "30", *extra)
+        assert result.exit_code == 0, result.output
+        assert result.stderr == "" and result.stdout.startswith("5000 executions"), result.stderr
+    result = run("vacuum", tmp_path / "q1.db", "--quiet")
+    assert result.exit_code == 0 and result.stderr == "", result.output
+
+
+def test_the_bar_waits_half_a_second_then_shows_done_of_total_rate_and_time_left():
+    now = [0.0]
+    out = io.StringIO()
+    bar = Bar("delete", "rows", stream=out, clock=lambda: now[0])
+    assert bar.update(100, 1000) is True and out.getvalue() == ""  # a short job prints nothing
+    now[0] = 1.0
+    bar.update(250, 1000)
+    assert out.getvalue() == "\rdelete [######------------------]  25% 250/1,000 rows, 250/s, ETA 3s"
+    now[0] = 1.05
+    bar.update(260, 1000)  # redrawn at most ten times a second
+    now[0] = 4.0
+    bar.update(1000, 1000)
+    bar.done()
+    assert out.getvalue().endswith("\rdelete [########################] 100% 1,000/1,000 rows, 250/s, ETA 0s\n")
+    assert "260" not in out.getvalue()
+
+
+def test_ctrl_c_during_a_cleanup_stops_after_the_chunk_and_keeps_what_it_deleted(tmp_path):
+    path = backdated_file(tmp_path / "int.db", 300_000)
+    argv = [sys.executable, "-m", "consensus_db", "cleanup", str(path), "--days", "30", "--progress"]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stderr is not None
+    seen = b""
+    while b"delete [" not in seen:  # the bar is drawn: the job is under way
+        byte = child.stderr.read(1)
+        assert byte, seen
+        seen += byte
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    print(err.decode()[-300:])
+    assert child.returncode == 130, (out, err)
+    assert b"interrupted: what was deleted and freed so far is committed" in err
+    with consensus_db.connect(path) as db:
+        [(left,)] = db.query("SELECT count(*) FROM agent_executions")
+        assert 0 < left < 300_000, left  # stopped midway; every finished chunk stays deleted
+        assert db.integrity_check() == ["ok"]
+        assert db.cleanup_old_executions(30) == left

@@ -490,8 +490,11 @@ class Database:
         """The spec's executions with an extraction error, newest spawn first (ties by
         agent id, last first); ``order="oldest"`` for oldest first. ``limit``,
         ``after=``, ``before=``: a page, as ``query_artifacts`` takes them."""
-    def cleanup_old_executions(self, days: int) -> int:
-        """Deletes executions spawned more than ``days`` days ago; returns how many."""
+    def cleanup_old_executions(self, days: int, *, progress: Callable[[int, int], object] | None = None) -> int:
+        """Deletes executions spawned more than ``days`` days ago; returns how many. On SQLite
+        in chunks of ~10 ms, writers in between: ``progress(done, total)`` after each chunk
+        (rows deleted so far, of how many); returning False stops after that chunk, an
+        exception stops there and is raised (what was deleted stays deleted)."""
     def store_artifact(
         self,
         spec_id: str,
@@ -574,10 +577,16 @@ class Database:
         are estimated where counting is dear (the tables in ``rows_estimated``);
         ``exact=True`` counts every one."""
     def vacuum(
-        self, *, full: bool = False, pages: int | None = None, progress: Callable[[int], object] | None = None
+        self,
+        *,
+        full: bool = False,
+        pages: int | None = None,
+        progress: Callable[[int, int], object] | Callable[[int], object] | None = None,
     ) -> VacuumReport:
-        """Reclaims free pages (``pages`` of them, None: all; or ``full=True``: VACUUM).
-        ``progress(calls)`` is called during a full VACUUM; returning False interrupts it."""
+        """Reclaims free pages (``pages`` of them, None: all, in chunks; or ``full=True``:
+        VACUUM). ``progress(done, total)`` after each chunk (pages freed of those to free);
+        ``progress(calls)`` during a full VACUUM, which knows no total. Returning False stops
+        the chunks after the current one, or interrupts a full VACUUM."""
     def checkpoint(self, mode: CheckpointMode | None = None) -> CheckpointReport:
         """``PRAGMA wal_checkpoint(MODE)``: None runs TRUNCATE, or PASSIVE on a replicated
         store (which refuses the other modes)."""

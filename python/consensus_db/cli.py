@@ -4,7 +4,9 @@ Exit codes: 0 success; 1 a library error (``error: <message>`` on stderr), or a
 refusal (``vacuum``/``cleanup`` on a file only ``upgrade`` may convert); 2 usage errors
 and missing files (click's convention); 3 ``health --check`` found that the file needs a
 vacuum (for monitoring). ``NO_COLOR`` (any non-empty value) turns colour off. Progress
-goes to stderr, so ``--json`` output on stdout stays parseable.
+goes to stderr, so ``--json`` output on stdout stays parseable: ``cleanup`` and ``vacuum``
+draw a bar there when stderr is a terminal and the job runs longer than half a second
+(``--progress`` draws it anyway, ``--quiet`` never).
 """
 
 from __future__ import annotations
@@ -76,6 +78,84 @@ class Spinner:
     def done(self) -> None:
         self.stream.write(f"\r{self.label} done in {self.elapsed():.1f}s\n")
         self.stream.flush()
+
+
+class Bar:
+    """Progress for a chunked job whose total is known (retention's rows, an incremental
+    vacuum's pages): a bar, done of total, the rate and the time left, on stderr, redrawn
+    at most ten times a second, and only once the job has run ``delay`` seconds (short
+    jobs print nothing). Written here rather than with ``click.progressbar``, which hides
+    itself when the stream is not a terminal with no public way to force it, and shows no
+    rate; no other dependency is needed."""
+
+    WIDTH = 24
+
+    def __init__(
+        self,
+        label: str,
+        unit: str,
+        stream: Optional[TextIO] = None,
+        delay: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.label, self.unit, self.delay, self.clock = label, unit, delay, clock
+        self.stream = stream if stream is not None else sys.stderr
+        self.started = clock()
+        self.drawn: Optional[float] = None
+        self.width = 0
+
+    def update(self, done: int, total: Optional[int] = None) -> bool:
+        """The ``progress`` callback of ``cleanup_old_executions`` and ``vacuum``: redraws
+        when it is time to; never stops the job."""
+        now = self.clock()
+        elapsed = now - self.started
+        finished = total is not None and done >= total
+        if elapsed < self.delay or (self.drawn is not None and now - self.drawn < 0.1 and not finished):
+            return True
+        self.drawn = now
+        rate = done / elapsed if elapsed > 0 else 0.0
+        if total:
+            filled = min(self.WIDTH, self.WIDTH * done // total)
+            left = f"{(total - done) / rate:.0f}s" if rate > 0 else "?"
+            line = (
+                f"{self.label} [{'#' * filled}{'-' * (self.WIDTH - filled)}] {min(done / total, 1.0):4.0%} "
+                f"{done:,}/{total:,} {self.unit}, {rate:,.0f}/s, ETA {left}"
+            )
+        else:
+            line = f"{self.label} {done:,} {self.unit}, {elapsed:.1f}s"
+        self.stream.write("\r" + line.ljust(self.width))
+        self.width = len(line)
+        self.stream.flush()
+        return True
+
+    def done(self) -> None:
+        """Ends the bar's line, if one was drawn."""
+        if self.drawn is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def progress_bar(label: str, unit: str, quiet: bool, forced: bool) -> Optional[Bar]:
+    """The bar a command draws: none with ``--quiet``; from the start with ``--progress``;
+    else on a terminal, after half a second."""
+    if quiet:
+        return None
+    if forced:
+        return Bar(label, unit, delay=0.0)
+    return Bar(label, unit) if sys.stderr.isatty() else None
+
+
+def progress_options(command: Callable[..., None]) -> Callable[..., None]:
+    command = click.option("--quiet", is_flag=True, help="No progress on stderr.")(command)
+    return click.option(
+        "--progress", "show_progress", is_flag=True, help="Draw the progress bar even when stderr is not a terminal."
+    )(command)
+
+
+def interrupted(what: str) -> NoReturn:
+    """Ctrl-C during a chunked job: the chunks done are committed; a rerun does the rest."""
+    click.echo(f"\ninterrupted: {what}", err=True)
+    sys.exit(130)
 
 
 def is_url(path: str) -> bool:
@@ -659,18 +739,26 @@ def health(path: str, as_json: bool, threshold: float, check: bool, exact: bool)
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--full", is_flag=True, help="Rebuild the whole file (VACUUM) instead of an incremental vacuum.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-def vacuum(path: str, full: bool, as_json: bool) -> None:
+@progress_options
+def vacuum(path: str, full: bool, as_json: bool, quiet: bool, show_progress: bool) -> None:
     """Reclaim free pages (a legacy file is refused: run `upgrade` first; on a
     postgresql:// URL: VACUUM (ANALYZE), FULL with --full)."""
     file = writable_target(path, "vacuum")
     with open_maintained(path, file) as db:
         try:
-            if file is not None and full and file.stat().st_size > BIG_FILE and not as_json:
+            if file is not None and full and file.stat().st_size > BIG_FILE and not as_json and not quiet:
                 spinner = Spinner("vacuum")
                 r = db.vacuum(full=True, progress=spinner.tick)
                 spinner.done()
+            elif not full and (bar := progress_bar("vacuum", "pages", quiet, show_progress)) is not None:
+                try:
+                    r = db.vacuum(progress=bar.update)
+                finally:
+                    bar.done()
             else:
                 r = db.vacuum(full=full)
+        except KeyboardInterrupt:
+            interrupted("the pages freed so far stay freed; run it again for the rest")
         except Error as exc:
             fail(str(exc))
     if as_json:
@@ -716,7 +804,8 @@ def vacuum_line(r: Any) -> str:
 @click.option("--days", required=True, type=click.IntRange(min=0), help="Delete executions older than this many days.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; change nothing (SQLite files).")
-def cleanup(path: str, days: int, as_json: bool, dry_run: bool) -> None:
+@progress_options
+def cleanup(path: str, days: int, as_json: bool, dry_run: bool, quiet: bool, show_progress: bool) -> None:
     """Delete executions older than N days, then reclaim the space (a legacy file is
     refused: run `upgrade` first; a postgresql:// URL works too)."""
     if dry_run:
@@ -740,8 +829,20 @@ def cleanup(path: str, days: int, as_json: bool, dry_run: bool) -> None:
     file = writable_target(path, "cleanup")
     with open_maintained(path, file) as db:
         try:
-            deleted = db.cleanup_old_executions(days)
-            r = db.vacuum()
+            deleting = progress_bar("delete", "rows", quiet, show_progress)
+            try:
+                deleted = db.cleanup_old_executions(days, progress=deleting.update if deleting else None)
+            finally:
+                if deleting:
+                    deleting.done()
+            freeing = progress_bar("vacuum", "pages", quiet, show_progress)
+            try:
+                r = db.vacuum(progress=freeing.update if freeing else None)
+            finally:
+                if freeing:
+                    freeing.done()
+        except KeyboardInterrupt:
+            interrupted("what was deleted and freed so far is committed; run it again for the rest")
         except Error as exc:
             fail(str(exc))
     if as_json:

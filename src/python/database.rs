@@ -18,7 +18,7 @@ use super::transaction::PyTransaction;
 use crate::backend::{AnyDatabase, Backend};
 use crate::cursor::Page;
 use crate::error::Error;
-use crate::maintenance::{CycleReport, MaintenanceOptions, Stats, DEFAULT_VACUUM_THRESHOLD};
+use crate::maintenance::{CycleReport, MaintenanceOptions, Progress, Stats, DEFAULT_VACUUM_THRESHOLD};
 use crate::migrations;
 use crate::model::{AgentExecution, Artifact, ExtractionFailure, NewArtifact, NewSynthesis, ReaderCounts, Synthesis};
 use crate::sqlite::replica::CheckpointMode;
@@ -230,6 +230,43 @@ fn parse_pragmas(overrides: Option<&Bound<'_, PyAny>>) -> PyResult<Pragmas> {
         }
     }
     Ok(pragmas)
+}
+
+/// A Python `progress` callback as the engine's [`Progress`], the GIL attached only
+/// around the call: `progress(done, total)` when the total is known (a chunked job),
+/// `progress(done)` when not (a full VACUUM). Returning False stops the job. An exception
+/// stops a chunked job and is kept in `raised`, for [`raise_from_progress`] once the job
+/// has returned; in a full VACUUM, which an interruption undoes, it goes to
+/// `sys.unraisablehook` and the VACUUM goes on, as it always has.
+fn progress_callback(cb: Py<PyAny>, raised: Arc<parking_lot::Mutex<Option<PyErr>>>) -> Progress {
+    Box::new(move |done: u64, total: Option<u64>| {
+        Python::try_attach(|py| {
+            let answer = match total {
+                Some(total) => cb.call1(py, (done, total)),
+                None => cb.call1(py, (done,)),
+            };
+            match answer {
+                Ok(v) => !matches!(v.extract::<bool>(py), Ok(false)),
+                Err(e) if total.is_none() => {
+                    e.write_unraisable(py, None);
+                    true
+                }
+                Err(e) => {
+                    *raised.lock() = Some(e);
+                    false
+                }
+            }
+        })
+        .unwrap_or(true)
+    })
+}
+
+/// Raises what a `progress` callback raised during the job, if it did.
+fn raise_from_progress(raised: &parking_lot::Mutex<Option<PyErr>>) -> PyResult<()> {
+    match raised.lock().take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 fn stats_dict<'py>(py: Python<'py>, s: &Stats) -> PyResult<Bound<'py, PyDict>> {
@@ -1107,10 +1144,36 @@ impl PyDatabase {
         run(py, || self.inner.query_extraction_failures_page(&s, &page))
     }
 
-    /// Deletes executions spawned more than `days` days ago; returns how many.
-    fn cleanup_old_executions(&self, py: Python<'_>, days: &Bound<'_, PyAny>) -> PyResult<usize> {
+    /// Deletes executions spawned more than `days` days ago; returns how many. On SQLite
+    /// they go in chunks of ~10 ms each, writers in between; `progress(done, total)` is
+    /// called after each chunk with the rows deleted so far and of how many (counted
+    /// first). Returning False stops after that chunk, an exception stops there too and
+    /// is raised; what was deleted stays deleted, and a later call deletes the rest. On
+    /// PostgreSQL (one DELETE) `progress` is called once, at the end.
+    #[pyo3(signature = (days, *, progress=None))]
+    fn cleanup_old_executions(
+        &self,
+        py: Python<'_>,
+        days: &Bound<'_, PyAny>,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<usize> {
         let days = non_negative(days, "days")?;
-        run(py, || self.inner.cleanup_old_executions(days))
+        let Some(progress) = opt_callable(progress, "progress")? else {
+            return run(py, || self.inner.cleanup_old_executions(days));
+        };
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = self.pg() {
+            let deleted = run(py, || pg.cleanup_old_executions(days))?;
+            progress.call1(py, (deleted, deleted))?;
+            return Ok(deleted);
+        }
+        let raised = Arc::new(parking_lot::Mutex::new(None));
+        let progress = progress_callback(progress, raised.clone());
+        let deleted = run(py, move || {
+            self.core("cleanup_old_executions")?.cleanup_old_executions_in_chunks(days, Some(progress))
+        });
+        raise_from_progress(&raised)?;
+        Ok(deleted? as usize)
     }
 
     // ---- artifacts -----------------------------------------------------------------
@@ -1370,9 +1433,16 @@ impl PyDatabase {
         Ok(d)
     }
 
-    /// Reclaims free pages: `pages` of them incrementally (None: all), or the whole file
-    /// rebuilt with `full=True`. `progress(calls)` is called during a full VACUUM
-    /// (returning False interrupts it). Returns before/after statistics and what they
+    /// Reclaims free pages: `pages` of them incrementally (None: all), in chunks of ~10 ms
+    /// each, writers in between; or the whole file rebuilt in one piece with `full=True`
+    /// (also what runs on a file whose auto_vacuum is not incremental). `progress` is
+    /// called after each chunk as `progress(done, total)`, pages freed so far of those
+    /// to free; during a full VACUUM, which knows no total, as `progress(calls)` every
+    /// thousand SQLite steps (a callback for both takes `total=None`). Returning False
+    /// stops the chunks after the current one (what was freed stays freed), or interrupts
+    /// a full VACUUM (nothing changes). An exception stops the chunks and is raised; in a
+    /// full VACUUM it goes to `sys.unraisablehook` and the VACUUM goes on. Returns
+    /// before/after statistics and what they
     /// mean: `pages_freed` and `bytes_reclaimed` (pages × page size) are never negative;
     /// `file_bytes_*`/`wal_bytes_*` are the main file and the WAL before and after, and
     /// `page_count_change`/`disk_bytes_change` are after minus before; `checkpoint` is the
@@ -1387,19 +1457,8 @@ impl PyDatabase {
     ) -> PyResult<Bound<'py, PyDict>> {
         let full = opt_flag(full, "full", false)?;
         let pages: Option<u32> = opt_int_in(pages, "pages", 0, u32::MAX.into())?;
-        let progress = opt_callable(progress, "progress")?;
-        let progress: Option<Box<dyn FnMut(u64) -> bool + Send>> = progress.map(|cb| {
-            Box::new(move |calls: u64| {
-                Python::try_attach(|py| match cb.call1(py, (calls,)) {
-                    Ok(v) => !matches!(v.extract::<bool>(py), Ok(false)),
-                    Err(e) => {
-                        e.write_unraisable(py, None);
-                        true
-                    }
-                })
-                .unwrap_or(true)
-            }) as Box<dyn FnMut(u64) -> bool + Send>
-        });
+        let raised = Arc::new(parking_lot::Mutex::new(None));
+        let progress = opt_callable(progress, "progress")?.map(|cb| progress_callback(cb, raised.clone()));
         #[cfg(feature = "postgres")]
         if let Some(pg) = self.pg() {
             if pages.is_some() {
@@ -1415,7 +1474,9 @@ impl PyDatabase {
             d.set_item("backend", "postgresql")?;
             return Ok(d);
         }
-        let r = run(py, move || self.core("vacuum")?.vacuum(full, pages, progress))?;
+        let r = run(py, move || self.core("vacuum")?.vacuum(full, pages, progress));
+        raise_from_progress(&raised)?;
+        let r = r?;
         let d = PyDict::new(py);
         d.set_item("full", r.full)?;
         d.set_item("before", stats_dict(py, &r.before)?)?;

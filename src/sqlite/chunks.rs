@@ -5,6 +5,8 @@
 //! A chunk's size adapts to what the last one took: it doubles while chunks finish in
 //! under half of [`CHUNK_TARGET`] and halves when one takes longer. A job killed
 //! between chunks leaves every finished chunk committed and the rest to the next run.
+//! After each chunk the job tells its [`Progress`] what it has done of its total, and
+//! stops there when told to.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,11 @@ pub const CHUNK_TARGET: Duration = Duration::from_millis(10);
 /// One chunk of a job, run by [`run_in_chunks`] in its turn: the units it did and
 /// whether the job is done.
 pub(crate) type Chunk<'a> = &'a mut dyn FnMut(&Connection) -> Result<(u64, bool)>;
+
+/// Told after each chunk the units done so far and the job's total when it is known
+/// (`None`: a full VACUUM, which counts SQLite VM steps instead); returns `false` to stop
+/// the job after this chunk, every chunk done so far staying committed.
+pub type Progress = Box<dyn FnMut(u64, Option<u64>) -> bool + Send>;
 
 /// The size of the next chunk, from what the previous ones took.
 #[derive(Clone, Copy, Debug)]
@@ -53,21 +60,29 @@ impl ChunkSize {
 /// Runs `chunk` until it reports the job done, each call in its own turn of `hold`
 /// (which holds the lane and hands out a connection, retrying as the caller's policy
 /// says). `chunk` gets the connection and the chunk's size and returns the units it did
-/// and whether the job is done. Returns the units done in all.
+/// and whether the job is done. After each chunk `progress` (if any) is told the units
+/// done of `total` (raised to the units done if writers added work meanwhile) and may
+/// stop the job. Returns the units done in all.
 pub(crate) fn run_in_chunks(
     mut size: ChunkSize,
     mut hold: impl FnMut(Chunk<'_>) -> Result<(u64, bool)>,
     mut chunk: impl FnMut(&Connection, u32) -> Result<(u64, bool)>,
+    total: u64,
+    mut progress: Option<&mut Progress>,
 ) -> Result<u64> {
-    let mut total = 0;
+    let mut done_so_far = 0;
     loop {
         let n = size.get();
         let started = Instant::now();
         let (done, finished) = hold(&mut |conn| chunk(conn, n))?;
         size.took(started.elapsed());
-        total += done;
-        if finished {
-            return Ok(total);
+        done_so_far += done;
+        let go_on = match progress.as_mut() {
+            Some(report) => report(done_so_far, Some(total.max(done_so_far))),
+            None => true,
+        };
+        if finished || !go_on {
+            return Ok(done_so_far);
         }
     }
 }
@@ -108,8 +123,36 @@ mod tests {
                 left -= done;
                 Ok((done, left == 0))
             },
+            1000,
+            None,
         )
         .unwrap();
         assert_eq!((total, turns), (1000, 16));
+    }
+
+    #[test]
+    fn progress_is_told_after_each_chunk_and_can_stop_the_job() {
+        let conn = Connection::open_in_memory().unwrap();
+        let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let told = seen.clone();
+        let mut progress: Progress = Box::new(move |done, total| {
+            told.lock().push((done, total));
+            done < 192 // stops after the third chunk
+        });
+        let mut left = 1000u64;
+        let total = run_in_chunks(
+            ChunkSize::new(64, 64, 64),
+            |f| f(&conn),
+            |_, n| {
+                let done = left.min(u64::from(n));
+                left -= done;
+                Ok((done, left == 0))
+            },
+            100, // fewer than there are: the total shown grows to what was done
+            Some(&mut progress),
+        )
+        .unwrap();
+        assert_eq!(total, 192);
+        assert_eq!(*seen.lock(), vec![(64, Some(100)), (128, Some(128)), (192, Some(192))]);
     }
 }

@@ -13,10 +13,11 @@ use rusqlite::Connection;
 
 use crate::error::{Error, Result};
 use crate::model::HEALTH_EXACT_BELOW;
+pub use crate::sqlite::chunks::Progress;
 use crate::sqlite::chunks::{run_in_chunks, Chunk, ChunkSize};
 use crate::sqlite::database::{Engine, Pool};
 use crate::sqlite::replica::{self, Checkpoint, CheckpointMode};
-use crate::sqlite::writer::WriteLane;
+use crate::sqlite::writer::{LaneHold, WriteLane};
 
 /// Free-page fraction above which `needs_vacuum` is true by default.
 pub const DEFAULT_VACUUM_THRESHOLD: f64 = 0.5;
@@ -155,13 +156,24 @@ pub(crate) fn retention_cutoff(conn: &Connection, days: i64) -> Result<Option<St
     Ok(conn.query_row("SELECT strftime('%Y-%m-%d %H:%M:%S', 'now', ?1)", [format!("-{days} days")], |r| r.get(0))?)
 }
 
+/// The executions a retention cutting at `cutoff` deletes: a count of the `spawned_at`
+/// index's entries before it (~0.1 s for a million), for the progress of the job.
+pub(crate) fn executions_before(conn: &Connection, cutoff: &str) -> Result<u64> {
+    let n: i64 =
+        conn.query_row("SELECT count(*) FROM agent_executions WHERE spawned_at < ?1", [cutoff], |r| r.get(0))?;
+    Ok(n.max(0) as u64)
+}
+
 /// Deletes the executions spawned before `cutoff` in chunks, each in its turn of `hold`
-/// and its own IMMEDIATE transaction; returns how many.
+/// and its own IMMEDIATE transaction; returns how many. `progress` is told rows done of
+/// `total` after each chunk and may stop the job there.
 pub(crate) fn delete_executions_in_chunks(
     hold: impl FnMut(Chunk<'_>) -> Result<(u64, bool)>,
     cutoff: &str,
+    total: u64,
+    progress: Option<&mut Progress>,
 ) -> Result<u64> {
-    run_in_chunks(ChunkSize::maintenance(), hold, |conn, n| {
+    let delete = |conn: &Connection, n: u32| {
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let deleted = conn
             .prepare_cached(
@@ -179,21 +191,104 @@ pub(crate) fn delete_executions_in_chunks(
                 Err(e.into())
             }
         }
-    })
+    };
+    run_in_chunks(ChunkSize::maintenance(), hold, delete, total, progress)
 }
 
-/// Frees up to `pages` free pages (all when None or 0) in chunks, each in its turn of
-/// `hold`; returns how many.
-pub(crate) fn vacuum_in_chunks(hold: impl FnMut(Chunk<'_>) -> Result<(u64, bool)>, pages: Option<u32>) -> Result<u64> {
+/// Frees up to `pages` free pages (all when None or 0) of the `free` there are, in
+/// chunks, each in its turn of `hold`; returns how many. `progress` is told pages freed
+/// of those to free after each chunk and may stop the job there.
+pub(crate) fn vacuum_in_chunks(
+    hold: impl FnMut(Chunk<'_>) -> Result<(u64, bool)>,
+    pages: Option<u32>,
+    free: u64,
+    progress: Option<&mut Progress>,
+) -> Result<u64> {
     let mut left = pages.filter(|&n| n > 0).map(u64::from);
-    run_in_chunks(ChunkSize::maintenance(), hold, |conn, n| {
+    let total = left.map_or(free, |l| l.min(free));
+    let free_some = |conn: &Connection, n: u32| {
         let take = left.map_or(n, |l| l.min(u64::from(n)) as u32).max(1);
         let freed = incremental_vacuum(conn, Some(take))?.max(0) as u64;
         if let Some(l) = left.as_mut() {
             *l = l.saturating_sub(freed);
         }
         Ok((freed, freed < u64::from(take) || left == Some(0)))
-    })
+    };
+    run_in_chunks(ChunkSize::maintenance(), hold, free_some, total, progress)
+}
+
+/// How much of the WAL file one step of [`checkpoint_in_steps`] cuts off. Truncating a
+/// file 16 MB at a time took at most 9 ms a step here; an 850 MB WAL truncated at once
+/// (what a TRUNCATE checkpoint does, holding SQLite's write lock) took 270–380 ms, and
+/// every writer waited for it.
+pub const WAL_SHRINK_STEP: u64 = 16 << 20;
+
+/// The checkpoint that ends a maintenance job, in steps that each keep writers out
+/// briefly: a PASSIVE checkpoint first, outside the lane (writers go on meanwhile); on a
+/// replicated store that is all. On a store of its own the WAL file is then cut down
+/// [`WAL_SHRINK_STEP`] at a time, each cut a turn of `hold`: a PASSIVE checkpoint of the
+/// frames written since, then `user_version` rewritten unchanged with
+/// `journal_size_limit` set to the size wanted — the first commit into the restarted WAL,
+/// which SQLite truncates to that limit. Once the file is that small, the TRUNCATE
+/// checkpoint runs in a last turn. A reader that keeps the WAL from restarting (or
+/// another process writing first) ends the cutting early; the TRUNCATE then does the
+/// rest in one piece, as it always has.
+pub(crate) fn checkpoint_in_steps(
+    hold: &dyn Fn() -> Result<LaneHold>,
+    conn: &Connection,
+    wal: &std::path::Path,
+    replicated: bool,
+) -> Result<Checkpoint> {
+    let mut last = replica::checkpoint(conn, CheckpointMode::Passive)?;
+    if replicated {
+        return Ok(last);
+    }
+    let limit = pragma_i64(conn, "journal_size_limit")?;
+    loop {
+        let size = file_len(wal.as_os_str());
+        if size <= WAL_SHRINK_STEP {
+            break;
+        }
+        // The frames written since the last step, copied while writers go on.
+        replica::checkpoint(conn, CheckpointMode::Passive)?;
+        let lane = hold()?;
+        // Again in the turn, so that no writer of this store restarts the WAL first (the
+        // frames are those written since the line above: few).
+        last = replica::checkpoint(conn, CheckpointMode::Passive)?;
+        if last.blocked().is_some() {
+            break;
+        }
+        conn.execute_batch(&format!("PRAGMA journal_size_limit = {}", size - WAL_SHRINK_STEP))?;
+        let rewritten = rewrite_user_version(conn);
+        conn.execute_batch(&format!("PRAGMA journal_size_limit = {limit}"))?;
+        drop(lane);
+        match rewritten {
+            // Another process holds the write lock: the job is done; the TRUNCATE below
+            // reports what it could not copy, as it always has.
+            Err(Error::Busy(_)) => break,
+            other => other?,
+        }
+        if file_len(wal.as_os_str()) >= size {
+            break; // the WAL did not restart: another process wrote first, or a reader holds it
+        }
+    }
+    let _lane = hold()?;
+    replica::checkpoint(conn, CheckpointMode::Truncate)
+}
+
+/// One write that changes nothing: `user_version` written back as it is, in its own
+/// IMMEDIATE transaction (so no migration can come between the read and the write).
+fn rewrite_user_version(conn: &Connection) -> Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let written =
+        pragma_i64(conn, "user_version").and_then(|v| Ok(conn.execute_batch(&format!("PRAGMA user_version = {v}"))?));
+    match written {
+        Ok(()) => Ok(conn.execute_batch("COMMIT")?),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 /// `max(rowid) - min(rowid) + 1` of a table (0 when empty), as two seeks of its rowid
@@ -209,6 +304,17 @@ pub(crate) fn rowid_span(conn: &rusqlite::Connection, quoted_table: &str) -> Res
 }
 
 impl Engine {
+    /// The `-wal` file beside the database (None in memory).
+    fn wal_file(&self, conn: &Connection) -> Option<std::path::PathBuf> {
+        if self.in_memory {
+            return None;
+        }
+        let file = self.file().map(|f| f.as_os_str().to_os_string()).or_else(|| conn.path().map(Into::into))?;
+        let mut wal = file;
+        wal.push("-wal");
+        Some(wal.into())
+    }
+
     pub fn stats(&self) -> Result<Stats> {
         stats(&*self.conn()?, self.file(), self.in_memory)
     }
@@ -259,15 +365,11 @@ impl Engine {
 
     /// Reclaims free pages. `full = false` uses incremental vacuum (when auto_vacuum
     /// is incremental; otherwise falls back to a full VACUUM), `pages` limiting how
-    /// many; `full = true` rebuilds the file. `progress` is called every thousand
-    /// SQLite VM steps of a full VACUUM with the number of calls so far; returning
-    /// `false` aborts it (nothing changes).
-    pub fn vacuum(
-        &self,
-        full: bool,
-        pages: Option<u32>,
-        progress: Option<Box<dyn FnMut(u64) -> bool + Send>>,
-    ) -> Result<VacuumReport> {
+    /// many, in chunks: `progress` is told pages freed of those to free after each and
+    /// may stop it there (what was freed stays freed). `full = true` rebuilds the file in
+    /// one piece: `progress` is called every thousand SQLite VM steps with the number of
+    /// calls so far and no total; returning `false` aborts it (nothing changes).
+    pub fn vacuum(&self, full: bool, pages: Option<u32>, progress: Option<Progress>) -> Result<VacuumReport> {
         if self.read_only {
             return Err(Error::ReadOnly(format!("cannot vacuum {:?}", self.path)));
         }
@@ -275,33 +377,54 @@ impl Engine {
         let before = stats(&conn, self.file(), self.in_memory)?;
         let incremental = !full && pragma_i64(&conn, "auto_vacuum")? == 2;
         // In bounded chunks, writers in between (`chunks.rs`); a full VACUUM is one piece.
-        let _lane = if incremental {
-            vacuum_in_chunks(|chunk| self.with_lane("vacuum", |c| chunk(c)), pages)?;
-            self.hold_lane()?
+        if incremental {
+            let mut progress = progress;
+            let free = before.freelist_count.max(0) as u64;
+            vacuum_in_chunks(|chunk| self.with_lane("vacuum", |c| chunk(c)), pages, free, progress.as_mut())?;
         } else {
-            let lane = self.hold_lane()?;
+            let _lane = self.hold_lane()?;
             if let Some(mut report) = progress {
                 let mut calls = 0u64;
                 conn.progress_handler(
                     1_000,
                     Some(move || {
                         calls += 1;
-                        !report(calls)
+                        !report(calls, None)
                     }),
                 )?;
             }
             let result = conn.execute_batch("VACUUM");
             conn.progress_handler(0, None::<fn() -> bool>)?;
             result?;
-            lane
-        };
-        let checkpoint = if self.in_memory {
-            None
-        } else {
-            Some(replica::checkpoint(&conn, CheckpointMode::default_for(self.replicated_on(&conn)?))?)
+        }
+        let checkpoint = match self.wal_file(&conn) {
+            None => None,
+            Some(wal) => {
+                let replicated = self.replicated_on(&conn)?;
+                Some(checkpoint_in_steps(&|| self.hold_lane(), &conn, &wal, replicated)?)
+            }
         };
         let after = stats(&conn, self.file(), self.in_memory)?;
         Ok(VacuumReport { full: !incremental, before, after, checkpoint })
+    }
+
+    /// Deletes the executions spawned more than `days` days ago, in chunks (`chunks.rs`);
+    /// returns how many. With `progress` they are counted first (the `spawned_at`
+    /// index), and it is told rows deleted of that count after each chunk and may stop
+    /// the job there (what was deleted stays deleted).
+    pub fn cleanup_old_executions_in_chunks(&self, days: i64, progress: Option<Progress>) -> Result<u64> {
+        let Some(cutoff) = self.read(|conn| retention_cutoff(conn, days))? else {
+            return Ok(0);
+        };
+        let mut progress = progress;
+        let total = match progress {
+            Some(_) => self.read(|conn| executions_before(conn, &cutoff))?,
+            None => 0,
+        };
+        // Each chunk its own transaction and turn in the lane: a busy attempt leaves nothing
+        // of its chunk behind, and writers run in between.
+        let hold = |chunk: Chunk<'_>| self.with_lane("cleanup_old_executions", |c| chunk(c));
+        delete_executions_in_chunks(hold, &cutoff, total, progress.as_mut())
     }
 
     /// Checkpoints the WAL into the database: in `mode`, or by default TRUNCATE (the
@@ -480,17 +603,19 @@ fn run_cycle(
     };
     if let Some(days) = options.retention_days {
         if let Some(cutoff) = retention_cutoff(&*pool.get()?, days)? {
-            report.executions_deleted = delete_executions_in_chunks(in_turn, &cutoff)? as usize;
+            report.executions_deleted = delete_executions_in_chunks(in_turn, &cutoff, 0, None)? as usize;
         }
     }
     if pragma_i64(&*pool.get()?, "auto_vacuum")? == 2 {
-        report.pages_freed = vacuum_in_chunks(in_turn, options.vacuum_pages)? as i64;
+        report.pages_freed = vacuum_in_chunks(in_turn, options.vacuum_pages, 0, None)? as i64;
     }
     if options.checkpoint && !in_memory {
-        let _lane = hold()?;
         let conn = pool.get()?;
         let replicated = replicated || replica::litestream_detected(&conn)?;
-        let done = replica::checkpoint(&conn, CheckpointMode::default_for(replicated))?;
+        let done = match conn.path().filter(|p| !p.is_empty()) {
+            Some(file) => checkpoint_in_steps(&hold, &conn, std::path::Path::new(&format!("{file}-wal")), replicated)?,
+            None => replica::checkpoint(&conn, CheckpointMode::default_for(replicated))?,
+        };
         report.checkpointed = true;
         report.checkpoint_mode = Some(done.mode);
     }

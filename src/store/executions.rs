@@ -306,15 +306,7 @@ impl Database {
 
     /// Deletes executions spawned more than `days` days ago; returns how many.
     pub fn cleanup_old_executions(&self, days: i64) -> Result<usize> {
-        // In bounded chunks, each its own transaction and turn in the lane (`chunks.rs`):
-        // a busy attempt leaves nothing of its chunk behind, and writers run in between.
-        use crate::sqlite::maintenance::{delete_executions_in_chunks, retention_cutoff};
-        let Some(cutoff) = self.read(|conn| retention_cutoff(conn, days))? else {
-            return Ok(0);
-        };
-        let deleted =
-            delete_executions_in_chunks(|chunk| self.with_lane("cleanup_old_executions", |c| chunk(c)), &cutoff)?;
-        Ok(deleted as usize)
+        Ok(self.cleanup_old_executions_in_chunks(days, None)? as usize)
     }
 }
 
