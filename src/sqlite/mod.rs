@@ -6,9 +6,11 @@
 
 mod access;
 pub mod backup;
+mod busy;
 pub(crate) mod chunks;
 pub mod database;
 pub(crate) mod fork;
+mod host_queue;
 pub mod legacy_rows;
 pub mod maintenance;
 pub mod migrations;

@@ -29,6 +29,12 @@
 //! lane thread becomes its front (one at a time, and it exits when no submitted write
 //! is at the front): N waiting submitted writes need no thread of their own.
 //!
+//! Between processes, the front takes the host-wide writer queue (`host_queue.rs`)
+//! before its `BEGIN IMMEDIATE` and releases it after the `COMMIT`: fronts of other
+//! processes on the same file wait their turn in the kernel, not in SQLite's busy
+//! handler. Holds (transaction blocks, migrations, maintenance) do not take it: a
+//! block may only read, and must not keep other processes' writes waiting.
+//!
 //! Safety: a queued write lives on its caller's stack (the closure may borrow from it).
 //! The caller does not return before its `done` flag is set, and the lane stops
 //! touching a member before setting that flag (under the lane's mutex).
@@ -43,6 +49,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
+use crate::sqlite::host_queue::HostQueue;
 use crate::sqlite::pool::Pool;
 use crate::sqlite::transaction::{Behavior, Tx};
 
@@ -291,6 +298,8 @@ pub struct WriteLane {
     members: AtomicU64,
     holds: AtomicU64,
     sizes: [AtomicU64; MAX_GROUP + 1],
+    /// The host-wide writer queue every group takes its turn in (none in memory, read-only).
+    host: Option<Arc<HostQueue>>,
 }
 
 /// The lane held alone until dropped.
@@ -336,6 +345,13 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 impl Default for WriteLane {
     fn default() -> Self {
+        WriteLane::new(None)
+    }
+}
+
+impl WriteLane {
+    /// A lane whose groups take their turn in `host` (the file's writer queue).
+    pub(crate) fn new(host: Option<HostQueue>) -> Self {
         WriteLane {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -350,7 +366,13 @@ impl Default for WriteLane {
             members: AtomicU64::new(0),
             holds: AtomicU64::new(0),
             sizes: std::array::from_fn(|_| AtomicU64::new(0)),
+            host: host.map(Arc::new),
         }
+    }
+
+    /// The writer queue's sidecar, while turns are taken in it.
+    pub(crate) fn host_queue(&self) -> Option<&std::path::Path> {
+        self.host.as_deref().filter(|q| q.is_on()).map(HostQueue::path)
     }
 }
 
@@ -537,7 +559,7 @@ impl WriteLane {
                 Member::Owned(job) => job.as_job(),
             })
             .collect();
-        run_group(pool, &mut jobs);
+        run_group(pool, self.host.as_ref(), &mut jobs);
         drop(jobs);
         self.groups.fetch_add(1, Ordering::Relaxed);
         self.members.fetch_add(size as u64, Ordering::Relaxed);
@@ -596,6 +618,9 @@ impl WriteLane {
         }
         drop(st);
         self.cv.notify_all();
+        if let Some(host) = &self.host {
+            host.close();
+        }
         complete_all(owned);
     }
 
@@ -630,10 +655,17 @@ fn unwind(jobs: &mut [&mut (dyn Job + 'static)], ran: &[usize], why: &str, again
     }
 }
 
-fn run_group(pool: &Pool, jobs: &mut [&mut (dyn Job + 'static)]) {
+fn run_group(pool: &Pool, host: Option<&Arc<HostQueue>>, jobs: &mut [&mut (dyn Job + 'static)]) {
     let mut pending: Vec<usize> = (0..jobs.len()).collect();
     while !pending.is_empty() {
-        let tx = match pool.get().and_then(|conn| Tx::begin(conn, Behavior::Immediate)) {
+        // The queue's turn is declared first, so it is released after the transaction
+        // ended (committed, or rolled back when `tx` drops).
+        let mut turn = None;
+        let begun = pool.get().and_then(|conn| {
+            turn = host.map(|q| q.turn()).transpose()?.flatten();
+            Tx::begin(conn, Behavior::Immediate)
+        });
+        let tx = match begun {
             Ok(tx) => tx,
             Err(e) => {
                 // Nothing of these ran in this round: each caller may retry (outside the lane).

@@ -1,0 +1,360 @@
+//! The host-wide writer queue: writers of different processes on one database wait for
+//! each other in the kernel instead of in SQLite's busy handler.
+//!
+//! The front writer of each process's write lane (`writer.rs`) takes an
+//! open-file-description lock (`fcntl(F_OFD_SETLKW)`, byte 0, exclusive) on a sidecar
+//! file beside the database, `<database>-writer`, before `BEGIN IMMEDIATE` and releases
+//! it after `COMMIT` (or the rollback): the kernel wakes a waiting process the moment
+//! the lock is free. SQLite's own locking stays the arbiter: a program that does not
+//! know the queue (an older build, the `sqlite3` shell, Python's `sqlite3`) meets the
+//! queue's holder in SQLite's lock as before, and the kernel drops the lock with a
+//! process that dies, however it dies (the lock belongs to the open file description,
+//! which a killed process's exit closes).
+//!
+//! `F_OFD_SETLKW` has no timeout. So a contended wait is made by a helper thread (one
+//! per open database, started on the first contended wait, parked between waits): it
+//! blocks in `F_OFD_SETLKW`, and the front waits on a condition variable until the
+//! helper has the lock or `busy_timeout` has passed — then it gets [`Error::Busy`]
+//! naming the queue, its attempt is retried under the retry deadline like any busy
+//! `BEGIN`, and the helper, when its wait ends, hands the lock to the next front of
+//! this process or drops it. No polling, no signals. An uncontended turn is one
+//! `F_OFD_SETLK` on the front's own thread.
+//!
+//! The sidecar: created with the database file's permission bits (and, for root, its
+//! owner), opened `O_NOFOLLOW` (a symbolic link there is refused, as SQLite refuses one
+//! for `-wal`), never removed (removing it while another process waits on it would
+//! split the queue in two). Backup, restore and replication neither copy nor remove
+//! it. Read-only and in-memory stores have none; a directory where it cannot be created
+//! (or a sidecar this user cannot open for writing) means no queue. A filesystem that
+//! does not support OFD locks (`EINVAL`, `ENOLCK`, `EOPNOTSUPP`: some network and FUSE
+//! filesystems; NFS forwards them to the server as POSIX locks) switches the queue off
+//! for that store at the first try: writes go on, through SQLite's locking alone.
+//!
+//! fork: a child would share the parent's open file description, and with it a held
+//! lock, past the parent's death; an at-fork handler closes every sidecar descriptor in
+//! the child.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{Error, Result};
+use crate::sqlite::fork;
+
+/// What the sidecar's name adds to the database file's (like `-wal` and `-shm`).
+pub const SUFFIX: &str = "-writer";
+
+/// A process's open sidecars, for the at-fork handler (which may take no lock).
+const SLOTS: usize = 256;
+static FORK_FDS: [AtomicI32; SLOTS] = [const { AtomicI32::new(-1) }; SLOTS];
+
+extern "C" fn close_in_child() {
+    for slot in &FORK_FDS {
+        let fd = slot.swap(-1, Ordering::SeqCst);
+        if fd >= 0 {
+            // SAFETY: close is async-signal-safe; the child's queue never uses this fd again.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+fn register_for_fork(fd: RawFd) -> Option<usize> {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // SAFETY: registers a handler that only closes descriptors (async-signal-safe).
+        unsafe { libc::pthread_atfork(None, None, Some(close_in_child)) };
+    });
+    FORK_FDS.iter().position(|slot| slot.compare_exchange(-1, fd, Ordering::SeqCst, Ordering::SeqCst).is_ok())
+}
+
+#[derive(Default)]
+struct State {
+    /// The sidecar; `None` once the store closed.
+    fd: Option<Arc<OwnedFd>>,
+    /// A front of this process waits for the helper to get the lock.
+    wanted: bool,
+    /// The helper got the lock for the waiting front.
+    got: bool,
+    /// The helper is blocked in `F_OFD_SETLKW` (while it is, it alone touches the lock).
+    waiting: bool,
+    helper: bool,
+    /// What the helper's wait failed with (no OFD locks here, say).
+    failed: Option<io::Error>,
+}
+
+pub(crate) struct HostQueue {
+    path: PathBuf,
+    /// How long a front waits for its turn: the store's `busy_timeout`.
+    budget: Duration,
+    /// Set when the filesystem turned out not to support OFD locks.
+    off: AtomicBool,
+    slot: Option<usize>,
+    opened_in: fork::Origin,
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+/// The queue held by this process's front writer; released when dropped.
+pub(crate) struct Turn {
+    fd: Arc<OwnedFd>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        // Cannot fail on a lock this description holds; if it did, the close of the
+        // description (at the store's close, or the process's exit) drops it.
+        let _ = set_lock(self.fd.as_raw_fd(), libc::F_OFD_SETLK, libc::F_UNLCK);
+    }
+}
+
+fn set_lock(fd: RawFd, cmd: libc::c_int, kind: libc::c_int) -> io::Result<()> {
+    // SAFETY: a zeroed `flock` is valid; OFD locks need `l_pid` 0.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = kind as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock.l_start = 0;
+    lock.l_len = 1;
+    loop {
+        // SAFETY: `fd` is an open descriptor owned by the caller; `lock` outlives the call.
+        if unsafe { libc::fcntl(fd, cmd, &mut lock) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn contended(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES))
+}
+
+/// The sidecar of the database file SQLite opened (`sqlite3_db_filename`).
+pub(crate) fn sidecar_of(db_file: &Path) -> PathBuf {
+    let mut name = OsString::from(db_file.as_os_str());
+    name.push(SUFFIX);
+    PathBuf::from(name)
+}
+
+fn refused(path: &Path, why: &str) -> Error {
+    Error::invalid(
+        "path",
+        format!(
+            "the writer queue file {:?} beside the database {why}: refused (it is never followed or replaced); \
+             remove it and open again",
+            path.display().to_string()
+        ),
+    )
+}
+
+fn open_flags() -> libc::c_int {
+    libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK
+}
+
+fn open_raw(path: &Path, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: a NUL-terminated path; the descriptor returned is owned by the result.
+    let fd = unsafe { libc::open(c.as_ptr(), flags, mode as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens (creating it with the database file's mode) the sidecar of `db_file`.
+/// `Ok(None)`: no queue here (the directory or the file is not writable for us).
+fn open_sidecar(path: &Path, db_file: &Path) -> Result<Option<OwnedFd>> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(db) = std::fs::metadata(db_file) else { return Ok(None) };
+    let mode = (db.mode() & 0o777) as libc::mode_t;
+    let fd = match open_raw(path, open_flags() | libc::O_CREAT | libc::O_EXCL, mode) {
+        Ok(fd) => {
+            // SAFETY: `fd` is the file just created; exact bits whatever the umask, and
+            // root gives it the database's owner, as SQLite does for `-wal`/`-shm`.
+            unsafe {
+                libc::fchmod(fd.as_raw_fd(), mode);
+                if libc::geteuid() == 0 {
+                    libc::fchown(fd.as_raw_fd(), db.uid(), db.gid());
+                }
+            }
+            fd
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match open_raw(path, open_flags(), 0) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(refused(path, "is a symbolic link")),
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => return Err(refused(path, "is not a regular file")),
+            Err(_) => return Ok(None),
+        },
+        Err(_) => return Ok(None),
+    };
+    // SAFETY: a zeroed `stat` is valid; `fd` is open.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Ok(None);
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(refused(path, "is not a regular file"));
+    }
+    Ok(Some(fd))
+}
+
+impl HostQueue {
+    /// The queue of the database file `db_file` (as SQLite names it), waiting at most
+    /// `budget` for a turn; `Ok(None)` where there can be none (see the module docs).
+    pub(crate) fn open(db_file: &Path, budget: Duration) -> Result<Option<HostQueue>> {
+        if !cfg!(any(target_os = "linux", target_os = "android")) {
+            return Ok(None);
+        }
+        let path = sidecar_of(db_file);
+        let Some(fd) = open_sidecar(&path, db_file)? else { return Ok(None) };
+        let Some(slot) = register_for_fork(fd.as_raw_fd()) else { return Ok(None) };
+        Ok(Some(HostQueue {
+            path,
+            budget,
+            off: AtomicBool::new(false),
+            slot: Some(slot),
+            opened_in: fork::Origin::here(),
+            state: Mutex::new(State { fd: Some(Arc::new(fd)), ..State::default() }),
+            cv: Condvar::new(),
+        }))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether turns are taken (false once the filesystem refused OFD locks).
+    pub(crate) fn is_on(&self) -> bool {
+        !self.off.load(Ordering::Relaxed)
+    }
+
+    fn switch_off(&self) -> Result<Option<Turn>> {
+        self.off.store(true, Ordering::Relaxed);
+        Ok(None)
+    }
+
+    /// Waits for this process's turn (at most `busy_timeout`); `Ok(None)`: no queue
+    /// (switched off, or the store closed), go ahead on SQLite's locking alone.
+    /// Only the lane's front calls it: one caller at a time.
+    pub(crate) fn turn(self: &Arc<Self>) -> Result<Option<Turn>> {
+        if !self.is_on() {
+            return Ok(None);
+        }
+        let mut st = self.state.lock();
+        let Some(fd) = st.fd.clone() else { return Ok(None) };
+        if !st.waiting {
+            match set_lock(fd.as_raw_fd(), libc::F_OFD_SETLK, libc::F_WRLCK) {
+                Ok(()) => return Ok(Some(Turn { fd })),
+                Err(e) if contended(&e) => {}
+                Err(_) => return self.switch_off(),
+            }
+        }
+        if self.budget.is_zero() {
+            return Err(self.gave_up());
+        }
+        st.wanted = true;
+        if !st.helper {
+            let queue = self.clone();
+            let spawned = std::thread::Builder::new().name("consensus-db-queue".into()).spawn(move || queue.help());
+            if spawned.is_err() {
+                st.wanted = false;
+                return self.switch_off();
+            }
+            st.helper = true;
+        }
+        self.cv.notify_all();
+        let until = Instant::now().checked_add(self.budget);
+        loop {
+            if std::mem::take(&mut st.got) {
+                st.wanted = false;
+                return Ok(Some(Turn { fd }));
+            }
+            if st.failed.take().is_some() {
+                st.wanted = false;
+                return self.switch_off();
+            }
+            let timed_out = match until {
+                Some(until) => self.cv.wait_until(&mut st, until).timed_out(),
+                None => {
+                    self.cv.wait(&mut st);
+                    false
+                }
+            };
+            if timed_out && !st.got {
+                st.wanted = false;
+                return Err(self.gave_up());
+            }
+        }
+    }
+
+    fn gave_up(&self) -> Error {
+        Error::Busy(format!(
+            "waited {:.3}s in the host-wide writer queue ({:?}: another process's write holds it) and gave up: \
+             busy_timeout ({} ms) passed",
+            self.budget.as_secs_f64(),
+            self.path.display().to_string(),
+            self.budget.as_millis()
+        ))
+    }
+
+    /// The helper thread: blocks in `F_OFD_SETLKW` whenever a front waits; hands it
+    /// the lock, or drops it when the front gave up meanwhile.
+    fn help(self: Arc<Self>) {
+        let mut st = self.state.lock();
+        loop {
+            while !st.wanted && st.fd.is_some() {
+                self.cv.wait(&mut st);
+            }
+            let Some(fd) = st.fd.clone() else { break };
+            st.waiting = true;
+            drop(st);
+            let locked = set_lock(fd.as_raw_fd(), libc::F_OFD_SETLKW, libc::F_WRLCK);
+            st = self.state.lock();
+            st.waiting = false;
+            match locked {
+                Ok(()) if st.wanted && st.fd.is_some() => st.got = true,
+                Ok(()) => drop(Turn { fd }),
+                Err(e) => st.failed = Some(e),
+            }
+            self.cv.notify_all();
+        }
+        st.helper = false;
+    }
+
+    /// Closes the sidecar (a helper still waiting closes its copy when its wait ends).
+    pub(crate) fn close(&self) {
+        let fd = {
+            let mut st = self.state.lock();
+            let fd = st.fd.take();
+            self.cv.notify_all();
+            fd
+        };
+        if let (Some(slot), Some(fd)) = (self.slot, &fd) {
+            let _ = FORK_FDS[slot].compare_exchange(fd.as_raw_fd(), -1, Ordering::SeqCst, Ordering::SeqCst);
+        }
+        drop(fd);
+    }
+}
+
+impl Drop for HostQueue {
+    fn drop(&mut self) {
+        if self.opened_in.check().is_err() {
+            // A forked child: the at-fork handler closed the descriptor, whose number
+            // may since name another file.
+            if let Some(fd) = self.state.get_mut().fd.take() {
+                std::mem::forget(fd);
+            }
+            return;
+        }
+        self.close();
+    }
+}
