@@ -10,12 +10,14 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -141,8 +143,11 @@ def spawned_ids(path: Path) -> set:
 
 
 def test_the_queue_is_held_from_begin_to_commit_and_released(db_path):
-    consensus_db.connect(db_path).close()
-    assert sidecar(db_path).is_file(), "opening a writable store creates the sidecar"
+    with consensus_db.connect(db_path) as db:
+        assert sidecar(db_path).is_file(), "opening a writable store creates the sidecar"
+        assert db.writer_queue == str(sidecar(db_path))
+    assert not sidecar(db_path).exists(), "the last store to close removes it, like -wal and -shm"
+    keeper = consensus_db.connect(db_path)
     blocker = StdlibLock(db_path)
     # The child's front writer takes the queue, then waits in BEGIN IMMEDIATE for the stdlib lock.
     writer = Writer(db_path, "held", count=1)
@@ -152,6 +157,9 @@ def test_the_queue_is_held_from_begin_to_commit_and_released(db_path):
     blocker.end()
     assert writer.finish() == ["held-0"]
     assert not queue_held(db_path), "released after COMMIT"
+    assert sidecar(db_path).exists(), "the child's close left it to the store still open here"
+    keeper.close()
+    assert not sidecar(db_path).exists()
 
 
 def test_sigkilled_queue_holders_lose_nothing_and_block_nobody(db_path):
@@ -159,7 +167,7 @@ def test_sigkilled_queue_holders_lose_nothing_and_block_nobody(db_path):
     stdlib lock), and writers are killed at random moments while others (and a stdlib
     writer) keep writing: every acknowledged row is in the file, the queue is free the
     moment its holder dies, the others go on."""
-    consensus_db.connect(db_path).close()
+    keeper = consensus_db.connect(db_path)
     rng = random.Random(31)
     acknowledged: list = []
     stats = {"holders_killed": 0, "random_kills": 0, "stdlib_rows": 0}
@@ -192,6 +200,7 @@ def test_sigkilled_queue_holders_lose_nothing_and_block_nobody(db_path):
     assert stats == {"holders_killed": 5, "random_kills": 12, "stdlib_rows": 12}
     missing = set(acknowledged) - spawned_ids(db_path)
     assert not missing, f"{len(missing)} acknowledged rows lost, e.g. {sorted(missing)[:5]}"
+    keeper.close()
     with consensus_db.connect(db_path) as db:
         assert db.integrity_check() == ["ok"]
 
@@ -251,10 +260,10 @@ def test_the_sidecar_gets_the_database_files_mode_whatever_the_umask(tmp_path):
     path.chmod(0o664)
     old = os.umask(0o077)
     try:
-        consensus_db.connect(path).close()
+        with consensus_db.connect(path):
+            assert (sidecar(path).stat().st_mode & 0o777) == 0o664
     finally:
         os.umask(old)
-    assert (sidecar(path).stat().st_mode & 0o777) == 0o664
 
 
 def test_a_symlinked_sidecar_is_refused_and_not_followed(tmp_path):
@@ -270,36 +279,48 @@ def test_a_symlinked_sidecar_is_refused_and_not_followed(tmp_path):
 def test_read_only_and_in_memory_stores_have_no_sidecar(tmp_path):
     path = tmp_path / "ro.db"
     consensus_db.connect(path).close()
-    sidecar(path).unlink()
     with consensus_db.connect(path, read_only=True) as db:
-        assert db.get_agent_spawn_info("x") is None
-    assert not sidecar(path).exists()
+        assert db.get_agent_spawn_info("x") is None and db.writer_queue is None
+        assert not sidecar(path).exists()
     os.chdir(tmp_path)
     with consensus_db.connect(":memory:") as db:
         db.record_agent_spawn("m", "S", "plan", "quality_gate", "gemini")
-    assert not any(p.name.endswith("-writer") for p in tmp_path.iterdir() if p.name != "ro.db-writer")
+        assert db.writer_queue is None
+        assert not any(p.name.endswith("-writer") for p in tmp_path.iterdir())
 
 
-def test_an_unwritable_directory_runs_without_the_queue(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root writes anywhere")
-    directory = tmp_path / "ro-dir"
-    directory.mkdir()
-    path = directory / "s.db"
-    consensus_db.connect(path).close()
-    sidecar(path).unlink()
-    # A stdlib connection keeps the -wal and -shm in place: SQLite needs to create nothing.
-    keeper = sqlite3.connect(path)
-    keeper.execute("SELECT count(*) FROM agent_executions").fetchall()
-    directory.chmod(0o555)
+UNPRIVILEGED_WRITER = """
+import os, sys, consensus_db
+if os.geteuid() == 0:  # root ignores directory permissions: play an ordinary user
+    os.setgid(65534)
+    os.setuid(65534)
+with consensus_db.connect(sys.argv[1]) as db:
+    db.record_agent_spawn("no-queue", "S", "plan", "quality_gate", "gemini")
+    print(db.writer_queue, os.path.exists(sys.argv[1] + "-writer"), flush=True)
+"""
+
+
+def test_an_unwritable_directory_runs_without_the_queue():
+    directory = Path(tempfile.mkdtemp(prefix="consensus-db-ro-"))  # reachable by any user
     try:
-        with consensus_db.connect(path) as db:
-            db.record_agent_spawn("no-queue", "S", "plan", "quality_gate", "gemini")
-            assert db.get_agent_spawn_info("no-queue") is not None
-        assert not sidecar(path).exists()
+        path = directory / "s.db"
+        consensus_db.connect(path).close()
+        # A stdlib connection keeps the -wal and -shm in place: SQLite needs to create nothing.
+        keeper = sqlite3.connect(path)
+        keeper.execute("SELECT count(*) FROM agent_executions").fetchall()
+        if os.geteuid() == 0:
+            for p in directory.iterdir():
+                os.chown(p, 65534, 65534)
+        directory.chmod(0o555)
+        done = subprocess.run([sys.executable, "-c", UNPRIVILEGED_WRITER, str(path)], capture_output=True,
+                              text=True, timeout=DEADLINE)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["None", "False"], "no queue, no sidecar, and the write went through"
+        keeper.close()
+        assert "no-queue" in spawned_ids(path)
     finally:
         directory.chmod(0o755)
-        keeper.close()
+        shutil.rmtree(directory)
 
 
 def test_backup_creates_no_sidecar_and_keeps_the_stores(db_path, tmp_path):
@@ -307,8 +328,8 @@ def test_backup_creates_no_sidecar_and_keeps_the_stores(db_path, tmp_path):
         db.record_agent_spawn("b", "S", "plan", "quality_gate", "gemini")
         inode = sidecar(db_path).stat().st_ino
         dest = Path(db.backup(str(tmp_path / "copy.db")))
-    assert dest.exists() and not sidecar(dest).exists()
-    assert sidecar(db_path).stat().st_ino == inode
+        assert dest.exists() and not sidecar(dest).exists()
+        assert sidecar(db_path).stat().st_ino == inode
 
 
 def test_a_restore_over_a_live_store_leaves_its_sidecar_alone(tmp_path):

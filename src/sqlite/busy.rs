@@ -127,6 +127,17 @@ pub(crate) fn configured(conn: &Connection, sqlite_reports: i64) -> Option<u32> 
     table().lock().get(&key(conn)).copied()
 }
 
+/// A user's `PRAGMA busy_timeout` (the read) on a connection running this handler
+/// would read SQLite's 0: it runs as a query of the same shape giving the budget.
+pub(crate) fn read_as_configured(conn: &Connection, sql: &str) -> Option<String> {
+    let words: String = sql.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
+    if !matches!(words.trim_end_matches(';'), "pragmabusy_timeout" | "pragmamain.busy_timeout") {
+        return None;
+    }
+    let reported: i64 = conn.query_row("PRAGMA busy_timeout", [], |r| r.get(0)).ok()?;
+    configured(conn, reported).map(|ms| format!("SELECT {ms} AS timeout"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +158,10 @@ mod tests {
         install(&conn, 1234).unwrap();
         let reported: i64 = conn.query_row("PRAGMA busy_timeout", [], |r| r.get(0)).unwrap();
         assert_eq!((reported, configured(&conn, reported)), (0, Some(1234)));
+        assert_eq!(read_as_configured(&conn, " pragma  BUSY_TIMEOUT ;").as_deref(), Some("SELECT 1234 AS timeout"));
+        assert_eq!(read_as_configured(&conn, "PRAGMA busy_timeout = 5"), None);
+        conn.execute_batch("PRAGMA busy_timeout = 77").unwrap(); // SQLite's handler again: its value
+        assert_eq!((configured(&conn, 77), read_as_configured(&conn, "PRAGMA busy_timeout")), (None, None));
         let handle = key(&conn);
         drop(conn);
         assert!(!table().lock().contains_key(&handle));

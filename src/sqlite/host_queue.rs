@@ -22,9 +22,13 @@
 //!
 //! The sidecar: created with the database file's permission bits (and, for root, its
 //! owner), opened `O_NOFOLLOW` (a symbolic link there is refused, as SQLite refuses one
-//! for `-wal`), never removed (removing it while another process waits on it would
-//! split the queue in two). Backup, restore and replication neither copy nor remove
-//! it. Read-only and in-memory stores have none; a directory where it cannot be created
+//! for `-wal`). It lives while a store has it open, like `-wal` and `-shm`: every store
+//! holds a shared lock on byte 1 while open, and the last to close (the one that can
+//! turn that into an exclusive lock) removes it. An opener checks, once it holds its
+//! shared lock, that the name still leads to the file it opened, and opens again if
+//! not: a removal never races a live process (removing the file under a waiting one
+//! would split the queue in two). Backup, restore and replication neither copy nor
+//! remove it. Read-only and in-memory stores have none; a directory where it cannot be created
 //! (or a sidecar this user cannot open for writing) means no queue. A filesystem that
 //! does not support OFD locks (`EINVAL`, `ENOLCK`, `EOPNOTSUPP`: some network and FUSE
 //! filesystems; NFS forwards them to the server as POSIX locks) switches the queue off
@@ -114,12 +118,21 @@ impl Drop for Turn {
     }
 }
 
+/// The byte the queue's turn locks (exclusive).
+const TURN: libc::off_t = 0;
+/// The byte every store with the file open holds (shared): see the module docs.
+const PRESENCE: libc::off_t = 1;
+
 fn set_lock(fd: RawFd, cmd: libc::c_int, kind: libc::c_int) -> io::Result<()> {
+    lock_byte(fd, cmd, kind, TURN)
+}
+
+fn lock_byte(fd: RawFd, cmd: libc::c_int, kind: libc::c_int, byte: libc::off_t) -> io::Result<()> {
     // SAFETY: a zeroed `flock` is valid; OFD locks need `l_pid` 0.
     let mut lock: libc::flock = unsafe { std::mem::zeroed() };
     lock.l_type = kind as libc::c_short;
     lock.l_whence = libc::SEEK_SET as libc::c_short;
-    lock.l_start = 0;
+    lock.l_start = byte;
     lock.l_len = 1;
     loop {
         // SAFETY: `fd` is an open descriptor owned by the caller; `lock` outlives the call.
@@ -207,6 +220,33 @@ fn open_sidecar(path: &Path, db_file: &Path) -> Result<Option<OwnedFd>> {
     Ok(Some(fd))
 }
 
+/// Whether `path` still names the file open as `fd` (not removed, nor replaced).
+fn still_named(path: &Path, fd: RawFd) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: a zeroed `stat` is valid; `fd` is open.
+    let mut open: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut open) } != 0 {
+        return false;
+    }
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.dev() == open.st_dev && m.ino() == open.st_ino)
+}
+
+/// Opens the sidecar and holds its presence byte (shared), opening again when the last
+/// store to close removed the file meanwhile. `Ok(None)`: no queue here.
+fn open_present(path: &Path, db_file: &Path) -> Result<Option<OwnedFd>> {
+    for _ in 0..1000 {
+        let Some(fd) = open_sidecar(path, db_file)? else { return Ok(None) };
+        match lock_byte(fd.as_raw_fd(), libc::F_OFD_SETLK, libc::F_RDLCK, PRESENCE) {
+            Ok(()) if still_named(path, fd.as_raw_fd()) => return Ok(Some(fd)),
+            Ok(()) => {} // removed after we opened it: open the new one
+            // The last store to close holds it exclusively while it removes the file.
+            Err(e) if contended(&e) => std::thread::sleep(Duration::from_micros(100)),
+            Err(_) => return Ok(None), // no OFD locks on this filesystem
+        }
+    }
+    Ok(None)
+}
+
 impl HostQueue {
     /// The queue of the database file `db_file` (as SQLite names it), waiting at most
     /// `budget` for a turn; `Ok(None)` where there can be none (see the module docs).
@@ -215,7 +255,7 @@ impl HostQueue {
             return Ok(None);
         }
         let path = sidecar_of(db_file);
-        let Some(fd) = open_sidecar(&path, db_file)? else { return Ok(None) };
+        let Some(fd) = open_present(&path, db_file)? else { return Ok(None) };
         let Some(slot) = register_for_fork(fd.as_raw_fd()) else { return Ok(None) };
         Ok(Some(HostQueue {
             path,
@@ -330,7 +370,8 @@ impl HostQueue {
         st.helper = false;
     }
 
-    /// Closes the sidecar (a helper still waiting closes its copy when its wait ends).
+    /// Closes the sidecar, removing it when no other store has it open (a helper still
+    /// waiting closes its copy when its wait ends).
     pub(crate) fn close(&self) {
         let fd = {
             let mut st = self.state.lock();
@@ -338,8 +379,14 @@ impl HostQueue {
             self.cv.notify_all();
             fd
         };
-        if let (Some(slot), Some(fd)) = (self.slot, &fd) {
+        let Some(fd) = fd else { return };
+        if let Some(slot) = self.slot {
             let _ = FORK_FDS[slot].compare_exchange(fd.as_raw_fd(), -1, Ordering::SeqCst, Ordering::SeqCst);
+        }
+        // Exclusive only when no other open file description holds the presence byte.
+        let last = lock_byte(fd.as_raw_fd(), libc::F_OFD_SETLK, libc::F_WRLCK, PRESENCE).is_ok();
+        if last && still_named(&self.path, fd.as_raw_fd()) {
+            let _ = std::fs::remove_file(&self.path);
         }
         drop(fd);
     }
