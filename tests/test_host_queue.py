@@ -205,6 +205,44 @@ def test_sigkilled_queue_holders_lose_nothing_and_block_nobody(db_path):
         assert db.integrity_check() == ["ok"]
 
 
+FORKING_WRITER = """
+import os, sys, time, consensus_db
+db = consensus_db.connect(sys.argv[1])
+child = os.fork()  # multiprocessing's default on Linux: the child shares every open file description
+if child == 0:
+    fds = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")]
+    print("child", os.getpid(), any(name.endswith("-writer") for name in fds), flush=True)
+    time.sleep(60)
+    os._exit(0)
+print(sys.stdin.readline().strip(), flush=True)
+db.record_agent_spawn("forked-parent", "S", "plan", "quality_gate", "gemini")
+"""
+
+
+def test_a_forked_child_does_not_keep_a_dead_parents_turn(db_path):
+    """The child of a fork would share the sidecar's open file description, and with it
+    a turn its parent holds when killed: the at-fork handler closes it in the child."""
+    keeper = consensus_db.connect(db_path)
+    parent = subprocess.Popen([sys.executable, "-c", FORKING_WRITER, str(db_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert parent.stdin is not None and parent.stdout is not None
+    _, child, has_sidecar = parent.stdout.readline().split()
+    try:
+        assert has_sidecar == "False", "the child closed its copy of the sidecar"
+        blocker = StdlibLock(db_path)
+        parent.stdin.write("go\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline().strip() == "go"
+        wait_for("the parent to take the queue", lambda: queue_held(db_path))
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=DEADLINE)
+        assert not queue_held(db_path), "free the moment its holder died, the forked child still alive"
+        blocker.end()
+    finally:
+        os.kill(int(child), signal.SIGKILL)
+        keeper.close()
+
+
 def test_a_stdlib_writer_beside_store_processes_still_works(db_path):
     consensus_db.connect(db_path).close()
     writers = [Writer(db_path, f"p{w}", count=150) for w in range(2)]
