@@ -559,7 +559,18 @@ impl WriteLane {
                 Member::Owned(job) => job.as_job(),
             })
             .collect();
-        run_group(pool, self.host.as_ref(), &mut jobs);
+        match &self.host {
+            Some(queue) => {
+                let mut group = || run_group(pool, &mut jobs);
+                let ran = queue.in_turn(&mut group);
+                drop(group);
+                if let Err(e) = ran {
+                    // Gave up waiting for the turn: nothing of the group ran.
+                    jobs.iter_mut().for_each(|job| job.fail_begin(e.clone()));
+                }
+            }
+            None => run_group(pool, &mut jobs),
+        }
         drop(jobs);
         self.groups.fetch_add(1, Ordering::Relaxed);
         self.members.fetch_add(size as u64, Ordering::Relaxed);
@@ -655,17 +666,10 @@ fn unwind(jobs: &mut [&mut (dyn Job + 'static)], ran: &[usize], why: &str, again
     }
 }
 
-fn run_group(pool: &Pool, host: Option<&Arc<HostQueue>>, jobs: &mut [&mut (dyn Job + 'static)]) {
+fn run_group(pool: &Pool, jobs: &mut [&mut (dyn Job + 'static)]) {
     let mut pending: Vec<usize> = (0..jobs.len()).collect();
     while !pending.is_empty() {
-        // The queue's turn is declared first, so it is released after the transaction
-        // ended (committed, or rolled back when `tx` drops).
-        let mut turn = None;
-        let begun = pool.get().and_then(|conn| {
-            turn = host.map(|q| q.turn()).transpose()?.flatten();
-            Tx::begin(conn, Behavior::Immediate)
-        });
-        let tx = match begun {
+        let tx = match pool.get().and_then(|conn| Tx::begin(conn, Behavior::Immediate)) {
             Ok(tx) => tx,
             Err(e) => {
                 // Nothing of these ran in this round: each caller may retry (outside the lane).
