@@ -377,7 +377,7 @@ def test_a_restore_over_a_live_store_leaves_its_sidecar_alone(tmp_path):
     from consensus_db import replication
 
     path, replica = test_replication.private_replica(tmp_path)
-    with consensus_db.connect(path) as db:
+    with consensus_db.connect(path):
         inode = sidecar(path).stat().st_ino
         replication.restore(replica, path, env=test_replication.litestream_env(), force=True)
         assert sidecar(path).stat().st_ino == inode, "the live store's queue is the same file"

@@ -1,8 +1,8 @@
 //! The SQLite wing: everything that knows it runs on SQLite — opening a file (the
 //! persistent settings and migrations on a bootstrap connection, then the pool), the
 //! pragmas, the schema and its migrations, transactions, maintenance, online backup,
-//! cooperating with a replica (Litestream),
-//! SQLite's process-wide settings (spinning mutexes) and fork detection.
+//! cooperating with a replica (Litestream), the writer queue between processes and the
+//! busy handler, SQLite's process-wide settings (spinning mutexes) and fork detection.
 
 mod access;
 pub mod backup;

@@ -561,10 +561,7 @@ impl WriteLane {
             .collect();
         match &self.host {
             Some(queue) => {
-                let mut group = || run_group(pool, &mut jobs);
-                let ran = queue.in_turn(&mut group);
-                drop(group);
-                if let Err(e) = ran {
+                if let Err(e) = queue.in_turn(&mut || run_group(pool, &mut jobs)) {
                     // Gave up waiting for the turn: nothing of the group ran.
                     jobs.iter_mut().for_each(|job| job.fail_begin(e.clone()));
                 }
