@@ -123,13 +123,33 @@ def run(rounds: int, n: int, before: str | None, out_dir: Path, configs: list) -
     table = {key: {impl: {metric: statistics.median(v) for metric, v in metrics.items()}
                    for impl, metrics in per.items()} for key, per in samples.items()}
     report = {"rounds": rounds, "per_thread": n, "cpus": os.cpu_count(), "impls": names, "table": table,
-              "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+              "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "checks": checks(table)}
     text = markdown(report)
     print(text)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "processes.json").write_text(json.dumps(report, indent=2))
     (out_dir / "processes.md").write_text(text)
     return report
+
+
+def checks(table: dict) -> list:
+    """Issue 31's targets, where the run has their rows: at 4 processes × 4 threads ≥ 2x
+    the stdlib store and ≥ 1.5x apsw; no process below half the mean; p99 at 4
+    processes ≤ 1/3 of the stdlib store's."""
+    out = []
+    for key, per in table.items():
+        ours = per["consensus-db"]
+        if "4 processes" in key and "× 4 threads" in key:
+            for against, target in (("pure-python", 2.0), ("apsw", 1.5)):
+                if against in per:
+                    ratio = ours["writes_per_s"] / per[against]["writes_per_s"]
+                    out.append({"check": f"{key}: vs {against} >= {target}x", "value": ratio, "ok": ratio >= target})
+        if "4 processes" in key and "pure-python" in per:
+            ratio = ours["p99_ms"] / per["pure-python"]["p99_ms"]
+            out.append({"check": f"{key}: p99 vs pure-python's <= 0.33", "value": ratio, "ok": ratio <= 1 / 3})
+        out.append({"check": f"{key}: slowest process over the mean >= 0.5", "value": ours["slowest_over_mean"],
+                    "ok": ours["slowest_over_mean"] >= 0.5})
+    return out
 
 
 def markdown(report: dict) -> str:
@@ -148,6 +168,8 @@ def markdown(report: dict) -> str:
             ratios = [f"{ours / per[o]['writes_per_s']:.2f}" if impl == "consensus-db" else "" for o in others]
             lines.append(f"| {key} | {impl} | {v['writes_per_s']:,.0f} | {v['p99_ms']:.1f} ({v['worst_p99_ms']:.1f}) "
                          f"| {v['slowest_over_mean']:.2f}–{v['fastest_over_mean']:.2f} | " + " | ".join(ratios) + " |")
+    lines += ["", "| target | value | |", "|---|---:|---|"]
+    lines += [f"| {c['check']} | {c['value']:.2f} | {'met' if c['ok'] else '**below**'} |" for c in report["checks"]]
     return "\n".join(lines) + "\n"
 
 
@@ -160,7 +182,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="*", default=list(THREADS))
     parser.add_argument("--ops", nargs="*", default=list(OPS), choices=OPS)
     parser.add_argument("--quick", action="store_true", help="one round, 20 writes per thread, 2 processes")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, help="where results go (default: benches/results; --quick: a temporary "
+                        "directory)")
     parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -169,7 +192,9 @@ def main() -> None:
         return
     if args.quick:
         args.rounds, args.per_thread, args.processes = 1, 20, [2]
-        args.out = Path(tempfile.mkdtemp(prefix="consensus-db-processes-quick-"))
+        if args.out is None:  # a smoke run's numbers are not the committed results
+            args.out = Path(tempfile.mkdtemp(prefix="consensus-db-processes-quick-"))
+    args.out = args.out or Path(__file__).parent / "results"
     configs = [(op, p, t) for op in args.ops for p in args.processes for t in args.threads]
     run(args.rounds, args.per_thread, args.before, args.out, configs)
 
