@@ -29,11 +29,13 @@
 //! lane thread becomes its front (one at a time, and it exits when no submitted write
 //! is at the front): N waiting submitted writes need no thread of their own.
 //!
-//! Between processes, the front takes the host-wide writer queue (`host_queue.rs`)
-//! before its `BEGIN IMMEDIATE` and releases it after the `COMMIT`: fronts of other
-//! processes on the same file wait their turn in the kernel, not in SQLite's busy
-//! handler. Holds (transaction blocks, migrations, maintenance) do not take it: a
-//! block may only read, and must not keep other processes' writes waiting.
+//! Between processes, the front's group runs in a turn of the host-wide writer queue
+//! (`host_queue.rs`), taken before its `BEGIN IMMEDIATE` and released after the
+//! `COMMIT`: fronts of other processes on the same file wait their turn in the kernel,
+//! not in SQLite's busy handler. (A group that had to wait runs on the queue's helper
+//! thread, the front waiting for it as its members wait for the front.) Holds
+//! (transaction blocks, migrations, maintenance) do not take it: a block may only
+//! read, and must not keep other processes' writes waiting.
 //!
 //! Safety: a queued write lives on its caller's stack (the closure may borrow from it).
 //! The caller does not return before its `done` flag is set, and the lane stops
