@@ -462,3 +462,71 @@ impl Drop for HostQueue {
         self.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(db: &Path, budget_ms: u64) -> Arc<HostQueue> {
+        Arc::new(HostQueue::open(db, Duration::from_millis(budget_ms)).unwrap().expect("a queue"))
+    }
+
+    #[test]
+    fn a_turn_held_elsewhere_bounds_the_wait_then_the_helper_runs_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("q.db");
+        std::fs::write(&db, b"").unwrap();
+        // Stores on one file (each its own open file description) queue like processes.
+        let (a, b, c) = (queue(&db, 100), queue(&db, 100), queue(&db, 5000));
+        let gate = Arc::new((std::sync::Mutex::new((false, false)), std::sync::Condvar::new()));
+        let holder = {
+            let (a, gate) = (a.clone(), gate.clone());
+            std::thread::spawn(move || {
+                a.in_turn(&mut || {
+                    let (m, cv) = &*gate;
+                    m.lock().unwrap().0 = true; // held
+                    cv.notify_all();
+                    drop(cv.wait_while(m.lock().unwrap(), |s| !s.1).unwrap()); // until released
+                })
+            })
+        };
+        let (m, cv) = &*gate;
+        drop(cv.wait_while(m.lock().unwrap(), |s| !s.0).unwrap());
+        let started = Instant::now();
+        let mut ran = false;
+        let e = b.in_turn(&mut || ran = true);
+        assert!(matches!(&e, Err(Error::Busy(m)) if m.contains("writer queue")), "{e:?}");
+        assert!(!ran && started.elapsed() >= Duration::from_millis(100));
+        // A longer budget: the helper thread runs the work the moment the turn is free.
+        let waiter = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let mut ran = None;
+                c.in_turn(&mut || ran = Some(std::thread::current().name().map(String::from))).map(|()| ran)
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        m.lock().unwrap().1 = true;
+        cv.notify_all();
+        holder.join().unwrap().unwrap();
+        assert_eq!(waiter.join().unwrap().unwrap(), Some(Some("consensus-db-queue".into())));
+        let path = a.path().to_path_buf();
+        a.close();
+        b.close();
+        assert!(path.exists(), "still open by the third store");
+        c.close();
+        assert!(!path.exists(), "the last to close removes it");
+    }
+
+    #[test]
+    fn a_symbolic_link_is_refused_and_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        std::fs::write(&db, b"").unwrap();
+        let target = dir.path().join("target");
+        std::os::unix::fs::symlink(&target, sidecar_of(&db)).unwrap();
+        let e = HostQueue::open(&db, Duration::ZERO).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("symbolic link") && e.contains("-writer"), "{e}");
+        assert!(!target.exists());
+    }
+}
