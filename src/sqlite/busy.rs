@@ -39,6 +39,23 @@ thread_local! {
     /// When this thread's current busy wait began (a connection waits on the thread running it).
     static STARTED: Cell<Option<Instant>> = const { Cell::new(None) };
     static RANDOM: Cell<u64> = const { Cell::new(0) };
+    /// Budget the next busy wait on this thread starts with already spent ([`with_spent`]).
+    static SPENT: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+}
+
+/// Runs `f` with `spent` of its first busy wait's budget already used: a group that
+/// waited in the writer queue (`host_queue.rs`) first waits for SQLite's lock only for
+/// what is left of `busy_timeout`, so the two waits share one budget.
+pub(crate) fn with_spent<T>(spent: Duration, f: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SPENT.set(Duration::ZERO);
+        }
+    }
+    SPENT.set(spent);
+    let _reset = Reset;
+    f()
 }
 
 /// A number in `[0, 1)` (xorshift, seeded per thread): jitter, not cryptography.
@@ -68,7 +85,7 @@ extern "C" fn on_busy(timeout_ms: *mut c_void, count: c_int) -> c_int {
     let now = Instant::now();
     let started = STARTED.with(|s| {
         if count == 0 || s.get().is_none() {
-            s.set(Some(now));
+            s.set(Some(now.checked_sub(SPENT.take()).unwrap_or(now)));
         }
         s.get().unwrap_or(now)
     });
@@ -180,5 +197,11 @@ mod tests {
         let waited = started.elapsed();
         assert!(matches!(Error::from(e), Error::Busy(_)));
         assert!(waited >= Duration::from_millis(150) && waited < Duration::from_secs(2), "{waited:?}");
+        // 120 ms of the budget spent in the writer queue: 30 ms left for SQLite's lock.
+        let started = Instant::now();
+        assert!(with_spent(Duration::from_millis(120), || waiter.execute_batch("BEGIN IMMEDIATE")).is_err());
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(30) && waited < Duration::from_millis(120), "{waited:?}");
+        assert_eq!(SPENT.get(), Duration::ZERO, "charged once");
     }
 }

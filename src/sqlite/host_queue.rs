@@ -16,7 +16,8 @@
 //! blocks in `F_OFD_SETLKW` and, the moment it has the lock, runs the front's group
 //! itself (the lane already runs writes on whichever thread is front) and releases
 //! it; the front waits on a condition variable, at most `busy_timeout` for the helper
-//! to start. Past that it takes its group back unrun and gets [`Error::Busy`] naming
+//! to start (what it waited is spent of the group's `BEGIN` budget: the two waits share
+//! one `busy_timeout`, `busy::with_spent`). Past that it takes its group back unrun and gets [`Error::Busy`] naming
 //! the queue, retried under the retry deadline like any busy `BEGIN`; the helper, when
 //! its wait ends, drops the lock at once. No polling, no signals, and no hand-off
 //! between threads while the lock is held (measured: handing the lock to the waiting
@@ -54,7 +55,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
-use crate::sqlite::fork;
+use crate::sqlite::{busy, fork};
 
 /// What the sidecar's name adds to the database file's (like `-wal` and `-shm`).
 pub const SUFFIX: &str = "-writer";
@@ -82,8 +83,9 @@ fn register_for_fork(fd: RawFd) -> Option<usize> {
     FORK_FDS.iter().position(|slot| slot.compare_exchange(-1, fd, Ordering::SeqCst, Ordering::SeqCst).is_ok())
 }
 
-/// The waiting front's work, for the helper to run in the turn it gets.
-struct Work(*mut (dyn FnMut() + Send + 'static));
+/// The waiting front's work, for the helper to run in the turn it gets, and when the
+/// front began to wait.
+struct Work(*mut (dyn FnMut() + Send + 'static), Instant);
 // SAFETY: the closure is `Send`; its front waits until the helper is done with it (or
 // took it back before the helper started it).
 unsafe impl Send for Work {}
@@ -335,7 +337,8 @@ impl HostQueue {
         // SAFETY: only the lifetime is erased; this call does not return while the
         // helper may still run it (see `Work`).
         let work: *mut (dyn FnMut() + Send + 'static) = unsafe { std::mem::transmute(work) };
-        st.work = Some(Work(work));
+        let since = Instant::now();
+        st.work = Some(Work(work, since));
         st.outcome = None;
         if !st.helper {
             let queue = self.clone();
@@ -351,7 +354,7 @@ impl HostQueue {
             st.helper = true;
         }
         self.cv.notify_all();
-        let until = Instant::now().checked_add(self.budget);
+        let until = since.checked_add(self.budget);
         loop {
             match st.outcome.take() {
                 Some(Outcome::Ran) => return Ok(()),
@@ -405,11 +408,13 @@ impl HostQueue {
             st = self.state.lock();
             st.waiting = false;
             match (locked, st.work.take()) {
-                (Ok(()), Some(Work(work))) => {
+                (Ok(()), Some(Work(work, since))) => {
                     drop(st);
                     let turn = Turn { fd };
+                    // The wait here counts against the group's BEGIN: one busy_timeout for both.
                     // SAFETY: its front waits for the outcome (see `Work`).
-                    let ran = catch_unwind(AssertUnwindSafe(|| unsafe { (*work)() }));
+                    let ran =
+                        catch_unwind(AssertUnwindSafe(|| busy::with_spent(since.elapsed(), || unsafe { (*work)() })));
                     drop(turn);
                     st = self.state.lock();
                     st.outcome = Some(if ran.is_ok() { Outcome::Ran } else { Outcome::Panicked });
