@@ -37,3 +37,19 @@ def test_quick_writers_benchmark_writes_a_report(tmp_path):
     assert sum(report["group_sizes_8_threads"].values()) > 0
     table = (tmp_path / "writers.md").read_text()
     assert "| store_artifact, 8 threads vs pure-python >= 3.0x |" in table and "| group size |" in table
+
+
+def test_quick_processes_benchmark_writes_a_report(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "benches.processes", "--quick", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "processes.json").read_text())
+    assert {"consensus-db", "pure-python"} <= set(report["impls"])
+    rows = report["table"]
+    assert {"store_artifact, 2 processes × 4 threads", "record_agent_spawn, 2 processes × 1 thread"} <= set(rows)
+    for per in rows.values():
+        for cell in per.values():
+            assert cell["writes_per_s"] > 0 and cell["p99_ms"] > 0
+            assert 0 < cell["slowest_over_mean"] <= 1 <= cell["fastest_over_mean"]
+    assert report["checks"]
+    assert "| store_artifact, 2 processes × 4 threads | consensus-db |" in (tmp_path / "processes.md").read_text()

@@ -30,8 +30,8 @@ MAINTENANCE_THREAD = "consensus-db-ma"  # "consensus-db-maintenance", as /proc s
 
 
 def open_files(path: Path) -> list[str]:
-    """Which of the database, its -wal and its -shm this process holds open."""
-    names = {str(path), f"{path}-wal", f"{path}-shm"}
+    """Which of the database, its -wal, its -shm and its -writer this process holds open."""
+    names = {str(path), f"{path}-wal", f"{path}-shm", f"{path}-writer"}
     held = []
     for fd in os.listdir("/proc/self/fd"):
         try:

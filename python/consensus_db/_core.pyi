@@ -348,6 +348,11 @@ class Database:
     def in_memory(self) -> bool:
         """Whether the store is an in-memory database (``":memory:"``)."""
     @property
+    def writer_queue(self) -> str | None:
+        """The host-wide writer queue's file (``<database>-writer``) while this store's writes
+        take their turn in it; None in memory, read-only, on PostgreSQL, where the file cannot
+        be created, or on a filesystem without OFD locks."""
+    @property
     def open_report(self) -> OpenReport:
         """What opening did: auto_vacuum conversion, journal mode change, migration."""
     @property

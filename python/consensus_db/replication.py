@@ -502,6 +502,8 @@ def restore(
     return report
 
 
+# Not "-writer", the writer queue (src/sqlite/host_queue.rs): a live store may be waiting
+# on it, and it holds no data; the last store to close removes it.
 _SIDECARS = ("-wal", "-shm", "-journal")
 
 

@@ -726,6 +726,15 @@ impl PyDatabase {
         self.core("in_memory").is_ok_and(|db| db.is_in_memory())
     }
 
+    /// The host-wide writer queue's file (`<database>-writer`, a str) while this store's
+    /// writes take their turn in it; None in memory, read-only, on PostgreSQL, where the
+    /// file cannot be created, or on a filesystem without OFD locks.
+    #[getter]
+    fn writer_queue(&self) -> Option<std::ffi::OsString> {
+        let db = self.core("writer_queue").ok()?;
+        db.writer_queue().map(|p| p.as_os_str().to_os_string())
+    }
+
     /// What opening did: auto_vacuum conversion, journal mode change, migration.
     #[getter]
     fn open_report<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

@@ -14,6 +14,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Error, Result};
 use crate::sqlite::fork;
+use crate::sqlite::host_queue::HostQueue;
 use crate::sqlite::migrations::{self, RowsMoved, Version};
 use crate::sqlite::pragmas::{self, Pragmas, VerifiedPragmas};
 use crate::sqlite::replica;
@@ -201,6 +202,16 @@ impl Engine {
             }
         };
 
+        let host_queue = if in_memory || options.read_only || bootstrap.is_readonly(rusqlite::MAIN_DB)? {
+            None
+        } else {
+            let budget = options.pragmas.get("busy_timeout").and_then(|ms| ms.parse().ok()).unwrap_or(0);
+            sqlite_file(&bootstrap)
+                .map(|f| HostQueue::open(&f, Duration::from_millis(budget)))
+                .transpose()
+                .map_err(in_file)?
+                .flatten()
+        };
         let pool = Pool::new(options.pool_size, options.checkout_timeout, target, flags, verified)?;
         // A file's bootstrap connection closes here (r2d2 opens the pool's own, on its
         // workers); a `:memory:` one stays outside, keeping the database alive.
@@ -217,7 +228,7 @@ impl Engine {
             last_moved: Mutex::new(open_report.rows_moved),
             open_report,
             opened_in: fork::Origin::here(),
-            lane: Arc::new(WriteLane::default()),
+            lane: Arc::new(WriteLane::new(host_queue)),
             keeper: Mutex::new(keeper),
             retrier: Retrier::new(None),
         };
@@ -255,6 +266,13 @@ impl Engine {
 
     pub fn open_report(&self) -> &OpenReport {
         &self.open_report
+    }
+
+    /// The host-wide writer queue's sidecar file (`<database>-writer`) while this store
+    /// takes its writes' turns in it; `None` in memory, read-only, where the file cannot
+    /// be created, or on a filesystem without OFD locks (`host_queue.rs`).
+    pub fn writer_queue(&self) -> Option<&Path> {
+        self.lane.host_queue()
     }
 
     /// Group commits by size, holds, callers waiting: the write lane's counters.
@@ -501,7 +519,22 @@ fn uri_file(uri: &Path) -> Option<PathBuf> {
     (!path.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(&path)))
 }
 
-/// Removes a database file and the files SQLite keeps beside it.
+/// The main database file as SQLite resolved it (the name its `-wal` and `-shm` are
+/// beside); `None` for a temporary or in-memory one.
+fn sqlite_file(conn: &Connection) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: the handle is this open connection's; the name it returns lives as long.
+    let name = unsafe { rusqlite::ffi::sqlite3_db_filename(conn.handle(), c"main".as_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: a NUL-terminated string owned by the connection.
+    let bytes = unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes();
+    (!bytes.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(bytes)))
+}
+
+/// Removes a database file and the files SQLite keeps beside it. (Not the writer
+/// queue's sidecar: another process may be waiting on it.)
 fn remove_database_files(file: &Path) {
     let _ = std::fs::remove_file(file);
     for suffix in ["-wal", "-shm", "-journal"] {

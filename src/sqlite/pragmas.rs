@@ -10,6 +10,7 @@ use r2d2::CustomizeConnection;
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
+use crate::sqlite::busy;
 
 /// How SQLite spells a pragma's value.
 #[derive(Clone, Copy, Debug)]
@@ -295,6 +296,12 @@ pub fn read(conn: &Connection, name: &str) -> Result<String> {
     let value: Option<rusqlite::types::Value> =
         conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0)).optional()?;
     let Some(value) = value else { return Ok("unsupported".into()) };
+    if let (true, rusqlite::types::Value::Integer(reported)) = (name.eq_ignore_ascii_case("busy_timeout"), &value) {
+        // Our busy handler replaced SQLite's, which makes the pragma read 0 (`busy.rs`).
+        if let Some(ms) = busy::configured(conn, *reported) {
+            return Ok(ms.to_string());
+        }
+    }
     Ok(match value {
         rusqlite::types::Value::Integer(i) => i.to_string(),
         rusqlite::types::Value::Text(t) => t.to_ascii_lowercase(),
@@ -303,10 +310,15 @@ pub fn read(conn: &Connection, name: &str) -> Result<String> {
     })
 }
 
-/// Sets a pragma. Some pragmas (journal_mode, mmap_size, busy_timeout) return a row,
-/// so it is run as a query and the row ignored. `name` and `value` come from the
+/// Sets a pragma. Some pragmas (journal_mode, mmap_size) return a row, so it is run as
+/// a query and the row ignored. `busy_timeout` installs the store's busy handler
+/// (`busy.rs`) with that budget instead of SQLite's. `name` and `value` come from the
 /// normalised table above, never from raw user text.
 pub fn set_raw(conn: &Connection, name: &str, value: &str) -> Result<()> {
+    if name == "busy_timeout" {
+        let ms = value.parse().map_err(|_| Error::invalid("pragma busy_timeout", format!("value {value:?}")))?;
+        return busy::install(conn, ms);
+    }
     let mut stmt = conn.prepare(&format!("PRAGMA {name} = {value}"))?;
     let mut rows = stmt.query([])?;
     while rows.next()?.is_some() {}

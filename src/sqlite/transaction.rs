@@ -9,6 +9,7 @@ use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, Statement};
 
 use crate::error::{Error, Result};
+use crate::sqlite::busy;
 use crate::sqlite::pool::Conn;
 use crate::sqlite::user_sql;
 use crate::statement::excerpt;
@@ -321,20 +322,26 @@ fn in_row(i: usize, e: Error) -> Error {
     }
 }
 
+/// Prepares a user's query (`PRAGMA busy_timeout` reads as configured: `busy.rs`).
+fn prepare_user<'c>(conn: &'c Connection, sql: &str) -> Result<rusqlite::CachedStatement<'c>> {
+    let answered = busy::read_as_configured(conn, sql);
+    Ok(conn.prepare_cached(answered.as_deref().unwrap_or(sql))?)
+}
+
 pub(crate) fn query(conn: &Connection, sql: &str, params: &[Value]) -> Result<Rows> {
-    let mut stmt = conn.prepare_cached(sql)?;
+    let mut stmt = prepare_user(conn, sql)?;
     collect_rows(&mut stmt, params_from_iter(params))
 }
 
 pub(crate) fn query_params(conn: &Connection, sql: &str, params: &Params) -> Result<Rows> {
-    let mut stmt = conn.prepare_cached(sql)?;
+    let mut stmt = prepare_user(conn, sql)?;
     let values = params.in_order(&stmt)?;
     collect_rows(&mut stmt, params_from_iter(values))
 }
 
 /// [`query_params`] and the result's column names (from the same prepared statement).
 pub(crate) fn query_columns(conn: &Connection, sql: &str, params: &Params) -> Result<(Vec<String>, Rows)> {
-    let mut stmt = conn.prepare_cached(sql)?;
+    let mut stmt = prepare_user(conn, sql)?;
     let values = params.in_order(&stmt)?;
     let rows = collect_rows(&mut stmt, params_from_iter(values))?;
     // Read after the first step: a cached statement whose tables changed (`SELECT *`

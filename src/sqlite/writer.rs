@@ -29,6 +29,14 @@
 //! lane thread becomes its front (one at a time, and it exits when no submitted write
 //! is at the front): N waiting submitted writes need no thread of their own.
 //!
+//! Between processes, the front's group runs in a turn of the host-wide writer queue
+//! (`host_queue.rs`), taken before its `BEGIN IMMEDIATE` and released after the
+//! `COMMIT`: fronts of other processes on the same file wait their turn in the kernel,
+//! not in SQLite's busy handler. (A group that had to wait runs on the queue's helper
+//! thread, the front waiting for it as its members wait for the front.) Holds
+//! (transaction blocks, migrations, maintenance) do not take it: a block may only
+//! read, and must not keep other processes' writes waiting.
+//!
 //! Safety: a queued write lives on its caller's stack (the closure may borrow from it).
 //! The caller does not return before its `done` flag is set, and the lane stops
 //! touching a member before setting that flag (under the lane's mutex).
@@ -43,6 +51,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
+use crate::sqlite::host_queue::HostQueue;
 use crate::sqlite::pool::Pool;
 use crate::sqlite::transaction::{Behavior, Tx};
 
@@ -291,6 +300,8 @@ pub struct WriteLane {
     members: AtomicU64,
     holds: AtomicU64,
     sizes: [AtomicU64; MAX_GROUP + 1],
+    /// The host-wide writer queue every group takes its turn in (none in memory, read-only).
+    host: Option<Arc<HostQueue>>,
 }
 
 /// The lane held alone until dropped.
@@ -336,6 +347,13 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 impl Default for WriteLane {
     fn default() -> Self {
+        WriteLane::new(None)
+    }
+}
+
+impl WriteLane {
+    /// A lane whose groups take their turn in `host` (the file's writer queue).
+    pub(crate) fn new(host: Option<HostQueue>) -> Self {
         WriteLane {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -350,7 +368,13 @@ impl Default for WriteLane {
             members: AtomicU64::new(0),
             holds: AtomicU64::new(0),
             sizes: std::array::from_fn(|_| AtomicU64::new(0)),
+            host: host.map(Arc::new),
         }
+    }
+
+    /// The writer queue's sidecar, while turns are taken in it.
+    pub(crate) fn host_queue(&self) -> Option<&std::path::Path> {
+        self.host.as_deref().filter(|q| q.is_on()).map(HostQueue::path)
     }
 }
 
@@ -537,7 +561,15 @@ impl WriteLane {
                 Member::Owned(job) => job.as_job(),
             })
             .collect();
-        run_group(pool, &mut jobs);
+        match &self.host {
+            Some(queue) => {
+                if let Err(e) = queue.in_turn(&mut || run_group(pool, &mut jobs)) {
+                    // Gave up waiting for the turn: nothing of the group ran.
+                    jobs.iter_mut().for_each(|job| job.fail_begin(e.clone()));
+                }
+            }
+            None => run_group(pool, &mut jobs),
+        }
         drop(jobs);
         self.groups.fetch_add(1, Ordering::Relaxed);
         self.members.fetch_add(size as u64, Ordering::Relaxed);
@@ -596,6 +628,9 @@ impl WriteLane {
         }
         drop(st);
         self.cv.notify_all();
+        if let Some(host) = &self.host {
+            host.close();
+        }
         complete_all(owned);
     }
 
