@@ -444,6 +444,11 @@ class AsyncStore:
         return self.sync.replicated
 
     @property
+    def writer_queue(self) -> Optional[str]:
+        """The host-wide writer queue's sidecar file (``<database>-writer``), or None."""
+        return self.sync.writer_queue
+
+    @property
     def write_mode(self) -> Literal["v1", "dual"]:
         """The schemas this store writes: "v1" or "dual" (both, linked)."""
         return self.sync.write_mode
