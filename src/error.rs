@@ -89,6 +89,12 @@ pub enum Error {
     #[error("write outcome unknown: {0}")]
     OutcomeUnknown(String),
 
+    /// A COMMIT that stopped waiting for a synchronous standby (its deadline passed):
+    /// committed on the primary, perhaps not on the standby a failover would promote.
+    /// An outcome unknown to a failover: never retried.
+    #[error("committed on the primary, not replicated: {0}")]
+    NotReplicated(String),
+
     /// A bug: a panic caught before it could cross into the caller.
     #[error("internal error (please report): {0}")]
     Internal(String),

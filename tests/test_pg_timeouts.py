@@ -1,7 +1,8 @@
 """No unbounded waits on PostgreSQL: every connection has a ``statement_timeout`` (30 s
 unless the URL's ``options`` set one), a statement past it is a typed BusyError that kept
 nothing, and a COMMIT left waiting for a synchronous standby that is gone raises
-OutcomeUnknownError — it committed on the primary — instead of hanging."""
+NotReplicatedError (an OutcomeUnknownError: it committed on the primary) instead of
+hanging."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def reload(cluster: Cluster, standby: str) -> None:
         assert time.monotonic() < deadline, "the server did not reload its configuration"
 
 
-def test_a_commit_waiting_for_a_missing_synchronous_standby_raises_outcome_unknown(lone_primary):
+def test_a_commit_waiting_for_a_missing_synchronous_standby_raises_not_replicated(lone_primary):
     url = with_timeout(lone_primary.url(), 1000)
     with consensus_db.connect(url) as db:  # opened (and migrated) while commits need no standby
         db.record_agent_spawn("before", "S", "plan", "regular_stage", "gemini")
@@ -107,7 +108,8 @@ def test_a_commit_waiting_for_a_missing_synchronous_standby_raises_outcome_unkno
         assert not any(t.is_alive() for t in threads), "a commit hung"
         print({k: v for k, v in outcomes.items()})
         for name in calls:
-            assert isinstance(outcomes[name], consensus_db.OutcomeUnknownError), (name, outcomes[name])
+            assert isinstance(outcomes[name], consensus_db.NotReplicatedError), (name, outcomes[name])
+            assert isinstance(outcomes[name], consensus_db.OutcomeUnknownError)  # never retried
             assert "synchronous standby" in str(outcomes[name])
             assert outcomes[name + "_s"] < 10
         reload(lone_primary, "")

@@ -30,6 +30,7 @@ __all__ = [
     "NotSupportedError",
     "ConnectionLostError",
     "OutcomeUnknownError",
+    "NotReplicatedError",
 ]
 
 
@@ -151,3 +152,11 @@ class OutcomeUnknownError(Error):
     the store can repeat safely within the call — spawns, completions, artifacts and
     syntheses (by a write token) — are repeated first, and raise this only when no
     repetition got through. :class:`~consensus_db.retry.RetryPolicy` never retries it."""
+
+
+class NotReplicatedError(OutcomeUnknownError):
+    """A COMMIT on PostgreSQL that waited for a synchronous standby past its deadline
+    (the connection's ``statement_timeout``) and stopped waiting: the primary has the
+    write, the standby a failover would promote may not. Do not write it again (the
+    primary has it); a failover before the standby catches up could lose it. Never
+    retried: it is an :class:`OutcomeUnknownError`."""

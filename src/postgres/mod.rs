@@ -109,9 +109,9 @@ fn bounded<T>(kind: Kind, session: &mut Session, f: &mut impl FnMut(&mut Session
 /// A COMMIT that `statement_timeout` stopped waiting for a synchronous standby: it
 /// committed on the primary, and a failover to the standby may lose it.
 pub(crate) fn unreplicated_commit(op: &str) -> Error {
-    Error::OutcomeUnknown(format!(
-        "{op}: the commit waited for a synchronous standby past statement_timeout; it committed on the primary but \
-         may not have reached the standby (a failover now could lose it): check before writing it again"
+    Error::NotReplicated(format!(
+        "{op}: the commit waited for a synchronous standby past statement_timeout and stopped waiting; the primary \
+         has it, the standby may not (a failover now could lose it): do not write it again, check it after a failover"
     ))
 }
 

@@ -25,6 +25,7 @@ mod py {
     pyo3::import_exception!(consensus_db.errors, NotSupportedError);
     pyo3::import_exception!(consensus_db.errors, ConnectionLostError);
     pyo3::import_exception!(consensus_db.errors, OutcomeUnknownError);
+    pyo3::import_exception!(consensus_db.errors, NotReplicatedError);
 }
 
 pub fn to_py(err: Error) -> PyErr {
@@ -49,6 +50,7 @@ pub fn to_py(err: Error) -> PyErr {
         Error::NotSupported(_) => py::NotSupportedError::new_err(message),
         Error::ConnectionLost(_) => py::ConnectionLostError::new_err(message),
         Error::OutcomeUnknown(_) => py::OutcomeUnknownError::new_err(message),
+        Error::NotReplicated(_) => py::NotReplicatedError::new_err(message),
     }
 }
 
