@@ -117,3 +117,32 @@ def test_a_commit_waiting_for_a_missing_synchronous_standby_raises_not_replicate
         assert db.get_agent_spawn_info("during") == ("regular_stage", "plan")
         assert db.get_agent_spawn_info("block") == ("regular_stage", "plan")
         assert db.count_artifacts("S", "plan") == 1
+
+
+def test_an_opening_whose_migration_commits_several_times_is_bounded_at_each_commit(lone_primary):
+    """The migration at opening commits once per revision in one call: after the first
+    COMMIT's wait is cancelled the next one must be bounded too, not wait forever."""
+    reload(lone_primary, "standby_that_is_gone")
+    outcome: list[object] = []
+
+    def open_store() -> None:
+        try:
+            consensus_db.connect(with_timeout(lone_primary.url(), 500)).close()
+            outcome.append("opened")
+        except consensus_db.Error as exc:
+            outcome.append(exc)
+
+    opener = threading.Thread(target=open_store)
+    started = time.monotonic()
+    opener.start()
+    opener.join(30)
+    took = time.monotonic() - started
+    hung = opener.is_alive()  # asked before the standby requirement goes, which would free it
+    reload(lone_primary, "")
+    opener.join(30)
+    assert not hung, f"an opening hung on a commit for {took:.0f} s"
+    print(f"opening gave {outcome} after {took:.1f} s")
+    assert len(outcome) == 1 and isinstance(outcome[0], consensus_db.NotReplicatedError), outcome
+    with consensus_db.connect(lone_primary.url()) as db:  # the primary has the schema
+        db.record_agent_spawn("after", "S", "plan", "regular_stage", "gemini")
+        assert db.get_agent_spawn_info("after") == ("regular_stage", "plan")

@@ -88,6 +88,9 @@ enum Kind {
     Idempotent,
     /// Writes that must not run twice: a lost connection mid-call is OutcomeUnknown.
     Once,
+    /// VACUUM: as Rerunnable, and not under the store's deadline (a VACUUM of big tables
+    /// may rightly take long; it also runs with `statement_timeout = 0`).
+    Vacuum,
 }
 
 pub struct PgDatabase {
@@ -101,9 +104,25 @@ pub struct PgDatabase {
 }
 
 /// Runs `f`; a write under its connection's deadline, its COMMIT included (`deadline.rs`).
-fn bounded<T>(kind: Kind, session: &mut Session, f: &mut impl FnMut(&mut Session) -> Result<T>) -> Result<T> {
-    let _deadline = if kind == Kind::Read { None } else { session.deadline() };
-    f(session)
+/// Runs `f`; a write under its connection's deadline, its COMMITs included
+/// (`deadline.rs`). Returns whether a cancel was sent (the connection must then not be
+/// pooled) beside the result, which is [`Error::NotReplicated`] for a write that
+/// returned after a cancel or the server's warning that a COMMIT stopped waiting for
+/// a synchronous standby (the mark is cleared either way).
+fn bounded<T>(
+    kind: Kind,
+    op: &str,
+    session: &mut Session,
+    f: &mut impl FnMut(&mut Session) -> Result<T>,
+) -> (Result<T>, bool) {
+    let armed = if matches!(kind, Kind::Read | Kind::Vacuum) { None } else { session.deadline() };
+    let result = f(session);
+    let cancelled = armed.is_some_and(|a| a.disarm());
+    let warned = session.unreplicated();
+    match result {
+        Ok(_) if warned || cancelled => (Err(unreplicated_commit(op)), cancelled),
+        r => (r, cancelled),
+    }
 }
 
 /// A COMMIT that `statement_timeout` stopped waiting for a synchronous standby: it
@@ -332,12 +351,13 @@ impl PgDatabase {
                     };
                     let sent = alive.is_ok();
                     let r = match alive {
-                        Ok(()) => match bounded(kind, conn.session(), &mut f) {
-                            Ok(_) if conn.session().unreplicated() => {
-                                return Err(unreplicated_commit(op));
+                        Ok(()) => {
+                            let (r, cancelled) = bounded(kind, op, conn.session(), &mut f);
+                            if cancelled {
+                                conn.discard(); // a cancel may still reach the server: never reuse it
                             }
-                            r => r,
-                        },
+                            r
+                        }
                         Err(e) => {
                             conn.discard();
                             self.pool.purge_idle();
@@ -890,7 +910,7 @@ impl PgDatabase {
         };
         // A VACUUM of big tables may rightly outlast statement_timeout: not bounded. (Two
         // calls: one simple query of several statements is a transaction, refused to VACUUM.)
-        self.run("vacuum", Kind::Rerunnable, |c| {
+        self.run("vacuum", Kind::Vacuum, |c| {
             c.client.batch_execute("SET statement_timeout = 0")?;
             let vacuumed = c.client.batch_execute(sql);
             c.client.batch_execute("RESET statement_timeout")?;

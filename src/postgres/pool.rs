@@ -52,7 +52,7 @@ impl Session {
     /// included (the server bounds statements, not commits): past the connection's
     /// `statement_timeout` the server is asked to cancel it.
     pub fn deadline(&self) -> Option<super::deadline::Armed> {
-        self.limit.map(|limit| super::deadline::arm(&self.cancel, limit))
+        self.limit.and_then(|limit| super::deadline::arm(&self.cancel, limit))
     }
 
     /// A statement of the store's own SQL, prepared once per connection.

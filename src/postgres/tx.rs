@@ -108,11 +108,15 @@ impl PgTx {
         let Some(mut conn) = self.conn.take() else {
             return Err(Error::Transaction("the transaction has ended".into()));
         };
-        let deadline = conn.session().deadline();
+        let armed = conn.session().deadline();
         let committed = conn.session().client.batch_execute("COMMIT");
-        drop(deadline);
+        let cancelled = armed.is_some_and(|a| a.disarm());
+        let warned = conn.session().unreplicated();
+        if cancelled {
+            conn.discard(); // a cancel may still reach the server: never reuse it
+        }
         match committed {
-            Ok(()) if conn.session().unreplicated() => Err(super::unreplicated_commit("COMMIT")),
+            Ok(()) if warned || cancelled => Err(super::unreplicated_commit("COMMIT")),
             Ok(()) => Ok(()),
             Err(e) => match map_error(&e) {
                 Error::ConnectionLost(m) => {

@@ -354,7 +354,7 @@ impl HostQueue {
             st.helper = true;
         }
         self.cv.notify_all();
-        let until = since.checked_add(self.budget);
+        let mut until = since.checked_add(self.budget);
         loop {
             match st.outcome.take() {
                 Some(Outcome::Ran) => return Ok(()),
@@ -368,7 +368,11 @@ impl HostQueue {
                 None => {}
             }
             // Past the deadline the work is taken back if the helper has not started it;
-            // once started, its turn began and it runs to its end.
+            // once started, its turn began and it runs to its end (waited for untimed:
+            // a timed wait past the deadline would return at once, spinning).
+            if st.work.is_none() {
+                until = None;
+            }
             let timed_out = match until {
                 Some(until) => self.cv.wait_until(&mut st, until).timed_out(),
                 None => {

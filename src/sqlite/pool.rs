@@ -10,7 +10,8 @@
 //!   in a job of the pool's, not in parking_lot (`hold_workers_across_fork`).
 //! - With `min_idle(Some(0))` r2d2 opens connections only for a checkout that finds
 //!   none idle; with `idle_timeout(None)` and `max_lifetime(None)` it schedules no
-//!   reaper, so an open store costs no CPU and leaves no job behind when it closes.
+//!   reaper, so an open store costs no CPU and leaves no periodic job behind when it
+//!   closes (but see failed opens below).
 //!   `test_on_check_out(false)` (and r2d2_sqlite without its `is-valid` feature): a
 //!   checkout runs no `SELECT 1`; a local connection does not go stale, and its
 //!   pragmas were verified when it was opened.
@@ -20,7 +21,10 @@
 //!   counts the files it has open and refuses to open after close; the error handler
 //!   keeps the last typed error, and a checkout waiting for a new connection returns
 //!   it; checkouts wait for a free slot on the wrapper's own condvar, which `close()`
-//!   and a failed open notify.
+//!   and a failed open notify. One thing the wrapper cannot stop: an open that failed
+//!   (one in flight at `close()` fails so) is retried by r2d2 until the pool is dropped
+//!   with the store — each retry is refused at once by the manager, opens no file, and
+//!   runs at most every 5 s on r2d2's idle workers.
 //! - The count is exact: it goes up before SQLite opens the file and down when
 //!   `sqlite3_close` has closed it (the destructor of a function each connection
 //!   carries; SQLite runs it after closing the database files), whichever thread

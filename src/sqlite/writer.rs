@@ -563,9 +563,13 @@ impl WriteLane {
             .collect();
         match &self.host {
             Some(queue) => {
-                if let Err(e) = queue.in_turn(&mut || run_group(pool, &mut jobs)) {
+                match queue.in_turn(&mut || run_group(pool, &mut jobs)) {
+                    Ok(()) => {}
+                    // A panic outside any job (those are caught in `run_group`): the group
+                    // may have committed, so no write is offered for a retry.
+                    Err(e @ Error::Internal(_)) => jobs.iter_mut().for_each(|job| job.fail(e.clone())),
                     // Gave up waiting for the turn: nothing of the group ran.
-                    jobs.iter_mut().for_each(|job| job.fail_begin(e.clone()));
+                    Err(e) => jobs.iter_mut().for_each(|job| job.fail_begin(e.clone())),
                 }
             }
             None => run_group(pool, &mut jobs),
