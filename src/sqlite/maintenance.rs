@@ -423,7 +423,16 @@ impl Engine {
         };
         // Each chunk its own transaction and turn in the lane: a busy attempt leaves nothing
         // of its chunk behind, and writers run in between.
-        let hold = |chunk: Chunk<'_>| self.with_lane("cleanup_old_executions", |c| chunk(c));
+        let hold = |chunk: Chunk<'_>| {
+            let done = self.with_lane("cleanup_old_executions", |c| chunk(c));
+            // The chunk's pages copied into the file now, outside the lane (PASSIVE waits
+            // for no one), rather than by whichever commit next crosses
+            // `wal_autocheckpoint`: a writer's, or the next chunk's inside its hold.
+            if done.is_ok() {
+                let _ = self.read(|conn| replica::checkpoint(conn, CheckpointMode::Passive));
+            }
+            done
+        };
         delete_executions_in_chunks(hold, &cutoff, total, progress.as_mut())
     }
 
