@@ -33,7 +33,7 @@ pub use pool::{PgPool, Session};
 pub use tx::PgTx;
 
 use crate::conninfo::redact;
-use crate::cursor::{Page, Window};
+use crate::cursor::{ExecutionKey, Page, Window};
 use crate::error::{Error, Result};
 use crate::model::{
     AgentExecution, AgentRoute, Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synthesis, HEALTH_EXACT_BELOW,
@@ -103,26 +103,15 @@ pub struct PgDatabase {
     branch_column: std::sync::atomic::AtomicBool,
 }
 
-/// Runs `f`; a write under its connection's deadline, its COMMIT included (`deadline.rs`).
-/// Runs `f`; a write under its connection's deadline, its COMMITs included
-/// (`deadline.rs`). Returns whether a cancel was sent (the connection must then not be
-/// pooled) beside the result, which is [`Error::NotReplicated`] for a write that
-/// returned after a cancel or the server's warning that a COMMIT stopped waiting for
-/// a synchronous standby (the mark is cleared either way).
-fn bounded<T>(
-    kind: Kind,
-    op: &str,
-    session: &mut Session,
-    f: &mut impl FnMut(&mut Session) -> Result<T>,
-) -> (Result<T>, bool) {
-    let armed = if matches!(kind, Kind::Read | Kind::Vacuum) { None } else { session.deadline() };
-    let result = f(session);
-    let cancelled = armed.is_some_and(|a| a.disarm());
-    let warned = session.unreplicated();
-    match result {
-        Ok(_) if warned || cancelled => (Err(unreplicated_commit(op)), cancelled),
-        r => (r, cancelled),
+/// The keyset condition's parameters of an executions or failures page, after `params`.
+fn with_key<'a>(
+    mut params: Vec<&'a (dyn ToSql + Sync)>,
+    from: &'a Option<ExecutionKey>,
+) -> Vec<&'a (dyn ToSql + Sync)> {
+    if let Some(k) = from {
+        params.extend([&k.spawned_at as &(dyn ToSql + Sync), &k.agent_id]);
     }
+    params
 }
 
 /// A COMMIT that `statement_timeout` stopped waiting for a synchronous standby: it
@@ -352,7 +341,8 @@ impl PgDatabase {
                     let sent = alive.is_ok();
                     let r = match alive {
                         Ok(()) => {
-                            let (r, cancelled) = bounded(kind, op, conn.session(), &mut f);
+                            let writes = !matches!(kind, Kind::Read | Kind::Vacuum);
+                            let (r, cancelled) = conn.session().bounded(writes, op, &mut f);
                             if cancelled {
                                 conn.discard(); // a cancel may still reach the server: never reuse it
                             }
@@ -586,10 +576,7 @@ impl PgDatabase {
         let sql = sql::executions(branch_id.is_some(), branch_column, &window);
         let limit = pg_limit(&window);
         self.run("query_agent_executions", Kind::Read, |c| {
-            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&spec_id, &stage, &branch_id, &limit];
-            if let Some(k) = &window.from {
-                params.extend([&k.spawned_at as &(dyn ToSql + Sync), &k.agent_id]);
-            }
+            let params = with_key(vec![&spec_id, &stage, &branch_id, &limit], &window.from);
             let stmt = c.prepared(sql)?;
             let rows = c.client.query(&stmt, &params)?;
             Ok(window.finish(
@@ -657,10 +644,7 @@ impl PgDatabase {
         let sql = sql::extraction_failures(&window);
         let limit = pg_limit(&window);
         self.run("query_extraction_failures", Kind::Read, |c| {
-            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&spec_id, &limit];
-            if let Some(k) = &window.from {
-                params.extend([&k.spawned_at as &(dyn ToSql + Sync), &k.agent_id]);
-            }
+            let params = with_key(vec![&spec_id, &limit], &window.from);
             let stmt = c.prepared(sql)?;
             let rows = c.client.query(&stmt, &params)?;
             Ok(window.finish(

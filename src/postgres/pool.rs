@@ -48,11 +48,27 @@ impl Session {
         self.cancelled_replication_wait.swap(false, Ordering::AcqRel)
     }
 
-    /// Bounds what runs on this connection until the returned guard drops, COMMIT
-    /// included (the server bounds statements, not commits): past the connection's
-    /// `statement_timeout` the server is asked to cancel it.
-    pub fn deadline(&self) -> Option<super::deadline::Armed> {
-        self.limit.and_then(|limit| super::deadline::arm(&self.cancel, limit))
+    /// Runs `f`, with `bounded`, under the connection's deadline, COMMITs included (the
+    /// server bounds statements, not commits: past `statement_timeout` the server is
+    /// asked to cancel it, `deadline.rs`). Returns whether a cancel was sent (the
+    /// connection must then not be pooled) beside the result, which is
+    /// [`Error::NotReplicated`] for a call that returned after a cancel or the server's
+    /// warning that a COMMIT stopped waiting for a synchronous standby (the mark is
+    /// cleared either way).
+    pub fn bounded<T>(
+        &mut self,
+        bounded: bool,
+        op: &str,
+        f: impl FnOnce(&mut Session) -> Result<T>,
+    ) -> (Result<T>, bool) {
+        let armed = if bounded { self.limit.and_then(|limit| super::deadline::arm(&self.cancel, limit)) } else { None };
+        let result = f(self);
+        let cancelled = armed.is_some_and(|a| a.disarm());
+        let warned = self.unreplicated();
+        match result {
+            Ok(_) if warned || cancelled => (Err(super::unreplicated_commit(op)), cancelled),
+            r => (r, cancelled),
+        }
     }
 
     /// A statement of the store's own SQL, prepared once per connection.

@@ -108,26 +108,20 @@ impl PgTx {
         let Some(mut conn) = self.conn.take() else {
             return Err(Error::Transaction("the transaction has ended".into()));
         };
-        let armed = conn.session().deadline();
-        let committed = conn.session().client.batch_execute("COMMIT");
-        let cancelled = armed.is_some_and(|a| a.disarm());
-        let warned = conn.session().unreplicated();
+        let (committed, cancelled) =
+            conn.session().bounded(true, "COMMIT", |s| Ok(s.client.batch_execute("COMMIT")?));
         if cancelled {
             conn.discard(); // a cancel may still reach the server: never reuse it
         }
         match committed {
-            Ok(()) if warned || cancelled => Err(super::unreplicated_commit("COMMIT")),
-            Ok(()) => Ok(()),
-            Err(e) => match map_error(&e) {
-                Error::ConnectionLost(m) => {
-                    conn.discard();
-                    Err(Error::OutcomeUnknown(format!(
-                        "the connection to PostgreSQL was lost during COMMIT ({m}): the transaction may or may not have \
-                         committed, and it is not repeated"
-                    )))
-                }
-                other => Err(other),
-            },
+            Err(Error::ConnectionLost(m)) => {
+                conn.discard();
+                Err(Error::OutcomeUnknown(format!(
+                    "the connection to PostgreSQL was lost during COMMIT ({m}): the transaction may or may not have \
+                     committed, and it is not repeated"
+                )))
+            }
+            other => other,
         }
     }
 
