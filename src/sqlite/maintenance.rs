@@ -17,6 +17,7 @@ pub use crate::sqlite::chunks::Progress;
 use crate::sqlite::chunks::{run_in_chunks, Chunk, ChunkSize};
 use crate::sqlite::database::{Engine, Pool};
 use crate::sqlite::replica::{self, Checkpoint, CheckpointMode};
+use crate::sqlite::schema;
 use crate::sqlite::writer::{LaneHold, WriteLane};
 
 /// Free-page fraction above which `needs_vacuum` is true by default.
@@ -291,18 +292,6 @@ fn rewrite_user_version(conn: &Connection) -> Result<()> {
     }
 }
 
-/// `max(rowid) - min(rowid) + 1` of a table (0 when empty), as two seeks of its rowid
-/// tree (one aggregate each: SQLite reads the whole table for both in one SELECT); None
-/// for a table without rowids.
-pub(crate) fn rowid_span(conn: &rusqlite::Connection, quoted_table: &str) -> Result<Option<i64>> {
-    let sql = format!("SELECT (SELECT max(rowid) FROM {quoted_table}) - (SELECT min(rowid) FROM {quoted_table}) + 1");
-    match conn.query_row(&sql, [], |r| r.get::<_, Option<i64>>(0)) {
-        Ok(span) => Ok(Some(span.unwrap_or(0))),
-        Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such column: rowid") => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
 impl Engine {
     /// The `-wal` file beside the database (None in memory).
     fn wal_file(&self, conn: &Connection) -> Option<std::path::PathBuf> {
@@ -340,7 +329,7 @@ impl Engine {
         let (mut rows, mut estimated) = (Vec::with_capacity(tables.len()), Vec::new());
         for t in tables {
             let quoted = format!("\"{}\"", t.replace('"', "\"\""));
-            let span = if exact { None } else { rowid_span(&conn, &quoted)? };
+            let span = if exact { None } else { schema::rowid_span(&conn, &quoted)? };
             let n = match span {
                 Some(span) if span > HEALTH_EXACT_BELOW => {
                     estimated.push(t.clone());
@@ -358,7 +347,7 @@ impl Engine {
             journal_mode: crate::sqlite::pragmas::read(&conn, "journal_mode")?,
             auto_vacuum: pragma_i64(&conn, "auto_vacuum")?,
             schema_version: pragma_i64(&conn, "user_version")?,
-            shape: crate::sqlite::schema::shape(&conn)?.describe(pragma_i64(&conn, "user_version")?),
+            shape: schema::shape(&conn)?.describe(pragma_i64(&conn, "user_version")?),
             vacuum_threshold,
         })
     }

@@ -144,7 +144,7 @@ impl BigIndex {
     }
 
     fn rows(&self, conn: &Connection) -> Result<i64> {
-        Ok(crate::sqlite::maintenance::rowid_span(conn, self.table)?.unwrap_or(0))
+        Ok(schema::rowid_span(conn, self.table)?.unwrap_or(0))
     }
 
     /// Missing, and to be built now: when asked for, or on a small table.

@@ -314,3 +314,15 @@ pub(crate) fn synthesis_from_text(
         source: SOURCE_V1,
     }
 }
+
+/// `max(rowid) - min(rowid) + 1` of a table (0 when empty), as two seeks of its rowid
+/// tree (one aggregate each: SQLite reads the whole table for both in one SELECT); None
+/// for a table without rowids.
+pub(crate) fn rowid_span(conn: &Connection, quoted_table: &str) -> Result<Option<i64>> {
+    let sql = format!("SELECT (SELECT max(rowid) FROM {quoted_table}) - (SELECT min(rowid) FROM {quoted_table}) + 1");
+    match conn.query_row(&sql, [], |r| r.get::<_, Option<i64>>(0)) {
+        Ok(span) => Ok(Some(span.unwrap_or(0))),
+        Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such column: rowid") => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
