@@ -200,7 +200,31 @@ print("done", flush=True)
 """
 
 
-def test_a_migration_killed_part_way_leaves_old_or_new_never_half(tmp_path):
+def copy_state(path):
+    """(user_version, legacy artifacts, copies in the new tables or None) of a killed
+    migration's file, checking that every copy is linked to one legacy row of its own."""
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        legacy = conn.execute("SELECT count(*) FROM consensus_artifacts").fetchone()[0]
+        if not conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'agent_outputs'").fetchone()[0]:
+            return version, legacy, None
+        copies, linked, orphans = conn.execute(
+            "SELECT count(*), count(DISTINCT legacy_artifact_id),"
+            " sum(NOT EXISTS (SELECT 1 FROM consensus_artifacts a WHERE a.id = o.legacy_artifact_id))"
+            " FROM agent_outputs o"
+        ).fetchone()
+        assert linked == copies and not orphans  # no copy twice, none without its original
+        return version, legacy, copies
+    finally:
+        conn.close()
+
+
+def test_a_migration_killed_part_way_resumes_without_losing_or_doubling_a_row(tmp_path):
+    """The backfill runs in chunks, each its own transaction: a kill leaves the legacy rows
+    whole and a part of them copied, each copy linked to its original, which is a file
+    the dual-schema rule reads once each; the next opening copies the rest and only it."""
     template = tmp_path / "template.db"
     n = big_legacy(template)
     outcomes = []
@@ -212,25 +236,24 @@ def test_a_migration_killed_part_way_leaves_old_or_new_never_half(tmp_path):
         time.sleep(delay)  # the point: kill at different moments of a real migration
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=60)
-        conn = sqlite3.connect(path)
-        try:
-            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            has_runs = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'consensus_runs'").fetchone()[0]
-            assert conn.execute("SELECT count(*) FROM consensus_artifacts").fetchone()[0] == n
-            if version == 0:
-                assert has_runs == 0
-            else:
-                assert version == 1
-                assert conn.execute("SELECT count(*) FROM agent_outputs").fetchone()[0] == n
-        finally:
-            conn.close()
-        outcomes.append(version)
+        version, legacy, copies = copy_state(path)
+        assert legacy == n
+        assert version in (0, 1)
+        if version == 1:
+            assert copies == n
+        with consensus_db.connect(path, read_only=True) as before_resuming:
+            assert before_resuming.count_artifacts("SPEC-0", "plan") == n // 500
         with consensus_db.connect(path) as db:
+            assert db.schema_version == 1
             assert db.query("SELECT count(*) FROM agent_outputs") == [(n,)]
+            assert db.query("SELECT count(DISTINCT legacy_artifact_id) FROM agent_outputs") == [(n,)]
             assert db.query("SELECT count(*) FROM consensus_runs WHERE synthesis_json IS NOT NULL") == [(3000,)]
-    assert 0 in outcomes  # at least one kill landed before the migration committed
-    print(f"migration kill rounds: versions after SIGKILL = {outcomes}")
+            if version == 0:
+                assert db.rows_moved["artifacts_backfilled"] == n - (copies or 0)  # the rest, and only it
+            assert db.count_artifacts("SPEC-0", "plan") == n // 500
+        outcomes.append((version, copies))
+    assert any(v == 0 and copies and copies < n for v, copies in outcomes), outcomes  # a kill landed mid-copy
+    print(f"migration kill rounds: (user_version, rows copied of {n}) after SIGKILL = {outcomes}")
 
 
 def test_a_store_open_while_another_drops_the_legacy_tables_keeps_reading(tmp_path):

@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Error, Result};
+use crate::sqlite::chunks::Progress;
 use crate::sqlite::fork;
 use crate::sqlite::host_queue::HostQueue;
 use crate::sqlite::migrations::{self, RowsMoved, Version};
@@ -387,8 +388,15 @@ impl Engine {
 
     /// Migrates the schema to `target`, up or down; returns the version reached.
     /// (`Database::migrate` then re-reads the store's layout.)
-    pub(crate) fn migrate(&self, target: Version, guard: Option<migrations::InFlightGuard>) -> Result<Version> {
-        self.migrating(|conn, moved| migrations::migrate_counting(conn, target, guard, moved))
+    pub(crate) fn migrate(
+        &self,
+        target: Version,
+        guard: Option<migrations::InFlightGuard>,
+        progress: Option<Progress>,
+    ) -> Result<Version> {
+        self.migrating(progress, |turn, progress, moved| {
+            migrations::migrate_counting(turn, progress, target, guard, moved)
+        })
     }
 
     /// What the last migration of this store (at opening, or `migrate`) copied between
@@ -405,25 +413,28 @@ impl Engine {
 
     /// Brings the file up to at least `target` and its tables to the current layout,
     /// as opening does; never down. Returns the version reached.
-    pub(crate) fn upgrade(&self, target: Version) -> Result<Version> {
-        self.migrating(|conn, moved| {
-            migrations::upgrade_counting(conn, target, migrations::LongSteps::Run, moved).map(drop)
+    pub(crate) fn upgrade(&self, target: Version, progress: Option<Progress>) -> Result<Version> {
+        self.migrating(progress, |turn, progress, moved| {
+            migrations::upgrade_counting(turn, progress, target, migrations::LongSteps::Run, moved).map(drop)
         })
     }
 
     /// Runs a migration and keeps what it copied between the schemas (`rows_moved`).
-    fn migrating(&self, work: impl Fn(&Connection, &mut RowsMoved) -> Result<()>) -> Result<Version> {
+    /// Each of its transactions (a step's, or one chunk of a long copy) runs in a hold of
+    /// the lane of its own, so writes queued meanwhile get in between; a busy one left
+    /// nothing behind and is tried again, and what committed stays counted.
+    fn migrating(
+        &self,
+        mut progress: Option<Progress>,
+        work: impl FnOnce(migrations::Turn<'_>, Option<&mut Progress>, &mut RowsMoved) -> Result<()>,
+    ) -> Result<Version> {
         let mut moved = RowsMoved::default();
         let reached = if self.read_only {
             Err(Error::ReadOnly(format!("cannot migrate {:?}", self.path)))
         } else {
-            // Each migration step runs in a transaction of its own: a busy one left nothing
-            // behind, the next attempt starts from the version reached, and the steps
-            // already committed stay counted.
-            self.with_lane("migrate", |conn| {
-                work(conn, &mut moved)?;
-                migrations::user_version(conn)
-            })
+            let mut turn = |work: &mut dyn FnMut(&Connection) -> Result<()>| self.with_lane("migrate", |c| work(c));
+            work(&mut turn, progress.as_mut(), &mut moved)
+                .and_then(|()| self.with_lane("migrate", |c| migrations::user_version(c)))
         };
         *self.last_moved.lock() = moved;
         reached
@@ -586,8 +597,14 @@ fn prepare_file(conn: &Connection, options: &Options, in_memory: bool) -> Result
     }
     options.pragmas.apply_connection(conn)?;
     if let Some(target) = options.migrate_to {
-        report.layout_steps =
-            migrations::upgrade_counting(conn, target, migrations::LongSteps::Defer, &mut report.rows_moved)?.1;
+        report.layout_steps = migrations::upgrade_counting(
+            &mut migrations::on(conn),
+            None,
+            target,
+            migrations::LongSteps::Defer,
+            &mut report.rows_moved,
+        )?
+        .1;
         let reached = migrations::user_version(conn)?;
         if reached != found {
             report.migrated = Some((found, reached));

@@ -18,6 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
 use crate::model::NewSynthesis;
+use crate::sqlite::chunks::{run_in_chunks, Chunk, ChunkSize, Progress};
 use crate::sqlite::legacy_rows::{bool_sql, created_ms_sql, ms_sql as legacy_ms, text_from_ms_sql, text_sql};
 use crate::sqlite::schema::{self, column_exists, synthesis_from_text, table_exists, Shape, PAIR_WINDOW_MS};
 
@@ -34,22 +35,37 @@ pub const LATEST_VERSION: Version = 2;
 struct Migration {
     version: Version,
     description: &'static str,
-    up: fn(&Connection) -> Result<RowsMoved>,
-    down: fn(&Connection) -> Result<RowsMoved>,
+    up: Step,
+    down: Step,
+}
+
+/// One move between two versions, as three kinds of transaction: `begin` (creating what
+/// the copy needs), the bulk of the copy in chunks ([`Bulk`]), then `end` — the whole
+/// move as one transaction would make it, which by then copies only what writers added
+/// meanwhile, verifies that no row is left out and bumps `user_version`. Every state in
+/// between is one the file can be in anyway (rows of one schema partly copied to the
+/// other, each copy linked to its original, as a dual-write build leaves them), read
+/// once each through the dual-schema rule; a move killed midway resumes where it was,
+/// skipping what is linked already.
+#[derive(Clone, Copy)]
+struct Step {
+    begin: fn(&Connection) -> Result<()>,
+    bulk: Option<Bulk>,
+    end: fn(&Connection) -> Result<RowsMoved>,
 }
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         description: "consensus_runs + agent_outputs (the plan's layout and this store's columns), backfilled from the legacy tables",
-        up: up_v1,
-        down: down_v1,
+        up: Step { begin: begin_v1, bulk: Some(Bulk::Backfill), end: up_v1 },
+        down: Step { begin: begin_write_back, bulk: Some(Bulk::WriteBack), end: down_v1 },
     },
     Migration {
         version: 2,
         description: "drop the legacy consensus_artifacts / consensus_synthesis tables",
-        up: up_v2,
-        down: down_v2,
+        up: Step { begin: |_| Ok(()), bulk: Some(Bulk::Backfill), end: up_v2 },
+        down: Step { begin: begin_down_v2, bulk: Some(Bulk::WriteBack), end: down_v2 },
     },
 ];
 
@@ -92,7 +108,12 @@ pub fn validate() -> Result<()> {
 /// Also returns what the additive layout steps changed ([`additive_steps`]), for the
 /// open report.
 pub fn upgrade(conn: &Connection, target: Version) -> Result<(Shape, Vec<String>)> {
-    upgrade_counting(conn, target, LongSteps::Run, &mut RowsMoved::default())
+    upgrade_counting(&mut on(conn), None, target, LongSteps::Run, &mut RowsMoved::default())
+}
+
+/// Every turn on the one connection `conn`.
+pub(crate) fn on(conn: &Connection) -> impl FnMut(&mut dyn FnMut(&Connection) -> Result<()>) -> Result<()> + '_ {
+    move |work| work(conn)
 }
 
 /// Whether an additive step that holds the write lock for seconds on a big file runs
@@ -163,20 +184,22 @@ fn big_indexes_complete(conn: &Connection) -> Result<bool> {
     Ok(true)
 }
 
-/// [`upgrade`], adding what it copied between the schemas to `moved` as each step commits.
+/// [`upgrade`], each transaction in a turn of `turn`, adding what it copied between the
+/// schemas to `moved` as each transaction commits; `progress` hears a long copy's chunks.
 pub(crate) fn upgrade_counting(
-    conn: &Connection,
+    mut turn: Turn<'_>,
+    mut progress: Option<&mut Progress>,
     target: Version,
     long: LongSteps,
     moved: &mut RowsMoved,
 ) -> Result<(Shape, Vec<String>)> {
-    let found = bring_layout_current(conn, true, long, moved)?;
+    let found = in_turn(&mut turn, |c| bring_layout_current(c, true, long, moved))?;
     loop {
-        let current = user_version(conn)?;
+        let current = in_turn(&mut turn, user_version)?;
         if current >= target {
             return Ok(found);
         }
-        step(conn, current, current + 1, None, moved)?;
+        step(&mut turn, progress.as_deref_mut(), current, current + 1, None, moved)?;
     }
 }
 
@@ -186,26 +209,28 @@ pub(crate) fn upgrade_counting(
 /// down or one that drops the legacy tables refuses while agents are in flight.
 pub fn migrate(conn: &Connection, target: Version, guard: Option<InFlightGuard>) -> Result<RowsMoved> {
     let mut moved = RowsMoved::default();
-    migrate_counting(conn, target, guard, &mut moved)?;
+    migrate_counting(&mut on(conn), None, target, guard, &mut moved)?;
     Ok(moved)
 }
 
 /// [`migrate`], adding to `moved` as each step commits (a step that fails adds nothing;
 /// the steps before it stay counted).
 pub(crate) fn migrate_counting(
-    conn: &Connection,
+    mut turn: Turn<'_>,
+    mut progress: Option<&mut Progress>,
     target: Version,
     guard: Option<InFlightGuard>,
     moved: &mut RowsMoved,
 ) -> Result<()> {
     check_target(target)?;
-    bring_layout_current(conn, target > 0, LongSteps::Run, moved)?;
+    in_turn(&mut turn, |c| bring_layout_current(c, target > 0, LongSteps::Run, moved))?;
     loop {
-        let current = user_version(conn)?;
+        let current = in_turn(&mut turn, user_version)?;
         if current == target {
             return Ok(());
         }
-        step(conn, current, if target > current { current + 1 } else { current - 1 }, guard, moved)?;
+        let next = if target > current { current + 1 } else { current - 1 };
+        step(&mut turn, progress.as_deref_mut(), current, next, guard, moved)?;
     }
 }
 
@@ -405,32 +430,208 @@ fn index_exists(conn: &Connection, index: &str) -> Result<bool> {
     Ok(conn.prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1")?.exists([index])?)
 }
 
+/// Where a migration runs each of its transactions: at opening on the one connection; on
+/// an open store in a hold of the write lane per transaction, so writers queued behind a
+/// long move get their turn between its chunks. A turn may run its work again after a
+/// busy attempt that rolled back.
+pub(crate) type Turn<'a> = &'a mut dyn FnMut(&mut dyn FnMut(&Connection) -> Result<()>) -> Result<()>;
+
+/// Runs `work` in one turn and returns what it returned (the last attempt's).
+fn in_turn<T>(turn: &mut Turn<'_>, mut work: impl FnMut(&Connection) -> Result<T>) -> Result<T> {
+    let mut out = None;
+    turn(&mut |c| {
+        out = Some(work(c)?);
+        Ok(())
+    })?;
+    out.ok_or_else(|| Error::Migration("a migration turn ran nothing".into()))
+}
+
 fn step(
-    conn: &Connection,
+    turn: &mut Turn<'_>,
+    progress: Option<&mut Progress>,
     from: Version,
     to: Version,
     guard: Option<InFlightGuard>,
     moved: &mut RowsMoved,
 ) -> Result<()> {
-    let action = if to > from { MIGRATIONS[from as usize].up } else { MIGRATIONS[from as usize - 1].down };
-    let destructive = destructive(from, to);
-    let mut this_step = RowsMoved::default();
-    in_transaction(
-        conn,
-        &format!("migration from version {from} to {to}"),
-        // Another process may have migrated while we waited for the write lock.
-        |c| Ok(user_version(c)? == from),
-        |c| {
-            if let (Some(guard), true) = (guard, destructive) {
-                guard.refuse_if_in_flight(c, from, to)?;
-            }
-            this_step = action(c)?;
+    let Step { begin, bulk, end } =
+        if to > from { MIGRATIONS[from as usize].up } else { MIGRATIONS[from as usize - 1].down };
+    let what = format!("migration from version {from} to {to}");
+    // Another process may have migrated while we waited for the write lock.
+    let still_here = |c: &Connection| Ok(user_version(c)? == from);
+    let refuse = |c: &Connection| match (guard, destructive(from, to)) {
+        (Some(guard), true) => guard.refuse_if_in_flight(c, from, to),
+        _ => Ok(()),
+    };
+    let pair = in_turn(turn, |c| {
+        in_transaction(c, &what, still_here, |c| {
+            refuse(c)?;
+            begin(c)
+        })?;
+        unpaired_copies(c)
+    })?;
+    if let Some(bulk) = bulk {
+        bulk.run(turn, progress, &what, &still_here, pair, moved)?;
+    }
+    let tail = in_turn(turn, |c| {
+        let mut tail = RowsMoved::default();
+        in_transaction(c, &what, still_here, |c| {
+            refuse(c)?;
+            tail = end(c)?;
             c.execute_batch(&format!("PRAGMA user_version = {to}"))?;
             Ok(())
-        },
-    )?;
-    moved.add(this_step);
+        })?;
+        Ok(tail)
+    })?;
+    moved.add(tail);
     Ok(())
+}
+
+/// Whether the new tables hold rows with no link to a legacy row (a dual-write build's
+/// copies, which the copy pairs with their twins first). Asked once, before a bulk copy:
+/// asked again after a chunk, it would read every row the copy has linked so far.
+fn unpaired_copies(conn: &Connection) -> Result<bool> {
+    if !table_exists(conn, "agent_outputs")? {
+        return Ok(false);
+    }
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM agent_outputs WHERE legacy_artifact_id IS NULL)
+             OR EXISTS (SELECT 1 FROM consensus_runs WHERE synthesis_json IS NOT NULL AND legacy_synthesis_id IS NULL)",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// The bulk of a move's copy, run in chunks of rows by id before its `end` ([`Step`]).
+#[derive(Clone, Copy)]
+enum Bulk {
+    /// Legacy rows into the new tables.
+    Backfill,
+    /// New-table rows into the legacy tables.
+    WriteBack,
+}
+
+/// The ids of one chunk: those above the first and up to the second.
+type Ids = (i64, i64);
+const ALL_IDS: Ids = (i64::MIN, i64::MAX);
+
+/// One table's share of a bulk copy: `copy` handles the rows of an id range of `table`.
+struct Phase {
+    table: &'static str,
+    /// Pairs twins (a dual-write build's copies) rather than copying: run only when the
+    /// new tables held unpaired rows as the move began.
+    pairs: bool,
+    copy: fn(&Connection, Ids) -> Result<RowsMoved>,
+}
+
+const BACKFILL: [Phase; 4] = [
+    Phase {
+        table: "consensus_artifacts",
+        pairs: true,
+        copy: |c, ids| pair_artifact_copies(c, None, ids).map(|()| RowsMoved::default()),
+    },
+    Phase {
+        table: "consensus_artifacts",
+        pairs: false,
+        copy: |c, ids| Ok(RowsMoved { artifacts_backfilled: backfill_artifacts(c, ids)?, ..RowsMoved::default() }),
+    },
+    Phase {
+        table: "consensus_synthesis",
+        pairs: true,
+        copy: |c, ids| pair_synthesis_copies(c, None, ids).map(|()| RowsMoved::default()),
+    },
+    Phase {
+        table: "consensus_synthesis",
+        pairs: false,
+        copy: |c, ids| Ok(RowsMoved { syntheses_backfilled: backfill_syntheses(c, ids)?, ..RowsMoved::default() }),
+    },
+];
+
+const WRITE_BACK: [Phase; 4] = [
+    Phase {
+        table: "consensus_artifacts",
+        pairs: true,
+        copy: |c, ids| pair_artifact_copies(c, None, ids).map(|()| RowsMoved::default()),
+    },
+    Phase {
+        table: "consensus_synthesis",
+        pairs: true,
+        copy: |c, ids| pair_synthesis_copies(c, None, ids).map(|()| RowsMoved::default()),
+    },
+    Phase { table: "agent_outputs", pairs: false, copy: write_back_outputs },
+    Phase { table: "consensus_runs", pairs: false, copy: write_back_syntheses },
+];
+
+impl Bulk {
+    fn phases(self) -> &'static [Phase] {
+        match self {
+            Bulk::Backfill => &BACKFILL,
+            Bulk::WriteBack => &WRITE_BACK,
+        }
+    }
+
+    /// Copies in chunks, each its own transaction in its own turn, sized to hold the write
+    /// lock about [`CHUNK_TARGET`](crate::sqlite::chunks::CHUNK_TARGET); adds what each
+    /// chunk copied to `moved` as it commits and tells `progress` the rows gone through of
+    /// the tables' (estimated) total. Stops early when the move was made meanwhile by
+    /// another process (`still_here` false).
+    fn run(
+        self,
+        turn: &mut Turn<'_>,
+        progress: Option<&mut Progress>,
+        what: &str,
+        still_here: &dyn Fn(&Connection) -> Result<bool>,
+        pair: bool,
+        moved: &mut RowsMoved,
+    ) -> Result<()> {
+        let phases: Vec<&Phase> = self.phases().iter().filter(|p| pair || !p.pairs).collect();
+        let total = in_turn(turn, |c| {
+            let mut total = 0;
+            for phase in &phases {
+                if table_exists(c, phase.table)? {
+                    total += schema::rowid_span(c, phase.table)?.unwrap_or(0);
+                }
+            }
+            Ok(total.max(0) as u64)
+        })?;
+        let mut at = (0usize, i64::MIN);
+        let mut hold = |chunk: Chunk<'_>| in_turn(turn, |c| chunk(c));
+        let chunk = |c: &Connection, n: u32| {
+            let mut done = (0, true);
+            let mut next = at;
+            let mut copied = RowsMoved::default();
+            in_transaction(c, what, still_here, |c| loop {
+                let Some(phase) = phases.get(next.0) else { return Ok(()) };
+                match next_ids(c, phase.table, next.1, n)? {
+                    None => next = (next.0 + 1, i64::MIN),
+                    Some((last, rows)) => {
+                        copied = (phase.copy)(c, (next.1, last))?;
+                        next.1 = last;
+                        done = (rows, false);
+                        return Ok(());
+                    }
+                }
+            })?;
+            at = next;
+            moved.add(copied);
+            Ok(done)
+        };
+        run_in_chunks(ChunkSize::maintenance(), &mut hold, chunk, total, progress).map(drop)
+    }
+}
+
+/// The last id and the number of rows of the next (up to) `n` rows of `table` after
+/// `after`; `None` when there are none (or no such table).
+fn next_ids(conn: &Connection, table: &str, after: i64, n: u32) -> Result<Option<(i64, u64)>> {
+    if !table_exists(conn, table)? {
+        return Ok(None);
+    }
+    let (last, rows): (Option<i64>, i64) = conn.query_row(
+        &format!("SELECT max(id), count(*) FROM (SELECT id FROM {table} WHERE id > ?1 ORDER BY id LIMIT ?2)"),
+        params![after, n],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(last.map(|last| (last, rows as u64)))
 }
 
 impl RowsMoved {
@@ -514,10 +715,15 @@ fn add_missing_legacy_columns(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-fn up_v1(conn: &Connection) -> Result<RowsMoved> {
+/// The new tables, empty, beside the legacy ones (still version 0): what the backfill fills.
+fn begin_v1(conn: &Connection) -> Result<()> {
     add_missing_legacy_columns(conn)?;
     conn.execute_batch(schema::ROUTING_TABLE_SQL)?;
-    schema::create_current_tables(conn)?;
+    schema::create_current_tables(conn)
+}
+
+fn up_v1(conn: &Connection) -> Result<RowsMoved> {
+    begin_v1(conn)?;
     backfill(conn)
 }
 
@@ -577,39 +783,70 @@ pub(crate) fn copy_synthesis_to_legacy(conn: &Connection, run: i64, s: &NewSynth
 /// timestamps, plus [`LEGACY_EXTRAS`] for what they cannot hold), linked to its copy, so
 /// an old binary sees everything. Returns how many rows were written. Idempotent.
 pub(crate) fn write_back(conn: &Connection) -> Result<RowsMoved> {
-    conn.execute_batch(&legacy_tables_ddl())?;
-    add_missing_legacy_columns(conn)?;
-    add_legacy_extras(conn)?;
+    begin_write_back(conn)?;
     // The predecessor's dual-write copies are already in both schemas, unlinked.
     link_artifact_copies(conn, None)?;
     link_synthesis_copies(conn, None)?;
-    let mut outputs = conn.prepare(&format!(
+    let mut written = write_back_outputs(conn, ALL_IDS)?;
+    written.add(write_back_syntheses(conn, ALL_IDS)?);
+    let left: i64 = conn.query_row(
+        &format!(
+            "SELECT (SELECT count(*) FROM agent_outputs o WHERE {UNMIRRORED_OUTPUTS})
+                  + (SELECT count(*) FROM consensus_runs r WHERE {UNMIRRORED_SYNTHESES})"
+        ),
+        [],
+        |r| r.get(0),
+    )?;
+    if left != 0 {
+        return Err(Error::Migration(format!(
+            "writing the new tables back into the legacy ones left {left} rows without a legacy copy"
+        )));
+    }
+    Ok(written)
+}
+
+/// The legacy tables with every column a written-back row needs.
+fn begin_write_back(conn: &Connection) -> Result<()> {
+    conn.execute_batch(&legacy_tables_ddl())?;
+    add_missing_legacy_columns(conn)?;
+    add_legacy_extras(conn)
+}
+
+/// Writes back the artifacts with ids in `ids` that have no legacy copy.
+fn write_back_outputs(conn: &Connection, (after, last): Ids) -> Result<RowsMoved> {
+    let mut outputs = conn.prepare_cached(&format!(
         "SELECT o.id, r.spec_id, r.stage, o.agent_name, o.content, o.response_text, r.orchestrator_run_id,
                 {}, o.model_version, o.output_timestamp
          FROM agent_outputs o JOIN consensus_runs r ON r.id = o.run_id
-         WHERE {UNMIRRORED_OUTPUTS} ORDER BY o.id",
+         WHERE o.id > ?1 AND o.id <= ?2 AND {UNMIRRORED_OUTPUTS} ORDER BY o.id",
         text_from_ms_sql("o.output_timestamp")
     ))?;
-    let mut insert = conn.prepare(
+    let mut insert = conn.prepare_cached(
         "INSERT INTO consensus_artifacts (spec_id, stage, agent_name, content_json, response_text, run_id, created_at,
                 model_version, created_at_ms)
          VALUES (?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
-    let mut link = conn.prepare("UPDATE agent_outputs SET legacy_artifact_id = ?2 WHERE id = ?1")?;
+    let mut link = conn.prepare_cached("UPDATE agent_outputs SET legacy_artifact_id = ?2 WHERE id = ?1")?;
     let mut written = RowsMoved::default();
-    let mut rows = outputs.query([])?;
+    let mut rows = outputs.query(params![after, last])?;
     while let Some(row) = rows.next()? {
         let values: Vec<Value> = (0..10).map(|i| row.get(i)).collect::<Result<_, _>>()?;
         insert.execute(rusqlite::params_from_iter(values.iter()))?;
         link.execute(params![values[0], conn.last_insert_rowid()])?;
         written.artifacts_written_back += 1;
     }
-    let mut runs = conn.prepare(&format!(
+    Ok(written)
+}
+
+/// Writes back the syntheses of the runs with ids in `ids` that have no legacy copy.
+fn write_back_syntheses(conn: &Connection, (after, last): Ids) -> Result<RowsMoved> {
+    let mut runs = conn.prepare_cached(&format!(
         "SELECT r.id, r.spec_id, r.stage, r.synthesis_json, COALESCE(r.degraded, 0), r.orchestrator_run_id,
                 COALESCE(r.synthesized_at, r.run_timestamp)
-         FROM consensus_runs r WHERE {UNMIRRORED_SYNTHESES} ORDER BY r.id"
+         FROM consensus_runs r WHERE r.id > ?1 AND r.id <= ?2 AND {UNMIRRORED_SYNTHESES} ORDER BY r.id"
     ))?;
-    let mut rows = runs.query([])?;
+    let mut written = RowsMoved::default();
+    let mut rows = runs.query(params![after, last])?;
     while let Some(row) = rows.next()? {
         let (id, spec, stage): (i64, String, String) = (row.get(0)?, row.get(1)?, row.get(2)?);
         let raw = crate::sqlite::legacy_rows::text(row, 3)?.unwrap_or_default();
@@ -628,19 +865,6 @@ pub(crate) fn write_back(conn: &Connection) -> Result<RowsMoved> {
         };
         copy_synthesis_to_legacy(conn, id, &new, s.created_at_ms)?;
         written.syntheses_written_back += 1;
-    }
-    let left: i64 = conn.query_row(
-        &format!(
-            "SELECT (SELECT count(*) FROM agent_outputs o WHERE {UNMIRRORED_OUTPUTS})
-                  + (SELECT count(*) FROM consensus_runs r WHERE {UNMIRRORED_SYNTHESES})"
-        ),
-        [],
-        |r| r.get(0),
-    )?;
-    if left != 0 {
-        return Err(Error::Migration(format!(
-            "writing the new tables back into the legacy ones left {left} rows without a legacy copy"
-        )));
     }
     Ok(written)
 }
@@ -678,13 +902,30 @@ fn legacy_tables_ddl() -> String {
 /// Recreates the legacy tables for old binaries and writes every row back into them:
 /// version 1 is whole again.
 fn down_v2(conn: &Connection) -> Result<RowsMoved> {
-    // Tables an old binary recreated at version 2 hold only its own rows: no link to them stands.
-    conn.execute_batch(&legacy_tables_ddl())?;
-    clear_links(conn)?;
+    begin_down_v2(conn)?;
     let mut moved = write_back(conn)?;
     // And what that old binary wrote gets its copy in the new tables.
     moved.add(backfill(conn)?);
+    conn.execute("DELETE FROM consensus_db_meta WHERE key = 'write_back_from_2'", [])?;
     Ok(moved)
+}
+
+/// The legacy tables recreated, no link standing. Tables an old binary recreated at
+/// version 2 hold only its own rows: no link to them stands — unless this move has begun
+/// before (a `write_back_from_2` mark in `consensus_db_meta`, removed by its end), whose
+/// links to the copies it wrote stand.
+fn begin_down_v2(conn: &Connection) -> Result<()> {
+    conn.execute_batch(&legacy_tables_ddl())?;
+    let begun = table_exists(conn, "consensus_db_meta")?
+        && conn.prepare("SELECT 1 FROM consensus_db_meta WHERE key = 'write_back_from_2'")?.exists([])?;
+    if !begun {
+        clear_links(conn)?;
+    }
+    begin_write_back(conn)?;
+    if table_exists(conn, "consensus_db_meta")? {
+        conn.execute("INSERT OR REPLACE INTO consensus_db_meta (key, value) VALUES ('write_back_from_2', 1)", [])?;
+    }
+    Ok(())
 }
 
 /// This store's first layout, rebuilt as the current one: same ids, same rows.
@@ -753,11 +994,11 @@ pub(crate) fn backfill(conn: &Connection) -> Result<RowsMoved> {
     let mut copied = RowsMoved::default();
     if table_exists(conn, "consensus_artifacts")? {
         link_artifact_copies(conn, None)?;
-        copied.artifacts_backfilled = backfill_artifacts(conn)?;
+        copied.artifacts_backfilled = backfill_artifacts(conn, ALL_IDS)?;
     }
     if table_exists(conn, "consensus_synthesis")? {
         link_synthesis_copies(conn, None)?;
-        copied.syntheses_backfilled = backfill_syntheses(conn)?;
+        copied.syntheses_backfilled = backfill_syntheses(conn, ALL_IDS)?;
     }
     verify_backfill(conn)?;
     Ok(copied)
@@ -785,12 +1026,19 @@ pub(crate) fn link_artifact_copies(conn: &Connection, scope: Scope) -> Result<()
     if !any_unlinked {
         return Ok(());
     }
+    pair_artifact_copies(conn, scope, ALL_IDS)
+}
+
+/// [`link_artifact_copies`] for the legacy rows with ids in `ids`, without first asking
+/// whether any new row is unlinked.
+fn pair_artifact_copies(conn: &Connection, scope: Scope, ids: Ids) -> Result<()> {
     let mut legacy = conn.prepare(&format!(
         "SELECT a.id, a.spec_id, a.stage, a.agent_name, a.content_json, a.response_text, a.run_id, {}
          FROM consensus_artifacts a
-         WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id) {} ORDER BY a.id",
+         WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id) {} {} ORDER BY a.id",
         legacy_ms("a.created_at"),
-        scope_sql(scope).0.replace("spec_id", "a.spec_id").replace("stage =", "a.stage =")
+        scope_sql(scope).0.replace("spec_id", "a.spec_id").replace("stage =", "a.stage ="),
+        ids_sql("a.id", ids)
     ))?;
     let mut twin = conn.prepare(
         "SELECT o.id, o.run_id FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
@@ -829,12 +1077,19 @@ pub(crate) fn link_synthesis_copies(conn: &Connection, scope: Scope) -> Result<(
     if !any_unlinked {
         return Ok(());
     }
+    pair_synthesis_copies(conn, scope, ALL_IDS)
+}
+
+/// [`link_synthesis_copies`] for the legacy rows with ids in `ids`, without first asking
+/// whether any new row is unlinked.
+fn pair_synthesis_copies(conn: &Connection, scope: Scope, ids: Ids) -> Result<()> {
     let mut legacy = conn.prepare(&format!(
         "SELECT s.id, s.spec_id, s.stage, s.output_markdown, s.run_id, {}
          FROM consensus_synthesis s
-         WHERE NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id) {} ORDER BY s.id",
+         WHERE NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id) {} {} ORDER BY s.id",
         legacy_ms("s.created_at"),
-        scope_sql(scope).0.replace("spec_id", "s.spec_id").replace("stage =", "s.stage =")
+        scope_sql(scope).0.replace("spec_id", "s.spec_id").replace("stage =", "s.stage ="),
+        ids_sql("s.id", ids)
     ))?;
     let markdown = schema::synthesis_field("synthesis_json", "output_markdown");
     let mut twin = conn.prepare(&format!(
@@ -860,13 +1115,23 @@ pub(crate) fn link_synthesis_copies(conn: &Connection, scope: Scope) -> Result<(
     Ok(())
 }
 
+/// The condition "`column` is in `ids`" (our own integers, not user input), or none for all.
+fn ids_sql(column: &str, ids: Ids) -> String {
+    if ids == ALL_IDS {
+        String::new()
+    } else {
+        format!("AND {column} > {} AND {column} <= {}", ids.0, ids.1)
+    }
+}
+
 /// A legacy row's time in ms: the exact one a write-back kept, else its timestamp.
 fn legacy_created_ms(conn: &Connection, table: &str, alias: &str) -> Result<String> {
     Ok(created_ms_sql(alias, column_exists(conn, table, "created_at_ms")?))
 }
 
-/// Returns how many legacy artifacts it copied.
-fn backfill_artifacts(conn: &Connection) -> Result<i64> {
+/// Copies the legacy artifacts with ids in `ids`; returns how many.
+fn backfill_artifacts(conn: &Connection, ids: Ids) -> Result<i64> {
+    let ids = ids_sql("a.id", ids);
     // One open run per (spec_id, stage, run_id) group, unless one exists already.
     let created = legacy_created_ms(conn, "consensus_artifacts", "a")?;
     let model_version =
@@ -874,7 +1139,7 @@ fn backfill_artifacts(conn: &Connection) -> Result<i64> {
     let mut groups = conn.prepare(&format!(
         "SELECT a.spec_id, a.stage, a.run_id, MIN({created})
          FROM consensus_artifacts a
-         WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id)
+         WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id) {ids}
            AND NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.spec_id = a.spec_id AND r.stage = a.stage
                            AND r.orchestrator_run_id IS a.run_id AND r.synthesis_json IS NULL)
          GROUP BY a.spec_id, a.stage, a.run_id"
@@ -892,7 +1157,7 @@ fn backfill_artifacts(conn: &Connection) -> Result<i64> {
                     model_version)
              SELECT ({open_run}), {}, {}, {}, {created}, a.id, {model_version}
              FROM consensus_artifacts a
-             WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id)
+             WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id) {ids}
              ORDER BY a.id",
             text_sql("a.agent_name"),
             text_sql("a.content_json"),
@@ -903,13 +1168,13 @@ fn backfill_artifacts(conn: &Connection) -> Result<i64> {
     Ok(copied as i64)
 }
 
-/// Returns how many legacy syntheses it copied.
-fn backfill_syntheses(conn: &Connection) -> Result<i64> {
+/// Copies the legacy syntheses with ids in `ids`; returns how many.
+fn backfill_syntheses(conn: &Connection, ids: Ids) -> Result<i64> {
     // A synthesis closes the newest open run of its group; otherwise it is a run of its own.
     let mut pending = conn.prepare(&format!(
         "SELECT id, spec_id, stage, run_id, {}, {}, {}, artifacts_count, {}, {}, {}, {}
          FROM consensus_synthesis s
-         WHERE NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id)
+         WHERE NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id) {}
          ORDER BY id",
         text_sql("output_markdown"),
         text_sql("output_path"),
@@ -917,7 +1182,8 @@ fn backfill_syntheses(conn: &Connection) -> Result<i64> {
         text_sql("agreements"),
         text_sql("conflicts"),
         bool_sql("degraded"),
-        legacy_created_ms(conn, "consensus_synthesis", "s")?
+        legacy_created_ms(conn, "consensus_synthesis", "s")?,
+        ids_sql("s.id", ids)
     ))?;
     let synthesis = schema::synthesis_json_sql("?5", "?6", "?7", "?8", "?9", "?10");
     let close = |run: &str| {

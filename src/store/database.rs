@@ -19,7 +19,7 @@ use super::read_metrics::ReadMetrics;
 use crate::error::{Error, Result};
 use crate::model::ReaderCounts;
 use crate::sqlite::database::{Engine, Options};
-use crate::sqlite::maintenance::{Maintenance, MaintenanceOptions};
+use crate::sqlite::maintenance::{Maintenance, MaintenanceOptions, Progress};
 use crate::sqlite::migrations::{self, InFlightGuard, Version, LATEST_VERSION};
 use crate::sqlite::schema::{self, Shape};
 
@@ -64,8 +64,19 @@ impl Database {
 
     /// [`Database::migrate`] with the in-flight guard given: `None` forces the move.
     pub fn migrate_with(&self, target: Version, guard: Option<InFlightGuard>) -> Result<Version> {
+        self.migrate_reporting(target, guard, None)
+    }
+
+    /// [`Database::migrate_with`], telling `progress` the rows a long copy between the
+    /// schemas has gone through (it runs in chunks, writers getting their turn between).
+    pub fn migrate_reporting(
+        &self,
+        target: Version,
+        guard: Option<InFlightGuard>,
+        progress: Option<Progress>,
+    ) -> Result<Version> {
         self.refuse_dropping_legacy_in_use(target)?;
-        let reached = self.engine.migrate(target, guard)?;
+        let reached = self.engine.migrate(target, guard, progress)?;
         self.refresh_layout()?;
         Ok(reached)
     }
@@ -185,7 +196,13 @@ impl Database {
     /// Brings the file up to at least `target` and its tables to the current layout,
     /// as opening does; never down. Returns the version reached.
     pub fn upgrade(&self, target: Version) -> Result<Version> {
-        let reached = self.engine.upgrade(target)?;
+        self.upgrade_reporting(target, None)
+    }
+
+    /// [`Database::upgrade`], telling `progress` about a long copy as
+    /// [`Database::migrate_reporting`] does.
+    pub fn upgrade_reporting(&self, target: Version, progress: Option<Progress>) -> Result<Version> {
+        let reached = self.engine.upgrade(target, progress)?;
         self.refresh_layout()?;
         Ok(reached)
     }
