@@ -432,9 +432,9 @@ impl Engine {
         let reached = if self.read_only {
             Err(Error::ReadOnly(format!("cannot migrate {:?}", self.path)))
         } else {
-            let mut turn = |work: &mut dyn FnMut(&Connection) -> Result<()>| self.with_lane("migrate", |c| work(c));
+            let mut turn = |work: migrations::Work<'_>| self.with_lane("migrate", |c| work(c));
             work(&mut turn, progress.as_mut(), &mut moved)
-                .and_then(|()| self.with_lane("migrate", |c| migrations::user_version(c)))
+                .and_then(|()| self.with_lane("migrate", migrations::user_version))
         };
         *self.last_moved.lock() = moved;
         reached

@@ -112,7 +112,7 @@ pub fn upgrade(conn: &Connection, target: Version) -> Result<(Shape, Vec<String>
 }
 
 /// Every turn on the one connection `conn`.
-pub(crate) fn on(conn: &Connection) -> impl FnMut(&mut dyn FnMut(&Connection) -> Result<()>) -> Result<()> + '_ {
+pub(crate) fn on(conn: &Connection) -> impl for<'w> FnMut(Work<'w>) -> Result<()> + '_ {
     move |work| work(conn)
 }
 
@@ -434,7 +434,9 @@ fn index_exists(conn: &Connection, index: &str) -> Result<bool> {
 /// an open store in a hold of the write lane per transaction, so writers queued behind a
 /// long move get their turn between its chunks. A turn may run its work again after a
 /// busy attempt that rolled back.
-pub(crate) type Turn<'a> = &'a mut dyn FnMut(&mut dyn FnMut(&Connection) -> Result<()>) -> Result<()>;
+pub(crate) type Turn<'a> = &'a mut dyn for<'w> FnMut(Work<'w>) -> Result<()>;
+/// The work of one turn.
+pub(crate) type Work<'w> = &'w mut dyn FnMut(&Connection) -> Result<()>;
 
 /// Runs `work` in one turn and returns what it returned (the last attempt's).
 fn in_turn<T>(turn: &mut Turn<'_>, mut work: impl FnMut(&Connection) -> Result<T>) -> Result<T> {
