@@ -1,14 +1,17 @@
 """What a writer waits while maintenance runs beside it: one thread records spawns in a
 loop while another deletes N back-dated executions (2 KB responses) with
-`cleanup_old_executions`, then reclaims the space with the default `vacuum()`. Prints
-the job's time, the writer's writes and its p50 / p99 / max latency, and any error.
+`cleanup_old_executions`, then reclaims the space with the default `vacuum()`; with
+`--legacy N`, also while a legacy file of N artifacts (2 KB each) is backfilled
+(`migrate(1)`) and written back again (`migrate(0)`). Prints the job's time, the
+writer's writes and its p50 / p99 / max latency, and any error.
 
-    python -m benches.maintenance_stall [--rows 200000]
+    python -m benches.maintenance_stall [--rows 200000] [--legacy 200000]
 """
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import statistics
 import tempfile
 import threading
@@ -67,15 +70,41 @@ def beside(db: consensus_db.Store, job: Callable[[], object], tag: str) -> dict[
     return figures
 
 
+LEGACY_ARTIFACTS = (
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
+    " INSERT INTO consensus_artifacts (spec_id, stage, agent_name, content_json, run_id, created_at)"
+    " SELECT 'SPEC-' || (i % 500), 'plan', 'gemini', json_object('n', i, 'pad', ?), 'run-' || (i % 3000),"
+    " '2025-01-01 00:00:00' FROM n"
+)
+
+
+def migrations(path: Path, artifacts: int) -> None:
+    """The writer beside the backfill of a legacy file and the write-back that undoes it."""
+    conn = sqlite3.connect(path)  # closed before the store opens the file
+    conn.executescript(consensus_db._core.LEGACY_SCHEMA_SQL)
+    conn.execute(LEGACY_ARTIFACTS, [artifacts, "c" * 2000])
+    conn.commit()
+    conn.close()
+    with consensus_db.connect(path, migrate=False) as db:
+        print(f"{artifacts:,} legacy artifacts, file {path.stat().st_size / 1e6:.0f} MB")
+        beside(db, lambda: db.migrate(1), "backfill")
+        beside(db, lambda: db.migrate(0, force=True), "write-back")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--legacy", type=int, default=0, help="also the migrations of a legacy file of N artifacts")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, consensus_db.connect(Path(tmp) / "stall.db") as db:
-        db.execute(BACKDATED, [args.rows, "r" * 2000])
-        print(f"{args.rows:,} back-dated executions, file {db.stats()['file_size'] / 1e6:.0f} MB")
-        beside(db, lambda: db.cleanup_old_executions(30), "retention")
-        beside(db, db.vacuum, "vacuum")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.rows:
+            with consensus_db.connect(Path(tmp) / "stall.db") as db:
+                db.execute(BACKDATED, [args.rows, "r" * 2000])
+                print(f"{args.rows:,} back-dated executions, file {db.stats()['file_size'] / 1e6:.0f} MB")
+                beside(db, lambda: db.cleanup_old_executions(30), "retention")
+                beside(db, db.vacuum, "vacuum")
+        if args.legacy:
+            migrations(Path(tmp) / "legacy.db", args.legacy)
 
 
 if __name__ == "__main__":

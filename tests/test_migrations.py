@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -278,3 +279,99 @@ def test_a_store_open_while_another_drops_the_legacy_tables_keeps_deleting(tmp_p
         assert writer.query_artifacts("SPEC-2", "tasks") == []
         assert writer.delete_runs("SPEC-1") == 1  # run-a (its synthesis); the open run went with its outputs
         assert writer.query_artifacts("SPEC-1", "plan") == [] and writer.query_latest_synthesis("SPEC-1", "plan") is None
+
+
+def test_a_long_copy_reports_its_chunks_lets_writers_in_between_and_stops_when_told(tmp_path):
+    path = tmp_path / "legacy.db"
+    n = big_legacy(path, artifacts=20_000)
+    calls = []
+    written_between = []
+
+    def progress(done, total):
+        calls.append((done, total))
+        if len(calls) == 2:  # the lane is free between chunks: another thread's write gets in now
+            writer = threading.Thread(target=db.record_agent_spawn, args=("between", "S", "plan", "regular_stage", "g"))
+            writer.start()
+            writer.join(timeout=30)
+            written_between.append(not writer.is_alive())
+        return len(calls) < 4
+
+    with consensus_db.connect(path, migrate=False) as db:
+        assert db.migrate(1, progress=progress) == 0  # stopped after the fourth chunk: still version 0
+        assert written_between == [True]
+        assert [d for d, _ in calls] == sorted(d for d, _ in calls) and calls[-1][0] < calls[-1][1]
+        copied = db.query("SELECT count(*), count(DISTINCT legacy_artifact_id) FROM agent_outputs")[0]
+        assert 0 < copied[0] < n and copied[0] == copied[1]
+        assert db.count_artifacts("SPEC-0", "plan") == n // 500  # each row once, copied or not
+        assert db.migrate(1) == 1
+        assert db.rows_moved["artifacts_backfilled"] == n - copied[0]
+        assert db.query("SELECT count(*) FROM agent_outputs") == [(n,)]
+        assert db.get_agent_spawn_info("between") is not None
+
+
+WRITE_BACK_CHILD = """
+import sys, consensus_db
+with consensus_db.connect(sys.argv[1], migrate=False) as db:
+    print("moving", flush=True)
+    db.migrate(int(sys.argv[2]), force=True)
+print("done", flush=True)
+"""
+
+
+def table_rows(conn, table):
+    exists = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+    return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] if exists else None
+
+
+@pytest.mark.parametrize(
+    "start, target, moving",
+    [(2, 1, "consensus_artifacts"), (1, 0, "agent_outputs"), (1, 2, "consensus_artifacts")],
+    ids=["write-back-2-to-1", "drop-new-tables-1-to-0", "drop-legacy-tables-1-to-2"],
+)
+def test_a_move_killed_part_way_resumes_without_losing_or_doubling_a_row(tmp_path, start, target, moving):
+    """2 -> 1 writes every row back into recreated legacy tables; 1 -> 0 empties the new
+    tables (each row's legacy copy in place) before dropping them, 1 -> 2 the legacy ones
+    (each row's copy in place). Killed at any moment, each row is in the file once (a
+    legacy row and its linked copy being one) and the move finishes on the next try."""
+    template = tmp_path / "template.db"
+    n = big_legacy(template, artifacts=60_000)
+    with consensus_db.connect(template) as db:
+        db.migrate(start, force=True)
+    outcomes = []
+    for delay in (0.05, 0.15, 0.3, 0.6, 1.0):
+        path = tmp_path / f"kill-{delay}.db"
+        path.write_bytes(template.read_bytes())
+        child = subprocess.Popen(
+            [sys.executable, "-c", WRITE_BACK_CHILD, str(path), str(target)], stdout=subprocess.PIPE, text=True
+        )
+        assert child.stdout.readline().strip() == "moving"
+        time.sleep(delay)  # the point: kill at different moments of a real move
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            assert (table_rows(conn, "consensus_artifacts") or 0) <= n  # never a row written back twice
+            if version == start and table_rows(conn, "agent_outputs") is not None:
+                # every row once: in the new tables, or only in the legacy ones
+                only_legacy = conn.execute(
+                    "SELECT count(*) FROM consensus_artifacts a"
+                    " WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id)"
+                ).fetchone()[0] if table_rows(conn, "consensus_artifacts") is not None else 0
+                assert table_rows(conn, "agent_outputs") + only_legacy == n
+            outcomes.append((version, table_rows(conn, moving)))
+        finally:
+            conn.close()
+        with consensus_db.connect(path, read_only=True) as before_resuming:
+            assert before_resuming.count_artifacts("SPEC-0", "plan") == n // 500
+        with consensus_db.connect(path, migrate=False) as db:
+            assert db.migrate(target, force=True) == target
+            if target < 2:
+                assert db.query("SELECT count(*) FROM consensus_artifacts") == [(n,)]
+                assert db.query("SELECT count(*) FROM consensus_synthesis") == [(3000,)]
+            else:
+                assert db.query("SELECT count(*) FROM agent_outputs") == [(n,)]
+            assert db.count_artifacts("SPEC-0", "plan") == n // 500
+    assert any(v == start and rows and 0 < rows < n for v, rows in outcomes), outcomes  # a kill landed mid-move
+    print(f"{start} -> {target} kill rounds: (user_version, {moving} rows of {n}) = {outcomes}")

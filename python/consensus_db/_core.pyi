@@ -416,7 +416,13 @@ class Database:
     def query(self, sql: str, params: _Params = None) -> Rows:
         """Runs a query outside any transaction; returns :class:`~consensus_db.Rows`."""
     def migrate(
-        self, target: int | None = None, *, force: bool = False, in_flight_age: float = 3600.0, dry_run: bool = False
+        self,
+        target: int | None = None,
+        *,
+        force: bool = False,
+        in_flight_age: float = 3600.0,
+        dry_run: bool = False,
+        progress: Callable[[int, int], object] | None = None,
     ) -> int:
         """Migrates to ``target`` (up or down); without one, up to the default version.
         Returns the version reached. Moving down loses no row: rows only the new tables
@@ -424,7 +430,11 @@ class Database:
         downgrades tables raises ``ExecutionsInFlightError`` while agents spawned within
         ``in_flight_age`` seconds have not completed, unless ``force``. With ``dry_run``
         (a ``target`` needed) nothing moves: what the move would refuse is raised, else
-        ``target`` returned; a read-only store can check."""
+        ``target`` returned; a read-only store can check. A copy between the schemas runs
+        in chunks of ~10 ms, writers in between: ``progress(done, total)`` after each
+        chunk (rows gone through, of an estimate); returning False or raising stops the
+        move there, what was copied staying linked to its original for the next move to
+        go on from. PostgreSQL never calls it."""
     def verify_schemas(self) -> SchemaReport:
         """The legacy tables against the new ones, per spec/stage: counts, content hashes
         and the rows that differ, with their ids. Reads one snapshot; writes nothing."""

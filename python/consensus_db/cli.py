@@ -525,9 +525,21 @@ def in_flight_options(command: Callable[..., None]) -> Callable[..., None]:
 @in_flight_options
 @click.option("--no-backup", is_flag=True, help="Skip the backup copy.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def upgrade(path: str, drop_legacy: bool, force: bool, in_flight_age: float, no_backup: bool, as_json: bool) -> None:
+@progress_options
+def upgrade(
+    path: str,
+    drop_legacy: bool,
+    force: bool,
+    in_flight_age: float,
+    no_backup: bool,
+    as_json: bool,
+    quiet: bool,
+    show_progress: bool,
+) -> None:
     """Back up, migrate, convert auto_vacuum, vacuum; print a before/after report.
 
+    The copy between the schemas runs in chunks, writers in between, with a progress bar
+    on stderr; interrupted, it resumes where it was on the next run.
     With --drop-legacy it refuses while agents are in flight (see --force)."""
     file = existing(path)
 
@@ -540,13 +552,26 @@ def upgrade(path: str, drop_legacy: bool, force: bool, in_flight_age: float, no_
         file, target, force=force, in_flight_age=in_flight_age, no_backup=no_backup, as_json=as_json
     )
     try:
-        with consensus_db.connect(file, create=False, migrate=True) as db:
-            moved = counts(db.rows_moved)  # what opening's migration copied
-            if drop_legacy:
-                db.migrate(consensus_db.LATEST_SCHEMA_VERSION, force=force, in_flight_age=in_flight_age)
-                moved = {k: n + counts(db.rows_moved)[k] for k, n in moved.items()}
-            else:
-                db.migrate()  # and the steps opening leaves to an upgrade (a big file's routing index)
+        # Opened as it is, so that the copy between the schemas is this command's (with
+        # its progress), not the opening's.
+        with consensus_db.connect(file, create=False, migrate=False) as db:
+            copying = progress_bar("copy", "rows", quiet, show_progress)
+            try:
+                if drop_legacy:
+                    db.migrate(
+                        consensus_db.LATEST_SCHEMA_VERSION,
+                        force=force,
+                        in_flight_age=in_flight_age,
+                        progress=copying.update if copying else None,
+                    )
+                else:  # as opening does, and what opening leaves to an upgrade (a big file's indexes)
+                    db.migrate(progress=copying.update if copying else None)
+            except KeyboardInterrupt:
+                interrupted("the rows copied so far are committed, each linked to its original; run it again")
+            finally:
+                if copying:
+                    copying.done()
+            moved = counts(db.rows_moved)
             if before["size"] > BIG_FILE and not as_json:
                 spinner = Spinner("vacuum")
                 db.vacuum(full=True, progress=spinner.tick)
@@ -601,7 +626,17 @@ def upgrade(path: str, drop_legacy: bool, force: bool, in_flight_age: float, no_
 @in_flight_options
 @click.option("--no-backup", is_flag=True, help="Skip the backup copy.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def downgrade(path: str, target: int, force: bool, in_flight_age: float, no_backup: bool, as_json: bool) -> None:
+@progress_options
+def downgrade(
+    path: str,
+    target: int,
+    force: bool,
+    in_flight_age: float,
+    no_backup: bool,
+    as_json: bool,
+    quiet: bool,
+    show_progress: bool,
+) -> None:
     """Roll a file back for older binaries without losing a row.
 
     Rows only the new tables hold are first written back into the legacy tables (legacy
@@ -622,7 +657,16 @@ def downgrade(path: str, target: int, force: bool, in_flight_age: float, no_back
         return
     try:
         with consensus_db.connect(file, create=False, migrate=False) as db:
-            db.migrate(target, force=force, in_flight_age=in_flight_age)
+            copying = progress_bar("write back", "rows", quiet, show_progress)
+            try:
+                db.migrate(
+                    target, force=force, in_flight_age=in_flight_age, progress=copying.update if copying else None
+                )
+            except KeyboardInterrupt:
+                interrupted("the rows written back so far are committed, each linked to its original; run it again")
+            finally:
+                if copying:
+                    copying.done()
             moved = counts(db.rows_moved)
             after = state(db)
     except Error as exc:

@@ -948,8 +948,14 @@ impl PyDatabase {
     /// within `in_flight_age` seconds and not completed) unless `force`. With `dry_run`
     /// (a `target` needed) nothing moves: what the move would refuse is raised, else the
     /// target returned; a read-only store can check (as the CLI does before its backup).
-    #[pyo3(signature = (target=None, *, force=false, in_flight_age=None, dry_run=None),
-           text_signature = "($self, target=None, *, force=False, in_flight_age=3600.0, dry_run=False)")]
+    /// A copy between the schemas (the backfill, a write-back) runs in chunks of ~10 ms,
+    /// writers in between; `progress(done, total)` is called after each with the rows gone
+    /// through so far and an estimate of how many (raised as it is passed). Returning False
+    /// or raising stops the move after that chunk (raised here; what was copied stays,
+    /// linked to its original, and the next move copies the rest). PostgreSQL has no
+    /// such copy and never calls it.
+    #[pyo3(signature = (target=None, *, force=false, in_flight_age=None, dry_run=None, progress=None),
+           text_signature = "($self, target=None, *, force=False, in_flight_age=3600.0, dry_run=False, progress=None)")]
     fn migrate(
         &self,
         py: Python<'_>,
@@ -957,6 +963,7 @@ impl PyDatabase {
         force: bool,
         in_flight_age: Option<&Bound<'_, PyAny>>,
         dry_run: Option<&Bound<'_, PyAny>>,
+        progress: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<i64> {
         let mut guard = migrations::InFlightGuard::default();
         if let Some(age) = in_flight_age.filter(|a| !a.is_none()) {
@@ -964,21 +971,25 @@ impl PyDatabase {
         }
         let guard = (!force).then_some(guard);
         let dry_run = opt_flag(dry_run, "dry_run", false)?;
-        match target {
+        let raised = Arc::new(parking_lot::Mutex::new(None));
+        let progress = opt_callable(progress, "progress")?.map(|cb| progress_callback(cb, raised.clone()));
+        let reached = match target {
             Some(t) if !t.is_none() => {
                 let target = non_negative(t, "target")?;
-                run(py, || match self.core("migrate(target)")? {
+                run(py, move || match self.core("migrate(target)")? {
                     db if dry_run => db.check_migration(target, guard).map(|()| target),
-                    db => db.migrate_with(target, guard),
+                    db => db.migrate_reporting(target, guard, progress),
                 })
             }
             _ if dry_run => Err(Error::invalid("target", "a dry run needs a target version").into()),
-            _ => run(py, || match self.pg() {
+            _ => run(py, move || match self.pg() {
                 #[cfg(feature = "postgres")]
                 Some(pg) => pg.migrate(),
-                _ => self.core("migrate")?.upgrade(migrations::DEFAULT_VERSION),
+                _ => self.core("migrate")?.upgrade_reporting(migrations::DEFAULT_VERSION, progress),
             }),
-        }
+        };
+        raise_from_progress(&raised)?;
+        reached
     }
 
     // ---- agent executions ----------------------------------------------------------

@@ -426,14 +426,13 @@ impl Engine {
     fn migrating(
         &self,
         mut progress: Option<Progress>,
-        work: impl FnOnce(migrations::Turn<'_>, Option<&mut Progress>, &mut RowsMoved) -> Result<()>,
+        work: impl FnOnce(&mut dyn migrations::Turns, Option<&mut Progress>, &mut RowsMoved) -> Result<()>,
     ) -> Result<Version> {
         let mut moved = RowsMoved::default();
         let reached = if self.read_only {
             Err(Error::ReadOnly(format!("cannot migrate {:?}", self.path)))
         } else {
-            let mut turn = |work: migrations::Work<'_>| self.with_lane("migrate", |c| work(c));
-            work(&mut turn, progress.as_mut(), &mut moved)
+            work(&mut InTurns(self), progress.as_mut(), &mut moved)
                 .and_then(|()| self.with_lane("migrate", migrations::user_version))
         };
         *self.last_moved.lock() = moved;
@@ -598,7 +597,7 @@ fn prepare_file(conn: &Connection, options: &Options, in_memory: bool) -> Result
     options.pragmas.apply_connection(conn)?;
     if let Some(target) = options.migrate_to {
         report.layout_steps = migrations::upgrade_counting(
-            &mut migrations::on(conn),
+            &mut migrations::On(conn),
             None,
             target,
             migrations::LongSteps::Defer,
@@ -651,6 +650,20 @@ fn set_journal_mode(conn: &Connection, want: &str) -> Result<()> {
     }
     // Still busy: retryable (the open is retried with the store's policy).
     Err(Error::Busy(actual))
+}
+
+/// A migration's turns on an open store: each write transaction in a hold of the lane of
+/// its own, reads on a pooled connection outside it.
+struct InTurns<'e>(&'e Engine);
+
+impl migrations::Turns for InTurns<'_> {
+    fn write(&mut self, work: migrations::Work<'_>) -> Result<()> {
+        self.0.with_lane("migrate", |c| work(c))
+    }
+
+    fn read(&mut self, work: migrations::Work<'_>) -> Result<()> {
+        work(&*self.0.conn()?)
+    }
 }
 
 #[cfg(test)]

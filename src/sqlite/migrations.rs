@@ -39,35 +39,80 @@ struct Migration {
     down: Step,
 }
 
-/// One move between two versions, as three kinds of transaction: `begin` (creating what
-/// the copy needs), the bulk of the copy in chunks ([`Bulk`]), then `end` — the whole
-/// move as one transaction would make it, which by then copies only what writers added
-/// meanwhile, verifies that no row is left out and bumps `user_version`. Every state in
-/// between is one the file can be in anyway (rows of one schema partly copied to the
-/// other, each copy linked to its original, as a dual-write build leaves them), read
-/// once each through the dual-schema rule; a move killed midway resumes where it was,
-/// skipping what is linked already.
+/// One move between two versions, in three kinds of transaction: `begin` (what the copy
+/// needs), the bulk of the copy in chunks of rows by id ([`Phase`]; each chunk holds the
+/// write lock ~[`CHUNK_TARGET`](crate::sqlite::chunks::CHUNK_TARGET)), then `end`: what
+/// writers added meanwhile, verified, and `user_version` bumped. A move that drops
+/// tables empties them in chunks first, so that dropping them is quick too. Every state
+/// in between is one the file can be in anyway — rows of one schema partly copied to the
+/// other, each copy linked to its original, as a dual-write build leaves them — read once
+/// each through the dual-schema rule; a move killed midway resumes where it was,
+/// skipping what is linked already. `check` verifies the chunks' work from a snapshot,
+/// outside the write lock, before an `end` that verifies only what it copies.
 #[derive(Clone, Copy)]
 struct Step {
     begin: fn(&Connection) -> Result<()>,
-    bulk: Option<Bulk>,
-    end: fn(&Connection) -> Result<RowsMoved>,
+    phases: &'static [Phase],
+    check: fn(&Connection) -> Result<()>,
+    end: fn(&Connection, &Tails) -> Result<RowsMoved>,
 }
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         description: "consensus_runs + agent_outputs (the plan's layout and this store's columns), backfilled from the legacy tables",
-        up: Step { begin: begin_v1, bulk: Some(Bulk::Backfill), end: up_v1 },
-        down: Step { begin: begin_write_back, bulk: Some(Bulk::WriteBack), end: down_v1 },
+        up: Step { begin: begin_v1, phases: &BACKFILL, check: verify_backfill, end: up_v1 },
+        down: Step {
+            begin: begin_write_back,
+            phases: &[
+                Phase::PairArtifacts,
+                Phase::PairSyntheses,
+                Phase::WriteBackOutputs,
+                Phase::WriteBackSyntheses,
+                Phase::EmptyOutputs,
+                Phase::EmptyRuns,
+            ],
+            check: |_| Ok(()),
+            end: |c, _| down_v1(c),
+        },
     },
     Migration {
         version: 2,
         description: "drop the legacy consensus_artifacts / consensus_synthesis tables",
-        up: Step { begin: |_| Ok(()), bulk: Some(Bulk::Backfill), end: up_v2 },
-        down: Step { begin: begin_down_v2, bulk: Some(Bulk::WriteBack), end: down_v2 },
+        up: Step {
+            begin: |_| Ok(()),
+            phases: &[
+                Phase::PairArtifacts,
+                Phase::BackfillArtifacts,
+                Phase::PairSyntheses,
+                Phase::BackfillSyntheses,
+                Phase::EmptyLegacyArtifacts,
+                Phase::EmptyLegacySyntheses,
+            ],
+            check: |_| Ok(()),
+            end: |c, _| up_v2(c),
+        },
+        down: Step {
+            begin: begin_down_v2,
+            phases: &[
+                Phase::PairArtifacts,
+                Phase::PairSyntheses,
+                Phase::WriteBackOutputs,
+                Phase::WriteBackSyntheses,
+                Phase::BackfillArtifacts,
+                Phase::BackfillSyntheses,
+            ],
+            check: |c| {
+                verify_write_back(c, &Tails::NONE)?;
+                verify_backfill(c)
+            },
+            end: down_v2,
+        },
     },
 ];
+
+const BACKFILL: [Phase; 4] =
+    [Phase::PairArtifacts, Phase::BackfillArtifacts, Phase::PairSyntheses, Phase::BackfillSyntheses];
 
 /// (version, description) of every migration, in order.
 pub fn list() -> Vec<(Version, &'static str)> {
@@ -108,12 +153,7 @@ pub fn validate() -> Result<()> {
 /// Also returns what the additive layout steps changed ([`additive_steps`]), for the
 /// open report.
 pub fn upgrade(conn: &Connection, target: Version) -> Result<(Shape, Vec<String>)> {
-    upgrade_counting(&mut on(conn), None, target, LongSteps::Run, &mut RowsMoved::default())
-}
-
-/// Every turn on the one connection `conn`.
-pub(crate) fn on(conn: &Connection) -> impl for<'w> FnMut(Work<'w>) -> Result<()> + '_ {
-    move |work| work(conn)
+    upgrade_counting(&mut On(conn), None, target, LongSteps::Run, &mut RowsMoved::default())
 }
 
 /// Whether an additive step that holds the write lock for seconds on a big file runs
@@ -184,22 +224,24 @@ fn big_indexes_complete(conn: &Connection) -> Result<bool> {
     Ok(true)
 }
 
-/// [`upgrade`], each transaction in a turn of `turn`, adding what it copied between the
-/// schemas to `moved` as each transaction commits; `progress` hears a long copy's chunks.
+/// [`upgrade`], in turns of `turns`, adding what it copied between the schemas to `moved`
+/// as each transaction commits; `progress` hears a long copy's chunks.
 pub(crate) fn upgrade_counting(
-    mut turn: Turn<'_>,
+    turns: &mut dyn Turns,
     mut progress: Option<&mut Progress>,
     target: Version,
     long: LongSteps,
     moved: &mut RowsMoved,
 ) -> Result<(Shape, Vec<String>)> {
-    let found = in_turn(&mut turn, |c| bring_layout_current(c, true, long, moved))?;
+    let found = writing(turns, |c| bring_layout_current(c, true, long, moved))?;
     loop {
-        let current = in_turn(&mut turn, user_version)?;
+        let current = writing(turns, user_version)?;
         if current >= target {
             return Ok(found);
         }
-        step(&mut turn, progress.as_deref_mut(), current, current + 1, None, moved)?;
+        if !step(turns, progress.as_deref_mut(), current, current + 1, None, moved)? {
+            return Ok(found);
+        }
     }
 }
 
@@ -209,28 +251,30 @@ pub(crate) fn upgrade_counting(
 /// down or one that drops the legacy tables refuses while agents are in flight.
 pub fn migrate(conn: &Connection, target: Version, guard: Option<InFlightGuard>) -> Result<RowsMoved> {
     let mut moved = RowsMoved::default();
-    migrate_counting(&mut on(conn), None, target, guard, &mut moved)?;
+    migrate_counting(&mut On(conn), None, target, guard, &mut moved)?;
     Ok(moved)
 }
 
 /// [`migrate`], adding to `moved` as each step commits (a step that fails adds nothing;
 /// the steps before it stay counted).
 pub(crate) fn migrate_counting(
-    mut turn: Turn<'_>,
+    turns: &mut dyn Turns,
     mut progress: Option<&mut Progress>,
     target: Version,
     guard: Option<InFlightGuard>,
     moved: &mut RowsMoved,
 ) -> Result<()> {
     check_target(target)?;
-    in_turn(&mut turn, |c| bring_layout_current(c, target > 0, LongSteps::Run, moved))?;
+    writing(turns, |c| bring_layout_current(c, target > 0, LongSteps::Run, moved))?;
     loop {
-        let current = in_turn(&mut turn, user_version)?;
+        let current = writing(turns, user_version)?;
         if current == target {
             return Ok(());
         }
         let next = if target > current { current + 1 } else { current - 1 };
-        step(&mut turn, progress.as_deref_mut(), current, next, guard, moved)?;
+        if !step(turns, progress.as_deref_mut(), current, next, guard, moved)? {
+            return Ok(());
+        }
     }
 }
 
@@ -430,33 +474,53 @@ fn index_exists(conn: &Connection, index: &str) -> Result<bool> {
     Ok(conn.prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1")?.exists([index])?)
 }
 
-/// Where a migration runs each of its transactions: at opening on the one connection; on
-/// an open store in a hold of the write lane per transaction, so writers queued behind a
-/// long move get their turn between its chunks. A turn may run its work again after a
-/// busy attempt that rolled back.
-pub(crate) type Turn<'a> = &'a mut dyn for<'w> FnMut(Work<'w>) -> Result<()>;
+/// Where a migration runs its work. At opening both kinds run on the one connection; on
+/// an open store `write` holds the write lane for each transaction (writers queued behind
+/// a long move get their turn between its chunks) and `read` uses a pooled connection
+/// outside the lane. A `write` may run its work again after a busy attempt that rolled
+/// back.
+pub(crate) trait Turns {
+    fn write(&mut self, work: Work<'_>) -> Result<()>;
+    fn read(&mut self, work: Work<'_>) -> Result<()>;
+}
+
 /// The work of one turn.
 pub(crate) type Work<'w> = &'w mut dyn FnMut(&Connection) -> Result<()>;
 
-/// Runs `work` in one turn and returns what it returned (the last attempt's).
-fn in_turn<T>(turn: &mut Turn<'_>, mut work: impl FnMut(&Connection) -> Result<T>) -> Result<T> {
+/// Every turn on one connection.
+pub(crate) struct On<'c>(pub(crate) &'c Connection);
+
+impl Turns for On<'_> {
+    fn write(&mut self, work: Work<'_>) -> Result<()> {
+        work(self.0)
+    }
+
+    fn read(&mut self, work: Work<'_>) -> Result<()> {
+        work(self.0)
+    }
+}
+
+/// Runs `work` in one write turn and returns what it returned (the last attempt's).
+fn writing<T>(turns: &mut dyn Turns, mut work: impl FnMut(&Connection) -> Result<T>) -> Result<T> {
     let mut out = None;
-    turn(&mut |c| {
+    turns.write(&mut |c| {
         out = Some(work(c)?);
         Ok(())
     })?;
     out.ok_or_else(|| Error::Migration("a migration turn ran nothing".into()))
 }
 
+/// Moves the file from `from` to `to` ([`Step`]); returns false when `progress` stopped
+/// it before its end (the file stays at `from`, what was copied stays, linked).
 fn step(
-    turn: &mut Turn<'_>,
+    turns: &mut dyn Turns,
     progress: Option<&mut Progress>,
     from: Version,
     to: Version,
     guard: Option<InFlightGuard>,
     moved: &mut RowsMoved,
-) -> Result<()> {
-    let Step { begin, bulk, end } =
+) -> Result<bool> {
+    let Step { begin, phases, check, end } =
         if to > from { MIGRATIONS[from as usize].up } else { MIGRATIONS[from as usize - 1].down };
     let what = format!("migration from version {from} to {to}");
     // Another process may have migrated while we waited for the write lock.
@@ -465,161 +529,217 @@ fn step(
         (Some(guard), true) => guard.refuse_if_in_flight(c, from, to),
         _ => Ok(()),
     };
-    let pair = in_turn(turn, |c| {
+    let pair = writing(turns, |c| {
         in_transaction(c, &what, still_here, |c| {
             refuse(c)?;
             begin(c)
         })?;
         unpaired_copies(c)
     })?;
-    if let Some(bulk) = bulk {
-        bulk.run(turn, progress, &what, &still_here, pair, moved)?;
-    }
-    let tail = in_turn(turn, |c| {
+    let Some(tails) = run_phases(turns, progress, &what, &still_here, phases, pair, moved)? else {
+        return Ok(false);
+    };
+    turns.read(&mut |c| if still_here(c)? { check(c) } else { Ok(()) })?;
+    let tail = writing(turns, |c| {
         let mut tail = RowsMoved::default();
         in_transaction(c, &what, still_here, |c| {
             refuse(c)?;
-            tail = end(c)?;
+            tail = end(c, &tails)?;
             c.execute_batch(&format!("PRAGMA user_version = {to}"))?;
             Ok(())
         })?;
         Ok(tail)
     })?;
     moved.add(tail);
-    Ok(())
+    Ok(true)
 }
 
 /// Whether the new tables hold rows with no link to a legacy row (a dual-write build's
-/// copies, which the copy pairs with their twins first). Asked once, before a bulk copy:
-/// asked again after a chunk, it would read every row the copy has linked so far.
+/// copies, which a copy pairs with their twins first). Asked once, as a move begins.
 fn unpaired_copies(conn: &Connection) -> Result<bool> {
     if !table_exists(conn, "agent_outputs")? {
         return Ok(false);
     }
+    Ok(unlinked_outputs(conn)? || unlinked_syntheses(conn)?)
+}
+
+fn unlinked_syntheses(conn: &Connection) -> Result<bool> {
     Ok(conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM agent_outputs WHERE legacy_artifact_id IS NULL)
-             OR EXISTS (SELECT 1 FROM consensus_runs WHERE synthesis_json IS NOT NULL AND legacy_synthesis_id IS NULL)",
+        "SELECT EXISTS (SELECT 1 FROM consensus_runs WHERE synthesis_json IS NOT NULL AND legacy_synthesis_id IS NULL)",
         [],
         |r| r.get(0),
     )?)
 }
 
-/// The bulk of a move's copy, run in chunks of rows by id before its `end` ([`Step`]).
-#[derive(Clone, Copy)]
-enum Bulk {
+/// One table's share of a move's bulk: what a chunk does to the rows of an id range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Links a dual-write build's copies to their legacy twins (only when, as the move
+    /// began, the new tables held rows without a link).
+    PairArtifacts,
+    PairSyntheses,
     /// Legacy rows into the new tables.
-    Backfill,
+    BackfillArtifacts,
+    BackfillSyntheses,
     /// New-table rows into the legacy tables.
-    WriteBack,
+    WriteBackOutputs,
+    WriteBackSyntheses,
+    /// Deletes the legacy rows that have their copy, and the links to them (before the
+    /// legacy tables are dropped).
+    EmptyLegacyArtifacts,
+    EmptyLegacySyntheses,
+    /// Deletes the new rows that have their legacy copy (before the new tables are dropped).
+    EmptyOutputs,
+    EmptyRuns,
+}
+
+const PHASES: usize = 10;
+
+impl Phase {
+    fn table(self) -> &'static str {
+        match self {
+            Phase::PairArtifacts | Phase::BackfillArtifacts | Phase::EmptyLegacyArtifacts => "consensus_artifacts",
+            Phase::PairSyntheses | Phase::BackfillSyntheses | Phase::EmptyLegacySyntheses => "consensus_synthesis",
+            Phase::WriteBackOutputs | Phase::EmptyOutputs => "agent_outputs",
+            Phase::WriteBackSyntheses | Phase::EmptyRuns => "consensus_runs",
+        }
+    }
+
+    fn run(self, conn: &Connection, ids: Ids) -> Result<RowsMoved> {
+        let mut moved = RowsMoved::default();
+        match self {
+            Phase::PairArtifacts => pair_artifact_copies(conn, None, ids)?,
+            Phase::PairSyntheses => pair_synthesis_copies(conn, None, ids)?,
+            Phase::BackfillArtifacts => moved.artifacts_backfilled = backfill_artifacts(conn, ids)?,
+            Phase::BackfillSyntheses => moved.syntheses_backfilled = backfill_syntheses(conn, ids)?,
+            Phase::WriteBackOutputs => moved = write_back_outputs(conn, ids)?,
+            Phase::WriteBackSyntheses => moved = write_back_syntheses(conn, ids)?,
+            Phase::EmptyLegacyArtifacts => {
+                empty_legacy(conn, "consensus_artifacts", "agent_outputs", "legacy_artifact_id", ids)?
+            }
+            Phase::EmptyLegacySyntheses => {
+                empty_legacy(conn, "consensus_synthesis", "consensus_runs", "legacy_synthesis_id", ids)?
+            }
+            Phase::EmptyOutputs => {
+                conn.execute(
+                    "DELETE FROM agent_outputs WHERE id > ?1 AND id <= ?2
+                       AND EXISTS (SELECT 1 FROM consensus_artifacts a WHERE a.id = agent_outputs.legacy_artifact_id)",
+                    params![ids.0, ids.1],
+                )?;
+            }
+            Phase::EmptyRuns => {
+                conn.execute(
+                    "DELETE FROM consensus_runs WHERE id > ?1 AND id <= ?2
+                       AND NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.run_id = consensus_runs.id)
+                       AND (synthesis_json IS NULL
+                            OR EXISTS (SELECT 1 FROM consensus_synthesis s WHERE s.id = consensus_runs.legacy_synthesis_id))",
+                    params![ids.0, ids.1],
+                )?;
+            }
+        }
+        Ok(moved)
+    }
+}
+
+/// Deletes the rows of `legacy` with ids in `ids` that have their copy in `copies`, and
+/// clears the copies' links to them (a dropped table's ids are handed out again).
+fn empty_legacy(conn: &Connection, legacy: &str, copies: &str, link: &str, (after, last): Ids) -> Result<()> {
+    conn.execute(
+        &format!(
+            "DELETE FROM {legacy} WHERE id > ?1 AND id <= ?2
+               AND EXISTS (SELECT 1 FROM {copies} c WHERE c.{link} = {legacy}.id)"
+        ),
+        params![after, last],
+    )?;
+    conn.execute(
+        &format!(
+            "UPDATE {copies} SET {link} = NULL WHERE {link} > ?1 AND {link} <= ?2
+               AND NOT EXISTS (SELECT 1 FROM {legacy} l WHERE l.id = {copies}.{link})"
+        ),
+        params![after, last],
+    )?;
+    Ok(())
 }
 
 /// The ids of one chunk: those above the first and up to the second.
 type Ids = (i64, i64);
 const ALL_IDS: Ids = (i64::MIN, i64::MAX);
 
-/// One table's share of a bulk copy: `copy` handles the rows of an id range of `table`.
-struct Phase {
-    table: &'static str,
-    /// Pairs twins (a dual-write build's copies) rather than copying: run only when the
-    /// new tables held unpaired rows as the move began.
-    pairs: bool,
-    copy: fn(&Connection, Ids) -> Result<RowsMoved>,
+/// How far a move's bulk went in each phase: its end handles the rows above. `pair`:
+/// whether it pairs twins (`None`: ask the file).
+#[derive(Clone, Copy, Debug)]
+struct Tails {
+    after: [i64; PHASES],
+    pair: Option<bool>,
 }
 
-const BACKFILL: [Phase; 4] = [
-    Phase {
-        table: "consensus_artifacts",
-        pairs: true,
-        copy: |c, ids| pair_artifact_copies(c, None, ids).map(|()| RowsMoved::default()),
-    },
-    Phase {
-        table: "consensus_artifacts",
-        pairs: false,
-        copy: |c, ids| Ok(RowsMoved { artifacts_backfilled: backfill_artifacts(c, ids)?, ..RowsMoved::default() }),
-    },
-    Phase {
-        table: "consensus_synthesis",
-        pairs: true,
-        copy: |c, ids| pair_synthesis_copies(c, None, ids).map(|()| RowsMoved::default()),
-    },
-    Phase {
-        table: "consensus_synthesis",
-        pairs: false,
-        copy: |c, ids| Ok(RowsMoved { syntheses_backfilled: backfill_syntheses(c, ids)?, ..RowsMoved::default() }),
-    },
-];
+impl Tails {
+    /// No bulk ran: the end handles every row.
+    const NONE: Tails = Tails { after: [i64::MIN; PHASES], pair: None };
 
-const WRITE_BACK: [Phase; 4] = [
-    Phase {
-        table: "consensus_artifacts",
-        pairs: true,
-        copy: |c, ids| pair_artifact_copies(c, None, ids).map(|()| RowsMoved::default()),
-    },
-    Phase {
-        table: "consensus_synthesis",
-        pairs: true,
-        copy: |c, ids| pair_synthesis_copies(c, None, ids).map(|()| RowsMoved::default()),
-    },
-    Phase { table: "agent_outputs", pairs: false, copy: write_back_outputs },
-    Phase { table: "consensus_runs", pairs: false, copy: write_back_syntheses },
-];
-
-impl Bulk {
-    fn phases(self) -> &'static [Phase] {
-        match self {
-            Bulk::Backfill => &BACKFILL,
-            Bulk::WriteBack => &WRITE_BACK,
-        }
+    fn rest(&self, phase: Phase) -> Ids {
+        (self.after[phase as usize], i64::MAX)
     }
 
-    /// Copies in chunks, each its own transaction in its own turn, sized to hold the write
-    /// lock about [`CHUNK_TARGET`](crate::sqlite::chunks::CHUNK_TARGET); adds what each
-    /// chunk copied to `moved` as it commits and tells `progress` the rows gone through of
-    /// the tables' (estimated) total. Stops early when the move was made meanwhile by
-    /// another process (`still_here` false).
-    fn run(
-        self,
-        turn: &mut Turn<'_>,
-        progress: Option<&mut Progress>,
-        what: &str,
-        still_here: &dyn Fn(&Connection) -> Result<bool>,
-        pair: bool,
-        moved: &mut RowsMoved,
-    ) -> Result<()> {
-        let phases: Vec<&Phase> = self.phases().iter().filter(|p| pair || !p.pairs).collect();
-        let total = in_turn(turn, |c| {
-            let mut total = 0;
-            for phase in &phases {
-                if table_exists(c, phase.table)? {
-                    total += schema::rowid_span(c, phase.table)?.unwrap_or(0);
+    fn pairs(&self, unlinked: impl FnOnce() -> Result<bool>) -> Result<bool> {
+        self.pair.map_or_else(unlinked, Ok)
+    }
+}
+
+/// Runs `phases` in chunks, each its own transaction in its own write turn, sized to
+/// hold the write lock about [`CHUNK_TARGET`](crate::sqlite::chunks::CHUNK_TARGET); adds
+/// what each chunk copied to `moved` as it commits and tells `progress` the rows gone
+/// through of the tables' (estimated) total. Ends early when another process made the
+/// move meanwhile (`still_here` false). Returns how far each phase went, or `None` when
+/// `progress` stopped the move.
+fn run_phases(
+    turns: &mut dyn Turns,
+    progress: Option<&mut Progress>,
+    what: &str,
+    still_here: &dyn Fn(&Connection) -> Result<bool>,
+    phases: &[Phase],
+    pair: bool,
+    moved: &mut RowsMoved,
+) -> Result<Option<Tails>> {
+    let phases: Vec<Phase> =
+        phases.iter().copied().filter(|p| pair || !matches!(p, Phase::PairArtifacts | Phase::PairSyntheses)).collect();
+    let total = writing(turns, |c| {
+        let mut total = 0;
+        for phase in &phases {
+            if table_exists(c, phase.table())? {
+                total += schema::rowid_span(c, phase.table())?.unwrap_or(0);
+            }
+        }
+        Ok(total.max(0) as u64)
+    })?;
+    let mut tails = Tails { pair: Some(pair), ..Tails::NONE };
+    let mut at = 0;
+    let mut finished = false;
+    let mut hold = |chunk: Chunk<'_>| writing(turns, |c| chunk(c));
+    let chunk = |c: &Connection, n: u32| {
+        let (mut next, mut next_tails) = (at, tails);
+        let mut done = (0, true);
+        let mut copied = RowsMoved::default();
+        in_transaction(c, what, still_here, |c| loop {
+            let Some(&phase) = phases.get(next) else { return Ok(()) };
+            let after = next_tails.after[phase as usize];
+            match next_ids(c, phase.table(), after, n)? {
+                None => next += 1,
+                Some((last, rows)) => {
+                    copied = phase.run(c, (after, last))?;
+                    next_tails.after[phase as usize] = last;
+                    done = (rows, false);
+                    return Ok(());
                 }
             }
-            Ok(total.max(0) as u64)
         })?;
-        let mut at = (0usize, i64::MIN);
-        let mut hold = |chunk: Chunk<'_>| in_turn(turn, |c| chunk(c));
-        let chunk = |c: &Connection, n: u32| {
-            let mut done = (0, true);
-            let mut next = at;
-            let mut copied = RowsMoved::default();
-            in_transaction(c, what, still_here, |c| loop {
-                let Some(phase) = phases.get(next.0) else { return Ok(()) };
-                match next_ids(c, phase.table, next.1, n)? {
-                    None => next = (next.0 + 1, i64::MIN),
-                    Some((last, rows)) => {
-                        copied = (phase.copy)(c, (next.1, last))?;
-                        next.1 = last;
-                        done = (rows, false);
-                        return Ok(());
-                    }
-                }
-            })?;
-            at = next;
-            moved.add(copied);
-            Ok(done)
-        };
-        run_in_chunks(ChunkSize::maintenance(), &mut hold, chunk, total, progress).map(drop)
-    }
+        (at, tails) = (next, next_tails);
+        moved.add(copied);
+        finished = done.1;
+        Ok(done)
+    };
+    run_in_chunks(ChunkSize::maintenance(), &mut hold, chunk, total, progress)?;
+    Ok(finished.then_some(tails))
 }
 
 /// The last id and the number of rows of the next (up to) `n` rows of `table` after
@@ -724,9 +844,9 @@ fn begin_v1(conn: &Connection) -> Result<()> {
     schema::create_current_tables(conn)
 }
 
-fn up_v1(conn: &Connection) -> Result<RowsMoved> {
+fn up_v1(conn: &Connection, tails: &Tails) -> Result<RowsMoved> {
     begin_v1(conn)?;
-    backfill(conn)
+    backfill_after(conn, tails)
 }
 
 /// Columns this store adds to the legacy tables, all nullable (old binaries name their
@@ -750,6 +870,18 @@ pub(crate) fn add_legacy_extras(conn: &Connection) -> Result<()> {
 
 /// New-table rows with no legacy row: never linked, or linked to a row that is gone.
 const UNMIRRORED_OUTPUTS: &str = "NOT EXISTS (SELECT 1 FROM consensus_artifacts a WHERE a.id = o.legacy_artifact_id)";
+
+/// [`UNMIRRORED_OUTPUTS`] for the artifacts `o` with ids in `ids`. Over all of them, once
+/// every row has a link, as a list of the dangling links found on two indexes: tested
+/// row by row it reads every row of the table.
+fn unmirrored_outputs_sql(conn: &Connection, ids: Ids) -> Result<String> {
+    if ids == ALL_IDS && !unlinked_outputs(conn)? {
+        return Ok("o.id IN (SELECT y.id FROM agent_outputs y WHERE y.legacy_artifact_id IS NOT NULL
+                      AND NOT EXISTS (SELECT 1 FROM consensus_artifacts a WHERE a.id = y.legacy_artifact_id))"
+            .to_owned());
+    }
+    Ok(format!("{UNMIRRORED_OUTPUTS} {}", ids_sql("o.id", ids)))
+}
 const UNMIRRORED_SYNTHESES: &str = "r.synthesis_json IS NOT NULL
     AND NOT EXISTS (SELECT 1 FROM consensus_synthesis s WHERE s.id = r.legacy_synthesis_id)";
 
@@ -785,16 +917,33 @@ pub(crate) fn copy_synthesis_to_legacy(conn: &Connection, run: i64, s: &NewSynth
 /// timestamps, plus [`LEGACY_EXTRAS`] for what they cannot hold), linked to its copy, so
 /// an old binary sees everything. Returns how many rows were written. Idempotent.
 pub(crate) fn write_back(conn: &Connection) -> Result<RowsMoved> {
+    write_back_after(conn, &Tails::NONE)
+}
+
+/// [`write_back`] of the rows above a bulk's `tails`.
+fn write_back_after(conn: &Connection, tails: &Tails) -> Result<RowsMoved> {
     begin_write_back(conn)?;
     // The predecessor's dual-write copies are already in both schemas, unlinked.
-    link_artifact_copies(conn, None)?;
-    link_synthesis_copies(conn, None)?;
-    let mut written = write_back_outputs(conn, ALL_IDS)?;
-    written.add(write_back_syntheses(conn, ALL_IDS)?);
+    if tails.pairs(|| unlinked_outputs(conn))? {
+        pair_artifact_copies(conn, None, tails.rest(Phase::PairArtifacts))?;
+    }
+    if tails.pairs(|| unlinked_syntheses(conn))? {
+        pair_synthesis_copies(conn, None, tails.rest(Phase::PairSyntheses))?;
+    }
+    let mut written = write_back_outputs(conn, tails.rest(Phase::WriteBackOutputs))?;
+    written.add(write_back_syntheses(conn, tails.rest(Phase::WriteBackSyntheses))?);
+    verify_write_back(conn, tails)?;
+    Ok(written)
+}
+
+/// That every new row above `tails` has its legacy copy.
+fn verify_write_back(conn: &Connection, tails: &Tails) -> Result<()> {
     let left: i64 = conn.query_row(
         &format!(
-            "SELECT (SELECT count(*) FROM agent_outputs o WHERE {UNMIRRORED_OUTPUTS})
-                  + (SELECT count(*) FROM consensus_runs r WHERE {UNMIRRORED_SYNTHESES})"
+            "SELECT (SELECT count(*) FROM agent_outputs o WHERE {})
+                  + (SELECT count(*) FROM consensus_runs r WHERE {UNMIRRORED_SYNTHESES} {})",
+            unmirrored_outputs_sql(conn, tails.rest(Phase::WriteBackOutputs))?,
+            ids_sql("r.id", tails.rest(Phase::WriteBackSyntheses))
         ),
         [],
         |r| r.get(0),
@@ -804,7 +953,7 @@ pub(crate) fn write_back(conn: &Connection) -> Result<RowsMoved> {
             "writing the new tables back into the legacy ones left {left} rows without a legacy copy"
         )));
     }
-    Ok(written)
+    Ok(())
 }
 
 /// The legacy tables with every column a written-back row needs.
@@ -815,13 +964,14 @@ fn begin_write_back(conn: &Connection) -> Result<()> {
 }
 
 /// Writes back the artifacts with ids in `ids` that have no legacy copy.
-fn write_back_outputs(conn: &Connection, (after, last): Ids) -> Result<RowsMoved> {
-    let mut outputs = conn.prepare_cached(&format!(
+fn write_back_outputs(conn: &Connection, ids: Ids) -> Result<RowsMoved> {
+    let mut outputs = conn.prepare(&format!(
         "SELECT o.id, r.spec_id, r.stage, o.agent_name, o.content, o.response_text, r.orchestrator_run_id,
                 {}, o.model_version, o.output_timestamp
          FROM agent_outputs o JOIN consensus_runs r ON r.id = o.run_id
-         WHERE o.id > ?1 AND o.id <= ?2 AND {UNMIRRORED_OUTPUTS} ORDER BY o.id",
-        text_from_ms_sql("o.output_timestamp")
+         WHERE {} ORDER BY o.id",
+        text_from_ms_sql("o.output_timestamp"),
+        unmirrored_outputs_sql(conn, ids)?
     ))?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO consensus_artifacts (spec_id, stage, agent_name, content_json, response_text, run_id, created_at,
@@ -830,7 +980,7 @@ fn write_back_outputs(conn: &Connection, (after, last): Ids) -> Result<RowsMoved
     )?;
     let mut link = conn.prepare_cached("UPDATE agent_outputs SET legacy_artifact_id = ?2 WHERE id = ?1")?;
     let mut written = RowsMoved::default();
-    let mut rows = outputs.query(params![after, last])?;
+    let mut rows = outputs.query([])?;
     while let Some(row) = rows.next()? {
         let values: Vec<Value> = (0..10).map(|i| row.get(i)).collect::<Result<_, _>>()?;
         insert.execute(rusqlite::params_from_iter(values.iter()))?;
@@ -903,11 +1053,11 @@ fn legacy_tables_ddl() -> String {
 
 /// Recreates the legacy tables for old binaries and writes every row back into them:
 /// version 1 is whole again.
-fn down_v2(conn: &Connection) -> Result<RowsMoved> {
+fn down_v2(conn: &Connection, tails: &Tails) -> Result<RowsMoved> {
     begin_down_v2(conn)?;
-    let mut moved = write_back(conn)?;
+    let mut moved = write_back_after(conn, tails)?;
     // And what that old binary wrote gets its copy in the new tables.
-    moved.add(backfill(conn)?);
+    moved.add(backfill_after(conn, tails)?);
     conn.execute("DELETE FROM consensus_db_meta WHERE key = 'write_back_from_2'", [])?;
     Ok(moved)
 }
@@ -993,16 +1143,25 @@ fn rebuild_revision_1(conn: &Connection) -> Result<()> {
 /// schemas (no link between them): same spec, stage, agent and content, timestamps
 /// within [`PAIR_WINDOW_MS`], one to one, nearest first. Idempotent.
 pub(crate) fn backfill(conn: &Connection) -> Result<RowsMoved> {
+    backfill_after(conn, &Tails::NONE)
+}
+
+/// [`backfill`] of the legacy rows above a bulk's `tails`.
+fn backfill_after(conn: &Connection, tails: &Tails) -> Result<RowsMoved> {
     let mut copied = RowsMoved::default();
     if table_exists(conn, "consensus_artifacts")? {
-        link_artifact_copies(conn, None)?;
-        copied.artifacts_backfilled = backfill_artifacts(conn, ALL_IDS)?;
+        if tails.pairs(|| unlinked_outputs(conn))? {
+            pair_artifact_copies(conn, None, tails.rest(Phase::PairArtifacts))?;
+        }
+        copied.artifacts_backfilled = backfill_artifacts(conn, tails.rest(Phase::BackfillArtifacts))?;
     }
     if table_exists(conn, "consensus_synthesis")? {
-        link_synthesis_copies(conn, None)?;
-        copied.syntheses_backfilled = backfill_syntheses(conn, ALL_IDS)?;
+        if tails.pairs(|| unlinked_syntheses(conn))? {
+            pair_synthesis_copies(conn, None, tails.rest(Phase::PairSyntheses))?;
+        }
+        copied.syntheses_backfilled = backfill_syntheses(conn, tails.rest(Phase::BackfillSyntheses))?;
     }
-    verify_backfill(conn)?;
+    verify_backfill_after(conn, tails)?;
     Ok(copied)
 }
 
@@ -1021,26 +1180,48 @@ fn scope_sql(scope: Scope) -> (&'static str, Vec<Value>) {
 
 /// Links the two copies of each artifact a dual-write build wrote (see [`backfill`]).
 pub(crate) fn link_artifact_copies(conn: &Connection, scope: Scope) -> Result<()> {
-    let any_unlinked: bool =
-        conn.query_row("SELECT EXISTS (SELECT 1 FROM agent_outputs WHERE legacy_artifact_id IS NULL)", [], |r| {
-            r.get(0)
-        })?;
+    let any_unlinked = match scope {
+        Some(_) => {
+            conn.query_row("SELECT EXISTS (SELECT 1 FROM agent_outputs WHERE legacy_artifact_id IS NULL)", [], |r| {
+                r.get(0)
+            })?
+        }
+        None => unlinked_outputs(conn)?,
+    };
     if !any_unlinked {
         return Ok(());
     }
     pair_artifact_copies(conn, scope, ALL_IDS)
 }
 
+/// Whether any new artifact has no link to a legacy row, asked of two indexes: the
+/// partial one on the link leaves NULL out, so a search for one reads every row of the
+/// table (KB-sized contents) whenever every row is linked, as after a backfill.
+fn unlinked_outputs(conn: &Connection) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT (SELECT count(*) FROM agent_outputs)
+              > (SELECT count(*) FROM agent_outputs WHERE legacy_artifact_id IS NOT NULL)",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
 /// [`link_artifact_copies`] for the legacy rows with ids in `ids`, without first asking
 /// whether any new row is unlinked.
 fn pair_artifact_copies(conn: &Connection, scope: Scope, ids: Ids) -> Result<()> {
+    let uncopied = match scope {
+        Some(_) => format!(
+            "NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id) {}",
+            ids_sql("a.id", ids)
+        ),
+        None => uncopied_artifacts_sql(ids),
+    };
     let mut legacy = conn.prepare(&format!(
         "SELECT a.id, a.spec_id, a.stage, a.agent_name, a.content_json, a.response_text, a.run_id, {}
          FROM consensus_artifacts a
-         WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id) {} {} ORDER BY a.id",
+         WHERE {uncopied} {} ORDER BY a.id",
         legacy_ms("a.created_at"),
-        scope_sql(scope).0.replace("spec_id", "a.spec_id").replace("stage =", "a.stage ="),
-        ids_sql("a.id", ids)
+        scope_sql(scope).0.replace("spec_id", "a.spec_id").replace("stage =", "a.stage =")
     ))?;
     let mut twin = conn.prepare(
         "SELECT o.id, o.run_id FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
@@ -1117,6 +1298,33 @@ fn pair_synthesis_copies(conn: &Connection, scope: Scope, ids: Ids) -> Result<()
     Ok(())
 }
 
+/// The condition "legacy artifact `a` (id in `ids`) has no copy in the new tables", as a
+/// list of ids found on two indexes: tested row by row it reads every legacy row.
+fn uncopied_artifacts_sql(ids: Ids) -> String {
+    if ids == ALL_IDS {
+        "a.id IN (SELECT x.id FROM consensus_artifacts x
+                  WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = x.id))"
+            .to_owned()
+    } else {
+        // A range of ids is read from the table itself: the list would scan a whole index.
+        format!("NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id) {}", ids_sql("a.id", ids))
+    }
+}
+
+/// [`uncopied_artifacts_sql`] for legacy syntheses `s`.
+fn uncopied_syntheses_sql(ids: Ids) -> String {
+    if ids == ALL_IDS {
+        "s.id IN (SELECT x.id FROM consensus_synthesis x
+                  WHERE NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = x.id))"
+            .to_owned()
+    } else {
+        format!(
+            "NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id) {}",
+            ids_sql("s.id", ids)
+        )
+    }
+}
+
 /// The condition "`column` is in `ids`" (our own integers, not user input), or none for all.
 fn ids_sql(column: &str, ids: Ids) -> String {
     if ids == ALL_IDS {
@@ -1133,7 +1341,7 @@ fn legacy_created_ms(conn: &Connection, table: &str, alias: &str) -> Result<Stri
 
 /// Copies the legacy artifacts with ids in `ids`; returns how many.
 fn backfill_artifacts(conn: &Connection, ids: Ids) -> Result<i64> {
-    let ids = ids_sql("a.id", ids);
+    let uncopied = uncopied_artifacts_sql(ids);
     // One open run per (spec_id, stage, run_id) group, unless one exists already.
     let created = legacy_created_ms(conn, "consensus_artifacts", "a")?;
     let model_version =
@@ -1141,7 +1349,7 @@ fn backfill_artifacts(conn: &Connection, ids: Ids) -> Result<i64> {
     let mut groups = conn.prepare(&format!(
         "SELECT a.spec_id, a.stage, a.run_id, MIN({created})
          FROM consensus_artifacts a
-         WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id) {ids}
+         WHERE {uncopied}
            AND NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.spec_id = a.spec_id AND r.stage = a.stage
                            AND r.orchestrator_run_id IS a.run_id AND r.synthesis_json IS NULL)
          GROUP BY a.spec_id, a.stage, a.run_id"
@@ -1159,7 +1367,7 @@ fn backfill_artifacts(conn: &Connection, ids: Ids) -> Result<i64> {
                     model_version)
              SELECT ({open_run}), {}, {}, {}, {created}, a.id, {model_version}
              FROM consensus_artifacts a
-             WHERE NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id) {ids}
+             WHERE {uncopied}
              ORDER BY a.id",
             text_sql("a.agent_name"),
             text_sql("a.content_json"),
@@ -1176,7 +1384,7 @@ fn backfill_syntheses(conn: &Connection, ids: Ids) -> Result<i64> {
     let mut pending = conn.prepare(&format!(
         "SELECT id, spec_id, stage, run_id, {}, {}, {}, artifacts_count, {}, {}, {}, {}
          FROM consensus_synthesis s
-         WHERE NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id) {}
+         WHERE {}
          ORDER BY id",
         text_sql("output_markdown"),
         text_sql("output_path"),
@@ -1185,7 +1393,7 @@ fn backfill_syntheses(conn: &Connection, ids: Ids) -> Result<i64> {
         text_sql("conflicts"),
         bool_sql("degraded"),
         legacy_created_ms(conn, "consensus_synthesis", "s")?,
-        ids_sql("s.id", ids)
+        uncopied_syntheses_sql(ids)
     ))?;
     let synthesis = schema::synthesis_json_sql("?5", "?6", "?7", "?8", "?9", "?10");
     let close = |run: &str| {
@@ -1238,9 +1446,17 @@ pub(crate) fn uncopied_legacy_rows(conn: &Connection) -> Result<i64> {
 }
 
 fn verify_backfill(conn: &Connection) -> Result<()> {
-    for (legacy, check) in UNCOPIED_LEGACY {
+    verify_backfill_after(conn, &Tails::NONE)
+}
+
+/// That every legacy row above `tails` has its copy in the new tables.
+fn verify_backfill_after(conn: &Connection, tails: &Tails) -> Result<()> {
+    // The legacy rows as UNCOPIED_LEGACY names them.
+    let rows = [("a.id", Phase::BackfillArtifacts), ("s.id", Phase::BackfillSyntheses)];
+    for ((legacy, check), (id, phase)) in UNCOPIED_LEGACY.into_iter().zip(rows) {
         if table_exists(conn, legacy)? {
-            let missing: i64 = conn.query_row(check, [], |r| r.get(0))?;
+            let check = format!("{check} {}", ids_sql(id, tails.rest(phase)));
+            let missing: i64 = conn.query_row(&check, [], |r| r.get(0))?;
             if missing != 0 {
                 return Err(Error::Migration(format!(
                     "backfill verification failed: {missing} {legacy} rows have no copy"
@@ -1426,6 +1642,83 @@ mod tests {
         assert!(matches!(err, Error::Migration(_)), "{err}");
         assert_eq!(user_version(&conn).unwrap(), 0);
         assert!(!table_exists(&conn, "consensus_runs").unwrap());
+    }
+
+    /// Every row of `table` as text, runs by what they hold (their ids follow the order
+    /// in which groups were first met, which chunks change), outputs with their run's.
+    fn rows(conn: &Connection, table: &str) -> Vec<String> {
+        let sql = match table {
+            "consensus_runs" => "SELECT spec_id, stage, orchestrator_run_id, run_timestamp, consensus_ok, degraded,
+                                        synthesis_json, synthesized_at, legacy_synthesis_id IS NOT NULL
+                                 FROM consensus_runs ORDER BY 1, 2, 3, 4, 7"
+                .to_owned(),
+            "agent_outputs" => "SELECT o.id, r.spec_id, r.stage, r.orchestrator_run_id, r.run_timestamp, o.agent_name,
+                                       o.content, o.output_timestamp, o.response_text, o.legacy_artifact_id
+                                FROM agent_outputs o JOIN consensus_runs r ON r.id = o.run_id ORDER BY o.id"
+                .to_owned(),
+            // Written back in the order of the runs' ids.
+            "consensus_synthesis" => "SELECT spec_id, stage, output_markdown, output_path, status, artifacts_count,
+                                             agreements, conflicts, degraded, run_id, created_at, created_at_ms
+                                      FROM consensus_synthesis ORDER BY 1, 2, 3, 10, 11"
+                .to_owned(),
+            _ => format!("SELECT * FROM {table} ORDER BY id"),
+        };
+        let mut stmt = conn.prepare(&sql).unwrap();
+        let columns = stmt.column_count();
+        stmt.query_map([], |r| {
+            Ok((0..columns).map(|i| format!("{:?}", r.get::<_, Value>(i).unwrap())).collect::<Vec<_>>().join("|"))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    /// Legacy ids follow time (the predecessor's `created_at` is the insert's clock), so
+    /// the run a backfill makes for a group gets its earliest time in the first chunk
+    /// that reaches the group, as in one transaction. (A file whose ids do not follow
+    /// time gets the earliest time among the group's rows in that chunk.)
+    #[test]
+    fn a_move_in_chunks_leaves_the_rows_one_transaction_leaves() {
+        let legacy = || {
+            let conn = Connection::open_in_memory().unwrap();
+            conn.execute_batch(LEGACY_SCHEMA_SQL).unwrap();
+            conn.execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+                 INSERT INTO consensus_artifacts (spec_id, stage, agent_name, content_json, run_id, created_at)
+                 SELECT 'S' || (i % 7), 'plan', 'a' || (i % 3), '{\"n\":' || i || '}',
+                        CASE WHEN i % 11 = 0 THEN NULL ELSE 'r' || (i % 40) END,
+                        datetime('2025-01-01', '+' || (i / 3) || ' seconds') FROM n;
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 700)
+                 INSERT INTO consensus_synthesis (spec_id, stage, output_markdown, status, run_id, created_at)
+                 SELECT 'S' || (i % 7), 'plan', '# ' || i, 'ok', 'r' || (i % 40),
+                        datetime('2025-01-02', '+' || i || ' seconds') FROM n;",
+            )
+            .unwrap();
+            conn
+        };
+        let (chunked, whole) = (legacy(), legacy());
+        migrate(&chunked, 1, None).unwrap(); // 3,700 rows: chunks of 256 and up
+        bring_layout_current(&whole, true, LongSteps::Run, &mut RowsMoved::default()).unwrap();
+        in_transaction(&whole, "one", |_| Ok(true), |c| up_v1(c, &Tails::NONE).map(drop)).unwrap();
+        for table in ["consensus_runs", "agent_outputs"] {
+            assert_eq!(rows(&chunked, table), rows(&whole, table), "{table} after 0 -> 1");
+        }
+        migrate(&chunked, 2, None).unwrap();
+        in_transaction(&whole, "one", |_| Ok(true), |c| up_v2(c).map(drop)).unwrap();
+        for table in ["consensus_runs", "agent_outputs"] {
+            assert_eq!(rows(&chunked, table), rows(&whole, table), "{table} after 1 -> 2");
+        }
+        migrate(&chunked, 1, None).unwrap();
+        in_transaction(&whole, "one", |_| Ok(true), |c| down_v2(c, &Tails::NONE).map(drop)).unwrap();
+        for table in ["consensus_artifacts", "consensus_synthesis", "consensus_runs", "agent_outputs"] {
+            assert_eq!(rows(&chunked, table), rows(&whole, table), "{table} after 2 -> 1");
+        }
+        migrate(&chunked, 0, None).unwrap();
+        in_transaction(&whole, "one", |_| Ok(true), |c| down_v1(c).map(drop)).unwrap();
+        for table in ["consensus_artifacts", "consensus_synthesis"] {
+            assert_eq!(rows(&chunked, table), rows(&whole, table), "{table} after 1 -> 0");
+        }
+        assert_eq!(count(&chunked, "SELECT count(*) FROM consensus_artifacts"), 3000);
     }
 
     #[test]
