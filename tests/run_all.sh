@@ -82,7 +82,7 @@ if ! pkg-config --exists sqlite3 2>/dev/null; then   # Debian's libsqlite3-dev, 
 fi
 cargo test --locked --no-default-features --features system-sqlite --test engine --test system_sqlite
 
-echo "== Embedding: examples/embed_host resolves one rusqlite / libsqlite3-sys, the README's"
+echo "== Embedding: examples/embed_host resolves one rusqlite / libsqlite3-sys, those docs/embedding.md states"
 bash scripts/check_sqlite_crates.sh
 
 echo "== Embedding: examples/embed_host (the package's Python files from the installed wheel)"
