@@ -41,7 +41,7 @@ struct Migration {
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
-        description: "consensus_runs + agent_outputs (the plan's layout and this store's columns), backfilled from the legacy tables",
+        description: "consensus_runs + agent_outputs (the predecessor's seed layout and this store's columns), backfilled from the legacy tables",
         up: up_v1,
         down: down_v1,
     },
