@@ -10,7 +10,10 @@ Two kinds of reference are read from every tracked text file (``git ls-files``):
     file's own directory or one above it (``src/main.rs`` in ``examples/embed_host``);
     a ``*`` matches as a glob;
   - in Markdown, the target of every relative link (``[text](target#anchor)``), resolved
-    from the page's directory, and its anchor against the target page's headings.
+    from the page's directory, and its anchor against the target page's headings;
+  - a test or function named after its file (``test_store.py::test_x``,
+    ``src/conninfo.rs::redact``; a bare file name is one in ``tests/``): the file must
+    define it.
 A file that moved or was renamed leaves such a reference behind; tests/run_all.sh runs
 this next to the other gates.
 """
@@ -27,8 +30,10 @@ TOP = ("src", "python", "tests", "benches", "docs", "examples", "scripts", ".ci"
 # `benches/...` inside `../benches/...` or inside a URL is not read on its own).
 PATH = re.compile(r"(?<![\w./\-])((?:" + "|".join(re.escape(t) for t in TOP) + r")/[\w./*\-]*[\w*])")
 LINK = re.compile(r"\]\(([^()\s]+)\)")
-# Not read: binary and generated data, and .gitignore (its lines name what must not exist).
-SKIP = (".lock", ".png", ".json", ".so", ".gitignore")
+ITEM = re.compile(r"(?<![\w./\-])((?:[\w.\-]+/)*[\w\-]+\.(?:py|rs))::(\w+)")
+# Not read: binary and generated data, .gitignore (its lines name what must not exist),
+# and this check and its test, which name missing paths as examples.
+SKIP = (".lock", ".png", ".json", ".so", ".gitignore", "docs/check_paths.py", "tests/test_check_paths.py")
 # Paths named on purpose though absent from this checkout, each with why.
 EXPECTED_ABSENT = {
     "tests/stubtest_allowlist.txt": "run_all.sh says when to create it (what stubtest cannot see)",
@@ -85,6 +90,15 @@ def link_problem(root: Path, target: str, page: Path) -> str | None:
     return None
 
 
+def item_problem(root: Path, file: str, name: str) -> str | None:
+    path = root / file if "/" in file else root / "tests" / file
+    if not path.exists():
+        return f"{file}::{name}: no such file" if "/" in file or file.startswith("test_") else None
+    if not re.search(rf"\b(?:def|fn|class|struct|enum|const|static|mod)\s+{re.escape(name)}\b", path.read_text()):
+        return f"{file}::{name}: {path.relative_to(root)} defines no {name}"
+    return None
+
+
 def problems(root: Path, file: Path) -> list[str]:
     try:
         text = file.read_text()
@@ -96,6 +110,7 @@ def problems(root: Path, file: Path) -> list[str]:
         out += [f"{where}: {p}" for p in PATH.findall(line) if not resolves(root, p.rstrip("."), file)]
         if file.suffix == ".md":
             out += [f"{where}: {msg}" for t in LINK.findall(line) if (msg := link_problem(root, t, file))]
+        out += [f"{where}: {msg}" for f, name in ITEM.findall(line) if (msg := item_problem(root, f, name))]
     return out
 
 

@@ -35,6 +35,8 @@ def test_every_kind_of_stale_reference_is_named(tmp_path):
             " [gone](moved.md), [there](#no-such-heading) and `benches/*.py`.\n",
             "examples/host/Cargo.toml": "# builds src/main.rs\n",
             "examples/host/src/main.rs": "fn main() {}\n",
+            "tests/test_a.py": "def test_here():\n    pass\n",
+            "docs/tests.md": "Shown by `test_a.py::test_here`, `test_a.py::test_renamed`, `src/sqlite/pool.rs::open`.\n",
         },
     )
     result = run(root)
@@ -46,7 +48,9 @@ def test_every_kind_of_stale_reference_is_named(tmp_path):
             "docs/page.md:5: link to ../README.md: no such file",
             "docs/page.md:5: link to moved.md: no such file",
             "docs/page.md:5: link to #no-such-heading: no heading #no-such-heading in docs/page.md",
-            "5 stale path(s): fix the reference or the file's name",
+            "docs/tests.md:1: test_a.py::test_renamed: tests/test_a.py defines no test_renamed",
+            "docs/tests.md:1: src/sqlite/pool.rs::open: src/sqlite/pool.rs defines no open",
+            "7 stale path(s): fix the reference or the file's name",
         ]
     )
 
@@ -58,6 +62,8 @@ def test_a_tree_whose_references_resolve_passes(tmp_path):
             "README.md": "[the page](docs/page.md#some-section); `src/sqlite/pool.rs`\n",
             "src/sqlite/pool.rs": "// the pool\n",
             "docs/page.md": "# A page\n\n## Some section\n\nBack to [the README](../README.md); `src/sqlite/*.rs`.\n",
+            "tests/test_a.py": "def test_here():\n    pass\n",
+            "docs/tests.md": "Shown by `test_a.py::test_here` and `tests/test_a.py::test_here`.\n",
         },
     )
     result = run(root)
