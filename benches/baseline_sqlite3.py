@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "src" / "sqlite" / "sql"
-# The store's current layout: the routing table, the plan's seed tables, this store's columns.
+# The store's current layout: the routing table, the predecessor's seed tables, this store's columns.
 V1_SQL = "".join((SQL_DIR / f).read_text() for f in ("routing_table.sql", "branch_index.sql", "seed_tables.sql", "store_columns.sql"))
 PRAGMAS = ("synchronous=NORMAL", "foreign_keys=ON", "cache_size=-32000", "temp_store=MEMORY",
            "mmap_size=0", "busy_timeout=5000")

@@ -293,7 +293,7 @@ def print_table(report: dict) -> None:
 
 
 def markdown(report: dict) -> str:
-    """The results table as it goes into the README."""
+    """The results table as it goes into docs/benchmarks.md."""
     ops, m = report["ops_per_s"], report["machine"]
     lines = [f"One run, ops/s ({m['date']}, {m['cpus']} CPUs, {m['platform']}, Python {m['python']}, "
              f"SQLite {m['sqlite (consensus-db, bundled)']} bundled / {m['sqlite (stdlib)']} stdlib):", "",

@@ -266,7 +266,7 @@ impl AnyDatabase {
             AnyDatabase::Sqlite(db) => Ok(&**db),
             #[cfg(feature = "postgres")]
             AnyDatabase::Postgres(_) => Err(Error::NotSupported(format!(
-                "{what} is SQLite-only and does not apply on PostgreSQL (see the README's per-operation table)"
+                "{what} is SQLite-only and does not apply on PostgreSQL (see the table in docs/postgresql.md)"
             ))),
         }
     }

@@ -1,5 +1,5 @@
 """Shared fixtures: real SQLite files in a temporary directory, and legacy databases
-built exactly as the field has them (the spec's DDL, rollback journal, no auto-vacuum).
+built exactly as the field has them (the predecessor's DDL, rollback journal, no auto-vacuum).
 
 The stdlib ``sqlite3`` is used here only to play "an old binary" or "an independent
 reader". It never has a file open while consensus-db has the same file open in this
@@ -63,7 +63,7 @@ def make_legacy_db(
     bloat_mb: int = 0,
     drop_columns: bool = False,
 ) -> dict:
-    """Builds a legacy (version 0) database with the spec's DDL and returns what it holds.
+    """Builds a legacy (version 0) database with the predecessor's DDL and returns what it holds.
 
     ``artifact_groups``: list of (spec_id, stage, run_id, n_artifacts).
     ``syntheses``: list of (spec_id, stage, run_id, status, degraded).

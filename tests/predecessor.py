@@ -1,6 +1,6 @@
-"""The predecessor program, played from the facts in ``shared/FIELD-FILES.md`` — not
-from this store's code: its legacy DDL (the spec's §2), its own version-1 migration
-(the plan's "seed layout"), and the inserts of its three builds, with explicit column
+"""The predecessor program, played from its own statements as files in the field show
+them — not from this store's code: its legacy DDL, its own version-1 migration (the
+"seed layout"), and the inserts of its three builds, with explicit column
 lists as it writes them.
 
 Run as a script in a child process (two SQLite libraries must never have one file open
@@ -122,7 +122,8 @@ def now_text() -> str:
 
 def new_run(conn: sqlite3.Connection, spec_id: str, stage: str, at_ms: int, synthesis: Any = None,
             degraded: int = 0) -> int:
-    """One consensus_runs row, upserting on the plan's unique key, then its id."""
+    """One consensus_runs row, upserting on the seed layout's unique key
+    (spec_id, stage, run_timestamp), then its id."""
     conn.execute(
         "INSERT INTO consensus_runs (spec_id, stage, run_timestamp, consensus_ok, degraded, synthesis_json)"
         " VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(spec_id, stage, run_timestamp) DO UPDATE SET"

@@ -4,7 +4,8 @@
 #   1. scripts/build_wheels.sh: the release wheel (abi3, manylinux2014, stripped) and the
 #      sdist into dist/, checked with auditwheel — the one release build of a run;
 #   2. a fresh venv, .venv-wheel, with that wheel installed (python/ is not on sys.path),
-#      and the Python gates: ruff (lint, format), mypy --strict, stubtest, the API docs;
+#      and the Python gates: ruff (lint, format), mypy --strict, stubtest, the API docs,
+#      the paths the files name (docs/check_paths.py);
 #   3. Rust: the gates (rustfmt, clippy -D warnings), then the engine's tests (no Python),
 #      over the bundled SQLite and the system one;
 #   4. the example host (examples/embed_host): Rust and Python sharing one Database,
@@ -52,7 +53,7 @@ print(f"consensus_db {consensus_db.__version__} from {pathlib.Path(consensus_db.
       f"SQLite {consensus_db.sqlite_version()}")
 PY
 
-echo "== Python gates: ruff (lint, format), mypy --strict (package + example), stubtest (_core.pyi), API docs"
+echo "== Python gates: ruff (lint, format), mypy --strict (package + example), stubtest (_core.pyi), API docs, paths"
 .venv-wheel/bin/ruff check python tests benches examples docs
 .venv-wheel/bin/ruff format --check python examples docs
 # [tool.mypy] in pyproject.toml: strict, on python/consensus_db and examples/orchestrator.py.
@@ -64,6 +65,8 @@ echo "== Python gates: ruff (lint, format), mypy --strict (package + example), s
 .venv-wheel/bin/python -m mypy.stubtest consensus_db._core
 # docs/api.md is generated from the docstrings; a stale page or a missing docstring fails here.
 .venv-wheel/bin/python docs/gen_api.py --check
+# Every repository path a tracked file names (src/..., docs/..., Markdown links and anchors) exists.
+.venv-wheel/bin/python docs/check_paths.py
 
 echo "== Rust gates: rustfmt (rustfmt.toml), clippy with warnings as errors (engine alone; bindings + PostgreSQL)"
 cargo fmt --all --check
@@ -82,7 +85,7 @@ if ! pkg-config --exists sqlite3 2>/dev/null; then   # Debian's libsqlite3-dev, 
 fi
 cargo test --locked --no-default-features --features system-sqlite --test engine --test system_sqlite
 
-echo "== Embedding: examples/embed_host resolves one rusqlite / libsqlite3-sys, the README's"
+echo "== Embedding: examples/embed_host resolves one rusqlite / libsqlite3-sys, those docs/embedding.md states"
 bash scripts/check_sqlite_crates.sh
 
 echo "== Embedding: examples/embed_host (the package's Python files from the installed wheel)"

@@ -1,6 +1,7 @@
 """Field files: the four shapes of databases the predecessor program left behind
-(shared/FIELD-FILES.md), built by a predecessor-like writer (``predecessor.py``, stdlib
-``sqlite3`` in a child process, explicit column lists), not by this store's code.
+(legacy, its seed layout v1 and v2, this store's first layout), built by a
+predecessor-like writer (``predecessor.py``, stdlib ``sqlite3`` in a child process,
+explicit column lists), not by this store's code.
 
 For each shape: every row written before opens readable exactly once through the API;
 a predecessor build still running writes beside the open store and its inserts
@@ -130,7 +131,7 @@ PRAGMA user_version = 2;
 def layout_1_file(path: Path) -> list:
     conn = sqlite3.connect(path)
     conn.executescript(LAYOUT_1)
-    # Two runs that started in the same millisecond: the plan's UNIQUE key forbids that.
+    # Two runs that started in the same millisecond: the seed layout's UNIQUE key forbids that.
     conn.executemany("INSERT INTO consensus_runs (id, spec_id, stage, run_id, run_at_ms, synthesis, synthesis_status,"
                      " agreements, synthesized_at_ms) VALUES (?, 'SPEC-6', 'plan', ?, 1700000000000, ?, ?, ?, ?)",
                      [(1, "r1", "# one", "success", '["a"]', 1700000000500), (2, "r2", None, None, None, None)])

@@ -136,7 +136,7 @@ def test_store_artifacts_returns_each_rows_id_in_input_order(db):
 
 
 def test_store_artifacts_near_the_top_of_the_id_range(db_path):
-    """agent_outputs ids are AUTOINCREMENT (the plan's layout): never reused, so with the
+    """agent_outputs ids are AUTOINCREMENT (the seed layout): never reused, so with the
     largest id at 2**63 - 3 a batch of 5 cannot get ids. It fails whole, with a typed
     error that says so, and writes nothing; a batch that fits still goes in."""
     # SQLite only: AUTOINCREMENT's rule; PostgreSQL ids come from an identity sequence.

@@ -8,7 +8,7 @@
 - :func:`retry` is the decorator form; :class:`CircuitBreaker` fails fast while a
   dependency keeps failing.
 
-This module stands alone rather than building on tenacity: the API the spec fixes is
+This module stands alone rather than building on tenacity: the API it has to offer is
 small, it needs an injectable sleeper and clock for sync and async callables, and a
 ~200-line module is easier to read and test than tenacity's callback configuration.
 """

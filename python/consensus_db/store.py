@@ -106,7 +106,7 @@ class Store(_core.Database):
     Query ordering: ``query_artifacts`` returns newest first (ties by id, newest first);
     ``query_extraction_failures`` newest spawn first; ``order="oldest"`` reverses both;
     ``query_latest_synthesis`` the
-    newest synthesis. Reads see both schemas (see the README's dual-schema reader).
+    newest synthesis. Reads see both schemas (see the dual-schema reader in docs/how-it-works.md).
 
     Paging: ``query_artifacts``, ``query_agent_executions`` and
     ``query_extraction_failures`` take ``limit`` and ``after=``/``before=`` a returned
@@ -262,8 +262,8 @@ def connect(
       thread) are PASSIVE only and ``busy_timeout`` must be 5000 ms or more. A file
       Litestream has replicated (its ``_litestream_seq`` table) is treated the same way
       without the flag; ``db.replicated`` tells which applies.
-    - ``write_mode`` and ``read_mode``: the rolling upgrade's switches (see the README's
-      "Rolling upgrades"). ``write_mode="dual"`` writes every artifact and synthesis to
+    - ``write_mode`` and ``read_mode``: the rolling upgrade's switches (see
+      docs/rolling-upgrades.md). ``write_mode="dual"`` writes every artifact and synthesis to
       the new tables *and* the legacy ones in one transaction, linked, so an old binary
       on the same file sees everything; turning it on first writes back the rows only
       the new tables hold. It needs the legacy tables (a file at schema version 1).

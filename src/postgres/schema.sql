@@ -1,5 +1,6 @@
 -- consensus-db on PostgreSQL, layout revision 1: the SQLite store's current layout
--- (shared/FIELD-FILES.md, "seed layout" plus this store's columns) in PostgreSQL
+-- (the predecessor's seed layout, src/sqlite/sql/seed_tables.sql, plus this store's
+-- columns, src/sqlite/sql/store_columns.sql) in PostgreSQL
 -- types. Identity keys; JSONB for the JSON columns; timestamps as integer Unix
 -- milliseconds (runs, outputs) and UTC text 'YYYY-MM-DD HH:MM:SS' (executions), as on
 -- SQLite. No legacy tables: a PostgreSQL store starts at the latest schema.

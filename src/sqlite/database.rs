@@ -26,7 +26,8 @@ use std::sync::Arc;
 
 pub use crate::sqlite::pool::{Conn, Pool};
 
-/// How to open a store. `Options::default()` is the spec's configuration.
+/// How to open a store. `Options::default()` is the configuration docs/how-it-works.md
+/// describes ("Pool and pragmas").
 #[derive(Clone, Debug)]
 pub struct Options {
     pub pool_size: u32,

@@ -60,7 +60,7 @@ struct Step {
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
-        description: "consensus_runs + agent_outputs (the plan's layout and this store's columns), backfilled from the legacy tables",
+        description: "consensus_runs + agent_outputs (the predecessor's seed layout and this store's columns), backfilled from the legacy tables",
         up: Step { begin: begin_v1, phases: &BACKFILL, check: verify_backfill, end: up_v1 },
         down: Step {
             begin: begin_write_back,

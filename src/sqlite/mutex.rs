@@ -66,7 +66,7 @@ pub const ALREADY_INITIALISED: &str = "consensus-db: SQLite was initialised by a
 library in this process before consensus-db's first connection, so SQLite keeps its default mutexes \
 (correct, but parallel reads are slower). Open a consensus_db Database (or import consensus_db) before \
 anything else opens an SQLite connection, or have the other user share consensus-db's Database \
-(README: Embedding) instead of opening the file itself.";
+(the Embedding section of docs/embedding.md) instead of opening the file itself.";
 
 static SETUP: std::sync::OnceLock<Setup> = std::sync::OnceLock::new();
 

@@ -93,7 +93,8 @@ pub struct Setting {
     pub scope: Scope,
 }
 
-/// The set of pragmas a store applies and verifies. `Pragmas::default()` is the spec's.
+/// The set of pragmas a store applies and verifies. `Pragmas::default()` is the set
+/// docs/how-it-works.md lists ("Pool and pragmas").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pragmas {
     settings: Vec<Setting>,

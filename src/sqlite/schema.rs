@@ -1,9 +1,10 @@
-//! What a file looks like: the shapes databases in the field come in
-//! (`shared/FIELD-FILES.md`), recognised by their tables and columns, and the SQL
+//! What a file looks like: the shapes databases in the field come in (see [`Shape`]:
+//! legacy, the predecessor's seed layout, this store's first layout, current),
+//! recognised by their tables and columns, and the SQL
 //! this store shares between its migrations and its writes.
 //!
-//! The new tables carry the plan's names, types and constraints exactly (the "seed
-//! layout" the predecessor program creates); this store's richer fields are added,
+//! The new tables carry the predecessor's names, types and constraints exactly (the
+//! "seed layout" its version-1 migration creates); this store's richer fields are added,
 //! nullable columns, so a predecessor build still running on the same file keeps
 //! inserting. `PRAGMA user_version` keeps the predecessor's meaning (0 legacy only,
 //! 1 both schemas, 2 legacy dropped); this store's own layout revision lives in
@@ -188,7 +189,7 @@ impl Catalog {
             && self.has_column("agent_outputs", "output_timestamp");
         if !seed {
             return Err(Error::Migration(
-                "consensus_runs / agent_outputs have columns of no known layout (neither the plan's nor consensus-db's); \
+                "consensus_runs / agent_outputs have columns of no known layout (neither the predecessor's seed layout nor consensus-db's); \
                  refusing to touch them"
                     .into(),
             ));
@@ -222,7 +223,8 @@ pub(crate) fn create_current_tables(conn: &Connection) -> Result<()> {
 }
 
 /// SQL for a synthesis as the seed layout keeps it: one JSON object, keys in the
-/// plan's order (`degraded` has its own column).
+/// predecessor's order (`output_markdown`, `output_path`, `status`, `artifacts_count`,
+/// `agreements`, `conflicts`; `degraded` has its own column).
 pub(crate) fn synthesis_json_sql(
     markdown: &str,
     path: &str,

@@ -104,9 +104,9 @@ fn v1_latest_synthesis_sql(columns: Columns) -> String {
     )
 }
 
-/// A synthesis kept as the plan's JSON object. Its fields come back as the API's text:
-/// a JSON string as itself, anything else (the arrays a predecessor wrote, say) as its
-/// JSON text. Text that is not a JSON object is returned whole as the markdown.
+/// A synthesis kept as the seed layout's JSON object (see `schema::synthesis_json_sql`).
+/// Its fields come back as the API's text: a JSON string as itself, anything else (the
+/// arrays a predecessor wrote, say) as its JSON text. Text that is not a JSON object is returned whole as the markdown.
 fn synthesis_from_json(r: &Row, spec_id: &str, stage: &str) -> rusqlite::Result<Synthesis> {
     let raw: String = r.get(1)?;
     Ok(synthesis_from_text(&raw, r.get(0)?, spec_id, stage, r.get(2)?, r.get(3)?, r.get(4)?))

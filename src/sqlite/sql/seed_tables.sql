@@ -1,5 +1,5 @@
--- The new tables exactly as the plan names them (the "seed layout" of
--- shared/FIELD-FILES.md): what the predecessor's version-1 migration creates.
+-- The new tables exactly as the predecessor program's version-1 migration creates
+-- them (its "seed layout": these names, types, keys and indexes).
 -- Field files already have them; fresh files start from them too.
 CREATE TABLE IF NOT EXISTS consensus_runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
