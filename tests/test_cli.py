@@ -6,6 +6,7 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -179,3 +180,26 @@ def test_ctrl_c_during_a_cleanup_stops_after_the_chunk_and_keeps_what_it_deleted
         assert 0 < left < 300_000, left  # stopped midway; every finished chunk stays deleted
         assert db.integrity_check() == ["ok"]
         assert db.cleanup_old_executions(30) == left
+
+
+def test_upgrade_and_downgrade_draw_the_copy_between_the_schemas_as_a_progress_bar(tmp_path):
+    path = tmp_path / "legacy.db"
+    conn = sqlite3.connect(path)  # closed before the command opens the file
+    conn.executescript(consensus_db._core.LEGACY_SCHEMA_SQL)
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)"
+        " INSERT INTO consensus_artifacts (spec_id, stage, agent_name, content_json, run_id)"
+        " SELECT 'S' || (i % 50), 'plan', 'g', '{}', 'r' || (i % 200) FROM n"
+    )
+    conn.commit()
+    conn.close()
+    result = run("upgrade", str(path), "--no-backup", "--progress")
+    assert result.exit_code == 0, result.output
+    bars = [line for line in result.stderr.split("\r") if line.startswith("copy [")]
+    assert len(bars) >= 2 and "rows," in bars[-1] and "/s, ETA" in bars[-1], result.stderr
+    assert json.loads(run("upgrade", str(path), "--no-backup", "--json").output)["after"]["schema_version"] == 1
+    result = run("downgrade", str(path), "--no-backup", "--to", "0", "--progress")
+    assert result.exit_code == 0, result.output
+    assert any(line.startswith("write back [") for line in result.stderr.split("\r")), result.stderr
+    quiet = run("upgrade", str(path), "--no-backup", "--quiet")
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
