@@ -1,11 +1,14 @@
-"""Generates docs/api.md, the API reference, from the installed package's docstrings.
+"""Generates docs/api.md, the API reference, from the installed package's docstrings,
+and the docstrings of python/consensus_db/_core.pyi from the same source.
 
-    python docs/gen_api.py           # writes docs/api.md
-    python docs/gen_api.py --check   # exits 1 if docs/api.md is stale or a docstring is missing
+    python docs/gen_api.py           # writes docs/api.md and the stub's docstrings
+    python docs/gen_api.py --check   # exits 1 if either is stale or a docstring is missing
 
 The Rust methods' docstrings are their ``///`` comments (PyO3 exposes them as ``__doc__``)
 and their signatures are the text signatures the stubs are checked against; the Python
-layer's are its own. tests/run_all.sh runs ``--check``, so the page is built in CI.
+layer's are its own. Each Rust docstring has that one home: the stub carries a copy, so
+that an editor shows what ``help()`` and this page say. tests/run_all.sh runs
+``--check``, so both are built in CI.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import consensus_db
 from consensus_db import _core, aio, errors, replication, results, retry
 
 OUT = Path(__file__).with_name("api.md")
+STUB = Path(__file__).resolve().parents[1] / "python" / "consensus_db" / "_core.pyi"
 SIMPLE = (type(None), bool, int, float, str, type(Ellipsis))
 missing: list[str] = []
 
@@ -277,8 +281,56 @@ def render() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def docstring_lines(text: str, indent: str) -> list[str]:
+    """``text`` as the lines of a docstring statement indented by ``indent``."""
+    body = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"').splitlines()
+    body[0] = f'{indent}""" {body[0]}' if body[0].startswith('"') else f'{indent}"""{body[0]}'
+    body[1:] = [f"{indent}{line}" if line.strip() else "" for line in body[1:]]
+    body[-1] += ' """' if body[-1].endswith('"') else '"""'
+    return [line + "\n" for line in body]
+
+
+def stub_with_runtime_docs() -> tuple[str, list[str]]:
+    """The stub with the docstring of every class, method and property that the module
+    documents replaced by the module's own, and the names whose stub docstring differed."""
+    source = STUB.read_text()
+    lines = source.splitlines(keepends=True)
+    edits: list[tuple[int, int, list[str]]] = []
+    changed: list[str] = []
+
+    def sync(name: str, node: ast.ClassDef | ast.FunctionDef, runtime: Any) -> None:
+        want = inspect.getdoc(runtime) if runtime is not None else None
+        body = node.body
+        first = body[0] if body else None
+        has = (
+            isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
+        )
+        if not want or not has or want in (inspect.getdoc(object), inspect.getdoc(object.__new__)):
+            return
+        stmt = body[0]
+        start, end = stmt.lineno - 1, stmt.end_lineno or stmt.lineno
+        new = docstring_lines(want, " " * stmt.col_offset)
+        if lines[start:end] != new:
+            changed.append(name)
+            edits.append((start, end, new))
+
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef):
+            cls = getattr(_core, node.name, None)
+            sync(node.name, node, cls)
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and cls is not None:
+                    sync(f"{node.name}.{item.name}", item, vars(cls).get(item.name))
+        elif isinstance(node, ast.FunctionDef):
+            sync(node.name, node, getattr(_core, node.name, None))
+    for start, end, new in sorted(edits, reverse=True):
+        lines[start:end] = new
+    return "".join(lines), changed
+
+
 def main(argv: list[str]) -> int:
     text = render()
+    stub, drifted = stub_with_runtime_docs()
     if missing:
         print("missing docstrings:\n  " + "\n  ".join(missing), file=sys.stderr)
     if "--check" in argv:
@@ -287,10 +339,18 @@ def main(argv: list[str]) -> int:
         if not OUT.exists() or OUT.read_text() != text:
             print(f"{OUT} is stale: run `python docs/gen_api.py` and commit it", file=sys.stderr)
             return 1
-        print(f"{OUT}: up to date, every public function documented")
+        if drifted:
+            print(
+                f"{STUB}: {len(drifted)} docstrings differ from the module's (the Rust ///): "
+                f"{', '.join(drifted)}; run `python docs/gen_api.py` and commit it",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{OUT}: up to date, every public function documented; the stub's docstrings are the module's")
         return 0
     OUT.write_text(text)
-    print(f"wrote {OUT} ({len(text.splitlines())} lines)")
+    STUB.write_text(stub)
+    print(f"wrote {OUT} ({len(text.splitlines())} lines) and {len(drifted)} docstrings of {STUB.name}")
     return 1 if missing else 0
 
 

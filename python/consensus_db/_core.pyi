@@ -70,15 +70,15 @@ def migrations() -> list[tuple[int, str]]:
     """(version, description) of every known migration, in order."""
 
 def redact_url(url: str) -> str:
-    """A PostgreSQL URL (or ``key=value`` connection string) with every secret masked:
-    the password of ``user:password@`` and the values of ``password``, ``sslpassword``,
-    ``passfile`` and ``sslkey`` become ``***``. What the store shows as its ``path``."""
+    """A PostgreSQL URL (or `key=value` connection string) with every secret masked:
+    the password of `user:password@` and the values of `password`, `sslpassword`,
+    `passfile` and `sslkey` become `***`. What the store shows as its `path`."""
 
 def _panic_for_tests() -> None: ...
 
 @final
 class Artifact:
-    """One agent's extracted JSON output for a spec/stage (immutable, picklable)."""
+    """One agent's extracted JSON output for a spec/stage."""
 
     def __new__(
         cls,
@@ -109,32 +109,32 @@ class Artifact:
     def run_id(self) -> str | None: ...
     @property
     def created_at(self) -> str:
-        """UTC ``YYYY-MM-DD HH:MM:SS``, whichever schema the row came from."""
+        """UTC `YYYY-MM-DD HH:MM:SS`, whichever schema the row came from."""
     @property
     def created_at_ms(self) -> int:
-        """When the row was written, Unix milliseconds (UTC)."""
+        """When the row was written, Unix milliseconds (UTC); see [`Artifact::created_at`]."""
     @property
     def created_at_datetime(self) -> datetime.datetime:
-        """``created_at_ms`` as an aware ``datetime`` in UTC."""
+        """`created_at_ms` as an aware `datetime` in UTC."""
     @property
     def model_version(self) -> str | None: ...
     @property
     def source(self) -> Source:
-        """Which schema the row was read from: ``"v1"`` or ``"legacy"``."""
+        """[`SOURCE_V1`] or [`SOURCE_LEGACY`]."""
     @property
     def cursor(self) -> str:
-        """This row's position in ``query_artifacts``' order: pass it as ``after=`` (or
-        ``before=``) for the page that follows (or precedes) it. Opaque."""
+        """This row's position in `query_artifacts`' order: pass it as `after=` (or
+        `before=`) for the page that follows (or precedes) it. Opaque."""
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict."""
     def content(self) -> Any:
-        """``content_json`` parsed."""
+        """`content_json` parsed."""
     def __reduce__(self) -> tuple[Any, ...]: ...
     def __eq__(self, other: object, /) -> bool: ...
 
 @final
 class Synthesis:
-    """The merged result of a consensus run (immutable, picklable)."""
+    """The merged result of a consensus run."""
 
     def __new__(
         cls,
@@ -168,31 +168,31 @@ class Synthesis:
     def artifacts_count(self) -> int | None: ...
     @property
     def agreements(self) -> str | None:
-        """The agreements as stored (JSON text); see :meth:`agreement_list`."""
+        """What the agents agreed on, as stored (JSON text; see `agreement_list()`)."""
     @property
     def conflicts(self) -> str | None:
-        """The conflicts as stored (JSON text); see :meth:`conflict_list`."""
+        """Where the agents disagreed, as stored (JSON text; see `conflict_list()`)."""
     @property
     def degraded(self) -> bool: ...
     @property
     def run_id(self) -> str | None: ...
     @property
     def created_at(self) -> str:
-        """UTC ``YYYY-MM-DD HH:MM:SS``, whichever schema the row came from."""
+        """UTC `YYYY-MM-DD HH:MM:SS`, whichever schema the row came from."""
     @property
     def created_at_ms(self) -> int:
-        """When the synthesis was written, Unix milliseconds (UTC)."""
+        """When the synthesis was written, Unix milliseconds (UTC); see [`Synthesis::created_at`]."""
     @property
     def created_at_datetime(self) -> datetime.datetime:
-        """``created_at_ms`` as an aware ``datetime`` in UTC."""
+        """`created_at_ms` as an aware `datetime` in UTC."""
     @property
     def source(self) -> Source:
-        """Which schema the row was read from: ``"v1"`` or ``"legacy"``."""
+        """[`SOURCE_V1`] or [`SOURCE_LEGACY`]."""
     def agreement_list(self) -> list[Any]:
-        """``agreements`` parsed: a list (``[]`` when there are none; legacy free text
-        that is not JSON comes back as a one-item list)."""
+        """`agreements` parsed: a list (`[]` when there are none; legacy free text that is
+        not JSON comes back as a one-item list)."""
     def conflict_list(self) -> list[Any]:
-        """``conflicts`` parsed, as :meth:`agreement_list` parses ``agreements``."""
+        """`conflicts` parsed, as `agreement_list` parses `agreements`."""
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict."""
     def __reduce__(self) -> tuple[Any, ...]: ...
@@ -200,7 +200,8 @@ class Synthesis:
 
 @final
 class AgentExecution:
-    """An agent execution as the routing table holds it (immutable, picklable)."""
+    """An agent execution as the routing table holds it: the executions of a stage
+    (`query_agent_executions`), one branch's or all of them."""
 
     def __new__(
         cls,
@@ -237,14 +238,14 @@ class AgentExecution:
     def response_text(self) -> str | None: ...
     @property
     def spawned_at_datetime(self) -> datetime.datetime:
-        """``spawned_at`` (UTC text) as an aware ``datetime`` in UTC."""
+        """`spawned_at` (UTC text) as an aware `datetime` in UTC."""
     @property
     def cursor(self) -> str:
-        """This row's position in ``query_agent_executions``' order (``after=``/``before=``):
-        one position among the stage's executions, with or without a ``branch_id``. Opaque."""
+        """This row's position in `query_agent_executions`' order (`after=`/`before=`): one
+        position among the stage's executions, with or without a `branch_id`. Opaque."""
     @property
     def completed_at_datetime(self) -> datetime.datetime | None:
-        """``completed_at`` as an aware ``datetime`` in UTC, or None."""
+        """`completed_at` as an aware `datetime` in UTC, or None."""
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict."""
     def __reduce__(self) -> tuple[Any, ...]: ...
@@ -252,7 +253,7 @@ class AgentExecution:
 
 @final
 class ExtractionFailure:
-    """An agent execution whose output could not be parsed as JSON (immutable, picklable)."""
+    """An agent execution whose output could not be parsed as JSON."""
 
     def __new__(
         cls,
@@ -281,18 +282,18 @@ class ExtractionFailure:
     def run_id(self) -> str | None: ...
     @property
     def spawned_at(self) -> str:
-        """UTC ``YYYY-MM-DD HH:MM:SS``."""
+        """When it was spawned, UTC `YYYY-MM-DD HH:MM:SS`."""
     @property
     def spawned_at_datetime(self) -> datetime.datetime:
-        """``spawned_at`` as an aware ``datetime`` in UTC."""
+        """`spawned_at` (UTC text) as an aware `datetime` in UTC."""
     @property
     def completed_at(self) -> str | None: ...
     @property
     def cursor(self) -> str:
-        """This row's position in ``query_extraction_failures``' order (``after=``/``before=``). Opaque."""
+        """This row's position in `query_extraction_failures`' order (`after=`/`before=`). Opaque."""
     @property
     def completed_at_datetime(self) -> datetime.datetime | None:
-        """``completed_at`` as an aware ``datetime`` in UTC, or None."""
+        """`completed_at` as an aware `datetime` in UTC, or None."""
     @property
     def response_text(self) -> str | None: ...
     @property
@@ -304,14 +305,15 @@ class ExtractionFailure:
 
 @final
 class Savepoint:
-    """``with tx.savepoint():`` undoes only its own part when the block raises."""
+    """`with tx.savepoint():` — undoes only its own part of the transaction when the block raises."""
 
     def __enter__(self) -> Self: ...
     def __exit__(self, exc_type: object = None, _exc: object = None, _tb: object = None) -> Literal[False]: ...
 
 @final
 class Transaction:
-    """``with db.transaction() as tx:`` commits on success, rolls back on any exception."""
+    """`with db.transaction(behavior) as tx:` — commits when the block ends, rolls back
+    when it raises; `tx.execute`/`tx.query` run inside it, `tx.savepoint()` nests."""
 
     @property
     def lastrowid(self) -> int:
@@ -321,11 +323,11 @@ class Transaction:
     def execute(self, sql: str, params: _Params = None) -> int:
         """Runs one statement; returns the number of rows it changed."""
     def executemany(self, sql: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> int:
-        """Runs one statement once per parameter row; returns the rows changed in all."""
+        """Runs one statement for every parameter row (prepared once); returns rows changed."""
     def query(self, sql: str, params: _Params = None) -> Rows:
-        """Runs a query; returns :class:`~consensus_db.Rows` (tuples with ``columns``)."""
+        """Runs a query; returns `Rows` (a list of tuples with `columns`)."""
     def savepoint(self) -> Savepoint:
-        """A nested savepoint."""
+        """A nested savepoint: `with tx.savepoint(): ...` undoes only its own part on error."""
 
 @disjoint_base
 class Database:
@@ -334,24 +336,24 @@ class Database:
 
     @property
     def backend(self) -> Literal["sqlite", "postgresql"]:
-        """Which backend serves this store: ``"sqlite"`` (a file) or ``"postgresql"`` (a ``postgresql://`` URL)."""
+        """ "sqlite" or "postgresql"."""
     @property
     def closed(self) -> bool:
-        """Whether ``close()`` was called."""
+        """Whether `close()` was called."""
     @property
     def path(self) -> str:
-        """The path as given (undecodable bytes as surrogate escapes, like ``os.fsdecode``)."""
+        """The path as given (a str; undecodable bytes as surrogate escapes, like os.fsdecode)."""
     @property
     def read_only(self) -> bool:
         """Whether the store was opened read-only."""
     @property
     def in_memory(self) -> bool:
-        """Whether the store is an in-memory database (``":memory:"``)."""
+        """Whether the store is an in-memory database (`":memory:"`)."""
     @property
     def writer_queue(self) -> str | None:
-        """The host-wide writer queue's file (``<database>-writer``) while this store's writes
-        take their turn in it; None in memory, read-only, on PostgreSQL, where the file cannot
-        be created, or on a filesystem without OFD locks."""
+        """The host-wide writer queue's file (`<database>-writer`, a str) while this store's
+        writes take their turn in it; None in memory, read-only, on PostgreSQL, where the
+        file cannot be created, or on a filesystem without OFD locks."""
     @property
     def open_report(self) -> OpenReport:
         """What opening did: auto_vacuum conversion, journal mode change, migration."""
@@ -364,13 +366,13 @@ class Database:
         PostgreSQL, which has no legacy tables."""
     @property
     def schema_version(self) -> int:
-        """``PRAGMA user_version``: 0 legacy, 1 legacy and new tables, 2 legacy dropped."""
+        """The schema version (`PRAGMA user_version`: 0 legacy, 1 both, 2 legacy dropped)."""
     @property
     def maintenance_cycles(self) -> int | None:
         """Cycles completed by the running maintenance thread, or None."""
     @property
     def retry_count(self) -> int:
-        """Retries the engine made for this store (busy databases, pool timeouts)."""
+        """Retries the engine made for this store (busy databases, pool timeouts), opening included."""
     def __new__(
         cls,
         path: _Path,
@@ -394,27 +396,34 @@ class Database:
         """The schemas this store writes: "v1" (the new tables) or "dual" (both, linked)."""
     @property
     def read_mode(self) -> Literal["dual", "v1", "legacy"]:
-        """The schemas this store reads: "dual" (new, then legacy rows without a copy), "v1" or "legacy"."""
+        """The schemas this store reads: "dual" (new, then legacy rows without a copy),
+        "v1" or "legacy"."""
     def __enter__(self) -> Self:
-        """``with`` returns the store itself; leaving the block closes it."""
+        """`with` returns the store itself; leaving the block closes it."""
     def __exit__(self, *_args: object) -> Literal[False]:
         """Closes the store; never swallows the block's exception."""
     def close(self) -> None:
-        """Stops maintenance and closes every pooled connection. Idempotent."""
+        """Stops maintenance and closes every pooled connection before returning (one in
+        use by a transaction still open closes when it ends). Idempotent."""
     def pragmas(self) -> dict[str, int | str]:
         """Every configured pragma's current value."""
     def verify_pragmas(self) -> None:
-        """Re-reads every configured pragma; raises ``PragmaVerificationError`` on a mismatch."""
+        """Re-reads every configured pragma; raises PragmaVerificationError on a mismatch."""
     def pool_state(self) -> PoolState:
-        """Connections open and idle in the pool, and its maximum size."""
+        """Connections open and idle in the pool."""
     def lane_stats(self) -> LaneStats:
-        """The write lane's counters: group commits, writes they carried, holds, queued."""
+        """The write lane's counters: group commits, writes they carried, holds
+        (transaction blocks, maintenance), callers waiting now, and `sizes`:
+        `{group size: commits}`."""
     def transaction(self, behavior: Behavior = "immediate") -> Transaction:
-        """A transaction block: commits on success, rolls back on any exception."""
+        """A transaction block: `with db.transaction("immediate") as tx:` commits on success
+        and rolls back on any exception. `behavior` is deferred, immediate (the default:
+        write transactions begin IMMEDIATE) or exclusive."""
     def execute(self, sql: str, params: _Params = None) -> int:
         """Runs one statement in its own IMMEDIATE transaction; returns rows changed."""
     def query(self, sql: str, params: _Params = None) -> Rows:
-        """Runs a query outside any transaction; returns :class:`~consensus_db.Rows`."""
+        """Runs a query outside any transaction; returns `Rows`: a list of tuples whose
+        `columns` attribute names the columns."""
     def migrate(
         self,
         target: int | None = None,
@@ -424,22 +433,24 @@ class Database:
         dry_run: bool = False,
         progress: Callable[[int, int], object] | None = None,
     ) -> int:
-        """Migrates to ``target`` (up or down); without one, up to the default version.
-        Returns the version reached. Moving down loses no row: rows only the new tables
-        hold are written back into the legacy tables first. A move that drops or
-        downgrades tables raises ``ExecutionsInFlightError`` while agents spawned within
-        ``in_flight_age`` seconds have not completed, unless ``force``. With ``dry_run``
-        (a ``target`` needed) nothing moves: what the move would refuse is raised, else
-        ``target`` returned; a read-only store can check. A copy between the schemas runs
-        in chunks of ~10 ms, writers in between: ``progress(done, total)`` after each
-        chunk (rows gone through, of an estimate); returning False or raising stops the
-        move there, what was copied staying linked to its original for the next move to
-        go on from. PostgreSQL never calls it."""
+        """Migrates to `target`, up or down; without one, up to at least the default
+        version, as opening does. Returns the version reached. Moving down loses no row.
+        A move that drops or downgrades tables refuses while agents are in flight (spawned
+        within `in_flight_age` seconds and not completed) unless `force`. With `dry_run`
+        (a `target` needed) nothing moves: what the move would refuse is raised, else the
+        target returned; a read-only store can check (as the CLI does before its backup).
+        A copy between the schemas (the backfill, a write-back) runs in chunks of ~10 ms,
+        writers in between; `progress(done, total)` is called after each with the rows gone
+        through so far and an estimate of how many (raised as it is passed). Returning False
+        or raising stops the move after that chunk (raised here; what was copied stays,
+        linked to its original, and the next move copies the rest). PostgreSQL has no
+        such copy and never calls it."""
     def verify_schemas(self) -> SchemaReport:
-        """The legacy tables against the new ones, per spec/stage: counts, content hashes
-        and the rows that differ, with their ids. Reads one snapshot; writes nothing."""
+        """The legacy tables against the new ones, per spec/stage: counts, content hashes and
+        the rows that differ, with their ids. Reads one snapshot; writes nothing."""
     def legacy_row_problems(self) -> list[LegacyRowProblem]:
-        """Legacy rows whose values had to be converted to be read."""
+        """Legacy rows whose values had to be converted to be read, one dict each
+        (table, id, column, problem)."""
     def record_agent_spawn(
         self,
         agent_id: str,
@@ -450,9 +461,12 @@ class Database:
         run_id: str | None = None,
         branch_id: str | None = None,
     ) -> None:
-        """Records a spawned agent; ``spawned_at`` is now (UTC). ``branch_id``: the
-        pipeline branch it serves; a file without that column refuses one, naming it."""
-    def record_agent_spawn_async(
+        """Records a spawned agent (`phase_type` is quality_gate or regular_stage);
+        `spawned_at` is now (UTC). A second spawn of the same `agent_id` replaces it,
+        branch included. `branch_id`: the pipeline branch the agent serves (the
+        predecessor's resume filter); a file without that column (read-only, or opened
+        with migrate=False) refuses a branch, naming the column."""
+    def _record_agent_spawn_async(
         self,
         on_done: _OnDone,
         agent_id: str,
@@ -463,13 +477,15 @@ class Database:
         run_id: str | None = None,
         branch_id: str | None = None,
     ) -> None:
-        """``record_agent_spawn`` without waiting: ``on_done(None, error)`` is called by
-        the thread that commits the write. No retry."""
+        """`record_agent_spawn` without waiting: the arguments are checked now (an error is
+        raised here); the result (None) or the error goes to `on_done(value, error)`,
+        called by the thread that commits the write. No retry."""
     def get_agent_spawn_info(self, agent_id: str) -> SpawnInfo | None:
-        """``SpawnInfo(phase_type, stage)`` of a spawned agent, or None."""
+        """`SpawnInfo(phase_type, stage)` of a spawned agent (a named 2-tuple), or None."""
     def get_agent_route(self, agent_id: str) -> AgentRoute | None:
-        """``AgentRoute(phase_type, stage, branch_id)`` of a spawned agent, or None
-        (``branch_id`` None: spawned without one, or the file has no branch column)."""
+        """`AgentRoute(phase_type, stage, branch_id)` of a spawned agent (a named 3-tuple: the
+        predecessor's routing read), or None. `branch_id` is None for a spawn without a
+        branch, and on a file without the branch column."""
     def query_agent_executions(
         self,
         spec_id: str,
@@ -481,18 +497,22 @@ class Database:
         after: str | None = None,
         before: str | None = None,
     ) -> list[AgentExecution]:
-        """The executions of a spec's stage, newest spawn first (ties by agent id, last
-        first; ``order="oldest"`` reverses both), at most ``limit``. With a
-        ``branch_id``, only that branch's; None: every execution of the stage.
-        ``after=``/``before=`` a row's ``cursor``: a page, as ``query_artifacts`` takes it."""
+        """The executions of a spec's stage as `AgentExecution` records, newest spawn first
+        (ties by agent id, last first); `order="oldest"` for the exact reverse; at most
+        `limit` (None: all). With a `branch_id`, only that branch's (what a resume on it
+        takes: an abandoned run's branch is left out); `branch_id=None` means every
+        execution of the stage, whatever its branch or none. `after=` / `before=` a row's
+        `cursor`: the page that follows (or precedes) that row in this order (see
+        `query_artifacts`)."""
     def get_agent_name(self, agent_id: str) -> str | None:
         """The agent name a spawned agent was recorded with, or None."""
     def record_agent_completion(self, agent_id: str, response_text: str) -> bool:
         """Records an agent's response and completion time; False when the agent is unknown."""
-    def record_agent_completion_async(self, on_done: _OnDone, agent_id: str, response_text: str) -> None:
-        """``record_agent_completion`` without waiting (see ``record_agent_spawn_async``)."""
+    def _record_agent_completion_async(self, on_done: _OnDone, agent_id: str, response_text: str) -> None:
+        """`record_agent_completion` without waiting (see `_record_agent_spawn_async`)."""
     def record_extraction_failure(self, agent_id: str, response_text: str, extraction_error: str) -> bool:
-        """Records a completion whose output could not be parsed; False when unknown."""
+        """Records a completion whose output could not be parsed as JSON, with the parse
+        error; False when the agent is unknown."""
     def query_extraction_failures(
         self,
         spec_id: str,
@@ -503,13 +523,15 @@ class Database:
         before: str | None = None,
     ) -> list[ExtractionFailure]:
         """The spec's executions with an extraction error, newest spawn first (ties by
-        agent id, last first); ``order="oldest"`` for oldest first. ``limit``,
-        ``after=``, ``before=``: a page, as ``query_artifacts`` takes them."""
+        agent id, last first); `order="oldest"` for oldest first. `limit`, `after=`,
+        `before=`: a page, as `query_artifacts` takes them."""
     def cleanup_old_executions(self, days: int, *, progress: Callable[[int, int], object] | None = None) -> int:
-        """Deletes executions spawned more than ``days`` days ago; returns how many. On SQLite
-        in chunks of ~10 ms, writers in between: ``progress(done, total)`` after each chunk
-        (rows deleted so far, of how many); returning False stops after that chunk, an
-        exception stops there and is raised (what was deleted stays deleted)."""
+        """Deletes executions spawned more than `days` days ago; returns how many. On SQLite
+        they go in chunks of ~10 ms each, writers in between; `progress(done, total)` is
+        called after each chunk with the rows deleted so far and of how many (counted
+        first). Returning False stops after that chunk, an exception stops there too and
+        is raised; what was deleted stays deleted, and a later call deletes the rest. On
+        PostgreSQL (one DELETE) `progress` is called once, at the end."""
     def store_artifact(
         self,
         spec_id: str,
@@ -521,9 +543,9 @@ class Database:
         run_id: str | None = None,
         model_version: str | None = None,
     ) -> int:
-        """Stores one agent's output; ``content_json`` is JSON text (validated) or a
-        dict/list (serialized). Returns the new id."""
-    def store_artifact_async(
+        """Stores one agent's output for a spec/stage; `content_json` is a JSON `str`
+        (validated) or a dict/list (serialized). Returns the new id."""
+    def _store_artifact_async(
         self,
         on_done: _OnDone,
         spec_id: str,
@@ -535,10 +557,11 @@ class Database:
         run_id: str | None = None,
         model_version: str | None = None,
     ) -> None:
-        """``store_artifact`` without waiting: ``on_done(id, None)`` or ``on_done(None, error)``."""
+        """`store_artifact` without waiting (see `_record_agent_spawn_async`): the id goes
+        to `on_done(id, None)`."""
     def store_artifacts(self, artifacts: Iterable[Mapping[str, Any]]) -> list[int]:
-        """Stores many artifacts (mappings with ``store_artifact``'s argument names) in
-        one transaction: all or none. Returns their ids."""
+        """Stores many artifacts (mappings with the `store_artifact` argument names) in
+        one transaction: all or none."""
     def query_artifacts(
         self,
         spec_id: str,
@@ -550,22 +573,22 @@ class Database:
         before: str | None = None,
     ) -> list[Artifact]:
         """The artifacts of a spec/stage from both schemas, newest first (by time; at one
-        time legacy rows before new-schema ones, then by id); ``order="oldest"`` for the
-        exact reverse. A page: at most ``limit`` rows (None: all; 0: none), ``after=`` a
-        row's ``cursor`` for the rows that follow it in this order, ``before=`` for the
-        ``limit`` rows that precede it (still in this order). Every row present when a
-        first page was read comes exactly once, whatever is inserted between pages. A
-        foreign or garbled cursor, or both ``after`` and ``before``, is an
-        ``InvalidInputError`` naming it."""
+        time legacy rows before new-schema ones, then by id, last first); `order="oldest"`
+        for the exact reverse. A page: at most `limit` rows (None: all), `after=` a row's
+        `cursor` for the rows that follow it in this order (the next page), `before=` for
+        the `limit` rows that precede it (the previous page, still in this order). Rows
+        inserted between pages never shift one: every row present when the first page was
+        read comes exactly once. A cursor of another listing or spec/stage, or one this
+        store did not make, is an `InvalidInputError` naming it."""
     def count_artifacts(self, spec_id: str, stage: str) -> int:
-        """How many artifacts a spec/stage has: the rows ``query_artifacts`` returns
-        (a legacy row with a new-schema twin counts once), counted by SQL on the indexes."""
+        """How many artifacts a spec/stage has (what `query_artifacts` returns), counted by
+        SQL on the indexes, without reading the rows."""
     def delete_spec_artifacts(self, spec_id: str) -> int:
-        """Deletes every artifact of a spec; returns how many."""
+        """Deletes every artifact of a spec (both schemas); returns how many."""
     def delete_stage_artifacts(self, spec_id: str, stage: str) -> int:
-        """Deletes the artifacts of one stage of a spec; returns how many."""
+        """Deletes the artifacts of one stage of a spec (both schemas); returns how many."""
     def delete_runs(self, spec_id: str, stage: str | None = None) -> int:
-        """Deletes whole runs (syntheses and outputs) of a spec, or of one stage."""
+        """Deletes whole runs (syntheses and outputs) of a spec, or of one of its stages."""
     def store_synthesis(
         self,
         spec_id: str,
@@ -580,17 +603,21 @@ class Database:
         degraded: bool = False,
         run_id: str | None = None,
     ) -> int:
-        """Stores the merged result of a run; returns the new id."""
+        """Stores the merged result of a run; `agreements`/`conflicts` are JSON text or a
+        list/dict (serialized). Returns the new id."""
     def query_latest_synthesis(self, spec_id: str, stage: str) -> Synthesis | None:
         """The newest synthesis of a spec/stage from either schema, or None."""
     def reader_stats(self) -> ReaderStats:
-        """How often each schema served the dual-schema reads."""
+        """How often each schema served `query_artifacts` / `query_latest_synthesis`."""
     def stats(self) -> Stats:
         """Page size and count, free pages and fraction, file and WAL size."""
     def health(self, threshold: float = 0.5, *, exact: bool = False) -> HealthReport:
-        """Statistics, rows per table, modes, schema version and ``needs_vacuum``. Rows
-        are estimated where counting is dear (the tables in ``rows_estimated``);
-        ``exact=True`` counts every one."""
+        """Statistics, rows per table, journal mode, auto_vacuum, schema version, and
+        `needs_vacuum` (the free fraction is above `threshold`). Rows are counted where
+        that is cheap and otherwise estimated — the tables named in `rows_estimated`:
+        on SQLite an upper bound from the rowid span (`max(rowid) - min(rowid) + 1`), on
+        PostgreSQL the planner's `reltuples`; `exact=True` counts every table (a read of
+        every page of each table's smallest index: slow on big files)."""
     def vacuum(
         self,
         *,
@@ -598,22 +625,35 @@ class Database:
         pages: int | None = None,
         progress: Callable[[int, int], object] | Callable[[int], object] | None = None,
     ) -> VacuumReport:
-        """Reclaims free pages (``pages`` of them, None: all, in chunks; or ``full=True``:
-        VACUUM). ``progress(done, total)`` after each chunk (pages freed of those to free);
-        ``progress(calls)`` during a full VACUUM, which knows no total. Returning False stops
-        the chunks after the current one, or interrupts a full VACUUM."""
+        """Reclaims free pages: `pages` of them incrementally (None: all), in chunks of ~10 ms
+        each, writers in between; or the whole file rebuilt in one piece with `full=True`
+        (also what runs on a file whose auto_vacuum is not incremental). `progress` is
+        called after each chunk as `progress(done, total)`, pages freed so far of those
+        to free; during a full VACUUM, which knows no total, as `progress(calls)` every
+        thousand SQLite steps (a callback for both takes `total=None`). Returning False
+        stops the chunks after the current one (what was freed stays freed), or interrupts
+        a full VACUUM (nothing changes). An exception stops the chunks and is raised; in a
+        full VACUUM it goes to `sys.unraisablehook` and the VACUUM goes on. Returns
+        before/after statistics and what they
+        mean: `pages_freed` and `bytes_reclaimed` (pages × page size) are never negative;
+        `file_bytes_*`/`wal_bytes_*` are the main file and the WAL before and after, and
+        `page_count_change`/`disk_bytes_change` are after minus before; `checkpoint` is the
+        checkpoint that follows, `checkpoint_blocked` why it left WAL frames (None: it did not)."""
     def checkpoint(self, mode: CheckpointMode | None = None) -> CheckpointReport:
-        """``PRAGMA wal_checkpoint(MODE)``: None runs TRUNCATE, or PASSIVE on a replicated
-        store (which refuses the other modes)."""
+        """`wal_checkpoint(MODE)`: `mode` is "passive", "full", "restart" or "truncate";
+        None runs TRUNCATE, or PASSIVE on a replicated store (which refuses the others).
+        `blocked` says why it left WAL frames uncopied (another connection's reader, say), or None."""
     @property
     def replicated(self) -> bool:
-        """Whether a replica (Litestream) is attached: checkpoints are PASSIVE only then."""
+        """Whether a replica (Litestream) is attached: opened with `replicated=True`, or
+        Litestream's tables are in the file. Checkpoints are PASSIVE only then."""
     def integrity_check(self, quick: bool = False) -> list[str]:
-        """``["ok"]`` or the problems found."""
+        """`PRAGMA integrity_check` (or `quick_check`): `["ok"]` or the problems found."""
     def backup(self, dest: _Path | None = None) -> str:
-        """An online backup into the new file ``dest`` (a str, bytes or os.PathLike, named
-        byte for byte as ``connect`` names files; refused if it exists); without ``dest``,
-        beside the database under a unique name. Returns the path (``os.fsdecode``'s str)."""
+        """An online backup into the new file `dest` (a str, bytes or os.PathLike, named byte
+        for byte as `connect` names files; refused if anything exists there); without
+        `dest`, beside the database under a fresh unique name. Returns the path (a str, as
+        `os.fsdecode` gives it)."""
     def start_maintenance(
         self,
         interval_s: float = 300.0,
@@ -623,7 +663,10 @@ class Database:
         checkpoint: bool = True,
         on_cycle: Callable[[CycleReport], object] | None = None,
     ) -> None:
-        """Starts the background maintenance thread (retention, incremental vacuum,
-        checkpoint every ``interval_s`` seconds)."""
+        """Starts the background maintenance thread: retention, incremental vacuum and a
+        WAL checkpoint every `interval_s` seconds. `on_cycle(report: dict)` is called
+        after each cycle (from the maintenance thread).
+        `retention_days` and `vacuum_pages` default to 30 and 1000 when omitted; None
+        turns retention off and frees every free page."""
     def stop_maintenance(self) -> None:
-        """Stops the maintenance thread; a no-op if none runs."""
+        """Stops the maintenance thread (waiting for a running cycle); a no-op if none runs."""

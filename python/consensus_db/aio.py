@@ -515,11 +515,11 @@ class AsyncStore:
 
     # ---- the list: every other operation, generated from its sync form ----------------------
     # Writes the engine takes without a thread: submitted to the write lane.
-    record_agent_spawn = _lane(_core.Database.record_agent_spawn_async, _core.Database.record_agent_spawn)
+    record_agent_spawn = _lane(_core.Database._record_agent_spawn_async, _core.Database.record_agent_spawn)
     record_agent_completion = _lane(
-        _core.Database.record_agent_completion_async, _core.Database.record_agent_completion
+        _core.Database._record_agent_completion_async, _core.Database.record_agent_completion
     )
-    store_artifact = _lane(_core.Database.store_artifact_async, _core.Database.store_artifact)
+    store_artifact = _lane(_core.Database._store_artifact_async, _core.Database.store_artifact)
     # Everything else: on a thread of the store's executor.
     get_agent_spawn_info = _threaded(Store.get_agent_spawn_info)
     get_agent_route = _threaded(Store.get_agent_route)
@@ -562,7 +562,4 @@ NOT_MIRRORED = {
     "schema_version": "a property that reads the file: AsyncStore.get_schema_version()",
     "reader_stats": "in-memory counters, no I/O: a plain method",
     "lane_stats": "in-memory counters, no I/O: a plain method",
-    "record_agent_spawn_async": "the lane entry point AsyncStore.record_agent_spawn uses",
-    "record_agent_completion_async": "the lane entry point AsyncStore.record_agent_completion uses",
-    "store_artifact_async": "the lane entry point AsyncStore.store_artifact uses",
 }

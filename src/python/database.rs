@@ -1021,7 +1021,8 @@ impl PyDatabase {
     /// `record_agent_spawn` without waiting: the arguments are checked now (an error is
     /// raised here); the result (None) or the error goes to `on_done(value, error)`,
     /// called by the thread that commits the write. No retry.
-    #[pyo3(signature = (on_done, agent_id, spec_id, stage, phase_type, agent_name, run_id=None, branch_id=None))]
+    #[pyo3(name = "_record_agent_spawn_async",
+           signature = (on_done, agent_id, spec_id, stage, phase_type, agent_name, run_id=None, branch_id=None))]
     #[allow(clippy::too_many_arguments)]
     fn record_agent_spawn_async(
         &self,
@@ -1049,7 +1050,8 @@ impl PyDatabase {
         Ok(())
     }
 
-    /// `record_agent_completion` without waiting (see `record_agent_spawn_async`).
+    /// `record_agent_completion` without waiting (see `_record_agent_spawn_async`).
+    #[pyo3(name = "_record_agent_completion_async")]
     fn record_agent_completion_async(
         &self,
         on_done: &Bound<'_, PyAny>,
@@ -1225,9 +1227,10 @@ impl PyDatabase {
         run(py, || self.inner.store_artifact(&artifact))
     }
 
-    /// `store_artifact` without waiting (see `record_agent_spawn_async`): the id goes
+    /// `store_artifact` without waiting (see `_record_agent_spawn_async`): the id goes
     /// to `on_done(id, None)`.
-    #[pyo3(signature = (on_done, spec_id, stage, agent_name, content_json, *, response_text=None, run_id=None, model_version=None))]
+    #[pyo3(name = "_store_artifact_async",
+           signature = (on_done, spec_id, stage, agent_name, content_json, *, response_text=None, run_id=None, model_version=None))]
     #[allow(clippy::too_many_arguments)]
     fn store_artifact_async(
         &self,
