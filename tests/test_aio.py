@@ -143,14 +143,13 @@ def test_writes_racing_close_commit_or_raise_closed_error(store_target):
     assert committed == sum(o is None for o in outcomes)
 
 
-def test_a_submitted_write_that_meets_another_process_lock_is_retried_by_policy(db_path):
+def test_a_submitted_write_that_meets_another_process_lock_is_retried_by_policy(backend):
     import time
-
-    from test_retry import hold_lock
 
     from consensus_db.retry import RetryPolicy
 
-    consensus_db.connect(db_path).close()
+    backend.connect().close()
+    target, busy = backend.busy(50)
     slept = []
 
     def sleeper(delay):  # the other process must let go: wait for real, briefly
@@ -160,8 +159,8 @@ def test_a_submitted_write_that_meets_another_process_lock_is_retried_by_policy(
     policy = RetryPolicy(max_attempts=20, initial_delay=0.1, max_delay=0.3, jitter=False, sleep=sleeper)
 
     async def main():
-        async with await aio.connect(db_path, pragmas={"busy_timeout": 50}, retry=policy) as db:
-            holder = hold_lock(db_path, 1.0)
+        async with await aio.connect(target, **busy, retry=policy) as db:
+            holder = backend.hold_lock(1.0)
             try:
                 artifact_id = await db.store_artifact("S", "plan", "gemini", {"ok": True})
             finally:
@@ -170,4 +169,4 @@ def test_a_submitted_write_that_meets_another_process_lock_is_retried_by_policy(
 
     artifact_id, ids, retries = asyncio.run(main())
     assert ids == [artifact_id]
-    assert slept and retries == len(slept), "the lane's busy BEGIN should have been retried by the engine's policy"
+    assert slept and retries == len(slept), "the busy write (SQLite: the lane's BEGIN) should have been retried by the engine's policy"
