@@ -65,6 +65,7 @@ def _threads() -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
 
 
+# SQLite only: the write lane's groups; PostgreSQL calls run on the executor's threads.
 def test_a_gather_of_many_writes_holds_no_thread_per_write_and_groups(db_path):
     async def main():
         async with await aio.connect(db_path, pool_size=4) as db:
@@ -107,6 +108,7 @@ def test_async_write_errors_keep_their_types(store_target):
     assert isinstance(results[0], int) and isinstance(results[1], consensus_db.InvalidInputError)
 
 
+# SQLite only: a write submitted to the lane cannot be recalled; on PostgreSQL a queued call never runs.
 def test_a_cancelled_submitted_write_has_a_known_outcome(db_path):
     async def main():
         async with await aio.connect(db_path) as db:
