@@ -94,7 +94,8 @@ def test_a_store_used_after_fork_raises_in_the_child(db, backend):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
 def test_a_forked_child_closing_the_store_leaves_the_parents_connections_alone(backend):
-    """The child's close (and its exit) must not end the connections it shares with its parent."""
+    """The child's close (and its exit) must not end the connections it shares with its
+    parent; a store the child opens itself works."""
     with backend.connect(retry=None) as db:  # no retry: a connection the child ended raises
         insert = ph(db, "INSERT INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, spawned_at) "
                         "VALUES (?, 'S', 'plan', 'quality_gate', 'g', '2026-01-01 00:00:00')")
@@ -104,6 +105,8 @@ def test_a_forked_child_closing_the_store_leaves_the_parents_connections_alone(b
             code = 0
             try:
                 db.close()
+                with backend.connect() as own:
+                    own.record_agent_spawn("child", "S", "plan", "quality_gate", "code")
             except BaseException:
                 code = 2
             os._exit(code)
@@ -112,4 +115,5 @@ def test_a_forked_child_closing_the_store_leaves_the_parents_connections_alone(b
         with db.transaction() as tx:
             tx.execute(insert, ["in-a-transaction"])
         db.record_agent_spawn("after", "S", "plan", "quality_gate", "claude")
-        assert [db.get_agent_name(a) for a in ("before", "in-a-transaction", "after")] == ["gemini", "g", "claude"]
+        names = [db.get_agent_name(a) for a in ("before", "child", "in-a-transaction", "after")]
+        assert names == ["gemini", "code", "g", "claude"]
