@@ -25,8 +25,18 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// The URL of database `postgres`, with `options` (server settings, URL-encoded) if any.
     fn url(&self, options: &str) -> String {
-        format!("postgresql://{SUPERUSER}@127.0.0.1:{}/postgres?options={options}", self.port)
+        let base = format!("postgresql://{SUPERUSER}@127.0.0.1:{}/postgres", self.port);
+        if options.is_empty() {
+            base
+        } else {
+            format!("{base}?options={options}")
+        }
+    }
+
+    fn admin(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url(""), postgres::NoTls).expect("the test server accepts")
     }
 
     /// argv run as the server's user (PostgreSQL refuses to run as root).
@@ -121,6 +131,15 @@ fn start() -> Result<Cluster, String> {
     Ok(cluster)
 }
 
+/// A server of one test's own (for settings that are server-wide), stopped when dropped.
+struct OwnCluster(Cluster);
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
 
 extern "C" fn stop_cluster_at_exit() {
@@ -158,8 +177,7 @@ static SCHEMAS: AtomicUsize = AtomicUsize::new(0);
 /// (`-c name=value`, spaces as `%20`).
 fn fresh_url(cluster: &Cluster, options: &str) -> String {
     let schema = format!("rs{}_{}", SCHEMAS.fetch_add(1, Ordering::Relaxed), std::process::id());
-    let mut admin = postgres::Client::connect(&cluster.url(""), postgres::NoTls).expect("the test server accepts");
-    admin.batch_execute(&format!("CREATE SCHEMA {schema}")).expect("create schema");
+    cluster.admin().batch_execute(&format!("CREATE SCHEMA {schema}")).expect("create schema");
     cluster.url(&format!("-csearch_path%3D{schema}{options}"))
 }
 
@@ -436,4 +454,45 @@ fn bad_input_is_a_typed_error_naming_the_argument_and_writes_nothing() {
     assert_eq!(named(PgDatabase::open(&missing, PgOptions::default()).map(drop)), "url");
     // The caller's SQL that the server refuses: an error, not a panic.
     assert!(matches!(db.query("SELEC 1", &no_params()), Err(Error::Sqlite(ref m)) if m.contains("42601")));
+}
+
+/// Sets `synchronous_standby_names` and waits until new sessions see it.
+fn require_standby(cluster: &Cluster, standby: &str) {
+    let mut admin = cluster.admin();
+    admin.batch_execute(&format!("ALTER SYSTEM SET synchronous_standby_names = '{standby}'")).unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.admin().query_one("SHOW synchronous_standby_names", &[]).unwrap().get::<_, String>(0) != standby {
+        assert!(Instant::now() < deadline, "the server did not reload its configuration");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_commit_waiting_for_a_missing_synchronous_standby_is_not_replicated_and_bounded() {
+    if cluster().is_none() {
+        return;
+    }
+    let own = OwnCluster(start().expect("a server of this test's own"));
+    let db = PgDatabase::open(&own.0.url("-cstatement_timeout%3D500"), PgOptions::default()).unwrap();
+    db.record_agent_spawn("before", "S", "plan", "quality_gate", "gemini", None).unwrap(); // no standby needed yet
+    require_standby(&own.0, "standby_that_is_gone");
+    let started = Instant::now();
+    let spawn = db.record_agent_spawn("during", "S", "plan", "quality_gate", "gemini", None);
+    assert!(matches!(spawn, Err(Error::NotReplicated(ref m)) if m.contains("synchronous standby")), "{spawn:?}");
+    let mut tx = db.begin().unwrap();
+    tx.execute_params(
+        "INSERT INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, spawned_at) \
+         VALUES ('in-a-block', 'S', 'plan', 'quality_gate', 'g', '2026-01-01 00:00:00')",
+        &no_params(),
+    )
+    .unwrap();
+    let commit = tx.commit();
+    assert!(matches!(commit, Err(Error::NotReplicated(_))), "{commit:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "bounded: {:?}", started.elapsed());
+    require_standby(&own.0, "");
+    // Both committed on the primary: "not replicated", not lost.
+    assert_eq!(db.get_agent_name("during").unwrap().as_deref(), Some("gemini"));
+    assert_eq!(db.get_agent_name("in-a-block").unwrap().as_deref(), Some("g"));
+    db.close();
 }
