@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools as _itertools
 import os
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator, Optional
@@ -209,3 +210,96 @@ def ph(db, sql: str) -> str:
         return sql
     n = _itertools.count(1)
     return "".join(f"${next(n)}" if c == "?" else c for c in sql)
+
+
+# ---- one suite, both backends, beyond the public API ------------------------------------
+# The retry, concurrency and crash suites need more than a target: a short wait on
+# another's lock that fails as BusyError, a lock held by another process, and a check
+# that the store's data is intact. `backend` gives each in its backend's own terms.
+
+HOLD_SQLITE_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+# EXCLUSIVE mode: the store's writers wait, its readers do not (as beside SQLite's WAL).
+HOLD_PG_LOCK = """
+import sys, time, consensus_db
+with consensus_db.connect(sys.argv[1]) as db, db.transaction() as tx:
+    tables = [t for (t,) in tx.query("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
+    tx.execute(f"LOCK TABLE {', '.join(tables)} IN EXCLUSIVE MODE")
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+# amcheck's checks of the store's schema: each table's heap (a row per problem found)
+# and each B-tree index against its table (a problem found raises, naming it).
+PG_HEAP_CHECK = """
+SELECT c.relname || ': ' || v.msg FROM pg_class c, public.verify_heapam(c.oid) v
+ WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r'
+"""
+PG_INDEX_CHECK = """
+SELECT count(public.bt_index_check(c.oid, true)) FROM pg_class c JOIN pg_am am ON am.oid = c.relam
+ WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'i' AND am.amname = 'btree'
+"""
+
+
+class Backend:
+    """Where a suite's store lives (``target``: a file or a fresh schema's URL) and what
+    the suite needs of it in that backend's terms."""
+
+    def __init__(self, name: str, target):
+        self.name = name
+        self.target = target
+
+    def busy(self, wait_ms: int) -> tuple:
+        """(target, connect kwargs) of a store that waits ``wait_ms`` for another's lock,
+        then fails with BusyError: SQLite's busy_timeout, PostgreSQL's lock_timeout."""
+        if self.name == "sqlite":
+            return self.target, {"pragmas": {"busy_timeout": wait_ms}}
+        return f"{self.target}%20-clock_timeout%3D{wait_ms}", {}
+
+    def connect(self, *, busy_ms: Optional[int] = None, **kwargs) -> consensus_db.Store:
+        if busy_ms is None:
+            return consensus_db.connect(self.target, **kwargs)
+        target, busy = self.busy(busy_ms)
+        return consensus_db.connect(target, **busy, **kwargs)
+
+    def hold_lock(self, seconds: float) -> "subprocess.Popen[str]":
+        """Another process holding a lock every write of the store waits for, ``seconds``
+        long from when this returns; ``wait()`` on it."""
+        code = HOLD_SQLITE_LOCK if self.name == "sqlite" else HOLD_PG_LOCK
+        proc = subprocess.Popen(python_child(code) + [str(self.target), str(seconds)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+        return proc
+
+    def integrity_check(self, db: consensus_db.Store) -> list:
+        """``["ok"]`` or the problems found: SQLite's integrity_check, amcheck's on PostgreSQL."""
+        if self.name == "sqlite":
+            return db.integrity_check()
+        problems = [problem for (problem,) in db.query(PG_HEAP_CHECK)]
+        try:
+            [(checked,)] = db.query(PG_INDEX_CHECK)
+        except consensus_db.Error as e:
+            problems.append(str(e))
+        else:
+            assert checked > 0, "the schema has no index to check"
+        return problems or ["ok"]
+
+
+@pytest.fixture(scope="session")
+def pg_amcheck(pg_cluster: Cluster) -> None:
+    pg_cluster.psql("CREATE EXTENSION IF NOT EXISTS amcheck SCHEMA public")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, tmp_path: Path) -> Backend:
+    """The backend a suite runs on, once per backend (see `Backend`)."""
+    if request.param == "sqlite":
+        return Backend("sqlite", tmp_path / "consensus.db")
+    request.getfixturevalue("pg_amcheck")
+    return Backend("postgresql", request.getfixturevalue("pg_url"))

@@ -7,7 +7,8 @@
 #      and the Python gates: ruff (lint, format), mypy --strict, stubtest, the API docs,
 #      the paths the files name (docs/check_paths.py);
 #   3. Rust: the gates (rustfmt, clippy -D warnings), then the engine's tests (no Python),
-#      over the bundled SQLite and the system one;
+#      over the bundled SQLite and the system one, and the PostgreSQL wing's (tests/postgres.rs,
+#      against a server of their own);
 #   4. the example host (examples/embed_host): Rust and Python sharing one Database,
 #      over the bundled SQLite and the system one;
 #   5. pytest against the installed wheel.
@@ -26,8 +27,10 @@ fi
 export CONSENSUS_DB_REPLICATION_TESTS=required
 
 # PostgreSQL 15 from the system packages, only if absent: the suite runs the public API
-# against both backends and starts its own clusters (tests/pg_cluster.py), so the
-# package's default cluster is not created.
+# against both backends and starts its own clusters (tests/pg_cluster.py, and
+# tests/postgres.rs for the Rust side; amcheck, which the integrity checks of the crash
+# and concurrency suites use, is in the package), so the package's default cluster is
+# not created.
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     echo "== installing postgresql-15 (system packages)"
     SUDO=""
@@ -76,6 +79,8 @@ cargo clippy --locked --all-targets --features python,postgres -- -D warnings
 
 echo "== Rust: cargo test (the engine without Python, bundled SQLite)"
 cargo test --locked
+echo "== Rust: the PostgreSQL wing (feature postgres; tests/postgres.rs starts its own PostgreSQL 15)"
+cargo test --locked --features postgres --test postgres
 echo "== Rust: the embedding API's documentation examples compile (feature python)"
 cargo test --locked --doc --features python
 

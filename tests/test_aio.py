@@ -65,6 +65,7 @@ def _threads() -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
 
 
+# SQLite only: the write lane's groups; PostgreSQL calls run on the executor's threads.
 def test_a_gather_of_many_writes_holds_no_thread_per_write_and_groups(db_path):
     async def main():
         async with await aio.connect(db_path, pool_size=4) as db:
@@ -107,6 +108,7 @@ def test_async_write_errors_keep_their_types(store_target):
     assert isinstance(results[0], int) and isinstance(results[1], consensus_db.InvalidInputError)
 
 
+# SQLite only: a write submitted to the lane cannot be recalled; on PostgreSQL a queued call never runs.
 def test_a_cancelled_submitted_write_has_a_known_outcome(db_path):
     async def main():
         async with await aio.connect(db_path) as db:
@@ -143,14 +145,13 @@ def test_writes_racing_close_commit_or_raise_closed_error(store_target):
     assert committed == sum(o is None for o in outcomes)
 
 
-def test_a_submitted_write_that_meets_another_process_lock_is_retried_by_policy(db_path):
+def test_a_submitted_write_that_meets_another_process_lock_is_retried_by_policy(backend):
     import time
-
-    from test_retry import hold_lock
 
     from consensus_db.retry import RetryPolicy
 
-    consensus_db.connect(db_path).close()
+    backend.connect().close()
+    target, busy = backend.busy(50)
     slept = []
 
     def sleeper(delay):  # the other process must let go: wait for real, briefly
@@ -160,8 +161,8 @@ def test_a_submitted_write_that_meets_another_process_lock_is_retried_by_policy(
     policy = RetryPolicy(max_attempts=20, initial_delay=0.1, max_delay=0.3, jitter=False, sleep=sleeper)
 
     async def main():
-        async with await aio.connect(db_path, pragmas={"busy_timeout": 50}, retry=policy) as db:
-            holder = hold_lock(db_path, 1.0)
+        async with await aio.connect(target, **busy, retry=policy) as db:
+            holder = backend.hold_lock(1.0)
             try:
                 artifact_id = await db.store_artifact("S", "plan", "gemini", {"ok": True})
             finally:
@@ -170,4 +171,4 @@ def test_a_submitted_write_that_meets_another_process_lock_is_retried_by_policy(
 
     artifact_id, ids, retries = asyncio.run(main())
     assert ids == [artifact_id]
-    assert slept and retries == len(slept), "the lane's busy BEGIN should have been retried by the engine's policy"
+    assert slept and retries == len(slept), "the busy write (SQLite: the lane's BEGIN) should have been retried by the engine's policy"

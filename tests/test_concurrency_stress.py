@@ -1,21 +1,22 @@
-"""Processes and threads contending for one file with a short busy_timeout: the retry
-layer absorbs every BusyError, and every acknowledged write is there."""
+"""Processes and threads contending for one store, on both backends, with a short wait
+for locks (SQLite's busy_timeout, PostgreSQL's lock_timeout): the retry layer absorbs
+every BusyError, and every acknowledged write is there."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
 
-import consensus_db
 from consensus_db.retry import RetryPolicy
 
 OPS = 150
 CHILD = """
-import sys, consensus_db
+import json, sys, consensus_db
 from consensus_db.retry import RetryPolicy
 policy = RetryPolicy(max_attempts=50, initial_delay=0.001, max_delay=0.05)
-with consensus_db.connect(sys.argv[1], pragmas={"busy_timeout": 5}, retry=policy) as db:
+with consensus_db.connect(sys.argv[1], **json.loads(sys.argv[4]), retry=policy) as db:
     for i in range(int(sys.argv[3])):
         db.store_artifact("S", "plan", sys.argv[2], {"i": i})
         db.query_artifacts("S", "plan")
@@ -23,13 +24,14 @@ with consensus_db.connect(sys.argv[1], pragmas={"busy_timeout": 5}, retry=policy
 """
 
 
-def test_processes_and_threads_contend_and_nothing_is_lost(db_path):
-    consensus_db.connect(db_path).close()
+def test_processes_and_threads_contend_and_nothing_is_lost(backend):
+    backend.connect().close()
     policy = RetryPolicy(max_attempts=50, initial_delay=0.001, max_delay=0.05)
     escaped = []
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(db_path), f"proc-{p}", str(OPS)],
+    target, busy = backend.busy(5)
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(target), f"proc-{p}", str(OPS), json.dumps(busy)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in range(3)]
-    with consensus_db.connect(db_path, pragmas={"busy_timeout": 5}, retry=policy) as db:
+    with backend.connect(busy_ms=5, retry=policy) as db:
         def worker(t: int) -> None:
             try:
                 for i in range(OPS):
@@ -49,6 +51,6 @@ def test_processes_and_threads_contend_and_nothing_is_lost(db_path):
         assert db.query("SELECT count(*) FROM agent_executions") == [(4 * OPS,)]
         assert db.query("SELECT agent_name, count(*) FROM agent_outputs GROUP BY 1 ORDER BY 1") == [
             (f"proc-{p}", OPS) for p in range(3)]
-        assert db.integrity_check() == ["ok"]
+        assert backend.integrity_check(db) == ["ok"]
     retries = policy.stats.retries + sum(int(out.strip()) for out, _ in results)
-    print(f"\nstress: {4 * OPS + 3 * OPS} writes acknowledged, {retries} busy retries absorbed")
+    print(f"\nstress ({backend.name}): {4 * OPS + 3 * OPS} writes acknowledged, {retries} busy retries absorbed")

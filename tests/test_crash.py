@@ -1,4 +1,6 @@
-"""Crashes: children killed with SIGKILL mid-write and mid-VACUUM lose nothing acknowledged."""
+"""Crashes: children killed with SIGKILL mid-write and mid-VACUUM lose nothing acknowledged,
+on both backends (on PostgreSQL the server outlives its killed client and rolls back
+whatever the client had not committed)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import sys
 import time
 
 
-import consensus_db
 
 WRITER = """
 import sys, consensus_db
@@ -46,17 +47,17 @@ def kill_after(path, code, args, n_lines, stats):
     return acked
 
 
-def test_sigkill_during_writes_loses_nothing_acknowledged(db_path):
+def test_sigkill_during_writes_loses_nothing_acknowledged(backend):
     rng = random.Random(20261124)
     stats = {"rounds_killed": 0, "acknowledged": 0}
     acknowledged = []
     for r in range(6):
-        acknowledged += kill_after(db_path, WRITER, [f"r{r}"], rng.randint(5, 400), stats)
+        acknowledged += kill_after(backend.target, WRITER, [f"r{r}"], rng.randint(5, 400), stats)
     stats["acknowledged"] = len(acknowledged)
     print(f"\ncrash test: {stats}")
     assert stats["rounds_killed"] == 6 and stats["acknowledged"] > 100
-    with consensus_db.connect(db_path) as db:
-        assert db.integrity_check() == ["ok"]
+    with backend.connect() as db:
+        assert backend.integrity_check(db) == ["ok"]
         artifacts = {a.id: a for a in db.query_artifacts("S", "plan")}
         for entry in acknowledged:
             if entry[0] == "spawn":
@@ -81,14 +82,14 @@ while True:
 """
 
 
-def test_sigkill_during_vacuum_keeps_the_data(db_path):
-    with consensus_db.connect(db_path) as db:
+def test_sigkill_during_vacuum_keeps_the_data(backend):
+    with backend.connect() as db:
         keep = db.store_artifacts([{"spec_id": "KEEP", "stage": "plan", "agent_name": f"a{i}", "content_json": {"i": i}}
                                    for i in range(200)])
     stats = {"rounds_killed": 0}
     rng = random.Random(7)
     for _ in range(3):
-        child = subprocess.Popen([sys.executable, "-c", VACUUMER, str(db_path)], stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen([sys.executable, "-c", VACUUMER, str(backend.target)], stdout=subprocess.PIPE, text=True)
         assert child.stdout.readline().strip() == "vacuum starting"
         time.sleep(rng.uniform(0.0, 0.05))  # land inside the VACUUM
         child.send_signal(signal.SIGKILL)
@@ -96,8 +97,8 @@ def test_sigkill_during_vacuum_keeps_the_data(db_path):
         stats["rounds_killed"] += child.returncode == -signal.SIGKILL
     print(f"\nvacuum crash test: {stats}")
     assert stats["rounds_killed"] == 3
-    with consensus_db.connect(db_path) as db:
-        assert db.integrity_check() == ["ok"]
+    with backend.connect() as db:
+        assert backend.integrity_check(db) == ["ok"]
         got = db.query_artifacts("KEEP", "plan", order="oldest")
         assert [a.id for a in got] == keep
         assert [a.content() for a in got] == [{"i": i} for i in range(200)]

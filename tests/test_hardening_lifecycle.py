@@ -23,6 +23,7 @@ from typing import Callable
 import pytest
 
 import consensus_db
+from conftest import ph
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; forks")
 
@@ -275,13 +276,14 @@ def test_a_multiprocessing_fork_worker_opens_a_store(tmp_path):
         assert a.integrity_check() == ["ok"]
 
 
-def test_a_transaction_and_savepoint_from_before_fork_refuse_to_run_in_the_child(db_path):
-    db = consensus_db.connect(db_path)
-    insert = "INSERT INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, spawned_at) VALUES (?, 'S', 'plan', 'regular_stage', 'x', '2026-01-01 00:00:00')"
-    with db.transaction("immediate") as tx:
+def test_a_transaction_and_savepoint_from_before_fork_refuse_to_run_in_the_child(backend):
+    db = backend.connect()
+    insert = ph(db, "INSERT INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, spawned_at) VALUES (?, 'S', 'plan', 'regular_stage', 'x', '2026-01-01 00:00:00')")
+    mode = "immediate" if backend.name == "sqlite" else "deferred"  # PostgreSQL has no SQLite locking modes
+    with db.transaction(mode) as tx:
         tx.execute(insert, ["parent-1"])
         savepoint = tx.savepoint()
-        unused = db.transaction("immediate")
+        unused = db.transaction(mode)
 
         def child() -> None:
             uses = {
@@ -312,9 +314,9 @@ def test_a_transaction_and_savepoint_from_before_fork_refuse_to_run_in_the_child
             tx.execute(insert, ["parent-3"])
     ids = db.query("SELECT agent_id FROM agent_executions ORDER BY agent_id")
     assert ids == [("parent-1",), ("parent-2",), ("parent-3",)]
-    assert db.integrity_check() == ["ok"]
+    assert backend.integrity_check(db) == ["ok"]
     db.close()
-    with consensus_db.connect(db_path) as again:
+    with backend.connect() as again:
         assert again.query("SELECT agent_id FROM agent_executions ORDER BY agent_id") == ids
 
 

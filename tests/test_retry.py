@@ -7,8 +7,6 @@ import logging
 import random
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
 
 import pytest
@@ -24,6 +22,7 @@ from consensus_db.retry import (
     retry,
     retry_after,
 )
+from conftest import Backend
 
 
 class HTTPError(Exception):
@@ -369,25 +368,17 @@ def test_breaker_as_async_decorator():
     asyncio.run(main())
 
 
-HOLD_EXCLUSIVE = """
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-conn.execute("COMMIT")
-"""
+def sqlite_lock(path, seconds):
+    """Another process holding SQLite's EXCLUSIVE lock on ``path`` (for SQLite-only tests)."""
+    return Backend("sqlite", path).hold_lock(seconds)
 
 
-def hold_lock(path, seconds):
-    proc = subprocess.Popen([sys.executable, "-c", HOLD_EXCLUSIVE, str(path), str(seconds)],
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
+# The store's retries over a real lock held by another process: on SQLite a write meets
+# `busy_timeout`, on PostgreSQL `lock_timeout` (conftest.Backend), both a BusyError.
 
 
-def test_store_writes_retry_through_a_lock_held_by_another_process(db_path):
-    consensus_db.connect(db_path).close()
+def test_store_writes_retry_through_a_lock_held_by_another_process(backend):
+    backend.connect().close()
     slept = []
 
     def sleeper(delay):  # real waiting is the point here: the other process must let go
@@ -395,8 +386,8 @@ def test_store_writes_retry_through_a_lock_held_by_another_process(db_path):
         time.sleep(delay)
 
     policy = RetryPolicy(max_attempts=20, initial_delay=0.1, max_delay=0.3, jitter=False, sleep=sleeper)
-    with consensus_db.connect(db_path, pragmas={"busy_timeout": 50}, retry=policy) as db:
-        holder = hold_lock(db_path, 1.0)
+    with backend.connect(busy_ms=50, retry=policy) as db:
+        holder = backend.hold_lock(1.0)
         try:
             artifact_id = db.store_artifact("S", "plan", "gemini", {"ok": True})
         finally:
@@ -405,10 +396,10 @@ def test_store_writes_retry_through_a_lock_held_by_another_process(db_path):
         assert [a.id for a in db.query_artifacts("S", "plan")] == [artifact_id]
 
 
-def test_without_retry_the_busy_error_is_retryable(db_path):
-    consensus_db.connect(db_path).close()
-    with consensus_db.connect(db_path, pragmas={"busy_timeout": 50}, retry=None) as db:
-        holder = hold_lock(db_path, 1.0)
+def test_without_retry_the_busy_error_is_retryable(backend):
+    backend.connect().close()
+    with backend.connect(busy_ms=50, retry=None) as db:
+        holder = backend.hold_lock(1.0)
         try:
             with pytest.raises(consensus_db.BusyError) as err:
                 db.store_artifact("S", "plan", "gemini", {"ok": True})
@@ -418,8 +409,8 @@ def test_without_retry_the_busy_error_is_retryable(db_path):
         assert db.query_artifacts("S", "plan") == []
 
 
-def test_store_retries_in_the_engine_and_the_hook_hears_the_operation(db_path):
-    consensus_db.connect(db_path).close()
+def test_store_retries_in_the_engine_and_the_hook_hears_the_operation(backend):
+    backend.connect().close()
     slept, seen = [], []
 
     def sleeper(delay):  # the other process must let go: wait for real, briefly
@@ -428,9 +419,9 @@ def test_store_retries_in_the_engine_and_the_hook_hears_the_operation(db_path):
 
     policy = RetryPolicy(max_attempts=40, initial_delay=0.05, max_delay=0.1, jitter=False, sleep=sleeper,
                          on_retry=lambda op, attempt, delay, exc: seen.append((op, attempt, type(exc))))
-    with consensus_db.connect(db_path, pragmas={"busy_timeout": 20}, retry=policy) as db:
+    with backend.connect(busy_ms=20, retry=policy) as db:
         assert db.retry_count == 0
-        holder = hold_lock(db_path, 0.5)
+        holder = backend.hold_lock(0.5)
         try:
             db.record_agent_spawn("a1", "S", "plan", "quality_gate", "gemini")
         finally:
@@ -443,13 +434,14 @@ def test_store_retries_in_the_engine_and_the_hook_hears_the_operation(db_path):
     assert not hasattr(consensus_db.Store, "_write")  # no per-method Python wrappers
 
 
+# SQLite only: a transaction's BEGIN IMMEDIATE waits for the file's lock; PostgreSQL's BEGIN takes none.
 def test_three_argument_on_retry_gets_the_operation_on_the_error(db_path):
     consensus_db.connect(db_path).close()
     seen = []
     policy = RetryPolicy(max_attempts=40, initial_delay=0.05, max_delay=0.1, jitter=False, sleep=time.sleep,
                          on_retry=lambda attempt, delay, exc: seen.append(exc.operation))
     with consensus_db.connect(db_path, pragmas={"busy_timeout": 20}, retry=policy) as db:
-        holder = hold_lock(db_path, 0.4)
+        holder = sqlite_lock(db_path, 0.4)
         try:
             with db.transaction() as tx:
                 tx.execute("DELETE FROM agent_executions")
@@ -466,12 +458,13 @@ def legacy_file(path):
     conn.close()
 
 
+# SQLite only: a rollback-journal file's bootstrap; PostgreSQL's migrations wait on an advisory lock.
 def test_opening_retries_a_busy_bootstrap(db_path, caplog):
     legacy_file(db_path)  # rollback journal: the holder's EXCLUSIVE lock blocks readers too
     seen = []
     policy = RetryPolicy(max_attempts=40, initial_delay=0.05, max_delay=0.1, jitter=False, sleep=time.sleep,
                          on_retry=lambda op, attempt, delay, exc: seen.append(op))
-    holder = hold_lock(db_path, 0.4)
+    holder = sqlite_lock(db_path, 0.4)
     try:
         with caplog.at_level(logging.WARNING, logger="consensus_db"):
             db = consensus_db.connect(db_path, pragmas={"busy_timeout": 20}, retry=policy)
@@ -483,6 +476,8 @@ def test_opening_retries_a_busy_bootstrap(db_path, caplog):
     assert any(r.name == "consensus_db.retry" and "open" in r.getMessage() for r in caplog.records)
 
 
+# SQLite only: a junk file and a file's auto_vacuum (PostgreSQL's refused credentials:
+# test_pg_connections.py).
 def test_opening_does_not_retry_what_no_retry_can_fix(tmp_path, db_path):
     slept = []
     policy = RetryPolicy(max_attempts=10, jitter=False, sleep=slept.append)
@@ -498,15 +493,16 @@ def test_opening_does_not_retry_what_no_retry_can_fix(tmp_path, db_path):
     assert slept == []
 
 
-def test_retry_none_does_not_retry_and_counts_nothing(db_path):
-    consensus_db.connect(db_path).close()
-    with consensus_db.connect(db_path, pragmas={"busy_timeout": 20}, retry=None) as db:
-        holder = hold_lock(db_path, 0.5)
+def test_retry_none_does_not_retry_and_counts_nothing(backend):
+    backend.connect().close()
+    with backend.connect(busy_ms=20, retry=None) as db:
+        holder = backend.hold_lock(0.5)
         try:
             with pytest.raises(consensus_db.BusyError):
                 db.record_agent_spawn("a1", "S", "plan", "quality_gate", "gemini")
-            with pytest.raises(consensus_db.BusyError):
-                db.transaction().__enter__()
+            if backend.name == "sqlite":  # BEGIN IMMEDIATE waits for the lock; PostgreSQL's BEGIN takes none
+                with pytest.raises(consensus_db.BusyError):
+                    db.transaction().__enter__()
         finally:
             holder.wait(timeout=30)
         assert db.retry_count == 0

@@ -7,6 +7,11 @@
 //! COMMITs (`deadline.rs`), so nothing waits forever. A COMMIT whose wait for a
 //! synchronous standby is cancelled still commits on the primary: the server says so
 //! only in a WARNING, which the session keeps ([`Session::unreplicated`]).
+//!
+//! A connection never crosses a `fork()`: the child shares its parent's sockets. In a
+//! forked child a checkout (and a transaction begun before the fork) is
+//! [`Error::Forked`], and the inherited connections are leaked, never closed (closing
+//! one would send the server a Terminate on the parent's connection).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -19,6 +24,7 @@ use postgres::{Client, Config, NoTls, Statement};
 
 use super::map_error;
 use crate::error::{Error, Result};
+use crate::sqlite::fork::Origin;
 
 /// One connection and the statements prepared on it.
 pub struct Session {
@@ -112,6 +118,8 @@ struct State {
 pub struct PgPool(Arc<Inner>);
 
 pub struct Inner {
+    /// The process the connections belong to.
+    origin: Origin,
     config: Config,
     max: u32,
     timeout: Duration,
@@ -146,6 +154,7 @@ impl PgPool {
             config.options(&options);
         }
         Ok(PgPool(Arc::new(Inner {
+            origin: Origin::here(),
             config,
             max: max.max(1),
             timeout,
@@ -174,7 +183,7 @@ impl PgPool {
             state.open -= idle.len() as u32;
             idle
         };
-        drop(idle);
+        self.0.retire(idle);
         self.0.freed.notify_all();
     }
 
@@ -189,6 +198,7 @@ impl Inner {
     /// A connection: an idle one, a new one while under the size, or the first freed
     /// within the checkout timeout.
     fn get(&self, me: &Arc<Inner>) -> Result<Pooled> {
+        self.origin.check()?;
         let deadline = Instant::now() + self.timeout;
         let mut state = self.state.lock();
         loop {
@@ -253,13 +263,28 @@ impl Inner {
 
     fn put(&self, session: Session) {
         let mut state = self.state.lock();
-        if state.closed {
+        if state.closed || self.origin.check().is_err() {
             state.open -= 1;
+            drop(state);
+            self.retire([session]);
         } else {
             state.idle.push(session);
+            drop(state);
         }
-        drop(state);
         self.freed.notify_one();
+    }
+
+    /// Closes connections no longer pooled; in a forked child, leaks them instead (their
+    /// sockets are the parent's too).
+    fn retire(&self, sessions: impl IntoIterator<Item = Session>) {
+        let forked = self.origin.check().is_err();
+        for session in sessions {
+            if forked {
+                std::mem::forget(session);
+            } else {
+                drop(session);
+            }
+        }
     }
 
     /// Closes the idle connections; checked-out ones close when returned. Idempotent.
@@ -271,8 +296,15 @@ impl Inner {
             state.open -= idle.len() as u32;
             idle
         };
-        drop(idle);
+        self.retire(idle);
         self.freed.notify_all();
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.state.get_mut().idle);
+        self.retire(idle);
     }
 }
 
@@ -325,10 +357,17 @@ impl Pooled {
         self.session.as_mut().expect("a pooled connection is present until dropped")
     }
 
+    /// [`Error::Forked`] in a process forked after the checkout: the connection is the
+    /// parent's, nothing may be sent on it.
+    pub fn check_origin(&self) -> Result<()> {
+        self.pool.origin.check()
+    }
+
     /// Drops the connection instead of returning it (it is broken).
     pub fn discard(&mut self) {
-        if self.session.take().is_some() {
+        if let Some(session) = self.session.take() {
             self.pool.release_slot();
+            self.pool.retire([session]);
         }
     }
 }

@@ -26,7 +26,10 @@ impl PgTx {
 
     fn session(&mut self) -> Result<&mut Session> {
         match self.conn.as_mut() {
-            Some(c) => Ok(c.session()),
+            Some(c) => {
+                c.check_origin()?;
+                Ok(c.session())
+            }
             None => Err(Error::Transaction("the transaction has ended".into())),
         }
     }
@@ -108,6 +111,7 @@ impl PgTx {
         let Some(mut conn) = self.conn.take() else {
             return Err(Error::Transaction("the transaction has ended".into()));
         };
+        conn.check_origin()?;
         let (committed, cancelled) =
             conn.session().bounded(true, "COMMIT", |s| Ok(s.client.batch_execute("COMMIT")?));
         if cancelled {
@@ -127,6 +131,7 @@ impl PgTx {
 
     pub fn rollback(mut self) -> Result<()> {
         if let Some(mut conn) = self.conn.take() {
+            conn.check_origin()?;
             if let Err(e) = conn.session().client.batch_execute("ROLLBACK") {
                 conn.discard();
                 return match map_error(&e) {
@@ -143,7 +148,8 @@ impl PgTx {
 impl Drop for PgTx {
     fn drop(&mut self) {
         if let Some(mut conn) = self.conn.take() {
-            if conn.session().client.batch_execute("ROLLBACK").is_err() {
+            // In a forked child the transaction is the parent's: left alone, not rolled back.
+            if conn.check_origin().is_ok() && conn.session().client.batch_execute("ROLLBACK").is_err() {
                 conn.discard();
             }
         }
