@@ -403,7 +403,7 @@ impl Backend for AnyDatabase {
 
 /// An open transaction on either backend (`AnyDatabase::begin`).
 pub enum AnyTx {
-    Sqlite(crate::transaction::Tx),
+    Sqlite(crate::sqlite::transaction::Tx),
     #[cfg(feature = "postgres")]
     Postgres(crate::postgres::PgTx),
 }
@@ -412,7 +412,7 @@ type Rows = Vec<Vec<rusqlite::types::Value>>;
 
 impl AnyDatabase {
     /// A transaction: SQLite's with `behavior`; PostgreSQL's `BEGIN` (READ COMMITTED).
-    pub fn begin(&self, behavior: crate::transaction::Behavior) -> Result<AnyTx> {
+    pub fn begin(&self, behavior: crate::sqlite::transaction::Behavior) -> Result<AnyTx> {
         match self {
             AnyDatabase::Sqlite(db) => db.begin(behavior).map(AnyTx::Sqlite),
             #[cfg(feature = "postgres")]
@@ -430,19 +430,23 @@ impl AnyTx {
         }
     }
 
-    pub fn execute_params(&mut self, sql: &str, params: &crate::transaction::Params) -> Result<usize> {
+    pub fn execute_params(&mut self, sql: &str, params: &crate::sqlite::transaction::Params) -> Result<usize> {
         dispatch_tx!(self, tx => tx.execute_params(sql, params))
     }
 
-    pub fn execute_many_params(&mut self, sql: &str, rows: &[crate::transaction::Params]) -> Result<usize> {
+    pub fn execute_many_params(&mut self, sql: &str, rows: &[crate::sqlite::transaction::Params]) -> Result<usize> {
         dispatch_tx!(self, tx => tx.execute_many_params(sql, rows))
     }
 
-    pub fn query_params(&mut self, sql: &str, params: &crate::transaction::Params) -> Result<Rows> {
+    pub fn query_params(&mut self, sql: &str, params: &crate::sqlite::transaction::Params) -> Result<Rows> {
         dispatch_tx!(self, tx => tx.query_params(sql, params))
     }
 
-    pub fn query_columns(&mut self, sql: &str, params: &crate::transaction::Params) -> Result<(Vec<String>, Rows)> {
+    pub fn query_columns(
+        &mut self,
+        sql: &str,
+        params: &crate::sqlite::transaction::Params,
+    ) -> Result<(Vec<String>, Rows)> {
         dispatch_tx!(self, tx => tx.query_columns(sql, params))
     }
 

@@ -47,31 +47,22 @@ pub mod python;
 #[cfg(feature = "python")]
 pub mod embed;
 
-// The engine's modules at the paths they had before the SQLite wing was cut out.
-pub use sqlite::mutex as sqlite_mutex;
 pub use sqlite::retry::{Clock, RetryEvent, RetryPolicy, SystemClock};
-pub use sqlite::{backup, legacy_rows, maintenance, migrations, pool, pragmas, schema, transaction};
-
-/// `consensus_db::db`, as before: the store's `Database` and the engine's options.
-pub mod db {
-    pub use crate::sqlite::database::{Conn, OpenReport, Options, Pool};
-    pub use crate::store::Database;
-}
 
 pub use backend::{AnyDatabase, Backend};
 pub use cursor::Page;
 pub use error::{Error, Result};
-pub use maintenance::{CycleReport, Health, MaintenanceOptions, Stats, VacuumReport};
 pub use model::{
     AgentExecution, AgentRoute, Artifact, ExtractionFailure, LatencySummary, NewArtifact, NewSynthesis, ReaderCounts,
     SchemaGroup, SchemaMismatch, SchemaReport, Synthesis,
 };
-pub use pool::{R2d2Pool, StoreManager};
-pub use pragmas::{Pragmas, VerifiedPragmas};
-pub use schema::Shape;
 pub use sqlite::database::{OpenReport, Options};
+pub use sqlite::maintenance::{CycleReport, Health, MaintenanceOptions, Stats, VacuumReport};
+pub use sqlite::pool::{R2d2Pool, StoreManager};
+pub use sqlite::pragmas::{Pragmas, VerifiedPragmas};
 pub use sqlite::replica::{self, Checkpoint, CheckpointMode};
+pub use sqlite::schema::Shape;
+pub use sqlite::transaction::{Behavior, Params, Tx};
 pub use sqlite::writer::{self, LaneStats};
 pub use store::{Database, NewSpawn};
 pub use store::{ReadMode, WriteMode};
-pub use transaction::{Behavior, Params, Tx};

@@ -115,7 +115,7 @@ fn closed_and_future_databases_are_refused() {
 fn sqlite_runs_on_spinning_mutexes_under_concurrent_reads_and_writes() {
     let dir = tempfile::tempdir().unwrap();
     let db = Arc::new(open(&dir));
-    assert!(consensus_db::sqlite_mutex::installed(), "SQLite kept its own mutexes");
+    assert!(consensus_db::sqlite::mutex::installed(), "SQLite kept its own mutexes");
     let threads = 4;
     let per_thread = 150;
     let barrier = Arc::new(Barrier::new(threads));

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use consensus_db::pool::{r2d2, r2d2_sqlite::SqliteConnectionManager};
+use consensus_db::sqlite::pool::{r2d2, r2d2_sqlite::SqliteConnectionManager};
 use consensus_db::{Behavior, Database, Error, Options, Pragmas, VerifiedPragmas};
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {

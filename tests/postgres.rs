@@ -233,7 +233,7 @@ fn opening_migrates_once_and_an_unmigrated_database_is_refused_without_migrate()
         assert_eq!(db.layout_revision().unwrap(), PG_LAYOUT);
     }
     let db = open(&url);
-    assert_eq!(db.migrate().unwrap(), consensus_db::migrations::LATEST_VERSION);
+    assert_eq!(db.migrate().unwrap(), consensus_db::sqlite::migrations::LATEST_VERSION);
     let revisions = db.query("SELECT key, value FROM consensus_db_meta ORDER BY key", &no_params()).unwrap();
     let revisions: Vec<(String, i64)> = revisions.iter().map(|r| (text(&r[0]).to_owned(), integer(&r[1]))).collect();
     assert_eq!(revisions, [("pg_layout".to_owned(), 1), ("pg_revision".to_owned(), PG_LAYOUT)]);

@@ -4,7 +4,7 @@
 //! that is detected and reported, and the store still works (on SQLite's own mutexes).
 #![cfg(feature = "system-sqlite")]
 
-use consensus_db::sqlite_mutex::{self, Setup};
+use consensus_db::sqlite::mutex::{self as sqlite_mutex, Setup};
 use consensus_db::{Database, Options};
 
 #[test]

@@ -5,8 +5,8 @@
 
 use super::PgDatabase;
 use crate::error::Result;
-use crate::maintenance::{CycleReport, MaintenanceOptions};
 use crate::sqlite::maintenance::Maintenance;
+use crate::sqlite::maintenance::{CycleReport, MaintenanceOptions};
 
 /// The PostgreSQL store's maintenance thread (the SQLite store's, with its own cycle).
 pub(crate) type PgMaintenance = Maintenance;

@@ -268,7 +268,7 @@ impl PgDatabase {
 
     /// Starts the background maintenance thread (replacing a running one): retention,
     /// then `VACUUM (ANALYZE)`, every `interval`.
-    pub fn start_maintenance(&self, options: crate::maintenance::MaintenanceOptions) -> Result<()> {
+    pub fn start_maintenance(&self, options: crate::sqlite::maintenance::MaintenanceOptions) -> Result<()> {
         self.writable("maintenance")?;
         options.validate()?;
         if self.pool.is_closed() {
@@ -417,13 +417,17 @@ impl PgDatabase {
     }
 
     /// Runs one statement of the backend's own SQL in its own transaction.
-    pub fn execute(&self, sql: &str, params: &crate::transaction::Params) -> Result<usize> {
+    pub fn execute(&self, sql: &str, params: &crate::sqlite::transaction::Params) -> Result<usize> {
         self.writable("execute")?;
         self.run("execute", Kind::Once, |c| tx::execute(c, sql, params))
     }
 
     /// Runs a query of the backend's own SQL; rows as SQLite-like values.
-    pub fn query(&self, sql: &str, params: &crate::transaction::Params) -> Result<Vec<Vec<rusqlite::types::Value>>> {
+    pub fn query(
+        &self,
+        sql: &str,
+        params: &crate::sqlite::transaction::Params,
+    ) -> Result<Vec<Vec<rusqlite::types::Value>>> {
         // Any statement can write (a volatile function in a SELECT, INSERT … RETURNING):
         // the caller's SQL is never repeated after it was sent.
         self.run("query", Kind::Once, |c| tx::query(c, sql, params))
@@ -433,14 +437,14 @@ impl PgDatabase {
     pub fn query_columns(
         &self,
         sql: &str,
-        params: &crate::transaction::Params,
+        params: &crate::sqlite::transaction::Params,
     ) -> Result<(Vec<String>, Vec<Vec<rusqlite::types::Value>>)> {
         self.run("query", Kind::Once, |c| tx::query_columns(c, sql, params))
     }
 
     pub fn schema_version(&self) -> Result<i64> {
         // No legacy tables, ever: the equivalent of SQLite's version 2.
-        Ok(crate::migrations::LATEST_VERSION)
+        Ok(crate::sqlite::migrations::LATEST_VERSION)
     }
 
     pub fn layout_revision(&self) -> Result<i64> {

@@ -8,8 +8,8 @@ use rusqlite::types::Value;
 use super::map_error;
 use super::pool::{Pooled, Session};
 use crate::error::{Error, Result};
+use crate::sqlite::transaction::Params;
 use crate::statement::{self, Dialect};
-use crate::transaction::Params;
 
 /// An open transaction on one pooled connection; dropped without `commit`, it rolls back.
 pub struct PgTx {

@@ -11,7 +11,7 @@ use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyMapping, PyString, PyTuple}
 use rusqlite::types::Value;
 
 use crate::error::Error;
-use crate::transaction::Params;
+use crate::sqlite::transaction::Params;
 
 /// SQLite's longest string or blob (SQLITE_MAX_LENGTH, not changed in the bundled build).
 pub const MAX_LENGTH: usize = 1_000_000_000;

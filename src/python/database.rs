@@ -18,12 +18,12 @@ use super::transaction::PyTransaction;
 use crate::backend::{AnyDatabase, Backend};
 use crate::cursor::Page;
 use crate::error::Error;
-use crate::maintenance::{CycleReport, MaintenanceOptions, Progress, Stats, DEFAULT_VACUUM_THRESHOLD};
-use crate::migrations;
 use crate::model::{AgentExecution, Artifact, ExtractionFailure, NewArtifact, NewSynthesis, ReaderCounts, Synthesis};
+use crate::sqlite::maintenance::{CycleReport, MaintenanceOptions, Progress, Stats, DEFAULT_VACUUM_THRESHOLD};
+use crate::sqlite::migrations;
 use crate::sqlite::replica::CheckpointMode;
 use crate::sqlite::retry::{Clock, RetryEvent, RetryPolicy};
-use crate::transaction::Behavior;
+use crate::sqlite::transaction::Behavior;
 use crate::{Database, Options, Pragmas, ReadMode, WriteMode};
 
 #[pyclass(frozen, subclass, module = "consensus_db", name = "Database")]
@@ -1425,7 +1425,7 @@ impl PyDatabase {
             d.set_item("rows_estimated", &h.estimated)?;
             d.set_item("database_size", h.database_size)?;
             d.set_item("server_version", &h.server_version)?;
-            d.set_item("schema_version", crate::migrations::LATEST_VERSION)?;
+            d.set_item("schema_version", crate::sqlite::migrations::LATEST_VERSION)?;
             d.set_item("layout_revision", h.layout)?;
             d.set_item("shape", "postgresql")?;
             // PostgreSQL's autovacuum reclaims space; there is no free-page threshold.
@@ -1596,7 +1596,7 @@ impl PyDatabase {
                         e.write_unraisable(py, None);
                     }
                 });
-            }) as crate::maintenance::CycleHook
+            }) as crate::sqlite::maintenance::CycleHook
         });
         let options = MaintenanceOptions { interval, retention_days, vacuum_pages, checkpoint, on_cycle };
         run(py, || match self.pg() {

@@ -43,7 +43,7 @@ fn sqlite_version() -> &'static str {
 /// (version, description) of every known migration, in order.
 #[pyfunction]
 fn migrations() -> Vec<(i64, &'static str)> {
-    crate::migrations::list()
+    crate::sqlite::migrations::list()
 }
 
 /// A PostgreSQL URL (or `key=value` connection string) with every secret masked:
@@ -62,11 +62,11 @@ pub(crate) fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // SQLite's process-wide settings as the module loads, before any connection of
     // this library: the earliest point at which another user of a shared (system)
     // SQLite can have got there first — said as a RuntimeWarning.
-    if crate::sqlite::mutex::configure_sqlite() == crate::sqlite_mutex::Setup::AlreadyInitialised
+    if crate::sqlite::mutex::configure_sqlite() == crate::sqlite::mutex::Setup::AlreadyInitialised
         && cfg!(feature = "system-sqlite")
     {
         let py = m.py();
-        let message = std::ffi::CString::new(crate::sqlite_mutex::ALREADY_INITIALISED).unwrap_or_default();
+        let message = std::ffi::CString::new(crate::sqlite::mutex::ALREADY_INITIALISED).unwrap_or_default();
         PyErr::warn(py, &py.get_type::<pyo3::exceptions::PyRuntimeWarning>(), &message, 1)?;
     }
     m.add_class::<database::PyDatabase>()?;
@@ -80,9 +80,9 @@ pub(crate) fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(migrations, m)?)?;
     m.add_function(wrap_pyfunction!(redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
-    m.add("LEGACY_SCHEMA_SQL", crate::migrations::LEGACY_SCHEMA_SQL)?;
-    m.add("DEFAULT_SCHEMA_VERSION", crate::migrations::DEFAULT_VERSION)?;
-    m.add("LATEST_SCHEMA_VERSION", crate::migrations::LATEST_VERSION)?;
+    m.add("LEGACY_SCHEMA_SQL", crate::sqlite::migrations::LEGACY_SCHEMA_SQL)?;
+    m.add("DEFAULT_SCHEMA_VERSION", crate::sqlite::migrations::DEFAULT_VERSION)?;
+    m.add("LATEST_SCHEMA_VERSION", crate::sqlite::migrations::LATEST_VERSION)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("DEFAULTS", database::defaults(m.py())?)?;
     Ok(())

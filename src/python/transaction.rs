@@ -9,7 +9,7 @@ use super::convert::{rows_with_columns, text, to_params, type_name};
 use super::run;
 use crate::backend::AnyTx as Tx;
 use crate::error::Error;
-use crate::transaction::Behavior;
+use crate::sqlite::transaction::Behavior;
 
 /// `with db.transaction(behavior) as tx:` — commits when the block ends, rolls back
 /// when it raises; `tx.execute`/`tx.query` run inside it, `tx.savepoint()` nests.

@@ -224,7 +224,7 @@ impl Pragmas {
 /// gets the same guarantee:
 ///
 /// ```no_run
-/// use consensus_db::pool::{r2d2, r2d2_sqlite::SqliteConnectionManager};
+/// use consensus_db::sqlite::pool::{r2d2, r2d2_sqlite::SqliteConnectionManager};
 /// use consensus_db::{Database, Options, Pragmas, VerifiedPragmas};
 ///
 /// // The persistent pragmas are the file's: opening it once as a store sets them.

@@ -92,7 +92,7 @@ fn python_sqlite_first() -> Result<(), Box<dyn std::error::Error>> {
         warned.iter().any(|w| w.starts_with("RuntimeWarning") && w.contains("initialised by another user")),
         "no RuntimeWarning about SQLite's mutexes"
     );
-    assert_eq!(consensus_db::sqlite_mutex::setup(), consensus_db::sqlite_mutex::Setup::AlreadyInitialised);
+    assert_eq!(consensus_db::sqlite::mutex::setup(), consensus_db::sqlite::mutex::Setup::AlreadyInitialised);
     println!("embed_host --python-sqlite-first: ok");
     Ok(())
 }
@@ -110,7 +110,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "rust: opened {path}; SQLite {}; consensus-db's SQLite settings: {:?}",
         rusqlite::version(),
-        consensus_db::sqlite_mutex::setup()
+        consensus_db::sqlite::mutex::setup()
     );
 
     // A Rust reader on the same Database while Python writes.
@@ -180,7 +180,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// A host's own r2d2 pool on the store's file gets the store's verified pragmas from its
 /// customizer: every connection has every configured pragma, or none is handed out.
 fn host_r2d2_pool(path: &str, spawns: usize) -> Result<(), Box<dyn std::error::Error>> {
-    use consensus_db::pool::{r2d2, r2d2_sqlite::SqliteConnectionManager};
+    use consensus_db::sqlite::pool::{r2d2, r2d2_sqlite::SqliteConnectionManager};
     use consensus_db::{Pragmas, VerifiedPragmas};
 
     let pool = r2d2::Pool::builder()
