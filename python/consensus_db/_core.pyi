@@ -42,6 +42,7 @@ __all__ = [
     "Synthesis",
     "ExtractionFailure",
     "AgentExecution",
+    "Claim",
     "sqlite_version",
     "migrations",
     "redact_url",
@@ -129,6 +130,61 @@ class Artifact:
         """The fields as a dict."""
     def content(self) -> Any:
         """``content_json`` parsed."""
+    def __reduce__(self) -> tuple[Any, ...]: ...
+    def __eq__(self, other: object, /) -> bool: ...
+
+@final
+class Claim:
+    """A claim on a stage (``Database.claim_stage``): its owner alone may advance the
+    stage while the lease is live; ``token`` fences it (strictly increasing per spec,
+    stage and branch, never reused). Immutable, picklable; a hand-made one grants
+    nothing (every write under it is checked in the database)."""
+
+    def __new__(
+        cls,
+        spec_id: str,
+        stage: str,
+        owner: str,
+        token: int,
+        *,
+        branch_id: str | None = None,
+        run_id: str | None = None,
+        lease_ms: int = 0,
+        claimed_at_ms: int = 0,
+        expires_at_ms: int = 0,
+        took_over_from: str | None = None,
+    ) -> Self: ...
+    @property
+    def spec_id(self) -> str: ...
+    @property
+    def stage(self) -> str: ...
+    @property
+    def branch_id(self) -> str | None: ...
+    @property
+    def run_id(self) -> str | None: ...
+    @property
+    def owner(self) -> str: ...
+    @property
+    def token(self) -> int:
+        """The fencing token: strictly increasing per (spec_id, stage, branch_id)."""
+    @property
+    def lease_ms(self) -> int:
+        """The lease's length, milliseconds (what a renewal without ``lease_s`` grants)."""
+    @property
+    def lease_s(self) -> float:
+        """The lease's length in seconds."""
+    @property
+    def claimed_at_ms(self) -> int:
+        """When it was taken, Unix ms on the database's clock."""
+    @property
+    def expires_at_ms(self) -> int:
+        """When the lease ends unless renewed, Unix ms on the database's clock."""
+    @property
+    def took_over_from(self) -> str | None:
+        """The owner whose unreleased claim this one replaced (its lease had expired, or
+        the same owner claimed again), or None."""
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict."""
     def __reduce__(self) -> tuple[Any, ...]: ...
     def __eq__(self, other: object, /) -> bool: ...
 
@@ -388,6 +444,7 @@ class Database:
         retry: Any = ...,
         write_mode: Literal["v1", "dual"] = "v1",
         read_mode: Literal["dual", "v1", "legacy"] = "dual",
+        idempotency_days: int = 7,
     ) -> Self: ...
     @property
     def write_mode(self) -> Literal["v1", "dual"]:
@@ -510,9 +567,12 @@ class Database:
         response_text: str | None = None,
         run_id: str | None = None,
         model_version: str | None = None,
+        idempotency_key: str | None = None,
     ) -> int:
         """Stores one agent's output; ``content_json`` is JSON text (validated) or a
-        dict/list (serialized). Returns the new id."""
+        dict/list (serialized). Returns the new id. With ``idempotency_key`` a repeat
+        returns the first write's id and writes nothing; the key with other content
+        raises ``IdempotencyKeyError``."""
     def store_artifact_async(
         self,
         on_done: _OnDone,
@@ -524,11 +584,13 @@ class Database:
         response_text: str | None = None,
         run_id: str | None = None,
         model_version: str | None = None,
+        idempotency_key: str | None = None,
     ) -> None:
         """``store_artifact`` without waiting: ``on_done(id, None)`` or ``on_done(None, error)``."""
     def store_artifacts(self, artifacts: Iterable[Mapping[str, Any]]) -> list[int]:
-        """Stores many artifacts (mappings with ``store_artifact``'s argument names) in
-        one transaction: all or none. Returns their ids."""
+        """Stores many artifacts (mappings with ``store_artifact``'s argument names,
+        ``idempotency_key`` included) in one transaction: all or none. Returns their ids
+        (an item whose key was used: the first write's)."""
     def query_artifacts(
         self,
         spec_id: str,
@@ -569,8 +631,32 @@ class Database:
         conflicts: str | Sequence[Any] | Mapping[str, Any] | None = None,
         degraded: bool = False,
         run_id: str | None = None,
+        claim: Claim | None = None,
+        idempotency_key: str | None = None,
     ) -> int:
-        """Stores the merged result of a run; returns the new id."""
+        """Stores the merged result of a run; returns the new id. ``claim``: refused with
+        ``StaleClaimError`` unless it is the stage's newest live claim; without one,
+        refused while another owner holds a live claim on the stage."""
+    def claim_stage(
+        self,
+        spec_id: str,
+        stage: str,
+        run_id: str | None = None,
+        *,
+        owner: str,
+        lease_s: float,
+        branch_id: str | None = None,
+    ) -> Claim | None:
+        """Claims a stage for ``lease_s`` seconds on the database's clock: a ``Claim``
+        with the stage's next fencing token, or None while another owner's lease is live
+        (the same owner claiming again gets a new token)."""
+    def renew_claim(self, claim: Claim, *, lease_s: float | None = None) -> Claim:
+        """Extends a live claim's lease (None: its own length); a stale claim raises
+        ``StaleClaimError``."""
+    def release_claim(self, claim: Claim) -> bool:
+        """Ends a claim; whether it was released (False: taken over or released already)."""
+    def query_claims(self, spec_id: str | None = None) -> list[Claim]:
+        """The live claims, of one spec or of all."""
     def query_latest_synthesis(self, spec_id: str, stage: str) -> Synthesis | None:
         """The newest synthesis of a spec/stage from either schema, or None."""
     def reader_stats(self) -> ReaderStats:

@@ -26,6 +26,16 @@ mod py {
     pyo3::import_exception!(consensus_db.errors, ConnectionLostError);
     pyo3::import_exception!(consensus_db.errors, OutcomeUnknownError);
     pyo3::import_exception!(consensus_db.errors, NotReplicatedError);
+    pyo3::import_exception!(consensus_db.errors, StaleClaimError);
+    pyo3::import_exception!(consensus_db.errors, IdempotencyKeyError);
+}
+
+/// `err` with attributes set on its instance (what a caller matches on besides the text).
+fn with_attributes(err: PyErr, set: impl FnOnce(&Bound<'_, PyAny>) -> PyResult<()>) -> PyErr {
+    Python::attach(|py| match set(err.value(py).as_any()) {
+        Ok(()) => err,
+        Err(e) => e,
+    })
 }
 
 pub fn to_py(err: Error) -> PyErr {
@@ -51,7 +61,31 @@ pub fn to_py(err: Error) -> PyErr {
         Error::ConnectionLost(_) => py::ConnectionLostError::new_err(message),
         Error::OutcomeUnknown(_) => py::OutcomeUnknownError::new_err(message),
         Error::NotReplicated(_) => py::NotReplicatedError::new_err(message),
+        Error::StaleClaim { spec_id, stage, branch_id, token, newest, .. } => {
+            with_attributes(py::StaleClaimError::new_err(message), |e| {
+                e.setattr("spec_id", spec_id)?;
+                e.setattr("stage", stage)?;
+                e.setattr("branch_id", branch_id)?;
+                e.setattr("token", token)?;
+                e.setattr("newest_token", newest)
+            })
+        }
+        Error::IdempotencyConflict { key, .. } => {
+            with_attributes(py::IdempotencyKeyError::new_err(message), |e| e.setattr("idempotency_key", key))
+        }
     }
+}
+
+/// An outcome left unknown of a call that carried an idempotency key: the exception
+/// names the key, which makes repeating the call safe (`consensus_db.retry` repeats it).
+/// A NotReplicatedError is left as it is: never repeated.
+pub fn mark_keyed(py: Python<'_>, err: PyErr, key: &str) -> PyErr {
+    if err.is_instance_of::<py::OutcomeUnknownError>(py) && !err.is_instance_of::<py::NotReplicatedError>(py) {
+        if let Err(e) = err.value(py).setattr("idempotency_key", key) {
+            return e;
+        }
+    }
+    err
 }
 
 impl From<Error> for PyErr {
