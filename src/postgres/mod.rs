@@ -1232,9 +1232,22 @@ impl PgDatabase {
     /// and ANALYZE) put above [`HEALTH_EXACT_BELOW`] rows reports that estimate and is named in
     /// `estimated`; smaller or never-analysed tables are counted.
     pub fn health(&self, exact: bool) -> Result<PgHealth> {
+        // The coordination tables where the database has them (revision 3).
+        let coordination = self.coordination.load(std::sync::atomic::Ordering::Acquire);
+        let tables: Vec<&str> = [
+            "agent_executions",
+            "agent_outputs",
+            "consensus_claims",
+            "consensus_db_meta",
+            "consensus_idempotency",
+            "consensus_runs",
+        ]
+        .into_iter()
+        .filter(|t| coordination || !crate::sqlite::schema::COORDINATION_TABLES.contains(t))
+        .collect();
         self.run("health", Kind::Read, |c| {
             let (mut rows, mut estimated) = (Vec::new(), Vec::new());
-            for table in ["agent_executions", "agent_outputs", "consensus_db_meta", "consensus_runs"] {
+            for &table in &tables {
                 let planned: Option<f32> = if exact {
                     None
                 } else {

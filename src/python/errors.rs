@@ -30,12 +30,18 @@ mod py {
     pyo3::import_exception!(consensus_db.errors, IdempotencyKeyError);
 }
 
-/// `err` with attributes set on its instance (what a caller matches on besides the text).
-fn with_attributes(err: PyErr, set: impl FnOnce(&Bound<'_, PyAny>) -> PyResult<()>) -> PyErr {
-    Python::attach(|py| match set(err.value(py).as_any()) {
-        Ok(()) => err,
-        Err(e) => e,
-    })
+/// Attributes set on an exception's instance (what a caller matches on besides the text).
+trait WithAttributes {
+    fn with_attrs(self, set: impl FnOnce(&Bound<'_, PyAny>) -> PyResult<()>) -> PyErr;
+}
+
+impl WithAttributes for PyErr {
+    fn with_attrs(self, set: impl FnOnce(&Bound<'_, PyAny>) -> PyResult<()>) -> PyErr {
+        Python::attach(|py| match set(self.value(py).as_any()) {
+            Ok(()) => self,
+            Err(e) => e,
+        })
+    }
 }
 
 pub fn to_py(err: Error) -> PyErr {
@@ -61,19 +67,21 @@ pub fn to_py(err: Error) -> PyErr {
         Error::ConnectionLost(_) => py::ConnectionLostError::new_err(message),
         Error::OutcomeUnknown(_) => py::OutcomeUnknownError::new_err(message),
         Error::NotReplicated(_) => py::NotReplicatedError::new_err(message),
-        Error::StaleClaim { spec_id, stage, branch_id, token, newest, .. } => {
-            with_attributes(py::StaleClaimError::new_err(message), |e| {
+        Error::StaleClaim { spec_id, stage, branch_id, token, newest, .. } => py::StaleClaimError::new_err(message)
+            .with_attrs(|e| {
                 e.setattr("spec_id", spec_id)?;
                 e.setattr("stage", stage)?;
                 e.setattr("branch_id", branch_id)?;
                 e.setattr("token", token)?;
                 e.setattr("newest_token", newest)
-            })
-        }
-        Error::IdempotencyConflict { key, .. } => {
-            with_attributes(py::IdempotencyKeyError::new_err(message), |e| e.setattr("idempotency_key", key))
-        }
+            }),
+        Error::IdempotencyConflict { key, .. } => py::IdempotencyKeyError::new_err(message).with_attrs(key_of(key)),
     }
+}
+
+/// Sets `idempotency_key` on an exception.
+fn key_of(key: String) -> impl FnOnce(&Bound<'_, PyAny>) -> PyResult<()> {
+    move |e| e.setattr("idempotency_key", key)
 }
 
 /// An outcome left unknown of a call that carried an idempotency key: the exception
