@@ -99,17 +99,8 @@ pub enum Error {
     /// its stage — taken over, expired or released — or a synthesis without a claim on
     /// a stage another owner has claimed. Nothing was written. (Python:
     /// `StaleClaimError`.)
-    #[error("{message}")]
-    StaleClaim {
-        spec_id: String,
-        stage: String,
-        branch_id: Option<String>,
-        /// The claim's token given with the write (None: no claim given).
-        token: Option<i64>,
-        /// The newest token of the stage, if any claim was ever taken.
-        newest: Option<i64>,
-        message: String,
-    },
+    #[error("{}", .0.message)]
+    StaleClaim(Box<StaleClaim>),
 
     /// An idempotency key already used by an earlier write with other content: nothing
     /// was written. (Python: `IdempotencyKeyError`, an `InvalidInputError`.)
@@ -119,6 +110,19 @@ pub enum Error {
     /// A bug: a panic caught before it could cross into the caller.
     #[error("internal error (please report): {0}")]
     Internal(String),
+}
+
+/// What [`Error::StaleClaim`] says (boxed: the error stays small on every other path).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleClaim {
+    pub spec_id: String,
+    pub stage: String,
+    pub branch_id: Option<String>,
+    /// The claim's token given with the write (None: no claim given).
+    pub token: Option<i64>,
+    /// The newest token of the stage, if any claim was ever taken.
+    pub newest: Option<i64>,
+    pub message: String,
 }
 
 impl Error {

@@ -293,3 +293,28 @@ def test_a_sigkilled_claim_holder_is_taken_over_after_its_lease_and_its_late_wri
         db.store_synthesis("S", "plan", "# merged", run_id="run", claim=new)
         assert syntheses(db, "S", "plan") == 1
         assert db.query_latest_synthesis("S", "plan").output_markdown == "# merged"
+
+
+def test_backups_keep_claims_and_keys_a_downgrade_to_1_keeps_them_and_one_to_0_drops_them(tmp_path):
+    """The coordination tables are the store's own: a backup copies them, a downgrade to
+    version 1 (ids kept) keeps them, a downgrade to 0 (the predecessor's legacy shape,
+    whose ids they would name wrongly) drops them, and an upgrade makes them again,
+    tokens from 1."""
+    path = tmp_path / "c.db"
+    with consensus_db.connect(path) as db:
+        claim = db.claim_stage("S", "plan", owner="orch-a", lease_s=LEASE_S)
+        first = db.store_artifact("S", "plan", "gemini", "{}", idempotency_key="k")
+        copy = db.backup(tmp_path / "copy.db")
+    with consensus_db.connect(copy) as db:
+        assert db.query_claims() == [claim]
+        assert db.store_artifact("S", "plan", "gemini", "{}", idempotency_key="k") == first
+    with consensus_db.connect(path, migrate=1) as db:
+        db.migrate(1, force=True)
+        assert db.schema_version == 1 and db.query_claims() == [claim]
+        assert db.store_artifact("S", "plan", "gemini", "{}", idempotency_key="k") == first
+        db.migrate(0, force=True)
+        tables = {t for (t,) in db.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert not tables & {"consensus_claims", "consensus_idempotency"}, tables
+    with consensus_db.connect(path) as db:
+        assert "created the tables consensus_claims and consensus_idempotency" in db.open_report["layout_steps"]
+        assert db.claim_stage("S", "plan", owner="orch-b", lease_s=LEASE_S).token == 1

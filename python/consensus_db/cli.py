@@ -307,24 +307,18 @@ class Timer:
 
 
 def _show_coordination(
-    db: consensus_db.Store,
-    spec_id: str,
-    stage: str,
-    run_id: str,
-    claim: consensus_db.Claim,
-    synthesis_id: int,
-    markdown: str,
-    synthesis: dict[str, Any],
+    db: consensus_db.Store, run_id: str, claim: consensus_db.Claim, synthesis_id: int, synthesize: Callable[[], int]
 ) -> list[str]:
     """What the demo says about its first stage's claim: a rival's claim and an unclaimed
     synthesis refused, and the synthesis repeated under its key writing nothing."""
+    spec_id, stage = claim.spec_id, claim.stage
     rival = db.claim_stage(spec_id, stage, run_id, owner="rival-orchestrator", lease_s=60)
     try:
         db.store_synthesis(spec_id, stage, "# the rival's synthesis", run_id=run_id)
         unclaimed = "written (unexpected)"
     except consensus_db.StaleClaimError:
         unclaimed = "refused (StaleClaimError)"
-    repeat = db.store_synthesis(spec_id, stage, markdown, **synthesis)
+    repeat = synthesize()
     return [
         f"{spec_id}/{stage} claimed by {claim.owner}: token {claim.token}, lease {claim.lease_s:.0f} s",
         f"a rival's claim while the lease is live: {'refused' if rival is None else 'granted (unexpected)'}",
@@ -423,22 +417,26 @@ def demo(db_path: Optional[str], specs: int) -> None:
                     # Exactly once: the stage is claimed, and synthesized under the claim with a key.
                     claim = db.claim_stage(spec_id, stage, run_id, owner="demo-orchestrator", lease_s=60)
                     assert claim is not None
-                    synthesis = dict(
-                        status="success",
-                        artifacts_count=len(outputs),
-                        agreements=["scope", "tests"],
-                        conflicts=[] if not degraded else ["one agent's output was unreadable"],
-                        degraded=degraded,
-                        run_id=run_id,
-                        claim=claim,
-                        idempotency_key=f"{run_id}/synthesis",
-                    )
-                    markdown = f"# {spec_id} {stage}\n\n{len(outputs)} agents agree."
-                    synthesis_id = db.store_synthesis(spec_id, stage, markdown, **synthesis)
+
+                    def synthesize(claim: consensus_db.Claim = claim) -> int:
+                        return db.store_synthesis(
+                            spec_id,
+                            stage,
+                            f"# {spec_id} {stage}\n\n{len(outputs)} agents agree.",
+                            status="success",
+                            artifacts_count=len(outputs),
+                            agreements=["scope", "tests"],
+                            conflicts=[] if not degraded else ["one agent's output was unreadable"],
+                            degraded=degraded,
+                            run_id=run_id,
+                            claim=claim,
+                            idempotency_key=f"{run_id}/synthesis",
+                        )
+
+                    synthesis_id = synthesize()
                     counts["syntheses"] += 1
                     if not coordination:
-                        coordination += _show_coordination(db, spec_id, stage, run_id, claim, synthesis_id,
-                                                           markdown, synthesis)
+                        coordination += _show_coordination(db, run_id, claim, synthesis_id, synthesize)
                     db.release_claim(claim)
                     timer.run("query_artifacts", lambda: int(len(db.query_artifacts(spec_id, stage)) == len(outputs)))
                     timer.run(

@@ -67,14 +67,13 @@ pub fn to_py(err: Error) -> PyErr {
         Error::ConnectionLost(_) => py::ConnectionLostError::new_err(message),
         Error::OutcomeUnknown(_) => py::OutcomeUnknownError::new_err(message),
         Error::NotReplicated(_) => py::NotReplicatedError::new_err(message),
-        Error::StaleClaim { spec_id, stage, branch_id, token, newest, .. } => py::StaleClaimError::new_err(message)
-            .with_attrs(|e| {
-                e.setattr("spec_id", spec_id)?;
-                e.setattr("stage", stage)?;
-                e.setattr("branch_id", branch_id)?;
-                e.setattr("token", token)?;
-                e.setattr("newest_token", newest)
-            }),
+        Error::StaleClaim(c) => py::StaleClaimError::new_err(message).with_attrs(|e| {
+            e.setattr("spec_id", c.spec_id)?;
+            e.setattr("stage", c.stage)?;
+            e.setattr("branch_id", c.branch_id)?;
+            e.setattr("token", c.token)?;
+            e.setattr("newest_token", c.newest)
+        }),
         Error::IdempotencyConflict { key, .. } => py::IdempotencyKeyError::new_err(message).with_attrs(key_of(key)),
     }
 }

@@ -13,7 +13,7 @@ use rusqlite::OptionalExtension;
 
 use super::database::Database;
 use super::validate::check_id;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StaleClaim};
 use crate::model::{Claim, NewClaim};
 use crate::sqlite::transaction::Tx;
 
@@ -84,7 +84,7 @@ pub(crate) fn stale(claim: &Claim, row: Option<&ClaimRow>, now: i64, what: &str)
             r.token
         ),
     };
-    Error::StaleClaim {
+    Error::StaleClaim(Box::new(StaleClaim {
         spec_id: claim.spec_id.clone(),
         stage: claim.stage.clone(),
         branch_id: claim.branch_id.clone(),
@@ -97,12 +97,12 @@ pub(crate) fn stale(claim: &Claim, row: Option<&ClaimRow>, now: i64, what: &str)
             claim.stage,
             branch_text(claim.branch_id.as_deref())
         ),
-    }
+    }))
 }
 
 /// A synthesis without a claim on a stage another owner holds.
 pub(crate) fn claim_required(spec_id: &str, stage: &str, branch_id: Option<&str>, row: &ClaimRow) -> Error {
-    Error::StaleClaim {
+    Error::StaleClaim(Box::new(StaleClaim {
         spec_id: spec_id.to_owned(),
         stage: stage.to_owned(),
         branch_id: branch_id.map(str::to_owned),
@@ -115,7 +115,7 @@ pub(crate) fn claim_required(spec_id: &str, stage: &str, branch_id: Option<&str>
             row.token,
             row.owner
         ),
-    }
+    }))
 }
 
 fn branch_text(branch_id: Option<&str>) -> String {
