@@ -318,3 +318,27 @@ def test_backups_keep_claims_and_keys_a_downgrade_to_1_keeps_them_and_one_to_0_d
     with consensus_db.connect(path) as db:
         assert "created the tables consensus_claims and consensus_idempotency" in db.open_report["layout_steps"]
         assert db.claim_stage("S", "plan", owner="orch-b", lease_s=LEASE_S).token == 1
+
+
+def test_a_store_opened_before_the_claims_table_existed_still_respects_a_claim(tmp_path):
+    """A store opened without migrating on a file of the previous layout has no claims
+    table at first; once another store has added it and claimed the stage, the first
+    store's unclaimed synthesis is refused all the same."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    consensus_db.connect(path).close()
+    conn = sqlite3.connect(path)  # the file as layout revision 4 left it
+    conn.executescript(
+        "DROP TABLE consensus_claims; DROP TABLE consensus_idempotency;"
+        " UPDATE consensus_db_meta SET value = 4 WHERE key = 'revision';"
+    )
+    conn.close()
+    with consensus_db.connect(path, migrate=False) as old:
+        with pytest.raises(consensus_db.MigrationError, match="consensus_claims"):
+            old.claim_stage("S", "plan", owner="orch-old", lease_s=LEASE_S)
+        with consensus_db.connect(path) as new:  # adds the tables, and claims the stage
+            assert new.claim_stage("S", "plan", owner="orch-new", lease_s=LEASE_S).token == 1
+        with pytest.raises(consensus_db.StaleClaimError, match="live claim"):
+            old.store_synthesis("S", "plan", "# unclaimed")
+        assert syntheses(old, "S", "plan") == 0

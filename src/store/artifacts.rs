@@ -103,8 +103,8 @@ impl Database {
 
     /// A batch with idempotency keys, in one transaction: each keyed item already
     /// written (or keyed like an earlier item of the batch, with the same content) gets
-    /// the first write's id; the rest are written as one batch. A key used with other
-    /// content fails the whole batch, nothing written.
+    /// the first write's id; the rest are written one by one (no multi-row INSERT). A key
+    /// used with other content fails the whole batch, nothing written.
     fn store_keyed_artifacts(&self, artifacts: &[NewArtifact]) -> Result<Vec<i64>> {
         let keep = keep_ms(self.options.idempotency_days);
         let digests: Vec<Option<String>> =
@@ -118,11 +118,11 @@ impl Database {
                 Written(usize),
             }
             let mut first: HashMap<&str, (&str, usize)> = HashMap::new();
-            let mut fresh: Vec<NewArtifact> = Vec::new();
+            let mut fresh: Vec<&NewArtifact> = Vec::new();
             let mut from = Vec::with_capacity(artifacts.len());
             for (a, digest) in artifacts.iter().zip(&digests) {
                 let (Some(key), Some(digest)) = (a.idempotency_key.as_deref(), digest.as_deref()) else {
-                    fresh.push(a.clone());
+                    fresh.push(a);
                     from.push(From::Written(fresh.len() - 1));
                     continue;
                 };
@@ -136,14 +136,14 @@ impl Database {
                 match idempotency::lookup(tx, key, ARTIFACT, digest, clock, keep)? {
                     Some(id) => from.push(From::Known(id)),
                     None => {
-                        fresh.push(a.clone());
+                        fresh.push(a);
                         first.insert(key, (digest, fresh.len() - 1));
                         from.push(From::Written(fresh.len() - 1));
                     }
                 }
             }
             let mut ids = Vec::with_capacity(fresh.len());
-            for a in &fresh {
+            for a in fresh {
                 ids.push(insert_artifact(tx, a, now, self.write_mode() == WriteMode::Dual)?);
             }
             for (key, (digest, at)) in &first {

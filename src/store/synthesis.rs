@@ -42,11 +42,13 @@ impl Database {
         if keyed.is_some() || s.claim.is_some() {
             self.require_coordination("store_synthesis with a claim or an idempotency key")?;
         }
-        // A file without the claims table (opened without migrating) has no claim to fence.
-        let coordination = self.layout.coordination.load(Ordering::Acquire);
+        let opened_with_claims = self.layout.coordination.load(Ordering::Acquire);
         let keep = keep_ms(self.options.idempotency_days);
         let now = now_ms();
         self.write_repeatable_as("store_synthesis", |tx| {
+            // A store opened on a file without the claims table (migrate=False) looks
+            // again: another store may have added it, and claimed the stage, since.
+            let coordination = opened_with_claims || schema::table_exists(tx, "consensus_claims")?;
             let clock = if coordination { self.db_now(tx)? } else { now };
             // A repeat of a committed write is no new advance: its key answers first.
             if let Some((key, digest)) = &keyed {
