@@ -342,3 +342,22 @@ def test_a_store_opened_before_the_claims_table_existed_still_respects_a_claim(t
         with pytest.raises(consensus_db.StaleClaimError, match="live claim"):
             old.store_synthesis("S", "plan", "# unclaimed")
         assert syntheses(old, "S", "plan") == 0
+
+
+def test_a_postgresql_store_opened_before_revision_3_still_respects_a_claim(pg_cluster, pg_url):
+    """As on SQLite: a store opened without migrating on a database of revision 2 looks
+    for the claims table again, finds it once another host migrated, and is fenced."""
+    consensus_db.connect(pg_url).close()
+    schema = pg_url.split("search_path%3D")[1]
+    pg_cluster.psql(  # the database as revision 2 (the previous release) left it
+        f"DROP TABLE {schema}.consensus_claims; DROP TABLE {schema}.consensus_idempotency;"
+        f" UPDATE {schema}.consensus_db_meta SET value = 2 WHERE key = 'pg_revision'"
+    )
+    with consensus_db.connect(pg_url, migrate=False) as old:
+        with pytest.raises(consensus_db.MigrationError, match="consensus_claims"):
+            old.claim_stage("S", "plan", owner="orch-old", lease_s=LEASE_S)
+        with consensus_db.connect(pg_url) as new:  # migrates to revision 3, and claims the stage
+            assert new.claim_stage("S", "plan", owner="orch-new", lease_s=LEASE_S).token == 1
+        with pytest.raises(consensus_db.StaleClaimError, match="live claim"):
+            old.store_synthesis("S", "plan", "# unclaimed")
+        assert syntheses(old, "S", "plan") == 0

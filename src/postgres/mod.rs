@@ -1025,7 +1025,7 @@ impl PgDatabase {
         if s.idempotency_key.is_some() || s.claim.is_some() {
             self.require_coordination("store_synthesis with a claim or an idempotency key")?;
         }
-        if self.coordination.load(std::sync::atomic::Ordering::Acquire) {
+        if self.has_coordination()? {
             return self.store_synthesis_fenced(s);
         }
         let token = write_token();
@@ -1090,8 +1090,20 @@ impl PgDatabase {
 
     // ---- claims -------------------------------------------------------------------
 
-    fn require_coordination(&self, what: &str) -> Result<()> {
+    /// Whether the database has the coordination tables. A store opened on a database
+    /// without them (migrate=False at revision 2) asks again at each call until they
+    /// appear: another host may have migrated, and claimed a stage, since.
+    fn has_coordination(&self) -> Result<bool> {
         if self.coordination.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(true);
+        }
+        let has = self.run("coordination tables", Kind::Read, sql::has_coordination_tables)?;
+        self.coordination.store(has, std::sync::atomic::Ordering::Release);
+        Ok(has)
+    }
+
+    fn require_coordination(&self, what: &str) -> Result<()> {
+        if self.has_coordination()? {
             return Ok(());
         }
         Err(Error::Migration(format!(
