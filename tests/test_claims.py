@@ -342,6 +342,11 @@ def test_a_store_opened_before_the_claims_table_existed_still_respects_a_claim(t
         with pytest.raises(consensus_db.StaleClaimError, match="live claim"):
             old.store_synthesis("S", "plan", "# unclaimed")
         assert syntheses(old, "S", "plan") == 0
+        # And it takes claims and keys now that the tables exist.
+        assert [c.owner for c in old.query_claims()] == ["orch-new"]
+        assert old.claim_stage("S", "tasks", owner="orch-old", lease_s=LEASE_S).token == 1
+        first = old.store_artifact("S", "plan", "g", "{}", idempotency_key="k")
+        assert old.store_artifact("S", "plan", "g", "{}", idempotency_key="k") == first
 
 
 def test_a_postgresql_store_opened_before_revision_3_still_respects_a_claim(pg_cluster, pg_url):
@@ -361,3 +366,8 @@ def test_a_postgresql_store_opened_before_revision_3_still_respects_a_claim(pg_c
         with pytest.raises(consensus_db.StaleClaimError, match="live claim"):
             old.store_synthesis("S", "plan", "# unclaimed")
         assert syntheses(old, "S", "plan") == 0
+        # And it takes claims and keys now that the tables exist.
+        assert [c.owner for c in old.query_claims()] == ["orch-new"]
+        assert old.claim_stage("S", "tasks", owner="orch-old", lease_s=LEASE_S).token == 1
+        first = old.store_artifact("S", "plan", "g", "{}", idempotency_key="k")
+        assert old.store_artifact("S", "plan", "g", "{}", idempotency_key="k") == first

@@ -170,8 +170,26 @@ impl Database {
         self.clock_offset_ms.store(offset_ms, Ordering::Relaxed);
     }
 
-    pub(crate) fn require_coordination(&self, what: &str) -> Result<()> {
+    /// Whether the file has the coordination tables. A store opened on a file without
+    /// them (migrate=False) looks again until they appear: another store may add them.
+    pub(crate) fn has_coordination(&self) -> Result<bool> {
         if self.layout.coordination.load(Ordering::Acquire) {
+            return Ok(true);
+        }
+        let has = self.read(|conn| {
+            for table in crate::sqlite::schema::COORDINATION_TABLES {
+                if !crate::sqlite::schema::table_exists(conn, table)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })?;
+        self.layout.coordination.store(has, Ordering::Release);
+        Ok(has)
+    }
+
+    pub(crate) fn require_coordination(&self, what: &str) -> Result<()> {
+        if self.has_coordination()? {
             return Ok(());
         }
         Err(Error::Migration(format!(
@@ -284,7 +302,7 @@ impl Database {
 
     /// The live claims (of one spec, or all), by spec, stage and branch.
     pub fn query_claims(&self, spec_id: Option<&str>) -> Result<Vec<Claim>> {
-        if !self.layout.coordination.load(Ordering::Acquire) {
+        if !self.has_coordination()? {
             return Ok(Vec::new());
         }
         let offset = self.clock_offset_ms.load(Ordering::Relaxed);
