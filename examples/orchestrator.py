@@ -5,15 +5,23 @@
 It fans one spec's stages out to several (simulated) LLM agents with asyncio, records
 every spawn and completion, stores each agent's JSON, merges a synthesis, then reports
 with the sync API. The tests run it and type-check it with ``mypy --strict``.
+
+No bookkeeping lives in memory: who synthesizes a stage is a claim in the store (a second
+orchestrator on the same file finds the stage claimed and leaves it alone; a crashed one
+is taken over after its lease, and its late write is refused), and every write carries an
+idempotency key, so an orchestrator restarted mid-stage repeats its writes without
+storing anything twice (docs/claims.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import consensus_db
@@ -23,6 +31,11 @@ from consensus_db.retry import RetryPolicy, retry
 
 AGENTS = ("gemini", "claude", "code")
 STAGES = ("plan", "tasks", "implement")
+OWNER = f"orchestrator-{os.getpid()}"  # unique per orchestrator process
+LEASE_S = 60.0
+# This orchestration's id: its executions, runs and keys are named by it, so running the
+# example again on the same file is a new orchestration, not a repeat of this one's writes.
+ORCHESTRATION = uuid.uuid4().hex[:8]
 
 
 class FlakyModelError(Exception):
@@ -48,9 +61,9 @@ async def call_model(agent: str, spec_id: str, stage: str, rng: random.Random) -
 
 
 async def run_agent(db: aio.AsyncStore, spec_id: str, stage: str, agent: str, rng: random.Random) -> int | None:
-    agent_id = f"{spec_id}/{stage}/{agent}"
+    agent_id = f"{spec_id}/{stage}/{agent}@{ORCHESTRATION}"
     phase: PhaseType = "quality_gate" if stage == "plan" else "regular_stage"
-    await db.record_agent_spawn(agent_id, spec_id, stage, phase, agent, run_id=f"{spec_id}-{stage}")
+    await db.record_agent_spawn(agent_id, spec_id, stage, phase, agent, run_id=f"{spec_id}-{stage}-{ORCHESTRATION}")
     response = await call_model(agent, spec_id, stage, rng)
     await db.record_agent_completion(agent_id, response)
     try:
@@ -58,36 +71,63 @@ async def run_agent(db: aio.AsyncStore, spec_id: str, stage: str, agent: str, rn
     except ValueError as exc:
         await db.record_extraction_failure(agent_id, response, str(exc))
         return None
+    # Keyed by the execution: a restarted orchestrator repeating it stores nothing twice.
     return await db.store_artifact(
-        spec_id, stage, agent, content, response_text=response, run_id=f"{spec_id}-{stage}", model_version="sim-1"
-    )
-
-
-async def run_stage(db: aio.AsyncStore, spec_id: str, stage: str, rng: random.Random) -> consensus_db.Synthesis:
-    await asyncio.gather(*(run_agent(db, spec_id, stage, agent, rng) for agent in AGENTS))
-    artifacts = await db.query_artifacts(spec_id, stage)
-    verdicts = [a.content()["verdict"] for a in artifacts]
-    agreements = sorted({v for v in verdicts if verdicts.count(v) > 1})
-    conflicts = sorted({v for v in verdicts if verdicts.count(v) == 1})
-    await db.store_synthesis(
         spec_id,
         stage,
-        f"# {spec_id} {stage}\n\n{len(artifacts)} agents answered.",
-        artifacts_count=len(artifacts),
-        agreements=agreements,
-        conflicts=conflicts,
-        degraded=len(artifacts) < len(AGENTS),
-        run_id=f"{spec_id}-{stage}",
+        agent,
+        content,
+        response_text=response,
+        run_id=f"{spec_id}-{stage}-{ORCHESTRATION}",
+        model_version="sim-1",
+        idempotency_key=f"artifact:{agent_id}",
     )
-    synthesis = await db.query_latest_synthesis(spec_id, stage)
-    assert synthesis is not None
-    return synthesis
+
+
+async def run_stage(db: aio.AsyncStore, spec_id: str, stage: str, rng: random.Random) -> consensus_db.Synthesis | None:
+    run_id = f"{spec_id}-{stage}-{ORCHESTRATION}"
+    claim = await db.claim_stage(spec_id, stage, run_id, owner=OWNER, lease_s=LEASE_S)
+    if claim is None:  # another orchestrator holds the stage: it synthesizes it, not us
+        print(f"{stage}: claimed by another orchestrator, skipped")
+        return None
+    try:
+        await asyncio.gather(*(run_agent(db, spec_id, stage, agent, rng) for agent in AGENTS))
+        claim = await db.renew_claim(claim)  # still ours: the agents took a while
+        artifacts = await db.query_artifacts(spec_id, stage)
+        verdicts = [a.content()["verdict"] for a in artifacts]
+        agreements = sorted({v for v in verdicts if verdicts.count(v) > 1})
+        conflicts = sorted({v for v in verdicts if verdicts.count(v) == 1})
+        # Under the claim: refused (StaleClaimError) if another orchestrator took the stage over.
+        await db.store_synthesis(
+            spec_id,
+            stage,
+            f"# {spec_id} {stage}\n\n{len(artifacts)} agents answered.",
+            artifacts_count=len(artifacts),
+            agreements=agreements,
+            conflicts=conflicts,
+            degraded=len(artifacts) < len(AGENTS),
+            run_id=run_id,
+            claim=claim,
+            idempotency_key=f"synthesis:{run_id}",
+        )
+        print(f"{stage}: synthesized under claim token {claim.token}")
+    finally:
+        await db.release_claim(claim)
+    return await db.query_latest_synthesis(spec_id, stage)
 
 
 async def orchestrate(path: Path, spec_id: str) -> list[consensus_db.Synthesis]:
     rng = random.Random(7)
     async with aio.connect(path, pool_size=4) as db:
-        results = [await run_stage(db, spec_id, stage, rng) for stage in STAGES]
+        # A rival orchestrator (another owner) holds the last stage for a moment: this one skips it.
+        rival = await db.claim_stage(spec_id, STAGES[-1], owner="orchestrator-rival", lease_s=LEASE_S)
+        results = [s for stage in STAGES[:-1] if (s := await run_stage(db, spec_id, stage, rng)) is not None]
+        skipped = await run_stage(db, spec_id, STAGES[-1], rng)
+        assert skipped is None and rival is not None
+        await db.release_claim(rival)  # released: the stage is free again, and this one takes it
+        last = await run_stage(db, spec_id, STAGES[-1], rng)
+        assert last is not None
+        results.append(last)
         async with db.transaction() as tx:
             rows = await tx.query("SELECT count(*) AS n FROM agent_executions WHERE spec_id = ?", [spec_id])
             print(f"{rows.columns[0]} executions recorded: {rows[0][0]}")
@@ -96,7 +136,7 @@ async def orchestrate(path: Path, spec_id: str) -> list[consensus_db.Synthesis]:
 
 def report(path: Path, spec_id: str) -> None:
     with consensus_db.connect(path) as db:
-        info = db.get_agent_spawn_info(f"{spec_id}/plan/gemini")
+        info = db.get_agent_spawn_info(f"{spec_id}/plan/gemini@{ORCHESTRATION}")
         if info is not None:
             print(f"gemini on plan: phase {info.phase_type}, stage {info.stage}")
         for stage in STAGES:

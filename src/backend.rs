@@ -11,7 +11,9 @@ use crate::cursor::Page;
 #[cfg(feature = "postgres")]
 use crate::error::Error;
 use crate::error::Result;
-use crate::model::{AgentExecution, AgentRoute, Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synthesis};
+use crate::model::{
+    AgentExecution, AgentRoute, Artifact, Claim, ExtractionFailure, NewArtifact, NewClaim, NewSynthesis, Synthesis,
+};
 use crate::store::Database;
 
 /// The store's public operations, the same on every backend.
@@ -71,6 +73,16 @@ pub trait Backend: Send + Sync {
     fn delete_runs(&self, spec_id: &str, stage: Option<&str>) -> Result<usize>;
     fn store_synthesis(&self, synthesis: &NewSynthesis) -> Result<i64>;
     fn query_latest_synthesis(&self, spec_id: &str, stage: &str) -> Result<Option<Synthesis>>;
+    /// Claims a stage (`docs/claims.md`): the claim, or None while another owner's lease is live.
+    fn claim_stage(&self, claim: &NewClaim) -> Result<Option<Claim>>;
+    /// Extends a live claim's lease; a stale claim is [`crate::Error::StaleClaim`].
+    fn renew_claim(&self, claim: &Claim, lease_ms: Option<i64>) -> Result<Claim>;
+    /// Ends a claim; whether it was still the stage's unreleased claim.
+    fn release_claim(&self, claim: &Claim) -> Result<bool>;
+    /// The live claims, of one spec or all.
+    fn query_claims(&self, spec_id: Option<&str>) -> Result<Vec<Claim>>;
+    /// Shifts this store's clock for leases and keys (tests).
+    fn set_clock_offset(&self, offset_ms: i64);
     fn schema_version(&self) -> Result<i64>;
     fn retry_count(&self) -> u64;
     fn close(&self);
@@ -191,6 +203,26 @@ macro_rules! forward_backend {
             #[inline]
             fn query_latest_synthesis(&self, s: &str, st: &str) -> Result<Option<Synthesis>> {
                 <$ty>::query_latest_synthesis(self, s, st)
+            }
+            #[inline]
+            fn claim_stage(&self, c: &NewClaim) -> Result<Option<Claim>> {
+                <$ty>::claim_stage(self, c)
+            }
+            #[inline]
+            fn renew_claim(&self, c: &Claim, lease_ms: Option<i64>) -> Result<Claim> {
+                <$ty>::renew_claim(self, c, lease_ms)
+            }
+            #[inline]
+            fn release_claim(&self, c: &Claim) -> Result<bool> {
+                <$ty>::release_claim(self, c)
+            }
+            #[inline]
+            fn query_claims(&self, s: Option<&str>) -> Result<Vec<Claim>> {
+                <$ty>::query_claims(self, s)
+            }
+            #[inline]
+            fn set_clock_offset(&self, offset_ms: i64) {
+                <$ty>::set_clock_offset(self, offset_ms)
             }
             #[inline]
             fn schema_version(&self) -> Result<i64> {
@@ -382,6 +414,26 @@ impl Backend for AnyDatabase {
     #[inline]
     fn query_latest_synthesis(&self, s: &str, st: &str) -> Result<Option<Synthesis>> {
         dispatch!(self, db => db.query_latest_synthesis(s, st))
+    }
+    #[inline]
+    fn claim_stage(&self, c: &NewClaim) -> Result<Option<Claim>> {
+        dispatch!(self, db => db.claim_stage(c))
+    }
+    #[inline]
+    fn renew_claim(&self, c: &Claim, lease_ms: Option<i64>) -> Result<Claim> {
+        dispatch!(self, db => db.renew_claim(c, lease_ms))
+    }
+    #[inline]
+    fn release_claim(&self, c: &Claim) -> Result<bool> {
+        dispatch!(self, db => db.release_claim(c))
+    }
+    #[inline]
+    fn query_claims(&self, s: Option<&str>) -> Result<Vec<Claim>> {
+        dispatch!(self, db => db.query_claims(s))
+    }
+    #[inline]
+    fn set_clock_offset(&self, offset_ms: i64) {
+        dispatch!(self, db => db.set_clock_offset(offset_ms))
     }
     #[inline]
     fn schema_version(&self) -> Result<i64> {

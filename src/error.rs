@@ -95,9 +95,34 @@ pub enum Error {
     #[error("committed on the primary, not replicated: {0}")]
     NotReplicated(String),
 
+    /// A write (or a renewal) under a claim that is no longer the newest live claim of
+    /// its stage — taken over, expired or released — or a synthesis without a claim on
+    /// a stage another owner has claimed. Nothing was written. (Python:
+    /// `StaleClaimError`.)
+    #[error("{}", .0.message)]
+    StaleClaim(Box<StaleClaim>),
+
+    /// An idempotency key already used by an earlier write with other content: nothing
+    /// was written. (Python: `IdempotencyKeyError`, an `InvalidInputError`.)
+    #[error("idempotency key {key:?}: {message}; nothing was written")]
+    IdempotencyConflict { key: String, message: String },
+
     /// A bug: a panic caught before it could cross into the caller.
     #[error("internal error (please report): {0}")]
     Internal(String),
+}
+
+/// What [`Error::StaleClaim`] says (boxed: the error stays small on every other path).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleClaim {
+    pub spec_id: String,
+    pub stage: String,
+    pub branch_id: Option<String>,
+    /// The claim's token given with the write (None: no claim given).
+    pub token: Option<i64>,
+    /// The newest token of the stage, if any claim was ever taken.
+    pub newest: Option<i64>,
+    pub message: String,
 }
 
 impl Error {

@@ -155,6 +155,9 @@ pub struct NewArtifact {
     pub response_text: Option<String>,
     pub run_id: Option<String>,
     pub model_version: Option<String>,
+    /// A repeat with the same key returns the first write's id and writes nothing
+    /// (`docs/claims.md`).
+    pub idempotency_key: Option<String>,
 }
 
 /// A synthesis to store.
@@ -170,6 +173,11 @@ pub struct NewSynthesis {
     pub conflicts: Option<String>,
     pub degraded: bool,
     pub run_id: Option<String>,
+    /// As [`NewArtifact::idempotency_key`].
+    pub idempotency_key: Option<String>,
+    /// The stage's claim this synthesis is written under: refused unless it is the
+    /// newest live claim of the stage (`docs/claims.md`).
+    pub claim: Option<Claim>,
 }
 
 impl Default for NewSynthesis {
@@ -185,8 +193,51 @@ impl Default for NewSynthesis {
             conflicts: None,
             degraded: false,
             run_id: None,
+            idempotency_key: None,
+            claim: None,
         }
     }
+}
+
+/// A claim on a stage (`claim_stage`): its owner alone may advance the stage while the
+/// lease is live. `token` fences it: strictly increasing per (spec_id, stage,
+/// branch_id), never reused, so a write under an older token is refused.
+#[cfg_attr(feature = "python", pyclass(frozen, eq, get_all, module = "consensus_db"))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The spec whose stage is claimed.
+    pub spec_id: String,
+    /// The stage claimed.
+    pub stage: String,
+    /// The pipeline branch the claim is for (None: none); claims fence per branch.
+    pub branch_id: Option<String>,
+    /// The consensus run the owner is synthesizing, if given.
+    pub run_id: Option<String>,
+    /// Who holds it (a name unique per orchestrator process).
+    pub owner: String,
+    /// The fencing token: strictly increasing per (spec_id, stage, branch_id).
+    pub token: i64,
+    /// The lease's length, milliseconds (what a renewal without `lease_s` grants).
+    pub lease_ms: i64,
+    /// When it was taken, Unix milliseconds on the database's clock.
+    pub claimed_at_ms: i64,
+    /// When the lease ends unless renewed, Unix milliseconds on the database's clock.
+    pub expires_at_ms: i64,
+    /// The owner whose claim this one replaced without a release (its lease had
+    /// expired, or the same owner claimed again), or None.
+    pub took_over_from: Option<String>,
+}
+
+/// A claim to take (`claim_stage`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewClaim {
+    pub spec_id: String,
+    pub stage: String,
+    pub branch_id: Option<String>,
+    pub run_id: Option<String>,
+    pub owner: String,
+    /// The lease's length, milliseconds (1 or more).
+    pub lease_ms: i64,
 }
 
 /// Which schema served the dual-schema reader's queries, counted per query, and how

@@ -330,6 +330,7 @@ fn artifacts_and_syntheses_keep_their_text_byte_for_byte() {
             conflicts: Some("[]".into()),
             degraded: true,
             run_id: Some("run-1".into()),
+            ..Default::default()
         })
         .unwrap();
     let got = db.query_latest_synthesis("S", "plan").unwrap().expect("a synthesis");

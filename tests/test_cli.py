@@ -203,3 +203,34 @@ def test_upgrade_and_downgrade_draw_the_copy_between_the_schemas_as_a_progress_b
     assert any(line.startswith("write back [") for line in result.stderr.split("\r")), result.stderr
     quiet = run("upgrade", str(path), "--no-backup", "--quiet")
     assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_demo_shows_a_claim_and_an_idempotent_repeat(tmp_path):
+    path = tmp_path / "demo.db"
+    result = run("demo", "--db", path, "--specs", "1")
+    assert result.exit_code == 0, result.output
+    for text in (
+        "claims and idempotency keys",
+        "SPEC-001/plan claimed by demo-orchestrator: token 1",
+        "a rival's claim while the lease is live: refused",
+        "the rival's synthesis without a claim: refused (StaleClaimError)",
+        "(the first write), nothing written",
+    ):
+        assert text in result.output, text
+    with consensus_db.connect(path) as db:
+        assert db.query_claims() == []  # every claim released
+        assert db.query("SELECT count(*) FROM consensus_runs WHERE synthesis_json IS NOT NULL") == [(5,)]
+
+
+def test_claims_lists_the_live_claims_of_a_file(tmp_path):
+    path = tmp_path / "c.db"
+    with consensus_db.connect(path) as db:
+        db.claim_stage("SPEC-1", "plan", owner="orch-a", lease_s=60)
+        done = db.claim_stage("SPEC-1", "tasks", owner="orch-b", lease_s=60)
+        db.release_claim(done)
+    table = run("claims", path)
+    assert table.exit_code == 0, table.output
+    assert "SPEC-1" in table.output and "orch-a" in table.output and "orch-b" not in table.output
+    data = json.loads(run("claims", path, "--json").output)
+    assert [(c["stage"], c["owner"], c["token"]) for c in data] == [("plan", "orch-a", 1)]
+    assert run("claims", path, "--spec", "OTHER").output.strip() == "no live claims"

@@ -42,6 +42,7 @@ __all__ = [
     "Synthesis",
     "ExtractionFailure",
     "AgentExecution",
+    "Claim",
     "sqlite_version",
     "migrations",
     "redact_url",
@@ -129,6 +130,60 @@ class Artifact:
         """The fields as a dict."""
     def content(self) -> Any:
         """`content_json` parsed."""
+    def __reduce__(self) -> tuple[Any, ...]: ...
+    def __eq__(self, other: object, /) -> bool: ...
+
+@final
+class Claim:
+    """A claim on a stage (`claim_stage`): its owner alone may advance the stage while the
+    lease is live. `token` fences it: strictly increasing per (spec_id, stage,
+    branch_id), never reused, so a write under an older token is refused."""
+
+    def __new__(
+        cls,
+        spec_id: str,
+        stage: str,
+        owner: str,
+        token: int,
+        *,
+        branch_id: str | None = None,
+        run_id: str | None = None,
+        lease_ms: int = 0,
+        claimed_at_ms: int = 0,
+        expires_at_ms: int = 0,
+        took_over_from: str | None = None,
+    ) -> Self: ...
+    @property
+    def spec_id(self) -> str: ...
+    @property
+    def stage(self) -> str: ...
+    @property
+    def branch_id(self) -> str | None: ...
+    @property
+    def run_id(self) -> str | None: ...
+    @property
+    def owner(self) -> str: ...
+    @property
+    def token(self) -> int:
+        """The fencing token: strictly increasing per (spec_id, stage, branch_id)."""
+    @property
+    def lease_ms(self) -> int:
+        """The lease's length, milliseconds (what a renewal without `lease_s` grants)."""
+    @property
+    def lease_s(self) -> float:
+        """The lease's length in seconds."""
+    @property
+    def claimed_at_ms(self) -> int:
+        """When it was taken, Unix milliseconds on the database's clock."""
+    @property
+    def expires_at_ms(self) -> int:
+        """When the lease ends unless renewed, Unix milliseconds on the database's clock."""
+    @property
+    def took_over_from(self) -> str | None:
+        """The owner whose claim this one replaced without a release (its lease had
+        expired, or the same owner claimed again), or None."""
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict."""
     def __reduce__(self) -> tuple[Any, ...]: ...
     def __eq__(self, other: object, /) -> bool: ...
 
@@ -390,6 +445,7 @@ class Database:
         retry: Any = ...,
         write_mode: Literal["v1", "dual"] = "v1",
         read_mode: Literal["dual", "v1", "legacy"] = "dual",
+        idempotency_days: int = 7,
     ) -> Self: ...
     @property
     def write_mode(self) -> Literal["v1", "dual"]:
@@ -542,9 +598,12 @@ class Database:
         response_text: str | None = None,
         run_id: str | None = None,
         model_version: str | None = None,
+        idempotency_key: str | None = None,
     ) -> int:
         """Stores one agent's output for a spec/stage; `content_json` is a JSON `str`
-        (validated) or a dict/list (serialized). Returns the new id."""
+        (validated) or a dict/list (serialized). Returns the new id. With
+        `idempotency_key`, a repeat of the call returns the first write's id and writes
+        nothing; the key with other content raises `IdempotencyKeyError` (`docs/claims.md`)."""
     def _store_artifact_async(
         self,
         on_done: _OnDone,
@@ -556,12 +615,14 @@ class Database:
         response_text: str | None = None,
         run_id: str | None = None,
         model_version: str | None = None,
+        idempotency_key: str | None = None,
     ) -> None:
         """`store_artifact` without waiting (see `_record_agent_spawn_async`): the id goes
         to `on_done(id, None)`."""
     def store_artifacts(self, artifacts: Iterable[Mapping[str, Any]]) -> list[int]:
-        """Stores many artifacts (mappings with the `store_artifact` argument names) in
-        one transaction: all or none."""
+        """Stores many artifacts (mappings with the `store_artifact` argument names,
+        `idempotency_key` included) in one transaction: all or none. An item whose key
+        was used gets the first write's id."""
     def query_artifacts(
         self,
         spec_id: str,
@@ -602,9 +663,38 @@ class Database:
         conflicts: str | Sequence[Any] | Mapping[str, Any] | None = None,
         degraded: bool = False,
         run_id: str | None = None,
+        claim: Claim | None = None,
+        idempotency_key: str | None = None,
     ) -> int:
         """Stores the merged result of a run; `agreements`/`conflicts` are JSON text or a
-        list/dict (serialized). Returns the new id."""
+        list/dict (serialized). Returns the new id. `claim`: the stage's claim
+        (`claim_stage`), refused with `StaleClaimError` unless it is the stage's newest
+        live claim; without one, refused while another owner holds a live claim on the
+        stage. `idempotency_key`: as `store_artifact`'s."""
+    def claim_stage(
+        self,
+        spec_id: str,
+        stage: str,
+        run_id: str | None = None,
+        *,
+        owner: str,
+        lease_s: float,
+        branch_id: str | None = None,
+    ) -> Claim | None:
+        """Claims a stage for `lease_s` seconds (on the database's clock): a `Claim` with
+        the stage's next fencing token (strictly increasing per spec/stage/branch, never
+        reused), or None while another owner's lease is live. Claiming again as the same
+        owner while its own lease is live takes a new token (the earlier claim is then
+        stale). See `docs/claims.md`."""
+    def renew_claim(self, claim: Claim, *, lease_s: float | None = None) -> Claim:
+        """Extends a live claim's lease to now + `lease_s` (None: its own length); returns
+        the renewed claim. A claim taken over, expired or released raises
+        `StaleClaimError`."""
+    def release_claim(self, claim: Claim) -> bool:
+        """Ends a claim before its lease: the stage is claimable at once. Returns whether it
+        was released (False: it had been taken over or released already)."""
+    def query_claims(self, spec_id: str | None = None) -> list[Claim]:
+        """The live claims, of one spec or of all, by spec, stage and branch."""
     def query_latest_synthesis(self, spec_id: str, stage: str) -> Synthesis | None:
         """The newest synthesis of a spec/stage from either schema, or None."""
     def reader_stats(self) -> ReaderStats:

@@ -11,7 +11,7 @@ naming the sync method it mirrors, so its signature and result type are the sync
 method's, for type checkers too). Non-blocking attributes (``path``, ``closed``,
 ``open_report``, ``retry_count``, ...) are plain properties.
 
-``store_artifact``, ``record_agent_spawn`` and ``record_agent_completion`` are submitted
+``store_artifact`` (its ``idempotency_key`` too), ``record_agent_spawn`` and ``record_agent_completion`` are submitted
 to the store's write lane without a thread: the call's arguments are checked on the loop,
 the write joins the group commit of whichever writer is front, and the committing thread
 completes the call's future (``loop.call_soon_threadsafe``). A thousand waiting writes
@@ -536,6 +536,10 @@ class AsyncStore:
     delete_runs = _threaded(Store.delete_runs)
     store_synthesis = _threaded(Store.store_synthesis)
     query_latest_synthesis = _threaded(Store.query_latest_synthesis)
+    claim_stage = _threaded(Store.claim_stage)
+    renew_claim = _threaded(Store.renew_claim)
+    release_claim = _threaded(Store.release_claim)
+    query_claims = _threaded(Store.query_claims)
     execute = _threaded(Store.execute)
     query = _threaded(Store.query)
     migrate = _threaded(Store.migrate)

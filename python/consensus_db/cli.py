@@ -1,4 +1,4 @@
-"""The ``consensus-db`` command: demo, upgrade, health, vacuum, cleanup, replicate, restore.
+"""The ``consensus-db`` command: demo, upgrade, health, claims, vacuum, cleanup, replicate, restore.
 
 Exit codes: 0 success; 1 a library error (``error: <message>`` on stderr), or a
 refusal (``vacuum``/``cleanup`` on a file only ``upgrade`` may convert); 2 usage errors
@@ -306,6 +306,28 @@ class Timer:
         self.ops[name] = (count + n, total + elapsed)
 
 
+def _show_coordination(
+    db: consensus_db.Store, run_id: str, claim: consensus_db.Claim, synthesis_id: int, synthesize: Callable[[], int]
+) -> list[str]:
+    """What the demo says about its first stage's claim: a rival's claim and an unclaimed
+    synthesis refused, and the synthesis repeated under its key writing nothing."""
+    spec_id, stage = claim.spec_id, claim.stage
+    rival = db.claim_stage(spec_id, stage, run_id, owner="rival-orchestrator", lease_s=60)
+    try:
+        db.store_synthesis(spec_id, stage, "# the rival's synthesis", run_id=run_id)
+        unclaimed = "written (unexpected)"
+    except consensus_db.StaleClaimError:
+        unclaimed = "refused (StaleClaimError)"
+    repeat = synthesize()
+    return [
+        f"{spec_id}/{stage} claimed by {claim.owner}: token {claim.token}, lease {claim.lease_s:.0f} s",
+        f"a rival's claim while the lease is live: {'refused' if rival is None else 'granted (unexpected)'}",
+        f"the rival's synthesis without a claim: {unclaimed}",
+        f"the synthesis repeated with its idempotency key: id {repeat} "
+        f"({'the first write' if repeat == synthesis_id else 'a new row (unexpected)'}), nothing written",
+    ]
+
+
 @main.command()
 @click.option(
     "--db", "db_path", type=click.Path(dir_okay=False), help="Database file (default: a fresh one in a temp dir)."
@@ -317,6 +339,7 @@ def demo(db_path: Optional[str], specs: int) -> None:
     click.echo(f"consensus-db demo on {path} (SQLite {_core.sqlite_version()})")
     timer = Timer()
     counts = {"spawned": 0, "completed": 0, "extraction failures": 0, "artifacts": 0, "syntheses": 0}
+    coordination: list[str] = []
     try:
         with consensus_db.connect(path) as db, ThreadPoolExecutor(max_workers=4) as pool:
             failed_once = False
@@ -391,18 +414,30 @@ def demo(db_path: Optional[str], specs: int) -> None:
                     got = db.query_artifacts(spec_id, stage)
                     assert len(got) == len(outputs), (spec_id, stage, len(got))
                     degraded = len(outputs) < len(agents)
-                    db.store_synthesis(
-                        spec_id,
-                        stage,
-                        f"# {spec_id} {stage}\n\n{len(outputs)} agents agree.",
-                        status="success",
-                        artifacts_count=len(outputs),
-                        agreements=["scope", "tests"],
-                        conflicts=[] if not degraded else ["one agent's output was unreadable"],
-                        degraded=degraded,
-                        run_id=run_id,
-                    )
+                    # Exactly once: the stage is claimed, and synthesized under the claim with a key.
+                    claim = db.claim_stage(spec_id, stage, run_id, owner="demo-orchestrator", lease_s=60)
+                    assert claim is not None
+
+                    def synthesize(claim: consensus_db.Claim = claim) -> int:
+                        return db.store_synthesis(
+                            spec_id,
+                            stage,
+                            f"# {spec_id} {stage}\n\n{len(outputs)} agents agree.",
+                            status="success",
+                            artifacts_count=len(outputs),
+                            agreements=["scope", "tests"],
+                            conflicts=[] if not degraded else ["one agent's output was unreadable"],
+                            degraded=degraded,
+                            run_id=run_id,
+                            claim=claim,
+                            idempotency_key=f"{run_id}/synthesis",
+                        )
+
+                    synthesis_id = synthesize()
                     counts["syntheses"] += 1
+                    if not coordination:
+                        coordination += _show_coordination(db, run_id, claim, synthesis_id, synthesize)
+                    db.release_claim(claim)
                     timer.run("query_artifacts", lambda: int(len(db.query_artifacts(spec_id, stage)) == len(outputs)))
                     timer.run(
                         "query_latest_synthesis", lambda: int(db.query_latest_synthesis(spec_id, stage) is not None)
@@ -423,6 +458,9 @@ def demo(db_path: Optional[str], specs: int) -> None:
         click.echo(f"  {name:<22} {n}")
     click.echo(f"  {'failures queried':<22} {failures}")
     click.echo(f"  {'retention':<22} {deleted} of {aged} back-dated executions deleted (older than 30 days)")
+    click.echo("\nclaims and idempotency keys")
+    for line in coordination:
+        click.echo(f"  {line}")
     click.echo("\nthroughput")
     for name, (n, seconds) in timer.ops.items():
         click.echo(f"  {name:<32} {n:>6} ops  {n / seconds if seconds else float('inf'):>12,.0f} ops/s")
@@ -750,6 +788,32 @@ def upgrade_notes(before: dict[str, Any], after: dict[str, Any], moved: dict[str
         )
         notes.append(f"the file grew by {human(after['size'] - before['size'])}: {why}")
     return notes
+
+
+# ---- claims ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--spec", "spec_id", help="Only this spec's claims.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def claims(path: str, spec_id: Optional[str], as_json: bool) -> None:
+    """The live claims on stages: who holds each, its fencing token, when its lease ends."""
+    with open_store(path, read_only=True, migrate=False) if is_url(path) else open_for_reading(existing(path)) as db:
+        try:
+            live = db.query_claims(spec_id)
+        except Error as exc:
+            fail(str(exc))
+    if as_json:
+        click.echo(json.dumps([c.to_dict() for c in live], indent=2))
+        return
+    if not live:
+        click.echo("no live claims")
+        return
+    click.echo(f"{'spec':<16} {'stage':<12} {'branch':<10} {'owner':<24} {'token':>6}  lease ends (UTC)")
+    for c in live:
+        ends = datetime.fromtimestamp(c.expires_at_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"{c.spec_id:<16} {c.stage:<12} {c.branch_id or '-':<10} {c.owner:<24} {c.token:>6}  {ends}")
 
 
 # ---- health / vacuum / cleanup -----------------------------------------------------------

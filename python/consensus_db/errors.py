@@ -7,6 +7,8 @@ the same call again later can succeed.
 
 from __future__ import annotations
 
+from typing import Optional
+
 __all__ = [
     "Error",
     "BusyError",
@@ -31,6 +33,8 @@ __all__ = [
     "ConnectionLostError",
     "OutcomeUnknownError",
     "NotReplicatedError",
+    "StaleClaimError",
+    "IdempotencyKeyError",
 ]
 
 
@@ -151,7 +155,14 @@ class OutcomeUnknownError(Error):
     ``execute``/``query``, a transaction's ``COMMIT``, and the store's own writes. Those
     the store can repeat safely within the call — spawns, completions, artifacts and
     syntheses (by a write token) — are repeated first, and raise this only when no
-    repetition got through. :class:`~consensus_db.retry.RetryPolicy` never retries it."""
+    repetition got through. A call that carried an idempotency key is safe to repeat
+    with the same key (the repeat returns the first write's id): ``idempotency_key``
+    names it, and :class:`~consensus_db.retry.RetryPolicy` repeats such a call; without
+    a key (``idempotency_key`` None) it never retries it."""
+
+    #: The key of the call that raised it (a batch: its first item's, set only when
+    #: every item has one), or None: then repeating could write it twice.
+    idempotency_key: Optional[str] = None
 
 
 class NotReplicatedError(OutcomeUnknownError):
@@ -160,3 +171,27 @@ class NotReplicatedError(OutcomeUnknownError):
     write, the standby a failover would promote may not. Do not write it again (the
     primary has it); a failover before the standby catches up could lose it. Never
     retried: it is an :class:`OutcomeUnknownError`."""
+
+
+class StaleClaimError(Error):
+    """A write that advances a stage (``store_synthesis``), or a ``renew_claim``, under a
+    claim that is no longer the stage's newest live claim — taken over by another owner,
+    expired or released — or a ``store_synthesis`` without ``claim=`` on a stage another
+    owner holds a live claim on. Nothing was written. Not retryable: claim the stage again.
+    The message names the stage and the newest token; so do the attributes."""
+
+    spec_id: str
+    stage: str
+    branch_id: Optional[str]
+    #: The claim's token given with the write (None: no claim was given).
+    token: Optional[int]
+    #: The stage's newest token (None: no claim of it was ever taken).
+    newest_token: Optional[int]
+
+
+class IdempotencyKeyError(InvalidInputError):
+    """An idempotency key already used by an earlier write with other content (or by
+    another operation: keys are store-wide). Nothing was written. ``idempotency_key``
+    names it."""
+
+    idempotency_key: str

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, ParamSpec, TypeVar, cast, overload
 
-from .errors import CircuitOpenError, Error, InvalidInputError, OutcomeUnknownError
+from .errors import CircuitOpenError, Error, InvalidInputError, NotReplicatedError, OutcomeUnknownError
 
 __all__ = [
     "Classification",
@@ -94,6 +94,16 @@ def classify(exc: BaseException) -> Classification:
     return Classification.PERMANENT
 
 
+def _repeatable_under_key(exc: BaseException) -> bool:
+    """An outcome left unknown of a call that carried an idempotency key: repeating the
+    same call (the same key) returns the first write's id instead of writing twice."""
+    return (
+        isinstance(exc, OutcomeUnknownError)
+        and not isinstance(exc, NotReplicatedError)
+        and exc.idempotency_key is not None
+    )
+
+
 def is_retryable(exc: BaseException) -> bool:
     """``classify(exc) is Classification.RETRYABLE``."""
     return classify(exc) is Classification.RETRYABLE
@@ -144,8 +154,11 @@ class RetryPolicy:
     ``time.monotonic``, so tests need not wait. ``on_retry(attempt, delay, exc)`` is
     called before each sleep. Retry-After hints are honoured up to ``max_retry_after``
     seconds. Given to ``connect(retry=...)``, the engine runs the same schedule.
-    :class:`~consensus_db.errors.OutcomeUnknownError` is never retried, even by a
-    ``classifier`` that says it may be: repeating the write could store it twice."""
+    :class:`~consensus_db.errors.OutcomeUnknownError` is retried only for a call that
+    carried an idempotency key (the error's ``idempotency_key``: the repeat returns the
+    first write's id), never otherwise, even by a ``classifier`` that says it may be:
+    repeating the write could store it twice; a
+    :class:`~consensus_db.errors.NotReplicatedError` never."""
 
     max_attempts: int = 6
     initial_delay: float = 0.1
@@ -198,8 +211,13 @@ class RetryPolicy:
 
     def _next_delay(self, attempt: int, exc: BaseException, started: float) -> Optional[float]:
         """The delay before the next attempt, or None when ``exc`` must be raised."""
-        # A write that may have committed is never repeated, whatever the classifier says.
-        if attempt >= self.max_attempts or isinstance(exc, OutcomeUnknownError) or not self.classifier(exc):
+        # A write that may have committed is repeated only under its idempotency key.
+        keyed = _repeatable_under_key(exc)
+        if (
+            attempt >= self.max_attempts
+            or (isinstance(exc, OutcomeUnknownError) and not keyed)
+            or not (keyed or self.classifier(exc))
+        ):
             self.stats._add(failures=1)
             return None
         delay = self.delay_for(attempt, exc)

@@ -238,6 +238,7 @@ def connect(
     replicated: bool = _DEFAULTS["replicated"],
     write_mode: WriteMode = "v1",
     read_mode: ReadMode = "dual",
+    idempotency_days: int = _DEFAULTS["idempotency_days"],
 ) -> Store:
     """Opens (creating if needed) the store at ``path``; ``":memory:"`` is one in-memory
     database shared by the whole pool.
@@ -269,6 +270,9 @@ def connect(
       the new tables hold. It needs the legacy tables (a file at schema version 1).
       ``read_mode``: ``"dual"`` (new tables, then legacy rows without a copy), ``"v1"``
       (no fallback) or ``"legacy"`` (new-schema reads off).
+    - ``idempotency_days``: how long an idempotency key (``store_artifact(...,
+      idempotency_key=)``, ``store_synthesis``, ``store_artifacts`` items) is kept,
+      1 to 36500 days; a repeat within it returns the first write's id (``docs/claims.md``).
     """
     return Store(
         path,
@@ -285,4 +289,5 @@ def connect(
         replicated=replicated,
         write_mode=write_mode,
         read_mode=read_mode,
+        idempotency_days=idempotency_days,
     )

@@ -36,15 +36,19 @@ use crate::conninfo::redact;
 use crate::cursor::{ExecutionKey, Page, Window};
 use crate::error::{Error, Result};
 use crate::model::{
-    AgentExecution, AgentRoute, Artifact, ExtractionFailure, NewArtifact, NewSynthesis, Synthesis, HEALTH_EXACT_BELOW,
-    SOURCE_V1,
+    AgentExecution, AgentRoute, Artifact, Claim, ExtractionFailure, NewArtifact, NewClaim, NewSynthesis, Synthesis,
+    HEALTH_EXACT_BELOW, SOURCE_V1,
 };
 use crate::sqlite::retry::{Retrier, RetryPolicy};
+use crate::store::claims::{
+    branch_key, check_claim_scope, check_new_claim, claim_required, stale, ClaimRow, MAX_LEASE_MS,
+};
+use crate::store::idempotency::{self, artifact_digest, check_key, keep_ms, synthesis_digest};
 use crate::store::validate::{check_artifact, check_id, check_phase_type};
 
 /// This backend's layout revision (`consensus_db_meta.pg_revision`; `pg_layout` keeps
-/// the minimum reader layout, as on SQLite: revision 2 only adds, so it stays 1).
-pub const PG_LAYOUT: i64 = 2;
+/// the minimum reader layout, as on SQLite: revisions 2 and 3 only add, so it stays 1).
+pub const PG_LAYOUT: i64 = 3;
 
 /// Whether `target` names a PostgreSQL server: a `postgresql://` URL.
 pub fn is_url(target: &str) -> bool {
@@ -60,6 +64,8 @@ pub struct PgOptions {
     pub migrate: bool,
     pub read_only: bool,
     pub retry: Option<RetryPolicy>,
+    /// How many days an idempotency key is kept (`docs/claims.md`).
+    pub idempotency_days: i64,
 }
 
 impl Default for PgOptions {
@@ -70,6 +76,7 @@ impl Default for PgOptions {
             migrate: true,
             read_only: false,
             retry: Some(RetryPolicy::default()),
+            idempotency_days: crate::store::DEFAULT_IDEMPOTENCY_DAYS,
         }
     }
 }
@@ -101,6 +108,10 @@ pub struct PgDatabase {
     maintenance: parking_lot::Mutex<Option<maintenance::PgMaintenance>>,
     /// The routing table has `branch_id` (a revision-1 database opened without migrating has not).
     branch_column: std::sync::atomic::AtomicBool,
+    /// The claims and idempotency tables exist (revision 3).
+    coordination: std::sync::atomic::AtomicBool,
+    /// Added to the server's clock for leases and keys (`set_clock_offset`: tests).
+    clock_offset_ms: std::sync::atomic::AtomicI64,
 }
 
 /// The keyset condition's parameters of an executions or failures page, after `params`.
@@ -183,6 +194,66 @@ fn write_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The typed error of a refusal raised by the coordination functions (SQLSTATE CD001:
+/// an idempotency key used with other content; CD002: the fence, DETAIL the stage's
+/// newest token, HINT why); any other error as [`map_error`] maps it.
+fn coordination_error(e: &postgres::Error, key: Option<&str>, fenced: Option<(&str, &str, Option<&Claim>)>) -> Error {
+    let Some(db) = e.as_db_error() else { return map_error(e) };
+    match (db.code().code(), key, fenced) {
+        ("CD001", Some(key), _) => {
+            let found = db.detail().unwrap_or_default();
+            let operation = if fenced.is_some() { idempotency::SYNTHESIS } else { idempotency::ARTIFACT };
+            idempotency::conflict(key, operation, found)
+        }
+        ("CD002", _, Some((spec_id, stage, claim))) => {
+            let newest: Option<i64> = db.detail().and_then(|d| d.parse().ok());
+            let hint = db.hint().unwrap_or_default();
+            match claim {
+                Some(claim) => {
+                    // The row as the server saw it, enough for the same message as on SQLite.
+                    let row = newest.map(|token| {
+                        let (kind, rest) = hint.split_once(':').unwrap_or((hint, ""));
+                        let (state, owner) = rest.split_once('\u{1}').unwrap_or((rest, ""));
+                        match kind {
+                            "taken" => ClaimRow {
+                                token,
+                                owner: owner.to_owned(),
+                                expires_at_ms: if state == "live" { i64::MAX } else { i64::MIN },
+                                released_at_ms: None,
+                            },
+                            "released" => ClaimRow {
+                                token,
+                                owner: claim.owner.clone(),
+                                expires_at_ms: 0,
+                                released_at_ms: Some(0),
+                            },
+                            _ => ClaimRow {
+                                token,
+                                owner: claim.owner.clone(),
+                                expires_at_ms: -rest.parse::<i64>().unwrap_or(0),
+                                released_at_ms: None,
+                            },
+                        }
+                    });
+                    stale(claim, row.as_ref(), 0, "store_synthesis")
+                }
+                None => {
+                    let rest = hint.strip_prefix("required:").unwrap_or(hint);
+                    let (owner, branch) = rest.split_once('\u{1}').unwrap_or((rest, ""));
+                    let row = ClaimRow {
+                        token: newest.unwrap_or(0),
+                        owner: owner.to_owned(),
+                        expires_at_ms: i64::MAX,
+                        released_at_ms: None,
+                    };
+                    claim_required(spec_id, stage, (!branch.is_empty()).then_some(branch), &row)
+                }
+            }
+        }
+        _ => map_error(e),
+    }
+}
+
 /// PostgreSQL text cannot hold NUL: refused up front, naming the argument.
 fn no_nul(name: &str, value: &str) -> Result<()> {
     if value.contains('\0') {
@@ -233,6 +304,7 @@ impl PgDatabase {
         if !is_url(url) {
             return Err(Error::invalid("url", format!("{:?} is not a postgresql:// URL", redact(url))));
         }
+        crate::store::idempotency::check_days(options.idempotency_days)?;
         let pool = PgPool::new(url, options.pool_size, options.checkout_timeout, options.read_only)?;
         let db = PgDatabase {
             pool,
@@ -241,6 +313,8 @@ impl PgDatabase {
             options,
             maintenance: parking_lot::Mutex::new(None),
             branch_column: Default::default(),
+            coordination: Default::default(),
+            clock_offset_ms: Default::default(),
         };
         db.run("open", Kind::Rerunnable, |c| sql::migrate(c, db.options.migrate && !db.options.read_only))?;
         db.refresh_columns()?;
@@ -282,6 +356,8 @@ impl PgDatabase {
             retrier: Retrier::new(self.options.retry.clone()),
             maintenance: parking_lot::Mutex::new(None),
             branch_column: self.has_branch_column().into(),
+            coordination: self.coordination.load(std::sync::atomic::Ordering::Acquire).into(),
+            clock_offset_ms: Default::default(),
         };
         let mut slot = self.maintenance.lock();
         if let Some(old) = slot.take() {
@@ -320,8 +396,21 @@ impl PgDatabase {
     }
 
     /// Runs `f` on a pooled connection with the retry policy. See [`Kind`].
-    fn run<T>(&self, op: &str, kind: Kind, mut f: impl FnMut(&mut Session) -> Result<T>) -> Result<T> {
-        let mut attempts = self.retrier.start(op);
+    fn run<T>(&self, op: &str, kind: Kind, f: impl FnMut(&mut Session) -> Result<T>) -> Result<T> {
+        self.run_keyed(op, kind, None, f)
+    }
+
+    /// [`PgDatabase::run`] for a call carrying an idempotency key (`key`): an outcome
+    /// left unknown says that repeating the call with the same key is safe, and the
+    /// policy repeats one that reaches it (`Attempts::keyed`).
+    fn run_keyed<T>(
+        &self,
+        op: &str,
+        kind: Kind,
+        key: Option<&str>,
+        mut f: impl FnMut(&mut Session) -> Result<T>,
+    ) -> Result<T> {
+        let mut attempts = self.retrier.start(op).keyed(key.is_some());
         // An Idempotent write's attempt lost after it was sent: it may have committed.
         let mut lost_after_sending: Option<String> = None;
         loop {
@@ -384,11 +473,18 @@ impl PgDatabase {
                 Err(e) => {
                     return Err(match lost_after_sending {
                         // A caller repeating the call would write it again (a new token).
-                        Some(lost) => Error::OutcomeUnknown(format!(
-                            "{op}: the connection to PostgreSQL was lost after the write was sent ({lost}), and \
-                             repeating it did not get through ({e}): it may or may not have committed; check before \
-                             writing it again"
-                        )),
+                        Some(lost) => Error::OutcomeUnknown(match key {
+                            Some(key) => format!(
+                                "{op}: the connection to PostgreSQL was lost after the write was sent ({lost}), and \
+                                 repeating it did not get through ({e}): it may or may not have committed; repeat the \
+                                 call with the same idempotency key {key:?} (a repeat returns the first write's id)"
+                            ),
+                            None => format!(
+                                "{op}: the connection to PostgreSQL was lost after the write was sent ({lost}), and \
+                                 repeating it did not get through ({e}): it may or may not have committed; check \
+                                 before writing it again"
+                            ),
+                        }),
                         None => e,
                     });
                 }
@@ -462,6 +558,8 @@ impl PgDatabase {
     fn refresh_columns(&self) -> Result<()> {
         let has = self.run("open", Kind::Read, sql::has_branch_column)?;
         self.branch_column.store(has, std::sync::atomic::Ordering::Release);
+        let has = self.run("open", Kind::Read, sql::has_coordination_tables)?;
+        self.coordination.store(has, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
@@ -677,7 +775,17 @@ impl PgDatabase {
         self.writable("cleanup_old_executions")?;
         // Beyond a million days every row is older anyway; the server's interval stays in range.
         let days = days.min(1_000_000);
-        self.run("cleanup_old_executions", Kind::Once, |c| Ok(c.client.execute(sql::CLEANUP, &[&days])? as usize))
+        let coordination = self.coordination.load(std::sync::atomic::Ordering::Acquire);
+        let keep = keep_ms(self.options.idempotency_days);
+        self.run("cleanup_old_executions", Kind::Once, |c| {
+            let mut t = c.client.transaction()?;
+            let n = t.execute(sql::CLEANUP, &[&days])?;
+            if coordination {
+                t.execute(sql::PRUNE_KEYS, &[&keep])?;
+            }
+            t.commit()?;
+            Ok(n as usize)
+        })
     }
 
     // ---- artifacts ----------------------------------------------------------------
@@ -685,7 +793,34 @@ impl PgDatabase {
     pub fn store_artifact(&self, a: &NewArtifact) -> Result<i64> {
         check_artifact(a)?;
         artifact_no_nul(a)?;
+        check_key("idempotency_key", a.idempotency_key.as_deref())?;
         self.writable("store_artifact")?;
+        if let Some(key) = a.idempotency_key.as_deref() {
+            self.require_coordination("an idempotency key")?;
+            // The key is the write's token: it answers a repetition within the call too.
+            let digest = artifact_digest(a);
+            let (keep, offset) = (keep_ms(self.options.idempotency_days), self.clock_offset());
+            return self.run_keyed("store_artifact", Kind::Idempotent, Some(key), |c| {
+                let stmt = c.prepared(sql::STORE_ARTIFACT_KEYED)?;
+                let params: [&(dyn ToSql + Sync); 11] = [
+                    &a.spec_id,
+                    &a.stage,
+                    &a.agent_name,
+                    &a.content_json,
+                    &a.response_text,
+                    &a.run_id,
+                    &a.model_version,
+                    &key,
+                    &digest,
+                    &keep,
+                    &offset,
+                ];
+                c.client
+                    .query_one(&stmt, &params)
+                    .map(|r| r.get(0))
+                    .map_err(|e| coordination_error(&e, Some(key), None))
+            });
+        }
         let token = write_token();
         // The token makes a repetition find the first attempt's row.
         self.run("store_artifact", Kind::Idempotent, |c| {
@@ -709,10 +844,13 @@ impl PgDatabase {
 
     pub fn store_artifacts(&self, artifacts: &[NewArtifact]) -> Result<Vec<i64>> {
         for (i, a) in artifacts.iter().enumerate() {
-            check_artifact(a).and_then(|()| artifact_no_nul(a)).map_err(|e| match e {
-                Error::InvalidInput { name, message } => Error::invalid(format!("artifacts[{i}].{name}"), message),
-                other => other,
-            })?;
+            check_artifact(a)
+                .and_then(|()| artifact_no_nul(a))
+                .and_then(|()| check_key("idempotency_key", a.idempotency_key.as_deref()))
+                .map_err(|e| match e {
+                    Error::InvalidInput { name, message } => Error::invalid(format!("artifacts[{i}].{name}"), message),
+                    other => other,
+                })?;
         }
         self.writable("store_artifacts")?;
         if artifacts.is_empty() {
@@ -720,9 +858,67 @@ impl PgDatabase {
         }
         let batch = write_token();
         let tokens: Vec<String> = (0..artifacts.len()).map(|i| format!("{batch}:{i}")).collect();
+        if artifacts.iter().any(|a| a.idempotency_key.is_some()) {
+            return self.store_keyed_batch(artifacts, &tokens);
+        }
         let mut first = true;
         self.run("store_artifacts", Kind::Idempotent, |c| {
             sql::store_batch(c, artifacts, &tokens, std::mem::replace(&mut first, false))
+        })
+    }
+
+    /// A batch with idempotency keys in one transaction, item by item: a keyed item by
+    /// its key (the first write's id when the key was used), the others by their write
+    /// tokens. A key used with other content fails the whole batch. The batch is
+    /// repeatable after a lost outcome only when every item has a key.
+    fn store_keyed_batch(&self, artifacts: &[NewArtifact], tokens: &[String]) -> Result<Vec<i64>> {
+        self.require_coordination("an idempotency key")?;
+        let digests: Vec<Option<String>> =
+            artifacts.iter().map(|a| a.idempotency_key.as_ref().map(|_| artifact_digest(a))).collect();
+        let (keep, offset) = (keep_ms(self.options.idempotency_days), self.clock_offset());
+        let every_key = artifacts.iter().all(|a| a.idempotency_key.is_some());
+        let first_key = artifacts.first().and_then(|a| a.idempotency_key.as_deref()).filter(|_| every_key);
+        self.run_keyed("store_artifacts", Kind::Idempotent, first_key, |c| {
+            let keyed = c.prepared(sql::STORE_ARTIFACT_KEYED)?;
+            let plain = c.prepared(sql::STORE_ARTIFACT)?;
+            let mut t = c.client.transaction()?;
+            let mut ids = Vec::with_capacity(artifacts.len());
+            for ((a, token), digest) in artifacts.iter().zip(tokens).zip(&digests) {
+                let row = match (a.idempotency_key.as_deref(), digest) {
+                    (Some(key), Some(digest)) => {
+                        let params: [&(dyn ToSql + Sync); 11] = [
+                            &a.spec_id,
+                            &a.stage,
+                            &a.agent_name,
+                            &a.content_json,
+                            &a.response_text,
+                            &a.run_id,
+                            &a.model_version,
+                            &key,
+                            digest,
+                            &keep,
+                            &offset,
+                        ];
+                        t.query_one(&keyed, &params).map_err(|e| coordination_error(&e, Some(key), None))?
+                    }
+                    _ => t.query_one(
+                        &plain,
+                        &[
+                            &a.spec_id,
+                            &a.stage,
+                            &a.agent_name,
+                            &a.content_json,
+                            &a.response_text,
+                            &a.run_id,
+                            &a.model_version,
+                            token,
+                        ],
+                    )?,
+                };
+                ids.push(row.get(0));
+            }
+            t.commit()?;
+            Ok(ids)
         })
     }
 
@@ -825,7 +1021,17 @@ impl PgDatabase {
         ] {
             no_nul_opt(name, v.as_deref())?;
         }
+        check_key("idempotency_key", s.idempotency_key.as_deref())?;
+        if let Some(claim) = &s.claim {
+            check_claim_scope(claim, &s.spec_id, &s.stage)?;
+        }
         self.writable("store_synthesis")?;
+        if s.idempotency_key.is_some() || s.claim.is_some() {
+            self.require_coordination("store_synthesis with a claim or an idempotency key")?;
+        }
+        if self.has_coordination()? {
+            return self.store_synthesis_fenced(s);
+        }
         let token = write_token();
         self.run("store_synthesis", Kind::Idempotent, |c| {
             let stmt = c.prepared(sql::STORE_SYNTHESIS)?;
@@ -846,6 +1052,185 @@ impl PgDatabase {
         })
     }
 
+    /// `store_synthesis` on a database with the claims table: the fence (`docs/claims.md`),
+    /// and the key as the write's token when there is one.
+    fn store_synthesis_fenced(&self, s: &NewSynthesis) -> Result<i64> {
+        let key = s.idempotency_key.as_deref();
+        let token = key.is_none().then(write_token);
+        let digest = key.map(|_| synthesis_digest(s));
+        let (keep, offset) = (keep_ms(self.options.idempotency_days), self.clock_offset());
+        let claim = s.claim.as_ref();
+        let branch = claim.map(|c| branch_key(c.branch_id.as_deref()).to_owned());
+        let claim_token = claim.map(|c| c.token);
+        let claim_owner = claim.map(|c| c.owner.as_str());
+        self.run_keyed("store_synthesis", Kind::Idempotent, key, |c| {
+            let stmt = c.prepared(sql::STORE_SYNTHESIS_FENCED)?;
+            let params: [&(dyn ToSql + Sync); 18] = [
+                &s.spec_id,
+                &s.stage,
+                &s.output_markdown,
+                &s.output_path,
+                &s.status,
+                &s.artifacts_count,
+                &s.agreements,
+                &s.conflicts,
+                &s.degraded,
+                &s.run_id,
+                &token,
+                &key,
+                &digest,
+                &keep,
+                &branch,
+                &claim_token,
+                &claim_owner,
+                &offset,
+            ];
+            c.client
+                .query_one(&stmt, &params)
+                .map(|r| r.get(0))
+                .map_err(|e| coordination_error(&e, key, Some((s.spec_id.as_str(), s.stage.as_str(), claim))))
+        })
+    }
+
+    // ---- claims -------------------------------------------------------------------
+
+    /// Whether the database has the coordination tables. A store opened on a database
+    /// without them (migrate=False at revision 2) asks again at each call until they
+    /// appear: another host may have migrated, and claimed a stage, since.
+    fn has_coordination(&self) -> Result<bool> {
+        if self.coordination.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(true);
+        }
+        let has = self.run("coordination tables", Kind::Read, sql::has_coordination_tables)?;
+        self.coordination.store(has, std::sync::atomic::Ordering::Release);
+        Ok(has)
+    }
+
+    fn require_coordination(&self, what: &str) -> Result<()> {
+        if self.has_coordination()? {
+            return Ok(());
+        }
+        Err(Error::Migration(format!(
+            "{what} needs the tables consensus_claims and consensus_idempotency (PostgreSQL layout revision 3), which \
+             {} does not have: open it with migrate=True (or call migrate())",
+            self.url
+        )))
+    }
+
+    fn clock_offset(&self) -> i64 {
+        self.clock_offset_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Shifts this store's view of the server's clock for leases and keys (tests).
+    pub fn set_clock_offset(&self, offset_ms: i64) {
+        self.clock_offset_ms.store(offset_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// As the SQLite store's (`store::claims`): one statement, the claim's row locked.
+    pub fn claim_stage(&self, n: &NewClaim) -> Result<Option<Claim>> {
+        check_new_claim(n)?;
+        for (name, v) in [("spec_id", Some(&n.spec_id)), ("stage", Some(&n.stage)), ("owner", Some(&n.owner))] {
+            no_nul_opt(name, v.map(String::as_str))?;
+        }
+        no_nul_opt("branch_id", n.branch_id.as_deref())?;
+        no_nul_opt("run_id", n.run_id.as_deref())?;
+        self.writable("claim_stage")?;
+        self.require_coordination("claim_stage")?;
+        let branch = branch_key(n.branch_id.as_deref());
+        let offset = self.clock_offset();
+        // A repetition after a lost reply takes the next token for the same owner, which
+        // fences off whatever the lost attempt took: safe to repeat.
+        self.run("claim_stage", Kind::Idempotent, |c| {
+            let stmt = c.prepared(sql::CLAIM_STAGE)?;
+            let row = c
+                .client
+                .query_opt(&stmt, &[&n.spec_id, &n.stage, &branch, &n.run_id, &n.owner, &n.lease_ms, &offset])?;
+            Ok(row.map(|r| Claim {
+                spec_id: n.spec_id.clone(),
+                stage: n.stage.clone(),
+                branch_id: n.branch_id.clone(),
+                run_id: n.run_id.clone(),
+                owner: n.owner.clone(),
+                token: r.get(0),
+                lease_ms: n.lease_ms,
+                claimed_at_ms: r.get(1),
+                expires_at_ms: r.get(2),
+                took_over_from: r.get(3),
+            }))
+        })
+    }
+
+    pub fn renew_claim(&self, claim: &Claim, lease_ms: Option<i64>) -> Result<Claim> {
+        let lease = lease_ms.unwrap_or(claim.lease_ms);
+        if !(1..=MAX_LEASE_MS).contains(&lease) {
+            return Err(Error::invalid("lease_s", format!("must be above 0 s and at most 86400 s, got {lease} ms")));
+        }
+        self.writable("renew_claim")?;
+        self.require_coordination("renew_claim")?;
+        let branch = branch_key(claim.branch_id.as_deref());
+        let offset = self.clock_offset();
+        self.run("renew_claim", Kind::Idempotent, |c| {
+            let mut t = c.client.transaction()?;
+            let renewed = t.query_opt(
+                sql::RENEW_CLAIM,
+                &[&claim.spec_id, &claim.stage, &branch, &claim.token, &claim.owner, &offset, &lease],
+            )?;
+            if let Some(r) = renewed {
+                t.commit()?;
+                return Ok(Claim { lease_ms: lease, expires_at_ms: r.get(0), ..claim.clone() });
+            }
+            let row = t.query_opt(sql::CLAIM_ROW, &[&claim.spec_id, &claim.stage, &branch, &offset])?;
+            let now = row.as_ref().map_or(0, |r| r.get::<_, i64>(4));
+            let row = row.map(|r| ClaimRow {
+                token: r.get(0),
+                owner: r.get(1),
+                expires_at_ms: r.get(2),
+                released_at_ms: r.get(3),
+            });
+            Err(stale(claim, row.as_ref(), now, "renew_claim"))
+        })
+    }
+
+    pub fn release_claim(&self, claim: &Claim) -> Result<bool> {
+        self.writable("release_claim")?;
+        self.require_coordination("release_claim")?;
+        let branch = branch_key(claim.branch_id.as_deref());
+        let offset = self.clock_offset();
+        // A repetition finds it released and says False: the release happened anyway.
+        self.run("release_claim", Kind::Idempotent, |c| {
+            let n = c.client.execute(
+                sql::RELEASE_CLAIM,
+                &[&claim.spec_id, &claim.stage, &branch, &claim.token, &claim.owner, &offset],
+            )?;
+            Ok(n > 0)
+        })
+    }
+
+    pub fn query_claims(&self, spec_id: Option<&str>) -> Result<Vec<Claim>> {
+        if !self.coordination.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(Vec::new());
+        }
+        let offset = self.clock_offset();
+        self.run("query_claims", Kind::Read, |c| {
+            let rows = c.client.query(sql::LIVE_CLAIMS, &[&spec_id, &offset])?;
+            Ok(rows
+                .iter()
+                .map(|r| Claim {
+                    spec_id: r.get(0),
+                    stage: r.get(1),
+                    branch_id: r.get(2),
+                    run_id: r.get(3),
+                    owner: r.get(4),
+                    token: r.get(5),
+                    lease_ms: r.get(6),
+                    claimed_at_ms: r.get(7),
+                    expires_at_ms: r.get(8),
+                    took_over_from: None,
+                })
+                .collect())
+        })
+    }
+
     pub fn query_latest_synthesis(&self, spec_id: &str, stage: &str) -> Result<Option<Synthesis>> {
         self.run("query_latest_synthesis", Kind::Read, |c| {
             let stmt = c.prepared(sql::LATEST_SYNTHESIS)?;
@@ -863,9 +1248,22 @@ impl PgDatabase {
     /// and ANALYZE) put above [`HEALTH_EXACT_BELOW`] rows reports that estimate and is named in
     /// `estimated`; smaller or never-analysed tables are counted.
     pub fn health(&self, exact: bool) -> Result<PgHealth> {
+        // The coordination tables where the database has them (revision 3).
+        let coordination = self.coordination.load(std::sync::atomic::Ordering::Acquire);
+        let tables: Vec<&str> = [
+            "agent_executions",
+            "agent_outputs",
+            "consensus_claims",
+            "consensus_db_meta",
+            "consensus_idempotency",
+            "consensus_runs",
+        ]
+        .into_iter()
+        .filter(|t| coordination || !crate::sqlite::schema::COORDINATION_TABLES.contains(t))
+        .collect();
         self.run("health", Kind::Read, |c| {
             let (mut rows, mut estimated) = (Vec::new(), Vec::new());
-            for table in ["agent_executions", "agent_outputs", "consensus_db_meta", "consensus_runs"] {
+            for &table in &tables {
                 let planned: Option<f32> = if exact {
                     None
                 } else {

@@ -15,7 +15,8 @@ const MIGRATION_LOCK: i64 = 0x0063_6462_0001;
 /// Layout revisions in order, each with the minimum reader layout it leaves (a step
 /// that only adds keeps the one before, so the previous release still opens the
 /// database); each runs in one transaction with its rows in `consensus_db_meta`.
-const MIGRATIONS: &[(i64, i64, &str)] = &[(1, 1, include_str!("schema.sql")), (2, 1, include_str!("schema_2.sql"))];
+const MIGRATIONS: &[(i64, i64, &str)] =
+    &[(1, 1, include_str!("schema.sql")), (2, 1, include_str!("schema_2.sql")), (3, 1, include_str!("schema_3.sql"))];
 
 fn meta(c: &mut Session, key: &str) -> Result<Option<i64>> {
     let exists: bool = c.client.query_one("SELECT to_regclass('consensus_db_meta') IS NOT NULL", &[])?.get(0);
@@ -51,6 +52,12 @@ pub fn has_branch_column(c: &mut Session) -> Result<bool> {
             &[],
         )?
         .get(0))
+}
+
+/// Whether the coordination tables of revision 3 exist (a database at revision 2 opened
+/// without migrating has none).
+pub fn has_coordination_tables(c: &mut Session) -> Result<bool> {
+    Ok(c.client.query_one("SELECT to_regclass('consensus_claims') IS NOT NULL", &[])?.get(0))
 }
 
 /// Checks the layout and, when `apply`, brings it up to date under the advisory lock.
@@ -222,6 +229,29 @@ pub const FAIL_EXTRACTION: &str =
 pub const CLEANUP: &str = "DELETE FROM agent_executions
      WHERE spawned_at < to_char((clock_timestamp() AT TIME ZONE 'UTC') - make_interval(days => $1::bigint::int),
                                 'YYYY-MM-DD HH24:MI:SS')";
+/// Retention's second half: the idempotency keys kept past `$1` ms.
+pub const PRUNE_KEYS: &str = "DELETE FROM consensus_idempotency WHERE created_at_ms < consensus_db_now_ms() - $1";
+
+pub const STORE_ARTIFACT_KEYED: &str =
+    "SELECT consensus_db_store_artifact_keyed($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+pub const STORE_SYNTHESIS_FENCED: &str = "SELECT consensus_db_store_synthesis_fenced($1, $2, $3, $4, $5, $6, $7, $8,
+     $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
+pub const CLAIM_STAGE: &str = "SELECT * FROM consensus_db_claim_stage($1, $2, $3, $4, $5, $6, $7)";
+pub const RENEW_CLAIM: &str =
+    "UPDATE consensus_claims SET expires_at_ms = consensus_db_now_ms() + $6 + $7, lease_ms = $7
+     WHERE spec_id = $1 AND stage = $2 AND branch_id = $3 AND token = $4 AND owner = $5 AND released_at_ms IS NULL
+       AND expires_at_ms > consensus_db_now_ms() + $6
+     RETURNING expires_at_ms";
+pub const CLAIM_ROW: &str = "SELECT token, owner, expires_at_ms, released_at_ms, consensus_db_now_ms() + $4
+     FROM consensus_claims WHERE spec_id = $1 AND stage = $2 AND branch_id = $3";
+pub const RELEASE_CLAIM: &str = "UPDATE consensus_claims SET released_at_ms = consensus_db_now_ms() + $6,
+       expires_at_ms = LEAST(expires_at_ms, consensus_db_now_ms() + $6)
+     WHERE spec_id = $1 AND stage = $2 AND branch_id = $3 AND token = $4 AND owner = $5 AND released_at_ms IS NULL";
+pub const LIVE_CLAIMS: &str = "SELECT spec_id, stage, NULLIF(branch_id, ''), run_id, owner, token, lease_ms,
+       claimed_at_ms, expires_at_ms
+     FROM consensus_claims
+     WHERE ($1::text IS NULL OR spec_id = $1) AND released_at_ms IS NULL AND expires_at_ms > consensus_db_now_ms() + $2
+     ORDER BY spec_id, stage, branch_id";
 
 pub const STORE_ARTIFACT: &str = "SELECT consensus_db_store_artifact($1, $2, $3, $4, $5, $6, $7, $8)";
 pub const COUNT_ARTIFACTS: &str = "SELECT count(*) FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id

@@ -13,12 +13,14 @@ use super::convert::{
     agent_route, json_text, opt_callable, opt_flag, opt_int_in, opt_json_text, opt_text, real, rows_with_columns,
     seconds, spawn_info, text, to_params, type_name, Keep,
 };
-use super::run;
 use super::transaction::PyTransaction;
+use super::{run, run_keyed};
 use crate::backend::{AnyDatabase, Backend};
 use crate::cursor::Page;
 use crate::error::Error;
-use crate::model::{AgentExecution, Artifact, ExtractionFailure, NewArtifact, NewSynthesis, ReaderCounts, Synthesis};
+use crate::model::{
+    AgentExecution, Artifact, Claim, ExtractionFailure, NewArtifact, NewClaim, NewSynthesis, ReaderCounts, Synthesis,
+};
 use crate::sqlite::maintenance::{CycleReport, MaintenanceOptions, Progress, Stats, DEFAULT_VACUUM_THRESHOLD};
 use crate::sqlite::migrations;
 use crate::sqlite::replica::CheckpointMode;
@@ -161,7 +163,7 @@ fn open_postgres(
     _pragmas: Option<&Bound<'_, PyAny>>,
     _convert_auto_vacuum: bool,
     _uri: Option<&Bound<'_, PyAny>>,
-    _retry: Option<RetryPolicy>,
+    _retry: (Option<RetryPolicy>, i64),
 ) -> PyResult<PyDatabase> {
     Err(Error::NotSupported("built without the `postgres` feature".into()).into())
 }
@@ -179,7 +181,7 @@ fn open_postgres(
     pragmas: Option<&Bound<'_, PyAny>>,
     _convert_auto_vacuum: bool,
     uri: Option<&Bound<'_, PyAny>>,
-    retry: Option<RetryPolicy>,
+    (retry, idempotency_days): (Option<RetryPolicy>, i64),
 ) -> PyResult<PyDatabase> {
     if let Some(p) = pragmas.filter(|p| !p.is_none()) {
         return Err(Error::NotSupported(format!(
@@ -199,8 +201,14 @@ fn open_postgres(
         Some(m) if m.is_instance_of::<pyo3::types::PyBool>() => m.is_truthy()?,
         Some(m) => non_negative(m, "migrate")? > 0,
     };
-    let options =
-        crate::postgres::PgOptions { pool_size, checkout_timeout, migrate: migrate && !read_only, read_only, retry };
+    let options = crate::postgres::PgOptions {
+        pool_size,
+        checkout_timeout,
+        migrate: migrate && !read_only,
+        read_only,
+        retry,
+        idempotency_days,
+    };
     let db = run(py, move || crate::postgres::PgDatabase::open(&url, options))?;
     Ok(PyDatabase { inner: AnyDatabase::Postgres(db), handed: false })
 }
@@ -326,8 +334,8 @@ struct Item<'a, 'py> {
     found: std::cell::Cell<usize>,
 }
 
-const ARTIFACT_KEYS: [&str; 7] =
-    ["spec_id", "stage", "agent_name", "content_json", "response_text", "run_id", "model_version"];
+const ARTIFACT_KEYS: [&str; 8] =
+    ["spec_id", "stage", "agent_name", "content_json", "response_text", "run_id", "model_version", "idempotency_key"];
 
 impl<'py> Item<'_, 'py> {
     fn get(&self, key: &Bound<'py, PyString>) -> PyResult<Option<Bound<'py, PyAny>>> {
@@ -401,6 +409,7 @@ fn new_artifact(item: &Bound<'_, PyAny>, i: usize) -> PyResult<NewArtifact> {
         response_text: item.optional_text(intern!(py, "response_text"))?,
         run_id: item.optional_text(intern!(py, "run_id"))?,
         model_version: item.optional_text(intern!(py, "model_version"))?,
+        idempotency_key: item.optional_text(intern!(py, "idempotency_key"))?,
     };
     item.no_unknown_keys()?;
     Ok(artifact)
@@ -538,8 +547,8 @@ impl PyDatabase {
     /// Every argument but `path` may be None for its default (`_core.DEFAULTS`).
     #[pyo3(signature = (path, *, pool_size=None, min_idle=None, checkout_timeout=None, read_only=None, create=None,
                         migrate=None, pragmas=None, convert_auto_vacuum=None, uri=None, retry=Keep::Default,
-                        replicated=None, write_mode=None, read_mode=None),
-           text_signature = "(path, *, pool_size=10, min_idle=1, checkout_timeout=10.0, read_only=False, create=True, migrate=True, pragmas=None, convert_auto_vacuum=True, uri=False, retry=..., replicated=False, write_mode='v1', read_mode='dual')")]
+                        replicated=None, write_mode=None, read_mode=None, idempotency_days=None),
+           text_signature = "(path, *, pool_size=10, min_idle=1, checkout_timeout=10.0, read_only=False, create=True, migrate=True, pragmas=None, convert_auto_vacuum=True, uri=False, retry=..., replicated=False, write_mode='v1', read_mode='dual', idempotency_days=7)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -557,6 +566,7 @@ impl PyDatabase {
         replicated: Option<&Bound<'_, PyAny>>,
         write_mode: Option<&Bound<'_, PyAny>>,
         read_mode: Option<&Bound<'_, PyAny>>,
+        idempotency_days: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         if let Some(inner) = HANDOVER.with(|h| h.borrow_mut().take()) {
             return Ok(PyDatabase { inner: AnyDatabase::Sqlite(inner), handed: true });
@@ -574,6 +584,8 @@ impl PyDatabase {
             None => defaults.checkout_timeout,
         };
         let read_only = opt_flag(read_only, "read_only", defaults.read_only)?;
+        let idempotency_days: i64 =
+            opt_int_in(idempotency_days, "idempotency_days", 1, 36_500)?.unwrap_or(defaults.idempotency_days);
         let create = opt_flag(create, "create", defaults.create)?;
         let convert_auto_vacuum = opt_flag(convert_auto_vacuum, "convert_auto_vacuum", defaults.convert_auto_vacuum)?;
         let write_mode: WriteMode = match write_mode.filter(|m| !m.is_none()) {
@@ -602,7 +614,7 @@ impl PyDatabase {
                 pragmas,
                 convert_auto_vacuum,
                 uri,
-                retry,
+                (retry, idempotency_days),
             );
         }
         let path = path_arg(path, "path")?;
@@ -627,6 +639,7 @@ impl PyDatabase {
             uri,
             retry,
             replicated,
+            idempotency_days,
         };
         let inner = run(py, move || {
             let db = Database::open(&path, options)?;
@@ -1201,8 +1214,11 @@ impl PyDatabase {
     // ---- artifacts -----------------------------------------------------------------
 
     /// Stores one agent's output for a spec/stage; `content_json` is a JSON `str`
-    /// (validated) or a dict/list (serialized). Returns the new id.
-    #[pyo3(signature = (spec_id, stage, agent_name, content_json, *, response_text=None, run_id=None, model_version=None))]
+    /// (validated) or a dict/list (serialized). Returns the new id. With
+    /// `idempotency_key`, a repeat of the call returns the first write's id and writes
+    /// nothing; the key with other content raises `IdempotencyKeyError` (`docs/claims.md`).
+    #[pyo3(signature = (spec_id, stage, agent_name, content_json, *, response_text=None, run_id=None, model_version=None,
+                        idempotency_key=None))]
     #[allow(clippy::too_many_arguments)]
     fn store_artifact(
         &self,
@@ -1214,6 +1230,7 @@ impl PyDatabase {
         response_text: Option<&Bound<'_, PyAny>>,
         run_id: Option<&Bound<'_, PyAny>>,
         model_version: Option<&Bound<'_, PyAny>>,
+        idempotency_key: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<i64> {
         let artifact = NewArtifact {
             spec_id: text(spec_id, "spec_id")?.to_string(),
@@ -1223,14 +1240,16 @@ impl PyDatabase {
             response_text: opt_text(response_text, "response_text")?.map(|s| s.to_string()),
             run_id: opt_text(run_id, "run_id")?.map(|s| s.to_string()),
             model_version: opt_text(model_version, "model_version")?.map(|s| s.to_string()),
+            idempotency_key: opt_text(idempotency_key, "idempotency_key")?.map(|s| s.to_string()),
         };
-        run(py, || self.inner.store_artifact(&artifact))
+        run_keyed(py, artifact.idempotency_key.as_deref(), || self.inner.store_artifact(&artifact))
     }
 
     /// `store_artifact` without waiting (see `_record_agent_spawn_async`): the id goes
     /// to `on_done(id, None)`.
     #[pyo3(name = "_store_artifact_async",
-           signature = (on_done, spec_id, stage, agent_name, content_json, *, response_text=None, run_id=None, model_version=None))]
+           signature = (on_done, spec_id, stage, agent_name, content_json, *, response_text=None, run_id=None, model_version=None,
+                        idempotency_key=None))]
     #[allow(clippy::too_many_arguments)]
     fn store_artifact_async(
         &self,
@@ -1242,6 +1261,7 @@ impl PyDatabase {
         response_text: Option<&Bound<'_, PyAny>>,
         run_id: Option<&Bound<'_, PyAny>>,
         model_version: Option<&Bound<'_, PyAny>>,
+        idempotency_key: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let on_done = non_callable(on_done)?;
         let artifact = NewArtifact {
@@ -1252,13 +1272,15 @@ impl PyDatabase {
             response_text: opt_text(response_text, "response_text")?.map(|s| s.to_string()),
             run_id: opt_text(run_id, "run_id")?.map(|s| s.to_string()),
             model_version: opt_text(model_version, "model_version")?.map(|s| s.to_string()),
+            idempotency_key: opt_text(idempotency_key, "idempotency_key")?.map(|s| s.to_string()),
         };
         self.core("submit_artifact")?.submit_artifact(artifact, completion::<i64>(on_done));
         Ok(())
     }
 
-    /// Stores many artifacts (mappings with the `store_artifact` argument names) in
-    /// one transaction: all or none.
+    /// Stores many artifacts (mappings with the `store_artifact` argument names,
+    /// `idempotency_key` included) in one transaction: all or none. An item whose key
+    /// was used gets the first write's id.
     fn store_artifacts(&self, py: Python<'_>, artifacts: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
         let iter = artifacts.try_iter().map_err(|_| {
             PyErr::from(Error::invalid(
@@ -1270,7 +1292,12 @@ impl PyDatabase {
         for (i, item) in iter.enumerate() {
             batch.push(new_artifact(&item?, i)?);
         }
-        run(py, || self.inner.store_artifacts(&batch))
+        // Repeatable after a lost outcome only when no item would be written twice.
+        let key = batch
+            .first()
+            .and_then(|a| a.idempotency_key.clone())
+            .filter(|_| batch.iter().all(|a| a.idempotency_key.is_some()));
+        run_keyed(py, key.as_deref(), || self.inner.store_artifacts(&batch))
     }
 
     /// The artifacts of a spec/stage from both schemas, newest first (by time; at one
@@ -1338,10 +1365,13 @@ impl PyDatabase {
     // ---- synthesis -----------------------------------------------------------------
 
     /// Stores the merged result of a run; `agreements`/`conflicts` are JSON text or a
-    /// list/dict (serialized). Returns the new id.
+    /// list/dict (serialized). Returns the new id. `claim`: the stage's claim
+    /// (`claim_stage`), refused with `StaleClaimError` unless it is the stage's newest
+    /// live claim; without one, refused while another owner holds a live claim on the
+    /// stage. `idempotency_key`: as `store_artifact`'s.
     #[pyo3(signature = (spec_id, stage, output_markdown, *, output_path=None, status=None, artifacts_count=None,
-                        agreements=None, conflicts=None, degraded=None, run_id=None),
-           text_signature = "($self, spec_id, stage, output_markdown, *, output_path=None, status='success', artifacts_count=None, agreements=None, conflicts=None, degraded=False, run_id=None)")]
+                        agreements=None, conflicts=None, degraded=None, run_id=None, claim=None, idempotency_key=None),
+           text_signature = "($self, spec_id, stage, output_markdown, *, output_path=None, status='success', artifacts_count=None, agreements=None, conflicts=None, degraded=False, run_id=None, claim=None, idempotency_key=None)")]
     #[allow(clippy::too_many_arguments)]
     fn store_synthesis(
         &self,
@@ -1356,6 +1386,8 @@ impl PyDatabase {
         conflicts: Option<&Bound<'_, PyAny>>,
         degraded: Option<&Bound<'_, PyAny>>,
         run_id: Option<&Bound<'_, PyAny>>,
+        claim: Option<&Bound<'_, PyAny>>,
+        idempotency_key: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<i64> {
         let synthesis = NewSynthesis {
             spec_id: text(spec_id, "spec_id")?.to_string(),
@@ -1368,8 +1400,84 @@ impl PyDatabase {
             conflicts: opt_json_text(conflicts, "conflicts")?.map(|s| s.to_string()),
             degraded: opt_flag(degraded, "degraded", false)?,
             run_id: opt_text(run_id, "run_id")?.map(|s| s.to_string()),
+            idempotency_key: opt_text(idempotency_key, "idempotency_key")?.map(|s| s.to_string()),
+            claim: opt_claim(claim)?,
         };
-        run(py, || self.inner.store_synthesis(&synthesis))
+        run_keyed(py, synthesis.idempotency_key.as_deref(), || self.inner.store_synthesis(&synthesis))
+    }
+
+    // ---- claims --------------------------------------------------------------------
+
+    /// Claims a stage for `lease_s` seconds (on the database's clock): a `Claim` with
+    /// the stage's next fencing token (strictly increasing per spec/stage/branch, never
+    /// reused), or None while another owner's lease is live. Claiming again as the same
+    /// owner while its own lease is live takes a new token (the earlier claim is then
+    /// stale). See `docs/claims.md`.
+    #[pyo3(signature = (spec_id, stage, run_id=None, *, owner, lease_s, branch_id=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn claim_stage(
+        &self,
+        py: Python<'_>,
+        spec_id: &Bound<'_, PyAny>,
+        stage: &Bound<'_, PyAny>,
+        run_id: Option<&Bound<'_, PyAny>>,
+        owner: &Bound<'_, PyAny>,
+        lease_s: &Bound<'_, PyAny>,
+        branch_id: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<Claim>> {
+        let claim = NewClaim {
+            spec_id: text(spec_id, "spec_id")?.to_string(),
+            stage: text(stage, "stage")?.to_string(),
+            branch_id: opt_text(branch_id, "branch_id")?.map(|s| s.to_string()),
+            run_id: opt_text(run_id, "run_id")?.map(|s| s.to_string()),
+            owner: text(owner, "owner")?.to_string(),
+            lease_ms: crate::store::lease_ms("lease_s", real(lease_s, "lease_s")?)?,
+        };
+        run(py, || self.inner.claim_stage(&claim))
+    }
+
+    /// Extends a live claim's lease to now + `lease_s` (None: its own length); returns
+    /// the renewed claim. A claim taken over, expired or released raises
+    /// `StaleClaimError`.
+    #[pyo3(signature = (claim, *, lease_s=None))]
+    fn renew_claim(
+        &self,
+        py: Python<'_>,
+        claim: &Bound<'_, PyAny>,
+        lease_s: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Claim> {
+        let claim = claim_arg(claim)?;
+        let lease = match lease_s.filter(|l| !l.is_none()) {
+            Some(l) => Some(crate::store::lease_ms("lease_s", real(l, "lease_s")?)?),
+            None => None,
+        };
+        run(py, || self.inner.renew_claim(&claim, lease))
+    }
+
+    /// Ends a claim before its lease: the stage is claimable at once. Returns whether it
+    /// was released (False: it had been taken over or released already).
+    fn release_claim(&self, py: Python<'_>, claim: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let claim = claim_arg(claim)?;
+        run(py, || self.inner.release_claim(&claim))
+    }
+
+    /// The live claims, of one spec or of all, by spec, stage and branch.
+    #[pyo3(signature = (spec_id=None))]
+    fn query_claims(&self, py: Python<'_>, spec_id: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Claim>> {
+        let spec = opt_text(spec_id, "spec_id")?.map(|s| s.to_string());
+        run(py, || self.inner.query_claims(spec.as_deref()))
+    }
+
+    /// Test hook: shifts this store's clock for leases and idempotency keys by
+    /// `seconds` (a lease expires without waiting for it). Other stores, and other
+    /// processes, keep their own clocks.
+    fn _set_clock_offset(&self, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
+        let s = real(seconds, "seconds")?;
+        if !s.is_finite() || s.abs() > 1e10 {
+            return Err(Error::invalid("seconds", format!("must be a finite number of seconds, got {s}")).into());
+        }
+        self.inner.set_clock_offset((s * 1000.0).round() as i64);
+        Ok(())
     }
 
     /// The newest synthesis of a spec/stage from either schema, or None.
@@ -1644,12 +1752,27 @@ pub(crate) fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("convert_auto_vacuum", o.convert_auto_vacuum)?;
     d.set_item("uri", o.uri)?;
     d.set_item("replicated", o.replicated)?;
+    d.set_item("idempotency_days", o.idempotency_days)?;
     d.set_item("vacuum_threshold", DEFAULT_VACUUM_THRESHOLD)?;
     d.set_item("maintenance_interval_s", m.interval.as_secs_f64())?;
     d.set_item("retention_days", m.retention_days)?;
     d.set_item("vacuum_pages", m.vacuum_pages)?;
     d.set_item("checkpoint", m.checkpoint)?;
     Ok(d)
+}
+
+/// `claim=`: a `Claim` (`claim_stage`'s), or None.
+fn opt_claim(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Claim>> {
+    obj.filter(|c| !c.is_none()).map(claim_arg).transpose()
+}
+
+fn claim_arg(obj: &Bound<'_, PyAny>) -> PyResult<Claim> {
+    match obj.cast::<Claim>() {
+        Ok(c) => Ok(c.get().clone()),
+        Err(_) => {
+            Err(Error::invalid("claim", format!("must be a Claim (from claim_stage), got {}", type_name(obj))).into())
+        }
+    }
 }
 
 /// `order` of the queries: `"newest"` (the default, as the predecessor had it) or `"oldest"`.

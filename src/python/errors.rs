@@ -26,6 +26,22 @@ mod py {
     pyo3::import_exception!(consensus_db.errors, ConnectionLostError);
     pyo3::import_exception!(consensus_db.errors, OutcomeUnknownError);
     pyo3::import_exception!(consensus_db.errors, NotReplicatedError);
+    pyo3::import_exception!(consensus_db.errors, StaleClaimError);
+    pyo3::import_exception!(consensus_db.errors, IdempotencyKeyError);
+}
+
+/// Attributes set on an exception's instance (what a caller matches on besides the text).
+trait WithAttributes {
+    fn with_attrs(self, set: impl FnOnce(&Bound<'_, PyAny>) -> PyResult<()>) -> PyErr;
+}
+
+impl WithAttributes for PyErr {
+    fn with_attrs(self, set: impl FnOnce(&Bound<'_, PyAny>) -> PyResult<()>) -> PyErr {
+        Python::attach(|py| match set(self.value(py).as_any()) {
+            Ok(()) => self,
+            Err(e) => e,
+        })
+    }
 }
 
 pub fn to_py(err: Error) -> PyErr {
@@ -51,7 +67,32 @@ pub fn to_py(err: Error) -> PyErr {
         Error::ConnectionLost(_) => py::ConnectionLostError::new_err(message),
         Error::OutcomeUnknown(_) => py::OutcomeUnknownError::new_err(message),
         Error::NotReplicated(_) => py::NotReplicatedError::new_err(message),
+        Error::StaleClaim(c) => py::StaleClaimError::new_err(message).with_attrs(|e| {
+            e.setattr("spec_id", c.spec_id)?;
+            e.setattr("stage", c.stage)?;
+            e.setattr("branch_id", c.branch_id)?;
+            e.setattr("token", c.token)?;
+            e.setattr("newest_token", c.newest)
+        }),
+        Error::IdempotencyConflict { key, .. } => py::IdempotencyKeyError::new_err(message).with_attrs(key_of(key)),
     }
+}
+
+/// Sets `idempotency_key` on an exception.
+fn key_of(key: String) -> impl FnOnce(&Bound<'_, PyAny>) -> PyResult<()> {
+    move |e| e.setattr("idempotency_key", key)
+}
+
+/// An outcome left unknown of a call that carried an idempotency key: the exception
+/// names the key, which makes repeating the call safe (`consensus_db.retry` repeats it).
+/// A NotReplicatedError is left as it is: never repeated.
+pub fn mark_keyed(py: Python<'_>, err: PyErr, key: &str) -> PyErr {
+    if err.is_instance_of::<py::OutcomeUnknownError>(py) && !err.is_instance_of::<py::NotReplicatedError>(py) {
+        if let Err(e) = err.value(py).setattr("idempotency_key", key) {
+            return e;
+        }
+    }
+    err
 }
 
 impl From<Error> for PyErr {

@@ -28,6 +28,19 @@ pub(crate) fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<T> 
         .map_err(PyErr::from)
 }
 
+/// [`run`] for a call carrying an idempotency key (`key`): an `OutcomeUnknownError` it
+/// raises names the key (see `errors::mark_keyed`).
+pub(crate) fn run_keyed<T: Send>(
+    py: Python<'_>,
+    key: Option<&str>,
+    f: impl FnOnce() -> crate::Result<T> + Send,
+) -> PyResult<T> {
+    run(py, f).map_err(|e| match key {
+        Some(key) => errors::mark_keyed(py, e, key),
+        None => e,
+    })
+}
+
 /// Panics inside the engine boundary; exists so tests can prove panics become errors.
 #[pyfunction]
 fn _panic_for_tests(py: Python<'_>) -> PyResult<()> {
@@ -76,6 +89,7 @@ pub(crate) fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<crate::model::Synthesis>()?;
     m.add_class::<crate::model::ExtractionFailure>()?;
     m.add_class::<crate::model::AgentExecution>()?;
+    m.add_class::<crate::model::Claim>()?;
     m.add_function(wrap_pyfunction!(sqlite_version, m)?)?;
     m.add_function(wrap_pyfunction!(migrations, m)?)?;
     m.add_function(wrap_pyfunction!(redact_url, m)?)?;

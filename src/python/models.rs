@@ -6,7 +6,7 @@ use pyo3::types::{PyDict, PyTuple};
 use super::convert::{json_items, utc_from_ms, utc_from_text};
 use crate::cursor;
 use crate::error::Error;
-use crate::model::{AgentExecution, Artifact, ExtractionFailure, Synthesis, SOURCE_LEGACY, SOURCE_V1};
+use crate::model::{AgentExecution, Artifact, Claim, ExtractionFailure, Synthesis, SOURCE_LEGACY, SOURCE_V1};
 
 /// `"v1"` or `"legacy"`, the only sources a row can have.
 fn source(value: &str) -> PyResult<&'static str> {
@@ -471,6 +471,97 @@ impl AgentExecution {
         d.set_item("spawned_at", &self.spawned_at)?;
         d.set_item("completed_at", &self.completed_at)?;
         d.set_item("response_text", &self.response_text)?;
+        Ok(d)
+    }
+}
+
+#[pymethods]
+impl Claim {
+    /// Builds a claim as `claim_stage` returns it (a claim handed to another process,
+    /// unpickling, tests). A hand-made claim grants nothing: every write under it is
+    /// checked against the stage's newest live claim in the database.
+    #[new]
+    #[pyo3(signature = (spec_id, stage, owner, token, *, branch_id=None, run_id=None, lease_ms=0, claimed_at_ms=0,
+                        expires_at_ms=0, took_over_from=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn py_new(
+        spec_id: String,
+        stage: String,
+        owner: String,
+        token: i64,
+        branch_id: Option<String>,
+        run_id: Option<String>,
+        lease_ms: i64,
+        claimed_at_ms: i64,
+        expires_at_ms: i64,
+        took_over_from: Option<String>,
+    ) -> Self {
+        Claim {
+            spec_id,
+            stage,
+            branch_id,
+            run_id,
+            owner,
+            token,
+            lease_ms,
+            claimed_at_ms,
+            expires_at_ms,
+            took_over_from,
+        }
+    }
+
+    /// Pickling: the constructor and every field.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let py = slf.py();
+        let c = slf.get();
+        let build = py.import("functools")?.getattr("partial")?.call(
+            (slf.get_type(),),
+            Some(&{
+                let kw = PyDict::new(py);
+                kw.set_item("branch_id", &c.branch_id)?;
+                kw.set_item("run_id", &c.run_id)?;
+                kw.set_item("lease_ms", c.lease_ms)?;
+                kw.set_item("claimed_at_ms", c.claimed_at_ms)?;
+                kw.set_item("expires_at_ms", c.expires_at_ms)?;
+                kw.set_item("took_over_from", &c.took_over_from)?;
+                kw
+            }),
+        )?;
+        let args = (&c.spec_id, &c.stage, &c.owner, c.token).into_pyobject(py)?;
+        Ok((build, args))
+    }
+
+    /// The lease's length in seconds.
+    #[getter]
+    fn lease_s(&self) -> f64 {
+        self.lease_ms as f64 / 1000.0
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Claim(spec_id={}, stage={}, branch_id={}, owner={}, token={}, expires_at_ms={})",
+            short(&self.spec_id),
+            short(&self.stage),
+            opt(&self.branch_id),
+            short(&self.owner),
+            self.token,
+            self.expires_at_ms
+        )
+    }
+
+    /// The fields as a dict.
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("spec_id", &self.spec_id)?;
+        d.set_item("stage", &self.stage)?;
+        d.set_item("branch_id", &self.branch_id)?;
+        d.set_item("run_id", &self.run_id)?;
+        d.set_item("owner", &self.owner)?;
+        d.set_item("token", self.token)?;
+        d.set_item("lease_ms", self.lease_ms)?;
+        d.set_item("claimed_at_ms", self.claimed_at_ms)?;
+        d.set_item("expires_at_ms", self.expires_at_ms)?;
+        d.set_item("took_over_from", &self.took_over_from)?;
         Ok(d)
     }
 }

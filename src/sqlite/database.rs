@@ -54,6 +54,8 @@ pub struct Options {
     /// PASSIVE only and `busy_timeout` must be at least 5 s (`replica.rs`). A file
     /// Litestream has replicated is recognised by its tables without this flag.
     pub replicated: bool,
+    /// How many days an idempotency key is kept (`docs/claims.md`).
+    pub idempotency_days: i64,
 }
 
 impl Default for Options {
@@ -70,6 +72,7 @@ impl Default for Options {
             uri: false,
             retry: Some(RetryPolicy::default()),
             replicated: false,
+            idempotency_days: crate::store::DEFAULT_IDEMPOTENCY_DAYS,
         }
     }
 }

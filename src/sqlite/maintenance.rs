@@ -157,6 +157,17 @@ pub(crate) fn retention_cutoff(conn: &Connection, days: i64) -> Result<Option<St
     Ok(conn.query_row("SELECT strftime('%Y-%m-%d %H:%M:%S', 'now', ?1)", [format!("-{days} days")], |r| r.get(0))?)
 }
 
+/// Where retention prunes idempotency keys: those recorded before this time (Unix ms)
+/// have expired. None when the file has no key table.
+pub(crate) fn keys_cutoff(conn: &Connection, kept_ms: i64) -> Result<Option<i64>> {
+    if !crate::sqlite::schema::table_exists(conn, "consensus_idempotency")? {
+        return Ok(None);
+    }
+    let now: i64 =
+        conn.query_row("SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)", [], |r| r.get(0))?;
+    Ok(Some(now.saturating_sub(kept_ms)))
+}
+
 /// The executions a retention cutting at `cutoff` deletes: a count of the `spawned_at`
 /// index's entries before it (~0.1 s for a million), for the progress of the job.
 pub(crate) fn executions_before(conn: &Connection, cutoff: &str) -> Result<u64> {
@@ -166,14 +177,17 @@ pub(crate) fn executions_before(conn: &Connection, cutoff: &str) -> Result<u64> 
 }
 
 /// Deletes the executions spawned before `cutoff` in chunks, each in its turn of `hold`
-/// and its own IMMEDIATE transaction; returns how many. `progress` is told rows done of
-/// `total` after each chunk and may stop the job there.
+/// and its own IMMEDIATE transaction; returns how many. Each chunk also prunes as many
+/// idempotency keys recorded before `keys_before` (ms), which are expired. `progress`
+/// is told rows done of `total` after each chunk and may stop the job there.
 pub(crate) fn delete_executions_in_chunks(
     hold: impl FnMut(Chunk<'_>) -> Result<(u64, bool)>,
     cutoff: &str,
+    keys_before: Option<i64>,
     total: u64,
     progress: Option<&mut Progress>,
 ) -> Result<u64> {
+    let mut keys_left = keys_before.is_some();
     let delete = |conn: &Connection, n: u32| {
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let deleted = conn
@@ -182,10 +196,23 @@ pub(crate) fn delete_executions_in_chunks(
                      (SELECT rowid FROM agent_executions WHERE spawned_at < ?1 LIMIT ?2)",
             )
             .and_then(|mut s| s.execute(rusqlite::params![cutoff, n]));
-        match deleted {
-            Ok(deleted) => {
+        let pruned = match keys_before.filter(|_| keys_left) {
+            Some(before) => deleted.and_then(|deleted| {
+                let keys = conn
+                    .prepare_cached(
+                        "DELETE FROM consensus_idempotency WHERE key IN
+                             (SELECT key FROM consensus_idempotency WHERE created_at_ms < ?1 LIMIT ?2)",
+                    )?
+                    .execute(rusqlite::params![before, n])?;
+                Ok((deleted, keys))
+            }),
+            None => deleted.map(|deleted| (deleted, 0)),
+        };
+        match pruned {
+            Ok((deleted, keys)) => {
                 conn.execute_batch("COMMIT")?;
-                Ok((deleted as u64, deleted < n as usize))
+                keys_left = keys >= n as usize;
+                Ok((deleted as u64, deleted < n as usize && !keys_left))
             }
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -422,7 +449,9 @@ impl Engine {
             }
             done
         };
-        delete_executions_in_chunks(hold, &cutoff, total, progress.as_mut())
+        let keys =
+            self.read(|conn| keys_cutoff(conn, crate::store::idempotency::keep_ms(self.options.idempotency_days)))?;
+        delete_executions_in_chunks(hold, &cutoff, keys, total, progress.as_mut())
     }
 
     /// Checkpoints the WAL into the database: in `mode`, or by default TRUNCATE (the
@@ -515,10 +544,11 @@ impl Maintenance {
         options: MaintenanceOptions,
         in_memory: bool,
         replicated: bool,
+        keys_kept_ms: i64,
     ) -> Result<Maintenance> {
         let cycle_options = options.clone();
         Maintenance::spawn("consensus-db-maintenance", options, move |report, stopping| {
-            run_cycle(&pool, &lane, &cycle_options, in_memory, replicated, stopping, report)
+            run_cycle(&pool, &lane, &cycle_options, (in_memory, replicated, keys_kept_ms), stopping, report)
         })
     }
 
@@ -581,8 +611,7 @@ fn run_cycle(
     pool: &Pool,
     lane: &Arc<WriteLane>,
     options: &MaintenanceOptions,
-    in_memory: bool,
-    replicated: bool,
+    (in_memory, replicated, keys_kept_ms): (bool, bool, i64),
     stopping: &dyn Fn() -> bool,
     report: &mut CycleReport,
 ) -> Result<()> {
@@ -600,8 +629,12 @@ fn run_cycle(
         chunk(&*pool.get()?)
     };
     if let Some(days) = options.retention_days {
-        if let Some(cutoff) = retention_cutoff(&*pool.get()?, days)? {
-            report.executions_deleted = delete_executions_in_chunks(in_turn, &cutoff, 0, None)? as usize;
+        let conn = pool.get()?;
+        let cutoff = retention_cutoff(&conn, days)?;
+        let keys = keys_cutoff(&conn, keys_kept_ms)?;
+        drop(conn);
+        if let Some(cutoff) = cutoff {
+            report.executions_deleted = delete_executions_in_chunks(in_turn, &cutoff, keys, 0, None)? as usize;
         }
     }
     if pragma_i64(&*pool.get()?, "auto_vacuum")? == 2 {

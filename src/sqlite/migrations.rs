@@ -378,12 +378,13 @@ fn bring_layout_current(
     Ok((found, additive_steps(conn, long)?))
 }
 
-/// The steps of layout revisions 3 and 4, which only add or correct (the minimum reader
+/// The steps of layout revisions 3 to 5, which only add or correct (the minimum reader
 /// layout stays [`schema::MIN_READER_LAYOUT`]): on every shape with a routing table, the
 /// predecessor's `branch_id` column and `idx_agent_executions_branch` index, and the
 /// read indexes of revision 4 ([`BIG_INDEXES`]: the routing read's covering index, the
 /// artifact pages' two; left, and said so, at an opening of a file whose table holds more
-/// than [`BIG_INDEX_AT_OPENING`] rows; revision 4 is recorded once they exist); on the new
+/// than [`BIG_INDEX_AT_OPENING`] rows; revision 4 is recorded once they exist), the
+/// coordination tables of revision 5 (claims, idempotency keys: on every shape); on the new
 /// tables, `consensus_ok` as the predecessor writes it (1: the run has an artifact or a
 /// synthesis) where this store wrote 0 — an older release still running mid-rollout
 /// writes 0 again, so this looks at every opening, not once. Checked before taking the
@@ -425,6 +426,10 @@ fn additive_steps(conn: &Connection, long: LongSteps) -> Result<Vec<String>> {
                 changes.push(format!("created {}", index.named()));
             }
         }
+        if !coordination_tables_exist(c)? {
+            c.execute_batch(schema::COORDINATION_TABLES_SQL)?;
+            changes.push(format!("created the tables {}", schema::COORDINATION_TABLES.join(" and ")));
+        }
         if table_exists(c, "consensus_runs")? {
             let n = c.execute("UPDATE consensus_runs SET consensus_ok = 1 WHERE consensus_ok = 0", [])?;
             if n > 0 {
@@ -463,11 +468,24 @@ fn additive_steps_pending(conn: &Connection, long: LongSteps) -> Result<bool> {
             return Ok(true);
         }
     }
+    if !coordination_tables_exist(conn)? {
+        return Ok(true);
+    }
     if big_indexes_complete(conn)? && schema::revision(conn)?.is_some_and(|r| r < schema::LAYOUT) {
         return Ok(true);
     }
     Ok(table_exists(conn, "consensus_runs")?
         && conn.query_row("SELECT EXISTS (SELECT 1 FROM consensus_runs WHERE consensus_ok = 0)", [], |r| r.get(0))?)
+}
+
+/// Whether the claims and idempotency tables of layout revision 5 exist.
+fn coordination_tables_exist(conn: &Connection) -> Result<bool> {
+    for table in schema::COORDINATION_TABLES {
+        if !table_exists(conn, table)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn index_exists(conn: &Connection, index: &str) -> Result<bool> {
@@ -1014,6 +1032,7 @@ fn write_back_syntheses(conn: &Connection, (after, last): Ids) -> Result<RowsMov
             conflicts: s.conflicts,
             degraded: s.degraded,
             run_id: s.run_id,
+            ..NewSynthesis::default()
         };
         copy_synthesis_to_legacy(conn, id, &new, s.created_at_ms)?;
         written.syntheses_written_back += 1;
@@ -1024,6 +1043,9 @@ fn write_back_syntheses(conn: &Connection, (after, last): Ids) -> Result<RowsMov
 fn down_v1(conn: &Connection) -> Result<RowsMoved> {
     let written = write_back(conn)?;
     conn.execute_batch("DROP TABLE agent_outputs; DROP TABLE consensus_runs; DROP TABLE IF EXISTS consensus_db_meta;")?;
+    // The claims and keys go with the tables whose rows they name (a legacy file is the
+    // predecessor's shape); an upgrade makes them again, empty, tokens from 1.
+    conn.execute_batch("DROP TABLE IF EXISTS consensus_claims; DROP TABLE IF EXISTS consensus_idempotency;")?;
     Ok(written)
 }
 
@@ -1749,8 +1771,8 @@ mod tests {
         assert!(matches!(upgrade(&conn, 1), Err(Error::Migration(ref m)) if m.contains("-5")));
         let newer = Connection::open_in_memory().unwrap();
         upgrade(&newer, 1).unwrap();
-        newer.execute_batch("UPDATE consensus_db_meta SET value = 5 WHERE key = 'layout'").unwrap();
-        assert!(matches!(upgrade(&newer, 1), Err(Error::LayoutTooNew { found: 5, supported: 4 })));
+        newer.execute_batch("UPDATE consensus_db_meta SET value = 6 WHERE key = 'layout'").unwrap();
+        assert!(matches!(upgrade(&newer, 1), Err(Error::LayoutTooNew { found: 6, supported: 5 })));
     }
 
     #[test]

@@ -143,9 +143,24 @@ pub(crate) struct Attempts<'a> {
     op: &'a str,
     start: Option<Instant>,
     attempt: u32,
+    /// The call carries an idempotency key: an outcome left unknown may be repeated
+    /// (the key makes a repeat return the first write's id).
+    keyed: bool,
 }
 
 impl<'a> Attempts<'a> {
+    /// Marks the call as carrying an idempotency key (see [`Attempts::again`]).
+    pub(crate) fn keyed(mut self, keyed: bool) -> Self {
+        self.keyed = keyed;
+        self
+    }
+
+    /// Whether `e` may be tried again: a retryable error, or an outcome left unknown
+    /// of a call carrying a key (never one that stopped waiting for a standby).
+    fn repeatable(&self, e: &Error) -> bool {
+        e.is_retryable() || (self.keyed && matches!(e, Error::OutcomeUnknown(_)))
+    }
+
     /// How long the operation may still wait (for the write lane): `None` is unbounded.
     pub(crate) fn remaining(&self) -> Option<Duration> {
         let p = self.retrier.policy.as_ref()?;
@@ -159,7 +174,7 @@ impl<'a> Attempts<'a> {
         self.attempt += 1;
         let Some(p) = self.retrier.policy.as_ref() else { return false };
         let Some(start) = self.start else { return false };
-        if !e.is_retryable() || self.attempt >= p.max_attempts {
+        if !self.repeatable(e) || self.attempt >= p.max_attempts {
             return false;
         }
         let mut delay = p.backoff(self.attempt);
@@ -194,7 +209,7 @@ impl Retrier {
     }
 
     pub(crate) fn start<'a>(&'a self, op: &'a str) -> Attempts<'a> {
-        Attempts { retrier: self, op, start: self.policy.as_ref().map(|p| p.clock.now()), attempt: 0 }
+        Attempts { retrier: self, op, start: self.policy.as_ref().map(|p| p.clock.now()), attempt: 0, keyed: false }
     }
 
     /// Runs `f` until it succeeds, fails for good, or the policy gives up.
@@ -328,5 +343,18 @@ mod tests {
             Err(Error::Busy("locked".into()))
         });
         assert_eq!((calls, off.count()), (1, 0));
+    }
+
+    #[test]
+    fn an_outcome_left_unknown_is_repeated_only_for_a_call_carrying_a_key() {
+        let clock = Arc::new(FakeClock::default());
+        let retrier = Retrier::new(Some(policy(clock, false)));
+        let lost = Error::OutcomeUnknown("lost after sending".into());
+        let mut unkeyed = retrier.start("store_artifact");
+        assert!(!unkeyed.again(&lost), "without a key a repeat could store it twice");
+        let mut keyed = retrier.start("store_artifact").keyed(true);
+        assert!(keyed.again(&lost), "with a key a repeat returns the first write's id");
+        let unreplicated = Error::NotReplicated("standby gone".into());
+        assert!(!retrier.start("store_artifact").keyed(true).again(&unreplicated));
     }
 }

@@ -34,16 +34,18 @@ const STORE_COLUMNS_SQL: &str = include_str!("sql/store_columns.sql");
 /// the seed layout plus this store's columns; 3 adds only (`agent_executions.branch_id`
 /// and its index, `consensus_ok` as the predecessor writes it), so a build of revision 2
 /// still reads and writes a revision-3 file; 4 adds only the routing read's covering
-/// index (`idx_agent_executions_route`), which no reader needs.
+/// index (`idx_agent_executions_route`), which no reader needs; 5 adds only the
+/// coordination tables (`consensus_claims`, `consensus_idempotency`), which no
+/// predecessor build reads.
 ///
 /// `consensus_db_meta` keeps two numbers: `'layout'`, the **minimum reader layout** —
 /// the oldest revision that can open the file, the key every release checks and refuses
 /// when above its own revision — and `'revision'`, the revision the file was brought
 /// to. A step that only adds leaves `'layout'` alone, so the previous release keeps
 /// opening the file mid-rollout; a step that changes what a reader sees raises it.
-pub const LAYOUT: i64 = 4;
+pub const LAYOUT: i64 = 5;
 /// The minimum reader layout this build records (see [`LAYOUT`]): revision 2 reads
-/// everything revisions 3 and 4 write.
+/// everything revisions 3 to 5 write.
 pub const MIN_READER_LAYOUT: i64 = 2;
 
 /// Two copies of one artifact or synthesis that the predecessor's dual-write build
@@ -208,6 +210,11 @@ pub fn shape(conn: &Connection) -> Result<Shape> {
     Catalog::read(conn)?.shape()
 }
 
+/// The claims and idempotency keys of layout revision 5 (only adds; see the file).
+pub(crate) const COORDINATION_TABLES_SQL: &str = include_str!("sql/coordination_tables.sql");
+/// The tables [`COORDINATION_TABLES_SQL`] creates.
+pub(crate) const COORDINATION_TABLES: [&str; 2] = ["consensus_claims", "consensus_idempotency"];
+
 /// The artifact pages' index on `agent_outputs` (only adds; see the file).
 pub(crate) const PAGE_INDEX_SQL: &str = include_str!("sql/page_index.sql");
 
@@ -219,6 +226,7 @@ pub(crate) fn create_current_tables(conn: &Connection) -> Result<()> {
         conn.execute_batch(STORE_COLUMNS_SQL)?;
     }
     conn.execute_batch(PAGE_INDEX_SQL)?;
+    conn.execute_batch(COORDINATION_TABLES_SQL)?;
     set_layout_revision(conn)
 }
 

@@ -10,7 +10,9 @@ use std::time::Instant;
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::claims::db_now;
 use super::database::Database;
+use super::idempotency::{self, artifact_digest, check_key, keep_ms, ARTIFACT};
 use super::legacy::{
     delete_legacy, legacy_artifacts_in, legacy_fields, twins, unless_dropped, unmirrored_sql, Columns, Twins, SCOPE,
 };
@@ -24,34 +26,56 @@ use crate::sqlite::schema;
 use crate::sqlite::transaction::Tx;
 
 impl Database {
-    /// Stores one artifact; returns its id.
+    /// Stores one artifact; returns its id (with an idempotency key already used for
+    /// the same content: the first write's id, and nothing is written).
     pub fn store_artifact(&self, artifact: &NewArtifact) -> Result<i64> {
-        check_artifact(artifact)?;
-        self.require_current()?;
+        self.check_new_artifact(artifact)?;
+        let keep = keep_ms(self.options.idempotency_days);
+        let digest = artifact.idempotency_key.as_ref().map(|_| artifact_digest(artifact));
+        let offset = self.clock_offset();
         self.write_repeatable_as("store_artifact", |tx| {
-            insert_artifact(tx, artifact, now_ms(), self.write_mode() == WriteMode::Dual)
+            insert_keyed(tx, artifact, digest.as_deref(), (offset, keep), self.write_mode() == WriteMode::Dual)
         })
     }
 
     /// [`Database::store_artifact`] without waiting (`Engine::submit_repeatable`):
     /// `on_done` gets the id from the thread that commits it.
     pub fn submit_artifact(&self, artifact: NewArtifact, on_done: impl FnOnce(Result<i64>) + Send + 'static) {
-        if let Err(e) = check_artifact(&artifact).and_then(|()| self.require_current()) {
+        if let Err(e) = self.check_new_artifact(&artifact) {
             return on_done(Err(e));
         }
         let dual = self.write_mode() == WriteMode::Dual;
-        self.submit_repeatable(move |tx| insert_artifact(tx, &artifact, now_ms(), dual), on_done)
+        let keep = keep_ms(self.options.idempotency_days);
+        let digest = artifact.idempotency_key.as_ref().map(|_| artifact_digest(&artifact));
+        let offset = self.clock_offset();
+        self.submit_repeatable(move |tx| insert_keyed(tx, &artifact, digest.as_deref(), (offset, keep), dual), on_done)
+    }
+
+    fn check_new_artifact(&self, artifact: &NewArtifact) -> Result<()> {
+        check_artifact(artifact)?;
+        check_key("idempotency_key", artifact.idempotency_key.as_deref())?;
+        self.require_current()?;
+        if artifact.idempotency_key.is_some() {
+            self.require_coordination("an idempotency key")?;
+        }
+        Ok(())
     }
 
     /// Stores many artifacts in one transaction: all or none. Returns their ids in order.
     pub fn store_artifacts(&self, artifacts: &[NewArtifact]) -> Result<Vec<i64>> {
         for (i, a) in artifacts.iter().enumerate() {
-            check_artifact(a).map_err(|e| match e {
-                Error::InvalidInput { name, message } => Error::invalid(format!("artifacts[{i}].{name}"), message),
-                other => other,
-            })?;
+            check_artifact(a).and_then(|()| check_key("idempotency_key", a.idempotency_key.as_deref())).map_err(
+                |e| match e {
+                    Error::InvalidInput { name, message } => Error::invalid(format!("artifacts[{i}].{name}"), message),
+                    other => other,
+                },
+            )?;
         }
         self.require_current()?;
+        if artifacts.iter().any(|a| a.idempotency_key.is_some()) {
+            self.require_coordination("an idempotency key")?;
+            return self.store_keyed_artifacts(artifacts);
+        }
         let now = now_ms();
         self.write_repeatable_as("store_artifacts", |tx| {
             let dual = self.write_mode() == WriteMode::Dual;
@@ -74,6 +98,64 @@ impl Database {
                 return artifacts.iter().zip(&run_of).map(|(a, &run)| insert_dual(tx, run, a, now)).collect();
             }
             insert_outputs(tx, artifacts, &run_of, now)
+        })
+    }
+
+    /// A batch with idempotency keys, in one transaction: each keyed item already
+    /// written (or keyed like an earlier item of the batch, with the same content) gets
+    /// the first write's id; the rest are written one by one (no multi-row INSERT). A key
+    /// used with other content fails the whole batch, nothing written.
+    fn store_keyed_artifacts(&self, artifacts: &[NewArtifact]) -> Result<Vec<i64>> {
+        let keep = keep_ms(self.options.idempotency_days);
+        let digests: Vec<Option<String>> =
+            artifacts.iter().map(|a| a.idempotency_key.as_ref().map(|_| artifact_digest(a))).collect();
+        self.write_repeatable_as("store_artifacts", |tx| {
+            let clock = self.db_now(tx)?;
+            let now = now_ms();
+            // Where each item's id comes from: a key's first write, or the batch's own.
+            enum From {
+                Known(i64),
+                Written(usize),
+            }
+            let mut first: HashMap<&str, (&str, usize)> = HashMap::new();
+            let mut fresh: Vec<&NewArtifact> = Vec::new();
+            let mut from = Vec::with_capacity(artifacts.len());
+            for (a, digest) in artifacts.iter().zip(&digests) {
+                let (Some(key), Some(digest)) = (a.idempotency_key.as_deref(), digest.as_deref()) else {
+                    fresh.push(a);
+                    from.push(From::Written(fresh.len() - 1));
+                    continue;
+                };
+                if let Some(&(seen, at)) = first.get(key) {
+                    if seen != digest {
+                        return Err(idempotency::conflict(key, ARTIFACT, ARTIFACT));
+                    }
+                    from.push(From::Written(at));
+                    continue;
+                }
+                match idempotency::lookup(tx, key, ARTIFACT, digest, clock, keep)? {
+                    Some(id) => from.push(From::Known(id)),
+                    None => {
+                        fresh.push(a);
+                        first.insert(key, (digest, fresh.len() - 1));
+                        from.push(From::Written(fresh.len() - 1));
+                    }
+                }
+            }
+            let mut ids = Vec::with_capacity(fresh.len());
+            for a in fresh {
+                ids.push(insert_artifact(tx, a, now, self.write_mode() == WriteMode::Dual)?);
+            }
+            for (key, (digest, at)) in &first {
+                idempotency::record(tx, key, ARTIFACT, digest, ids[*at], clock)?;
+            }
+            Ok(from
+                .into_iter()
+                .map(|f| match f {
+                    From::Known(id) => id,
+                    From::Written(at) => ids[at],
+                })
+                .collect())
         })
     }
 
@@ -571,6 +653,22 @@ fn insert_output(tx: &Tx, run: i64, a: &NewArtifact, now: i64) -> Result<i64> {
         now
     ])?;
     Ok(tx.last_insert_rowid())
+}
+
+/// One artifact, answered by its key when the key was used (`digest`: the artifact's,
+/// when it has a key; `clock`: the store's clock offset and how long keys are kept).
+fn insert_keyed(tx: &Tx, a: &NewArtifact, digest: Option<&str>, clock: (i64, i64), dual: bool) -> Result<i64> {
+    let (Some(key), Some(digest)) = (a.idempotency_key.as_deref(), digest) else {
+        return insert_artifact(tx, a, now_ms(), dual);
+    };
+    let (offset, keep) = clock;
+    let now = db_now(tx, offset)?;
+    if let Some(id) = idempotency::lookup(tx, key, ARTIFACT, digest, now, keep)? {
+        return Ok(id);
+    }
+    let id = insert_artifact(tx, a, now_ms(), dual)?;
+    idempotency::record(tx, key, ARTIFACT, digest, id, now)?;
+    Ok(id)
 }
 
 fn insert_artifact(tx: &Tx, a: &NewArtifact, now: i64, dual: bool) -> Result<i64> {

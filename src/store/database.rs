@@ -29,6 +29,8 @@ pub struct Database {
     pub(crate) reader: ReadMetrics,
     pub(crate) modes: Modes,
     pub(crate) maintenance: Mutex<Option<Maintenance>>,
+    /// Added to the database's clock for leases and keys (`set_clock_offset`: tests).
+    pub(crate) clock_offset_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Deref for Database {
@@ -44,12 +46,14 @@ impl Database {
     /// Opens (or creates) a store at `path`; `":memory:"` gives one in-memory database
     /// shared by every pooled connection.
     pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Database> {
+        super::idempotency::check_days(options.idempotency_days)?;
         let db = Database {
             engine: Engine::open(path, options)?,
             layout: Layout::default(),
             reader: Default::default(),
             modes: Modes::default(),
             maintenance: Mutex::new(None),
+            clock_offset_ms: Default::default(),
         };
         db.refresh_layout()?;
         Ok(db)
@@ -216,6 +220,8 @@ impl Database {
         self.layout.stale.store(shape == Shape::StoreRevision1, Ordering::Release);
         self.layout.legacy_artifacts.store(catalog.has_table("consensus_artifacts"), Ordering::Release);
         self.layout.legacy_synthesis.store(catalog.has_table("consensus_synthesis"), Ordering::Release);
+        let coordination = schema::COORDINATION_TABLES.iter().all(|t| catalog.has_table(t));
+        self.layout.coordination.store(coordination, Ordering::Release);
         let column = |table: &str, name: &'static str| -> Result<&'static str> {
             Ok(if catalog.has_column(table, name) { name } else { Columns::MISSING })
         };
@@ -261,7 +267,14 @@ impl Database {
         if let Some(old) = slot.take() {
             old.stop();
         }
-        *slot = Some(Maintenance::start(pool, self.lane.clone(), options, self.in_memory, self.options.replicated)?);
+        *slot = Some(Maintenance::start(
+            pool,
+            self.lane.clone(),
+            options,
+            self.in_memory,
+            self.options.replicated,
+            crate::store::idempotency::keep_ms(self.options.idempotency_days),
+        )?);
         Ok(())
     }
 

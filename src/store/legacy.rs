@@ -29,6 +29,8 @@ pub(crate) struct Layout {
     pub stale: AtomicBool,
     pub legacy_artifacts: AtomicBool,
     pub legacy_synthesis: AtomicBool,
+    /// The claims and idempotency tables exist (layout revision 5).
+    pub coordination: AtomicBool,
     pub columns: RwLock<Columns>,
 }
 

@@ -11,8 +11,10 @@
 //! migration), each row once, tagged with its source.
 
 mod artifacts;
+pub(crate) mod claims;
 pub mod database;
 mod executions;
+pub(crate) mod idempotency;
 pub(crate) mod legacy;
 pub mod modes;
 mod read_metrics;
@@ -20,7 +22,9 @@ pub(crate) mod synthesis;
 pub(crate) mod validate;
 mod verify;
 
+pub use claims::lease_ms;
 pub use database::Database;
 pub use executions::NewSpawn;
+pub use idempotency::DEFAULT_IDEMPOTENCY_DAYS;
 pub use modes::{ReadMode, WriteMode};
 pub use validate::{check_id, check_json, PHASE_TYPES};

@@ -8,7 +8,9 @@ use std::time::Instant;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::artifacts::open_or_new_run;
+use super::claims::{check_claim_scope, check_fence};
 use super::database::Database;
+use super::idempotency::{self, check_key, keep_ms, synthesis_digest, SYNTHESIS};
 use super::legacy::{is_synthesis_twin, legacy_latest_synthesis, unless_dropped, Columns};
 use super::modes::{ReadMode, WriteMode};
 use super::validate::check_id;
@@ -19,7 +21,9 @@ use crate::sqlite::schema::{self, synthesis_from_text};
 
 impl Database {
     /// Stores a synthesis, closing the newest open run of its spec/stage/run_id (or
-    /// starting a run of its own); returns the run's id.
+    /// starting a run of its own); returns the run's id. With an idempotency key, a
+    /// repeat returns the first write's id; with a claim, it is refused unless that is
+    /// the stage's newest live claim, and without one while another owner holds one.
     pub fn store_synthesis(&self, s: &NewSynthesis) -> Result<i64> {
         check_id("spec_id", &s.spec_id)?;
         check_id("stage", &s.stage)?;
@@ -29,9 +33,32 @@ impl Database {
                 return Err(Error::invalid("artifacts_count", format!("must be zero or more, got {n}")));
             }
         }
+        check_key("idempotency_key", s.idempotency_key.as_deref())?;
+        if let Some(claim) = &s.claim {
+            check_claim_scope(claim, &s.spec_id, &s.stage)?;
+        }
         self.require_current()?;
+        let keyed = s.idempotency_key.as_deref().map(|key| (key, synthesis_digest(s)));
+        if keyed.is_some() || s.claim.is_some() {
+            self.require_coordination("store_synthesis with a claim or an idempotency key")?;
+        }
+        let opened_with_claims = self.layout.coordination.load(Ordering::Acquire);
+        let keep = keep_ms(self.options.idempotency_days);
         let now = now_ms();
         self.write_repeatable_as("store_synthesis", |tx| {
+            // A store opened on a file without the claims table (migrate=False) looks
+            // again: another store may have added it, and claimed the stage, since.
+            let coordination = opened_with_claims || schema::table_exists(tx, "consensus_claims")?;
+            let clock = if coordination { self.db_now(tx)? } else { now };
+            // A repeat of a committed write is no new advance: its key answers first.
+            if let Some((key, digest)) = &keyed {
+                if let Some(id) = idempotency::lookup(tx, key, SYNTHESIS, digest, clock, keep)? {
+                    return Ok(id);
+                }
+            }
+            if coordination {
+                check_fence(tx, &s.spec_id, &s.stage, s.claim.as_ref(), clock)?;
+            }
             let dual = self.write_mode() == WriteMode::Dual;
             let run = open_or_new_run(tx, &s.spec_id, &s.stage, s.run_id.as_deref(), now)?;
             tx.prepare_cached(&CLOSE_RUN)?.execute(params![
@@ -47,6 +74,9 @@ impl Database {
             ])?;
             if dual {
                 migrations::copy_synthesis_to_legacy(tx, run, s, now)?;
+            }
+            if let Some((key, digest)) = &keyed {
+                idempotency::record(tx, key, SYNTHESIS, digest, run, clock)?;
             }
             Ok(run)
         })
