@@ -160,10 +160,16 @@ def test_the_bar_waits_half_a_second_then_shows_done_of_total_rate_and_time_left
     assert "260" not in out.getvalue()
 
 
+def default_sigint() -> None:
+    """A shell's background job starts with SIGINT ignored, which its children inherit and
+    Python then leaves alone: the child gets the default, as at a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_a_cleanup_stops_after_the_chunk_and_keeps_what_it_deleted(tmp_path):
     path = backdated_file(tmp_path / "int.db", 300_000)
     argv = [sys.executable, "-m", "consensus_db", "cleanup", str(path), "--days", "30", "--progress"]
-    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
     assert child.stderr is not None
     seen = b""
     while b"delete [" not in seen:  # the bar is drawn: the job is under way

@@ -127,7 +127,9 @@ def test_an_opening_whose_migration_commits_several_times_is_bounded_at_each_com
 
     def open_store() -> None:
         try:
-            consensus_db.connect(with_timeout(lone_primary.url(), 500)).close()
+            # 2 s: long enough for the migration's own statements on a loaded machine (at
+            # 500 ms one ran past it under load), short beside the 30 s that says it hung.
+            consensus_db.connect(with_timeout(lone_primary.url(), 2000)).close()
             outcome.append("opened")
         except consensus_db.Error as exc:
             outcome.append(exc)
