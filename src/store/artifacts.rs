@@ -173,14 +173,14 @@ impl Database {
     pub fn query_artifacts_page(&self, spec_id: &str, stage: &str, page: &Page) -> Result<Vec<Artifact>> {
         let window = page.artifacts(spec_id, stage)?;
         let started = Instant::now();
-        let (has_v1, has_legacy, columns) = self.artifact_sources()?;
+        let (has_new, has_legacy, columns) = self.artifact_sources()?;
         let conn = self.conn()?;
-        let _snapshot = Snapshot::begin(&conn, has_v1 && has_legacy)?;
+        let _snapshot = Snapshot::begin(&conn, has_new && has_legacy)?;
         // Twins are legacy rows without a copy: a full read, which reads all of those,
         // pairs only when it found some; a page pairs first (its legacy half is longer by
         // as many rows as pair).
         let pair = |conn: &Connection| -> Result<Twins> {
-            if has_v1 && has_legacy {
+            if has_new && has_legacy {
                 self.legacy_read(twins(conn, spec_id, stage, columns))
             } else {
                 Ok(Twins::default())
@@ -192,7 +192,7 @@ impl Database {
             // As many rows more as may pair and drop out.
             let longer = Window { limit: window.limit.map(|n| n.saturating_add(twins.pairs.len())), ..window.clone() };
             let read =
-                legacy_artifacts_in(&conn, spec_id, stage, has_v1, columns, (!page.everything()).then_some(&longer));
+                legacy_artifacts_in(&conn, spec_id, stage, has_new, columns, (!page.everything()).then_some(&longer));
             legacy = self.legacy_read(read)?;
             if page.everything() && !legacy.is_empty() {
                 twins = pair(&conn)?;
@@ -208,15 +208,15 @@ impl Database {
             None => true,
         });
         let mut out = Vec::new();
-        if has_v1 {
+        if has_new {
             out = if page.everything() {
-                let sql = self.sql_for_layout(&V1_ARTIFACTS, v1_artifacts_sql, columns);
-                v1_rows(&conn, &sql, spec_id, stage, None)?
+                let sql = self.sql_for_layout(&V1_ARTIFACTS, new_artifacts_sql, columns);
+                new_rows(&conn, &sql, spec_id, stage, None)?
             } else {
-                v1_page(&conn, spec_id, stage, columns, &window)?
+                new_page(&conn, spec_id, stage, columns, &window)?
             };
         }
-        let from_v1 = !out.is_empty();
+        let from_new = !out.is_empty();
         if !twins.pairs.is_empty() {
             let copies: HashMap<i64, i64> = twins.pairs.iter().map(|(&l, &v)| (v, l)).collect();
             for a in out.iter_mut().filter(|a| a.response_text.is_none() || a.run_id.is_none()) {
@@ -233,7 +233,7 @@ impl Database {
                 }
             }
         }
-        self.reader.record(from_v1, !legacy.is_empty(), started.elapsed());
+        self.reader.record(from_new, !legacy.is_empty(), started.elapsed());
         out.extend(legacy);
         // Sorted here rather than by ORDER BY: for a handful of rows SQLite's sorter
         // (a temp b-tree) costs more than the rest of the query.
@@ -250,36 +250,36 @@ impl Database {
     /// indexes: no row is read but the legacy ones without a copy in the new tables.
     pub fn count_artifacts(&self, spec_id: &str, stage: &str) -> Result<usize> {
         let started = Instant::now();
-        let (has_v1, has_legacy, columns) = self.artifact_sources()?;
+        let (has_new, has_legacy, columns) = self.artifact_sources()?;
         let conn = self.conn()?;
-        let _snapshot = Snapshot::begin(&conn, has_v1 && has_legacy)?;
-        let mut v1: i64 = 0;
-        if has_v1 {
-            v1 = conn.prepare_cached(COUNT_V1)?.query_row([spec_id, stage], |r| r.get(0))?;
+        let _snapshot = Snapshot::begin(&conn, has_new && has_legacy)?;
+        let mut new: i64 = 0;
+        if has_new {
+            new = conn.prepare_cached(COUNT_NEW)?.query_row([spec_id, stage], |r| r.get(0))?;
         }
         let mut legacy: i64 = 0;
         if has_legacy {
-            let sql = legacy_count_sql(has_v1, columns);
+            let sql = legacy_count_sql(has_new, columns);
             legacy = self.legacy_read(
                 conn.prepare_cached(&sql)
                     .and_then(|mut s| s.query_row([spec_id, stage], |r| r.get(0)))
                     .map_err(Error::from),
             )?;
-            if has_v1 && legacy > 0 {
+            if has_new && legacy > 0 {
                 legacy -= self.legacy_read(twins(&conn, spec_id, stage, columns))?.pairs.len() as i64;
             }
         }
         // A count is a read of the schemas it found rows in, as the listing it counts.
-        self.reader.record(v1 > 0, legacy > 0, started.elapsed());
-        Ok(usize::try_from(v1 + legacy).unwrap_or(0))
+        self.reader.record(new > 0, legacy > 0, started.elapsed());
+        Ok(usize::try_from(new + legacy).unwrap_or(0))
     }
 
     /// Which halves an artifact read takes, and the file's columns.
     fn artifact_sources(&self) -> Result<(bool, bool, Columns)> {
         let mode = self.read_mode();
-        let has_v1 = mode != ReadMode::Legacy && self.v1_readable()?;
+        let has_new = mode != ReadMode::Legacy && self.new_tables_readable()?;
         let has_legacy = mode != ReadMode::V1 && self.layout.legacy_artifacts.load(Ordering::Acquire);
-        Ok((has_v1, has_legacy, *self.layout.columns.read()))
+        Ok((has_new, has_legacy, *self.layout.columns.read()))
     }
 
     /// A read of the legacy artifacts table, which another process may have dropped.
@@ -302,23 +302,23 @@ impl Database {
 
     pub(super) fn delete_artifacts(&self, spec_id: &str, stage: Option<&str>) -> Result<usize> {
         self.require_current_if_new_tables()?;
-        let has_v1 = self.layout.v1.load(Ordering::Acquire);
+        let has_new = self.layout.new_tables.load(Ordering::Acquire);
         let has_legacy = self.layout.legacy_artifacts.load(Ordering::Acquire);
         let args = [Value::Text(spec_id.to_owned()), opt(stage)];
         self.write_repeatable_as("delete_stage_artifacts", |tx| {
             let mut deleted = 0;
             if has_legacy {
-                if has_v1 {
+                if has_new {
                     // Copies a dual-write build wrote since the last migration count once.
                     let linked = crate::sqlite::migrations::link_artifact_copies(tx, Some((spec_id, stage)));
                     unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", linked)?;
                 }
-                let copies = has_v1
+                let copies = has_new
                     .then_some("SELECT legacy_artifact_id FROM agent_outputs WHERE legacy_artifact_id IS NOT NULL");
                 let legacy = delete_legacy(tx, "consensus_artifacts", copies, &args);
                 deleted += unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", legacy)?;
             }
-            if has_v1 {
+            if has_new {
                 deleted += tx.execute(
                     &format!("DELETE FROM agent_outputs WHERE run_id IN (SELECT id FROM consensus_runs WHERE {SCOPE})"),
                     &args,
@@ -343,22 +343,22 @@ impl Database {
         self.require_current_if_new_tables()?;
         // Legacy artifacts have no run to cascade from.
         self.delete_artifacts(spec_id, stage)?;
-        let has_v1 = self.layout.v1.load(Ordering::Acquire);
+        let has_new = self.layout.new_tables.load(Ordering::Acquire);
         let has_legacy = self.layout.legacy_synthesis.load(Ordering::Acquire);
         let args = [Value::Text(spec_id.to_owned()), opt(stage)];
         let runs = self.write_repeatable_as("delete_runs", |tx| {
             let mut deleted = 0;
             if has_legacy {
-                if has_v1 {
+                if has_new {
                     let linked = crate::sqlite::migrations::link_synthesis_copies(tx, Some((spec_id, stage)));
                     unless_dropped(&self.layout.legacy_synthesis, "consensus_synthesis", linked)?;
                 }
-                let copies = has_v1
+                let copies = has_new
                     .then_some("SELECT legacy_synthesis_id FROM consensus_runs WHERE legacy_synthesis_id IS NOT NULL");
                 let legacy = delete_legacy(tx, "consensus_synthesis", copies, &args);
                 deleted += unless_dropped(&self.layout.legacy_synthesis, "consensus_synthesis", legacy)?;
             }
-            if has_v1 {
+            if has_new {
                 deleted += tx.execute(&format!("DELETE FROM consensus_runs WHERE {SCOPE}"), &args)?;
             }
             Ok(deleted)
@@ -369,15 +369,15 @@ impl Database {
 
 /// The new tables' artifacts of a spec/stage, counted on the runs' and the outputs'
 /// indexes alone (`idx_consensus_spec_stage`, `idx_agent_outputs_run`).
-const COUNT_V1: &str = "SELECT count(*) FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
+const COUNT_NEW: &str = "SELECT count(*) FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
                         WHERE r.spec_id = ?1 AND r.stage = ?2";
 
 /// The legacy artifacts of a spec/stage without a copy in the new tables, counted on
 /// `idx_spec_stage` and `idx_agent_outputs_legacy_artifact` alone.
-fn legacy_count_sql(has_v1: bool, columns: Columns) -> String {
+fn legacy_count_sql(has_new: bool, columns: Columns) -> String {
     format!(
         "SELECT count(*) FROM consensus_artifacts a WHERE a.spec_id = ?1 AND a.stage = ?2 {}",
-        unmirrored_sql(has_v1, columns)
+        unmirrored_sql(has_new, columns)
     )
 }
 
@@ -387,7 +387,7 @@ fn opt(s: Option<&str>) -> Value {
 
 /// The reads of the new tables as SQL for a file's columns; the current layout's are
 /// built once (`sql_for_layout`).
-fn v1_artifacts_sql(columns: Columns) -> String {
+fn new_artifacts_sql(columns: Columns) -> String {
     format!(
         "SELECT o.id, o.agent_name, o.content, {}, {}, o.output_timestamp, o.model_version
          FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
@@ -436,7 +436,7 @@ impl KeyWalk {
 /// too: it goes at most [`walk_budget`] outputs past the cursor (the horizon, found on
 /// the time index alone); a stage too sparse to fill its page within them is paged run
 /// by run instead.
-fn v1_page(
+fn new_page(
     conn: &Connection,
     spec_id: &str,
     stage: &str,
@@ -446,14 +446,14 @@ fn v1_page(
     let bounded = window.from.is_some();
     if KeyWalk::choose(conn, spec_id, stage, window)? == KeyWalk::ByTime {
         let horizon = walk_horizon(conn, window)?;
-        let sql = v1_page_sql(columns, KeyWalk::ByTime, window.descending, bounded, horizon.is_some());
-        let rows = v1_rows(conn, &sql, spec_id, stage, Some((window, horizon)))?;
+        let sql = new_page_sql(columns, KeyWalk::ByTime, window.descending, bounded, horizon.is_some());
+        let rows = new_rows(conn, &sql, spec_id, stage, Some((window, horizon)))?;
         if horizon.is_none() || window.limit.is_some_and(|n| rows.len() >= n) {
             return Ok(rows);
         }
     }
-    let sql = v1_page_sql(columns, KeyWalk::ByRun, window.descending, bounded, false);
-    v1_rows(conn, &sql, spec_id, stage, Some((window, None)))
+    let sql = new_page_sql(columns, KeyWalk::ByRun, window.descending, bounded, false);
+    new_rows(conn, &sql, spec_id, stage, Some((window, None)))
 }
 
 /// The key (time, id) a walk by time stops at.
@@ -492,7 +492,7 @@ fn walk_horizon(conn: &Connection, window: &Window<ArtifactKey>) -> Result<Optio
 /// A page of the new tables' rows: its keys from the indexes alone (see [`KeyWalk`]),
 /// then those rows by id (CROSS JOIN: the ids drive the join, not every run of the
 /// file). `?3`-`?5` are the cursor's key, `?6` the limit, `?7`-`?8` a walk's horizon.
-fn v1_page_sql(columns: Columns, walk: KeyWalk, descending: bool, bounded: bool, horizon: bool) -> String {
+fn new_page_sql(columns: Columns, walk: KeyWalk, descending: bool, bounded: bool, horizon: bool) -> String {
     let mut bound = if bounded {
         format!("AND {}", after_sql("o.output_timestamp", "o.id", 0, descending, ["?3", "?4", "?5"]))
     } else {
@@ -529,7 +529,7 @@ fn v1_page_sql(columns: Columns, walk: KeyWalk, descending: bool, bounded: bool,
     )
 }
 
-fn v1_rows(
+fn new_rows(
     conn: &Connection,
     sql: &str,
     spec_id: &str,
@@ -589,7 +589,7 @@ impl Drop for Snapshot<'_> {
 }
 
 static OPEN_RUN: LazyLock<String> = LazyLock::new(|| schema::open_run_sql("?1", "?2", "?3"));
-static V1_ARTIFACTS: LazyLock<String> = LazyLock::new(|| v1_artifacts_sql(Columns::default()));
+static V1_ARTIFACTS: LazyLock<String> = LazyLock::new(|| new_artifacts_sql(Columns::default()));
 
 fn open_run(tx: &Tx, spec_id: &str, stage: &str, run_id: Option<&str>) -> Result<Option<i64>> {
     Ok(tx.prepare_cached(&OPEN_RUN)?.query_row(params![spec_id, stage, run_id], |r| r.get(0)).optional()?)
@@ -745,7 +745,7 @@ mod tests {
             }
             assert!(steps.iter().all(|s| !s.starts_with("SCAN")), "{steps:?}");
         };
-        covering(COUNT_V1, &["idx_agent_outputs_run"]); // either of the two on run_id
+        covering(COUNT_NEW, &["idx_agent_outputs_run"]); // either of the two on run_id
         covering(&legacy_count_sql(true, columns), &["idx_spec_stage", "idx_agent_outputs_legacy_artifact"]);
         for descending in [false, true] {
             for bounded in [false, true] {
@@ -753,12 +753,12 @@ mod tests {
                 assert!(horizon.iter().any(|s| s.contains("COVERING INDEX idx_agent_outputs_time")), "{horizon:?}");
                 assert!(horizon.iter().all(|s| !s.contains("TEMP B-TREE")), "{horizon:?}");
                 // By time: the index in order (no sort), from the cursor when there is one.
-                let steps = plan(&conn, &v1_page_sql(columns, KeyWalk::ByTime, descending, bounded, true));
+                let steps = plan(&conn, &new_page_sql(columns, KeyWalk::ByTime, descending, bounded, true));
                 let walk = "SEARCH o USING INDEX idx_agent_outputs_time".to_owned(); // up to its horizon
                 assert!(steps.iter().any(|s| s.starts_with(&walk)), "{walk}: {steps:?}");
                 assert!(steps.iter().all(|s| !s.contains("TEMP B-TREE")), "{steps:?}");
                 assert!(steps.iter().all(|s| !s.starts_with("SCAN") || s.starts_with(&walk)), "{steps:?}");
-                let steps = plan(&conn, &v1_page_sql(columns, KeyWalk::ByRun, descending, bounded, false));
+                let steps = plan(&conn, &new_page_sql(columns, KeyWalk::ByRun, descending, bounded, false));
                 assert!(steps.iter().all(|s| !s.starts_with("SCAN")), "{steps:?}");
                 assert!(steps.iter().any(|s| s.starts_with("SEARCH o USING INTEGER PRIMARY KEY")), "{steps:?}");
                 let range = if !bounded {

@@ -125,7 +125,7 @@ impl Database {
     pub fn set_write_mode(&self, mode: WriteMode) -> Result<()> {
         if mode == WriteMode::Dual {
             self.require_legacy_tables("write_mode", mode.as_str())?;
-            if !self.read_only && self.layout.v1.load(Ordering::Acquire) {
+            if !self.read_only && self.layout.new_tables.load(Ordering::Acquire) {
                 self.require_current()?;
                 // The switch first: a write the lane runs after the write-back sees it (writes
                 // read the mode inside their transaction), one before is written back.
@@ -150,7 +150,7 @@ impl Database {
         match mode {
             ReadMode::Legacy => self.require_legacy_tables("read_mode", mode.as_str())?,
             ReadMode::V1 => {
-                if !self.layout.v1.load(Ordering::Acquire) && !self.layout.stale.load(Ordering::Acquire) {
+                if !self.layout.new_tables.load(Ordering::Acquire) && !self.layout.stale.load(Ordering::Acquire) {
                     return Err(Error::invalid(
                         "read_mode",
                         format!("'v1' reads the new tables, and database {:?} has none (schema version 0)", self.path),
@@ -215,7 +215,7 @@ impl Database {
         let catalog = schema::Catalog::read(&*self.conn()?)?;
         let shape = catalog.shape()?;
         let readable = matches!(shape, Shape::Seed | Shape::Current);
-        self.layout.v1.store(readable, Ordering::Release);
+        self.layout.new_tables.store(readable, Ordering::Release);
         self.layout.current.store(shape == Shape::Current, Ordering::Release);
         self.layout.stale.store(shape == Shape::StoreRevision1, Ordering::Release);
         self.layout.legacy_artifacts.store(catalog.has_table("consensus_artifacts"), Ordering::Release);
@@ -305,7 +305,7 @@ impl Database {
         if self.layout.current.load(Ordering::Acquire) {
             return Ok(());
         }
-        let why = if self.layout.v1.load(Ordering::Acquire) {
+        let why = if self.layout.new_tables.load(Ordering::Acquire) {
             "has the new tables in the predecessor's seed layout, without this store's columns"
         } else if self.layout.stale.load(Ordering::Acquire) {
             "has the new tables in consensus-db's first layout"
@@ -320,7 +320,7 @@ impl Database {
 
     /// Whether the new tables can be read. This store's first layout cannot be read
     /// until it is migrated: refusing beats returning only the legacy half.
-    pub(super) fn v1_readable(&self) -> Result<bool> {
+    pub(super) fn new_tables_readable(&self) -> Result<bool> {
         if self.layout.stale.load(Ordering::Acquire) {
             return Err(Error::Migration(format!(
                 "database {:?} has the new tables in consensus-db's first layout; open it once with migrate=True \
@@ -328,7 +328,7 @@ impl Database {
                 self.path
             )));
         }
-        Ok(self.layout.v1.load(Ordering::Acquire))
+        Ok(self.layout.new_tables.load(Ordering::Acquire))
     }
 
     /// A read's SQL: built once for the current layout, per call for a file that
@@ -348,7 +348,7 @@ impl Database {
 
     /// Deletes touch every table: a file whose new tables are not current is migrated first.
     pub(super) fn require_current_if_new_tables(&self) -> Result<()> {
-        if self.layout.v1.load(Ordering::Acquire) || self.layout.stale.load(Ordering::Acquire) {
+        if self.layout.new_tables.load(Ordering::Acquire) || self.layout.stale.load(Ordering::Acquire) {
             self.require_current()?;
         }
         Ok(())

@@ -21,7 +21,7 @@ use crate::sqlite::transaction::Tx;
 #[derive(Debug, Default)]
 pub(crate) struct Layout {
     /// The new tables are readable (the seed layout or the current one).
-    pub v1: AtomicBool,
+    pub new_tables: AtomicBool,
     /// The new tables are in the current layout: this store writes them.
     pub current: AtomicBool,
     /// The new tables are in this store's first layout, which only a migration makes
@@ -145,8 +145,8 @@ pub(super) fn legacy_synthesis_row(r: &Row, spec_id: &str, stage: &str) -> rusql
 }
 
 /// A legacy synthesis and the new-schema row a dual-write build wrote with it.
-pub(super) fn is_synthesis_twin(legacy: &Synthesis, v1: &Synthesis) -> bool {
-    legacy.output_markdown == v1.output_markdown && (v1.created_at_ms - legacy.created_at_ms).abs() <= PAIR_WINDOW_MS
+pub(super) fn is_synthesis_twin(legacy: &Synthesis, new: &Synthesis) -> bool {
+    legacy.output_markdown == new.output_markdown && (new.created_at_ms - legacy.created_at_ms).abs() <= PAIR_WINDOW_MS
 }
 
 /// The legacy artifacts of a spec/stage that a predecessor's dual-write build also wrote
@@ -214,8 +214,8 @@ fn as_text(col: &str) -> String {
 }
 
 /// SQL keeping the legacy artifacts (`a`) that have no linked copy in the new tables.
-pub(super) fn unmirrored_sql(has_v1: bool, columns: Columns) -> &'static str {
-    if has_v1 && columns.output_legacy_id != Columns::MISSING {
+pub(super) fn unmirrored_sql(has_new: bool, columns: Columns) -> &'static str {
+    if has_new && columns.output_legacy_id != Columns::MISSING {
         "AND NOT EXISTS (SELECT 1 FROM agent_outputs o WHERE o.legacy_artifact_id = a.id)"
     } else {
         ""
@@ -239,10 +239,10 @@ pub(super) fn legacy_latest_synthesis(
     conn: &Connection,
     spec_id: &str,
     stage: &str,
-    has_v1: bool,
+    has_new: bool,
     columns: Columns,
 ) -> Result<Option<Synthesis>> {
-    let unmirrored = if has_v1 && columns.run_legacy_id != Columns::MISSING {
+    let unmirrored = if has_new && columns.run_legacy_id != Columns::MISSING {
         "AND NOT EXISTS (SELECT 1 FROM consensus_runs r WHERE r.legacy_synthesis_id = s.id)"
     } else {
         ""
@@ -262,17 +262,17 @@ pub(super) fn legacy_artifacts(
     conn: &Connection,
     spec_id: &str,
     stage: &str,
-    has_v1: bool,
+    has_new: bool,
     columns: Columns,
 ) -> Result<Vec<Artifact>> {
-    legacy_artifacts_in(conn, spec_id, stage, has_v1, columns, None)
+    legacy_artifacts_in(conn, spec_id, stage, has_new, columns, None)
 }
 
 /// The SQL of [`legacy_artifacts_in`]: every row, or a page (`Some((bounded, descending))`,
 /// `?3`-`?5` the cursor's key, `?6` the limit).
-pub(super) fn legacy_artifacts_sql(columns: Columns, has_v1: bool, page: Option<(bool, bool)>) -> String {
+pub(super) fn legacy_artifacts_sql(columns: Columns, has_new: bool, page: Option<(bool, bool)>) -> String {
     let at = Columns::legacy_created("a", columns.artifact_created_ms);
-    let unmirrored = unmirrored_sql(has_v1, columns);
+    let unmirrored = unmirrored_sql(has_new, columns);
     let keys = match page {
         Some((bounded, descending)) => {
             let dir = if descending { "DESC" } else { "ASC" };
@@ -306,12 +306,12 @@ pub(super) fn legacy_artifacts_in(
     conn: &Connection,
     spec_id: &str,
     stage: &str,
-    has_v1: bool,
+    has_new: bool,
     columns: Columns,
     window: Option<&Window<ArtifactKey>>,
 ) -> Result<Vec<Artifact>> {
     let page = window.map(|w| (w.from.is_some(), w.descending));
-    let mut stmt = conn.prepare_cached(&legacy_artifacts_sql(columns, has_v1, page))?;
+    let mut stmt = conn.prepare_cached(&legacy_artifacts_sql(columns, has_new, page))?;
     let map = |r: &Row| {
         Ok(Artifact {
             id: r.get(0)?,

@@ -86,18 +86,18 @@ impl Database {
     pub fn query_latest_synthesis(&self, spec_id: &str, stage: &str) -> Result<Option<Synthesis>> {
         let started = Instant::now();
         let mode = self.read_mode();
-        let has_v1 = mode != ReadMode::Legacy && self.v1_readable()?;
+        let has_new = mode != ReadMode::Legacy && self.new_tables_readable()?;
         let conn = self.conn()?;
         let columns = *self.layout.columns.read();
-        let mut found = if has_v1 {
-            let sql = self.sql_for_layout(&V1_LATEST_SYNTHESIS, v1_latest_synthesis_sql, columns);
-            v1_latest_synthesis(&conn, &sql, spec_id, stage)?
+        let mut found = if has_new {
+            let sql = self.sql_for_layout(&V1_LATEST_SYNTHESIS, new_latest_synthesis_sql, columns);
+            new_latest_synthesis(&conn, &sql, spec_id, stage)?
         } else {
             None
         };
-        let from_v1 = found.is_some();
+        let from_new = found.is_some();
         if mode != ReadMode::V1 && self.layout.legacy_synthesis.load(Ordering::Acquire) {
-            let read = legacy_latest_synthesis(&conn, spec_id, stage, has_v1, columns);
+            let read = legacy_latest_synthesis(&conn, spec_id, stage, has_new, columns);
             if let Some(l) = unless_dropped(&self.layout.legacy_synthesis, "consensus_synthesis", read)? {
                 match found.as_mut() {
                     // The same synthesis, written to both schemas by a dual-write build.
@@ -112,12 +112,12 @@ impl Database {
             }
         }
         let from_legacy = found.as_ref().is_some_and(|f| f.source == SOURCE_LEGACY);
-        self.reader.record(from_v1 && !from_legacy, from_legacy, started.elapsed());
+        self.reader.record(from_new && !from_legacy, from_legacy, started.elapsed());
         Ok(found)
     }
 }
 
-fn v1_latest_synthesis_sql(columns: Columns) -> String {
+fn new_latest_synthesis_sql(columns: Columns) -> String {
     let at = match columns.run_synthesized_at {
         Columns::MISSING => "run_timestamp".to_owned(),
         column => format!("COALESCE({column}, run_timestamp)"),
@@ -150,9 +150,9 @@ static CLOSE_RUN: LazyLock<String> = LazyLock::new(|| {
         schema::synthesis_json_sql("?2", "?3", "?4", "?5", "?6", "?7")
     )
 });
-static V1_LATEST_SYNTHESIS: LazyLock<String> = LazyLock::new(|| v1_latest_synthesis_sql(Columns::default()));
+static V1_LATEST_SYNTHESIS: LazyLock<String> = LazyLock::new(|| new_latest_synthesis_sql(Columns::default()));
 
-fn v1_latest_synthesis(conn: &Connection, sql: &str, spec_id: &str, stage: &str) -> Result<Option<Synthesis>> {
+fn new_latest_synthesis(conn: &Connection, sql: &str, spec_id: &str, stage: &str) -> Result<Option<Synthesis>> {
     let mut stmt = conn.prepare_cached(sql)?;
     Ok(stmt.query_row([spec_id, stage], |r| synthesis_from_json(r, spec_id, stage)).optional()?)
 }

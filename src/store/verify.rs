@@ -21,7 +21,7 @@ impl Database {
     pub fn verify_schemas(&self) -> Result<SchemaReport> {
         let has_legacy = self.layout.legacy_artifacts.load(Ordering::Acquire)
             && self.layout.legacy_synthesis.load(Ordering::Acquire);
-        let reason = if !self.layout.v1.load(Ordering::Acquire) && !self.layout.stale.load(Ordering::Acquire) {
+        let reason = if !self.layout.new_tables.load(Ordering::Acquire) && !self.layout.stale.load(Ordering::Acquire) {
             Some("the file has no new tables (schema version 0): only the legacy schema, nothing to compare")
         } else if !has_legacy {
             Some("the file has no legacy tables (a new file, or schema version 2): only the new schema, nothing to compare")
@@ -55,17 +55,17 @@ fn compare(conn: &Connection, columns: Columns) -> Result<SchemaReport> {
     let mut report = SchemaReport { comparable: true, ..Default::default() };
     for (spec, stage) in &keys {
         let legacy = legacy_artifacts(conn, spec, stage, false, columns)?;
-        let v1 = v1_artifacts(conn, spec, stage)?;
+        let new = new_artifacts(conn, spec, stage)?;
         let (l, v): (Vec<_>, Vec<_>) = (
             legacy.iter().map(Side::from_artifact).collect(),
-            v1.iter().map(|(a, link)| (Side::from_artifact(a), *link)).collect(),
+            new.iter().map(|(a, link)| (Side::from_artifact(a), *link)).collect(),
         );
         check(&mut report, "artifacts", spec, stage, l, v, &ARTIFACT_FIELDS);
         let legacy = legacy_syntheses(conn, spec, stage, columns)?;
-        let v1 = v1_syntheses(conn, spec, stage)?;
+        let new = new_syntheses(conn, spec, stage)?;
         let (l, v): (Vec<_>, Vec<_>) = (
             legacy.iter().map(Side::from_synthesis).collect(),
-            v1.iter().map(|(s, link)| (Side::from_synthesis(s), *link)).collect(),
+            new.iter().map(|(s, link)| (Side::from_synthesis(s), *link)).collect(),
         );
         check(&mut report, "syntheses", spec, stage, l, v, &SYNTHESIS_FIELDS);
     }
@@ -157,13 +157,13 @@ fn check(
     spec: &str,
     stage: &str,
     legacy: Vec<Side>,
-    mut v1: Vec<(Side, Option<i64>)>,
+    mut new: Vec<(Side, Option<i64>)>,
     fields: &[&'static str],
 ) {
-    if legacy.is_empty() && v1.is_empty() {
+    if legacy.is_empty() && new.is_empty() {
         return;
     }
-    let mut paired = vec![false; v1.len()];
+    let mut paired = vec![false; new.len()];
     let mut unpaired_legacy = Vec::new();
     let mut mismatches = Vec::new();
     let mismatch = |problem, legacy_id, v1_id, fields| SchemaMismatch {
@@ -177,7 +177,7 @@ fn check(
     };
     let mut pairs = Vec::new();
     for (li, l) in legacy.iter().enumerate() {
-        match v1.iter().position(|(_, link)| *link == Some(l.id)) {
+        match new.iter().position(|(_, link)| *link == Some(l.id)) {
             Some(vi) if !paired[vi] => {
                 paired[vi] = true;
                 pairs.push((li, vi, false));
@@ -188,10 +188,10 @@ fn check(
     // Unlinked copies (a predecessor's dual-write build): the reader's twin rule.
     for li in unpaired_legacy {
         let l = &legacy[li];
-        let twin = (0..v1.len())
-            .filter(|&vi| !paired[vi] && v1[vi].1.is_none())
-            .filter(|&vi| v1[vi].0.twin_key == l.twin_key && (v1[vi].0.at_ms - l.at_ms).abs() <= PAIR_WINDOW_MS)
-            .min_by_key(|&vi| ((v1[vi].0.at_ms - l.at_ms).abs(), v1[vi].0.id));
+        let twin = (0..new.len())
+            .filter(|&vi| !paired[vi] && new[vi].1.is_none())
+            .filter(|&vi| new[vi].0.twin_key == l.twin_key && (new[vi].0.at_ms - l.at_ms).abs() <= PAIR_WINDOW_MS)
+            .min_by_key(|&vi| ((new[vi].0.at_ms - l.at_ms).abs(), new[vi].0.id));
         match twin {
             Some(vi) => {
                 paired[vi] = true;
@@ -204,42 +204,42 @@ fn check(
         // Two copies written a moment apart (a predecessor's dual write, paired by the
         // twin rule or linked since) can straddle a second: within the pairing window
         // their times agree, whichever second each shows.
-        let close_in_time = (v1[vi].0.at_ms - legacy[li].at_ms).abs() <= PAIR_WINDOW_MS;
+        let close_in_time = (new[vi].0.at_ms - legacy[li].at_ms).abs() <= PAIR_WINDOW_MS;
         for (i, name) in fields.iter().enumerate() {
             let take = match *name {
                 "created_at" => close_in_time,
-                name => twin && FILLED.contains(&name) && v1[vi].0.fields[i].is_none(),
+                name => twin && FILLED.contains(&name) && new[vi].0.fields[i].is_none(),
             };
             if take {
-                v1[vi].0.fields[i].clone_from(&legacy[li].fields[i]);
+                new[vi].0.fields[i].clone_from(&legacy[li].fields[i]);
             }
         }
         let differ: Vec<&'static str> = fields
             .iter()
             .enumerate()
-            .filter(|&(i, _)| legacy[li].fields[i] != v1[vi].0.fields[i])
+            .filter(|&(i, _)| legacy[li].fields[i] != new[vi].0.fields[i])
             .map(|(_, &name)| name)
             .collect();
         if !differ.is_empty() {
-            mismatches.push(mismatch("differs", Some(legacy[li].id), Some(v1[vi].0.id), differ));
+            mismatches.push(mismatch("differs", Some(legacy[li].id), Some(new[vi].0.id), differ));
         }
     }
-    for (vi, (v, _)) in v1.iter().enumerate() {
+    for (vi, (v, _)) in new.iter().enumerate() {
         if !paired[vi] {
             mismatches.push(mismatch("v1_only", None, Some(v.id), Vec::new()));
         }
     }
     let legacy_hash = hash(legacy.iter());
-    let v1_hash = hash(v1.iter().map(|(v, _)| v));
+    let new_hash = hash(new.iter().map(|(v, _)| v));
     report.groups.push(SchemaGroup {
         kind,
         spec_id: spec.to_owned(),
         stage: stage.to_owned(),
         legacy_count: legacy.len(),
-        v1_count: v1.len(),
-        matches: legacy.len() == v1.len() && legacy_hash == v1_hash,
+        v1_count: new.len(),
+        matches: legacy.len() == new.len() && legacy_hash == new_hash,
         legacy_hash,
-        v1_hash,
+        v1_hash: new_hash,
     });
     report.mismatches.extend(mismatches);
 }
@@ -255,7 +255,7 @@ fn hash<'a>(rows: impl Iterator<Item = &'a Side>) -> String {
     digest.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn v1_artifacts(conn: &Connection, spec: &str, stage: &str) -> Result<Vec<(Artifact, Option<i64>)>> {
+fn new_artifacts(conn: &Connection, spec: &str, stage: &str) -> Result<Vec<(Artifact, Option<i64>)>> {
     let mut stmt = conn.prepare_cached(
         "SELECT o.id, o.agent_name, o.content, o.response_text, r.orchestrator_run_id, o.output_timestamp,
                 o.model_version, o.legacy_artifact_id
@@ -291,7 +291,7 @@ fn legacy_syntheses(conn: &Connection, spec: &str, stage: &str, columns: Columns
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn v1_syntheses(conn: &Connection, spec: &str, stage: &str) -> Result<Vec<(Synthesis, Option<i64>)>> {
+fn new_syntheses(conn: &Connection, spec: &str, stage: &str) -> Result<Vec<(Synthesis, Option<i64>)>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, synthesis_json, COALESCE(degraded, 0), orchestrator_run_id,
                 COALESCE(synthesized_at, run_timestamp), legacy_synthesis_id
