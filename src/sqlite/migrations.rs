@@ -552,12 +552,16 @@ fn step(
         (Some(guard), true) => guard.refuse_if_in_flight(c, from, to),
         _ => Ok(()),
     };
-    let pair = writing(turns, |c| {
+    writing(turns, |c| {
         in_transaction(c, &what, still_here, |c| {
             refuse(c)?;
             begin(c)
-        })?;
-        unpaired_copies(c)
+        })
+    })?;
+    let mut pair = false;
+    turns.read(&mut |c| {
+        pair = unpaired_copies(c)?; // two index counts: outside the lane
+        Ok(())
     })?;
     let Some(tails) = run_phases(turns, progress, &what, &still_here, phases, pair, moved)? else {
         return Ok(false);
