@@ -15,7 +15,8 @@ const MIGRATION_LOCK: i64 = 0x0063_6462_0001;
 /// Layout revisions in order, each with the minimum reader layout it leaves (a step
 /// that only adds keeps the one before, so the previous release still opens the
 /// database); each runs in one transaction with its rows in `consensus_db_meta`.
-const MIGRATIONS: &[(i64, i64, &str)] = &[(1, 1, include_str!("schema.sql")), (2, 1, include_str!("schema_2.sql"))];
+const MIGRATIONS: &[(i64, i64, &str)] =
+    &[(1, 1, include_str!("schema.sql")), (2, 1, include_str!("schema_2.sql")), (3, 1, include_str!("schema_3.sql"))];
 
 fn meta(c: &mut Session, key: &str) -> Result<Option<i64>> {
     let exists: bool = c.client.query_one("SELECT to_regclass('consensus_db_meta') IS NOT NULL", &[])?.get(0);
@@ -307,3 +308,44 @@ pub fn store_batch(c: &mut Session, artifacts: &[NewArtifact], tokens: &[String]
     }
     Ok(ids)
 }
+
+/// Whether the database has the table of expected agents (revision 3).
+pub fn has_expected_agents(c: &mut Session) -> Result<bool> {
+    Ok(c.client.query_one("SELECT to_regclass('consensus_expected_agents') IS NOT NULL", &[])?.get(0))
+}
+
+/// The channel a completion's transaction notifies (`schema_3.sql`).
+pub const AGENTS_CHANNEL: &str = "LISTEN consensus_db_agents";
+
+/// `expect_agents`: `$1` the ids in order, then the set; new ids inserted in order.
+pub const EXPECT_AGENTS: &str =
+    "INSERT INTO consensus_expected_agents (agent_id, spec_id, stage, run_id, branch_id, declared_at_ms)
+     SELECT a, $2, $3, $4, $5, consensus_db_now_ms() FROM unnest($1::text[]) WITH ORDINALITY AS t(a, n) ORDER BY n
+     ON CONFLICT (agent_id) DO NOTHING";
+
+/// After [`EXPECT_AGENTS`], in its transaction: one of the ids another set expects.
+pub const EXPECTED_ELSEWHERE: &str = "SELECT agent_id, spec_id, stage, run_id, branch_id FROM consensus_expected_agents
+     WHERE agent_id = ANY($1::text[]) AND (spec_id, stage, run_id, branch_id) IS DISTINCT FROM ($2, $3, $4, $5)
+     ORDER BY agent_id LIMIT 1";
+
+/// The state of listed agents' executions of a stage (`$4`: their branch, or NULL).
+pub fn agents_status(branch_column: bool) -> &'static str {
+    if branch_column {
+        "SELECT a.id, e.completed_at IS NOT NULL, e.extraction_error IS NOT NULL
+         FROM unnest($1::text[]) WITH ORDINALITY AS a(id, n) LEFT JOIN agent_executions e
+           ON e.agent_id = a.id AND e.spec_id = $2 AND e.stage = $3 AND ($4::text IS NULL OR e.branch_id = $4)
+         ORDER BY a.n"
+    } else {
+        "SELECT a.id, e.completed_at IS NOT NULL, e.extraction_error IS NOT NULL
+         FROM unnest($1::text[]) WITH ORDINALITY AS a(id, n) LEFT JOIN agent_executions e
+           ON e.agent_id = a.id AND e.spec_id = $2 AND e.stage = $3 AND $4::text IS NULL
+         ORDER BY a.n"
+    }
+}
+
+/// The state of a run's expected set, in the order declared.
+pub const RUN_STATUS: &str = "SELECT x.agent_id, e.completed_at IS NOT NULL, e.extraction_error IS NOT NULL
+     FROM consensus_expected_agents x LEFT JOIN agent_executions e
+       ON e.agent_id = x.agent_id AND e.spec_id = x.spec_id AND e.stage = x.stage
+     WHERE x.spec_id = $1 AND x.stage = $2 AND x.run_id = $3 AND x.branch_id = $4
+     ORDER BY x.seq";

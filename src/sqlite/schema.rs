@@ -28,21 +28,24 @@ pub(crate) const ROUTING_TABLE_SQL: &str = concat!(
 pub(crate) const BRANCH_INDEX_SQL: &str = include_str!("sql/branch_index.sql");
 pub(crate) const ROUTE_INDEX_SQL: &str = include_str!("sql/route_index.sql");
 const STORE_COLUMNS_SQL: &str = include_str!("sql/store_columns.sql");
+/// The expected sets of agents (`expect_agents`, layout revision 5).
+pub(crate) const EXPECTED_AGENTS_SQL: &str = include_str!("sql/expected_agents.sql");
 
 /// This store's layout revision. 1 was its first release (its own column names); 2 is
 /// the seed layout plus this store's columns; 3 adds only (`agent_executions.branch_id`
 /// and its index, `consensus_ok` as the predecessor writes it), so a build of revision 2
 /// still reads and writes a revision-3 file; 4 adds only the routing read's covering
-/// index (`idx_agent_executions_route`), which no reader needs.
+/// index (`idx_agent_executions_route`), which no reader needs; 5 adds only the table of
+/// expected agents (`consensus_expected_agents`), which earlier releases never read.
 ///
 /// `consensus_db_meta` keeps two numbers: `'layout'`, the **minimum reader layout** —
 /// the oldest revision that can open the file, the key every release checks and refuses
 /// when above its own revision — and `'revision'`, the revision the file was brought
 /// to. A step that only adds leaves `'layout'` alone, so the previous release keeps
 /// opening the file mid-rollout; a step that changes what a reader sees raises it.
-pub const LAYOUT: i64 = 4;
+pub const LAYOUT: i64 = 5;
 /// The minimum reader layout this build records (see [`LAYOUT`]): revision 2 reads
-/// everything revisions 3 and 4 write.
+/// everything revisions 3 to 5 write.
 pub const MIN_READER_LAYOUT: i64 = 2;
 
 /// Two copies of one artifact or synthesis that the predecessor's dual-write build

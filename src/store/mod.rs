@@ -11,6 +11,7 @@
 //! migration), each row once, tagged with its source.
 
 mod artifacts;
+mod coordination;
 pub mod database;
 mod executions;
 pub(crate) mod legacy;
