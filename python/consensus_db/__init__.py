@@ -44,6 +44,7 @@ from .results import (
     SpawnInfo,
     Stats,
     VacuumReport,
+    WaitResult,
 )
 from .store import DEFAULT_RETRY, Store, connect
 
@@ -71,6 +72,7 @@ __all__ = [
     "OpenReport",
     "RowsMoved",
     "LaneStats",
+    "WaitResult",
     "ReaderStats",
     "SchemaReport",
     "CycleReport",
