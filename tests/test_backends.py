@@ -276,10 +276,10 @@ def test_migrations_under_advisory_lock_from_many_hosts_at_once(pg_cluster, pg_u
         t.join()
     assert errors == [] and len(stores) == 8
     schema = pg_url.split("search_path%3D")[1]
-    # pg_layout is the minimum reader layout (revision 2 only adds: the previous release still opens it).
+    # pg_layout is the minimum reader layout (revisions 2 and 3 only add: the previous release still opens it).
     assert pg_cluster.psql(f"SELECT value FROM {schema}.consensus_db_meta WHERE key = 'pg_layout'") == "1"
-    assert pg_cluster.psql(f"SELECT value FROM {schema}.consensus_db_meta WHERE key = 'pg_revision'") == "2"
-    assert stores[0].health()["layout_revision"] == 2
+    assert pg_cluster.psql(f"SELECT value FROM {schema}.consensus_db_meta WHERE key = 'pg_revision'") == "3"
+    assert stores[0].health()["layout_revision"] == 3
     for s in stores:
         s.close()
     # Identity keys, JSONB, integer-millisecond timestamps.

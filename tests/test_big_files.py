@@ -151,7 +151,7 @@ def test_opening_leaves_a_big_files_read_indexes_to_an_upgrade_and_says_so(tmp_p
         db.migrate()  # what `consensus-db upgrade` runs
         assert db.query(INDEX_COLUMNS) == [("agent_id",), ("phase_type",), ("stage",), ("branch_id",)]
         assert db.query("SELECT count(*) FROM sqlite_master WHERE name IN (?, ?)", list(PAGE_INDEXES)) == [(2,)]
-        assert db.query(REVISION) == [(4,)]
+        assert db.query(REVISION) == [(5,)]
         assert db.get_agent_route("a-7") == ("regular_stage", "plan", None)
     with consensus_db.connect(path) as db:
         assert db.open_report["layout_steps"] == []

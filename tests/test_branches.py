@@ -152,19 +152,21 @@ def test_every_shape_gets_the_predecessors_column_and_index(tmp_path, make):
 
 
 def test_the_previous_release_keeps_opening_the_file(tmp_path):
-    """Revisions 3 and 4 only add: the key the previous release checks (``layout``,
+    """Revisions 3 to 5 only add: the key the previous release checks (``layout``,
     the minimum reader layout) stays 2, and a file that release wrote (no ``revision``
-    key, no branch column, no routing index) is brought forward saying so."""
+    key, no branch column, no routing index, no table of expected agents) is brought
+    forward saying so."""
     path = tmp_path / "f.db"
     consensus_db.connect(path).close()
     assert stdlib_rows(path, "SELECT key, value FROM consensus_db_meta ORDER BY key") == [
         ("layout", 2),
-        ("revision", 4),
+        ("revision", 5),
     ]
     conn = sqlite3.connect(path)  # the file as the previous release left it
     conn.executescript(
         "DROP INDEX idx_agent_executions_route; DROP INDEX idx_agent_executions_branch;"
         " ALTER TABLE agent_executions DROP COLUMN branch_id; DELETE FROM consensus_db_meta WHERE key = 'revision';"
+        " DROP TABLE consensus_expected_agents;"
     )
     conn.close()
     with consensus_db.connect(path) as db:
@@ -172,16 +174,17 @@ def test_the_previous_release_keeps_opening_the_file(tmp_path):
     assert steps == [
         "added the column agent_executions.branch_id",
         "created the index idx_agent_executions_branch",
+        "created the table consensus_expected_agents",
         "created the index idx_agent_executions_route",
-        "layout revision 2 -> 4 (minimum reader layout 2)",
+        "layout revision 2 -> 5 (minimum reader layout 2)",
     ]
     assert stdlib_rows(path, "SELECT value FROM consensus_db_meta WHERE key = 'layout'") == [(2,)]
     # A minimum reader layout above this build's revision is refused, by name.
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE consensus_db_meta SET value = 5 WHERE key = 'layout'")
+    conn.execute("UPDATE consensus_db_meta SET value = 6 WHERE key = 'layout'")
     conn.commit()
     conn.close()
-    with pytest.raises(consensus_db.SchemaVersionError, match="5"):
+    with pytest.raises(consensus_db.SchemaVersionError, match="6"):
         consensus_db.connect(path)
 
 
@@ -367,7 +370,7 @@ def test_postgresql_revision_1_database_reads_no_branch_and_refuses_one(pg_clust
     with consensus_db.connect(pg_url) as db:  # migrating brings the column back
         db.record_agent_spawn("a-2", "S", STAGE, "regular_stage", "gemini", branch_id="b1")
         assert db.get_agent_route("a-2").branch_id == "b1"
-    assert pg_cluster.psql(f"SELECT value FROM {schema}.consensus_db_meta WHERE key = 'pg_revision'") == "2"
+    assert pg_cluster.psql(f"SELECT value FROM {schema}.consensus_db_meta WHERE key = 'pg_revision'") == "3"
     assert pg_cluster.psql(f"SELECT value FROM {schema}.consensus_db_meta WHERE key = 'pg_layout'") == "1"
 
 

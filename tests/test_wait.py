@@ -322,4 +322,4 @@ def test_the_wait_command_exits_nonzero_on_timeout_and_zero_when_done(tmp_path):
     assert quorum.returncode == 0, quorum.stderr
     assert "1 of 2 finished" in quorum.stdout and "a2" in quorum.stdout
     bad = subprocess.run([*args, "--run-id", "run-1", "--quorum", "3"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "quorum" in bad.stderr
+    assert bad.returncode == 1 and "invalid quorum" in bad.stderr

@@ -662,10 +662,13 @@ impl PgDatabase {
         no_nul("response_text", response_text)?;
         self.writable("record_agent_completion")?;
         // Setting the same values again: idempotent (completed_at moves by the retry's delay).
-        self.run("record_agent_completion", Kind::Idempotent, |c| {
+        let known = self.run("record_agent_completion", Kind::Idempotent, |c| {
             let stmt = c.prepared(sql::COMPLETE)?;
             Ok(c.client.execute(&stmt, &[&agent_id, &response_text])? > 0)
-        })
+        })?;
+        // This process's waiters need not wait for the notification's round trip.
+        self.changes.bump();
+        Ok(known)
     }
 
     pub fn record_extraction_failure(
@@ -680,10 +683,12 @@ impl PgDatabase {
         no_nul("response_text", response_text)?;
         no_nul("extraction_error", extraction_error)?;
         self.writable("record_extraction_failure")?;
-        self.run("record_extraction_failure", Kind::Idempotent, |c| {
+        let known = self.run("record_extraction_failure", Kind::Idempotent, |c| {
             let stmt = c.prepared(sql::FAIL_EXTRACTION)?;
             Ok(c.client.execute(&stmt, &[&agent_id, &response_text, &extraction_error])? > 0)
-        })
+        })?;
+        self.changes.bump();
+        Ok(known)
     }
 
     pub fn query_extraction_failures(&self, spec_id: &str) -> Result<Vec<ExtractionFailure>> {
@@ -936,6 +941,7 @@ impl PgDatabase {
             t.commit()?;
             Ok(added as usize)
         })
+        .inspect(|_| self.changes.bump())
     }
 
     /// The state of a set's agents, in one query.

@@ -475,8 +475,8 @@ impl Drop for Engine {
 
 /// The cross-process change signal's watcher: a connection of its own reading `PRAGMA
 /// data_version` every [`SQLITE_POLL`], which changes when another connection (this
-/// store's own included) committed to the file. Measured (`benches/wait.py`): an idle
-/// poll costs about 0.1% of a core; it runs only while someone waits.
+/// store's own included) committed to the file. It runs only while someone waits
+/// (its cost: `benches/results/wait.md`).
 fn data_version_watcher(target: PathBuf, flags: OpenFlags) -> OpenWatcher {
     Arc::new(move || {
         let conn = Connection::open_with_flags(&target, flags)?;
