@@ -196,7 +196,8 @@ def markdown(report: dict[str, Any]) -> str:
         "Threads added: OS threads of the process while the waiters wait, less those before (the store's "
         "executor threads already started). The one added is the store's watcher (SQLite: `PRAGMA data_version` "
         "every 10 ms on a connection of its own; PostgreSQL: `LISTEN`, waking every 50 ms to see whether it is "
-        "still wanted); it exists only while someone waits.",
+        "still wanted); it exists only while someone waits. The \"1 sync\" row also counts the thread that "
+        "waits (the caller's own).",
         "",
     ]
     return "\n".join(lines)

@@ -232,7 +232,7 @@ impl WaitFor {
             None => status.expected.len(),
         };
         let done = status.finished() >= quorum;
-        Ok((done || timed_out).then(|| WaitOutcome { status, quorum, timed_out: !done }))
+        Ok((done || timed_out).then_some(WaitOutcome { status, quorum, timed_out: !done }))
     }
 }
 

@@ -3,10 +3,10 @@
 Exit codes: 0 success; 1 a library error (``error: <message>`` on stderr), or a
 refusal (``vacuum``/``cleanup`` on a file only ``upgrade`` may convert); 2 usage errors
 and missing files (click's convention); 3 ``health --check`` found that the file needs a
-vacuum (for monitoring); 4 ``wait`` timed out with agents still pending. ``NO_COLOR`` (any non-empty value) turns colour off. Progress
-goes to stderr, so ``--json`` output on stdout stays parseable: ``cleanup`` and ``vacuum``
-draw a bar there when stderr is a terminal and the job runs longer than half a second
-(``--progress`` draws it anyway, ``--quiet`` never).
+vacuum (for monitoring); 4 ``wait`` timed out with agents still pending. ``NO_COLOR`` (any
+non-empty value) turns colour off. Progress goes to stderr, so ``--json`` output on stdout
+stays parseable: ``cleanup`` and ``vacuum`` draw a bar there when stderr is a terminal and
+the job runs longer than half a second (``--progress`` draws it anyway, ``--quiet`` never).
 """
 
 from __future__ import annotations
@@ -741,7 +741,7 @@ def wait_lines(r: WaitResult) -> str:
     state = "timed out" if r["timed_out"] else "done"
     lines = [f"{state}: {finished} of {len(r['expected'])} finished (quorum {r['quorum']})"]
     for name in ("completed", "failed", "pending"):
-        agents: list[str] = r[name]  # type: ignore[literal-required]
+        agents: list[str] = r[name]
         if agents:
             lines.append(f"  {name:<10} {', '.join(agents)}")
     return "\n".join(lines)
