@@ -142,6 +142,36 @@ def test_a_waiter_is_woken_by_a_completion_from_another_process(store_target, by
     assert (outcome["completed"], outcome["failed"], outcome["pending"]) == (["a1"], ["a2"], [])
 
 
+def test_a_commit_of_another_process_wakes_a_waiter_whose_check_found_it_pending(store_target):
+    """The wake-up itself, step by step (the async twin's steps): subscribed, checked
+    and found pending, then woken by the child's commit — not by a timer, and not by a
+    first check that happened to come after the commit."""
+    target = str(store_target)
+    with consensus_db.connect(target) as db:
+        spawn(db, "a1")
+        child = subprocess.Popen(
+            [sys.executable, "-c", COMPLETER, target, "a1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "ready"
+        waiter = db._agents_waiter("S", STAGE, agent_ids=["a1"])
+        waiter.start()
+        assert waiter.check(False) is None  # pending, and the generation it read is kept
+        woken = threading.Event()
+        errors: list[BaseException | None] = []
+        waiter.on_change(lambda error: (errors.append(error), woken.set()))
+        assert not woken.is_set()
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"
+        assert woken.wait(30), "the other process's commit woke nobody"
+        outcome = waiter.check(False)
+        waiter.close()
+        child.wait(30)
+    assert errors == [None]
+    assert outcome is not None and outcome["completed"] == ["a1"] and outcome["timed_out"] is False
+
+
 def test_a_wait_after_two_of_three_spawns_does_not_return_early(store_target):
     """The predecessor kept the expected set in memory beside the database: a waiter
     that looked at the spawns found 2 of 2 done and went on without the third. The set
