@@ -154,7 +154,7 @@ def test_a_commit_of_another_process_wakes_a_waiter_whose_check_found_it_pending
         )
         assert child.stdout is not None and child.stdin is not None
         assert child.stdout.readline().strip() == "ready"
-        waiter = db._agents_waiter("S", STAGE, agent_ids=["a1"])
+        waiter = db.agents_waiter("S", STAGE, agent_ids=["a1"])
         waiter.start()
         assert waiter.check(False) is None  # pending, and the generation it read is kept
         woken = threading.Event()

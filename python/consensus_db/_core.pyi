@@ -534,7 +534,7 @@ class Database:
         commits of this process and, through one watcher per store (a connection of its
         own, alive while someone waits), of other processes; each wake-up checks with one
         query. ``close()`` wakes it with ``ClosedError``."""
-    def _agents_waiter(
+    def agents_waiter(
         self,
         spec_id: str,
         stage: str,
@@ -544,8 +544,9 @@ class Database:
         branch_id: str | None = None,
         quorum: int | None = None,
     ) -> AgentsWaiter:
-        """A wait in steps (``AgentsWaiter``), for ``AsyncStore.wait_for_agents``; the
-        arguments are ``wait_for_agents``'s, checked here."""
+        """A wait in steps (``AgentsWaiter``: ``start``, ``check``, ``on_change``, ``close``), which
+        ``AsyncStore.wait_for_agents`` runs and another event loop can too; the arguments
+        are ``wait_for_agents``'s, checked here (no I/O)."""
     def query_extraction_failures(
         self,
         spec_id: str,

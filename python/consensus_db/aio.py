@@ -533,7 +533,7 @@ class AsyncStore:
                 )
         elif timeout is not None:
             raise InvalidInputError(f"invalid timeout: must be a number of seconds, got {type(timeout).__name__}")
-        waiter = self.sync._agents_waiter(
+        waiter = self.sync.agents_waiter(
             spec_id, stage, agent_ids=agent_ids, run_id=run_id, branch_id=branch_id, quorum=quorum
         )
         loop = asyncio.get_running_loop()
@@ -622,7 +622,7 @@ NOT_MIRRORED = {
     "transaction": "AsyncStore.transaction returns an async context manager, not a coroutine",
     "iter_artifacts": "AsyncStore.iter_artifacts returns an async iterator (`async for`), not a coroutine",
     "wait_for_agents": "AsyncStore.wait_for_agents is written by hand: it waits on a future, not on a thread",
-    "_agents_waiter": "the step-by-step wait AsyncStore.wait_for_agents uses",
+    "agents_waiter": "builds the step-by-step wait AsyncStore.wait_for_agents runs (no I/O): a plain method",
     "schema_version": "a property that reads the file: AsyncStore.get_schema_version()",
     "reader_stats": "in-memory counters, no I/O: a plain method",
     "lane_stats": "in-memory counters, no I/O: a plain method",

@@ -1189,10 +1189,11 @@ impl PyDatabase {
         super::wait::outcome_dict(py, &condition, &outcome)
     }
 
-    /// A wait in steps (`AgentsWaiter`), for `AsyncStore.wait_for_agents`; the
-    /// arguments are `wait_for_agents`'s, checked here.
+    /// A wait in steps (`AgentsWaiter`: `start`, `check`, `on_change`, `close`), which
+    /// `AsyncStore.wait_for_agents` runs and another event loop can too; the arguments
+    /// are `wait_for_agents`'s, checked here (no I/O).
     #[pyo3(signature = (spec_id, stage, *, agent_ids=None, run_id=None, branch_id=None, quorum=None))]
-    fn _agents_waiter(
+    fn agents_waiter(
         slf: Bound<'_, Self>,
         spec_id: &Bound<'_, PyAny>,
         stage: &Bound<'_, PyAny>,
