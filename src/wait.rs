@@ -241,8 +241,11 @@ fn too_big_a_quorum(quorum: usize, agents: usize) -> Error {
 }
 
 /// Runs a wait: check, and until satisfied or `timeout` passes, sleep until the next
-/// change and check again (one query per wake-up). `timeout` zero checks once, without
-/// a watcher. `interrupt` runs between sleeps of at most `slice` (Python's signals).
+/// change and check again (one query per wake-up). The first check runs before the
+/// subscription: a wait satisfied at once, refused (a run with no declared set, a quorum
+/// above the set), or with `timeout` zero (one check) starts no watcher, and a forked
+/// child's refusal comes before any lock its parent may hold. `interrupt` runs between
+/// sleeps of at most `slice` (Python's signals).
 pub fn wait(
     changes: &Arc<Changes>,
     condition: &WaitFor,
@@ -252,10 +255,10 @@ pub fn wait(
     interrupt: &mut dyn FnMut() -> Result<()>,
 ) -> Result<WaitOutcome> {
     let deadline = timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(far_future));
-    let _subscription = match timeout {
-        Some(t) if t.is_zero() => None,
-        _ => Some(changes.subscribe()?),
-    };
+    if let Some(outcome) = condition.judge(check()?, timeout.is_some_and(|t| t.is_zero()))? {
+        return Ok(outcome);
+    }
+    let _subscription = changes.subscribe()?;
     loop {
         let seen = changes.generation()?;
         let past_deadline = deadline.is_some_and(|d| Instant::now() >= d);

@@ -539,8 +539,12 @@ class AsyncStore:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         try:
-            if timeout != 0:
-                await self._run(waiter.start)
+            # The first check before the subscription: a wait over at once (or refused)
+            # starts no watcher.
+            result = await self._run(waiter.check, timeout == 0)
+            if result is not None:
+                return result
+            await self._run(waiter.start)
             while True:
                 remaining = None if deadline is None else max(0.0, deadline - loop.time())
                 result = await self._run(waiter.check, remaining == 0.0)
