@@ -172,6 +172,20 @@ def test_a_commit_of_another_process_wakes_a_waiter_whose_check_found_it_pending
     assert outcome is not None and outcome["completed"] == ["a1"] and outcome["timed_out"] is False
 
 
+def test_a_read_only_store_waits_too(store_target):
+    """A monitor (``consensus-db wait`` opens read-only) is woken by another store's
+    commit: its watcher reads, and on PostgreSQL LISTENs, in a read-only session."""
+    with consensus_db.connect(store_target) as writer:
+        spawn(writer, "a1")
+        with consensus_db.connect(store_target, read_only=True) as monitor:
+            waiting = Waiting(monitor, agent_ids=["a1"], timeout=30)
+            writer.record_agent_completion("a1", "{}")
+            outcome = waiting.result()
+            with pytest.raises(consensus_db.ReadOnlyError, match="expect_agents"):
+                monitor.expect_agents("S", STAGE, "run-1", ["a1"])
+    assert outcome["completed"] == ["a1"] and outcome["timed_out"] is False
+
+
 def test_a_wait_after_two_of_three_spawns_does_not_return_early(store_target):
     """The predecessor kept the expected set in memory beside the database: a waiter
     that looked at the spawns found 2 of 2 done and went on without the third. The set
