@@ -314,6 +314,25 @@ def test_async_waiters_hold_no_thread_while_they_wait_and_are_all_woken(store_ta
     assert all(r["timed_out"] is False and len(r["completed"]) == 1 for r in results)
 
 
+def test_the_watcher_lives_only_while_someone_waits_and_a_cancelled_waiter_leaves(store_target):
+    async def main() -> None:
+        async with consensus_db.aio.connect(store_target) as db:
+            spawn(db.sync, "a1")
+            waiter = asyncio.create_task(db.wait_for_agents("S", STAGE, agent_ids=["a1"]))
+            assert await until_async(lambda: WATCHER in thread_names())
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+            assert await until_async(lambda: WATCHER not in thread_names()), "the watcher outlived its last waiter"
+            done = asyncio.create_task(db.wait_for_agents("S", STAGE, agent_ids=["a1"], timeout=30))
+            assert await until_async(lambda: WATCHER in thread_names())  # started again
+            await db.record_agent_completion("a1", "{}")
+            assert (await done)["completed"] == ["a1"]
+            assert await until_async(lambda: WATCHER not in thread_names())
+
+    asyncio.run(main())
+
+
 def test_close_wakes_a_waiter_with_closed_error_and_closes_every_file(db_path):
     db = consensus_db.connect(db_path)
     spawn(db, "a1")
