@@ -221,6 +221,18 @@ def test_the_expected_set_is_idempotent_extends_and_refuses_an_agent_of_another_
         assert db.wait_for_agents("S", STAGE, run_id="run-1", timeout=0)["expected"] == ["a1", "a2", "a3"]
 
 
+def test_retention_deletes_the_expected_sets_declared_before_its_cutoff(store_target):
+    with consensus_db.connect(store_target) as db:
+        db.expect_agents("S", STAGE, "old-run", ["old-1", "old-2"])
+        db.expect_agents("S", STAGE, "new-run", ["new-1"])
+        db.execute("UPDATE consensus_expected_agents SET declared_at_ms = 0 WHERE run_id = 'old-run'")
+        assert db.cleanup_old_executions(30) == 0  # the count is the executions'
+        with pytest.raises(consensus_db.InvalidInputError, match="no agents are expected"):
+            db.wait_for_agents("S", STAGE, run_id="old-run", timeout=0)
+        assert db.wait_for_agents("S", STAGE, run_id="new-run", timeout=0)["expected"] == ["new-1"]
+        assert db.expect_agents("S", STAGE, "another-run", ["old-1"]) == 1  # its id is free again
+
+
 def test_quorum_returns_once_enough_agents_finished_and_a_failure_counts(store_target):
     with consensus_db.connect(store_target) as db:
         db.expect_agents("S", STAGE, "run-1", ["a1", "a2", "a3"])

@@ -563,7 +563,8 @@ class Database:
         """Deletes executions spawned more than ``days`` days ago; returns how many. On SQLite
         in chunks of ~10 ms, writers in between: ``progress(done, total)`` after each chunk
         (rows deleted so far, of how many); returning False stops after that chunk, an
-        exception stops there and is raised (what was deleted stays deleted)."""
+        exception stops there and is raised (what was deleted stays deleted). The expected
+        sets (``expect_agents``) declared more than ``days`` days ago go too (not counted)."""
     def store_artifact(
         self,
         spec_id: str,

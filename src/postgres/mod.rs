@@ -729,7 +729,12 @@ impl PgDatabase {
         self.writable("cleanup_old_executions")?;
         // Beyond a million days every row is older anyway; the server's interval stays in range.
         let days = days.min(1_000_000);
-        self.run("cleanup_old_executions", Kind::Once, |c| Ok(c.client.execute(sql::CLEANUP, &[&days])? as usize))
+        let sql = if self.expected_table.load(std::sync::atomic::Ordering::Acquire) {
+            sql::CLEANUP_WITH_EXPECTED
+        } else {
+            sql::CLEANUP
+        };
+        self.run("cleanup_old_executions", Kind::Once, |c| Ok(c.client.execute(sql, &[&days])? as usize))
     }
 
     // ---- artifacts ----------------------------------------------------------------

@@ -10,6 +10,7 @@ CREATE TABLE IF NOT EXISTS consensus_expected_agents (
     seq BIGINT GENERATED ALWAYS AS IDENTITY);
 CREATE INDEX IF NOT EXISTS idx_consensus_expected_agents_set
     ON consensus_expected_agents (spec_id, stage, run_id, branch_id);
+CREATE INDEX IF NOT EXISTS idx_consensus_expected_agents_declared ON consensus_expected_agents (declared_at_ms);
 
 CREATE OR REPLACE FUNCTION consensus_db_notify_agents() RETURNS trigger
 LANGUAGE plpgsql AS $$

@@ -224,6 +224,14 @@ pub const CLEANUP: &str = "DELETE FROM agent_executions
      WHERE spawned_at < to_char((clock_timestamp() AT TIME ZONE 'UTC') - make_interval(days => $1::bigint::int),
                                 'YYYY-MM-DD HH24:MI:SS')";
 
+/// [`CLEANUP`] on a database with the table of expected agents: the sets declared
+/// before the same cutoff go in the same statement (the count is the executions').
+pub const CLEANUP_WITH_EXPECTED: &str = "WITH expired AS (DELETE FROM consensus_expected_agents
+       WHERE declared_at_ms < consensus_db_now_ms() - $1::bigint * 86400000)
+     DELETE FROM agent_executions
+     WHERE spawned_at < to_char((clock_timestamp() AT TIME ZONE 'UTC') - make_interval(days => $1::bigint::int),
+                                'YYYY-MM-DD HH24:MI:SS')";
+
 pub const STORE_ARTIFACT: &str = "SELECT consensus_db_store_artifact($1, $2, $3, $4, $5, $6, $7, $8)";
 pub const COUNT_ARTIFACTS: &str = "SELECT count(*) FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
      WHERE r.spec_id = $1 AND r.stage = $2";

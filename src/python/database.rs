@@ -1233,7 +1233,8 @@ impl PyDatabase {
     /// called after each chunk with the rows deleted so far and of how many (counted
     /// first). Returning False stops after that chunk, an exception stops there too and
     /// is raised; what was deleted stays deleted, and a later call deletes the rest. On
-    /// PostgreSQL (one DELETE) `progress` is called once, at the end.
+    /// PostgreSQL (one DELETE) `progress` is called once, at the end. The expected sets
+    /// (`expect_agents`) declared more than `days` days ago go too (not counted).
     #[pyo3(signature = (days, *, progress=None))]
     fn cleanup_old_executions(
         &self,

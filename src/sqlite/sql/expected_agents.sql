@@ -8,3 +8,5 @@ CREATE TABLE IF NOT EXISTS consensus_expected_agents (
     run_id TEXT NOT NULL, branch_id TEXT NOT NULL DEFAULT '', declared_at_ms INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS idx_consensus_expected_agents_set
     ON consensus_expected_agents(spec_id, stage, run_id, branch_id);
+-- Retention (`cleanup_old_executions`) deletes the sets declared before its cutoff.
+CREATE INDEX IF NOT EXISTS idx_consensus_expected_agents_declared ON consensus_expected_agents(declared_at_ms);
