@@ -233,6 +233,25 @@ def test_retention_deletes_the_expected_sets_declared_before_its_cutoff(store_ta
         assert db.expect_agents("S", STAGE, "another-run", ["old-1"]) == 1  # its id is free again
 
 
+def test_a_postgresql_database_before_revision_3_refuses_to_wait_rather_than_hang(pg_cluster, pg_url):
+    consensus_db.connect(pg_url).close()
+    schema = pg_url.split("search_path%3D")[1]
+    pg_cluster.psql(  # the database as revision 2 (the previous release) left it
+        f"DROP TABLE {schema}.consensus_expected_agents;"
+        f" DROP FUNCTION {schema}.consensus_db_notify_agents() CASCADE;"
+        f" UPDATE {schema}.consensus_db_meta SET value = 2 WHERE key = 'pg_revision'"
+    )
+    with consensus_db.connect(pg_url, migrate=False) as db:
+        spawn(db, "a1")
+        with pytest.raises(consensus_db.MigrationError, match="revision 3"):
+            db.wait_for_agents("S", STAGE, agent_ids=["a1"], timeout=0)
+        with pytest.raises(consensus_db.MigrationError, match="consensus_expected_agents"):
+            db.expect_agents("S", STAGE, "run-1", ["a1"])
+    with consensus_db.connect(pg_url) as db:  # migrating brings it back
+        assert db.expect_agents("S", STAGE, "run-1", ["a1"]) == 1
+        assert db.wait_for_agents("S", STAGE, run_id="run-1", timeout=0)["pending"] == ["a1"]
+
+
 def test_quorum_returns_once_enough_agents_finished_and_a_failure_counts(store_target):
     with consensus_db.connect(store_target) as db:
         db.expect_agents("S", STAGE, "run-1", ["a1", "a2", "a3"])

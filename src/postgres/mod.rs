@@ -949,8 +949,16 @@ impl PgDatabase {
         .inspect(|_| self.changes.bump())
     }
 
-    /// The state of a set's agents, in one query.
+    /// The state of a set's agents, in one query. A database before revision 3 has no
+    /// trigger to notify waiters of other hosts' completions: refused, not left to hang.
     pub fn agents_status(&self, spec_id: &str, stage: &str, set: &AgentSet) -> Result<AgentsStatus> {
+        if !self.expected_table.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Migration(
+                "the PostgreSQL database predates layout revision 3, whose trigger notifies waiters of completions; \
+                 open it with migrate=True (or call migrate()) to wait for agents"
+                    .into(),
+            ));
+        }
         let rows = match set {
             AgentSet::Agents { agent_ids, branch_id } => {
                 let sql = sql::agents_status(self.has_branch_column());
@@ -959,7 +967,6 @@ impl PgDatabase {
                     Ok(c.client.query(&stmt, &[agent_ids, &spec_id, &stage, branch_id])?)
                 })?
             }
-            AgentSet::Run { .. } if !self.expected_table.load(std::sync::atomic::Ordering::Acquire) => Vec::new(),
             AgentSet::Run { run_id, branch_id } => {
                 let branch = branch_id.as_deref().unwrap_or("");
                 self.run("wait_for_agents", Kind::Read, |c| {
