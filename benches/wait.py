@@ -13,16 +13,17 @@ a PostgreSQL 15 it starts (tests/pg_cluster.py, fsync and synchronous_commit on)
 
 One long wait (an agent never completed) runs beside the measured ones, as an
 orchestrator's would, so the store's watcher stays up between rounds. Results:
-``results/wait.md``.
+``results/wait.md`` and ``.json``; ``--quick`` (a smoke run: few rounds, 50 waiters)
+writes into a temporary directory, never over them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -208,8 +209,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=300)
     ap.add_argument("--waiters", type=int, default=1000)
     ap.add_argument("--idle-seconds", type=float, default=5.0)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=None, help="default: benches/results (--quick: a temporary directory)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 10 rounds, 50 waiters, 0.3 s idle")
     args = ap.parse_args()
+    if args.quick:
+        if args.out is not None and args.out.resolve() == RESULTS.resolve():
+            sys.exit(f"--quick never writes over the committed results in {RESULTS}: choose another --out")
+        args.rounds, args.waiters, args.idle_seconds = 10, 50, 0.3
+        args.out = args.out or Path(tempfile.mkdtemp(prefix="consensus-db-bench-quick-"))
+    args.out = args.out or RESULTS
     tmp = Path(tempfile.mkdtemp())
     targets = {"SQLite": str(tmp / "wait.db")}
     cluster = None
@@ -242,8 +250,17 @@ def main() -> None:
     text = markdown(report)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "wait.md").write_text(text)
+    summary = {
+        backend: {
+            where: {"p50_ms": percentile(r[where], 0.5), "p99_ms": percentile(r[where], 0.99), "max_ms": max(r[where])}
+            for where in ("in-process", "cross-process")
+        }
+        | {"idle_sync": r["idle_sync"], "idle_async": r["idle_async"]}
+        for backend, r in report["backends"].items()
+    }
+    (args.out / "wait.json").write_text(json.dumps({**report, "backends": summary}, indent=2))
     print(text)
-    print("median of in-process latencies (ms):", statistics.median(report["backends"]["SQLite"]["in-process"]))
+    print("results in", args.out)
 
 
 if __name__ == "__main__":
