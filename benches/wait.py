@@ -163,7 +163,9 @@ def markdown(report: dict[str, Any]) -> str:
         "# Waiting for agents: wake-up latency, threads and CPU",
         "",
         f"`python -m benches.wait --rounds {report['rounds']}` ({report['when']}, {m['platform']}, Python "
-        f"{m['python']}, {m['cpus']} cores; PostgreSQL 15 on loopback, fsync and synchronous_commit on). "
+        f"{m['python']}, {m['cpus']} cores, load average {report['load_before']:.1f} before and "
+        f"{report['load_after']:.1f} after (the machine is shared); PostgreSQL 15 on loopback, fsync and "
+        "synchronous_commit on). "
         "Latency: from the completing `record_agent_completion`'s return (its commit done) to the waiter's "
         "return, `time.monotonic` in both processes. Targets: p99 <= 2 ms in-process, <= 20 ms cross-process; "
         "1,000 async waiters <= 2 threads; an idle waiter <= 0.5% CPU.",
@@ -195,9 +197,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         "Threads added: OS threads of the process while the waiters wait, less those before (the store's "
-        "executor threads already started). The one added is the store's watcher (SQLite: `PRAGMA data_version` "
-        "every 10 ms on a connection of its own; PostgreSQL: `LISTEN`, waking every 50 ms to see whether it is "
-        "still wanted); it exists only while someone waits. The \"1 sync\" row also counts the thread that "
+        "executor threads already started). The one added is the store's watcher (SQLite: an inotify watch of the "
+        "`-wal`, each write confirmed by `PRAGMA data_version` on a connection of its own, and that read every 50 ms "
+        "anyway; PostgreSQL: `LISTEN`, waking every 50 ms to see whether it is still wanted); it exists only while someone waits. The \"1 sync\" row also counts the thread that "
         "waits (the caller's own).",
         "",
     ]
@@ -232,6 +234,7 @@ def main() -> None:
         "waiters": args.waiters,
         "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "load_before": os.getloadavg()[0],
         "backends": {},
     }
     try:
@@ -247,6 +250,7 @@ def main() -> None:
     finally:
         if cluster is not None:
             cluster.stop("immediate")
+    report["load_after"] = os.getloadavg()[0]
     text = markdown(report)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "wait.md").write_text(text)

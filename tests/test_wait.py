@@ -186,6 +186,24 @@ def test_a_read_only_store_waits_too(store_target):
     assert outcome["completed"] == ["a1"] and outcome["timed_out"] is False
 
 
+@pytest.mark.parametrize("journal_mode", ["wal", "delete"])
+def test_another_stores_commit_wakes_a_waiter_whatever_the_journal(db_path, journal_mode):
+    """Two stores on one file (two write lanes): only the watcher can wake the waiter —
+    through its inotify watch of the -wal, or where there is none (a rollback journal)
+    its poll of data_version."""
+    pragmas = {"journal_mode": journal_mode}
+    with (
+        consensus_db.connect(db_path, pragmas=pragmas) as waiter,
+        consensus_db.connect(db_path, pragmas=pragmas) as other,
+    ):
+        assert os.path.exists(f"{db_path}-wal") == (journal_mode == "wal")
+        spawn(other, "a1")
+        waiting = Waiting(waiter, agent_ids=["a1"], timeout=30)
+        other.record_agent_completion("a1", "{}")
+        outcome = waiting.result()
+    assert outcome["completed"] == ["a1"] and outcome["timed_out"] is False
+
+
 def test_a_wait_after_two_of_three_spawns_does_not_return_early(store_target):
     """The predecessor kept the expected set in memory beside the database: a waiter
     that looked at the spawns found 2 of 2 done and went on without the third. The set
