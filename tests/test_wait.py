@@ -382,13 +382,26 @@ def test_the_watcher_lives_only_while_someone_waits_and_a_cancelled_waiter_leave
     asyncio.run(main())
 
 
+def inotify_fds() -> int:
+    return sum(1 for fd in os.listdir("/proc/self/fd") if "inotify" in _link(f"/proc/self/fd/{fd}"))
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
 def test_close_wakes_a_waiter_with_closed_error_and_closes_every_file(db_path):
     db = consensus_db.connect(db_path)
     spawn(db, "a1")
+    watches = inotify_fds()
     waiting = Waiting(db, agent_ids=["a1"])  # no timeout
+    assert until(lambda: inotify_fds() == watches + 1)  # the watcher's watch of the -wal
     db.close()
     assert open_files(db_path) == []  # the watcher's connection included
-    assert WATCHER not in thread_names()
+    assert inotify_fds() == watches and WATCHER not in thread_names()
     with pytest.raises(consensus_db.ClosedError):
         waiting.result()
 
