@@ -385,7 +385,8 @@ fn bring_layout_current(
 
 /// The steps of layout revisions 3 to 5, which only add or correct (the minimum reader
 /// layout stays [`schema::MIN_READER_LAYOUT`]): on every shape with a routing table, the
-/// predecessor's `branch_id` column and `idx_agent_executions_branch` index, and the
+/// predecessor's `branch_id` column and `idx_agent_executions_branch` index and this
+/// store's table of expected agents (revision 5, `consensus_expected_agents`), and the
 /// read indexes of revision 4 ([`BIG_INDEXES`]: the routing read's covering index, the
 /// artifact pages' two; left, and said so, at an opening of a file whose table holds more
 /// than [`BIG_INDEX_AT_OPENING`] rows; revision 4 is recorded once they exist), the
@@ -423,6 +424,10 @@ fn additive_steps(conn: &Connection, long: LongSteps) -> Result<Vec<String>> {
             if !index_exists(c, "idx_agent_executions_branch")? {
                 c.execute_batch(schema::BRANCH_INDEX_SQL)?;
                 changes.push("created the index idx_agent_executions_branch".to_owned());
+            }
+            if !table_exists(c, "consensus_expected_agents")? {
+                c.execute_batch(schema::EXPECTED_AGENTS_SQL)?;
+                changes.push("created the table consensus_expected_agents".to_owned());
             }
         }
         for index in &BIG_INDEXES {
@@ -464,7 +469,8 @@ fn additive_steps_pending(conn: &Connection, long: LongSteps) -> Result<bool> {
     let routing = table_exists(conn, "agent_executions")?;
     if routing
         && !(column_exists(conn, "agent_executions", "branch_id")?
-            && index_exists(conn, "idx_agent_executions_branch")?)
+            && index_exists(conn, "idx_agent_executions_branch")?
+            && table_exists(conn, "consensus_expected_agents")?)
     {
         return Ok(true);
     }
@@ -711,6 +717,7 @@ fn in_transaction(
 
 fn create_fresh(conn: &Connection) -> Result<()> {
     conn.execute_batch(schema::ROUTING_TABLE_SQL)?;
+    conn.execute_batch(schema::EXPECTED_AGENTS_SQL)?;
     schema::create_current_tables(conn)?;
     conn.execute_batch(&format!("PRAGMA user_version = {LATEST_VERSION}"))?;
     Ok(())
@@ -720,6 +727,7 @@ fn create_fresh(conn: &Connection) -> Result<()> {
 fn begin_v1(conn: &Connection) -> Result<()> {
     add_missing_legacy_columns(conn)?;
     conn.execute_batch(schema::ROUTING_TABLE_SQL)?;
+    conn.execute_batch(schema::EXPECTED_AGENTS_SQL)?;
     schema::create_current_tables(conn)
 }
 
@@ -734,6 +742,8 @@ fn down_v1(conn: &Connection) -> Result<RowsMoved> {
     // The claims and keys go with the tables whose rows they name (a legacy file is the
     // predecessor's shape); an upgrade makes them again, empty, tokens from 1.
     conn.execute_batch("DROP TABLE IF EXISTS consensus_claims; DROP TABLE IF EXISTS consensus_idempotency;")?;
+    // Version 0 holds no table of this store's.
+    conn.execute_batch("DROP TABLE IF EXISTS consensus_expected_agents;")?;
     Ok(written)
 }
 
@@ -1113,8 +1123,12 @@ mod tests {
         assert!(matches!(upgrade(&conn, 1), Err(Error::Migration(ref m)) if m.contains("-5")));
         let newer = Connection::open_in_memory().unwrap();
         upgrade(&newer, 1).unwrap();
-        newer.execute_batch("UPDATE consensus_db_meta SET value = 6 WHERE key = 'layout'").unwrap();
-        assert!(matches!(upgrade(&newer, 1), Err(Error::LayoutTooNew { found: 6, supported: 5 })));
+        newer
+            .execute_batch(&format!("UPDATE consensus_db_meta SET value = {} WHERE key = 'layout'", schema::LAYOUT + 1))
+            .unwrap();
+        assert!(
+            matches!(upgrade(&newer, 1), Err(Error::LayoutTooNew { found, supported: schema::LAYOUT }) if found == schema::LAYOUT + 1)
+        );
     }
 
     #[test]

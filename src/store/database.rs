@@ -242,6 +242,7 @@ impl Database {
             artifact_created_ms: column("consensus_artifacts", "created_at_ms")?,
             synthesis_created_ms: column("consensus_synthesis", "created_at_ms")?,
             routing_index: catalog.has_index("idx_agent_executions_route"),
+            expected_agents: catalog.has_table("consensus_expected_agents"),
         };
         Ok(())
     }
