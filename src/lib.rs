@@ -23,6 +23,7 @@
 //! ```
 
 pub mod backend;
+mod callbacks;
 pub mod conninfo;
 pub mod cursor;
 pub mod error;

@@ -162,18 +162,10 @@ impl<F: Fn(&Tx) -> Result<T> + Send + 'static, T: Send + 'static, D: FnOnce(Resu
     }
 }
 
-/// Wraps the completion of a batch of submitted writes (the Python bindings take the
-/// GIL once for the whole batch instead of once per write); set once.
-pub(crate) static COMPLETION_SCOPE: std::sync::OnceLock<fn(&mut dyn FnMut())> = std::sync::OnceLock::new();
-
 pub(super) fn complete_all(jobs: Vec<Box<dyn OwnedJob>>) {
     if jobs.is_empty() {
         return;
     }
     let mut jobs = Some(jobs);
-    let mut f = || jobs.take().into_iter().flatten().for_each(|job| job.complete());
-    match COMPLETION_SCOPE.get() {
-        Some(scope) => scope(&mut f),
-        None => f(),
-    }
+    crate::callbacks::in_scope(&mut || jobs.take().into_iter().flatten().for_each(|job| job.complete()));
 }

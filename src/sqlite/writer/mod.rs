@@ -59,7 +59,7 @@ mod jobs;
 
 use group::run_group;
 use jobs::complete_all;
-pub(crate) use jobs::{Job, OnceJob, Outcome, OwnedJob, RepeatJob, SubmittedJob, COMPLETION_SCOPE};
+pub(crate) use jobs::{Job, OnceJob, Outcome, OwnedJob, RepeatJob, SubmittedJob};
 
 /// The most writes one group commits together.
 pub const MAX_GROUP: usize = 64;
