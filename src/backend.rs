@@ -19,8 +19,66 @@ use crate::wait::{AgentSet, AgentsStatus, Changes, Expectation, WaitFor, WaitOut
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The store's public operations, the same on every backend.
-pub trait Backend: Send + Sync {
+/// Declares the store's public operations once: from the list come the [`Backend`] trait,
+/// its implementations by the SQLite store and the PostgreSQL one (each forwarding to the
+/// type's inherent method of the same name; `[engine]`: to the SQLite engine's, which the
+/// store reaches by `Deref`; `[field]`: the field of that name) and [`AnyDatabase`]'s
+/// dispatch. An operation is added here, once.
+macro_rules! backend_ops {
+    (
+        $( $(#[$m:meta])* $([$via:ident])? fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) $(-> $ret:ty)?; )*
+        provided { $($provided:tt)* }
+    ) => {
+        /// The store's public operations, the same on every backend.
+        pub trait Backend: Send + Sync {
+            $( $(#[$m])* fn $name(&self $(, $arg: $ty)*) $(-> $ret)?; )*
+            $($provided)*
+        }
+
+        impl Backend for Database {
+            $(
+                $(#[$m])*
+                #[inline]
+                fn $name(&self $(, $arg: $ty)*) $(-> $ret)? {
+                    forward!(Database, crate::sqlite::database::Engine, [$($via)?], $name, self $(, $arg)*)
+                }
+            )*
+        }
+
+        #[cfg(feature = "postgres")]
+        impl Backend for crate::postgres::PgDatabase {
+            $(
+                $(#[$m])*
+                #[inline]
+                fn $name(&self $(, $arg: $ty)*) $(-> $ret)? {
+                    forward!(crate::postgres::PgDatabase, crate::postgres::PgDatabase, [$($via)?], $name, self $(, $arg)*)
+                }
+            )*
+        }
+
+        impl Backend for AnyDatabase {
+            $(
+                $(#[$m])*
+                #[inline]
+                fn $name(&self $(, $arg: $ty)*) $(-> $ret)? {
+                    crate::dispatch!(self, db => forward!(_, _, [$($via)?], $name, db $(, $arg)*; dispatched))
+                }
+            )*
+        }
+    };
+}
+
+/// One operation's call on a backend (see [`backend_ops!`]).
+macro_rules! forward {
+    ($ty:ty, $engine:ty, [], $name:ident, $db:ident $(, $arg:ident)*) => { <$ty>::$name($db $(, $arg)*) };
+    ($ty:ty, $engine:ty, [engine], $name:ident, $db:ident $(, $arg:ident)*) => { <$engine>::$name($db $(, $arg)*) };
+    ($ty:ty, $engine:ty, [field], $name:ident, $db:ident) => { &$db.$name };
+    // On `AnyDatabase`, the backend's own `Backend` method (a field: reached the same way).
+    (_, _, [field], $name:ident, $db:ident; dispatched) => { &$db.$name };
+    (_, _, [$($via:ident)?], $name:ident, $db:ident $(, $arg:ident)*; dispatched) => { $db.$name($($arg),*) };
+}
+
+backend_ops! {
     fn record_agent_spawn(
         &self,
         agent_id: &str,
@@ -86,199 +144,33 @@ pub trait Backend: Send + Sync {
     fn query_claims(&self, spec_id: Option<&str>) -> Result<Vec<Claim>>;
     /// Shifts this store's clock for leases and keys (tests).
     fn set_clock_offset(&self, offset_ms: i64);
-    fn schema_version(&self) -> Result<i64>;
-    fn retry_count(&self) -> u64;
+    [engine] fn schema_version(&self) -> Result<i64>;
+    [engine] fn retry_count(&self) -> u64;
     fn close(&self);
-    fn is_closed(&self) -> bool;
+    [engine] fn is_closed(&self) -> bool;
     /// Declares the agents a run of a stage waits for (see `Database::expect_agents`).
     fn expect_agents(&self, set: &Expectation) -> Result<usize>;
     /// The state of a set's agents, in one query.
     fn agents_status(&self, spec_id: &str, stage: &str, set: &AgentSet) -> Result<AgentsStatus>;
     /// The store's change signal, which waiters sleep on (`wait.rs`).
-    fn changes(&self) -> &Arc<Changes>;
+    [field] fn changes(&self) -> &Arc<Changes>;
 
-    /// Waits until `condition` holds or `timeout` passes (None: no limit; zero: check
-    /// once); woken by commits of this process and, through the store's watcher, of
-    /// others. A timeout is an outcome (`timed_out`), not an error.
-    fn wait_for_agents(&self, condition: &WaitFor, timeout: Option<Duration>) -> Result<WaitOutcome> {
-        crate::wait::wait(
-            self.changes(),
-            condition,
-            timeout,
-            Duration::from_secs(3600),
-            &mut || self.agents_status(&condition.spec_id, &condition.stage, &condition.set),
-            &mut || Ok(()),
-        )
+    provided {
+        /// Waits until `condition` holds or `timeout` passes (None: no limit; zero: check
+        /// once); woken by commits of this process and, through the store's watcher, of
+        /// others. A timeout is an outcome (`timed_out`), not an error.
+        fn wait_for_agents(&self, condition: &WaitFor, timeout: Option<Duration>) -> Result<WaitOutcome> {
+            crate::wait::wait(
+                self.changes(),
+                condition,
+                timeout,
+                Duration::from_secs(3600),
+                &mut || self.agents_status(&condition.spec_id, &condition.stage, &condition.set),
+                &mut || Ok(()),
+            )
+        }
     }
 }
-
-/// Implements [`Backend`] by forwarding to a type's inherent methods of the same names.
-macro_rules! forward_backend {
-    ($ty:ty, $engine:ty) => {
-        impl Backend for $ty {
-            #[inline]
-            fn record_agent_spawn(&self, a: &str, s: &str, st: &str, p: &str, n: &str, r: Option<&str>) -> Result<()> {
-                <$ty>::record_agent_spawn(self, a, s, st, p, n, r)
-            }
-            #[inline]
-            #[allow(clippy::too_many_arguments)]
-            fn record_agent_spawn_on_branch(
-                &self,
-                a: &str,
-                s: &str,
-                st: &str,
-                p: &str,
-                n: &str,
-                r: Option<&str>,
-                b: Option<&str>,
-            ) -> Result<()> {
-                <$ty>::record_agent_spawn_on_branch(self, a, s, st, p, n, r, b)
-            }
-            #[inline]
-            fn get_agent_spawn_info(&self, a: &str) -> Result<Option<(String, String)>> {
-                <$ty>::get_agent_spawn_info(self, a)
-            }
-            #[inline]
-            fn get_agent_route(&self, a: &str) -> Result<Option<AgentRoute>> {
-                <$ty>::get_agent_route(self, a)
-            }
-            #[inline]
-            fn query_agent_executions(
-                &self,
-                s: &str,
-                st: &str,
-                b: Option<&str>,
-                newest: bool,
-                limit: Option<usize>,
-            ) -> Result<Vec<AgentExecution>> {
-                <$ty>::query_agent_executions(self, s, st, b, newest, limit)
-            }
-            #[inline]
-            fn query_agent_executions_page(
-                &self,
-                s: &str,
-                st: &str,
-                b: Option<&str>,
-                page: &Page,
-            ) -> Result<Vec<AgentExecution>> {
-                <$ty>::query_agent_executions_page(self, s, st, b, page)
-            }
-            #[inline]
-            fn get_agent_name(&self, a: &str) -> Result<Option<String>> {
-                <$ty>::get_agent_name(self, a)
-            }
-            #[inline]
-            fn record_agent_completion(&self, a: &str, r: &str) -> Result<bool> {
-                <$ty>::record_agent_completion(self, a, r)
-            }
-            #[inline]
-            fn record_extraction_failure(&self, a: &str, r: &str, e: &str) -> Result<bool> {
-                <$ty>::record_extraction_failure(self, a, r, e)
-            }
-            #[inline]
-            fn query_extraction_failures(&self, s: &str) -> Result<Vec<ExtractionFailure>> {
-                <$ty>::query_extraction_failures(self, s)
-            }
-            #[inline]
-            fn query_extraction_failures_page(&self, s: &str, page: &Page) -> Result<Vec<ExtractionFailure>> {
-                <$ty>::query_extraction_failures_page(self, s, page)
-            }
-            #[inline]
-            fn cleanup_old_executions(&self, days: i64) -> Result<usize> {
-                <$ty>::cleanup_old_executions(self, days)
-            }
-            #[inline]
-            fn store_artifact(&self, a: &NewArtifact) -> Result<i64> {
-                <$ty>::store_artifact(self, a)
-            }
-            #[inline]
-            fn store_artifacts(&self, a: &[NewArtifact]) -> Result<Vec<i64>> {
-                <$ty>::store_artifacts(self, a)
-            }
-            #[inline]
-            fn query_artifacts(&self, s: &str, st: &str) -> Result<Vec<Artifact>> {
-                <$ty>::query_artifacts(self, s, st)
-            }
-            #[inline]
-            fn query_artifacts_page(&self, s: &str, st: &str, page: &Page) -> Result<Vec<Artifact>> {
-                <$ty>::query_artifacts_page(self, s, st, page)
-            }
-            #[inline]
-            fn count_artifacts(&self, s: &str, st: &str) -> Result<usize> {
-                <$ty>::count_artifacts(self, s, st)
-            }
-            #[inline]
-            fn delete_spec_artifacts(&self, s: &str) -> Result<usize> {
-                <$ty>::delete_spec_artifacts(self, s)
-            }
-            #[inline]
-            fn delete_stage_artifacts(&self, s: &str, st: &str) -> Result<usize> {
-                <$ty>::delete_stage_artifacts(self, s, st)
-            }
-            #[inline]
-            fn delete_runs(&self, s: &str, st: Option<&str>) -> Result<usize> {
-                <$ty>::delete_runs(self, s, st)
-            }
-            #[inline]
-            fn store_synthesis(&self, s: &NewSynthesis) -> Result<i64> {
-                <$ty>::store_synthesis(self, s)
-            }
-            #[inline]
-            fn query_latest_synthesis(&self, s: &str, st: &str) -> Result<Option<Synthesis>> {
-                <$ty>::query_latest_synthesis(self, s, st)
-            }
-            #[inline]
-            fn claim_stage(&self, c: &NewClaim) -> Result<Option<Claim>> {
-                <$ty>::claim_stage(self, c)
-            }
-            #[inline]
-            fn renew_claim(&self, c: &Claim, lease_ms: Option<i64>) -> Result<Claim> {
-                <$ty>::renew_claim(self, c, lease_ms)
-            }
-            #[inline]
-            fn release_claim(&self, c: &Claim) -> Result<bool> {
-                <$ty>::release_claim(self, c)
-            }
-            #[inline]
-            fn query_claims(&self, s: Option<&str>) -> Result<Vec<Claim>> {
-                <$ty>::query_claims(self, s)
-            }
-            #[inline]
-            fn set_clock_offset(&self, offset_ms: i64) {
-                <$ty>::set_clock_offset(self, offset_ms)
-            }
-            #[inline]
-            fn schema_version(&self) -> Result<i64> {
-                <$engine>::schema_version(self)
-            }
-            #[inline]
-            fn retry_count(&self) -> u64 {
-                <$engine>::retry_count(self)
-            }
-            #[inline]
-            fn close(&self) {
-                <$ty>::close(self)
-            }
-            #[inline]
-            fn is_closed(&self) -> bool {
-                <$engine>::is_closed(self)
-            }
-            fn expect_agents(&self, set: &Expectation) -> Result<usize> {
-                <$ty>::expect_agents(self, set)
-            }
-            fn agents_status(&self, s: &str, st: &str, set: &AgentSet) -> Result<AgentsStatus> {
-                <$ty>::agents_status(self, s, st, set)
-            }
-            fn changes(&self) -> &Arc<Changes> {
-                &self.changes
-            }
-        }
-    };
-}
-
-forward_backend!(Database, crate::sqlite::database::Engine);
-#[cfg(feature = "postgres")]
-forward_backend!(crate::postgres::PgDatabase, crate::postgres::PgDatabase);
 
 /// A store on either backend, chosen at open time. One per store: the size difference
 /// between the variants costs nothing, and boxing would put a pointer on the SQLite path.
@@ -333,164 +225,6 @@ impl AnyDatabase {
                 "{what} is SQLite-only and does not apply on PostgreSQL (see the table in docs/postgresql.md)"
             ))),
         }
-    }
-}
-
-impl Backend for AnyDatabase {
-    #[inline]
-    fn record_agent_spawn(&self, a: &str, s: &str, st: &str, p: &str, n: &str, r: Option<&str>) -> Result<()> {
-        dispatch!(self, db => db.record_agent_spawn(a, s, st, p, n, r))
-    }
-    #[inline]
-    fn record_agent_spawn_on_branch(
-        &self,
-        a: &str,
-        s: &str,
-        st: &str,
-        p: &str,
-        n: &str,
-        r: Option<&str>,
-        b: Option<&str>,
-    ) -> Result<()> {
-        dispatch!(self, db => db.record_agent_spawn_on_branch(a, s, st, p, n, r, b))
-    }
-    #[inline]
-    fn get_agent_spawn_info(&self, a: &str) -> Result<Option<(String, String)>> {
-        dispatch!(self, db => db.get_agent_spawn_info(a))
-    }
-    #[inline]
-    fn get_agent_route(&self, a: &str) -> Result<Option<AgentRoute>> {
-        dispatch!(self, db => db.get_agent_route(a))
-    }
-    #[inline]
-    fn query_agent_executions(
-        &self,
-        s: &str,
-        st: &str,
-        b: Option<&str>,
-        newest: bool,
-        limit: Option<usize>,
-    ) -> Result<Vec<AgentExecution>> {
-        dispatch!(self, db => db.query_agent_executions(s, st, b, newest, limit))
-    }
-    #[inline]
-    fn query_agent_executions_page(
-        &self,
-        s: &str,
-        st: &str,
-        b: Option<&str>,
-        page: &Page,
-    ) -> Result<Vec<AgentExecution>> {
-        dispatch!(self, db => db.query_agent_executions_page(s, st, b, page))
-    }
-    #[inline]
-    fn get_agent_name(&self, a: &str) -> Result<Option<String>> {
-        dispatch!(self, db => db.get_agent_name(a))
-    }
-    #[inline]
-    fn record_agent_completion(&self, a: &str, r: &str) -> Result<bool> {
-        dispatch!(self, db => db.record_agent_completion(a, r))
-    }
-    #[inline]
-    fn record_extraction_failure(&self, a: &str, r: &str, e: &str) -> Result<bool> {
-        dispatch!(self, db => db.record_extraction_failure(a, r, e))
-    }
-    #[inline]
-    fn query_extraction_failures(&self, s: &str) -> Result<Vec<ExtractionFailure>> {
-        dispatch!(self, db => db.query_extraction_failures(s))
-    }
-    #[inline]
-    fn query_extraction_failures_page(&self, s: &str, page: &Page) -> Result<Vec<ExtractionFailure>> {
-        dispatch!(self, db => db.query_extraction_failures_page(s, page))
-    }
-    #[inline]
-    fn cleanup_old_executions(&self, days: i64) -> Result<usize> {
-        dispatch!(self, db => db.cleanup_old_executions(days))
-    }
-    #[inline]
-    fn store_artifact(&self, a: &NewArtifact) -> Result<i64> {
-        dispatch!(self, db => db.store_artifact(a))
-    }
-    #[inline]
-    fn store_artifacts(&self, a: &[NewArtifact]) -> Result<Vec<i64>> {
-        dispatch!(self, db => db.store_artifacts(a))
-    }
-    #[inline]
-    fn query_artifacts(&self, s: &str, st: &str) -> Result<Vec<Artifact>> {
-        dispatch!(self, db => db.query_artifacts(s, st))
-    }
-    #[inline]
-    fn query_artifacts_page(&self, s: &str, st: &str, page: &Page) -> Result<Vec<Artifact>> {
-        dispatch!(self, db => db.query_artifacts_page(s, st, page))
-    }
-    #[inline]
-    fn count_artifacts(&self, s: &str, st: &str) -> Result<usize> {
-        dispatch!(self, db => db.count_artifacts(s, st))
-    }
-    #[inline]
-    fn delete_spec_artifacts(&self, s: &str) -> Result<usize> {
-        dispatch!(self, db => db.delete_spec_artifacts(s))
-    }
-    #[inline]
-    fn delete_stage_artifacts(&self, s: &str, st: &str) -> Result<usize> {
-        dispatch!(self, db => db.delete_stage_artifacts(s, st))
-    }
-    #[inline]
-    fn delete_runs(&self, s: &str, st: Option<&str>) -> Result<usize> {
-        dispatch!(self, db => db.delete_runs(s, st))
-    }
-    #[inline]
-    fn store_synthesis(&self, s: &NewSynthesis) -> Result<i64> {
-        dispatch!(self, db => db.store_synthesis(s))
-    }
-    #[inline]
-    fn query_latest_synthesis(&self, s: &str, st: &str) -> Result<Option<Synthesis>> {
-        dispatch!(self, db => db.query_latest_synthesis(s, st))
-    }
-    #[inline]
-    fn claim_stage(&self, c: &NewClaim) -> Result<Option<Claim>> {
-        dispatch!(self, db => db.claim_stage(c))
-    }
-    #[inline]
-    fn renew_claim(&self, c: &Claim, lease_ms: Option<i64>) -> Result<Claim> {
-        dispatch!(self, db => db.renew_claim(c, lease_ms))
-    }
-    #[inline]
-    fn release_claim(&self, c: &Claim) -> Result<bool> {
-        dispatch!(self, db => db.release_claim(c))
-    }
-    #[inline]
-    fn query_claims(&self, s: Option<&str>) -> Result<Vec<Claim>> {
-        dispatch!(self, db => db.query_claims(s))
-    }
-    #[inline]
-    fn set_clock_offset(&self, offset_ms: i64) {
-        dispatch!(self, db => db.set_clock_offset(offset_ms))
-    }
-    #[inline]
-    fn schema_version(&self) -> Result<i64> {
-        dispatch!(self, db => db.schema_version())
-    }
-    #[inline]
-    fn retry_count(&self) -> u64 {
-        dispatch!(self, db => db.retry_count())
-    }
-    #[inline]
-    fn close(&self) {
-        dispatch!(self, db => db.close())
-    }
-    #[inline]
-    fn is_closed(&self) -> bool {
-        dispatch!(self, db => db.is_closed())
-    }
-    fn expect_agents(&self, set: &Expectation) -> Result<usize> {
-        dispatch!(self, db => db.expect_agents(set))
-    }
-    fn agents_status(&self, s: &str, st: &str, set: &AgentSet) -> Result<AgentsStatus> {
-        dispatch!(self, db => db.agents_status(s, st, set))
-    }
-    fn changes(&self) -> &Arc<Changes> {
-        dispatch!(self, db => &db.changes)
     }
 }
 
