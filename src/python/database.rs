@@ -415,6 +415,25 @@ fn new_artifact(item: &Bound<'_, PyAny>, i: usize) -> PyResult<NewArtifact> {
     Ok(artifact)
 }
 
+/// `store_artifact`'s arguments (`spec_id`, `stage`, `agent_name`, `content_json`; then
+/// `response_text`, `run_id`, `model_version`, `idempotency_key`), checked and converted
+/// in one place for the call and its lane submission (`new_artifact` reads a batch's items).
+fn artifact_from_args(
+    [spec_id, stage, agent_name, content_json]: [&Bound<'_, PyAny>; 4],
+    [response_text, run_id, model_version, idempotency_key]: [Option<&Bound<'_, PyAny>>; 4],
+) -> PyResult<NewArtifact> {
+    Ok(NewArtifact {
+        spec_id: text(spec_id, "spec_id")?.to_string(),
+        stage: text(stage, "stage")?.to_string(),
+        agent_name: text(agent_name, "agent_name")?.to_string(),
+        content_json: json_text(content_json, "content_json")?.to_string(),
+        response_text: opt_text(response_text, "response_text")?.map(|s| s.to_string()),
+        run_id: opt_text(run_id, "run_id")?.map(|s| s.to_string()),
+        model_version: opt_text(model_version, "model_version")?.map(|s| s.to_string()),
+        idempotency_key: opt_text(idempotency_key, "idempotency_key")?.map(|s| s.to_string()),
+    })
+}
+
 /// A clock whose sleep is a Python callable (the GIL taken only for the call).
 struct PyClock {
     sleep: Py<PyAny>,
@@ -1308,16 +1327,10 @@ impl PyDatabase {
         model_version: Option<&Bound<'_, PyAny>>,
         idempotency_key: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<i64> {
-        let artifact = NewArtifact {
-            spec_id: text(spec_id, "spec_id")?.to_string(),
-            stage: text(stage, "stage")?.to_string(),
-            agent_name: text(agent_name, "agent_name")?.to_string(),
-            content_json: json_text(content_json, "content_json")?.to_string(),
-            response_text: opt_text(response_text, "response_text")?.map(|s| s.to_string()),
-            run_id: opt_text(run_id, "run_id")?.map(|s| s.to_string()),
-            model_version: opt_text(model_version, "model_version")?.map(|s| s.to_string()),
-            idempotency_key: opt_text(idempotency_key, "idempotency_key")?.map(|s| s.to_string()),
-        };
+        let artifact = artifact_from_args(
+            [spec_id, stage, agent_name, content_json],
+            [response_text, run_id, model_version, idempotency_key],
+        )?;
         run_keyed(py, artifact.idempotency_key.as_deref(), || self.inner.store_artifact(&artifact))
     }
 
@@ -1340,16 +1353,10 @@ impl PyDatabase {
         idempotency_key: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let on_done = non_callable(on_done)?;
-        let artifact = NewArtifact {
-            spec_id: text(spec_id, "spec_id")?.to_string(),
-            stage: text(stage, "stage")?.to_string(),
-            agent_name: text(agent_name, "agent_name")?.to_string(),
-            content_json: json_text(content_json, "content_json")?.to_string(),
-            response_text: opt_text(response_text, "response_text")?.map(|s| s.to_string()),
-            run_id: opt_text(run_id, "run_id")?.map(|s| s.to_string()),
-            model_version: opt_text(model_version, "model_version")?.map(|s| s.to_string()),
-            idempotency_key: opt_text(idempotency_key, "idempotency_key")?.map(|s| s.to_string()),
-        };
+        let artifact = artifact_from_args(
+            [spec_id, stage, agent_name, content_json],
+            [response_text, run_id, model_version, idempotency_key],
+        )?;
         self.core("submit_artifact")?.submit_artifact(artifact, completion::<i64>(on_done));
         Ok(())
     }
