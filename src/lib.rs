@@ -27,7 +27,9 @@ mod callbacks;
 pub mod conninfo;
 pub mod cursor;
 pub mod error;
+pub(crate) mod fork;
 pub mod model;
+pub mod retry;
 pub mod sqlite;
 pub mod statement;
 pub mod store;
@@ -49,7 +51,7 @@ pub mod python;
 #[cfg(feature = "python")]
 pub mod embed;
 
-pub use sqlite::retry::{Clock, RetryEvent, RetryPolicy, SystemClock};
+pub use retry::{Clock, RetryEvent, RetryPolicy, SystemClock};
 
 pub use backend::{AnyDatabase, Backend};
 pub use cursor::Page;

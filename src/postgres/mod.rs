@@ -41,7 +41,7 @@ use crate::model::{
     AgentExecution, AgentRoute, Artifact, Claim, ExtractionFailure, NewArtifact, NewClaim, NewSynthesis, Synthesis,
     HEALTH_EXACT_BELOW, SOURCE_V1,
 };
-use crate::sqlite::retry::{Retrier, RetryPolicy};
+use crate::retry::{Retrier, RetryPolicy};
 use crate::store::claims::{
     branch_key, check_claim_scope, check_new_claim, claim_required, stale, ClaimRow, MAX_LEASE_MS,
 };

@@ -24,7 +24,7 @@ use postgres::{Client, Config, NoTls, Statement};
 
 use super::map_error;
 use crate::error::{Error, Result};
-use crate::sqlite::fork::Origin;
+use crate::fork::Origin;
 
 /// One connection and the statements prepared on it.
 pub struct Session {

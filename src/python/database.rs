@@ -21,10 +21,10 @@ use crate::error::Error;
 use crate::model::{
     AgentExecution, Artifact, Claim, ExtractionFailure, NewArtifact, NewClaim, NewSynthesis, ReaderCounts, Synthesis,
 };
+use crate::retry::{Clock, RetryEvent, RetryPolicy};
 use crate::sqlite::maintenance::{CycleReport, MaintenanceOptions, Progress, Stats, DEFAULT_VACUUM_THRESHOLD};
 use crate::sqlite::migrations;
 use crate::sqlite::replica::CheckpointMode;
-use crate::sqlite::retry::{Clock, RetryEvent, RetryPolicy};
 use crate::sqlite::transaction::Behavior;
 use crate::{Database, Options, Pragmas, ReadMode, WriteMode};
 
@@ -519,7 +519,7 @@ fn retry_policy(obj: &Bound<'_, PyAny>) -> PyResult<RetryPolicy> {
                     e.write_unraisable(py, None);
                 }
             });
-        }) as crate::sqlite::retry::RetryHook
+        }) as crate::retry::RetryHook
     });
     Ok(RetryPolicy { max_attempts, initial_delay, max_delay, jitter, deadline, clock, on_retry })
 }

@@ -13,13 +13,13 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Error, Result};
+use crate::fork;
+use crate::retry::{Retrier, RetryPolicy};
 use crate::sqlite::chunks::Progress;
-use crate::sqlite::fork;
 use crate::sqlite::host_queue::HostQueue;
 use crate::sqlite::migrations::{self, RowsMoved, Version};
 use crate::sqlite::pragmas::{self, Pragmas, VerifiedPragmas};
 use crate::sqlite::replica;
-use crate::sqlite::retry::{Retrier, RetryPolicy};
 use crate::sqlite::schema;
 use crate::sqlite::writer::{LaneStats, WriteLane};
 use crate::wait::{Changes, OpenWatcher, Poll, SQLITE_POLL};

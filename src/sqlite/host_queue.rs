@@ -55,7 +55,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
-use crate::sqlite::{busy, fork};
+use crate::fork;
+use crate::sqlite::busy;
 
 /// What the sidecar's name adds to the database file's (like `-wal` and `-shm`).
 pub const SUFFIX: &str = "-writer";

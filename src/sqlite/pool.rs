@@ -54,7 +54,7 @@ use rusqlite::{Connection, OpenFlags};
 use scheduled_thread_pool::ScheduledThreadPool;
 
 use crate::error::{Error, Result};
-use crate::sqlite::fork;
+use crate::fork;
 pub use crate::sqlite::pragmas::VerifiedPragmas;
 use crate::sqlite::user_sql;
 
