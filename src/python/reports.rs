@@ -365,7 +365,7 @@ pub const REPORTS: &[(&str, &[&str])] = &[
 /// `{TypedDict name: [key, ...]}` of every report, in each report's key order (for the
 /// test that keeps `results.py` in step with the Rust declarations).
 #[pyfunction]
-pub fn _report_fields() -> Vec<(&'static str, Vec<&'static str>)> {
+pub fn _report_fields() -> BTreeMap<&'static str, Vec<&'static str>> {
     REPORTS.iter().map(|&(name, fields)| (name, fields.to_vec())).collect()
 }
 
