@@ -32,5 +32,34 @@ macro_rules! report {
                 Ok(dict.into_any())
             }
         }
+
+        /// A list of the reports.
+        #[cfg(feature = "python")]
+        impl $crate::python::reports::ToPy for Vec<$name> {
+            fn to_py<'py>(&self, py: pyo3::Python<'py>) -> pyo3::PyResult<pyo3::Bound<'py, pyo3::PyAny>> {
+                $crate::python::reports::list(py, self)
+            }
+        }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    report! {
+        /// A report for the test.
+        #[derive(Default)]
+        pub struct Sample {
+            /// Documented fields pass through.
+            pub zeta: i64,
+            pub alpha: Option<String>,
+            pub(crate) middle: Vec<(String, u64)>,
+        }
+    }
+
+    #[test]
+    fn fields_are_the_declaration_in_order() {
+        assert_eq!(Sample::FIELDS, ["zeta", "alpha", "middle"]);
+        let Sample { zeta, alpha, middle } = Sample::default();
+        assert_eq!((zeta, alpha, middle.len()), (0, None, 0));
+    }
 }

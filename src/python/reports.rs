@@ -19,8 +19,9 @@ use crate::sqlite::replica::{Checkpoint, CheckpointMode};
 use crate::sqlite::writer::LaneStats;
 
 /// What a report's field becomes in Python. Reports (`report!`) become dicts; a
-/// `Vec<(key, value)>` — the engine's ordered map — a dict in its order; any other
-/// `Vec` a list; a tuple a tuple; `Option` the value or None.
+/// `Vec<(key, value)>` — the engine's ordered map (rows per table, commits per group
+/// size) — a dict in its order; a `Vec` of strings or of reports a list; a tuple a
+/// tuple; `Option` the value or None; a `BTreeMap`/`HashMap` a dict.
 pub trait ToPy {
     fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>>;
 }
@@ -36,18 +37,23 @@ macro_rules! to_py_as_is {
 }
 to_py_as_is!(bool, i64, u32, u64, usize, f64, String, &'static str);
 
-/// A list of each element, for the element types reports hold in a `Vec`.
-macro_rules! to_py_list {
-    ($($ty:ty),*) => {$(
-        impl ToPy for Vec<$ty> {
-            fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-                let items = self.iter().map(|item| item.to_py(py)).collect::<PyResult<Vec<_>>>()?;
-                Ok(PyList::new(py, items)?.into_any())
-            }
-        }
-    )*};
+/// A list of each item's Python value.
+pub fn list<'py, T: ToPy>(py: Python<'py>, items: &[T]) -> PyResult<Bound<'py, PyAny>> {
+    let items = items.iter().map(|item| item.to_py(py)).collect::<PyResult<Vec<_>>>()?;
+    Ok(PyList::new(py, items)?.into_any())
 }
-to_py_list!(String, &'static str, SchemaGroup, SchemaMismatch, Problem);
+
+impl ToPy for Vec<String> {
+    fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        list(py, self)
+    }
+}
+
+impl ToPy for Vec<&'static str> {
+    fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        list(py, self)
+    }
+}
 
 impl ToPy for Py<PyAny> {
     fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
