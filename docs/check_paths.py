@@ -37,7 +37,6 @@ SKIP = (".lock", ".png", ".json", ".so", ".gitignore", "docs/check_paths.py", "t
 # Paths named on purpose though absent from this checkout, each with why.
 EXPECTED_ABSENT = {
     "tests/stubtest_allowlist.txt": "run_all.sh says when to create it (what stubtest cannot see)",
-    "docs/coordination.md": "added by the coordination work; README.md's links already name it",
 }
 
 

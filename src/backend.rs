@@ -15,6 +15,9 @@ use crate::model::{
     AgentExecution, AgentRoute, Artifact, Claim, ExtractionFailure, NewArtifact, NewClaim, NewSynthesis, Synthesis,
 };
 use crate::store::Database;
+use crate::wait::{AgentSet, AgentsStatus, Changes, Expectation, WaitFor, WaitOutcome};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The store's public operations, the same on every backend.
 pub trait Backend: Send + Sync {
@@ -87,6 +90,26 @@ pub trait Backend: Send + Sync {
     fn retry_count(&self) -> u64;
     fn close(&self);
     fn is_closed(&self) -> bool;
+    /// Declares the agents a run of a stage waits for (see `Database::expect_agents`).
+    fn expect_agents(&self, set: &Expectation) -> Result<usize>;
+    /// The state of a set's agents, in one query.
+    fn agents_status(&self, spec_id: &str, stage: &str, set: &AgentSet) -> Result<AgentsStatus>;
+    /// The store's change signal, which waiters sleep on (`wait.rs`).
+    fn changes(&self) -> &Arc<Changes>;
+
+    /// Waits until `condition` holds or `timeout` passes (None: no limit; zero: check
+    /// once); woken by commits of this process and, through the store's watcher, of
+    /// others. A timeout is an outcome (`timed_out`), not an error.
+    fn wait_for_agents(&self, condition: &WaitFor, timeout: Option<Duration>) -> Result<WaitOutcome> {
+        crate::wait::wait(
+            self.changes(),
+            condition,
+            timeout,
+            Duration::from_secs(3600),
+            &mut || self.agents_status(&condition.spec_id, &condition.stage, &condition.set),
+            &mut || Ok(()),
+        )
+    }
 }
 
 /// Implements [`Backend`] by forwarding to a type's inherent methods of the same names.
@@ -239,6 +262,15 @@ macro_rules! forward_backend {
             #[inline]
             fn is_closed(&self) -> bool {
                 <$engine>::is_closed(self)
+            }
+            fn expect_agents(&self, set: &Expectation) -> Result<usize> {
+                <$ty>::expect_agents(self, set)
+            }
+            fn agents_status(&self, s: &str, st: &str, set: &AgentSet) -> Result<AgentsStatus> {
+                <$ty>::agents_status(self, s, st, set)
+            }
+            fn changes(&self) -> &Arc<Changes> {
+                &self.changes
             }
         }
     };
@@ -450,6 +482,15 @@ impl Backend for AnyDatabase {
     #[inline]
     fn is_closed(&self) -> bool {
         dispatch!(self, db => db.is_closed())
+    }
+    fn expect_agents(&self, set: &Expectation) -> Result<usize> {
+        dispatch!(self, db => db.expect_agents(set))
+    }
+    fn agents_status(&self, s: &str, st: &str, set: &AgentSet) -> Result<AgentsStatus> {
+        dispatch!(self, db => db.agents_status(s, st, set))
+    }
+    fn changes(&self) -> &Arc<Changes> {
+        dispatch!(self, db => &db.changes)
     }
 }
 

@@ -33,6 +33,7 @@ pub mod model;
 pub mod sqlite;
 pub mod statement;
 pub mod store;
+pub mod wait;
 
 #[cfg(all(feature = "bundled", feature = "system-sqlite"))]
 compile_error!("consensus-db: the features `bundled` and `system-sqlite` exclude each other (`bundled` is a default feature: use `default-features = false, features = [\"system-sqlite\"]`)");

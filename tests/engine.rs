@@ -289,3 +289,31 @@ fn a_replicated_store_checkpoints_passive_only_and_needs_a_five_second_busy_time
     assert!(db.is_replicated().unwrap());
     assert_eq!(db.checkpoint(None).unwrap().mode, CheckpointMode::Passive);
 }
+
+#[test]
+fn a_wait_by_run_is_woken_by_another_stores_commit_and_never_returns_early() {
+    use consensus_db::wait::{AgentSet, Expectation, WaitFor};
+    use consensus_db::Backend;
+
+    let dir = tempfile::tempdir().unwrap();
+    let waiter = Arc::new(open(&dir));
+    // Another store on the file: its own lane, so only the data_version watcher can wake the waiter.
+    let other = open(&dir);
+    let set = Expectation::new("S".into(), "plan".into(), "run-1".into(), vec!["a1".into(), "a2".into()], None);
+    assert_eq!(other.expect_agents(&set.unwrap()).unwrap(), 2);
+    other.record_agent_spawn("a1", "S", "plan", "regular_stage", "gemini", None).unwrap();
+    other.record_agent_completion("a1", "{}").unwrap();
+    let wait = WaitFor::new("S".into(), "plan".into(), AgentSet::run("run-1".into(), None).unwrap(), None).unwrap();
+    let once = waiter.wait_for_agents(&wait, Some(std::time::Duration::ZERO)).unwrap();
+    assert!(once.timed_out && once.status.pending == ["a2"], "{once:?}");
+    let (w, c) = (waiter.clone(), wait.clone());
+    let waiting = std::thread::spawn(move || w.wait_for_agents(&c, Some(std::time::Duration::from_secs(60))));
+    while !waiter.changes().watcher_running() {
+        std::thread::yield_now();
+    }
+    other.record_agent_spawn("a2", "S", "plan", "regular_stage", "gemini", None).unwrap();
+    other.record_extraction_failure("a2", "not json", "Expecting value").unwrap();
+    let outcome = waiting.join().unwrap().unwrap();
+    assert!(!outcome.timed_out, "{outcome:?}");
+    assert_eq!((outcome.status.completed, outcome.status.failed), (vec!["a1".to_string()], vec!["a2".to_string()]));
+}

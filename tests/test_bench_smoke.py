@@ -53,3 +53,14 @@ def test_quick_processes_benchmark_writes_a_report(tmp_path):
             assert 0 < cell["slowest_over_mean"] <= 1 <= cell["fastest_over_mean"]
     assert report["checks"]
     assert "| store_artifact, 2 processes × 4 threads | consensus-db |" in (tmp_path / "processes.md").read_text()
+
+
+def test_quick_wait_benchmark_writes_a_report(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "benches.wait", "--quick", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "wait.json").read_text())
+    sqlite = report["backends"]["SQLite"]
+    assert sqlite["in-process"]["p99_ms"] >= 0 and sqlite["cross-process"]["p50_ms"] > 0
+    assert sqlite["idle_async"]["threads_added"] >= 1  # the watcher
+    assert "| SQLite | cross-process |" in (tmp_path / "wait.md").read_text()

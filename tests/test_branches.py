@@ -154,7 +154,8 @@ def test_every_shape_gets_the_predecessors_column_and_index(tmp_path, make):
 def test_the_previous_release_keeps_opening_the_file(tmp_path):
     """Revisions 3 to 5 only add: the key the previous release checks (``layout``,
     the minimum reader layout) stays 2, and a file that release wrote (no ``revision``
-    key, no branch column, no routing index) is brought forward saying so."""
+    key, no branch column, no routing index, no table of expected agents) is brought
+    forward saying so."""
     path = tmp_path / "f.db"
     consensus_db.connect(path).close()
     assert stdlib_rows(path, "SELECT key, value FROM consensus_db_meta ORDER BY key") == [
@@ -165,6 +166,7 @@ def test_the_previous_release_keeps_opening_the_file(tmp_path):
     conn.executescript(
         "DROP INDEX idx_agent_executions_route; DROP INDEX idx_agent_executions_branch;"
         " ALTER TABLE agent_executions DROP COLUMN branch_id; DELETE FROM consensus_db_meta WHERE key = 'revision';"
+        " DROP TABLE consensus_expected_agents;"
     )
     conn.close()
     with consensus_db.connect(path) as db:
@@ -172,6 +174,7 @@ def test_the_previous_release_keeps_opening_the_file(tmp_path):
     assert steps == [
         "added the column agent_executions.branch_id",
         "created the index idx_agent_executions_branch",
+        "created the table consensus_expected_agents",
         "created the index idx_agent_executions_route",
         "layout revision 2 -> 5 (minimum reader layout 2)",
     ]

@@ -45,6 +45,7 @@ from .results import (
     SpawnInfo,
     Stats,
     VacuumReport,
+    WaitResult,
 )
 from .store import DEFAULT_RETRY, Store, connect
 
@@ -73,6 +74,7 @@ __all__ = [
     "OpenReport",
     "RowsMoved",
     "LaneStats",
+    "WaitResult",
     "ReaderStats",
     "SchemaReport",
     "CycleReport",

@@ -32,6 +32,7 @@ from consensus_db.results import (
     SpawnInfo,
     Stats,
     VacuumReport,
+    WaitResult,
 )
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "ExtractionFailure",
     "AgentExecution",
     "Claim",
+    "AgentsWaiter",
     "sqlite_version",
     "migrations",
     "redact_url",
@@ -386,6 +388,25 @@ class Transaction:
     def savepoint(self) -> Savepoint:
         """A nested savepoint: `with tx.savepoint(): ...` undoes only its own part on error."""
 
+@final
+class AgentsWaiter:
+    """A wait in steps, for the async twin: `start()` (subscribes: the watcher is up),
+    then `check(timed_out)` — a `WaitResult` when the wait is over, else None —
+    and `on_change(callback)` between checks, until `close()`."""
+
+    def start(self) -> None:
+        """Subscribes to the store's changes (starting its watcher if none runs); blocks
+        until the watcher has its baseline."""
+    def check(self, timed_out: bool) -> WaitResult | None:
+        """One check (one query): the `WaitResult` if the wait is over — satisfied, or
+        `timed_out` — else None."""
+    def on_change(self, callback: Callable[[BaseException | None], object]) -> None:
+        """Calls `callback(None)` once the store changed after the last check, or
+        `callback(ClosedError(...))` when it closes — on the thread that saw it (at once,
+        here, if that already happened). The callback must not block."""
+    def close(self) -> None:
+        """Ends the subscription (the watcher stops with the last one). Idempotent."""
+
 @disjoint_base
 class Database:
     """The engine: a pool of SQLite connections. Use :class:`consensus_db.Store`
@@ -571,6 +592,49 @@ class Database:
     def record_extraction_failure(self, agent_id: str, response_text: str, extraction_error: str) -> bool:
         """Records a completion whose output could not be parsed as JSON, with the parse
         error; False when the agent is unknown."""
+    def expect_agents(
+        self, spec_id: str, stage: str, run_id: str, agent_ids: Sequence[str], *, branch_id: str | None = None
+    ) -> int:
+        """Declares the agents a run of a stage waits for (`wait_for_agents(run_id=...)`),
+        persisted in the store so a wait started before every agent is spawned, or by
+        another process, waits for all of them. Declaring the same agents again writes
+        nothing; new agents extend the set; an agent id another set expects is refused
+        (`InvalidInputError` naming `agent_ids`), and then nothing is written. Returns
+        how many agents were added."""
+    def wait_for_agents(
+        self,
+        spec_id: str,
+        stage: str,
+        *,
+        agent_ids: Sequence[str] | None = None,
+        run_id: str | None = None,
+        branch_id: str | None = None,
+        quorum: int | None = None,
+        timeout: float | None = None,
+    ) -> WaitResult:
+        """Waits until the agents' executions of the stage are finished — all of them, or
+        `quorum` — and returns a `WaitResult`: which completed, which failed (a recorded
+        extraction failure counts as finished), which are pending, and `timed_out`. The
+        agents are `agent_ids=[...]` or the set `expect_agents` declared for `run_id`
+        (exactly one of the two; `branch_id` scopes either, and alone is refused).
+        `timeout` in seconds: None waits without limit, 0 checks once; on timeout the
+        result has `timed_out=True` and the pending agents (no exception). Woken by
+        commits of this process and, through one watcher per store (a connection of its
+        own, alive while someone waits), of other processes; each wake-up checks with one
+        query. `close()` wakes it with `ClosedError`."""
+    def agents_waiter(
+        self,
+        spec_id: str,
+        stage: str,
+        *,
+        agent_ids: Sequence[str] | None = None,
+        run_id: str | None = None,
+        branch_id: str | None = None,
+        quorum: int | None = None,
+    ) -> AgentsWaiter:
+        """A wait in steps (`AgentsWaiter`: `start`, `check`, `on_change`, `close`), which
+        `AsyncStore.wait_for_agents` runs and another event loop can too; the arguments
+        are `wait_for_agents`'s, checked here (no I/O)."""
     def query_extraction_failures(
         self,
         spec_id: str,
@@ -589,7 +653,8 @@ class Database:
         called after each chunk with the rows deleted so far and of how many (counted
         first). Returning False stops after that chunk, an exception stops there too and
         is raised; what was deleted stays deleted, and a later call deletes the rest. On
-        PostgreSQL (one DELETE) `progress` is called once, at the end."""
+        PostgreSQL (one DELETE) `progress` is called once, at the end. The expected sets
+        (`expect_agents`) declared more than `days` days ago go too (not counted)."""
     def store_artifact(
         self,
         spec_id: str,

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, Optional, ParamSpec
 
 from . import _core
 from .errors import ClosedError, InvalidInputError
-from .results import Behavior, LaneStats, OpenReport, ReaderStats, Rows, RowsMoved
+from .results import Behavior, LaneStats, OpenReport, ReaderStats, Rows, RowsMoved, WaitResult
 from .retry import RetryPolicy, is_retryable
 from .store import Store, _check_batch
 from .store import connect as _connect
@@ -509,6 +509,71 @@ class AsyncStore:
                 return
             after = rows[-1].cursor
 
+    async def wait_for_agents(
+        self,
+        spec_id: str,
+        stage: str,
+        *,
+        agent_ids: Optional[list[str]] = None,
+        run_id: Optional[str] = None,
+        branch_id: Optional[str] = None,
+        quorum: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> WaitResult:
+        """``Store.wait_for_agents`` without a thread while it waits: each check (one
+        query) runs on the store's executor, and between checks the waiter is a future
+        that the thread seeing the next commit completes (``loop.call_soon_threadsafe``);
+        the timeout is the loop's own timer. A thousand waiters hold no thread beyond the
+        store's one watcher. ``close()`` ends every wait with ``ClosedError``."""
+        self._check_open()
+        if timeout is not None and not isinstance(timeout, bool) and isinstance(timeout, (int, float)):
+            if not 0 <= timeout <= 1e9:  # the same bounds as the sync form, checked before anything runs
+                raise InvalidInputError(
+                    f"invalid timeout: must be None (no limit) or a number of seconds from 0 to 1e9, got {timeout}"
+                )
+        elif timeout is not None:
+            raise InvalidInputError(f"invalid timeout: must be a number of seconds, got {type(timeout).__name__}")
+        waiter = self.sync.agents_waiter(
+            spec_id, stage, agent_ids=agent_ids, run_id=run_id, branch_id=branch_id, quorum=quorum
+        )
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            # The first check before the subscription: a wait over at once (or refused)
+            # starts no watcher.
+            result = await self._run(waiter.check, timeout == 0)
+            if result is not None:
+                return result
+            await self._run(waiter.start)
+            while True:
+                remaining = None if deadline is None else max(0.0, deadline - loop.time())
+                result = await self._run(waiter.check, remaining == 0.0)
+                if result is not None:
+                    return result
+                changed: asyncio.Future[None] = loop.create_future()
+
+                def settle(error: Optional[BaseException], changed: asyncio.Future[None] = changed) -> None:
+                    if changed.done():
+                        return
+                    if error is not None:
+                        changed.set_exception(error)
+                    else:
+                        changed.set_result(None)
+
+                def on_change(error: Optional[BaseException], settle: Callable[..., None] = settle) -> None:
+                    try:  # the thread that saw the change
+                        loop.call_soon_threadsafe(settle, error)
+                    except RuntimeError:  # the loop is closed: nobody waits any more
+                        pass
+
+                waiter.on_change(on_change)
+                try:
+                    await asyncio.wait_for(changed, remaining)
+                except asyncio.TimeoutError:
+                    pass  # the next check says timed_out
+        finally:
+            waiter.close()
+
     async def get_schema_version(self) -> int:
         """The schema version (``Store.schema_version`` reads the file: here, a coroutine)."""
         return await self._run(lambda: self.sync.schema_version)
@@ -526,6 +591,7 @@ class AsyncStore:
     query_agent_executions = _threaded(Store.query_agent_executions)
     get_agent_name = _threaded(Store.get_agent_name)
     record_extraction_failure = _threaded(Store.record_extraction_failure)
+    expect_agents = _threaded(Store.expect_agents)
     query_extraction_failures = _threaded(Store.query_extraction_failures)
     cleanup_old_executions = _threaded(Store.cleanup_old_executions)
     store_artifacts = _threaded(Store.store_artifacts)
@@ -563,6 +629,8 @@ NOT_MIRRORED = {
     "close": "AsyncStore.close is written by hand (it also shuts the executor down)",
     "transaction": "AsyncStore.transaction returns an async context manager, not a coroutine",
     "iter_artifacts": "AsyncStore.iter_artifacts returns an async iterator (`async for`), not a coroutine",
+    "wait_for_agents": "AsyncStore.wait_for_agents is written by hand: it waits on a future, not on a thread",
+    "agents_waiter": "builds the step-by-step wait AsyncStore.wait_for_agents runs (no I/O): a plain method",
     "schema_version": "a property that reads the file: AsyncStore.get_schema_version()",
     "reader_stats": "in-memory counters, no I/O: a plain method",
     "lane_stats": "in-memory counters, no I/O: a plain method",

@@ -1,12 +1,12 @@
-"""The ``consensus-db`` command: demo, upgrade, health, claims, vacuum, cleanup, replicate, restore.
+"""The ``consensus-db`` command: demo, upgrade, health, claims, vacuum, cleanup, wait, replicate, restore.
 
 Exit codes: 0 success; 1 a library error (``error: <message>`` on stderr), or a
 refusal (``vacuum``/``cleanup`` on a file only ``upgrade`` may convert); 2 usage errors
 and missing files (click's convention); 3 ``health --check`` found that the file needs a
-vacuum (for monitoring). ``NO_COLOR`` (any non-empty value) turns colour off. Progress
-goes to stderr, so ``--json`` output on stdout stays parseable: ``cleanup`` and ``vacuum``
-draw a bar there when stderr is a terminal and the job runs longer than half a second
-(``--progress`` draws it anyway, ``--quiet`` never).
+vacuum (for monitoring); 4 ``wait`` timed out with agents still pending. ``NO_COLOR`` (any
+non-empty value) turns colour off. Progress goes to stderr, so ``--json`` output on stdout
+stays parseable: ``cleanup`` and ``vacuum`` draw a bar there when stderr is a terminal and
+the job runs longer than half a second (``--progress`` draws it anyway, ``--quiet`` never).
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ import consensus_db
 
 from . import _core, files, replication
 from .errors import Error
-from .results import HealthReport, auto_vacuum_name
+from .results import HealthReport, WaitResult, auto_vacuum_name
 
 STAGES = ["plan", "tasks", "implement", "validate", "audit"]
 AGENTS = ["gemini", "claude", "code", "gpt_pro"]
 BIG_FILE = 8 << 20  # show progress for full VACUUMs of files above this size
 NEEDS_VACUUM = 3  # exit code of `health --check` when the file needs a vacuum
+TIMED_OUT = 4  # exit code of `wait` when its timeout came first
 
 
 def color() -> Optional[bool]:
@@ -833,6 +834,59 @@ def health(path: str, as_json: bool, threshold: float, check: bool, exact: bool)
     click.echo(json.dumps(h, indent=2) if as_json else health_table(h))
     if check and h["needs_vacuum"]:
         sys.exit(NEEDS_VACUUM)
+
+
+def wait_lines(r: WaitResult) -> str:
+    finished = len(r["completed"]) + len(r["failed"])
+    state = "timed out" if r["timed_out"] else "done"
+    lines = [f"{state}: {finished} of {len(r['expected'])} finished (quorum {r['quorum']})"]
+    for name in ("completed", "failed", "pending"):
+        agents: list[str] = r[name]
+        if agents:
+            lines.append(f"  {name:<10} {', '.join(agents)}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("path")
+@click.argument("spec_id")
+@click.argument("stage")
+@click.option("--run-id", help="Wait for the agents expect_agents declared for this run.")
+@click.option("--agent", "agents", multiple=True, help="An agent to wait for (repeat the option for more).")
+@click.option("--branch", "branch_id", help="The branch of the run or the agents' executions.")
+@click.option("--quorum", type=int, help="Return once this many agents finished (default: all).")
+@click.option("--timeout", type=float, help="Seconds to wait at most (default: no limit; 0 checks once).")
+@json_option()
+def wait(
+    path: str,
+    spec_id: str,
+    stage: str,
+    run_id: Optional[str],
+    agents: tuple[str, ...],
+    branch_id: Optional[str],
+    quorum: Optional[int],
+    timeout: Optional[float],
+    as_json: bool,
+) -> None:
+    """Wait until a stage's agents finished (a file or a postgresql:// URL): completed or
+    failed (an extraction failure counts), all or --quorum of them; exits 4 if --timeout
+    came first, printing what is still pending."""
+    with open_store(path, read_only=True, migrate=False) if is_url(path) else open_for_reading(existing(path)) as db:
+        try:
+            r = db.wait_for_agents(
+                spec_id,
+                stage,
+                agent_ids=list(agents) or None,
+                run_id=run_id,
+                branch_id=branch_id,
+                quorum=quorum,
+                timeout=timeout,
+            )
+        except Error as exc:
+            fail(str(exc))
+    click.echo(json.dumps(r, indent=2) if as_json else wait_lines(r))
+    if r["timed_out"]:
+        sys.exit(TIMED_OUT)
 
 
 @main.command()

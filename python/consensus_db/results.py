@@ -32,6 +32,7 @@ __all__ = [
     "OpenReport",
     "RowsMoved",
     "LaneStats",
+    "WaitResult",
     "ReaderStats",
     "ReadPathLatency",
     "PathLatency",
@@ -262,6 +263,26 @@ class LaneStats(TypedDict):
     holds: int
     queued: int
     sizes: dict[int, int]
+
+
+class WaitResult(TypedDict):
+    """``wait_for_agents()``: the agents waited for, each list in the set's order.
+
+    ``completed`` recorded a completion, ``failed`` an extraction failure (finished
+    too), ``pending`` neither yet (not spawned, running, or an execution of another
+    stage or branch). ``quorum`` is how many finished agents the wait needed (all of
+    ``expected`` without one); ``timed_out`` says the timeout came first."""
+
+    spec_id: str
+    stage: str
+    run_id: Optional[str]
+    branch_id: Optional[str]
+    expected: list[str]
+    completed: list[str]
+    failed: list[str]
+    pending: list[str]
+    quorum: int
+    timed_out: bool
 
 
 class PathLatency(TypedDict):

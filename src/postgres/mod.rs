@@ -24,9 +24,11 @@ mod pool;
 mod sql;
 mod tx;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::error::SqlState;
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
 
 pub use pool::{PgPool, Session};
@@ -45,6 +47,43 @@ use crate::store::claims::{
 };
 use crate::store::idempotency::{self, artifact_digest, check_key, keep_ms, synthesis_digest};
 use crate::store::validate::{check_artifact, check_id, check_phase_type};
+use crate::wait::{AgentSet, AgentsStatus, Changes, Expectation, OpenWatcher, Poll, PG_LISTEN_SLICE};
+
+/// The cross-process change signal's watcher: a connection of its own that `LISTEN`s
+/// on the channel a completion's transaction notifies (`schema_3.sql`), waiting at most
+/// [`PG_LISTEN_SLICE`] at a time. A lost connection is opened again at the next poll
+/// (which then says "changed": anything may have happened meanwhile).
+fn listener(pool: PgPool) -> OpenWatcher {
+    Arc::new(move || {
+        let listen = |pool: &PgPool| -> Result<postgres::Client> {
+            let mut client = pool.connect_dedicated()?;
+            client.batch_execute(sql::AGENTS_CHANNEL)?;
+            Ok(client)
+        };
+        let mut client = Some(listen(&pool)?);
+        let pool = pool.clone();
+        Ok(Box::new(move |_: &Changes| {
+            let Some(c) = client.as_mut() else {
+                client = Some(listen(&pool)?);
+                return Ok(true);
+            };
+            let got = {
+                let mut notifications = c.notifications();
+                let got = notifications.timeout_iter(PG_LISTEN_SLICE).next().map(|n| n.is_some());
+                if let Ok(true) = got {
+                    // Take whatever else arrived with it: one wake-up for all of them.
+                    let mut pending = notifications.iter();
+                    while let Ok(Some(_)) = pending.next() {}
+                }
+                got
+            };
+            if got.is_err() {
+                client = None;
+            }
+            got.map_err(|e| map_error(&e))
+        }) as Poll)
+    })
+}
 
 /// This backend's layout revision (`consensus_db_meta.pg_revision`; `pg_layout` keeps
 /// the minimum reader layout, as on SQLite: revisions 2 and 3 only add, so it stays 1).
@@ -112,6 +151,10 @@ pub struct PgDatabase {
     coordination: std::sync::atomic::AtomicBool,
     /// Added to the server's clock for leases and keys (`set_clock_offset`: tests).
     clock_offset_ms: std::sync::atomic::AtomicI64,
+    /// The table of expected agents exists (revision 3).
+    expected_table: std::sync::atomic::AtomicBool,
+    /// Waiters' change signal, moved by the listener (`LISTEN`) while someone waits.
+    pub(crate) changes: std::sync::Arc<Changes>,
 }
 
 /// The keyset condition's parameters of an executions or failures page, after `params`.
@@ -307,7 +350,6 @@ impl PgDatabase {
         crate::store::idempotency::check_days(options.idempotency_days)?;
         let pool = PgPool::new(url, options.pool_size, options.checkout_timeout, options.read_only)?;
         let db = PgDatabase {
-            pool,
             url: redact(url),
             retrier: Retrier::new(options.retry.clone()),
             options,
@@ -315,6 +357,9 @@ impl PgDatabase {
             branch_column: Default::default(),
             coordination: Default::default(),
             clock_offset_ms: Default::default(),
+            expected_table: Default::default(),
+            changes: Changes::new(Some(listener(pool.clone()))),
+            pool,
         };
         db.run("open", Kind::Rerunnable, |c| sql::migrate(c, db.options.migrate && !db.options.read_only))?;
         db.refresh_columns()?;
@@ -334,9 +379,11 @@ impl PgDatabase {
         self.retrier.count()
     }
 
-    /// Stops maintenance, then closes the idle connections. Idempotent.
+    /// Stops maintenance, wakes waiters for agents with `Closed` (their listener's
+    /// connection closed first), then closes the idle connections. Idempotent.
     pub fn close(&self) {
         self.stop_maintenance();
+        self.changes.close();
         self.pool.close();
     }
 
@@ -358,6 +405,8 @@ impl PgDatabase {
             branch_column: self.has_branch_column().into(),
             coordination: self.coordination.load(std::sync::atomic::Ordering::Acquire).into(),
             clock_offset_ms: Default::default(),
+            expected_table: self.expected_table.load(std::sync::atomic::Ordering::Acquire).into(),
+            changes: self.changes.clone(),
         };
         let mut slot = self.maintenance.lock();
         if let Some(old) = slot.take() {
@@ -560,6 +609,8 @@ impl PgDatabase {
         self.branch_column.store(has, std::sync::atomic::Ordering::Release);
         let has = self.run("open", Kind::Read, sql::has_coordination_tables)?;
         self.coordination.store(has, std::sync::atomic::Ordering::Release);
+        let has = self.run("open", Kind::Read, sql::has_expected_agents)?;
+        self.expected_table.store(has, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
@@ -713,10 +764,13 @@ impl PgDatabase {
         no_nul("response_text", response_text)?;
         self.writable("record_agent_completion")?;
         // Setting the same values again: idempotent (completed_at moves by the retry's delay).
-        self.run("record_agent_completion", Kind::Idempotent, |c| {
+        let known = self.run("record_agent_completion", Kind::Idempotent, |c| {
             let stmt = c.prepared(sql::COMPLETE)?;
             Ok(c.client.execute(&stmt, &[&agent_id, &response_text])? > 0)
-        })
+        })?;
+        // This process's waiters need not wait for the notification's round trip.
+        self.changes.bump();
+        Ok(known)
     }
 
     pub fn record_extraction_failure(
@@ -731,10 +785,12 @@ impl PgDatabase {
         no_nul("response_text", response_text)?;
         no_nul("extraction_error", extraction_error)?;
         self.writable("record_extraction_failure")?;
-        self.run("record_extraction_failure", Kind::Idempotent, |c| {
+        let known = self.run("record_extraction_failure", Kind::Idempotent, |c| {
             let stmt = c.prepared(sql::FAIL_EXTRACTION)?;
             Ok(c.client.execute(&stmt, &[&agent_id, &response_text, &extraction_error])? > 0)
-        })
+        })?;
+        self.changes.bump();
+        Ok(known)
     }
 
     pub fn query_extraction_failures(&self, spec_id: &str) -> Result<Vec<ExtractionFailure>> {
@@ -777,9 +833,14 @@ impl PgDatabase {
         let days = days.min(1_000_000);
         let coordination = self.coordination.load(std::sync::atomic::Ordering::Acquire);
         let keep = keep_ms(self.options.idempotency_days);
+        let cleanup = if self.expected_table.load(std::sync::atomic::Ordering::Acquire) {
+            sql::CLEANUP_WITH_EXPECTED
+        } else {
+            sql::CLEANUP
+        };
         self.run("cleanup_old_executions", Kind::Once, |c| {
             let mut t = c.client.transaction()?;
-            let n = t.execute(sql::CLEANUP, &[&days])?;
+            let n = t.execute(cleanup, &[&days])?;
             if coordination {
                 t.execute(sql::PRUNE_KEYS, &[&keep])?;
             }
@@ -1241,6 +1302,71 @@ impl PgDatabase {
         })
     }
 
+    // ---- coordination ---------------------------------------------------------------
+
+    /// Declares the agents a run of a stage waits for, in one transaction; as on SQLite
+    /// (`Database::expect_agents`). The insert comes first, so a concurrent declaration
+    /// of the same agent for another set is seen once it commits. Returns how many
+    /// agents were added.
+    pub fn expect_agents(&self, set: &Expectation) -> Result<usize> {
+        for (name, v) in [("spec_id", &set.spec_id), ("stage", &set.stage), ("run_id", &set.run_id)] {
+            no_nul(name, v)?;
+        }
+        no_nul_opt("branch_id", set.branch_id.as_deref())?;
+        set.agent_ids.iter().try_for_each(|a| no_nul("agent_ids", a))?;
+        self.writable("expect_agents")?;
+        if !self.expected_table.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Migration(
+                "the PostgreSQL database predates the table consensus_expected_agents (layout revision 3); open it \
+                 with migrate=True (or call migrate())"
+                    .into(),
+            ));
+        }
+        let branch = set.branch_key();
+        self.run("expect_agents", Kind::Idempotent, |c| {
+            let mut t = c.client.transaction()?;
+            let params: [&(dyn ToSql + Sync); 5] = [&set.agent_ids, &set.spec_id, &set.stage, &set.run_id, &branch];
+            let added = t.execute(sql::EXPECT_AGENTS, &params)?;
+            if let Some(r) = t.query_opt(sql::EXPECTED_ELSEWHERE, &params)? {
+                let agent: String = r.get(0);
+                return Err(set.conflict(&agent, &(r.get(1), r.get(2), r.get(3), r.get(4))));
+                // rolls back
+            }
+            t.commit()?;
+            Ok(added as usize)
+        })
+        .inspect(|_| self.changes.bump())
+    }
+
+    /// The state of a set's agents, in one query. A database before revision 3 has no
+    /// trigger to notify waiters of other hosts' completions: refused, not left to hang.
+    pub fn agents_status(&self, spec_id: &str, stage: &str, set: &AgentSet) -> Result<AgentsStatus> {
+        if !self.expected_table.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Migration(
+                "the PostgreSQL database predates layout revision 3, whose trigger notifies waiters of completions; \
+                 open it with migrate=True (or call migrate()) to wait for agents"
+                    .into(),
+            ));
+        }
+        let rows = match set {
+            AgentSet::Agents { agent_ids, branch_id } => {
+                let sql = sql::agents_status(self.has_branch_column());
+                self.run("wait_for_agents", Kind::Read, |c| {
+                    let stmt = c.prepared(sql)?;
+                    Ok(c.client.query(&stmt, &[agent_ids, &spec_id, &stage, branch_id])?)
+                })?
+            }
+            AgentSet::Run { run_id, branch_id } => {
+                let branch = branch_id.as_deref().unwrap_or("");
+                self.run("wait_for_agents", Kind::Read, |c| {
+                    let stmt = c.prepared(sql::RUN_STATUS)?;
+                    Ok(c.client.query(&stmt, &[&spec_id, &stage, run_id, &branch])?)
+                })?
+            }
+        };
+        Ok(AgentsStatus::from_rows(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2)))))
+    }
+
     // ---- health and vacuum ---------------------------------------------------------
 
     /// Rows per table and the database's size in bytes. Rows are counted when `exact`;
@@ -1248,22 +1374,21 @@ impl PgDatabase {
     /// and ANALYZE) put above [`HEALTH_EXACT_BELOW`] rows reports that estimate and is named in
     /// `estimated`; smaller or never-analysed tables are counted.
     pub fn health(&self, exact: bool) -> Result<PgHealth> {
-        // The coordination tables where the database has them (revision 3).
-        let coordination = self.coordination.load(std::sync::atomic::Ordering::Acquire);
-        let tables: Vec<&str> = [
-            "agent_executions",
-            "agent_outputs",
-            "consensus_claims",
-            "consensus_db_meta",
-            "consensus_idempotency",
-            "consensus_runs",
-        ]
-        .into_iter()
-        .filter(|t| coordination || !crate::sqlite::schema::COORDINATION_TABLES.contains(t))
-        .collect();
         self.run("health", Kind::Read, |c| {
             let (mut rows, mut estimated) = (Vec::new(), Vec::new());
-            for &table in &tables {
+            for table in [
+                "agent_executions",
+                "agent_outputs",
+                "consensus_claims",
+                "consensus_db_meta",
+                "consensus_expected_agents",
+                "consensus_idempotency",
+                "consensus_runs",
+            ] {
+                let exists: bool = c.client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])?.get(0);
+                if !exists {
+                    continue; // a database at an older revision, opened without migrating
+                }
                 let planned: Option<f32> = if exact {
                     None
                 } else {

@@ -187,6 +187,12 @@ impl PgPool {
         self.0.freed.notify_all();
     }
 
+    /// A connection outside the pool, for a caller that keeps it (the listener of
+    /// `wait.rs`): the pool's settings, none of its slots.
+    pub fn connect_dedicated(&self) -> Result<Client> {
+        self.0.config.connect(NoTls).map_err(|e| connect_error(&e))
+    }
+
     /// (open connections, idle connections).
     pub fn state(&self) -> (u32, u32) {
         let s = self.0.state.lock();

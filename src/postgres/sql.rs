@@ -253,6 +253,14 @@ pub const LIVE_CLAIMS: &str = "SELECT spec_id, stage, NULLIF(branch_id, ''), run
      WHERE ($1::text IS NULL OR spec_id = $1) AND released_at_ms IS NULL AND expires_at_ms > consensus_db_now_ms() + $2
      ORDER BY spec_id, stage, branch_id";
 
+/// [`CLEANUP`] on a database with the table of expected agents: the sets declared
+/// before the same cutoff go in the same statement (the count is the executions').
+pub const CLEANUP_WITH_EXPECTED: &str = "WITH expired AS (DELETE FROM consensus_expected_agents
+       WHERE declared_at_ms < consensus_db_now_ms() - $1::bigint * 86400000)
+     DELETE FROM agent_executions
+     WHERE spawned_at < to_char((clock_timestamp() AT TIME ZONE 'UTC') - make_interval(days => $1::bigint::int),
+                                'YYYY-MM-DD HH24:MI:SS')";
+
 pub const STORE_ARTIFACT: &str = "SELECT consensus_db_store_artifact($1, $2, $3, $4, $5, $6, $7, $8)";
 pub const COUNT_ARTIFACTS: &str = "SELECT count(*) FROM consensus_runs r JOIN agent_outputs o ON o.run_id = r.id
      WHERE r.spec_id = $1 AND r.stage = $2";
@@ -337,3 +345,44 @@ pub fn store_batch(c: &mut Session, artifacts: &[NewArtifact], tokens: &[String]
     }
     Ok(ids)
 }
+
+/// Whether the database has the table of expected agents (revision 3).
+pub fn has_expected_agents(c: &mut Session) -> Result<bool> {
+    Ok(c.client.query_one("SELECT to_regclass('consensus_expected_agents') IS NOT NULL", &[])?.get(0))
+}
+
+/// The channel a completion's transaction notifies (`schema_3.sql`).
+pub const AGENTS_CHANNEL: &str = "LISTEN consensus_db_agents";
+
+/// `expect_agents`: `$1` the ids in order, then the set; new ids inserted in order.
+pub const EXPECT_AGENTS: &str =
+    "INSERT INTO consensus_expected_agents (agent_id, spec_id, stage, run_id, branch_id, declared_at_ms)
+     SELECT a, $2, $3, $4, $5, consensus_db_now_ms() FROM unnest($1::text[]) WITH ORDINALITY AS t(a, n) ORDER BY n
+     ON CONFLICT (agent_id) DO NOTHING";
+
+/// After [`EXPECT_AGENTS`], in its transaction: one of the ids another set expects.
+pub const EXPECTED_ELSEWHERE: &str = "SELECT agent_id, spec_id, stage, run_id, branch_id FROM consensus_expected_agents
+     WHERE agent_id = ANY($1::text[]) AND (spec_id, stage, run_id, branch_id) IS DISTINCT FROM ($2, $3, $4, $5)
+     ORDER BY agent_id LIMIT 1";
+
+/// The state of listed agents' executions of a stage (`$4`: their branch, or NULL).
+pub fn agents_status(branch_column: bool) -> &'static str {
+    if branch_column {
+        "SELECT a.id, e.completed_at IS NOT NULL, e.extraction_error IS NOT NULL
+         FROM unnest($1::text[]) WITH ORDINALITY AS a(id, n) LEFT JOIN agent_executions e
+           ON e.agent_id = a.id AND e.spec_id = $2 AND e.stage = $3 AND ($4::text IS NULL OR e.branch_id = $4)
+         ORDER BY a.n"
+    } else {
+        "SELECT a.id, e.completed_at IS NOT NULL, e.extraction_error IS NOT NULL
+         FROM unnest($1::text[]) WITH ORDINALITY AS a(id, n) LEFT JOIN agent_executions e
+           ON e.agent_id = a.id AND e.spec_id = $2 AND e.stage = $3 AND $4::text IS NULL
+         ORDER BY a.n"
+    }
+}
+
+/// The state of a run's expected set, in the order declared.
+pub const RUN_STATUS: &str = "SELECT x.agent_id, e.completed_at IS NOT NULL, e.extraction_error IS NOT NULL
+     FROM consensus_expected_agents x LEFT JOIN agent_executions e
+       ON e.agent_id = x.agent_id AND e.spec_id = x.spec_id AND e.stage = x.stage
+     WHERE x.spec_id = $1 AND x.stage = $2 AND x.run_id = $3 AND x.branch_id = $4
+     ORDER BY x.seq";

@@ -1032,6 +1032,81 @@ impl PyDatabase {
         run(py, || self.inner.record_extraction_failure(&a, &r, &e))
     }
 
+    /// Declares the agents a run of a stage waits for (`wait_for_agents(run_id=...)`),
+    /// persisted in the store so a wait started before every agent is spawned, or by
+    /// another process, waits for all of them. Declaring the same agents again writes
+    /// nothing; new agents extend the set; an agent id another set expects is refused
+    /// (`InvalidInputError` naming `agent_ids`), and then nothing is written. Returns
+    /// how many agents were added.
+    #[pyo3(signature = (spec_id, stage, run_id, agent_ids, *, branch_id=None))]
+    fn expect_agents(
+        &self,
+        py: Python<'_>,
+        spec_id: &Bound<'_, PyAny>,
+        stage: &Bound<'_, PyAny>,
+        run_id: &Bound<'_, PyAny>,
+        agent_ids: &Bound<'_, PyAny>,
+        branch_id: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<usize> {
+        let set = crate::wait::Expectation::new(
+            text(spec_id, "spec_id")?.to_string(),
+            text(stage, "stage")?.to_string(),
+            text(run_id, "run_id")?.to_string(),
+            super::wait::agent_ids(agent_ids)?,
+            opt_text(branch_id, "branch_id")?.map(|s| s.to_string()),
+        )?;
+        run(py, || self.inner.expect_agents(&set))
+    }
+
+    /// Waits until the agents' executions of the stage are finished — all of them, or
+    /// `quorum` — and returns a `WaitResult`: which completed, which failed (a recorded
+    /// extraction failure counts as finished), which are pending, and `timed_out`. The
+    /// agents are `agent_ids=[...]` or the set `expect_agents` declared for `run_id`
+    /// (exactly one of the two; `branch_id` scopes either, and alone is refused).
+    /// `timeout` in seconds: None waits without limit, 0 checks once; on timeout the
+    /// result has `timed_out=True` and the pending agents (no exception). Woken by
+    /// commits of this process and, through one watcher per store (a connection of its
+    /// own, alive while someone waits), of other processes; each wake-up checks with one
+    /// query. `close()` wakes it with `ClosedError`.
+    #[pyo3(signature = (spec_id, stage, *, agent_ids=None, run_id=None, branch_id=None, quorum=None, timeout=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn wait_for_agents<'py>(
+        &self,
+        py: Python<'py>,
+        spec_id: &Bound<'py, PyAny>,
+        stage: &Bound<'py, PyAny>,
+        agent_ids: Option<&Bound<'py, PyAny>>,
+        run_id: Option<&Bound<'py, PyAny>>,
+        branch_id: Option<&Bound<'py, PyAny>>,
+        quorum: Option<&Bound<'py, PyAny>>,
+        timeout: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let condition = super::wait::condition(spec_id, stage, agent_ids, run_id, branch_id, quorum)?;
+        let timeout = super::wait::timeout(timeout)?;
+        let outcome = super::wait::wait_blocking(py, self, &condition, timeout)?;
+        super::wait::outcome_dict(py, &condition, &outcome)
+    }
+
+    /// A wait in steps (`AgentsWaiter`: `start`, `check`, `on_change`, `close`), which
+    /// `AsyncStore.wait_for_agents` runs and another event loop can too; the arguments
+    /// are `wait_for_agents`'s, checked here (no I/O).
+    #[pyo3(signature = (spec_id, stage, *, agent_ids=None, run_id=None, branch_id=None, quorum=None))]
+    fn agents_waiter(
+        slf: Bound<'_, Self>,
+        spec_id: &Bound<'_, PyAny>,
+        stage: &Bound<'_, PyAny>,
+        agent_ids: Option<&Bound<'_, PyAny>>,
+        run_id: Option<&Bound<'_, PyAny>>,
+        branch_id: Option<&Bound<'_, PyAny>>,
+        quorum: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<super::wait::PyAgentsWaiter> {
+        let condition = super::wait::condition(spec_id, stage, agent_ids, run_id, branch_id, quorum)?;
+        if slf.get().inner.is_closed() {
+            return Err(Error::Closed.into());
+        }
+        Ok(super::wait::PyAgentsWaiter::new(slf.unbind(), condition))
+    }
+
     /// The spec's executions with an extraction error, newest spawn first (ties by
     /// agent id, last first); `order="oldest"` for oldest first. `limit`, `after=`,
     /// `before=`: a page, as `query_artifacts` takes them.
@@ -1056,7 +1131,8 @@ impl PyDatabase {
     /// called after each chunk with the rows deleted so far and of how many (counted
     /// first). Returning False stops after that chunk, an exception stops there too and
     /// is raised; what was deleted stays deleted, and a later call deletes the rest. On
-    /// PostgreSQL (one DELETE) `progress` is called once, at the end.
+    /// PostgreSQL (one DELETE) `progress` is called once, at the end. The expected sets
+    /// (`expect_agents`) declared more than `days` days ago go too (not counted).
     #[pyo3(signature = (days, *, progress=None))]
     fn cleanup_old_executions(
         &self,

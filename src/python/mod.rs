@@ -11,6 +11,7 @@ mod errors;
 mod models;
 pub mod reports;
 mod transaction;
+mod wait;
 
 use crate::error::Error;
 
@@ -86,6 +87,7 @@ pub(crate) fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<database::PyDatabase>()?;
     m.add_class::<transaction::PyTransaction>()?;
     m.add_class::<transaction::PySavepoint>()?;
+    m.add_class::<wait::PyAgentsWaiter>()?;
     m.add_class::<crate::model::Artifact>()?;
     m.add_class::<crate::model::Synthesis>()?;
     m.add_class::<crate::model::ExtractionFailure>()?;

@@ -22,6 +22,7 @@ use crate::sqlite::replica;
 use crate::sqlite::retry::{Retrier, RetryPolicy};
 use crate::sqlite::schema;
 use crate::sqlite::writer::{LaneStats, WriteLane};
+use crate::wait::{Changes, OpenWatcher, Poll, SQLITE_POLL};
 use std::sync::Arc;
 
 pub use crate::sqlite::pool::{Conn, Pool};
@@ -110,6 +111,9 @@ pub struct Engine {
     opened_in: fork::Origin,
     /// Every write of this store goes through it (`writer.rs`).
     pub(crate) lane: Arc<WriteLane>,
+    /// Moved by every commit of the lane and, while someone waits, by a watcher of
+    /// other processes' commits (`wait.rs`).
+    pub(crate) changes: Arc<Changes>,
     /// Keeps a `:memory:` database alive: memdb frees it with its last connection.
     keeper: Mutex<Option<Connection>>,
     /// The retry policy and the count of retries made (`retry.rs`).
@@ -219,6 +223,8 @@ impl Engine {
                 .map_err(in_file)?
                 .flatten()
         };
+        // Nothing but this process writes an in-memory database: its lane's commits say all.
+        let changes = Changes::new((!in_memory).then(|| data_version_watcher(target.clone(), flags)));
         let pool = Pool::new(options.pool_size, options.checkout_timeout, target, flags, verified)?;
         // A file's bootstrap connection closes here (r2d2 opens the pool's own, on its
         // workers); a `:memory:` one stays outside, keeping the database alive.
@@ -235,7 +241,8 @@ impl Engine {
             last_moved: Mutex::new(open_report.rows_moved),
             open_report,
             opened_in: fork::Origin::here(),
-            lane: Arc::new(WriteLane::new(host_queue)),
+            lane: Arc::new(WriteLane::new(host_queue, changes.clone())),
+            changes,
             keeper: Mutex::new(keeper),
             retrier: Retrier::new(None),
         };
@@ -461,8 +468,10 @@ impl Engine {
     pub fn close(&self) {
         if !self.is_forked() {
             // Writers still waiting fail with `Closed` (in a forked child the lane is
-            // the parent's: not touched).
+            // the parent's: not touched), and so do waiters for agents, once the
+            // watcher has closed its connection.
             self.lane.close();
+            self.changes.close();
         }
         self.pool.close();
         let keeper = self.keeper.lock().take();
@@ -477,6 +486,108 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// The cross-process change signal's watcher: a connection of its own whose `PRAGMA
+/// data_version` changes when another connection (this store's own included) committed
+/// to the file. It runs only while someone waits, and sleeps in `poll(2)` on an inotify
+/// watch of the `-wal` file for at most [`WAL_SLICE`]: a commit writes its frames there,
+/// which wakes it; the frames are written before the wal-index makes them visible, so
+/// `data_version` confirms, read again after [`CONFIRM_AFTER`] when it has not moved yet. Where inotify cannot watch the WAL (no `-wal`, no inotify), it
+/// reads `data_version` every [`SQLITE_POLL`] instead. Measured (`benches/wait.py`,
+/// docs/coordination.md): the 10 ms poll costs an idle process about 0.4-0.8% of a core
+/// on this machine (a timed wake-up here costs ~40 µs), the inotify watch ~0.1%.
+fn data_version_watcher(target: PathBuf, flags: OpenFlags) -> OpenWatcher {
+    Arc::new(move || {
+        let conn = Connection::open_with_flags(&target, flags)?;
+        conn.busy_timeout(Duration::from_secs(1))?;
+        let read = |c: &Connection| -> Result<i64> { Ok(c.query_row("PRAGMA data_version", [], |r| r.get(0))?) };
+        let mut last = read(&conn)?;
+        let wal = sqlite_file(&conn).and_then(|f| WalWatch::new(&f));
+        Ok(Box::new(move |changes: &Changes| {
+            let Some(wal) = &wal else {
+                changes.pause(SQLITE_POLL);
+                let now = read(&conn)?;
+                return Ok(std::mem::replace(&mut last, now) != now);
+            };
+            let written = wal.wait(WAL_SLICE);
+            // The write that woke it may precede the commit's visibility by microseconds,
+            // or belong to no commit (SQLite writes the WAL's header when it restarts
+            // the log, and a transaction still writing spills pages): looked at again
+            // 0.2, 1.2, 5.2 and 20.2 ms later, or as soon as the next write comes.
+            for delay in CONFIRM_AFTER {
+                if !delay.is_zero() {
+                    // A wait the next write ends at once: a commit made visible meanwhile is
+                    // read then, not at the end of the delay.
+                    wal.wait(delay);
+                }
+                let now = read(&conn)?;
+                if std::mem::replace(&mut last, now) != now {
+                    return Ok(true);
+                }
+                if !written {
+                    break;
+                }
+            }
+            Ok(false)
+        }) as Poll)
+    })
+}
+
+/// How long the inotify watcher sleeps without an event before it reads `data_version`
+/// anyway (a write it could not see: another path to the file) and looks whether it is
+/// still wanted.
+const WAL_SLICE: Duration = Duration::from_millis(50);
+/// When, after a write to the WAL, the watcher reads `data_version` (each delay after
+/// the one before).
+/// The writer may lose its core right after the write that woke the watcher (on a busy
+/// machine for milliseconds): the last look is 20 ms after the write.
+const CONFIRM_AFTER: [Duration; 5] = [
+    Duration::ZERO,
+    Duration::from_micros(200),
+    Duration::from_millis(1),
+    Duration::from_millis(4),
+    Duration::from_millis(15),
+];
+
+/// An inotify watch of a database's `-wal` file for writes (`IN_MODIFY`).
+struct WalWatch {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl WalWatch {
+    fn new(database: &Path) -> Option<WalWatch> {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let mut wal = database.as_os_str().as_bytes().to_vec();
+        wal.extend_from_slice(b"-wal");
+        let wal = std::ffi::CString::new(wal).ok()?;
+        // SAFETY: plain system calls on a new descriptor, owned from here on.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: `fd` is open and owned by nothing else yet.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let watched =
+            unsafe { libc::inotify_add_watch(std::os::fd::AsRawFd::as_raw_fd(&fd), wal.as_ptr(), libc::IN_MODIFY) };
+        (watched >= 0).then_some(WalWatch { fd })
+    }
+
+    /// Waits up to `max` for a write to the WAL; drains the events; whether there was one.
+    fn wait(&self, max: Duration) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, max.as_millis() as libc::c_int) };
+        if ready <= 0 {
+            return false;
+        }
+        let mut buf = [0u8; 4096];
+        // SAFETY: reads into the buffer, at most its length; non-blocking.
+        while unsafe { libc::read(pfd.fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+        true
     }
 }
 

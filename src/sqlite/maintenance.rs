@@ -183,13 +183,29 @@ pub(crate) fn executions_before(conn: &Connection, cutoff: &str) -> Result<u64> 
 /// idempotency keys recorded before `keys_before` (ms), which are expired. `progress`
 /// is told rows done of `total` after each chunk and may stop the job there.
 pub(crate) fn delete_executions_in_chunks(
-    hold: impl FnMut(Chunk<'_>) -> Result<(u64, bool)>,
+    mut hold: impl FnMut(Chunk<'_>) -> Result<(u64, bool)>,
     cutoff: &str,
     keys_before: Option<i64>,
     total: u64,
     progress: Option<&mut Progress>,
 ) -> Result<u64> {
     let mut keys_left = keys_before.is_some();
+    // First the expected sets declared before the cutoff (`expect_agents`): in chunks
+    // too, counted in neither the result nor the progress, which are the executions'.
+    let expire = |conn: &Connection, n: u32| {
+        if !crate::sqlite::schema::table_exists(conn, "consensus_expected_agents")? {
+            return Ok((0, true));
+        }
+        let deleted = conn
+            .prepare_cached(
+                "DELETE FROM consensus_expected_agents WHERE rowid IN
+                     (SELECT rowid FROM consensus_expected_agents
+                      WHERE declared_at_ms < CAST(strftime('%s', ?1) AS INTEGER) * 1000 LIMIT ?2)",
+            )?
+            .execute(rusqlite::params![cutoff, n])?;
+        Ok((deleted as u64, deleted < n as usize))
+    };
+    run_in_chunks(ChunkSize::maintenance(), &mut hold, expire, 0, None)?;
     let delete = |conn: &Connection, n: u32| {
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let deleted = conn

@@ -11,6 +11,7 @@ pub(crate) mod chunks;
 pub mod database;
 pub(crate) mod fork;
 mod host_queue;
+pub mod legacy_copy;
 pub mod legacy_rows;
 pub mod maintenance;
 pub mod migrations;

@@ -149,7 +149,9 @@ pub(crate) struct Attempts<'a> {
 }
 
 impl<'a> Attempts<'a> {
-    /// Marks the call as carrying an idempotency key (see [`Attempts::again`]).
+    /// Marks the call as carrying an idempotency key (see [`Attempts::again`]); only
+    /// PostgreSQL's writes can end with their outcome unknown.
+    #[cfg(any(feature = "postgres", test))]
     pub(crate) fn keyed(mut self, keyed: bool) -> Self {
         self.keyed = keyed;
         self

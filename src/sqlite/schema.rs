@@ -29,14 +29,16 @@ pub(crate) const ROUTING_TABLE_SQL: &str = concat!(
 pub(crate) const BRANCH_INDEX_SQL: &str = include_str!("sql/branch_index.sql");
 pub(crate) const ROUTE_INDEX_SQL: &str = include_str!("sql/route_index.sql");
 const STORE_COLUMNS_SQL: &str = include_str!("sql/store_columns.sql");
+/// The expected sets of agents (`expect_agents`, layout revision 5).
+pub(crate) const EXPECTED_AGENTS_SQL: &str = include_str!("sql/expected_agents.sql");
 
 /// This store's layout revision. 1 was its first release (its own column names); 2 is
 /// the seed layout plus this store's columns; 3 adds only (`agent_executions.branch_id`
 /// and its index, `consensus_ok` as the predecessor writes it), so a build of revision 2
 /// still reads and writes a revision-3 file; 4 adds only the routing read's covering
 /// index (`idx_agent_executions_route`), which no reader needs; 5 adds only the
-/// coordination tables (`consensus_claims`, `consensus_idempotency`), which no
-/// predecessor build reads.
+/// coordination tables (`consensus_claims`, `consensus_idempotency` and
+/// `consensus_expected_agents`), which no predecessor build or earlier release reads.
 ///
 /// `consensus_db_meta` keeps two numbers: `'layout'`, the **minimum reader layout** —
 /// the oldest revision that can open the file, the key every release checks and refuses

@@ -54,6 +54,7 @@ use crate::error::{Error, Result};
 use crate::sqlite::host_queue::HostQueue;
 use crate::sqlite::pool::Pool;
 use crate::sqlite::transaction::{Behavior, Tx};
+use crate::wait::Changes;
 
 /// The most writes one group commits together.
 pub const MAX_GROUP: usize = 64;
@@ -304,6 +305,8 @@ pub struct WriteLane {
     sizes: [AtomicU64; MAX_GROUP + 1],
     /// The host-wide writer queue every group takes its turn in (none in memory, read-only).
     host: Option<Arc<HostQueue>>,
+    /// Moved after every group and hold: waiters for agents check again (`wait.rs`).
+    changes: Arc<Changes>,
 }
 
 /// The lane held alone until dropped.
@@ -349,13 +352,14 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 impl Default for WriteLane {
     fn default() -> Self {
-        WriteLane::new(None)
+        WriteLane::new(None, Changes::new(None))
     }
 }
 
 impl WriteLane {
-    /// A lane whose groups take their turn in `host` (the file's writer queue).
-    pub(crate) fn new(host: Option<HostQueue>) -> Self {
+    /// A lane whose groups take their turn in `host` (the file's writer queue) and
+    /// move `changes` when they end.
+    pub(crate) fn new(host: Option<HostQueue>, changes: Arc<Changes>) -> Self {
         WriteLane {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -371,6 +375,7 @@ impl WriteLane {
             holds: AtomicU64::new(0),
             sizes: std::array::from_fn(|_| AtomicU64::new(0)),
             host: host.map(Arc::new),
+            changes,
         }
     }
 
@@ -546,6 +551,8 @@ impl WriteLane {
         if spawn {
             self.spawn_driver();
         }
+        // Committed (or rolled back): waiters for agents check again.
+        self.changes.bump();
         complete_all(owned);
     }
 

@@ -310,7 +310,7 @@ impl Database {
             if has_legacy {
                 if has_new {
                     // Copies a dual-write build wrote since the last migration count once.
-                    let linked = crate::sqlite::migrations::link_artifact_copies(tx, Some((spec_id, stage)));
+                    let linked = crate::sqlite::legacy_copy::link_artifact_copies(tx, Some((spec_id, stage)));
                     unless_dropped(&self.layout.legacy_artifacts, "consensus_artifacts", linked)?;
                 }
                 let copies = has_new
@@ -350,7 +350,7 @@ impl Database {
             let mut deleted = 0;
             if has_legacy {
                 if has_new {
-                    let linked = crate::sqlite::migrations::link_synthesis_copies(tx, Some((spec_id, stage)));
+                    let linked = crate::sqlite::legacy_copy::link_synthesis_copies(tx, Some((spec_id, stage)));
                     unless_dropped(&self.layout.legacy_synthesis, "consensus_synthesis", linked)?;
                 }
                 let copies = has_new

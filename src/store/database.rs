@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::model::ReaderCounts;
 use crate::sqlite::database::{Engine, Options};
 use crate::sqlite::maintenance::{Maintenance, MaintenanceOptions, Progress};
-use crate::sqlite::migrations::{self, InFlightGuard, Version, LATEST_VERSION};
+use crate::sqlite::migrations::{InFlightGuard, Version, LATEST_VERSION};
 use crate::sqlite::schema::{self, Shape};
 
 pub struct Database {
@@ -131,7 +131,8 @@ impl Database {
                 // read the mode inside their transaction), one before is written back.
                 let before = self.modes.write();
                 self.modes.set_write(mode);
-                let written = self.write_repeatable_as("write_mode", |tx| migrations::write_back(tx).map(drop));
+                let written =
+                    self.write_repeatable_as("write_mode", |tx| crate::sqlite::legacy_copy::write_back(tx).map(drop));
                 if let Err(e) = written.and_then(|()| self.refresh_layout()) {
                     self.modes.set_write(before);
                     return Err(e);
@@ -159,7 +160,7 @@ impl Database {
                 let has_legacy = self.layout.legacy_artifacts.load(Ordering::Acquire)
                     || self.layout.legacy_synthesis.load(Ordering::Acquire);
                 if has_legacy && self.read_only {
-                    let uncopied = migrations::uncopied_legacy_rows(&*self.conn()?)?;
+                    let uncopied = crate::sqlite::legacy_copy::uncopied_legacy_rows(&*self.conn()?)?;
                     if uncopied > 0 {
                         return Err(Error::invalid(
                             "read_mode",
@@ -172,7 +173,7 @@ impl Database {
                     }
                 } else if has_legacy {
                     self.require_current()?;
-                    self.write_repeatable_as("read_mode", |tx| migrations::backfill(tx).map(drop))?;
+                    self.write_repeatable_as("read_mode", |tx| crate::sqlite::legacy_copy::backfill(tx).map(drop))?;
                 }
             }
             ReadMode::Dual => {}
@@ -241,6 +242,7 @@ impl Database {
             artifact_created_ms: column("consensus_artifacts", "created_at_ms")?,
             synthesis_created_ms: column("consensus_synthesis", "created_at_ms")?,
             routing_index: catalog.has_index("idx_agent_executions_route"),
+            expected_agents: catalog.has_table("consensus_expected_agents"),
         };
         Ok(())
     }

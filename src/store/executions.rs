@@ -304,7 +304,8 @@ impl Database {
         Ok(window.finish(rows.collect::<Result<_, _>>()?))
     }
 
-    /// Deletes executions spawned more than `days` days ago; returns how many.
+    /// Deletes executions spawned more than `days` days ago; returns how many. The
+    /// expected sets declared more than `days` days ago go too (not counted).
     pub fn cleanup_old_executions(&self, days: i64) -> Result<usize> {
         Ok(self.cleanup_old_executions_in_chunks(days, None)? as usize)
     }

@@ -56,6 +56,8 @@ pub(crate) struct Columns {
     pub synthesis_created_ms: &'static str,
     /// Whether the file has the routing reads' covering index (`route_index.sql`).
     pub routing_index: bool,
+    /// Whether the file has the table of expected agents (`expected_agents.sql`).
+    pub expected_agents: bool,
 }
 
 impl Default for Columns {
@@ -76,6 +78,7 @@ impl Default for Columns {
             artifact_created_ms: "created_at_ms",
             synthesis_created_ms: "created_at_ms",
             routing_index: true,
+            expected_agents: true,
         }
     }
 }

@@ -12,6 +12,7 @@
 
 mod artifacts;
 pub(crate) mod claims;
+mod coordination;
 pub mod database;
 mod executions;
 pub(crate) mod idempotency;

@@ -16,7 +16,6 @@ use super::modes::{ReadMode, WriteMode};
 use super::validate::check_id;
 use crate::error::{Error, Result};
 use crate::model::*;
-use crate::sqlite::migrations;
 use crate::sqlite::schema::{self, synthesis_from_text};
 
 impl Database {
@@ -73,7 +72,7 @@ impl Database {
                 now
             ])?;
             if dual {
-                migrations::copy_synthesis_to_legacy(tx, run, s, now)?;
+                crate::sqlite::legacy_copy::copy_synthesis_to_legacy(tx, run, s, now)?;
             }
             if let Some((key, digest)) = &keyed {
                 idempotency::record(tx, key, SYNTHESIS, digest, run, clock)?;
