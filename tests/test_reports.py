@@ -60,6 +60,7 @@ def test_sqlite_reports_have_their_declared_keys(db):
     assert keys(db.lane_stats()) == RUST["LaneStats"]
     assert keys(db.pool_state()) == RUST["PoolState"]
     assert keys(db.verify_schemas()) == RUST["SchemaReport"]
+    assert keys(db.wait_for_agents("S", "plan", agent_ids=["a1"], timeout=0)) == RUST["WaitResult"]
 
 
 def test_a_maintenance_cycle_report_has_its_declared_keys(db):

@@ -1080,11 +1080,11 @@ impl PyDatabase {
         branch_id: Option<&Bound<'py, PyAny>>,
         quorum: Option<&Bound<'py, PyAny>>,
         timeout: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let condition = super::wait::condition(spec_id, stage, agent_ids, run_id, branch_id, quorum)?;
         let timeout = super::wait::timeout(timeout)?;
         let outcome = super::wait::wait_blocking(py, self, &condition, timeout)?;
-        super::wait::outcome_dict(py, &condition, &outcome)
+        super::wait::outcome_dict(py, &condition, outcome)
     }
 
     /// A wait in steps (`AgentsWaiter`: `start`, `check`, `on_change`, `close`), which

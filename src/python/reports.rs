@@ -17,6 +17,7 @@ use crate::sqlite::maintenance::{CycleReport, Stats, VacuumReport as EngineVacuu
 use crate::sqlite::migrations::RowsMoved;
 use crate::sqlite::replica::{Checkpoint, CheckpointMode};
 use crate::sqlite::writer::LaneStats;
+use crate::wait::{AgentSet, WaitFor, WaitOutcome};
 
 /// What a report's field becomes in Python. Reports (`report!`) become dicts; a
 /// `Vec<(key, value)>` — the engine's ordered map (rows per table, commits per group
@@ -338,6 +339,44 @@ impl PostgresHealthReport {
 }
 
 report! {
+    /// `wait_for_agents()`: the agents waited for, each list in the set's order, the
+    /// quorum the wait needed and whether the timeout came first.
+    pub struct WaitResult {
+        pub spec_id: String,
+        pub stage: String,
+        pub run_id: Option<String>,
+        pub branch_id: Option<String>,
+        pub expected: Vec<String>,
+        pub completed: Vec<String>,
+        pub failed: Vec<String>,
+        pub pending: Vec<String>,
+        pub quorum: usize,
+        pub timed_out: bool,
+    }
+}
+
+impl WaitResult {
+    pub fn new(c: &WaitFor, o: WaitOutcome) -> Self {
+        let (run_id, branch_id) = match &c.set {
+            AgentSet::Agents { branch_id, .. } => (None, branch_id.clone()),
+            AgentSet::Run { run_id, branch_id } => (Some(run_id.clone()), branch_id.clone()),
+        };
+        WaitResult {
+            spec_id: c.spec_id.clone(),
+            stage: c.stage.clone(),
+            run_id,
+            branch_id,
+            expected: o.status.expected,
+            completed: o.status.completed,
+            failed: o.status.failed,
+            pending: o.status.pending,
+            quorum: o.quorum,
+            timed_out: o.timed_out,
+        }
+    }
+}
+
+report! {
     /// `pool_state()`: connections open and idle, and the pool's maximum size.
     pub struct PoolState {
         pub connections: u32,
@@ -355,6 +394,7 @@ pub const REPORTS: &[(&str, &[&str])] = &[
     ("PostgresVacuumReport", PostgresVacuumReport::FIELDS),
     ("CheckpointReport", CheckpointReport::FIELDS),
     ("PoolState", PoolState::FIELDS),
+    ("WaitResult", WaitResult::FIELDS),
     ("OpenReport", OpenReport::FIELDS),
     ("RowsMoved", RowsMoved::FIELDS),
     ("LaneStats", LaneStats::FIELDS),
