@@ -6,7 +6,9 @@ It fans one spec's stages out to several (simulated) LLM agents with asyncio, re
 every spawn and completion, stores each agent's JSON, merges a synthesis, then reports
 with the sync API. The tests run it and type-check it with ``mypy --strict``.
 
-No bookkeeping lives in memory: who synthesizes a stage is a claim in the store (a second
+No bookkeeping lives in memory: the agents a stage waits for are declared in the store
+and waited for there (``expect_agents``, ``wait_for_agents``: woken by commits, no polling;
+docs/coordination.md); who synthesizes a stage is a claim in the store (a second
 orchestrator on the same file finds the stage claimed and leaves it alone; a crashed one
 is taken over after its lease, and its late write is refused), and every write carries an
 idempotency key, so an orchestrator restarted mid-stage repeats its writes without
@@ -91,7 +93,13 @@ async def run_stage(db: aio.AsyncStore, spec_id: str, stage: str, rng: random.Ra
         print(f"{stage}: claimed by another orchestrator, skipped")
         return None
     try:
-        await asyncio.gather(*(run_agent(db, spec_id, stage, agent, rng) for agent in AGENTS))
+        # The run's expected agents live in the store, so any process can wait for them and
+        # a wait begun before every agent is spawned does not end early.
+        await db.expect_agents(spec_id, stage, run_id, [f"{spec_id}/{stage}/{a}@{ORCHESTRATION}" for a in AGENTS])
+        agents = [asyncio.create_task(run_agent(db, spec_id, stage, agent, rng)) for agent in AGENTS]
+        done = await db.wait_for_agents(spec_id, stage, run_id=run_id, timeout=60)  # woken by their commits
+        await asyncio.gather(*agents)
+        print(f"{stage}: {len(done['completed'])} agents completed, {len(done['failed'])} failed")
         claim = await db.renew_claim(claim)  # still ours: the agents took a while
         artifacts = await db.query_artifacts(spec_id, stage)
         verdicts = [a.content()["verdict"] for a in artifacts]

@@ -26,6 +26,7 @@
 mod report;
 
 pub mod backend;
+mod callbacks;
 pub mod conninfo;
 pub mod cursor;
 pub mod error;

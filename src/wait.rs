@@ -527,11 +527,7 @@ fn fire(callbacks: impl Iterator<Item = OnChange>, result: Result<()>) {
     if callbacks.is_empty() {
         return;
     }
-    let mut f = || callbacks.drain(..).for_each(|cb| cb(result.clone()));
-    match crate::sqlite::writer::COMPLETION_SCOPE.get() {
-        Some(scope) => scope(&mut f),
-        None => f(),
-    }
+    crate::callbacks::in_scope(&mut || callbacks.drain(..).for_each(|cb| cb(result.clone())));
 }
 
 #[cfg(test)]

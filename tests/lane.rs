@@ -1,4 +1,4 @@
-//! The write lane (`src/sqlite/writer.rs`): group commit, per-write outcomes, holds.
+//! The write lane (`src/sqlite/writer/`): group commit, per-write outcomes, holds.
 //! Real threads on a real file; groups are formed deterministically by holding the lane
 //! with an open write transaction while writers queue behind it.
 

@@ -217,6 +217,7 @@ def test_demo_shows_a_claim_and_an_idempotent_repeat(tmp_path):
     assert result.exit_code == 0, result.output
     for text in (
         "claims and idempotency keys",
+        "wait_for_agents SPEC-001/implement: 2 completed, 1 failed (SPEC-001/implement/gemini), none pending",
         "SPEC-001/plan claimed by demo-orchestrator: token 1",
         "a rival's claim while the lease is live: refused",
         "the rival's synthesis without a claim: refused (StaleClaimError)",

@@ -333,6 +333,7 @@ def demo(db_path: Optional[str], specs: int) -> None:
     timer = Timer()
     counts = {"spawned": 0, "completed": 0, "extraction failures": 0, "artifacts": 0, "syntheses": 0}
     coordination: list[str] = []
+    waited: list[str] = []
     try:
         with consensus_db.connect(path) as db, ThreadPoolExecutor(max_workers=4) as pool:
             failed_once = False
@@ -356,6 +357,7 @@ def demo(db_path: Optional[str], specs: int) -> None:
 
                     timer.run("record_agent_spawn (4 threads)", spawn_all)
                     counts["spawned"] += len(agents)
+                    db.expect_agents(spec_id, stage, run_id, ids)  # what wait_for_agents waits for
                     timer.run("get_agent_spawn_info", lambda: sum(db.get_agent_spawn_info(i) is not None for i in ids))
                     outputs: list[dict[str, Any]] = []
                     for agent, agent_id in zip(agents, ids, strict=True):
@@ -386,6 +388,14 @@ def demo(db_path: Optional[str], specs: int) -> None:
                                 "response_text": response,
                                 "model_version": f"{agent}-2026-10",
                             }
+                        )
+                    # Every agent finished (a failure counts): returns at once, woken by commits otherwise.
+                    finished = db.wait_for_agents(spec_id, stage, run_id=run_id, timeout=10)
+                    assert not finished["timed_out"], finished
+                    if finished["failed"] and not waited:
+                        waited.append(
+                            f"wait_for_agents {spec_id}/{stage}: {len(finished['completed'])} completed, "
+                            f"{len(finished['failed'])} failed ({', '.join(finished['failed'])}), none pending"
                         )
                     first, rest = outputs[0], outputs[1:]
                     timer.run(
@@ -451,8 +461,8 @@ def demo(db_path: Optional[str], specs: int) -> None:
         click.echo(f"  {name:<22} {n}")
     click.echo(f"  {'failures queried':<22} {failures}")
     click.echo(f"  {'retention':<22} {deleted} of {aged} back-dated executions deleted (older than 30 days)")
-    click.echo("\nclaims and idempotency keys")
-    for line in coordination:
+    click.echo("\nwaits, claims and idempotency keys")
+    for line in waited + coordination:
         click.echo(f"  {line}")
     click.echo("\nthroughput")
     for name, (n, seconds) in timer.ops.items():

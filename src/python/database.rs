@@ -476,7 +476,7 @@ fn retry_policy(obj: &Bound<'_, PyAny>) -> PyResult<RetryPolicy> {
     Ok(RetryPolicy { max_attempts, initial_delay, max_delay, jitter, deadline, clock, on_retry })
 }
 
-/// Takes the GIL once for a batch of completions (`writer::COMPLETION_SCOPE`).
+/// Takes the GIL once for a batch of completions (`callbacks::COMPLETION_SCOPE`).
 pub(crate) fn completion_scope(f: &mut dyn FnMut()) {
     if Python::try_attach(|_py| f()).is_none() {
         f(); // the interpreter is gone: each completion finds that out itself

@@ -73,7 +73,7 @@ fn redact_url(url: &str) -> String {
 /// `consensus_db::embed::register` (then the host's copy of the crate is the only one).
 #[pymodule]
 pub(crate) fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let _ = crate::sqlite::writer::COMPLETION_SCOPE.set(database::completion_scope);
+    let _ = crate::callbacks::COMPLETION_SCOPE.set(database::completion_scope);
     // SQLite's process-wide settings as the module loads, before any connection of
     // this library: the earliest point at which another user of a shared (system)
     // SQLite can have got there first — said as a RuntimeWarning.

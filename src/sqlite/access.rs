@@ -1,6 +1,6 @@
 //! How callers reach the database: reads on a pooled connection, transactions they
 //! drive step by step (a write transaction holds the write lane), and writes through
-//! the write lane (`writer.rs`), each retried by the store's policy (`retry.rs`).
+//! the write lane (`writer/`), each retried by the store's policy (`retry.rs`).
 
 use rusqlite::types::Value;
 use rusqlite::Connection;
@@ -50,7 +50,7 @@ impl Engine {
         Ok(value)
     }
 
-    /// A write through the write lane (`writer.rs`): it may run in one `BEGIN IMMEDIATE`
+    /// A write through the write lane (`writer/`): it may run in one `BEGIN IMMEDIATE`
     /// transaction with writes of other threads, inside its own savepoint; it returns
     /// once the commit that holds it is done (or with its own error, nothing of it
     /// written). `f` runs on whichever thread commits the group, hence `Send`.

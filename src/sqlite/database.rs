@@ -109,7 +109,7 @@ pub struct Engine {
     pub(crate) options: Options,
     open_report: OpenReport,
     opened_in: fork::Origin,
-    /// Every write of this store goes through it (`writer.rs`).
+    /// Every write of this store goes through it (`writer/`).
     pub(crate) lane: Arc<WriteLane>,
     /// Moved by every commit of the lane and, while someone waits, by a watcher of
     /// other processes' commits (`wait.rs`).

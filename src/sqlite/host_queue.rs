@@ -1,7 +1,7 @@
 //! The host-wide writer queue: writers of different processes on one database wait for
 //! each other in the kernel instead of in SQLite's busy handler.
 //!
-//! The front writer of each process's write lane (`writer.rs`) takes an
+//! The front writer of each process's write lane (`writer/`) takes an
 //! open-file-description lock (`fcntl(F_OFD_SETLKW)`, byte 0, exclusive) on a sidecar
 //! file beside the database, `<database>-writer`, before `BEGIN IMMEDIATE` and releases
 //! it after `COMMIT` (or the rollback): the kernel wakes a waiting process the moment

@@ -13,7 +13,6 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::error::{Error, Result};
 use crate::model::NewSynthesis;
 use crate::sqlite::legacy_rows::{bool_sql, created_ms_sql, ms_sql as legacy_ms, text_from_ms_sql, text_sql};
-use crate::sqlite::migrations::RowsMoved;
 use crate::sqlite::schema::{
     self, column_exists, synthesis_from_text, table_exists, LEGACY_SCHEMA_SQL, PAIR_WINDOW_MS,
 };
@@ -690,4 +689,27 @@ pub(super) fn verify_backfill_after(conn: &Connection, tails: &Tails) -> Result<
         }
     }
     Ok(())
+}
+
+report! {
+    /// What a migration copied between the schemas: rows, counted inside each step's
+    /// transaction — not the runs made to hold them, nor rows other writers add meanwhile.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct RowsMoved {
+        /// Legacy rows given their copy in the new tables.
+        pub artifacts_backfilled: i64,
+        pub syntheses_backfilled: i64,
+        /// New-table rows given their copy in the legacy tables.
+        pub artifacts_written_back: i64,
+        pub syntheses_written_back: i64,
+    }
+}
+
+impl RowsMoved {
+    pub(crate) fn add(&mut self, other: RowsMoved) {
+        self.artifacts_backfilled += other.artifacts_backfilled;
+        self.syntheses_backfilled += other.syntheses_backfilled;
+        self.artifacts_written_back += other.artifacts_written_back;
+        self.syntheses_written_back += other.syntheses_written_back;
+    }
 }

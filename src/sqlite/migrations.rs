@@ -21,6 +21,7 @@ use rusqlite::{params, Connection};
 
 use crate::error::{Error, Result};
 use crate::sqlite::chunks::{run_in_chunks, Chunk, ChunkSize, Progress};
+pub use crate::sqlite::legacy_copy::RowsMoved;
 use crate::sqlite::legacy_copy::{
     add_missing_legacy_columns, backfill, backfill_after, begin_write_back, clear_links, legacy_tables_ddl,
     unpaired_copies, verify_backfill, verify_write_back, write_back, write_back_after, Phase, Tails,
@@ -280,20 +281,6 @@ pub(crate) fn migrate_counting(
         if !step(turns, progress.as_deref_mut(), current, next, guard, moved)? {
             return Ok(());
         }
-    }
-}
-
-report! {
-    /// What a migration copied between the schemas: rows, counted inside each step's
-    /// transaction — not the runs made to hold them, nor rows other writers add meanwhile.
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-    pub struct RowsMoved {
-        /// Legacy rows given their copy in the new tables.
-        pub artifacts_backfilled: i64,
-        pub syntheses_backfilled: i64,
-        /// New-table rows given their copy in the legacy tables.
-        pub artifacts_written_back: i64,
-        pub syntheses_written_back: i64,
     }
 }
 
@@ -657,15 +644,6 @@ fn next_ids(conn: &Connection, table: &str, after: i64, n: u32) -> Result<Option
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     Ok(last.map(|last| (last, rows as u64)))
-}
-
-impl RowsMoved {
-    pub(crate) fn add(&mut self, other: RowsMoved) {
-        self.artifacts_backfilled += other.artifacts_backfilled;
-        self.syntheses_backfilled += other.syntheses_backfilled;
-        self.artifacts_written_back += other.artifacts_written_back;
-        self.syntheses_written_back += other.syntheses_written_back;
-    }
 }
 
 /// Brings the new tables of a seed or first-layout file to the current layout.

@@ -42,7 +42,6 @@
 //! touching a member before setting that flag (under the lane's mutex).
 
 use std::collections::VecDeque;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::ThreadId;
@@ -53,182 +52,17 @@ use parking_lot::{Condvar, Mutex};
 use crate::error::{Error, Result};
 use crate::sqlite::host_queue::HostQueue;
 use crate::sqlite::pool::Pool;
-use crate::sqlite::transaction::{Behavior, Tx};
 use crate::wait::Changes;
+
+mod group;
+mod jobs;
+
+use group::run_group;
+use jobs::complete_all;
+pub(crate) use jobs::{Job, OnceJob, Outcome, OwnedJob, RepeatJob, SubmittedJob};
 
 /// The most writes one group commits together.
 pub const MAX_GROUP: usize = 64;
-
-/// A queued write, type-erased: runs against the group's transaction and keeps its
-/// own typed result.
-pub(crate) trait Job: Send {
-    /// Runs the write: `Some(succeeded)`, or `None` when it cannot run again.
-    fn run(&mut self, tx: &Tx) -> Option<bool>;
-    /// Replaces the result with an error (the write was rolled back, or never ran).
-    fn fail(&mut self, e: Error);
-    /// Whether `run` may be called again after its work was rolled back.
-    fn repeatable(&self) -> bool;
-    /// Fails the write because the group's `BEGIN` (or its checkout) failed: nothing
-    /// of it ran, so its caller may try again (outside the lane).
-    fn fail_begin(&mut self, e: Error);
-    /// The error `fail_begin` left, taken (and the result cleared) for a retry.
-    fn take_begin_failure(&mut self) -> Option<Error>;
-}
-
-/// A queued write's result, and whether it is a failed `BEGIN` its caller may retry.
-pub(crate) struct Outcome<T> {
-    result: Option<Result<T>>,
-    begin_failed: bool,
-}
-
-impl<T> Default for Outcome<T> {
-    fn default() -> Self {
-        Outcome { result: None, begin_failed: false }
-    }
-}
-
-impl<T> Outcome<T> {
-    fn set(&mut self, result: Result<T>) -> bool {
-        let ok = result.is_ok();
-        self.result = Some(result);
-        ok
-    }
-
-    fn fail_begin(&mut self, e: Error) {
-        self.result = Some(Err(e));
-        self.begin_failed = true;
-    }
-
-    fn take_begin_failure(&mut self) -> Option<Error> {
-        if !std::mem::take(&mut self.begin_failed) {
-            return None;
-        }
-        match self.result.take() {
-            Some(Err(e)) => Some(e),
-            other => {
-                self.result = other;
-                None
-            }
-        }
-    }
-
-    /// The result the lane left (every path through it leaves one).
-    pub(crate) fn into_result(self) -> Result<T> {
-        self.result.unwrap_or_else(|| Err(Error::Internal("the write lane lost a write's result".into())))
-    }
-}
-
-/// A `FnOnce` write (`Engine::write`).
-pub(crate) struct OnceJob<F, T> {
-    pub f: Option<F>,
-    pub outcome: Outcome<T>,
-}
-
-impl<F: FnOnce(&Tx) -> Result<T> + Send, T: Send> Job for OnceJob<F, T> {
-    fn run(&mut self, tx: &Tx) -> Option<bool> {
-        let f = self.f.take()?;
-        Some(self.outcome.set(f(tx)))
-    }
-    fn fail(&mut self, e: Error) {
-        self.outcome.set(Err(e));
-    }
-    fn repeatable(&self) -> bool {
-        false
-    }
-    fn fail_begin(&mut self, e: Error) {
-        self.outcome.fail_begin(e)
-    }
-    fn take_begin_failure(&mut self) -> Option<Error> {
-        self.outcome.take_begin_failure()
-    }
-}
-
-/// A write that can run again (`Engine::write_repeatable`: every store write).
-pub(crate) struct RepeatJob<F, T> {
-    pub f: F,
-    pub outcome: Outcome<T>,
-}
-
-impl<F: Fn(&Tx) -> Result<T> + Send, T: Send> Job for RepeatJob<F, T> {
-    fn run(&mut self, tx: &Tx) -> Option<bool> {
-        Some(self.outcome.set((self.f)(tx)))
-    }
-    fn fail(&mut self, e: Error) {
-        self.outcome.set(Err(e));
-    }
-    fn repeatable(&self) -> bool {
-        true
-    }
-    fn fail_begin(&mut self, e: Error) {
-        self.outcome.fail_begin(e)
-    }
-    fn take_begin_failure(&mut self) -> Option<Error> {
-        self.outcome.take_begin_failure()
-    }
-}
-
-/// A write submitted without a waiting caller: owned by the lane until it is done.
-pub(crate) trait OwnedJob: Job + 'static {
-    fn as_job(&mut self) -> &mut (dyn Job + 'static);
-    /// Hands the result to the submitter (called once, without the lane's lock).
-    fn complete(self: Box<Self>);
-}
-
-/// [`RepeatJob`] with a completion callback (`Engine::submit_repeatable`).
-pub(crate) struct SubmittedJob<F, T, D> {
-    pub job: RepeatJob<F, T>,
-    pub on_done: D,
-}
-
-impl<F: Fn(&Tx) -> Result<T> + Send + 'static, T: Send + 'static, D: FnOnce(Result<T>) + Send + 'static> Job
-    for SubmittedJob<F, T, D>
-{
-    fn run(&mut self, tx: &Tx) -> Option<bool> {
-        self.job.run(tx)
-    }
-    fn fail(&mut self, e: Error) {
-        self.job.fail(e)
-    }
-    fn repeatable(&self) -> bool {
-        true
-    }
-    fn fail_begin(&mut self, e: Error) {
-        self.job.fail_begin(e)
-    }
-    fn take_begin_failure(&mut self) -> Option<Error> {
-        self.job.take_begin_failure()
-    }
-}
-
-impl<F: Fn(&Tx) -> Result<T> + Send + 'static, T: Send + 'static, D: FnOnce(Result<T>) + Send + 'static> OwnedJob
-    for SubmittedJob<F, T, D>
-{
-    fn as_job(&mut self) -> &mut (dyn Job + 'static) {
-        self
-    }
-    fn complete(self: Box<Self>) {
-        let SubmittedJob { job, on_done } = *self;
-        // A failed BEGIN comes back as it is: nothing of the write ran, and the
-        // submitter decides whether to try again (the blocking forms retry by policy).
-        on_done(job.outcome.into_result());
-    }
-}
-
-/// Wraps the completion of a batch of submitted writes (the Python bindings take the
-/// GIL once for the whole batch instead of once per write); set once.
-pub(crate) static COMPLETION_SCOPE: std::sync::OnceLock<fn(&mut dyn FnMut())> = std::sync::OnceLock::new();
-
-fn complete_all(jobs: Vec<Box<dyn OwnedJob>>) {
-    if jobs.is_empty() {
-        return;
-    }
-    let mut jobs = Some(jobs);
-    let mut f = || jobs.take().into_iter().flatten().for_each(|job| job.complete());
-    match COMPLETION_SCOPE.get() {
-        Some(scope) => scope(&mut f),
-        None => f(),
-    }
-}
 
 /// One caller waiting in the lane; `job` is `None` for a hold (a transaction block).
 struct Waiter {
@@ -341,7 +175,7 @@ fn reentrant() -> Error {
     )
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     let what = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -662,137 +496,4 @@ impl WriteLane {
                 .collect(),
         }
     }
-}
-
-/// The writes that had run in a round SQLite rolled back: run again (repeatable) or failed.
-fn unwind(jobs: &mut [&mut (dyn Job + 'static)], ran: &[usize], why: &str, again: &mut Vec<usize>) {
-    for &j in ran {
-        if jobs[j].repeatable() {
-            again.push(j);
-        } else {
-            jobs[j].fail(Error::Transaction(format!(
-                "rolled back with its group: another write committed with it ended the transaction ({why}); \
-                 nothing of this write persists"
-            )));
-        }
-    }
-}
-
-fn run_group(pool: &Pool, jobs: &mut [&mut (dyn Job + 'static)]) {
-    let mut pending: Vec<usize> = (0..jobs.len()).collect();
-    while !pending.is_empty() {
-        let tx = match pool.get().and_then(|conn| Tx::begin(conn, Behavior::Immediate)) {
-            Ok(tx) => tx,
-            Err(e) => {
-                // Nothing of these ran in this round: each caller may retry (outside the lane).
-                for &i in &pending {
-                    jobs[i].fail_begin(e.clone());
-                }
-                return;
-            }
-        };
-        let alone = pending.len() == 1;
-        let mut ran = Vec::with_capacity(pending.len());
-        let mut again = Vec::new();
-        let mut ended = false;
-        for (pos, &i) in pending.iter().enumerate() {
-            let opened = if alone { Ok(()) } else { savepoint(&tx, "SAVEPOINT lane_member") };
-            let mut ok = match opened {
-                Err(e) => {
-                    jobs[i].fail(e);
-                    false
-                }
-                Ok(()) => match catch_unwind(AssertUnwindSafe(|| jobs[i].run(&tx))) {
-                    Ok(Some(ok)) => ok,
-                    Ok(None) => {
-                        jobs[i].fail(Error::Transaction("the write was rolled back and cannot run again".into()));
-                        false
-                    }
-                    Err(panic) => {
-                        jobs[i].fail(Error::Internal(panic_message(&*panic)));
-                        false
-                    }
-                },
-            };
-            if ok && !alone && !tx.is_autocommit() && leaves_deferred_violations(&tx) {
-                // Its own COMMIT would fail; the group's must not fail for it.
-                jobs[i].fail(Error::Integrity(
-                    "FOREIGN KEY constraint failed: the write left a deferred foreign key violation, which its \
-                     COMMIT would refuse; nothing of it persists"
-                        .into(),
-                ));
-                ok = false;
-            }
-            if !tx.is_autocommit() && !alone {
-                let closed = savepoint(
-                    &tx,
-                    if ok { "RELEASE lane_member" } else { "ROLLBACK TO lane_member; RELEASE lane_member" },
-                );
-                if let Err(e) = closed {
-                    if ok {
-                        jobs[i].fail(e);
-                        ok = false;
-                    }
-                    let _ = tx.execute_batch("ROLLBACK");
-                }
-                // A savepoint does not undo `PRAGMA defer_foreign_keys`: the next member
-                // starts with foreign keys checked as usual.
-                if !tx.is_autocommit() {
-                    let _ = savepoint(&tx, "PRAGMA defer_foreign_keys = OFF");
-                }
-            }
-            if tx.is_autocommit() {
-                // SQLite ended the transaction: nothing of this round persists.
-                let why = format!("a write in the group ended the transaction (member {pos} of {})", pending.len());
-                if ok {
-                    // It ended the transaction yet reported success: never acknowledged.
-                    jobs[i].fail(Error::Transaction(why.clone()));
-                }
-                unwind(jobs, &ran, &why, &mut again);
-                again.extend_from_slice(&pending[pos + 1..]);
-                ended = true;
-                break;
-            }
-            if ok {
-                ran.push(i);
-            }
-        }
-        if ended {
-            drop(tx);
-            again.sort_unstable();
-            pending = again;
-            continue;
-        }
-        if ran.is_empty() {
-            drop(tx); // rolls back: nothing to keep
-        } else if let Err(e) = tx.commit() {
-            for &j in &ran {
-                jobs[j].fail(e.clone());
-            }
-        }
-        pending.clear();
-    }
-}
-
-/// Whether the transaction holds foreign key violations that are checked only at
-/// COMMIT (`DEFERRABLE INITIALLY DEFERRED`, `PRAGMA defer_foreign_keys`). Every member
-/// before this one left none, so any there are belong to the member that just ran.
-fn leaves_deferred_violations(tx: &Tx) -> bool {
-    let (mut current, mut highest) = (0, 0);
-    // SAFETY: the handle is this open connection's, used on the thread that holds it.
-    let rc = unsafe {
-        rusqlite::ffi::sqlite3_db_status(
-            tx.handle(),
-            rusqlite::ffi::SQLITE_DBSTATUS_DEFERRED_FKS,
-            &mut current,
-            &mut highest,
-            0,
-        )
-    };
-    rc == rusqlite::ffi::SQLITE_OK && current > 0
-}
-
-fn savepoint(tx: &Tx, sql: &str) -> Result<()> {
-    let mut stmts = sql.split("; ");
-    stmts.try_for_each(|s| tx.prepare_cached(s).and_then(|mut st| st.execute([])).map(drop)).map_err(Error::from)
 }
