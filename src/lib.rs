@@ -22,6 +22,9 @@
 //! # Ok::<(), consensus_db::Error>(())
 //! ```
 
+#[macro_use]
+mod report;
+
 pub mod backend;
 mod callbacks;
 pub mod conninfo;

@@ -327,44 +327,50 @@ mod tests {
     }
 }
 
-/// What `verify_schemas` found: the legacy tables against the new ones, per spec/stage.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SchemaReport {
-    /// Whether the file has both schemas to compare (legacy tables and the new ones).
-    pub comparable: bool,
-    /// Why not, when it has only one.
-    pub reason: Option<String>,
-    /// Every group's counts and hashes agree and no row is listed below.
-    pub consistent: bool,
-    pub groups: Vec<SchemaGroup>,
-    pub mismatches: Vec<SchemaMismatch>,
+report! {
+    /// What `verify_schemas` found: the legacy tables against the new ones, per spec/stage.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct SchemaReport {
+        /// Whether the file has both schemas to compare (legacy tables and the new ones).
+        pub comparable: bool,
+        /// Why not, when it has only one.
+        pub reason: Option<String>,
+        /// Every group's counts and hashes agree and no row is listed below.
+        pub consistent: bool,
+        pub groups: Vec<SchemaGroup>,
+        pub mismatches: Vec<SchemaMismatch>,
+    }
 }
 
-/// One spec/stage's rows of one kind ("artifacts" or "syntheses") on each side.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SchemaGroup {
-    pub kind: &'static str,
-    pub spec_id: String,
-    pub stage: String,
-    pub legacy_count: usize,
-    pub v1_count: usize,
-    /// SHA-256 (hex) of the side's rows as the API returns them, sorted.
-    pub legacy_hash: String,
-    pub v1_hash: String,
-    pub matches: bool,
+report! {
+    /// One spec/stage's rows of one kind ("artifacts" or "syntheses") on each side.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct SchemaGroup {
+        pub kind: &'static str,
+        pub spec_id: String,
+        pub stage: String,
+        pub legacy_count: usize,
+        pub v1_count: usize,
+        /// SHA-256 (hex) of the side's rows as the API returns them, sorted.
+        pub legacy_hash: String,
+        pub v1_hash: String,
+        pub matches: bool,
+    }
 }
 
-/// A row on one side without its copy on the other ("legacy_only", "v1_only"), or a
-/// pair whose fields differ ("differs", naming them).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SchemaMismatch {
-    pub kind: &'static str,
-    pub spec_id: String,
-    pub stage: String,
-    pub problem: &'static str,
-    pub legacy_id: Option<i64>,
-    pub v1_id: Option<i64>,
-    pub fields: Vec<&'static str>,
+report! {
+    /// A row on one side without its copy on the other ("legacy_only", "v1_only"), or a
+    /// pair whose fields differ ("differs", naming them).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct SchemaMismatch {
+        pub kind: &'static str,
+        pub spec_id: String,
+        pub stage: String,
+        pub problem: &'static str,
+        pub legacy_id: Option<i64>,
+        pub v1_id: Option<i64>,
+        pub fields: Vec<&'static str>,
+    }
 }
 
 /// Up to this many rows `health()` counts a table rather than estimating it: a count of

@@ -49,6 +49,7 @@ __all__ = [
     "migrations",
     "redact_url",
     "_panic_for_tests",
+    "_report_fields",
     "LEGACY_SCHEMA_SQL",
     "DEFAULT_SCHEMA_VERSION",
     "LATEST_SCHEMA_VERSION",
@@ -78,6 +79,7 @@ def redact_url(url: str) -> str:
     `passfile` and `sslkey` become `***`. What the store shows as its `path`."""
 
 def _panic_for_tests() -> None: ...
+def _report_fields() -> dict[str, list[str]]: ...
 
 @final
 class Artifact:

@@ -24,7 +24,9 @@ __all__ = [
     "Rows",
     "Stats",
     "HealthReport",
+    "PostgresHealthReport",
     "VacuumReport",
+    "PostgresVacuumReport",
     "CheckpointReport",
     "PoolState",
     "OpenReport",
@@ -159,6 +161,29 @@ class HealthReport(Stats):
     """The dual-schema reader's counters since this store opened (None on PostgreSQL)."""
 
 
+class PostgresHealthReport(TypedDict):
+    """``health()`` on PostgreSQL: rows per table, the database's size and server version,
+    and the SQLite report's keys where they mean something. ``needs_vacuum`` is False
+    (autovacuum reclaims space); ``journal_mode``, ``auto_vacuum`` and ``reader`` are None."""
+
+    backend: Literal["postgresql"]
+    rows: dict[str, int]
+    rows_estimated: list[str]
+    """The tables whose figure in ``rows`` is the planner's estimate (``exact=True`` counts)."""
+    database_size: int
+    server_version: str
+    schema_version: int
+    layout_revision: int
+    shape: Literal["postgresql"]
+    needs_vacuum: bool
+    vacuum_threshold: float
+    journal_mode: None
+    auto_vacuum: None
+    path: str
+    """The URL, its secrets masked."""
+    reader: None
+
+
 class CheckpointReport(TypedDict):
     """``checkpoint()``: the mode run, ``PRAGMA wal_checkpoint``'s three numbers, and
     ``blocked``: why it left WAL frames uncopied (another connection's reader), or None."""
@@ -194,6 +219,13 @@ class VacuumReport(TypedDict):
     """Why that checkpoint left WAL frames (the file keeps its size until a later one), or None."""
 
 
+class PostgresVacuumReport(TypedDict):
+    """``vacuum()`` on PostgreSQL: ``VACUUM (ANALYZE)`` ran, ``FULL`` when ``full``."""
+
+    full: bool
+    backend: Literal["postgresql"]
+
+
 class PoolState(TypedDict):
     """``pool_state()``: connections open and idle, and the pool's maximum size."""
 
@@ -210,8 +242,8 @@ class OpenReport(TypedDict):
     migrated: Optional[tuple[int, int]]
     shape: str
     layout_updated: bool
-    layout_steps: list[str]
     rows_moved: RowsMoved
+    layout_steps: list[str]
 
 
 class RowsMoved(TypedDict):
@@ -293,6 +325,8 @@ class CycleReport(TypedDict):
     executions_deleted: int
     pages_freed: int
     checkpointed: bool
+    checkpoint_mode: Optional[CheckpointMode]
+    """The checkpoint's mode: ``"truncate"``, or ``"passive"`` while a replica is attached."""
     error: Optional[str]
 
 

@@ -13,16 +13,21 @@ use super::convert::{
     agent_route, json_text, opt_callable, opt_flag, opt_int_in, opt_json_text, opt_text, real, rows_with_columns,
     seconds, spawn_info, text, to_params, type_name, Keep,
 };
+use super::reports::{
+    CheckpointReport, Defaults, HealthReport, PoolState, PostgresHealthReport, PostgresVacuumReport, ReaderStats, ToPy,
+    VacuumReport,
+};
 use super::transaction::PyTransaction;
 use super::{run, run_keyed};
 use crate::backend::{AnyDatabase, Backend};
 use crate::cursor::Page;
 use crate::error::Error;
 use crate::model::{
-    AgentExecution, Artifact, Claim, ExtractionFailure, NewArtifact, NewClaim, NewSynthesis, ReaderCounts, Synthesis,
+    AgentExecution, Artifact, Claim, ExtractionFailure, NewArtifact, NewClaim, NewSynthesis, Synthesis,
 };
 use crate::retry::{Clock, RetryEvent, RetryPolicy};
-use crate::sqlite::maintenance::{CycleReport, MaintenanceOptions, Progress, Stats, DEFAULT_VACUUM_THRESHOLD};
+use crate::sqlite::legacy_rows::Problem;
+use crate::sqlite::maintenance::{CycleReport, MaintenanceOptions, Progress, DEFAULT_VACUUM_THRESHOLD};
 use crate::sqlite::migrations;
 use crate::sqlite::replica::CheckpointMode;
 use crate::sqlite::transaction::Behavior;
@@ -277,40 +282,6 @@ fn raise_from_progress(raised: &parking_lot::Mutex<Option<PyErr>>) -> PyResult<(
     }
 }
 
-fn stats_dict<'py>(py: Python<'py>, s: &Stats) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("page_size", s.page_size)?;
-    d.set_item("page_count", s.page_count)?;
-    d.set_item("freelist_count", s.freelist_count)?;
-    d.set_item("free_fraction", s.free_fraction)?;
-    d.set_item("file_size", s.file_size)?;
-    d.set_item("wal_size", s.wal_size)?;
-    Ok(d)
-}
-
-/// A checkpoint's report: the mode, `PRAGMA wal_checkpoint`'s three numbers, and
-/// `blocked`: why it did not copy the whole WAL (None when it did).
-fn checkpoint_dict<'py>(py: Python<'py>, c: &crate::Checkpoint) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("mode", c.mode.name())?;
-    d.set_item("busy", c.busy)?;
-    d.set_item("log_frames", c.log_frames)?;
-    d.set_item("checkpointed_frames", c.checkpointed_frames)?;
-    d.set_item("blocked", c.blocked())?;
-    Ok(d)
-}
-
-fn cycle_dict<'py>(py: Python<'py>, r: &CycleReport) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("cycle", r.cycle)?;
-    d.set_item("executions_deleted", r.executions_deleted)?;
-    d.set_item("pages_freed", r.pages_freed)?;
-    d.set_item("checkpointed", r.checkpointed)?;
-    d.set_item("checkpoint_mode", r.checkpoint_mode.map(CheckpointMode::name))?;
-    d.set_item("error", &r.error)?;
-    Ok(d)
-}
-
 /// `artifacts[i].key`, formatted only when an error names it.
 struct FieldName<'a, 'py>(usize, &'a Bound<'py, PyString>);
 
@@ -531,28 +502,6 @@ pub(crate) fn completion_scope(f: &mut dyn FnMut()) {
     }
 }
 
-/// `reader_stats()`: reads per schema, the fallback rate, and each read path's latency.
-fn reader_dict<'py>(py: Python<'py>, c: &ReaderCounts) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("v1", c.v1)?;
-    d.set_item("legacy", c.legacy)?;
-    d.set_item("empty", c.empty)?;
-    d.set_item("reads", c.reads)?;
-    d.set_item("fallback_rate", c.fallback_rate)?;
-    let latency = PyDict::new(py);
-    for (path, l) in [("v1", &c.latency_v1), ("legacy", &c.latency_legacy), ("empty", &c.latency_empty)] {
-        let ld = PyDict::new(py);
-        ld.set_item("count", l.count)?;
-        ld.set_item("p50", l.p50_us)?;
-        ld.set_item("p90", l.p90_us)?;
-        ld.set_item("p99", l.p99_us)?;
-        ld.set_item("max", l.max_us)?;
-        latency.set_item(path, ld)?;
-    }
-    d.set_item("latency_us", latency)?;
-    Ok(d)
-}
-
 fn non_callable(on_done: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     if !on_done.is_callable() {
         return Err(Error::invalid("on_done", format!("must be callable, got {}", type_name(on_done))).into());
@@ -769,17 +718,8 @@ impl PyDatabase {
 
     /// What opening did: auto_vacuum conversion, journal mode change, migration.
     #[getter]
-    fn open_report<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let r = self.core("open_report")?.open_report();
-        let d = PyDict::new(py);
-        d.set_item("auto_vacuum_converted", r.auto_vacuum_converted.clone())?;
-        d.set_item("journal_mode_changed", r.journal_mode_changed.clone())?;
-        d.set_item("migrated", r.migrated)?;
-        d.set_item("shape", &r.shape)?;
-        d.set_item("layout_updated", r.layout_updated)?;
-        d.set_item("rows_moved", rows_moved(py, r.rows_moved)?)?;
-        d.set_item("layout_steps", &r.layout_steps)?;
-        Ok(d)
+    fn open_report<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.core("open_report")?.open_report().to_py(py)
     }
 
     /// What the last migration of this store (opening's, or `migrate()`'s) copied between
@@ -788,9 +728,9 @@ impl PyDatabase {
     /// runs made to hold them, nor rows other writers added meanwhile). All zero on
     /// PostgreSQL, which has no legacy tables.
     #[getter]
-    fn rows_moved<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    fn rows_moved<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let moved = if self.pg().is_some() { Default::default() } else { self.core("rows_moved")?.rows_moved() };
-        rows_moved(py, moved)
+        moved.to_py(py)
     }
 
     /// Every configured pragma's current value.
@@ -814,38 +754,19 @@ impl PyDatabase {
     /// The write lane's counters: group commits, writes they carried, holds
     /// (transaction blocks, maintenance), callers waiting now, and `sizes`:
     /// `{group size: commits}`.
-    fn lane_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.core("lane_stats() (the SQLite write lane)")?.lane_stats();
-        let d = PyDict::new(py);
-        d.set_item("groups", s.groups)?;
-        d.set_item("members", s.members)?;
-        d.set_item("holds", s.holds)?;
-        d.set_item("queued", s.queued)?;
-        let sizes = PyDict::new(py);
-        for (size, n) in s.sizes {
-            sizes.set_item(size, n)?;
-        }
-        d.set_item("sizes", sizes)?;
-        Ok(d)
+    fn lane_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.core("lane_stats() (the SQLite write lane)")?.lane_stats().to_py(py)
     }
 
     /// Connections open and idle in the pool.
-    fn pool_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    fn pool_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         #[cfg(feature = "postgres")]
         if let Some(pg) = self.pg() {
             let (connections, idle) = pg.pool_state();
-            let d = PyDict::new(py);
-            d.set_item("connections", connections)?;
-            d.set_item("idle", idle)?;
-            d.set_item("max_size", pg.options().pool_size)?;
-            return Ok(d);
+            return PoolState { connections, idle, max_size: pg.options().pool_size }.to_py(py);
         }
         let (connections, idle) = self.core("pool_state")?.pool_state()?;
-        let d = PyDict::new(py);
-        d.set_item("connections", connections)?;
-        d.set_item("idle", idle)?;
-        d.set_item("max_size", self.core("pool_state")?.options().pool_size)?;
-        Ok(d)
+        PoolState { connections, idle, max_size: self.core("pool_state")?.options().pool_size }.to_py(py)
     }
 
     /// A transaction block: `with db.transaction("immediate") as tx:` commits on success
@@ -912,66 +833,17 @@ impl PyDatabase {
 
     /// Legacy rows whose values had to be converted to be read, one dict each
     /// (table, id, column, problem).
-    fn legacy_row_problems<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    fn legacy_row_problems<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         if self.pg().is_some() {
-            return Ok(Vec::new()); // no legacy tables on PostgreSQL
+            return Vec::<Problem>::new().to_py(py); // no legacy tables on PostgreSQL
         }
-        let problems = run(py, || self.core("legacy_row_problems")?.legacy_row_problems())?;
-        problems
-            .into_iter()
-            .map(|p| {
-                let d = PyDict::new(py);
-                d.set_item("table", p.table)?;
-                d.set_item("id", p.id)?;
-                d.set_item("column", p.column)?;
-                d.set_item("problem", p.problem)?;
-                Ok(d)
-            })
-            .collect()
+        run(py, || self.core("legacy_row_problems")?.legacy_row_problems())?.to_py(py)
     }
 
     /// The legacy tables against the new ones, per spec/stage: counts, content hashes and
     /// the rows that differ, with their ids. Reads one snapshot; writes nothing.
-    fn verify_schemas<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let r = run(py, || self.core("verify_schemas() (legacy tables against the new ones)")?.verify_schemas())?;
-        let d = PyDict::new(py);
-        d.set_item("comparable", r.comparable)?;
-        d.set_item("reason", r.reason)?;
-        d.set_item("consistent", r.consistent)?;
-        let groups = r
-            .groups
-            .into_iter()
-            .map(|g| {
-                let gd = PyDict::new(py);
-                gd.set_item("kind", g.kind)?;
-                gd.set_item("spec_id", g.spec_id)?;
-                gd.set_item("stage", g.stage)?;
-                gd.set_item("legacy_count", g.legacy_count)?;
-                gd.set_item("v1_count", g.v1_count)?;
-                gd.set_item("legacy_hash", g.legacy_hash)?;
-                gd.set_item("v1_hash", g.v1_hash)?;
-                gd.set_item("matches", g.matches)?;
-                Ok(gd)
-            })
-            .collect::<PyResult<Vec<_>>>()?;
-        d.set_item("groups", groups)?;
-        let mismatches = r
-            .mismatches
-            .into_iter()
-            .map(|m| {
-                let md = PyDict::new(py);
-                md.set_item("kind", m.kind)?;
-                md.set_item("spec_id", m.spec_id)?;
-                md.set_item("stage", m.stage)?;
-                md.set_item("problem", m.problem)?;
-                md.set_item("legacy_id", m.legacy_id)?;
-                md.set_item("v1_id", m.v1_id)?;
-                md.set_item("fields", m.fields)?;
-                Ok(md)
-            })
-            .collect::<PyResult<Vec<_>>>()?;
-        d.set_item("mismatches", mismatches)?;
-        Ok(d)
+    fn verify_schemas<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        run(py, || self.core("verify_schemas() (legacy tables against the new ones)")?.verify_schemas())?.to_py(py)
     }
 
     /// Migrates to `target`, up or down; without one, up to at least the default
@@ -1227,11 +1099,11 @@ impl PyDatabase {
         branch_id: Option<&Bound<'py, PyAny>>,
         quorum: Option<&Bound<'py, PyAny>>,
         timeout: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let condition = super::wait::condition(spec_id, stage, agent_ids, run_id, branch_id, quorum)?;
         let timeout = super::wait::timeout(timeout)?;
         let outcome = super::wait::wait_blocking(py, self, &condition, timeout)?;
-        super::wait::outcome_dict(py, &condition, &outcome)
+        super::wait::outcome_dict(py, &condition, outcome)
     }
 
     /// A wait in steps (`AgentsWaiter`: `start`, `check`, `on_change`, `close`), which
@@ -1575,16 +1447,15 @@ impl PyDatabase {
     }
 
     /// How often each schema served `query_artifacts` / `query_latest_synthesis`.
-    fn reader_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        reader_dict(py, &self.core("reader_stats() (the dual-schema reader)")?.reader_counts())
+    fn reader_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        ReaderStats::from(&self.core("reader_stats() (the dual-schema reader)")?.reader_counts()).to_py(py)
     }
 
     // ---- vacuum, health, maintenance -----------------------------------------------------
 
     /// Page size and count, free pages and fraction, file and WAL size.
-    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = run(py, || self.core("stats() (SQLite pages)")?.stats())?;
-        stats_dict(py, &s)
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        run(py, || self.core("stats() (SQLite pages)")?.stats())?.to_py(py)
     }
 
     /// Statistics, rows per table, journal mode, auto_vacuum, schema version, and
@@ -1599,52 +1470,18 @@ impl PyDatabase {
         py: Python<'py>,
         threshold: Option<&Bound<'py, PyAny>>,
         exact: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let threshold =
             threshold.filter(|t| !t.is_none()).map_or(Ok(DEFAULT_VACUUM_THRESHOLD), |t| real(t, "threshold"))?;
         let exact = opt_flag(exact, "exact", false)?;
         #[cfg(feature = "postgres")]
         if let Some(pg) = self.pg() {
             let h = run(py, || pg.health(exact))?;
-            let d = PyDict::new(py);
-            let rows = PyDict::new(py);
-            for (table, n) in &h.rows {
-                rows.set_item(table, n)?;
-            }
-            d.set_item("backend", "postgresql")?;
-            d.set_item("rows", rows)?;
-            d.set_item("rows_estimated", &h.estimated)?;
-            d.set_item("database_size", h.database_size)?;
-            d.set_item("server_version", &h.server_version)?;
-            d.set_item("schema_version", crate::sqlite::migrations::LATEST_VERSION)?;
-            d.set_item("layout_revision", h.layout)?;
-            d.set_item("shape", "postgresql")?;
-            // PostgreSQL's autovacuum reclaims space; there is no free-page threshold.
-            d.set_item("needs_vacuum", false)?;
-            d.set_item("vacuum_threshold", threshold)?;
-            d.set_item("journal_mode", py.None())?;
-            d.set_item("auto_vacuum", py.None())?;
-            d.set_item("path", self.path(py))?;
-            d.set_item("reader", py.None())?; // no dual-schema reader: one schema
-            return Ok(d);
+            return PostgresHealthReport::new(h, threshold, self.path(py).unbind()).to_py(py);
         }
         let h = run(py, || self.core("health")?.health(threshold, exact))?;
-        let d = stats_dict(py, &h.stats)?;
-        let rows = PyDict::new(py);
-        for (table, n) in &h.rows {
-            rows.set_item(table, n)?;
-        }
-        d.set_item("rows", rows)?;
-        d.set_item("rows_estimated", &h.estimated)?;
-        d.set_item("journal_mode", &h.journal_mode)?;
-        d.set_item("auto_vacuum", h.auto_vacuum)?;
-        d.set_item("schema_version", h.schema_version)?;
-        d.set_item("shape", &h.shape)?;
-        d.set_item("needs_vacuum", h.needs_vacuum)?;
-        d.set_item("vacuum_threshold", h.vacuum_threshold)?;
-        d.set_item("path", self.path(py))?;
-        d.set_item("reader", reader_dict(py, &self.core("health")?.reader_counts())?)?;
-        Ok(d)
+        let reader = self.core("health")?.reader_counts();
+        HealthReport::new(h, self.path(py).unbind(), &reader).to_py(py)
     }
 
     /// Reclaims free pages: `pages` of them incrementally (None: all), in chunks of ~10 ms
@@ -1668,7 +1505,7 @@ impl PyDatabase {
         full: Option<&Bound<'py, PyAny>>,
         pages: Option<&Bound<'py, PyAny>>,
         progress: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let full = opt_flag(full, "full", false)?;
         let pages: Option<u32> = opt_int_in(pages, "pages", 0, u32::MAX.into())?;
         let raised = Arc::new(parking_lot::Mutex::new(None));
@@ -1683,42 +1520,24 @@ impl PyDatabase {
                 .into());
             }
             run(py, || pg.vacuum(full))?;
-            let d = PyDict::new(py);
-            d.set_item("full", full)?;
-            d.set_item("backend", "postgresql")?;
-            return Ok(d);
+            return PostgresVacuumReport::new(full).to_py(py);
         }
         let r = run(py, move || self.core("vacuum")?.vacuum(full, pages, progress));
         raise_from_progress(&raised)?;
-        let r = r?;
-        let d = PyDict::new(py);
-        d.set_item("full", r.full)?;
-        d.set_item("before", stats_dict(py, &r.before)?)?;
-        d.set_item("after", stats_dict(py, &r.after)?)?;
-        d.set_item("pages_freed", r.pages_freed())?;
-        d.set_item("page_count_change", r.page_count_change())?;
-        d.set_item("bytes_reclaimed", r.bytes_reclaimed())?;
-        d.set_item("file_bytes_before", r.before.file_size)?;
-        d.set_item("file_bytes_after", r.after.file_size)?;
-        d.set_item("wal_bytes_before", r.before.wal_size)?;
-        d.set_item("wal_bytes_after", r.after.wal_size)?;
-        d.set_item("disk_bytes_change", r.disk_bytes_change())?;
-        d.set_item("checkpoint", r.checkpoint.as_ref().map(|c| checkpoint_dict(py, c)).transpose()?)?;
-        d.set_item("checkpoint_blocked", r.checkpoint_blocked())?;
-        Ok(d)
+        VacuumReport::from(&r?).to_py(py)
     }
 
     /// `wal_checkpoint(MODE)`: `mode` is "passive", "full", "restart" or "truncate";
     /// None runs TRUNCATE, or PASSIVE on a replicated store (which refuses the others).
     /// `blocked` says why it left WAL frames uncopied (another connection's reader, say), or None.
     #[pyo3(signature = (mode=None))]
-    fn checkpoint<'py>(&self, py: Python<'py>, mode: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyDict>> {
+    fn checkpoint<'py>(&self, py: Python<'py>, mode: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
         let mode = match opt_text(mode, "mode")? {
             Some(text) => Some(CheckpointMode::parse(&text)?),
             None => None,
         };
         let done = run(py, || self.core("checkpoint() (the SQLite WAL)")?.checkpoint(mode))?;
-        checkpoint_dict(py, &done)
+        CheckpointReport::from(&done).to_py(py)
     }
 
     /// Whether a replica (Litestream) is attached: opened with `replicated=True`, or
@@ -1783,7 +1602,7 @@ impl PyDatabase {
         let on_cycle = on_cycle.map(|cb| {
             Arc::new(move |report: &CycleReport| {
                 Python::try_attach(|py| {
-                    if let Err(e) = cycle_dict(py, report).and_then(|d| cb.call1(py, (d,))) {
+                    if let Err(e) = report.to_py(py).and_then(|d| cb.call1(py, (d,))) {
                         e.write_unraisable(py, None);
                     }
                 });
@@ -1820,28 +1639,9 @@ impl PyDatabase {
     }
 }
 
-/// `_core.DEFAULTS`: every default of `connect()`, `health()` and `start_maintenance()`,
-/// read from the engine's own `Options`/`MaintenanceOptions` (the one place they are
-/// defined; the text signatures and the stubs are checked against this dict by tests).
-pub(crate) fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let o = Options::default();
-    let m = MaintenanceOptions::default();
-    let d = PyDict::new(py);
-    d.set_item("pool_size", o.pool_size)?;
-    d.set_item("min_idle", o.min_idle)?;
-    d.set_item("checkout_timeout", o.checkout_timeout.as_secs_f64())?;
-    d.set_item("read_only", o.read_only)?;
-    d.set_item("create", o.create)?;
-    d.set_item("convert_auto_vacuum", o.convert_auto_vacuum)?;
-    d.set_item("uri", o.uri)?;
-    d.set_item("replicated", o.replicated)?;
-    d.set_item("idempotency_days", o.idempotency_days)?;
-    d.set_item("vacuum_threshold", DEFAULT_VACUUM_THRESHOLD)?;
-    d.set_item("maintenance_interval_s", m.interval.as_secs_f64())?;
-    d.set_item("retention_days", m.retention_days)?;
-    d.set_item("vacuum_pages", m.vacuum_pages)?;
-    d.set_item("checkpoint", m.checkpoint)?;
-    Ok(d)
+/// `_core.DEFAULTS` (see [`Defaults`]).
+pub(crate) fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    Defaults::default().to_py(py)
 }
 
 /// `claim=`: a `Claim` (`claim_stage`'s), or None.
@@ -1881,13 +1681,4 @@ fn newest_first(order: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
         "oldest" => Ok(false),
         other => Err(Error::invalid("order", format!("must be \"newest\" or \"oldest\", got {other:?}")).into()),
     }
-}
-
-fn rows_moved(py: Python<'_>, m: migrations::RowsMoved) -> PyResult<Bound<'_, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("artifacts_backfilled", m.artifacts_backfilled)?;
-    d.set_item("syntheses_backfilled", m.syntheses_backfilled)?;
-    d.set_item("artifacts_written_back", m.artifacts_written_back)?;
-    d.set_item("syntheses_written_back", m.syntheses_written_back)?;
-    Ok(d)
 }

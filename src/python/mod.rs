@@ -9,6 +9,7 @@ mod convert;
 pub(crate) mod database;
 mod errors;
 mod models;
+pub mod reports;
 mod transaction;
 mod wait;
 
@@ -96,6 +97,7 @@ pub(crate) fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(migrations, m)?)?;
     m.add_function(wrap_pyfunction!(redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
+    m.add_function(wrap_pyfunction!(reports::_report_fields, m)?)?;
     m.add("LEGACY_SCHEMA_SQL", crate::sqlite::migrations::LEGACY_SCHEMA_SQL)?;
     m.add("DEFAULT_SCHEMA_VERSION", crate::sqlite::migrations::DEFAULT_VERSION)?;
     m.add("LATEST_SCHEMA_VERSION", crate::sqlite::migrations::LATEST_VERSION)?;

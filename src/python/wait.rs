@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::PyString;
 
 use super::convert::{opt_int_in, opt_text, real, text, type_name};
 use super::database::PyDatabase;
+use super::reports::{ToPy, WaitResult};
 use super::run;
 use crate::backend::Backend;
 use crate::error::Error;
@@ -88,23 +89,8 @@ pub(crate) fn timeout(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duratio
 }
 
 /// The `WaitResult` dict (`consensus_db.results.WaitResult`).
-pub(crate) fn outcome_dict<'py>(py: Python<'py>, c: &WaitFor, o: &WaitOutcome) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("spec_id", &c.spec_id)?;
-    d.set_item("stage", &c.stage)?;
-    let (run_id, branch_id) = match &c.set {
-        AgentSet::Agents { branch_id, .. } => (None, branch_id),
-        AgentSet::Run { run_id, branch_id } => (Some(run_id), branch_id),
-    };
-    d.set_item("run_id", run_id)?;
-    d.set_item("branch_id", branch_id)?;
-    d.set_item("expected", &o.status.expected)?;
-    d.set_item("completed", &o.status.completed)?;
-    d.set_item("failed", &o.status.failed)?;
-    d.set_item("pending", &o.status.pending)?;
-    d.set_item("quorum", o.quorum)?;
-    d.set_item("timed_out", o.timed_out)?;
-    Ok(d)
+pub(crate) fn outcome_dict<'py>(py: Python<'py>, c: &WaitFor, o: WaitOutcome) -> PyResult<Bound<'py, PyAny>> {
+    WaitResult::new(c, o).to_py(py)
 }
 
 /// Runs a blocking wait with the GIL released, looking at Python's signals (Ctrl-C)
@@ -169,14 +155,14 @@ impl PyAgentsWaiter {
 
     /// One check (one query): the `WaitResult` if the wait is over — satisfied, or
     /// `timed_out` — else None.
-    fn check<'py>(&self, py: Python<'py>, timed_out: bool) -> PyResult<Option<Bound<'py, PyDict>>> {
+    fn check<'py>(&self, py: Python<'py>, timed_out: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
         let db = self.db.get().any();
         let c = &self.condition;
         let outcome = run(py, || {
             *self.seen.lock() = db.changes().generation()?;
             c.judge(db.agents_status(&c.spec_id, &c.stage, &c.set)?, timed_out)
         })?;
-        outcome.map(|o| outcome_dict(py, c, &o)).transpose()
+        outcome.map(|o| outcome_dict(py, c, o)).transpose()
     }
 
     /// Calls `callback(None)` once the store changed after the last check, or

@@ -78,21 +78,23 @@ impl Default for Options {
     }
 }
 
-/// What opening did to the file, for reports and logs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OpenReport {
-    /// `Some((from, to))` when auto_vacuum was converted with a VACUUM.
-    pub auto_vacuum_converted: Option<(String, String)>,
-    pub journal_mode_changed: Option<(String, String)>,
-    pub migrated: Option<(Version, Version)>,
-    /// The shape the file had when it was opened (`schema::Shape::describe`).
-    pub shape: String,
-    /// Whether the new tables were brought from an older layout to the current one.
-    pub layout_updated: bool,
-    /// What opening's migration copied between the schemas.
-    pub rows_moved: RowsMoved,
-    /// What the additive layout steps changed, one line each (`migrations::upgrade`).
-    pub layout_steps: Vec<String>,
+report! {
+    /// What opening did to the file, for reports and logs.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct OpenReport {
+        /// `Some((from, to))` when auto_vacuum was converted with a VACUUM.
+        pub auto_vacuum_converted: Option<(String, String)>,
+        pub journal_mode_changed: Option<(String, String)>,
+        pub migrated: Option<(Version, Version)>,
+        /// The shape the file had when it was opened (`schema::Shape::describe`).
+        pub shape: String,
+        /// Whether the new tables were brought from an older layout to the current one.
+        pub layout_updated: bool,
+        /// What opening's migration copied between the schemas.
+        pub rows_moved: RowsMoved,
+        /// What the additive layout steps changed, one line each (`migrations::upgrade`).
+        pub layout_steps: Vec<String>,
+    }
 }
 
 pub struct Engine {

@@ -691,16 +691,18 @@ pub(super) fn verify_backfill_after(conn: &Connection, tails: &Tails) -> Result<
     Ok(())
 }
 
-/// What a migration copied between the schemas: rows, counted inside each step's
-/// transaction — not the runs made to hold them, nor rows other writers add meanwhile.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RowsMoved {
-    /// Legacy rows given their copy in the new tables.
-    pub artifacts_backfilled: i64,
-    pub syntheses_backfilled: i64,
-    /// New-table rows given their copy in the legacy tables.
-    pub artifacts_written_back: i64,
-    pub syntheses_written_back: i64,
+report! {
+    /// What a migration copied between the schemas: rows, counted inside each step's
+    /// transaction — not the runs made to hold them, nor rows other writers add meanwhile.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct RowsMoved {
+        /// Legacy rows given their copy in the new tables.
+        pub artifacts_backfilled: i64,
+        pub syntheses_backfilled: i64,
+        /// New-table rows given their copy in the legacy tables.
+        pub artifacts_written_back: i64,
+        pub syntheses_written_back: i64,
+    }
 }
 
 impl RowsMoved {

@@ -84,14 +84,16 @@ pub(crate) fn text_or_empty(r: &Row, i: usize) -> rusqlite::Result<String> {
     Ok(text(r, i)?.unwrap_or_default())
 }
 
-/// One legacy row whose value needed converting or could not be read as meant.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    pub table: String,
-    pub id: i64,
-    pub column: String,
-    /// What was found and what the store makes of it.
-    pub problem: String,
+report! {
+    /// One legacy row whose value needed converting or could not be read as meant.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Problem {
+        pub table: String,
+        pub id: i64,
+        pub column: String,
+        /// What was found and what the store makes of it.
+        pub problem: String,
+    }
 }
 
 /// Every legacy artifact/synthesis row a reader or migration has to convert, and how.

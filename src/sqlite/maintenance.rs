@@ -25,17 +25,19 @@ pub const DEFAULT_VACUUM_THRESHOLD: f64 = 0.5;
 /// Executions older than this many days are deleted by the default retention policy.
 pub const DEFAULT_RETENTION_DAYS: i64 = 30;
 
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Stats {
-    pub page_size: i64,
-    pub page_count: i64,
-    pub freelist_count: i64,
-    /// freelist_count / page_count (0 for an empty file).
-    pub free_fraction: f64,
-    /// Bytes of the database file (0 in memory).
-    pub file_size: u64,
-    /// Bytes of the `-wal` file (0 when absent).
-    pub wal_size: u64,
+report! {
+    #[derive(Clone, Debug, Default, PartialEq)]
+    pub struct Stats {
+        pub page_size: i64,
+        pub page_count: i64,
+        pub freelist_count: i64,
+        /// freelist_count / page_count (0 for an empty file).
+        pub free_fraction: f64,
+        /// Bytes of the database file (0 in memory).
+        pub file_size: u64,
+        /// Bytes of the `-wal` file (0 when absent).
+        pub wal_size: u64,
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -490,17 +492,19 @@ impl Engine {
     }
 }
 
-/// What the maintenance thread did in one cycle.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CycleReport {
-    pub cycle: u64,
-    pub executions_deleted: usize,
-    pub pages_freed: i64,
-    pub checkpointed: bool,
-    /// The checkpoint's mode: TRUNCATE, or PASSIVE while a replica is attached.
-    pub checkpoint_mode: Option<CheckpointMode>,
-    /// A failed cycle is reported and retried at the next interval.
-    pub error: Option<String>,
+report! {
+    /// What the maintenance thread did in one cycle.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct CycleReport {
+        pub cycle: u64,
+        pub executions_deleted: usize,
+        pub pages_freed: i64,
+        pub checkpointed: bool,
+        /// The checkpoint's mode: TRUNCATE, or PASSIVE while a replica is attached.
+        pub checkpoint_mode: Option<CheckpointMode>,
+        /// A failed cycle is reported and retried at the next interval.
+        pub error: Option<String>,
+    }
 }
 
 pub type CycleHook = Arc<dyn Fn(&CycleReport) + Send + Sync>;

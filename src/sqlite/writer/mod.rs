@@ -112,19 +112,21 @@ struct State {
     pool: Option<Pool>,
 }
 
-/// Commits by number of members, and holds (transaction blocks, maintenance).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LaneStats {
-    /// Group commits (transactions the lane ran for queued writes).
-    pub groups: u64,
-    /// Writes those groups carried.
-    pub members: u64,
-    /// Times the lane was held alone (transaction blocks, migrations, maintenance).
-    pub holds: u64,
-    /// Callers waiting in the lane right now.
-    pub queued: u64,
-    /// `(group size, number of groups)` for every size seen, smallest first.
-    pub sizes: Vec<(usize, u64)>,
+report! {
+    /// Commits by number of members, and holds (transaction blocks, maintenance).
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct LaneStats {
+        /// Group commits (transactions the lane ran for queued writes).
+        pub groups: u64,
+        /// Writes those groups carried.
+        pub members: u64,
+        /// Times the lane was held alone (transaction blocks, migrations, maintenance).
+        pub holds: u64,
+        /// Callers waiting in the lane right now.
+        pub queued: u64,
+        /// `(group size, number of groups)` for every size seen, smallest first.
+        pub sizes: Vec<(usize, u64)>,
+    }
 }
 
 pub struct WriteLane {
