@@ -26,6 +26,7 @@ use crate::sqlite::legacy_copy::{
     add_missing_legacy_columns, backfill, backfill_after, begin_write_back, clear_links, legacy_tables_ddl,
     unpaired_copies, verify_backfill, verify_write_back, write_back, write_back_after, Phase, Tails,
 };
+use crate::sqlite::replica::{self, CheckpointMode};
 use crate::sqlite::schema::{self, column_exists, table_exists, Shape};
 
 pub use crate::sqlite::schema::LEGACY_SCHEMA_SQL;
@@ -605,7 +606,15 @@ fn run_phases(
     let mut tails = Tails { pair: Some(pair), ..Tails::NONE };
     let mut at = 0;
     let mut finished = false;
-    let mut hold = |chunk: Chunk<'_>| writing(turns, |c| chunk(c));
+    let mut hold = |chunk: Chunk<'_>| {
+        let done = writing(turns, |c| chunk(c));
+        // The chunk's pages copied into the file now, outside the lane (PASSIVE waits for
+        // no one), rather than by whichever commit next crosses `wal_autocheckpoint`.
+        if done.is_ok() {
+            let _ = turns.read(&mut |c| replica::checkpoint(c, CheckpointMode::Passive).map(drop));
+        }
+        done
+    };
     let chunk = |c: &Connection, n: u32| {
         let (mut next, mut next_tails) = (at, tails);
         let mut done = (0, true);
