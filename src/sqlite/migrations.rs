@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::sqlite::chunks::{run_in_chunks, Chunk, ChunkSize, Progress};
 use crate::sqlite::legacy_copy::{
     add_missing_legacy_columns, backfill, backfill_after, begin_write_back, clear_links, legacy_tables_ddl,
-    unpaired_copies, verify_backfill, verify_write_back, write_back, write_back_after, Phase, Tails,
+    unpaired_copies, verify_backfill_below, verify_write_back_below, write_back, write_back_after, Phase, Tails,
 };
 use crate::sqlite::schema::{self, column_exists, table_exists, Shape};
 
@@ -58,7 +58,7 @@ struct Migration {
 struct Step {
     begin: fn(&Connection) -> Result<()>,
     phases: &'static [Phase],
-    check: fn(&Connection) -> Result<()>,
+    check: fn(&Connection, &Tails) -> Result<()>,
     end: fn(&Connection, &Tails) -> Result<RowsMoved>,
 }
 
@@ -66,7 +66,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         description: "consensus_runs + agent_outputs (the predecessor's seed layout and this store's columns), backfilled from the legacy tables",
-        up: Step { begin: begin_v1, phases: &BACKFILL, check: verify_backfill, end: up_v1 },
+        up: Step { begin: begin_v1, phases: &BACKFILL, check: verify_backfill_below, end: up_v1 },
         down: Step {
             begin: begin_write_back,
             phases: &[
@@ -77,7 +77,7 @@ const MIGRATIONS: &[Migration] = &[
                 Phase::EmptyOutputs,
                 Phase::EmptyRuns,
             ],
-            check: |_| Ok(()),
+            check: |_, _| Ok(()),
             end: |c, _| down_v1(c),
         },
     },
@@ -94,7 +94,7 @@ const MIGRATIONS: &[Migration] = &[
                 Phase::EmptyLegacyArtifacts,
                 Phase::EmptyLegacySyntheses,
             ],
-            check: |_| Ok(()),
+            check: |_, _| Ok(()),
             end: |c, _| up_v2(c),
         },
         down: Step {
@@ -107,9 +107,9 @@ const MIGRATIONS: &[Migration] = &[
                 Phase::BackfillArtifacts,
                 Phase::BackfillSyntheses,
             ],
-            check: |c| {
-                verify_write_back(c, &Tails::NONE)?;
-                verify_backfill(c)
+            check: |c, tails| {
+                verify_write_back_below(c, tails)?;
+                verify_backfill_below(c, tails)
             },
             end: down_v2,
         },
@@ -576,7 +576,7 @@ fn step(
     let Some(tails) = run_phases(turns, progress, &what, &still_here, phases, pair, moved)? else {
         return Ok(false);
     };
-    turns.read(&mut |c| if still_here(c)? { check(c) } else { Ok(()) })?;
+    turns.read(&mut |c| if still_here(c)? { check(c, &tails) } else { Ok(()) })?;
     let tail = writing(turns, |c| {
         let mut tail = RowsMoved::default();
         in_transaction(c, &what, still_here, |c| {
