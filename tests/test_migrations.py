@@ -17,6 +17,8 @@ import consensus_db
 from consensus_db.cli import main as cli
 from conftest import make_legacy_db, read_pragmas, stdlib_rows
 
+import predecessor
+
 
 def upgraded(tmp_path, **kwargs):
     path = tmp_path / "field.db"
@@ -375,3 +377,65 @@ def test_a_move_killed_part_way_resumes_without_losing_or_doubling_a_row(tmp_pat
             assert db.count_artifacts("SPEC-0", "plan") == n // 500
     assert any(v == start and rows and 0 < rows < n for v, rows in outcomes), outcomes  # a kill landed mid-move
     print(f"{start} -> {target} kill rounds: (user_version, {moving} rows of {n}) = {outcomes}")
+
+
+STORE_WRITES = """
+import sys, consensus_db
+with consensus_db.connect(sys.argv[1]) as db:
+    db.store_artifact("X", "plan", "new", {})
+"""
+
+
+def test_rows_written_after_a_tables_chunks_are_the_ends_not_a_failed_check(tmp_path):
+    """0 -> 1: an old binary's artifact written once the artifacts' chunks are done (the
+    syntheses' are running) is copied by the move's end; 2 -> 1: a store's artifact
+    written once the write-back of the artifacts is done is written back by the end.
+    The check between the chunks and the end verifies the chunks' rows, not these."""
+    path = tmp_path / "legacy.db"
+    n = 20_000
+    conn = sqlite3.connect(path)
+    conn.executescript(consensus_db._core.LEGACY_SCHEMA_SQL)
+    conn.executemany(
+        "INSERT INTO consensus_artifacts (spec_id, stage, agent_name, content_json, run_id, created_at)"
+        " VALUES (?, 'plan', 'g', ?, ?, '2025-01-01 00:00:00')",
+        ((f"S{i % 50}", '{"n": %d}' % i, f"r{i}") for i in range(n)),
+    )
+    conn.executemany(
+        "INSERT INTO consensus_synthesis (spec_id, stage, output_markdown, status, run_id, created_at)"
+        " VALUES (?, 'plan', '# s', 'success', ?, '2025-01-01 00:00:01')",
+        ((f"S{i % 50}", f"r{i}") for i in range(n)),
+    )
+    conn.commit()
+    conn.close()
+    written = []
+
+    def old_binary_writes(done, total):
+        if done > n + 1_000 and not written:  # into the syntheses' chunks
+            item = {"spec_id": "X", "stage": "plan", "agent_name": "old", "content": "{}"}
+            written.append(predecessor.run(path, "artifacts", build="legacy", items=[item]) and "old")
+        return True
+
+    with consensus_db.connect(path, migrate=False) as db:
+        assert db.migrate(1, progress=old_binary_writes) == 1
+        assert written == ["old"]
+        assert [a.agent_name for a in db.query_artifacts("X", "plan")] == ["old"]
+        assert db.query(
+            "SELECT count(*) FROM agent_outputs o JOIN consensus_artifacts a ON a.id = o.legacy_artifact_id"
+            " WHERE a.spec_id = 'X'"
+        ) == [(1,)]
+        assert db.migrate(2, force=True) == 2
+        written.clear()
+
+        def store_writes(done, total):
+            if done > n + 1_000 and not written:  # the outputs are written back: into the syntheses'
+                subprocess.run([sys.executable, "-c", STORE_WRITES, str(path)], check=True, timeout=60)
+                written.append("new")
+            return True
+
+        assert db.migrate(1, force=True, progress=store_writes) == 1
+        assert written == ["new"]
+        assert sorted(a.agent_name for a in db.query_artifacts("X", "plan")) == ["new", "old"]
+        assert db.query("SELECT agent_name FROM consensus_artifacts WHERE spec_id = 'X' ORDER BY agent_name") == [
+            ("new",),
+            ("old",),
+        ]

@@ -404,3 +404,42 @@ def test_a_downgrade_keeps_rows_when_an_old_binary_recreated_the_legacy_tables_a
         assert db.verify_schemas()["consistent"]
         db.migrate(0)
     assert sorted(table(path, "SELECT agent_name FROM consensus_artifacts WHERE spec_id = 'S'")) == [("new",), ("old",)]
+
+
+
+@pytest.mark.parametrize("target", [2, 0], ids=["drop-legacy-1-to-2", "drop-new-1-to-0"])
+def test_a_dual_build_writing_during_a_chunked_move_leaves_one_copy(tmp_path, target):
+    """1 -> 2 and 1 -> 0 in chunks, every row linked as they begin (no twins to pair, so
+    far): the predecessor's dual-write build, still running mid-rollout, writes an
+    artifact to both schemas between two chunks. Its two copies are one artifact: the
+    move pairs them instead of copying one beside its twin."""
+    path = tmp_path / "rolling.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(consensus_db._core.LEGACY_SCHEMA_SQL)
+    conn.executemany(
+        "INSERT INTO consensus_artifacts (spec_id, stage, agent_name, content_json, run_id, created_at)"
+        " VALUES (?, 'spec-plan', 'gemini', ?, 'run-old', '2025-01-01 00:00:00')",
+        ((f"SPEC-{i % 50}", json.dumps({"n": i})) for i in range(5_000)))
+    conn.commit()
+    conn.close()
+    with consensus_db.connect(path) as db:  # 0 -> 1: every copy linked
+        assert db.schema_version == 1
+    late = item("SPEC-LATE", "spec-plan", 0, "dual-build")
+    written = []
+
+    def progress(done, total):
+        if not written:  # between the first chunk and the second
+            written.append(predecessor.run(path, "artifacts", build="dual", items=[late]))
+        return True
+
+    with consensus_db.connect(path, migrate=False) as db:
+        db.migrate(target, force=True, progress=progress)
+        assert written and None not in written[0][0]
+    if target == 2:
+        assert table(path, "SELECT agent_name, content FROM agent_outputs WHERE content LIKE '%dual-build%'") == [
+            (late["agent_name"], late["content"])]
+        assert table(path, "SELECT count(*) FROM agent_outputs") == [(5_001,)]
+    else:
+        assert table(path, "SELECT agent_name, content_json FROM consensus_artifacts WHERE spec_id = 'SPEC-LATE'") == [
+            (late["agent_name"], late["content"])]
+        assert table(path, "SELECT count(*) FROM consensus_artifacts") == [(5_001,)]

@@ -24,7 +24,7 @@ use crate::sqlite::chunks::{run_in_chunks, Chunk, ChunkSize, Progress};
 pub use crate::sqlite::legacy_copy::RowsMoved;
 use crate::sqlite::legacy_copy::{
     add_missing_legacy_columns, backfill, backfill_after, begin_write_back, clear_links, legacy_tables_ddl,
-    unpaired_copies, verify_backfill, verify_write_back, write_back, write_back_after, Phase, Tails,
+    unpaired_copies, verify_backfill_below, verify_write_back_below, write_back, write_back_after, Phase, Tails,
 };
 use crate::sqlite::replica::{self, CheckpointMode};
 use crate::sqlite::schema::{self, column_exists, table_exists, Shape};
@@ -60,7 +60,7 @@ struct Migration {
 struct Step {
     begin: fn(&Connection) -> Result<()>,
     phases: &'static [Phase],
-    check: fn(&Connection) -> Result<()>,
+    check: fn(&Connection, &Tails) -> Result<()>,
     end: fn(&Connection, &Tails) -> Result<RowsMoved>,
 }
 
@@ -68,7 +68,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         description: "consensus_runs + agent_outputs (the predecessor's seed layout and this store's columns), backfilled from the legacy tables",
-        up: Step { begin: begin_v1, phases: &BACKFILL, check: verify_backfill, end: up_v1 },
+        up: Step { begin: begin_v1, phases: &BACKFILL, check: verify_backfill_below, end: up_v1 },
         down: Step {
             begin: begin_write_back,
             phases: &[
@@ -79,7 +79,7 @@ const MIGRATIONS: &[Migration] = &[
                 Phase::EmptyOutputs,
                 Phase::EmptyRuns,
             ],
-            check: |_| Ok(()),
+            check: |_, _| Ok(()),
             end: |c, _| down_v1(c),
         },
     },
@@ -96,7 +96,7 @@ const MIGRATIONS: &[Migration] = &[
                 Phase::EmptyLegacyArtifacts,
                 Phase::EmptyLegacySyntheses,
             ],
-            check: |_| Ok(()),
+            check: |_, _| Ok(()),
             end: |c, _| up_v2(c),
         },
         down: Step {
@@ -109,9 +109,9 @@ const MIGRATIONS: &[Migration] = &[
                 Phase::BackfillArtifacts,
                 Phase::BackfillSyntheses,
             ],
-            check: |c| {
-                verify_write_back(c, &Tails::NONE)?;
-                verify_backfill(c)
+            check: |c, tails| {
+                verify_write_back_below(c, tails)?;
+                verify_backfill_below(c, tails)
             },
             end: down_v2,
         },
@@ -554,15 +554,19 @@ fn step(
             begin(c)
         })
     })?;
-    let mut pair = false;
+    // Whether the bulk pairs twins (two index counts: outside the lane); without, the
+    // pairs start at the legacy tables' ends as they were before the question.
+    let mut pair = None;
     turns.read(&mut |c| {
-        pair = unpaired_copies(c)?; // two index counts: outside the lane
+        let ends = PAIRS.map(|p| last_id(c, p.table()));
+        let [artifacts, syntheses] = ends;
+        pair = if unpaired_copies(c)? { None } else { Some([artifacts?, syntheses?]) };
         Ok(())
     })?;
     let Some(tails) = run_phases(turns, progress, &what, &still_here, phases, pair, moved)? else {
         return Ok(false);
     };
-    turns.read(&mut |c| if still_here(c)? { check(c) } else { Ok(()) })?;
+    turns.read(&mut |c| if still_here(c)? { check(c, &tails) } else { Ok(()) })?;
     let tail = writing(turns, |c| {
         let mut tail = RowsMoved::default();
         in_transaction(c, &what, still_here, |c| {
@@ -589,11 +593,17 @@ fn run_phases(
     what: &str,
     still_here: &dyn Fn(&Connection) -> Result<bool>,
     phases: &[Phase],
-    pair: bool,
+    pair_after: Option<[i64; 2]>,
     moved: &mut RowsMoved,
 ) -> Result<Option<Tails>> {
-    let phases: Vec<Phase> =
-        phases.iter().copied().filter(|p| pair || !matches!(p, Phase::PairArtifacts | Phase::PairSyntheses)).collect();
+    let phases: Vec<Phase> = phases.iter().copied().filter(|p| pair_after.is_none() || !PAIRS.contains(p)).collect();
+    // Twins a dual-write build writes while the move runs are paired before a chunk copies
+    // either of them (the bulk's pairs are over by then, or skipped: their cursors start
+    // at `pair_after`), and so by the end.
+    let mut tails = Tails { pair: Some(true), ..Tails::NONE };
+    for (pairing, after) in PAIRS.iter().zip(pair_after.unwrap_or([i64::MIN; 2])) {
+        tails.after[*pairing as usize] = after;
+    }
     let total = writing(turns, |c| {
         let mut total = 0;
         for phase in &phases {
@@ -603,7 +613,6 @@ fn run_phases(
         }
         Ok(total.max(0) as u64)
     })?;
-    let mut tails = Tails { pair: Some(pair), ..Tails::NONE };
     let mut at = 0;
     let mut finished = false;
     let mut hold = |chunk: Chunk<'_>| {
@@ -620,6 +629,13 @@ fn run_phases(
         let mut done = (0, true);
         let mut copied = RowsMoved::default();
         in_transaction(c, what, still_here, |c| loop {
+            for &pairing in PAIRS.iter().filter(|p| !phases[next.min(phases.len())..].contains(p)) {
+                let after = next_tails.after[pairing as usize];
+                if let Some((last, _)) = next_ids(c, pairing.table(), after, u32::MAX)? {
+                    pairing.run(c, (after, last))?;
+                    next_tails.after[pairing as usize] = last;
+                }
+            }
             let Some(&phase) = phases.get(next) else { return Ok(()) };
             let after = next_tails.after[phase as usize];
             match next_ids(c, phase.table(), after, n)? {
@@ -639,6 +655,18 @@ fn run_phases(
     };
     run_in_chunks(ChunkSize::maintenance(), &mut hold, chunk, total, progress)?;
     Ok(finished.then_some(tails))
+}
+
+/// The phases that pair a dual-write build's copies with their legacy twins.
+const PAIRS: [Phase; 2] = [Phase::PairArtifacts, Phase::PairSyntheses];
+
+/// The highest id of `table` (0 when it is empty, or absent).
+fn last_id(conn: &Connection, table: &str) -> Result<i64> {
+    if !table_exists(conn, table)? {
+        return Ok(0);
+    }
+    let last: Option<i64> = conn.query_row(&format!("SELECT max(id) FROM {table}"), [], |r| r.get(0))?;
+    Ok(last.unwrap_or(0))
 }
 
 /// The last id and the number of rows of the next (up to) `n` rows of `table` after
