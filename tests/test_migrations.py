@@ -439,3 +439,82 @@ def test_rows_written_after_a_tables_chunks_are_the_ends_not_a_failed_check(tmp_
             ("new",),
             ("old",),
         ]
+
+
+OLD_BINARY = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], timeout=30)
+if sys.argv[2] == "spawn":  # an agent the old binary runs, in flight
+    conn.execute("INSERT INTO agent_executions (agent_id, spec_id, stage, phase_type, agent_name, spawned_at)"
+                 " VALUES ('old-agent', 'S', 'plan', 'regular_stage', 'g', datetime('now'))")
+    conn.commit()
+else:
+    print(conn.execute("SELECT count(*) FROM consensus_artifacts").fetchone()[0])
+"""
+
+
+def old_binary(path, action):
+    done = subprocess.run([sys.executable, "-c", OLD_BINARY, str(path), action], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_drop_of_the_legacy_tables_refused_midway_puts_the_emptied_rows_back(tmp_path):
+    """1 -> 2 empties the legacy tables in chunks before it drops them; an agent an old
+    binary spawns meanwhile makes the in-flight guard refuse the move, and the old binary
+    then reads every legacy row again, as before the move began."""
+    path = tmp_path / "legacy.db"
+    n = big_legacy(path, artifacts=20_000)
+    calls = []
+
+    def progress(done, total):
+        # The chunks go through the backfill's rows (20,000 artifacts, 3,000 syntheses),
+        # then the emptying's: the first call past them follows a chunk that emptied.
+        if done > n + 3000 and not calls:
+            calls.append(done)
+            old_binary(path, "spawn")
+        return True
+
+    with consensus_db.connect(path) as db:
+        assert db.schema_version == 1
+        with pytest.raises(consensus_db.ExecutionsInFlightError):
+            db.migrate(2, progress=progress)
+        assert calls, "the emptying never began"
+        assert db.schema_version == 1
+        assert db.count_artifacts("SPEC-0", "plan") == n // 500
+    assert int(old_binary(path, "read")) == n
+
+
+SYNTHESIZER = """
+import sys, consensus_db
+with consensus_db.connect(sys.argv[1]) as db:
+    db.store_synthesis("S", "plan", "# merged while the move ran", run_id="r-0")
+"""
+
+
+def test_a_synthesis_closing_an_early_run_during_a_write_back_is_written_back(tmp_path):
+    """2 -> 1 writes the runs' syntheses back in chunks; another process closing a run the
+    chunks have passed (its artifacts were stored before the move) still gets its
+    synthesis into the legacy tables: the end writes back every run's."""
+    path = tmp_path / "new.db"
+    with consensus_db.connect(path) as db:
+        db.store_artifact("S", "plan", "g", {"n": 0}, run_id="r-0")  # run 1, open
+        db.store_artifacts(
+            [{"spec_id": "S", "stage": "plan", "agent_name": "g", "content_json": "{}", "run_id": f"r-{i}"}
+             for i in range(1, 6000)]
+        )
+    fired = []
+
+    def progress(done, total):
+        if done > 6000 and not fired:  # past the artifacts: the runs' chunks have begun
+            fired.append(done)
+            done_ = subprocess.run([sys.executable, "-c", SYNTHESIZER, str(path)], capture_output=True, text=True)
+            assert done_.returncode == 0, done_.stderr
+        return True
+
+    with consensus_db.connect(path, migrate=False) as db:
+        assert db.migrate(1, force=True, progress=progress) == 1
+        assert fired
+        assert db.query(
+            "SELECT count(*) FROM consensus_synthesis WHERE output_markdown = '# merged while the move ran'"
+        ) == [(1,)]

@@ -563,11 +563,29 @@ fn step(
         pair = if unpaired_copies(c)? { None } else { Some([artifacts?, syntheses?]) };
         Ok(())
     })?;
-    let Some(tails) = run_phases(turns, progress, &what, &still_here, phases, pair, moved)? else {
-        return Ok(false);
+    // A move the guard refuses once it has emptied tables puts their rows back first: the
+    // refusal leaves the file as old binaries read it.
+    let refill = |turns: &mut dyn Turns, moved: &mut RowsMoved, e: Error| -> Error {
+        let Some(phases) = refill_phases(phases).filter(|_| matches!(e, Error::InFlight { .. })) else {
+            return e;
+        };
+        let refilled = writing(turns, |c| in_transaction(c, &what, still_here, begin_write_back)).and_then(|()| {
+            let checks = Checks { what: &what, still_here: &still_here, refuse: &|_| Ok(()) };
+            run_phases(turns, None, &checks, phases, pair, moved)
+        });
+        match refilled {
+            Ok(_) => e,
+            Err(again) => Error::Migration(format!("{e}; putting back the rows it had emptied failed: {again}")),
+        }
+    };
+    let checks = Checks { what: &what, still_here: &still_here, refuse: &refuse };
+    let tails = match run_phases(turns, progress, &checks, phases, pair, moved) {
+        Ok(Some(tails)) => tails,
+        Ok(None) => return Ok(false),
+        Err(e) => return Err(refill(turns, moved, e)),
     };
     turns.read(&mut |c| if still_here(c)? { check(c, &tails) } else { Ok(()) })?;
-    let tail = writing(turns, |c| {
+    let ended = writing(turns, |c| {
         let mut tail = RowsMoved::default();
         in_transaction(c, &what, still_here, |c| {
             refuse(c)?;
@@ -576,9 +594,24 @@ fn step(
             Ok(())
         })?;
         Ok(tail)
-    })?;
-    moved.add(tail);
+    });
+    match ended {
+        Ok(tail) => moved.add(tail),
+        Err(e) => return Err(refill(turns, moved, e)),
+    }
     Ok(true)
+}
+
+/// What puts back the rows a move's phases emptied (the legacy tables: written back
+/// from the new ones; the new tables: backfilled from the legacy ones), if it empties any.
+fn refill_phases(phases: &[Phase]) -> Option<&'static [Phase]> {
+    if phases.contains(&Phase::EmptyLegacyArtifacts) {
+        Some(&[Phase::WriteBackOutputs, Phase::WriteBackSyntheses])
+    } else if phases.contains(&Phase::EmptyOutputs) {
+        Some(&[Phase::BackfillArtifacts, Phase::BackfillSyntheses])
+    } else {
+        None
+    }
 }
 
 /// Runs `phases` in chunks, each its own transaction in its own write turn, sized to
@@ -587,15 +620,25 @@ fn step(
 /// through of the tables' (estimated) total. Ends early when another process made the
 /// move meanwhile (`still_here` false). Returns how far each phase went, or `None` when
 /// `progress` stopped the move.
+/// What the transactions of a step check: which move it is (named in errors), that the
+/// file is still where the move began (another process may have made it), and the
+/// in-flight guard (before each chunk that deletes rows, and at the end).
+#[derive(Clone, Copy)]
+struct Checks<'a> {
+    what: &'a str,
+    still_here: &'a dyn Fn(&Connection) -> Result<bool>,
+    refuse: &'a dyn Fn(&Connection) -> Result<()>,
+}
+
 fn run_phases(
     turns: &mut dyn Turns,
     progress: Option<&mut Progress>,
-    what: &str,
-    still_here: &dyn Fn(&Connection) -> Result<bool>,
+    checks: &Checks<'_>,
     phases: &[Phase],
     pair_after: Option<[i64; 2]>,
     moved: &mut RowsMoved,
 ) -> Result<Option<Tails>> {
+    let Checks { what, still_here, refuse } = *checks;
     let phases: Vec<Phase> = phases.iter().copied().filter(|p| pair_after.is_none() || !PAIRS.contains(p)).collect();
     // Twins a dual-write build writes while the move runs are paired before a chunk copies
     // either of them (the bulk's pairs are over by then, or skipped: their cursors start
@@ -641,6 +684,9 @@ fn run_phases(
             match next_ids(c, phase.table(), after, n)? {
                 None => next += 1,
                 Some((last, rows)) => {
+                    if phase.empties() {
+                        refuse(c)?; // the in-flight guard, before each chunk it deletes
+                    }
                     copied = phase.run(c, (after, last))?;
                     next_tails.after[phase as usize] = last;
                     done = (rows, false);
