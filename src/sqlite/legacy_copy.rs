@@ -705,29 +705,22 @@ pub(crate) fn uncopied_legacy_rows(conn: &Connection) -> Result<i64> {
 /// copy in the new tables: the rows above are the end's. One statement per table, so one
 /// snapshot; the whole table's count reads indexes.
 pub(super) fn verify_backfill_below(conn: &Connection, tails: &Tails) -> Result<()> {
-    let rows = [("a.id", Phase::BackfillArtifacts), ("s.id", Phase::BackfillSyntheses)];
-    for ((legacy, check), (id, phase)) in UNCOPIED_LEGACY.into_iter().zip(rows) {
-        if table_exists(conn, legacy)? {
-            let below = format!("SELECT ({check}) - ({check} {})", ids_sql(id, tails.rest(phase)));
-            let missing: i64 = conn.query_row(&below, [], |r| r.get(0))?;
-            if missing != 0 {
-                return Err(Error::Migration(format!(
-                    "backfill verification failed: {missing} {legacy} rows have no copy"
-                )));
-            }
-        }
-    }
-    Ok(())
+    verify_backfill_of(conn, tails, |uncopied, above| format!("SELECT ({uncopied}) - ({uncopied} {above})"))
 }
 
 /// That every legacy row above `tails` has its copy in the new tables.
 pub(super) fn verify_backfill_after(conn: &Connection, tails: &Tails) -> Result<()> {
+    verify_backfill_of(conn, tails, |uncopied, above| format!("{uncopied} {above}"))
+}
+
+/// Counts, per legacy table, the rows without a copy that `count(uncopied, above)` selects
+/// (`uncopied`: the count of them all; `above`: the condition "above `tails`").
+fn verify_backfill_of(conn: &Connection, tails: &Tails, count: impl Fn(&str, &str) -> String) -> Result<()> {
     // The legacy rows as UNCOPIED_LEGACY names them.
     let rows = [("a.id", Phase::BackfillArtifacts), ("s.id", Phase::BackfillSyntheses)];
-    for ((legacy, check), (id, phase)) in UNCOPIED_LEGACY.into_iter().zip(rows) {
+    for ((legacy, uncopied), (id, phase)) in UNCOPIED_LEGACY.into_iter().zip(rows) {
         if table_exists(conn, legacy)? {
-            let check = format!("{check} {}", ids_sql(id, tails.rest(phase)));
-            let missing: i64 = conn.query_row(&check, [], |r| r.get(0))?;
+            let missing: i64 = conn.query_row(&count(uncopied, &ids_sql(id, tails.rest(phase))), [], |r| r.get(0))?;
             if missing != 0 {
                 return Err(Error::Migration(format!(
                     "backfill verification failed: {missing} {legacy} rows have no copy"
