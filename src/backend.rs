@@ -14,6 +14,8 @@ use crate::error::Result;
 use crate::model::{
     AgentExecution, AgentRoute, Artifact, Claim, ExtractionFailure, NewArtifact, NewClaim, NewSynthesis, Synthesis,
 };
+use crate::sqlite::maintenance::MaintenanceOptions;
+use crate::sqlite::transaction::{Params, Rows};
 use crate::store::Database;
 use crate::wait::{AgentSet, AgentsStatus, Changes, Expectation, WaitFor, WaitOutcome};
 use std::sync::Arc;
@@ -154,6 +156,16 @@ backend_ops! {
     fn agents_status(&self, spec_id: &str, stage: &str, set: &AgentSet) -> Result<AgentsStatus>;
     /// The store's change signal, which waiters sleep on (`wait.rs`).
     [field] fn changes(&self) -> &Arc<Changes>;
+    /// Runs one statement of the backend's own SQL in a transaction of its own.
+    fn execute(&self, sql: &str, params: &Params) -> Result<usize>;
+    /// Runs a query of the backend's own SQL: the column names and the rows.
+    [engine] fn query_columns(&self, sql: &str, params: &Params) -> Result<(Vec<String>, Rows)>;
+    /// Starts the background maintenance thread (retention, vacuum, checkpoints).
+    fn start_maintenance(&self, options: MaintenanceOptions) -> Result<()>;
+    /// Stops it, waiting for a running cycle; a no-op if none runs.
+    fn stop_maintenance(&self);
+    /// Cycles the running maintenance thread completed, or None.
+    fn maintenance_cycles(&self) -> Option<u64>;
 
     provided {
         /// Waits until `condition` holds or `timeout` passes (None: no limit; zero: check
@@ -234,8 +246,6 @@ pub enum AnyTx {
     #[cfg(feature = "postgres")]
     Postgres(crate::postgres::PgTx),
 }
-
-type Rows = Vec<Vec<rusqlite::types::Value>>;
 
 impl AnyDatabase {
     /// A transaction: SQLite's with `behavior`; PostgreSQL's `BEGIN` (READ COMMITTED).

@@ -797,11 +797,7 @@ impl PyDatabase {
     fn execute(&self, py: Python<'_>, sql: &Bound<'_, PyAny>, params: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
         let sql = text(sql, "sql")?;
         let params = to_params(params)?;
-        #[cfg(feature = "postgres")]
-        if let Some(pg) = self.pg() {
-            return run(py, move || pg.execute(&sql, &params));
-        }
-        run(py, move || self.core("execute")?.write_repeatable_as("execute", |tx| tx.execute_params(&sql, &params)))
+        run(py, move || self.inner.execute(&sql, &params))
     }
 
     /// Runs a query outside any transaction; returns `Rows`: a list of tuples whose
@@ -815,11 +811,7 @@ impl PyDatabase {
     ) -> PyResult<Bound<'py, PyAny>> {
         let sql = text(sql, "sql")?;
         let params = to_params(params)?;
-        let (columns, rows) = run(py, move || match self.pg() {
-            #[cfg(feature = "postgres")]
-            Some(pg) => pg.query_columns(&sql, &params),
-            _ => self.core("query")?.query_columns(&sql, &params),
-        })?;
+        let (columns, rows) = run(py, move || self.inner.query_columns(&sql, &params))?;
         rows_with_columns(py, columns, rows)
     }
 
@@ -1609,33 +1601,18 @@ impl PyDatabase {
             }) as crate::sqlite::maintenance::CycleHook
         });
         let options = MaintenanceOptions { interval, retention_days, vacuum_pages, checkpoint, on_cycle };
-        run(py, || match self.pg() {
-            #[cfg(feature = "postgres")]
-            Some(pg) => pg.start_maintenance(options),
-            _ => self.core("start_maintenance()")?.start_maintenance(options),
-        })
+        run(py, || self.inner.start_maintenance(options))
     }
 
     /// Stops the maintenance thread (waiting for a running cycle); a no-op if none runs.
     fn stop_maintenance(&self, py: Python<'_>) {
-        #[cfg(feature = "postgres")]
-        if let Some(pg) = self.pg() {
-            py.detach(|| pg.stop_maintenance());
-            return;
-        }
-        if let Ok(db) = self.core("stop_maintenance") {
-            py.detach(|| db.stop_maintenance());
-        }
+        py.detach(|| self.inner.stop_maintenance());
     }
 
     /// Cycles completed by the running maintenance thread, or None.
     #[getter]
     fn maintenance_cycles(&self) -> Option<u64> {
-        #[cfg(feature = "postgres")]
-        if let Some(pg) = self.pg() {
-            return pg.maintenance_cycles();
-        }
-        self.core("maintenance_cycles").ok()?.maintenance_cycles()
+        self.inner.maintenance_cycles()
     }
 }
 

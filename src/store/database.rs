@@ -255,6 +255,12 @@ impl Database {
         self.engine.close();
     }
 
+    /// Runs one statement of the caller's SQL in its own IMMEDIATE transaction, through the
+    /// write lane (repeated after a busy attempt that rolled back); returns rows changed.
+    pub fn execute(&self, sql: &str, params: &crate::sqlite::transaction::Params) -> Result<usize> {
+        self.write_repeatable_as("execute", |tx| tx.execute_params(sql, params))
+    }
+
     /// Starts the background maintenance thread (replacing a running one).
     pub fn start_maintenance(&self, options: MaintenanceOptions) -> Result<()> {
         if self.read_only {
