@@ -520,9 +520,21 @@ impl Turns for On<'_> {
 }
 
 /// Runs `work` in one write turn and returns what it returned (the last attempt's).
-fn writing<T>(turns: &mut dyn Turns, mut work: impl FnMut(&Connection) -> Result<T>) -> Result<T> {
+fn writing<T>(turns: &mut dyn Turns, work: impl FnMut(&Connection) -> Result<T>) -> Result<T> {
+    returning(|w| turns.write(w), work)
+}
+
+/// Runs `work` in one read turn (outside the lane) and returns what it returned.
+fn reading<T>(turns: &mut dyn Turns, work: impl FnMut(&Connection) -> Result<T>) -> Result<T> {
+    returning(|w| turns.read(w), work)
+}
+
+fn returning<T>(
+    turn: impl FnOnce(Work<'_>) -> Result<()>,
+    mut work: impl FnMut(&Connection) -> Result<T>,
+) -> Result<T> {
     let mut out = None;
-    turns.write(&mut |c| {
+    turn(&mut |c| {
         out = Some(work(c)?);
         Ok(())
     })?;
@@ -556,12 +568,9 @@ fn step(
     })?;
     // Whether the bulk pairs twins (two index counts: outside the lane); without, the
     // pairs start at the legacy tables' ends as they were before the question.
-    let mut pair = None;
-    turns.read(&mut |c| {
-        let ends = PAIRS.map(|p| last_id(c, p.table()));
-        let [artifacts, syntheses] = ends;
-        pair = if unpaired_copies(c)? { None } else { Some([artifacts?, syntheses?]) };
-        Ok(())
+    let pair = reading(turns, |c| {
+        let [artifacts, syntheses] = PAIRS.map(|p| last_id(c, p.table()));
+        Ok(if unpaired_copies(c)? { None } else { Some([artifacts?, syntheses?]) })
     })?;
     // A move the guard refuses once it has emptied tables puts their rows back first: the
     // refusal leaves the file as old binaries read it.
@@ -647,7 +656,7 @@ fn run_phases(
     for (pairing, after) in PAIRS.iter().zip(pair_after.unwrap_or([i64::MIN; 2])) {
         tails.after[*pairing as usize] = after;
     }
-    let total = writing(turns, |c| {
+    let total = reading(turns, |c| {
         let mut total = 0;
         for phase in &phases {
             if table_exists(c, phase.table())? {
