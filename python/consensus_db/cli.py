@@ -18,8 +18,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NoReturn, Optional, TextIO
@@ -135,14 +136,21 @@ class Bar:
             self.stream.flush()
 
 
-def progress_bar(label: str, unit: str, quiet: bool, forced: bool) -> Optional[Bar]:
-    """The bar a command draws: none with ``--quiet``; from the start with ``--progress``;
-    else on a terminal, after half a second."""
-    if quiet:
-        return None
-    if forced:
-        return Bar(label, unit, delay=0.0)
-    return Bar(label, unit) if sys.stderr.isatty() else None
+@contextmanager
+def progress_bar(label: str, unit: str, quiet: bool, forced: bool) -> Iterator[Optional[Callable[..., bool]]]:
+    """The ``progress`` callback of the bar a command draws (None when it draws none: with
+    ``--quiet``; from the start with ``--progress``; else on a terminal, after half a
+    second); the bar's line is ended when the block ends, however it ends."""
+    bar = None
+    if forced and not quiet:
+        bar = Bar(label, unit, delay=0.0)
+    elif not quiet and sys.stderr.isatty():
+        bar = Bar(label, unit)
+    try:
+        yield bar.update if bar else None
+    finally:
+        if bar:
+            bar.done()
 
 
 #: The file (or postgresql:// URL) a command works on.
@@ -596,22 +604,19 @@ def upgrade(
         # Opened as it is, so that the copy between the schemas is this command's (with
         # its progress), not the opening's.
         with consensus_db.connect(file, create=False, migrate=False) as db:
-            copying = progress_bar("copy", "rows", quiet, show_progress)
             try:
-                if drop_legacy:
-                    db.migrate(
-                        consensus_db.LATEST_SCHEMA_VERSION,
-                        force=force,
-                        in_flight_age=in_flight_age,
-                        progress=copying.update if copying else None,
-                    )
-                else:  # as opening does, and what opening leaves to an upgrade (a big file's indexes)
-                    db.migrate(progress=copying.update if copying else None)
+                with progress_bar("copy", "rows", quiet, show_progress) as copying:
+                    if drop_legacy:
+                        db.migrate(
+                            consensus_db.LATEST_SCHEMA_VERSION,
+                            force=force,
+                            in_flight_age=in_flight_age,
+                            progress=copying,
+                        )
+                    else:  # as opening does, and what opening leaves to an upgrade (a big file's indexes)
+                        db.migrate(progress=copying)
             except KeyboardInterrupt:
                 interrupted("the rows copied so far are committed, each linked to its original; run it again")
-            finally:
-                if copying:
-                    copying.done()
             moved = counts(db.rows_moved)
             if before["size"] > BIG_FILE and not as_json:
                 spinner = Spinner("vacuum")
@@ -698,16 +703,11 @@ def downgrade(
         return
     try:
         with consensus_db.connect(file, create=False, migrate=False) as db:
-            copying = progress_bar("write back", "rows", quiet, show_progress)
             try:
-                db.migrate(
-                    target, force=force, in_flight_age=in_flight_age, progress=copying.update if copying else None
-                )
+                with progress_bar("write back", "rows", quiet, show_progress) as copying:
+                    db.migrate(target, force=force, in_flight_age=in_flight_age, progress=copying)
             except KeyboardInterrupt:
                 interrupted("the rows written back so far are committed, each linked to its original; run it again")
-            finally:
-                if copying:
-                    copying.done()
             moved = counts(db.rows_moved)
             after = state(db)
     except Error as exc:
@@ -914,11 +914,9 @@ def vacuum(path: str, full: bool, as_json: bool, quiet: bool, show_progress: boo
                 spinner = Spinner("vacuum")
                 r = db.vacuum(full=True, progress=spinner.tick)
                 spinner.done()
-            elif not full and (bar := progress_bar("vacuum", "pages", quiet, show_progress)) is not None:
-                try:
-                    r = db.vacuum(progress=bar.update)
-                finally:
-                    bar.done()
+            elif not full:
+                with progress_bar("vacuum", "pages", quiet, show_progress) as freeing:
+                    r = db.vacuum(progress=freeing)
             else:
                 r = db.vacuum(full=full)
         except KeyboardInterrupt:
@@ -993,18 +991,10 @@ def cleanup(path: str, days: int, as_json: bool, dry_run: bool, quiet: bool, sho
     file = writable_target(path, "cleanup")
     with open_maintained(path, file) as db:
         try:
-            deleting = progress_bar("delete", "rows", quiet, show_progress)
-            try:
-                deleted = db.cleanup_old_executions(days, progress=deleting.update if deleting else None)
-            finally:
-                if deleting:
-                    deleting.done()
-            freeing = progress_bar("vacuum", "pages", quiet, show_progress)
-            try:
-                r = db.vacuum(progress=freeing.update if freeing else None)
-            finally:
-                if freeing:
-                    freeing.done()
+            with progress_bar("delete", "rows", quiet, show_progress) as deleting:
+                deleted = db.cleanup_old_executions(days, progress=deleting)
+            with progress_bar("vacuum", "pages", quiet, show_progress) as freeing:
+                r = db.vacuum(progress=freeing)
         except KeyboardInterrupt:
             interrupted("what was deleted and freed so far is committed; run it again for the rest")
         except Error as exc:
